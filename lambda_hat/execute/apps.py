@@ -1,0 +1,167 @@
+"""The two worker entry points. They receive specs (as JSON) and paths, write one artifact
+into the store, and return its small manifest. They never open the index."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+PACKAGES = ("lambda-hat", "jax", "jaxlib", "blackjax", "optax", "numpy", "zarr", "parsl")
+
+
+@functools.lru_cache(maxsize=1)
+def provenance() -> dict:
+    """Code and environment facts for manifests (never part of an ID)."""
+    here = Path(__file__).resolve().parent
+    sha, dirty = None, None
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+        if sha:
+            dirty = bool(
+                subprocess.run(
+                    ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                    capture_output=True, text=True, timeout=5,
+                ).stdout.strip()
+            )
+    except (OSError, subprocess.SubprocessError):
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "code": {"sha": sha, "dirty": dirty},
+        "packages": versions,
+        "python": platform.python_version(),
+    }
+
+
+def _common(kind: str, artifact_id: str, schema: str, spec: dict) -> dict:
+    return {
+        "id": artifact_id,
+        "type": kind,
+        "schema": schema,
+        "spec": spec,
+        "host": socket.gethostname(),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        **provenance(),
+    }
+
+
+@contextmanager
+def job_logs(log_path: Path, err_path: Path) -> Iterator[None]:
+    """Send this process's stdout/stderr (file descriptors too, so XLA's C++ logs follow)
+    to the job's log files for the duration of the job. A failure's traceback lands in .err."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "w") as out, open(err_path, "w") as err:
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            traceback.print_exc()
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _setup_jax(cache_dir: str | None) -> None:
+    import jax
+
+    # Precision is chosen per spec (`dtype`); x64 must be on for float64 to exist at all.
+    jax.config.update("jax_enable_x64", True)
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: str) -> dict:
+    from lambda_hat.ids import TARGET_SCHEMA, target_id
+    from lambda_hat.specs import TargetSpec
+    from lambda_hat.store.artifacts import write_artifact
+    from lambda_hat.store.layout import StoreLayout
+
+    layout = StoreLayout(Path(store_root))
+    with job_logs(Path(log_path), Path(err_path)):
+        spec = TargetSpec.model_validate(spec_json)
+        tid = target_id(spec)
+        print(f"building {tid} on {socket.gethostname()} (pid {os.getpid()})", flush=True)
+        if layout.has_target(tid):
+            print(f"{tid} already complete in the store; nothing to do", flush=True)
+            from lambda_hat.store.artifacts import read_manifest
+
+            return read_manifest(layout.target_dir(tid))
+        _setup_jax(str(layout.jax_cache_dir))
+        from lambda_hat.science import build_target
+
+        t0 = time.perf_counter()
+        arrays = build_target(spec)
+        build_sec = time.perf_counter() - t0
+        manifest = _common("target", tid, TARGET_SCHEMA, spec.model_dump(mode="json"))
+        manifest.update(status="ok", metrics=dict(arrays.metrics), timings={"build_sec": build_sec})
+        payload = {f"params/{k}": v for k, v in arrays.params.items()}
+        payload.update(X=arrays.X, Y=arrays.Y)
+        manifest = write_artifact(layout.target_dir(tid), payload, manifest)
+        print(f"wrote {layout.target_dir(tid)}: {arrays.metrics} in {build_sec:.2f}s", flush=True)
+        return manifest
+
+
+def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: str, inputs: list = ()) -> dict:
+    """`inputs` carries the target build's future when the target is built in this sweep:
+    Parsl starts this job only once it has resolved."""
+    from lambda_hat.ids import RUN_SCHEMA, run_id
+    from lambda_hat.specs import RunSpec, TargetSpec
+    from lambda_hat.store.artifacts import read_arrays, read_manifest, write_artifact
+    from lambda_hat.store.layout import StoreLayout
+
+    layout = StoreLayout(Path(store_root))
+    with job_logs(Path(log_path), Path(err_path)):
+        spec = RunSpec.model_validate(run_json)
+        rid = run_id(spec)
+        print(f"sampling {rid} ({spec.sampler.name}) on {spec.target_id} on {socket.gethostname()}", flush=True)
+        if layout.has_run(rid):
+            print(f"{rid} already complete in the store; nothing to do", flush=True)
+            return read_manifest(layout.run_dir(rid))
+        _setup_jax(str(layout.jax_cache_dir))
+        from lambda_hat.science import TargetArrays, sample_run
+
+        tdir = layout.target_dir(spec.target_id)
+        tman = read_manifest(tdir)
+        target = TargetSpec.model_validate(tman["spec"])
+        names = list(tman["arrays"])
+        loaded = read_arrays(tdir, names)
+        params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
+        arrays = TargetArrays(params=params, X=loaded["X"], Y=loaded["Y"], metrics=dict(tman["metrics"]))
+        t0 = time.perf_counter()
+        result = sample_run(spec, target, arrays)
+        total_sec = time.perf_counter() - t0
+        manifest = _common("run", rid, RUN_SCHEMA, spec.model_dump(mode="json"))
+        status = result.metrics.get("status", "ok")
+        manifest.update(status=status, metrics=dict(result.metrics), timings={"sample_job_sec": total_sec})
+        manifest = write_artifact(layout.run_dir(rid), {f"traces/{k}": v for k, v in result.traces.items()}, manifest)
+        m = result.metrics
+        print(f"llc_mean={m.get('llc_mean')} llc_std={m.get('llc_std')} r_hat={m.get('r_hat')} status={status}", flush=True)
+        return manifest

@@ -1,0 +1,88 @@
+"""The planner: a pure function from (sweep, what the store holds) to what must be done."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lambda_hat.ids import run_id, target_id
+from lambda_hat.specs import RunSpec, Sweep, TargetSpec
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """IDs of complete artifacts in the store (those with a manifest)."""
+
+    target_ids: frozenset[str] = frozenset()
+    run_ids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    run_id: str
+    spec: RunSpec
+
+
+@dataclass(frozen=True)
+class PlannedTarget:
+    target_id: str
+    spec: TargetSpec
+
+
+@dataclass(frozen=True)
+class Expanded:
+    """Every target and run a sweep names, with IDs, in sweep order."""
+
+    targets: list[PlannedTarget]
+    runs: list[PlannedRun]
+
+
+@dataclass(frozen=True)
+class Plan:
+    targets_to_build: list[PlannedTarget] = field(default_factory=list)
+    targets_cached: list[PlannedTarget] = field(default_factory=list)
+    runs_to_sample: list[PlannedRun] = field(default_factory=list)
+    runs_cached: list[PlannedRun] = field(default_factory=list)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.targets_to_build and not self.runs_to_sample
+
+    def as_json(self) -> dict[str, list[str]]:
+        return {
+            "targets_to_build": [t.target_id for t in self.targets_to_build],
+            "targets_cached": [t.target_id for t in self.targets_cached],
+            "runs_to_sample": [r.run_id for r in self.runs_to_sample],
+            "runs_cached": [r.run_id for r in self.runs_cached],
+        }
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.targets_to_build)} targets to build, {len(self.runs_to_sample)} runs to sample, "
+            f"{len(self.targets_cached) + len(self.runs_cached)} cached"
+        )
+
+
+def describe_target(t: PlannedTarget) -> str:
+    m, d = t.spec.model, t.spec.data
+    return f"model={m.kind}{m.layer_dims}, data=n{d.n_data}/{d.x_dist}, seed={t.spec.seed}"
+
+
+def expand(sweep: Sweep) -> Expanded:
+    """Targets x samplers. Each run names its target by ID, so its own ID covers the target's."""
+    targets = [PlannedTarget(target_id(t), t) for t in sweep.targets]
+    runs = []
+    for t in targets:
+        for s in sweep.samplers:
+            spec = RunSpec(target_id=t.target_id, sampler=s.sampler, posterior=s.posterior, seed=s.seed)
+            runs.append(PlannedRun(run_id(spec), spec))
+    return Expanded(targets, runs)
+
+
+def plan(sweep: Sweep | Expanded, snapshot: StoreSnapshot) -> Plan:
+    ex = sweep if isinstance(sweep, Expanded) else expand(sweep)
+    p = Plan()
+    for t in ex.targets:
+        (p.targets_cached if t.target_id in snapshot.target_ids else p.targets_to_build).append(t)
+    for r in ex.runs:
+        (p.runs_cached if r.run_id in snapshot.run_ids else p.runs_to_sample).append(r)
+    return p

@@ -1,0 +1,53 @@
+"""Numerical core: build a trained target, sample its localized tempered posterior, estimate
+the LLC. Import-light: JAX and BlackJAX are imported only when a function runs.
+
+Public API: `TargetArrays`, `RunResult`, `build_target(spec)`, `sample_run(run, target, arrays)`.
+Conventions (loss, posterior, samplers, diagnostics) are documented in `losses.py`,
+`posterior.py`, `samplers/`, `llc.py` and `pipeline.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..specs import RunSpec, TargetSpec
+
+__all__ = ["TargetArrays", "RunResult", "build_target", "sample_run"]
+
+
+@dataclass
+class TargetArrays:
+    """A trained target: params {"W_i": (fan_in, fan_out), "b_i": (fan_out,)}, training data,
+    and metrics (L0 = L_n(w*), train_steps, final_train_loss, test_loss, n_params, ...)."""
+
+    params: dict[str, np.ndarray]
+    X: np.ndarray
+    Y: np.ndarray
+    metrics: dict[str, float | int] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """Sampler traces, each (chains, draws) ("loss", "llc", and for HMC "accept_rate",
+    "energy", "diverging", "step_size"), and summary metrics (see `llc.py`, `pipeline.py`)."""
+
+    traces: dict[str, np.ndarray]
+    metrics: dict[str, float | int | str] = field(default_factory=dict)
+
+
+def build_target(spec: "TargetSpec") -> TargetArrays:
+    """Generate teacher-student data and train the student to w*."""
+    from .pipeline import build_target as _impl
+
+    return _impl(spec)
+
+
+def sample_run(run: "RunSpec", target: "TargetSpec", arrays: TargetArrays) -> RunResult:
+    """Sample the localized tempered posterior of `target` at w* with `run.sampler`."""
+    from .pipeline import sample_run as _impl
+
+    return _impl(run, target, arrays)

@@ -1,0 +1,63 @@
+"""Fully connected networks as plain parameter dicts.
+
+Parameters are a dict ``{"W_0", "b_0", "W_1", "b_1", ...}`` with ``W_i`` of shape
+(fan_in, fan_out) and ``b_i`` of shape (fan_out,); the ``b_i`` are absent when the model
+has no bias. Layer ``i`` computes ``h @ W_i + b_i``; the activation is applied after every
+layer but the last (the output layer is linear).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    # exact (erf) GELU, not the tanh approximation
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "identity": lambda x: x,
+}
+
+
+def init_std(init: str, fan_in: int, fan_out: int) -> float:
+    """Standard deviation of the (normal) weight initialisation."""
+    if init == "he":
+        return math.sqrt(2.0 / fan_in)
+    if init == "xavier":
+        return math.sqrt(2.0 / (fan_in + fan_out))
+    if init == "lecun":
+        return math.sqrt(1.0 / fan_in)
+    raise NotImplementedError(f"model.init={init!r} is not implemented")
+
+
+def init_mlp(key, layer_dims: list[int], *, init: str, bias: bool, dtype) -> dict:
+    """Normal weights with the scheme's std, zero biases."""
+    params = {}
+    keys = jax.random.split(key, len(layer_dims) - 1)
+    for i, (a, b) in enumerate(zip(layer_dims[:-1], layer_dims[1:])):
+        params[f"W_{i}"] = (init_std(init, a, b) * jax.random.normal(keys[i], (a, b))).astype(dtype)
+        if bias:
+            params[f"b_{i}"] = jnp.zeros((b,), dtype=dtype)
+    return params
+
+
+def n_layers(params: dict) -> int:
+    return sum(1 for k in params if k.startswith("W_"))
+
+
+def mlp_apply(params: dict, x, activation: str):
+    """Forward pass: x (..., in_dim) -> (..., out_dim)."""
+    act = ACTIVATIONS[activation]
+    L = n_layers(params)
+    h = x
+    for i in range(L):
+        h = h @ params[f"W_{i}"]
+        b = params.get(f"b_{i}")
+        if b is not None:
+            h = h + b
+        if i < L - 1:
+            h = act(h)
+    return h

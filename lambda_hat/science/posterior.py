@@ -1,0 +1,68 @@
+"""The localized tempered posterior on the flattened parameter vector.
+
+    log p(w) = −nβ·L_n(w) − (γ/2)·‖w − w*‖²,   β = posterior.beta(n), n = n_data,
+
+with L_n the loss of `losses.py`. The full-data loss is evaluated in chunks of at most
+`CHUNK` rows (`lax.map`, zero-padded rows masked out) so memory stays bounded in n.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from .losses import per_example_loss
+from .models import mlp_apply
+
+CHUNK = 4096
+
+
+def flat_model(params: dict, activation: str):
+    """(w_star flat vector, predict(w_flat, X))."""
+    w_star, unravel = ravel_pytree(params)
+
+    def predict(w, X):
+        return mlp_apply(unravel(w), X, activation)
+
+    return w_star, predict
+
+
+def make_full_loss(predict, X, Y, chunk: int = CHUNK):
+    """L_n(w) over all rows of (X, Y), in chunks of ≤ `chunk` rows."""
+    n = X.shape[0]
+    if n <= chunk:
+        return lambda w: jnp.mean(per_example_loss(predict(w, X), Y))
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+    Xc = jnp.concatenate([X, jnp.zeros((pad, X.shape[1]), X.dtype)]).reshape(n_chunks, chunk, -1)
+    Yc = jnp.concatenate([Y, jnp.zeros((pad, Y.shape[1]), Y.dtype)]).reshape(n_chunks, chunk, -1)
+    mask = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk).astype(X.dtype)
+
+    def loss(w):
+        sums = jax.lax.map(lambda c: jnp.sum(c[2] * per_example_loss(predict(w, c[0]), c[1])), (Xc, Yc, mask))
+        return jnp.sum(sums) / n
+
+    return loss
+
+
+def make_minibatch_loss(predict, X, Y, batch_size: int):
+    """stoch_loss(w, key): unbiased estimate of L_n(w) from `batch_size` rows drawn
+    uniformly with replacement (the full data when batch_size ≥ n)."""
+    n = X.shape[0]
+    if batch_size >= n:
+        full = make_full_loss(predict, X, Y)
+        return lambda w, key: full(w)
+
+    def loss(w, key):
+        idx = jax.random.randint(key, (batch_size,), 0, n)
+        return jnp.mean(per_example_loss(predict(w, X[idx]), Y[idx]))
+
+    return loss
+
+
+def make_logdensity(loss_fn, w_star, n_beta, gamma):
+    def logdensity(w):
+        return -n_beta * loss_fn(w) - 0.5 * gamma * jnp.sum((w - w_star) ** 2)
+
+    return logdensity

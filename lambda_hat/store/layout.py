@@ -1,0 +1,55 @@
+"""Where things live in a store. Paths only: no I/O beyond `exists` checks."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+DEFAULT_STORE = "runs"
+
+
+def resolve_store_root(cli_store: str | None, sweep_store_root: str | None = None) -> Path:
+    """`--store`, else `$LH_STORE`, else the sweep's `store_root`, else `./runs`."""
+    for candidate in (cli_store, os.environ.get("LH_STORE"), sweep_store_root):
+        if candidate:
+            return Path(candidate)
+    return Path(DEFAULT_STORE)
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    root: Path
+
+    @property
+    def targets_dir(self) -> Path:
+        return self.root / "targets"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.duckdb"
+
+    @property
+    def index_lock_path(self) -> Path:
+        return self.root / ".index.lock"
+
+    @property
+    def jax_cache_dir(self) -> Path:
+        return self.root / ".jax_cache"
+
+    def target_dir(self, target_id: str) -> Path:
+        return self.targets_dir / target_id
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    def has_target(self, target_id: str) -> bool:
+        return (self.target_dir(target_id) / MANIFEST).is_file()
+
+    def has_run(self, run_id: str) -> bool:
+        return (self.run_dir(run_id) / MANIFEST).is_file()
