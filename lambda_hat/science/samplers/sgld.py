@@ -7,8 +7,11 @@ Update (ε = step size, L_b = minibatch loss estimate):
 For ``precond="none"`` this is exactly `blackjax.sgld`'s Euler step (BlackJAX writes
 w + h·∇log p + √(2h)·ξ, so we call it with h = ε/2). ``precond="rmsprop"`` is pSGLD
 (Li et al. 2016) without the Γ correction term: V ← αV + (1−α)·g², G = 1/(λ + √V),
-w ← w − (ε/2)·G⊙g + √(ε·G)⊙ξ, with g the drift gradient nβ∇L_b + γ(w − w*), V started
-at g² of the first step; V keeps adapting during warmup and sampling.
+w ← w − (ε/2)·G⊙g + √(ε·G)⊙ξ, with g the drift gradient nβ∇L_b + γ(w − w*), α = 0.99,
+V started at 0; V keeps adapting during warmup and sampling. We take λ = 1 (not pSGLD's
+usual 1e-5): the chain starts at w*, where g ≈ 0, and a tiny λ makes the first steps
+√(ε/λ)-sized and the chain explodes. With λ = 1, G ≤ 1, so ε stays an upper bound on
+every coordinate's step and the preconditioner only shrinks steps along steep directions.
 ``precond="adam"`` is not implemented (NotImplementedError).
 
 Chains start at w*. The first `warmup` steps are discarded; then
@@ -26,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 RMSPROP_ALPHA = 0.99
-RMSPROP_LAMBDA = 1e-8
+RMSPROP_LAMBDA = 1.0
 
 
 class SGLDState(NamedTuple):
@@ -54,9 +57,6 @@ def build_sgld(*, loss_fn, stoch_loss_fn, w_star, n_beta: float, gamma: float, s
     sgld = blackjax.sgld(lambda w, key: -drift_grad(w, key))
 
     def init(key):
-        if precond == "rmsprop":
-            g = drift_grad(w_star, key)
-            return SGLDState(w_star, g * g)
         return SGLDState(w_star, jnp.zeros_like(w_star))
 
     def step(state, key):
