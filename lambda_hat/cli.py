@@ -11,6 +11,7 @@ import csv
 import enum
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -153,7 +154,7 @@ def execute_cmd(
         for stale in clean_stale_tmp(parent):
             console.print(f"  removed unfinished artifact {stale.name} (its writer is gone)")
 
-    from lambda_hat.execute.runner import LogPaths, run_plan
+    from lambda_hat.execute.runner import ExecutorStartError, LogPaths, run_plan
 
     run_dir = Path("parsl_runinfo")
     if backend is Backend.local:
@@ -168,13 +169,17 @@ def execute_cmd(
             settings = _load_slurm_settings(slurm_config)
         config = slurm_config(run_dir, settings)
 
-    outcome = run_plan(p, layout, config, LogPaths(logs), console)
+    try:
+        outcome = run_plan(p, layout, config, LogPaths(logs), console)
+    except ExecutorStartError as err:
+        err_console.print(f"[red]error:[/red] {err} (Parsl logs: {run_dir})")
+        _hard_exit(1)
     if outcome.interrupted:
         console.print(
             f"\n[yellow]interrupted[/yellow]: {len(outcome.completed)} jobs completed and recorded; "
             "run the same command again to do only what is missing."
         )
-        raise typer.Exit(130)
+        _hard_exit(130)
     n = index.export_runs_parquet(layout, [r.run_id for r in expanded.runs], results)
     console.print(
         f"\n{len(outcome.completed)} jobs completed, {len(outcome.failed)} failed; "
@@ -185,6 +190,14 @@ def execute_cmd(
         for job_id, reason, err in outcome.failed:
             console.print(f"  {job_id}: {reason}\n    {err}", soft_wrap=True, highlight=False)
         raise typer.Exit(1)
+
+
+def _hard_exit(code: int) -> None:
+    # Parsl may leave non-daemon threads waiting on processes that are gone; do not let
+    # them keep the command alive once everything we own is flushed and recorded.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _load_slurm_settings(path: Path):

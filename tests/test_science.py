@@ -105,13 +105,14 @@ def test_sgld_matches_quadratic_theory(jax64):
     assert abs(s["llc_mean"] - exact_discrete) < 4 * s["llc_sem"]
 
 
+@pytest.mark.slow
 def test_sgld_rmsprop_runs_near_theory(jax64):
     """pSGLD drops the Γ correction, so only a loose (30 %) check."""
     from lambda_hat.science.samplers.sgld import build_sgld
 
     h, w_star, loss = _quadratic(jax64)
     fn = build_sgld(loss_fn=loss, stoch_loss_fn=lambda w, k: loss(w), w_star=w_star, n_beta=N_BETA, gamma=GAMMA,
-                    step_size=1e-3, warmup=2000, draws=1800, eval_every=10, chains=4, precond="rmsprop")
+                    step_size=5e-3, warmup=2000, draws=1800, eval_every=10, chains=4, precond="rmsprop")
     _, s = _run(jax64, fn)
     assert s["status"] == "ok"
     assert abs(s["llc_mean"] - _theory(h)) < 0.3 * _theory(h)
@@ -136,6 +137,8 @@ def test_chunked_full_loss_equals_direct(jax64):
     direct = float(jnp.mean(jnp.sum((Y - X @ w) ** 2, axis=1)))
     assert math.isclose(float(make_full_loss(predict, X, Y, chunk=5)(w)), direct, rel_tol=1e-12)
     assert math.isclose(float(make_full_loss(predict, X, Y, chunk=64)(w)), direct, rel_tol=1e-12)
+    g_direct = jax64.grad(lambda w: jnp.mean(jnp.sum((Y - X @ w) ** 2, axis=1)))(w)
+    np.testing.assert_allclose(jax64.grad(make_full_loss(predict, X, Y, chunk=5))(w), g_direct, rtol=1e-12)
 
 
 def test_summarize_nonfinite_is_nan():
@@ -148,8 +151,11 @@ def test_summarize_nonfinite_is_nan():
     assert math.isnan(s["llc_mean"]) and math.isnan(s["ess"])
 
 
-@pytest.mark.parametrize("x_dist", ["gauss_iso", "gauss_aniso", "mixture", "lowdim_manifold", "heavy_tail"])
-@pytest.mark.parametrize("noise", ["gauss", "hetero", "student_t", "outliers"])
+@pytest.mark.parametrize(
+    "x_dist,noise",
+    [("gauss_iso", "gauss"), ("gauss_aniso", "hetero"), ("mixture", "student_t"), ("lowdim_manifold", "outliers"),
+     ("heavy_tail", "gauss")],
+)
 def test_data_variants_finite(jax64, x_dist, noise):
     from lambda_hat.science.data import make_dataset
 
@@ -204,15 +210,19 @@ def test_build_target_deterministic_and_early_stop(tiny_target):
 
 RUNS = {
     "sgld": SGLDSpec(chains=2, steps=600, warmup=100, eval_every=10, batch_size=32),
+    "hmc": HMCSpec(chains=2, draws=40, warmup=60, num_integration_steps=5),
     "sgld_rmsprop_f32": SGLDSpec(chains=2, steps=300, warmup=100, eval_every=10, precond="rmsprop", step_size=1e-4,
                                  dtype="float32"),
-    "hmc": HMCSpec(chains=2, draws=40, warmup=60, num_integration_steps=5),
     "hmc_step_only": HMCSpec(chains=2, draws=20, warmup=30, num_integration_steps=5, adapt_mass_matrix=False),
+    "hmc_mass_only": HMCSpec(chains=2, draws=20, warmup=60, num_integration_steps=5, adapt_step_size=False,
+                             step_size=0.02),
     "hmc_no_adapt": HMCSpec(chains=2, draws=20, warmup=0, num_integration_steps=5),
 }
 
 
-@pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.parametrize(
+    "name", [n if n in ("sgld", "hmc") else pytest.param(n, marks=pytest.mark.slow) for n in RUNS]
+)
 def test_sample_run_end_to_end(tiny_target, name):
     from lambda_hat.science import sample_run
 
@@ -231,10 +241,12 @@ def test_sample_run_end_to_end(tiny_target, name):
     assert r.metrics["beta"] == pytest.approx(1 / math.log(200))
     if spec.name == "sgld" and spec.step_size is None:
         assert r.metrics["step_size"] == pytest.approx(spec.step_size_nbeta / (200 / math.log(200)))
-    if name == "hmc_no_adapt":
+    if name in ("hmc_no_adapt", "hmc_mass_only"):
         assert np.all(r.traces["step_size"] == spec.step_size)
     if spec.dtype == "float32":
         assert r.traces["loss"].dtype == np.float32
-    again = sample_run(run, TINY, tiny_target)
+    if name not in ("sgld", "hmc"):
+        return
+    again = sample_run(run, TINY, tiny_target)  # determinism: same spec, same numbers
     assert again.metrics["llc_mean"] == r.metrics["llc_mean"]
     np.testing.assert_array_equal(again.traces["llc"], r.traces["llc"])

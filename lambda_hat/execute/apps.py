@@ -120,6 +120,11 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
         t0 = time.perf_counter()
         arrays = build_target(spec)
         build_sec = time.perf_counter() - t0
+        import math
+
+        if not math.isfinite(float(arrays.metrics["L0"])):
+            # A target whose training diverged has no w* to measure the LLC at.
+            raise RuntimeError(f"training diverged: L0 = L_n(w*) is {arrays.metrics['L0']}; lower training.learning_rate")
         manifest = _common("target", tid, TARGET_SCHEMA, spec.model_dump(mode="json"))
         manifest.update(status="ok", metrics=dict(arrays.metrics), timings={"build_sec": build_sec})
         payload = {f"params/{k}": v for k, v in arrays.params.items()}

@@ -23,8 +23,8 @@ def default_workers() -> int:
 
 
 def local_config(run_dir: Path, workers: int | None = None) -> Config:
-    # Start workers with this very interpreter, so the worker pool finds lambda_hat and
-    # JAX whatever PATH the user has.
+    # Start the interchange and workers with this very interpreter, so they find lambda_hat
+    # and JAX whatever PATH the user has (`.venv/bin` need not be on it).
     launch_cmd = DEFAULT_LAUNCH_CMD.replace(
         "process_worker_pool.py", f"{sys.executable} -m parsl.executors.high_throughput.process_worker_pool", 1
     )
@@ -35,6 +35,7 @@ def local_config(run_dir: Path, workers: int | None = None) -> Config:
                 max_workers_per_node=workers or default_workers(),
                 cores_per_worker=1,
                 launch_cmd=launch_cmd,
+                interchange_launch_cmd=[sys.executable, "-m", "parsl.executors.high_throughput.interchange"],
                 provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
             )
         ],

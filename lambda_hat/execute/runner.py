@@ -7,6 +7,7 @@ target's future when that target is built in the same call.
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
@@ -75,7 +76,10 @@ def run_plan(plan: Plan, layout: StoreLayout, parsl_config, logs: LogPaths, cons
     layout.runs_dir.mkdir(parents=True, exist_ok=True)
     store_root = str(layout.root.resolve())
 
-    dfk = parsl.load(parsl_config)
+    try:
+        dfk = parsl.load(parsl_config)
+    except Exception as err:
+        raise ExecutorStartError(f"could not start Parsl: {_reason(err)}") from err
     build_app = python_app(apps.build_target_job, data_flow_kernel=dfk)
     sample_app = python_app(apps.run_sampler_job, data_flow_kernel=dfk)
     outcome = Outcome()
@@ -135,8 +139,41 @@ def run_plan(plan: Plan, layout: StoreLayout, parsl_config, logs: LogPaths, cons
         outcome.interrupted = True
     finally:
         recorder.flush()
+        _shutdown(dfk, force=outcome.interrupted)
+    return outcome
+
+
+class ExecutorStartError(RuntimeError):
+    pass
+
+
+def _shutdown(dfk, force: bool) -> None:
+    """Stop Parsl. After Ctrl-C the terminal has signalled Parsl's own interchange and
+    workers too, and a polite cleanup would wait forever on the dead interchange; so kill
+    the blocks and the interchange first, and give cleanup a bounded time."""
+    import parsl
+
+    if force:
+        for ex in dfk.executors.values():
+            try:
+                job_ids = list(getattr(ex, "blocks_to_job_id", {}).values())
+                if job_ids:
+                    ex.provider.cancel(job_ids)
+            except Exception:  # best effort: we are shutting down anyway
+                pass
+            proc = getattr(ex, "interchange_proc", None)
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+    done = threading.Event()
+
+    def cleanup() -> None:
         try:
             dfk.cleanup()
+        except Exception:
+            pass
         finally:
-            parsl.clear()
-    return outcome
+            done.set()
+
+    threading.Thread(target=cleanup, name="lh-parsl-cleanup", daemon=True).start()
+    done.wait(timeout=3 if force else 120)
+    parsl.clear()

@@ -1,0 +1,123 @@
+"""End to end through the real CLI, real Parsl (HighThroughputExecutor, local), real JAX."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = """\
+store_root: store
+targets:
+  - {model: small, data: small, seed: 7, overrides: {training: {steps: 300, learning_rate: 0.01}}}
+samplers:
+  - {name: sgld, seed: 1, chains: 2, overrides: {steps: 400, warmup: 100, eval_every: 10}}
+  - {name: hmc, seed: 1, chains: 2, overrides: {draws: 50, warmup: 50, num_integration_steps: 5}}
+"""
+
+DIVERGES = """\
+store_root: store
+targets:
+  - {model: small, data: small, seed: 7, overrides: {training: {optimizer: sgd, learning_rate: 1.0e+6, steps: 50}}}
+samplers:
+  - {name: hmc, seed: 1, chains: 2, overrides: {draws: 20, warmup: 10}}
+"""
+
+
+def lh(*args, cwd, timeout=600, check=True):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("LH_STORE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lambda_hat.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lh {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_execute_twice_then_query(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    first = lh("execute", "tiny.yaml", "--workers", "2", cwd=tmp_path)
+    out = first.stdout
+    assert "=== Stage A: Building Targets ===" in out and "=== Stage B: Running Samplers ===" in out
+    assert "[3/3] completed" in out and "3 jobs completed, 0 failed" in out
+    store = tmp_path / "store"
+    assert len(list((store / "targets").glob("tgt_*/manifest.json"))) == 1
+    assert len(list((store / "runs").glob("run_*/manifest.json"))) == 2
+    logs = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "logs").rglob("*.log"))
+    assert len(logs) == 3 and logs[0].startswith("logs/build_target/tgt_")
+    assert all(p.startswith("logs/run_sampler/tgt_") for p in logs[1:])
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "results" / "llc_runs.parquet").to_pylist()
+    assert sorted(r["sampler"] for r in table) == ["hmc", "sgld"]
+    for row in table:
+        # A ~45-parameter network: the LLC is positive and at most d/2.
+        assert row["status"] == "ok" and 0 < row["llc_mean"] <= row["n_params"] / 2 + 5, row
+
+    runinfo_before = sorted(os.listdir(tmp_path / "parsl_runinfo"))
+    second = lh("execute", "tiny.yaml", cwd=tmp_path)
+    assert "nothing to do: 1 targets and 2 runs already in the store" in second.stdout
+    assert sorted(os.listdir(tmp_path / "parsl_runinfo")) == runinfo_before  # Parsl never started
+
+    plan = lh("plan", "tiny.yaml", "--json", cwd=tmp_path).stdout
+    assert '"targets_to_build": []' in plan and '"runs_to_sample": []' in plan
+
+    q = lh("query", "select sampler, chains, draws from runs order by sampler", "--store", "store", "--format", "csv", cwd=tmp_path)
+    assert q.stdout.splitlines() == ["sampler,chains,draws", "hmc,2,50", "sgld,2,30"]
+
+    # The index is a cache of the manifests: delete it, the next execute restores it.
+    (store / "index.duckdb").unlink()
+    lh("execute", "tiny.yaml", cwd=tmp_path)
+    q = lh("query", "select count(*) as n from runs", "--store", "store", "--format", "csv", cwd=tmp_path)
+    assert q.stdout.splitlines() == ["n", "2"]
+
+
+def test_failed_build_fails_its_runs_and_exits_1(tmp_path):
+    (tmp_path / "bad.yaml").write_text(DIVERGES)
+    proc = lh("execute", "bad.yaml", "--workers", "1", cwd=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "2 failed" in proc.stdout and "its target failed to build" in proc.stdout
+    err_logs = list((tmp_path / "logs" / "build_target").glob("*.err"))
+    assert len(err_logs) == 1 and "training diverged" in err_logs[0].read_text()
+    assert str(err_logs[0].relative_to(tmp_path)) in proc.stdout.replace("\n", "")
+    assert not list((tmp_path / "store" / "targets").glob("tgt_*"))  # nothing half-written
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_rerun_does_only_what_is_missing(tmp_path):
+    sweep = TINY.replace("seed: 7,", "grid: {seed: [7, 8, 9]},")
+    (tmp_path / "s.yaml").write_text(sweep)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lambda_hat.cli", "execute", "s.yaml", "--workers", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    runs_dir = tmp_path / "store" / "runs"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(runs_dir.glob("run_*/manifest.json")):
+        time.sleep(0.2)
+    assert list(runs_dir.glob("run_*/manifest.json")), "no run completed in time"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+
+    done_runs = {p.parent.name for p in runs_dir.glob("run_*/manifest.json")}
+    # Every directory that looks like an artifact is complete; leftovers are only .tmp- siblings.
+    for parent in (tmp_path / "store" / "targets", runs_dir):
+        for d in parent.iterdir():
+            assert d.name.startswith(".tmp-") or (d / "manifest.json").is_file(), d
+
+    plan = lh("plan", "s.yaml", "--json", cwd=tmp_path).stdout
+    import json
+
+    p = json.loads(plan)
+    assert set(p["runs_cached"]) == done_runs and len(p["runs_to_sample"]) == 6 - len(done_runs)
+    second = lh("execute", "s.yaml", "--workers", "2", cwd=tmp_path)
+    assert f"{len(p['targets_to_build'])} targets to build, {len(p['runs_to_sample'])} runs to sample" in second.stdout
+    assert len(list(runs_dir.glob("run_*/manifest.json"))) == 6
+    assert not [d for d in runs_dir.iterdir() if d.name.startswith(".tmp-")]
