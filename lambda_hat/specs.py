@@ -10,7 +10,18 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 Dtype = Literal["float32", "float64"]
 
@@ -33,7 +44,7 @@ def widths_for_target_params(in_dim: int, out_dim: int, depth: int, target_param
     return [best] * depth
 
 
-class ModelSpec(_Spec):
+class MLPSpec(_Spec):
     """A fully connected student network. `depth` counts hidden layers."""
 
     kind: Literal["mlp"] = "mlp"
@@ -49,7 +60,7 @@ class ModelSpec(_Spec):
     target_params: PositiveInt | None = None
 
     @model_validator(mode="after")
-    def _resolve_widths(self) -> "ModelSpec":
+    def _resolve_widths(self) -> "MLPSpec":
         if self.widths is None:
             tp = self.target_params if self.target_params is not None else 50
             widths = widths_for_target_params(self.in_dim, self.out_dim, self.depth, tp, self.bias)
@@ -69,6 +80,41 @@ class ModelSpec(_Spec):
         return sum(a * b + (b if self.bias else 0) for a, b in zip(d[:-1], d[1:]))
 
 
+class DLNSpec(_Spec):
+    """A deep linear network x -> W_L ... W_1 x. `widths` lists every layer's size, input and
+    output included: [5, 3, 5] is 5 -> 3 -> 5. No biases. Its learning coefficient is known
+    exactly (Aoyagi 2024), which makes it the calibration target of the samplers."""
+
+    kind: Literal["dln"]
+    widths: Annotated[list[PositiveInt], Field(min_length=2)]
+    init: Literal["he", "xavier", "lecun"] = "xavier"
+
+    @property
+    def in_dim(self) -> int:
+        return self.widths[0]
+
+    @property
+    def out_dim(self) -> int:
+        return self.widths[-1]
+
+    @property
+    def layer_dims(self) -> list[int]:
+        return list(self.widths)
+
+    @property
+    def n_params(self) -> int:
+        return sum(a * b for a, b in zip(self.widths[:-1], self.widths[1:]))
+
+
+def _model_kind(v) -> str:
+    return (v.get("kind", "mlp") if isinstance(v, dict) else getattr(v, "kind", "mlp")) or "mlp"
+
+
+ModelSpec = Annotated[
+    Union[Annotated[MLPSpec, Tag("mlp")], Annotated[DLNSpec, Tag("dln")]], Discriminator(_model_kind)
+]
+
+
 class DataSpec(_Spec):
     n_data: PositiveInt = 100
     n_test: PositiveInt = 100
@@ -86,12 +132,26 @@ class DataSpec(_Spec):
 
 
 class TeacherSpec(_Spec):
-    """The network that generates Y. `None` fields mean "as the student" (Lambda-Hat's `_null`)."""
+    """The network that generates Y. `None` fields mean "as the student" (Lambda-Hat's `_null`).
 
+    For a deep linear network only `rank` applies: every teacher layer has rank exactly
+    `rank` (balanced, aligned factors), so the end-to-end map has rank `rank`; `None` means
+    full rank (the smallest width)."""
+
+    rank: Annotated[int, Field(ge=0)] | None = None
     depth: PositiveInt | None = None
     widths: list[PositiveInt] | None = None
     activation: Literal["relu", "tanh", "gelu", "identity"] | None = None
     dropout_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @field_validator("dropout_rate")
+    @classmethod
+    def _no_dropout(cls, v: float) -> float:
+        # Lambda-Hat accepted the key; a dropout teacher is not a fixed function, so the
+        # learning coefficient at its weights is undefined. Refuse rather than ignore.
+        if v != 0.0:
+            raise ValueError("teacher dropout is not supported (set dropout_rate: 0)")
+        return v
 
 
 class TrainingSpec(_Spec):
@@ -105,18 +165,34 @@ class TrainingSpec(_Spec):
 class TargetSpec(_Spec):
     """A trained network w* on generated data: the point the LLC is measured at."""
 
-    model: ModelSpec = ModelSpec()
+    model: ModelSpec = MLPSpec()
     data: DataSpec = DataSpec()
     teacher: TeacherSpec = TeacherSpec()
     training: TrainingSpec = TrainingSpec()
     seed: int = 0
     dtype: Dtype = "float64"
+    # Where the LLC is measured: the trained student, or the teacher's own weights (a true
+    # parameter, where the exact λ is known). Default: teacher for dln, trained for mlp.
+    w_star: Literal["trained", "teacher"] | None = None
 
     @model_validator(mode="after")
     def _resolve_teacher(self) -> "TargetSpec":
         # Write the teacher out in full so `teacher: _null` and the same network spelled
         # out hash alike.
         t, m = self.teacher, self.model
+        if isinstance(m, DLNSpec):
+            if (t.depth, t.widths, t.activation) != (None, None, None):
+                raise ValueError("a dln teacher takes only `rank` (its architecture is the student's)")
+            full = min(m.widths)
+            if t.rank is not None and t.rank > full:
+                raise ValueError(f"teacher.rank {t.rank} exceeds the smallest width {full}")
+            rank = full if t.rank is None else t.rank
+            object.__setattr__(self, "teacher", t.model_copy(update={"rank": rank}))
+            object.__setattr__(self, "w_star", self.w_star or "teacher")
+            return self
+        if t.rank is not None:
+            raise ValueError("teacher.rank applies to dln models only")
+        object.__setattr__(self, "w_star", self.w_star or "trained")
         depth = t.depth if t.depth is not None else m.depth
         widths = t.widths
         if widths is None:
@@ -127,6 +203,8 @@ class TargetSpec(_Spec):
             raise ValueError(f"teacher.widths has {len(widths)} entries but teacher.depth is {depth}")
         resolved = t.model_copy(update={"depth": depth, "widths": widths, "activation": t.activation or m.activation})
         object.__setattr__(self, "teacher", resolved)
+        if self.w_star == "teacher" and (resolved.widths != m.widths or resolved.activation != m.activation):
+            raise ValueError("w_star: teacher needs the teacher's architecture to equal the student's")
         return self
 
 
@@ -180,8 +258,42 @@ class HMCSpec(_SamplerBase):
     adapt_mass_matrix: bool = True
 
 
-SamplerSpec = Annotated[Union[SGLDSpec, HMCSpec], Field(discriminator="name")]
-SAMPLER_NAMES = ("sgld", "hmc")
+class NUTSSpec(_SamplerBase):
+    """NUTS after BlackJAX window adaptation of step size and diagonal mass matrix (per chain)."""
+
+    name: Literal["nuts"] = "nuts"
+    draws: Annotated[int, Field(ge=4)] = 1000
+    warmup: Annotated[int, Field(ge=0)] = 500
+    max_num_doublings: Annotated[int, Field(ge=1, le=15)] = 10
+    step_size: PositiveFloat = 0.01
+    target_acceptance: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    adapt_step_size: bool = True
+    adapt_mass_matrix: bool = True
+
+
+class MCLMCSpec(_SamplerBase):
+    """Microcanonical Langevin MC. With `tune` (default), L and step_size are found by
+    `blackjax.mclmc_find_L_and_step_size` over `num_steps` steps, starting from the given
+    values; with `tune: false` they are used as they are."""
+
+    name: Literal["mclmc"] = "mclmc"
+    draws: Annotated[int, Field(ge=4)] = 1000
+    L: PositiveFloat = 1.0
+    step_size: PositiveFloat = 0.1
+    tune: bool = True
+    num_steps: Annotated[int, Field(ge=0)] = 500
+    frac_tune1: Annotated[float, Field(ge=0, le=1)] = 0.1
+    frac_tune2: Annotated[float, Field(ge=0, le=1)] = 0.1
+    frac_tune3: Annotated[float, Field(ge=0, le=1)] = 0.1
+    desired_energy_var: PositiveFloat = 5e-4
+    trust_in_estimate: PositiveFloat = 1.5
+    num_effective_samples: PositiveFloat = 150.0
+    diagonal_preconditioning: bool = False
+    integrator: Literal["isokinetic_mclachlan", "isokinetic_leapfrog", "isokinetic_yoshida"] = "isokinetic_mclachlan"
+
+
+SamplerSpec = Annotated[Union[SGLDSpec, HMCSpec, NUTSSpec, MCLMCSpec], Field(discriminator="name")]
+SAMPLER_NAMES = ("sgld", "hmc", "nuts", "mclmc")
 
 
 # --------------------------------------------------------------------------- posterior and run

@@ -26,6 +26,8 @@ from lambda_hat.presets import PRESETS
 from lambda_hat.specs import (
     SAMPLER_NAMES,
     HMCSpec,
+    MCLMCSpec,
+    NUTSSpec,
     PosteriorSpec,
     SamplerRun,
     SGLDSpec,
@@ -33,11 +35,11 @@ from lambda_hat.specs import (
     TargetSpec,
 )
 
-SAMPLER_CLASSES: dict[str, type[BaseModel]] = {"sgld": SGLDSpec, "hmc": HMCSpec}
+SAMPLER_CLASSES: dict[str, type[BaseModel]] = {"sgld": SGLDSpec, "hmc": HMCSpec, "nuts": NUTSSpec, "mclmc": MCLMCSpec}
 assert tuple(SAMPLER_CLASSES) == SAMPLER_NAMES
 
 SWEEP_KEYS = {"store_root", "jax_enable_x64", "targets", "samplers"}
-TARGET_ENTRY_KEYS = {"model", "data", "teacher", "training", "seed", "dtype", "overrides", "grid"}
+TARGET_ENTRY_KEYS = {"model", "data", "teacher", "training", "seed", "dtype", "w_star", "overrides", "grid"}
 TARGET_SECTIONS = ("model", "data", "teacher", "training")
 SAMPLER_ENTRY_META = {"name", "seed", "overrides", "posterior", "grid"}
 
@@ -129,7 +131,7 @@ def _resolve_target(raw: dict, source: str, entry: str, default_dtype: str) -> T
         if not isinstance(v, dict):
             raise _fail(source, entry, f"overrides.{k}", "must be a mapping")
         fields[k] = _deep_merge(fields.get(k, {}), v)
-    for k in ("seed", "dtype"):
+    for k in ("seed", "dtype", "w_star"):
         if k in raw:
             fields[k] = raw[k]
     fields.setdefault("dtype", default_dtype)

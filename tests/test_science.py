@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from lambda_hat.specs import DataSpec, HMCSpec, ModelSpec, RunSpec, SGLDSpec, TargetSpec, TeacherSpec, TrainingSpec
+from lambda_hat.specs import DataSpec, HMCSpec, MLPSpec, RunSpec, SGLDSpec, TargetSpec, TeacherSpec, TrainingSpec
 
 D = 8
 N_BETA = 50.0
@@ -159,23 +159,21 @@ def test_summarize_nonfinite_is_nan():
 def test_data_variants_finite(jax64, x_dist, noise):
     from lambda_hat.science.data import make_dataset
 
-    spec = TargetSpec(model=ModelSpec(in_dim=3, depth=1, widths=[4]),
+    spec = TargetSpec(model=MLPSpec(in_dim=3, depth=1, widths=[4]),
                       data=DataSpec(n_data=50, n_test=20, x_dist=x_dist, noise_model=noise))
     X, Y, Xt, Yt = make_dataset(jax64.random.PRNGKey(0), spec, jax64.numpy.float64)
     assert X.shape == (50, 3) and Y.shape == (50, 1) and Xt.shape == (20, 3) and Yt.shape == (20, 1)
     assert np.isfinite(np.asarray(Y)).all() and np.isfinite(np.asarray(X)).all()
 
 
-def test_teacher_dropout_not_implemented():
-    from lambda_hat.science import build_target
+def test_teacher_dropout_is_refused_at_validation():
+    from pydantic import ValidationError
 
-    spec = TargetSpec(model=ModelSpec(in_dim=2, depth=1, widths=[3]), teacher=TeacherSpec(dropout_rate=0.1),
-                      training=TrainingSpec(steps=10))
-    with pytest.raises(NotImplementedError, match="dropout_rate"):
-        build_target(spec)
+    with pytest.raises(ValidationError, match="dropout"):
+        TargetSpec(model=MLPSpec(in_dim=2, depth=1, widths=[3]), teacher=TeacherSpec(dropout_rate=0.1))
 
 
-TINY = TargetSpec(model=ModelSpec(in_dim=3, depth=1, widths=[4]), data=DataSpec(n_data=200, n_test=50),
+TINY = TargetSpec(model=MLPSpec(in_dim=3, depth=1, widths=[4]), data=DataSpec(n_data=200, n_test=50),
                   training=TrainingSpec(steps=300, learning_rate=0.01), seed=3)
 
 
