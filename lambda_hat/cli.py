@@ -162,8 +162,12 @@ def execute_cmd(
 
         config = local_config(run_dir, workers)
     else:
+        import shutil
+
         from lambda_hat.execute.parsl_config import SlurmSettings, slurm_config
 
+        if shutil.which("sbatch") is None:
+            raise _bad_input("--backend slurm: sbatch not found on PATH (run lh execute on a SLURM login node)")
         settings = SlurmSettings()
         if slurm_config is not None:
             settings = _load_slurm_settings(slurm_config)

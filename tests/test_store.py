@@ -128,3 +128,19 @@ def test_index_record_query_and_rebuild(tmp_path):
     table = pq.read_table(out)
     assert table.column("run_id").to_pylist() == [r.run_id for r in ex.runs]
     assert json.loads(table.column("spec").to_pylist()[0])["target_id"] == ex.runs[0].spec.target_id
+
+
+def test_index_with_old_columns_is_remade_from_manifests(tmp_path):
+    import duckdb
+
+    layout = StoreLayout(tmp_path)
+    ex = expand(sweep_from_dict(SWEEP))
+    r = ex.runs[0]
+    write_artifact(layout.run_dir(r.run_id), {"traces/llc": np.zeros((2, 2))},
+                   _fake_manifest("run", r.run_id, r.spec.model_dump(mode="json")))
+    con = duckdb.connect(str(layout.index_path))
+    con.execute("CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, llc DOUBLE)")  # an older layout
+    con.close()
+    t = ex.targets[0]
+    index.record(layout, [_fake_manifest("target", t.target_id, t.spec.model_dump(mode="json"))])
+    assert index.indexed_ids(layout) == ({t.target_id}, {r.run_id})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 import os
 import platform
 import socket
@@ -120,8 +121,6 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
         t0 = time.perf_counter()
         arrays = build_target(spec)
         build_sec = time.perf_counter() - t0
-        import math
-
         if not math.isfinite(float(arrays.metrics["L0"])):
             # A target whose training diverged has no w* to measure the LLC at.
             raise RuntimeError(f"training diverged: L0 = L_n(w*) is {arrays.metrics['L0']}; lower training.learning_rate")
@@ -165,7 +164,13 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
         total_sec = time.perf_counter() - t0
         manifest = _common("run", rid, RUN_SCHEMA, spec.model_dump(mode="json"))
         status = result.metrics.get("status", "ok")
-        manifest.update(status=status, metrics=dict(result.metrics), timings={"sample_job_sec": total_sec})
+        metrics = dict(result.metrics)
+        llc_true = tman["metrics"].get("llc_true")
+        if llc_true is not None:
+            # Targets with a known λ carry it into their runs' results.
+            metrics["llc_true"] = llc_true
+            metrics["rel_error"] = (metrics["llc_mean"] - llc_true) / llc_true if llc_true else math.nan
+        manifest.update(status=status, metrics=metrics, timings={"sample_job_sec": total_sec})
         manifest = write_artifact(layout.run_dir(rid), {f"traces/{k}": v for k, v in result.traces.items()}, manifest)
         m = result.metrics
         print(f"llc_mean={m.get('llc_mean')} llc_std={m.get('llc_std')} r_hat={m.get('r_hat')} status={status}", flush=True)

@@ -82,7 +82,11 @@ def slurm_config(run_dir: Path, s: SlurmSettings) -> Config:
                     min_blocks=0,
                     max_blocks=s.max_blocks,
                     scheduler_options=s.scheduler_options,
-                    worker_init=s.worker_init,
+                    # The driver's environment first (a shared file system is assumed, as on
+                    # every cluster we know), then the user's own set-up (modules, conda, ...).
+                    worker_init="\n".join(
+                        [f"export PATH={Path(sys.executable).parent}:$PATH", s.worker_init]
+                    ).strip(),
                     launcher=SrunLauncher(),
                 ),
             )

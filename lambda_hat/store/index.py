@@ -39,9 +39,11 @@ TARGET_COLUMNS: list[Column] = [
     ("target_id", "VARCHAR PRIMARY KEY", lambda m: m["id"]),
     ("status", "VARCHAR", lambda m: m.get("status")),
     ("model", "VARCHAR", lambda m: _get(m, "spec.model.kind")),
-    ("in_dim", "INTEGER", lambda m: _get(m, "spec.model.in_dim")),
-    ("out_dim", "INTEGER", lambda m: _get(m, "spec.model.out_dim")),
+    ("in_dim", "INTEGER", lambda m: _get(m, "spec.model.in_dim", (_get(m, "spec.model.widths") or [None])[0])),
+    ("out_dim", "INTEGER", lambda m: _get(m, "spec.model.out_dim", (_get(m, "spec.model.widths") or [None])[-1])),
     ("widths", "INTEGER[]", lambda m: _get(m, "spec.model.widths")),
+    ("teacher_rank", "INTEGER", lambda m: _get(m, "spec.teacher.rank")),
+    ("w_star", "VARCHAR", lambda m: _get(m, "spec.w_star")),
     ("activation", "VARCHAR", lambda m: _get(m, "spec.model.activation")),
     ("n_params", "INTEGER", lambda m: _get(m, "metrics.n_params")),
     ("n_data", "INTEGER", lambda m: _get(m, "spec.data.n_data")),
@@ -51,6 +53,7 @@ TARGET_COLUMNS: list[Column] = [
     ("seed", "BIGINT", lambda m: _get(m, "spec.seed")),
     ("dtype", "VARCHAR", lambda m: _get(m, "spec.dtype")),
     ("L0", "DOUBLE", lambda m: _num(_get(m, "metrics.L0"))),
+    ("llc_true", "DOUBLE", lambda m: _num(_get(m, "metrics.llc_true"))),
     ("final_train_loss", "DOUBLE", lambda m: _num(_get(m, "metrics.final_train_loss"))),
     ("test_loss", "DOUBLE", lambda m: _num(_get(m, "metrics.test_loss"))),
     ("train_steps", "INTEGER", lambda m: _get(m, "metrics.train_steps")),
@@ -80,12 +83,19 @@ RUN_COLUMNS: list[Column] = [
     ("llc_mean", "DOUBLE", lambda m: _num(_get(m, "metrics.llc_mean"))),
     ("llc_std", "DOUBLE", lambda m: _num(_get(m, "metrics.llc_std"))),
     ("llc_sem", "DOUBLE", lambda m: _num(_get(m, "metrics.llc_sem"))),
+    ("llc_true", "DOUBLE", lambda m: _num(_get(m, "metrics.llc_true"))),
+    ("rel_error", "DOUBLE", lambda m: _num(_get(m, "metrics.rel_error"))),
     ("ess", "DOUBLE", lambda m: _num(_get(m, "metrics.ess"))),
+    ("ess_tail", "DOUBLE", lambda m: _num(_get(m, "metrics.ess_tail"))),
     ("r_hat", "DOUBLE", lambda m: _num(_get(m, "metrics.r_hat"))),
     ("step_size", "DOUBLE", lambda m: _num(_get(m, "metrics.step_size"))),
+    ("accept_rate_mean", "DOUBLE", lambda m: _num(_get(m, "metrics.accept_rate_mean"))),
+    ("divergences", "INTEGER", lambda m: _get(m, "metrics.divergences")),
     ("nonfinite_draws", "INTEGER", lambda m: _get(m, "metrics.nonfinite_draws")),
+    ("total_fge", "DOUBLE", lambda m: _num(_get(m, "metrics.total_fge"))),
     ("walltime_sec", "DOUBLE", lambda m: _num(_get(m, "metrics.walltime_sec"))),
     ("compile_sec", "DOUBLE", lambda m: _num(_get(m, "metrics.compile_sec"))),
+    ("sample_sec", "DOUBLE", lambda m: _num(_get(m, "metrics.sample_sec"))),
     ("code_sha", "VARCHAR", lambda m: _get(m, "code.sha")),
     ("host", "VARCHAR", lambda m: m.get("host")),
     ("created_at", "TIMESTAMPTZ", lambda m: m.get("created_at")),
@@ -118,11 +128,29 @@ def _writer(layout: StoreLayout, timeout_s: float = 60.0) -> Iterator[Any]:
                     raise
                 time.sleep(0.1)
         try:
-            for table, cols in TABLES.items():
-                con.execute(_ddl(table, cols))
+            _ensure_schema(con, layout)
             yield con
         finally:
             con.close()
+
+
+def _ensure_schema(con: Any, layout: StoreLayout) -> None:
+    """Create the tables; if an older lambda-hat made them with other columns, remake them
+    from the manifests (the index is a cache of the filesystem, so this loses nothing)."""
+    existing = {}
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns ORDER BY table_name, ordinal_position"
+    ).fetchall():
+        existing.setdefault(table, []).append(column)
+    stale = any(t in existing and existing[t] != [n for n, _, _ in cols] for t, cols in TABLES.items())
+    if stale:
+        for table in TABLES:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+    for table, cols in TABLES.items():
+        con.execute(_ddl(table, cols))
+    if stale:
+        _insert(con, "targets", _scan_manifests(layout.targets_dir))
+        _insert(con, "runs", _scan_manifests(layout.runs_dir))
 
 
 def _insert(con: Any, table: str, manifests: list[dict]) -> None:
@@ -208,7 +236,7 @@ def export_runs_parquet(layout: StoreLayout, run_ids: list[str], out_path: Path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".tmp-{out_path.name}")
     target_cols = ", ".join(
-        f't."{n}" AS "target_{n}"' for n, _, _ in TARGET_COLUMNS if n not in ("target_id", "spec", "status", "created_at", "code_sha", "host", "seed", "dtype", "n_data", "n_params", "L0")
+        f't."{n}" AS "target_{n}"' for n, _, _ in TARGET_COLUMNS if n not in ("target_id", "spec", "status", "created_at", "code_sha", "host", "n_data", "n_params", "L0", "llc_true")
     )
     with _writer(layout) as con:
         con.execute("CREATE TEMP TABLE wanted (pos INTEGER, run_id VARCHAR)")

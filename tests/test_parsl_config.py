@@ -1,0 +1,49 @@
+"""Parsl configurations are plain objects built from typed settings (no cluster needed here)."""
+
+import shutil
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from lambda_hat.cli import _load_slurm_settings, app
+from lambda_hat.execute.parsl_config import SlurmSettings, local_config, slurm_config
+
+
+def test_local_config_uses_this_interpreter(tmp_path):
+    cfg = local_config(tmp_path / "ri", workers=3)
+    (ex,) = cfg.executors
+    assert ex.max_workers_per_node == 3
+    assert ex.launch_cmd.startswith(sys.executable + " -m parsl.executors.high_throughput.process_worker_pool")
+    assert list(ex.interchange_launch_cmd)[:2] == [sys.executable, "-m"]
+
+
+def test_slurm_settings_from_yaml_reach_the_provider(tmp_path):
+    f = tmp_path / "slurm.yaml"
+    f.write_text("partition: gpu\nwalltime: '01:00:00'\nmax_blocks: 7\nmem_per_node: 32\n"
+                 "worker_init: module load cuda/12.1\nscheduler_options: '#SBATCH --gres=gpu:1'\n")
+    settings = _load_slurm_settings(f)
+    assert settings == SlurmSettings(partition="gpu", walltime="01:00:00", max_blocks=7, mem_per_node=32,
+                                     worker_init="module load cuda/12.1", scheduler_options="#SBATCH --gres=gpu:1")
+    (ex,) = slurm_config(tmp_path / "ri", settings).executors
+    p = ex.provider
+    assert (p.partition, p.walltime, p.max_blocks, p.mem_per_node) == ("gpu", "01:00:00", 7, 32)
+    assert p.worker_init.strip().endswith("module load cuda/12.1") and "export PATH=" in p.worker_init
+
+
+def test_unknown_slurm_setting_is_bad_input(tmp_path):
+    import typer
+
+    f = tmp_path / "slurm.yaml"
+    f.write_text("partiton: gpu\n")
+    with pytest.raises(typer.Exit) as info:
+        _load_slurm_settings(f)
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="a SLURM cluster is here")
+def test_slurm_backend_without_sbatch_exits_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("targets: [{model: small}]\nsamplers: [{name: hmc}]\n")
+    result = CliRunner().invoke(app, ["execute", "s.yaml", "--backend", "slurm"])
+    assert result.exit_code == 2 and "sbatch not found" in result.stderr
