@@ -1,0 +1,180 @@
+"""Deep linear network (DLN) targets: a rank-r teacher, its data, and w*.
+
+Model. `DLNSpec.widths` = [H_0 (input), ..., H_L (output)]; the parameters are the dict
+{"W_0", ..., "W_{L-1}"} with W_l of shape (H_l, H_{l+1}) and no biases, and
+f(x) = x @ W_0 @ W_1 @ ... @ W_{L-1} — the conventions of `models.py` (so `mlp_apply(params,
+X, "identity")` is the forward pass and `train.train(..., "identity")` trains it).
+
+Teacher (`make_dln_teacher`). Rank r = `spec.teacher.rank` (already resolved to an int by
+`TargetSpec`). For every layer boundary l = 0..L, U_l is an (H_l, r) matrix with orthonormal
+columns (numpy reduced QR of a standard Gaussian matrix, drawn by a numpy Generator seeded
+from the teacher key); the end-to-end singular values
+s_1..s_r are drawn i.i.d. Uniform[0.5, 2] (SINGULAR_VALUE_RANGE); and
+
+    W_l = U_l · diag(s^{1/L}) · U_{l+1}ᵀ,
+
+so the product is U_0 diag(s) U_Lᵀ (rank exactly r, singular values s), every factor has rank
+exactly r, and the factors are balanced (W_lᵀW_l = W_{l+1}W_{l+1}ᵀ) and aligned. r = 0 gives
+all-zero weights. At these weights the exact learning coefficient is
+`theory.dln_lambda(widths, r)` (Aoyagi 2024): any true parameter of the model has the same
+λ, as λ depends only on the widths and the rank of the true map.
+
+Data. X from `data.make_x_sampler` (every `data.x_dist`), Y = X @ (teacher product) + noise
+from `data.sample_noise` (every `data.noise_model`), train (n_data) and test (n_test) sets.
+
+PRNG keys, as in `pipeline.build_target`: PRNGKey(spec.seed) → (data, student init, training);
+data → (distribution, teacher, X, X_test, noise, noise_test).
+
+w* (`spec.w_star`).
+  "teacher"  the teacher's own weights (a true parameter): train_steps = 0,
+             final_train_loss = L0 = L_n(teacher) (≈ noise variance · out_dim), and
+             metrics["llc_true"] = dln_lambda(widths, r) (`llc_true`; None for a rank-
+             deficient `lowdim_manifold` input distribution).
+  "trained"  a student initialised with `model.init` (normal, `models.init_std`) and trained
+             with `train.train` (optax; full batch or minibatch, early stopping, per
+             `spec.training`). It is near a minimum of L_n, not a true parameter, so
+             metrics["llc_true"] = None.
+
+dtype: `spec.dtype`; float64 turns on `jax_enable_x64` (as `pipeline` does).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .theory import dln_lambda
+
+__all__ = ["SINGULAR_VALUE_RANGE", "make_dln_teacher", "dln_apply", "build_dln_target", "llc_true"]
+
+SINGULAR_VALUE_RANGE = (0.5, 2.0)
+
+
+def _jnp_dtype(name: str):
+    import jax
+    import jax.numpy as jnp
+
+    if name == "float64":
+        jax.config.update("jax_enable_x64", True)
+        return jnp.float64
+    if name == "float32":
+        return jnp.float32
+    raise NotImplementedError(f"dtype={name!r} is not implemented")
+
+
+def _check_dln(spec) -> None:
+    if spec.model.kind != "dln":
+        raise ValueError(f"build_dln_target needs model.kind 'dln', got {spec.model.kind!r}")
+    r = spec.teacher.rank
+    if r is None:  # pragma: no cover - TargetSpec resolves it
+        raise ValueError("teacher.rank must be resolved to an int for a dln target")
+    if not 0 <= r <= min(spec.model.widths):
+        raise ValueError(f"teacher.rank {r} is outside [0, {min(spec.model.widths)}]")
+
+
+def llc_true(spec) -> float | None:
+    """The exact learning coefficient at w*: dln_lambda(widths, rank) when w* is the teacher
+    (a true parameter), else None. Also None for `lowdim_manifold` inputs with
+    x_dim_latent < in_dim: the theorem assumes a positive-definite input covariance (every
+    other x_dist has one). The noise model does not enter: for every supported one the noise
+    has conditional mean zero, so K(w) = E‖f_w(x) − f_teacher(x)‖² is the same."""
+    _check_dln(spec)
+    if spec.w_star != "teacher":
+        return None
+    d = spec.data
+    if d.x_dist == "lowdim_manifold" and d.x_dim_latent < spec.model.in_dim:
+        # Singular input covariance: Aoyagi's theorem assumes a positive-definite one.
+        return None
+    return dln_lambda(list(spec.model.widths), int(spec.teacher.rank))
+
+
+def make_dln_teacher(key, widths, rank: int, dtype) -> dict:
+    """Balanced, aligned teacher whose every layer, and product, has rank exactly `rank`.
+
+    The random draws use numpy (`np.random.default_rng` seeded with the bits of the JAX
+    `key`, float64, LAPACK QR) rather than jax.random: per-shape XLA compilation of QR made
+    building a small target take seconds. Still a pure function of `key`; the weights are
+    cast to `dtype` at the end.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    widths = [int(w) for w in widths]
+    L = len(widths) - 1
+    if L < 1:
+        raise ValueError(f"widths needs at least 2 entries, got {widths}")
+    r = int(rank)
+    if not 0 <= r <= min(widths):
+        raise ValueError(f"rank {r} is outside [0, {min(widths)}]")
+    if r == 0:
+        return {f"W_{l}": jnp.zeros((widths[l], widths[l + 1]), dtype) for l in range(L)}
+    rng = np.random.default_rng([int(b) for b in np.asarray(jax.random.key_data(key)).ravel()])
+    lo, hi = SINGULAR_VALUE_RANGE
+    s = rng.uniform(lo, hi, size=r)
+    U = [np.linalg.qr(rng.standard_normal((h, r)), mode="reduced")[0] for h in widths]
+    root = s ** (1.0 / L)
+    return {f"W_{l}": jnp.asarray((U[l] * root) @ U[l + 1].T, dtype) for l in range(L)}
+
+
+def dln_apply(params: dict, X):
+    """f(x) = x @ W_0 @ ... @ W_{L-1}."""
+    h = X
+    for l in range(sum(1 for k in params if k.startswith("W_"))):
+        h = h @ params[f"W_{l}"]
+    return h
+
+
+def build_dln_target(spec):
+    """Teacher, data and w* for a `TargetSpec` whose model is a `DLNSpec` (see module doc)."""
+    import jax
+
+    from . import TargetArrays
+    from .data import make_x_sampler, sample_noise
+    from .losses import mean_loss
+    from .models import init_mlp
+    from .train import train
+
+    _check_dln(spec)
+    dtype = _jnp_dtype(spec.dtype)
+    m, d = spec.model, spec.data
+    widths = list(m.widths)
+    k_data, k_init, k_train = jax.random.split(jax.random.PRNGKey(spec.seed), 3)
+
+    k_dist, k_teacher, k_x, k_xt, k_n, k_nt = jax.random.split(k_data, 6)
+    teacher = make_dln_teacher(k_teacher, widths, spec.teacher.rank, dtype)
+    sample_x = make_x_sampler(k_dist, d, m.in_dim, dtype)
+    X = sample_x(k_x, d.n_data).astype(dtype)
+    X_test = sample_x(k_xt, d.n_test).astype(dtype)
+    Y = (dln_apply(teacher, X) + sample_noise(k_n, X, m.out_dim, d, dtype)).astype(dtype)
+    Y_test = (dln_apply(teacher, X_test) + sample_noise(k_nt, X_test, m.out_dim, d, dtype)).astype(dtype)
+
+    if spec.w_star == "teacher":
+        params = teacher
+        train_steps = 0
+        final_train_loss = None
+    elif spec.w_star == "trained":
+        params0 = init_mlp(k_init, widths, init=m.init, bias=False, dtype=dtype)
+        params, info = train(k_train, params0, X, Y, spec.training, "identity")
+        params = jax.tree.map(lambda a: a.astype(dtype), params)
+        train_steps = int(info["train_steps"])
+        final_train_loss = float(info["final_train_loss"])
+    else:  # pragma: no cover - the spec's Literal forbids this
+        raise NotImplementedError(f"w_star={spec.w_star!r} is not implemented")
+
+    L0 = float(mean_loss(dln_apply(params, X), Y))
+    test_loss = float(mean_loss(dln_apply(params, X_test), Y_test))
+    metrics = {
+        "L0": L0,
+        "train_steps": train_steps,
+        "final_train_loss": L0 if final_train_loss is None else final_train_loss,
+        "test_loss": test_loss,
+        "n_params": int(m.n_params),
+        "n_data": int(d.n_data),
+        "n_test": int(d.n_test),
+        "llc_true": llc_true(spec),
+    }
+    return TargetArrays(
+        params={k: np.asarray(v) for k, v in params.items()},
+        X=np.asarray(X),
+        Y=np.asarray(Y),
+        metrics=metrics,
+    )

@@ -1,0 +1,195 @@
+"""Exact learning coefficients λ (real log canonical thresholds) where theory knows them.
+
+Pure Python (no JAX, no numpy): the values are computed in exact rational arithmetic with
+`fractions.Fraction` and returned as floats (all of them are multiples of 1/(4ℓ), so the
+float is exact for every practical size).
+
+Conventions. λ is the learning coefficient of the model at a true parameter, for the loss
+L_n(w) = (1/n) Σ‖y − f_w(x)‖² of `losses.py` (λ does not depend on the scale of the loss).
+A "width list" [H_1, ..., H_{L+1}] lists every layer size, input first and output last:
+the network is x ↦ x W_1 ⋯ W_L with W_j of shape (H_j, H_{j+1}), d = Σ H_j H_{j+1}
+parameters.
+
+Functions
+  regular_lambda(d)               d/2, a regular (identifiable, non-degenerate) model.
+  rrr_lambda(M, H, N, r)          reduced rank regression y = B A x (Aoyagi & Watanabe 2005).
+  dln_lambda(widths, r)           deep linear network with a rank-r true map (Aoyagi 2024).
+  quadratic_expected_llc(...)     exact finite-n E[nβ(L − L0)] for an exactly quadratic loss.
+
+References
+  M. Aoyagi, S. Watanabe (2005). Stochastic complexities of reduced rank regression in
+    Bayesian estimation. Neural Networks 18(7), 924–933. (Main theorem.)
+  M. Aoyagi (2024). Consideration on the learning efficiency of multiple-layered neural
+    networks with linear units. Neural Networks 172, 106132. (Theorem 1; restated in
+    Furman & Lau 2024, "Estimating the local learning coefficient at scale", appendix.)
+  E. Lau, Z. Furman, G. Wang, D. Murfet, S. Wei (2023/2025). The local learning
+    coefficient: a singularity-aware complexity measure. (Restates the RRR formula.)
+"""
+
+from __future__ import annotations
+
+import operator
+from fractions import Fraction
+from typing import Iterable, Sequence
+
+__all__ = [
+    "regular_lambda",
+    "rrr_lambda",
+    "dln_lambda",
+    "dln_subset",
+    "quadratic_expected_llc",
+]
+
+
+def _check_int(name: str, v, minimum: int) -> int:
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be an integer, got {v!r}")
+    try:
+        v = operator.index(v)  # int, numpy integer; not float
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {v!r}") from None
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def regular_lambda(d: int | float) -> float:
+    """λ = d/2 for a regular model with d parameters."""
+    if d < 0:
+        raise ValueError(f"d must be >= 0, got {d}")
+    return d / 2
+
+
+# --------------------------------------------------------------------------- RRR
+
+
+def _rrr_fraction(M: int, H: int, N: int, r: int) -> Fraction:
+    """Aoyagi & Watanabe (2005), main theorem. M: input dim, H: hidden (inner) dim,
+    N: output dim, r: rank of the true map (0 <= r <= min(M, H, N)).
+
+    Case 1  N + r <= M + H,  M + r <= N + H,  H + r <= M + N:
+              M + H + N + r even:  λ = [2(H+r)(M+N) − (M−N)² − (H+r)²] / 8
+              M + H + N + r odd:   λ = [2(H+r)(M+N) − (M−N)² − (H+r)² + 1] / 8
+    Case 2  M + H < N + r:        λ = [HM − Hr + Nr] / 2
+    Case 3  N + H < M + r:        λ = [HN − Hr + Mr] / 2
+    Case 4  M + N < H + r:        λ = MN / 2
+    (Cases 2–4 are mutually exclusive given r <= min(M, H, N), and case 1 is their complement.)
+    """
+    if M + H < N + r:
+        return Fraction(H * M - H * r + N * r, 2)
+    if N + H < M + r:
+        return Fraction(H * N - H * r + M * r, 2)
+    if M + N < H + r:
+        return Fraction(M * N, 2)
+    num = 2 * (H + r) * (M + N) - (M - N) ** 2 - (H + r) ** 2
+    if (M + H + N + r) % 2 == 1:
+        num += 1
+    return Fraction(num, 8)
+
+
+def rrr_lambda(M: int, H: int, N: int, r: int) -> float:
+    """Learning coefficient of reduced rank regression y = B A x, A: H×M, B: N×H, at a true
+    map of rank r (Aoyagi & Watanabe 2005). As a width list this is [M, H, N]."""
+    M = _check_int("M", M, 1)
+    H = _check_int("H", H, 1)
+    N = _check_int("N", N, 1)
+    r = _check_int("r", r, 0)
+    if r > min(M, H, N):
+        raise ValueError(f"true rank r={r} exceeds min(M, H, N)={min(M, H, N)}")
+    return float(_rrr_fraction(M, H, N, r))
+
+
+# --------------------------------------------------------------------------- DLN
+
+
+def dln_subset(widths: Sequence[int], r: int) -> tuple[list[int], int]:
+    """The index set Σ of Aoyagi (2024), Theorem 1, and ℓ = |Σ| − 1.
+
+    With reduced widths M_j = H_j − r (j = 1..L+1), Σ has ℓ + 1 elements and satisfies
+        (a) max{M_σ : σ ∈ Σ} < min{M_k : k ∉ Σ},
+        (b) Σ_{σ∈Σ} M_σ >= ℓ · max{M_σ : σ ∈ Σ},
+        (c) Σ_{σ∈Σ} M_σ <  ℓ · min{M_k : k ∉ Σ}     (vacuous when Σ is everything).
+    By (a), Σ holds the ℓ + 1 smallest M's. Sort them, m_1 <= ... <= m_{L+1}, and let
+    P(k) be "m_1 + ... + m_{k+1} >= k · m_{k+1}" (condition (b) for the first k+1). Then
+    (c) for the first k+1 is exactly not-P(k+1), and P is monotone (P(k) false ⇒ P(k+1)
+    false, since m_1+…+m_{k+2} < k·m_{k+1} + m_{k+2} <= (k+1)·m_{k+2}); P(0) and P(1) always
+    hold. So Σ is unique: the first k+1 with k the largest such that P(k) holds (k >= 1
+    when L >= 1). A cut inside a tie can never pass both (b) and (c), so ties in the sort
+    do not matter and (a) holds with strict inequality.
+
+    Returns (sorted list of 0-based indices into `widths`, ℓ).
+    """
+    Ms = [h - r for h in widths]
+    order = sorted(range(len(Ms)), key=lambda j: (Ms[j], j))
+    m = [Ms[j] for j in order]
+    ell = 1
+    prefix = m[0] + m[1]
+    for k in range(2, len(m)):
+        prefix += m[k]
+        if prefix >= k * m[k]:
+            ell = k
+        else:
+            break
+    return sorted(order[: ell + 1]), ell
+
+
+def _dln_fraction(widths: list[int], r: int) -> Fraction:
+    """Aoyagi (2024), Theorem 1. With Σ, ℓ from `dln_subset`, S = Σ_{σ∈Σ} M_σ and
+    a = S mod ℓ (equivalently a = S − ℓ(⌈S/ℓ⌉ − 1) ∈ {1..ℓ}; a(ℓ − a) is the same):
+
+        λ = [−r² + r(H_1 + H_{L+1})]/2 + a(ℓ − a)/(4ℓ) − [ℓ(ℓ − 1)/4]·(S/ℓ)²
+            + ½ Σ_{σ<σ' ∈ Σ} M_σ M_σ'.
+    """
+    H1, Hout = widths[0], widths[-1]
+    Ms = [h - r for h in widths]
+    idx, ell = dln_subset(widths, r)
+    sub = [Ms[j] for j in idx]
+    S = sum(sub)
+    a = S % ell
+    pair_sum = (S * S - sum(x * x for x in sub)) // 2  # Σ_{i<j} M_i M_j, exact integer
+    lam = Fraction(-r * r + r * (H1 + Hout), 2)
+    lam += Fraction(a * (ell - a), 4 * ell)
+    lam -= Fraction(ell * (ell - 1), 4) * Fraction(S, ell) ** 2
+    lam += Fraction(pair_sum, 2)
+    return lam
+
+
+def dln_lambda(widths: Iterable[int], r: int) -> float:
+    """Learning coefficient of the deep linear network with layer sizes `widths`
+    ([H_1 (input), ..., H_{L+1} (output)]) at a true parameter whose end-to-end map has
+    rank r (Aoyagi 2024, Theorem 1). A single layer ([H_1, H_2]) is regular: H_1·H_2/2.
+    For two layers this equals `rrr_lambda(H_1, H_2, H_3, r)`.
+    """
+    ws = [_check_int("widths[i]", w, 1) for w in widths]
+    if len(ws) < 2:
+        raise ValueError(f"widths needs at least 2 entries (input and output), got {ws}")
+    r = _check_int("r", r, 0)
+    if r > min(ws):
+        raise ValueError(f"true rank r={r} exceeds the smallest width {min(ws)}")
+    return float(_dln_fraction(ws, r))
+
+
+# --------------------------------------------------------------------------- quadratic
+
+
+def quadratic_expected_llc(hessian_eigs: Iterable[float], n_beta: float, gamma: float) -> float:
+    """Exact E[nβ·(L_n(w) − L_n(w*))] under the localized tempered posterior
+    exp(−nβ·L_n(w) − (γ/2)‖w − w*‖²) when L_n is exactly quadratic,
+    L_n(w) = L0 + ½ (w − w*)ᵀ H (w − w*), with `hessian_eigs` the eigenvalues of H (the
+    Hessian of L_n, in the `losses.py` convention). The posterior is Gaussian with precision
+    nβH + γI, so the expectation is ½ Σ_i nβh_i / (nβh_i + γ): d/2 as γ/(nβ) → 0, and
+    directions with h_i = 0 contribute nothing.
+    """
+    if n_beta <= 0:
+        raise ValueError(f"n_beta must be > 0, got {n_beta}")
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    total = 0.0
+    for h in hessian_eigs:
+        h = float(h)
+        if h < 0:
+            raise ValueError(f"Hessian eigenvalues must be >= 0, got {h}")
+        if h == 0.0:
+            continue
+        total += n_beta * h / (n_beta * h + gamma)
+    return 0.5 * total

@@ -1,0 +1,164 @@
+"""Exact learning coefficients (lambda_hat.science.theory): pure Python, fast."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from fractions import Fraction
+
+import pytest
+
+from lambda_hat.science.theory import (
+    _dln_fraction,
+    _rrr_fraction,
+    dln_lambda,
+    dln_subset,
+    quadratic_expected_llc,
+    regular_lambda,
+    rrr_lambda,
+)
+
+# (widths, r, λ): worked values (Aoyagi & Watanabe 2005 cases; Aoyagi 2024 examples).
+WORKED = [
+    ([5, 3, 5], 0, 6.5),  # RRR case 1, M+H+N+r odd
+    ([5, 3, 5], 1, 8.0),  # case 1, even
+    ([5, 3, 5], 3, 10.5),  # full rank: (H(M+N) − H²)/2
+    ([5, 4, 5], 0, 8.0),  # case 1, even
+    ([4, 3, 8], 0, 6.0),  # case 2: M + H < N + r
+    ([3, 8, 4], 0, 6.0),  # case 4: M + N < H + r
+    ([3, 8, 4], 1, 6.0),
+    ([3, 8, 4], 2, 6.0),
+    ([3, 8, 4], 3, 6.0),
+    ([2, 2, 2, 2], 0, 1.5),
+    ([2, 2, 2, 2], 2, 2.0),
+    ([10, 10, 10, 10, 10], 0, 31.5),
+    ([10, 10, 10, 10, 10], 10, 50.0),
+    ([10, 10], 0, 50.0),  # single layer: regular, d/2
+    ([10, 10], 10, 50.0),
+]
+
+
+@pytest.mark.parametrize("widths,r,expected", WORKED)
+def test_worked_values(widths, r, expected):
+    assert dln_lambda(widths, r) == expected
+    if len(widths) == 3:
+        assert rrr_lambda(*widths, r) == expected
+
+
+def test_rrr_case_examples():
+    # One example per Aoyagi–Watanabe case (M, H, N, r).
+    assert rrr_lambda(2, 1, 2, 0) == 1.0  # case 1 odd: (2·1·4 − 0 − 1 + 1)/8
+    assert rrr_lambda(3, 2, 3, 0) == 2.5  # case 1 even: (2·2·6 − 0 − 4)/8
+    assert rrr_lambda(2, 1, 4, 0) == 1.0  # case 2: HM/2
+    assert rrr_lambda(8, 3, 4, 0) == 6.0  # case 3: HN/2
+    assert rrr_lambda(4, 1, 2, 1) == 2.5  # case 3: (HN − Hr + Mr)/2 = (2 − 1 + 4)/2
+    assert rrr_lambda(1, 4, 2, 0) == 1.0  # case 4: MN/2
+
+
+def test_dln_equals_rrr_for_all_small_two_layer_networks():
+    n = 0
+    for M, H, N in itertools.product(range(1, 9), repeat=3):
+        for r in range(min(M, H, N) + 1):
+            assert _dln_fraction([M, H, N], r) == _rrr_fraction(M, H, N, r), (M, H, N, r)
+            n += 1
+    assert n > 1000
+
+
+def test_single_layer_is_regular():
+    for a, b in itertools.product(range(1, 8), repeat=2):
+        for r in range(min(a, b) + 1):
+            assert dln_lambda([a, b], r) == regular_lambda(a * b) == a * b / 2
+
+
+def _all_valid_subsets(widths, r):
+    """Brute force over every subset: the conditions of Aoyagi (2024), Theorem 1."""
+    Ms = [h - r for h in widths]
+    out = []
+    idx = range(len(Ms))
+    for size in range(2, len(Ms) + 1):
+        for sub in itertools.combinations(idx, size):
+            ell = size - 1
+            vals = [Ms[j] for j in sub]
+            rest = [Ms[j] for j in idx if j not in sub]
+            S = sum(vals)
+            if rest and not max(vals) < min(rest):
+                continue
+            if not S >= ell * max(vals):
+                continue
+            if rest and not S < ell * min(rest):
+                continue
+            out.append((list(sub), ell))
+    return out
+
+
+def _random_cases(seed, count, max_layers=6, max_width=9):
+    rng = random.Random(seed)
+    for _ in range(count):
+        L = rng.randint(1, max_layers)
+        widths = [rng.randint(1, max_width) for _ in range(L + 1)]
+        yield widths
+
+
+def test_subset_is_the_unique_one_of_the_theorem():
+    for widths in _random_cases(0, 400):
+        for r in range(min(widths) + 1):
+            valid = _all_valid_subsets(widths, r)
+            assert valid == [dln_subset(widths, r)], (widths, r, valid)
+
+
+def test_bounds_and_monotonicity():
+    for widths in _random_cases(1, 500, max_layers=7, max_width=12):
+        d = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+        lams = [_dln_fraction(widths, r) for r in range(min(widths) + 1)]
+        for r, lam in enumerate(lams):
+            assert 0 < lam <= Fraction(d, 2), (widths, r, lam)
+            # λ is a multiple of 1/(4ℓ): float conversion is exact for these sizes.
+            assert float(lam) == dln_lambda(widths, r)
+        assert all(a <= b for a, b in zip(lams, lams[1:])), (widths, lams)
+
+
+def test_full_rank_is_dimension_of_rank_r_matrices():
+    # At r = min width the image is the manifold of rank-r H_1×H_{L+1} matrices, of
+    # dimension r(H_1 + H_{L+1} − r); λ is half of it. Equal widths H: (L·H² − (L−1)·H²)/2,
+    # the parameter count minus the GL(H)^{L−1} orbit, halved.
+    for widths in _random_cases(2, 300, max_layers=6, max_width=10):
+        r = min(widths)
+        assert dln_lambda(widths, r) == r * (widths[0] + widths[-1] - r) / 2, widths
+    for H, L in itertools.product(range(1, 6), range(1, 6)):
+        assert dln_lambda([H] * (L + 1), H) == (L * H * H - (L - 1) * H * H) / 2
+
+
+def test_dln_lambda_is_symmetric_under_reversal():
+    # Transposing the network (y = x W_1⋯W_L ↔ xᵀ-side) swaps input and output.
+    for widths in _random_cases(3, 200):
+        for r in range(min(widths) + 1):
+            assert dln_lambda(widths, r) == dln_lambda(widths[::-1], r)
+
+
+def test_invalid_inputs():
+    with pytest.raises(ValueError):
+        dln_lambda([3, 2, 3], 3)
+    with pytest.raises(ValueError):
+        dln_lambda([3], 0)
+    with pytest.raises(ValueError):
+        dln_lambda([3, 0, 3], 0)
+    with pytest.raises(TypeError):
+        dln_lambda([3, 2.0, 3], 0)
+    with pytest.raises(ValueError):
+        rrr_lambda(3, 2, 3, -1)
+    with pytest.raises(ValueError):
+        rrr_lambda(3, 2, 3, 3)
+
+
+def test_quadratic_expected_llc():
+    assert quadratic_expected_llc([1.0, 2.0], n_beta=1e12, gamma=1.0) == pytest.approx(1.0, rel=1e-9)
+    assert quadratic_expected_llc([1.0, 0.0, 3.0], n_beta=10.0, gamma=0.0) == 1.0
+    h, nb, g = [0.5, 2.0, 4.0], 20.0, 3.0
+    expected = 0.5 * sum(nb * x / (nb * x + g) for x in h)
+    assert quadratic_expected_llc(h, nb, g) == pytest.approx(expected, rel=1e-15)
+    assert quadratic_expected_llc([], 1.0, 1.0) == 0.0
+    with pytest.raises(ValueError):
+        quadratic_expected_llc([-1.0], 1.0, 1.0)
+    with pytest.raises(ValueError):
+        quadratic_expected_llc([1.0], 0.0, 1.0)
+    assert regular_lambda(7) == 3.5
