@@ -118,13 +118,25 @@ def test_sgld_rmsprop_runs_near_theory(jax64):
     assert abs(s["llc_mean"] - _theory(h)) < 0.3 * _theory(h)
 
 
-def test_sgld_adam_precond_not_implemented(jax64):
+def test_sgld_unknown_precond_not_implemented(jax64):
     from lambda_hat.science.samplers.sgld import build_sgld
 
     h, w_star, loss = _quadratic(jax64)
     with pytest.raises(NotImplementedError, match="precond"):
         build_sgld(loss_fn=loss, stoch_loss_fn=lambda w, k: loss(w), w_star=w_star, n_beta=1.0, gamma=1.0,
-                   step_size=1e-3, warmup=1, draws=4, eval_every=1, chains=1, precond="adam")
+                   step_size=1e-3, warmup=1, draws=4, eval_every=1, chains=1, precond="kfac")
+
+
+def test_sgld_adam_runs_near_theory(jax64):
+    """Adam-preconditioned SGLD (approximate, see sgld.py): a loose (30 %) check."""
+    from lambda_hat.science.samplers.sgld import build_sgld
+
+    h, w_star, loss = _quadratic(jax64)
+    fn = build_sgld(loss_fn=loss, stoch_loss_fn=lambda w, k: loss(w), w_star=w_star, n_beta=N_BETA, gamma=GAMMA,
+                    step_size=5e-3, warmup=2000, draws=1800, eval_every=10, chains=4, precond="adam")
+    _, s = _run(jax64, fn)
+    assert s["status"] == "ok"
+    assert abs(s["llc_mean"] - _theory(h)) < 0.3 * _theory(h)
 
 
 def test_chunked_full_loss_equals_direct(jax64):
@@ -215,6 +227,7 @@ RUNS = {
     "hmc_mass_only": HMCSpec(chains=2, draws=20, warmup=60, num_integration_steps=5, adapt_step_size=False,
                              step_size=0.02),
     "hmc_no_adapt": HMCSpec(chains=2, draws=20, warmup=0, num_integration_steps=5),
+    "sgld_adam": SGLDSpec(chains=2, steps=300, warmup=100, eval_every=10, precond="adam", batch_size=32),
 }
 
 

@@ -85,8 +85,9 @@ def make_teacher(key, spec, dtype):
     return init_mlp(key, dims, init=m.init, bias=m.bias, dtype=dtype), t.activation
 
 
-def make_dataset(key, spec, dtype):
-    """(X, Y, X_test, Y_test) for a TargetSpec; `key` is the data key of the target."""
+def make_dataset(key, spec, dtype, return_teacher: bool = False):
+    """(X, Y, X_test, Y_test) for a TargetSpec; `key` is the data key of the target.
+    With `return_teacher`, the teacher's params are appended."""
     m, d = spec.model, spec.data
     k_dist, k_teacher, k_x, k_xt, k_n, k_nt = jax.random.split(key, 6)
     teacher, t_act = make_teacher(k_teacher, spec, dtype)
@@ -95,4 +96,4 @@ def make_dataset(key, spec, dtype):
     X_test = sample_x(k_xt, d.n_test).astype(dtype)
     Y = (mlp_apply(teacher, X, t_act) + sample_noise(k_n, X, m.out_dim, d, dtype)).astype(dtype)
     Y_test = (mlp_apply(teacher, X_test, t_act) + sample_noise(k_nt, X_test, m.out_dim, d, dtype)).astype(dtype)
-    return X, Y, X_test, Y_test
+    return (X, Y, X_test, Y_test, teacher) if return_teacher else (X, Y, X_test, Y_test)

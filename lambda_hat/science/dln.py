@@ -49,18 +49,6 @@ __all__ = ["SINGULAR_VALUE_RANGE", "make_dln_teacher", "dln_apply", "build_dln_t
 SINGULAR_VALUE_RANGE = (0.5, 2.0)
 
 
-def _jnp_dtype(name: str):
-    import jax
-    import jax.numpy as jnp
-
-    if name == "float64":
-        jax.config.update("jax_enable_x64", True)
-        return jnp.float64
-    if name == "float32":
-        return jnp.float32
-    raise NotImplementedError(f"dtype={name!r} is not implemented")
-
-
 def _check_dln(spec) -> None:
     if spec.model.kind != "dln":
         raise ValueError(f"build_dln_target needs model.kind 'dln', got {spec.model.kind!r}")
@@ -130,11 +118,11 @@ def build_dln_target(spec):
     from . import TargetArrays
     from .data import make_x_sampler, sample_noise
     from .losses import mean_loss
-    from .models import init_mlp
+    from .models import init_mlp, jnp_dtype
     from .train import train
 
     _check_dln(spec)
-    dtype = _jnp_dtype(spec.dtype)
+    dtype = jnp_dtype(spec.dtype)
     m, d = spec.model, spec.data
     widths = list(m.widths)
     k_data, k_init, k_train = jax.random.split(jax.random.PRNGKey(spec.seed), 3)

@@ -22,6 +22,16 @@ ACTIVATIONS = {
 }
 
 
+def jnp_dtype(name: str):
+    """The JAX dtype for a spec's `dtype`; float64 switches x64 on for this process."""
+    if name == "float64":
+        jax.config.update("jax_enable_x64", True)
+        return jnp.float64
+    if name == "float32":
+        return jnp.float32
+    raise NotImplementedError(f"dtype={name!r} is not implemented")
+
+
 def init_std(init: str, fan_in: int, fan_out: int) -> float:
     """Standard deviation of the (normal) weight initialisation."""
     if init == "he":

@@ -14,20 +14,9 @@ on `jax_enable_x64`.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 import numpy as np
-
-
-def _jnp_dtype(name: str):
-    import jax
-    import jax.numpy as jnp
-
-    if name == "float64":
-        jax.config.update("jax_enable_x64", True)
-        return jnp.float64
-    if name == "float32":
-        return jnp.float32
-    raise NotImplementedError(f"dtype={name!r} is not implemented")
 
 
 def build_target(spec):
@@ -36,17 +25,25 @@ def build_target(spec):
     from . import TargetArrays
     from .data import make_dataset
     from .losses import mean_loss
-    from .models import init_mlp, mlp_apply
+    from .models import init_mlp, jnp_dtype, mlp_apply
     from .train import train
 
-    dtype = _jnp_dtype(spec.dtype)
     m = spec.model
+    if m.kind == "dln":
+        from .dln import build_dln_target
+
+        return build_dln_target(spec)
     if m.kind != "mlp":
         raise NotImplementedError(f"model.kind={m.kind!r} is not implemented")
+    dtype = jnp_dtype(spec.dtype)
     k_data, k_init, k_train = jax.random.split(jax.random.PRNGKey(spec.seed), 3)
-    X, Y, X_test, Y_test = make_dataset(k_data, spec, dtype)
-    params0 = init_mlp(k_init, m.layer_dims, init=m.init, bias=m.bias, dtype=dtype)
-    params, info = train(k_train, params0, X, Y, spec.training, m.activation)
+    X, Y, X_test, Y_test, teacher = make_dataset(k_data, spec, dtype, return_teacher=True)
+    if spec.w_star == "teacher":
+        # A true parameter (the spec checked that the architectures match): no training.
+        params, info = teacher, {"train_steps": 0, "final_train_loss": float(mean_loss(mlp_apply(teacher, X, m.activation), Y))}
+    else:
+        params0 = init_mlp(k_init, m.layer_dims, init=m.init, bias=m.bias, dtype=dtype)
+        params, info = train(k_train, params0, X, Y, spec.training, m.activation)
     params = jax.tree.map(lambda a: a.astype(dtype), params)
     L0 = float(mean_loss(mlp_apply(params, X, m.activation), Y))
     test_loss = float(mean_loss(mlp_apply(params, X_test, m.activation), Y_test))
@@ -67,32 +64,96 @@ def build_target(spec):
     )
 
 
-def _timed(fn, key):
-    """jit + compile separately from execution; returns (numpy outputs, compile_sec, run_sec)."""
+# In-process cache of compiled sampler executables, keyed on everything the traced
+# function closes over (static config, shapes, dtypes); data and w* are arguments.
+_COMPILED: "OrderedDict[tuple, object]" = OrderedDict()
+_COMPILED_MAX = 16
+
+
+def _timed(cache_key, make_fn, *args):
+    """Compile `make_fn()` for `args` (or reuse the compiled executable cached under
+    `cache_key`) and run it. `make_fn()` must return a pure function of `args` whose closure
+    holds only Python scalars / shapes / static config, never arrays: the data then never
+    become HLO constants, so compiles are smaller and the persistent compilation cache
+    (`jax_compilation_cache_dir`) hits across targets of the same shapes.
+    Returns (numpy outputs, compile_sec, run_sec, in-process cache hit)."""
     import jax
 
     t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(key).compile()
+    compiled = _COMPILED.get(cache_key)
+    hit = compiled is not None
+    if hit:
+        _COMPILED.move_to_end(cache_key)
+    else:
+        compiled = jax.jit(make_fn()).lower(*args).compile()
+        _COMPILED[cache_key] = compiled
+        while len(_COMPILED) > _COMPILED_MAX:
+            _COMPILED.popitem(last=False)
     t1 = time.perf_counter()
-    out = jax.block_until_ready(compiled(key))
+    out = jax.block_until_ready(compiled(*args))
     t2 = time.perf_counter()
-    return jax.tree.map(np.asarray, out), t1 - t0, t2 - t1
+    return jax.tree.map(np.asarray, out), t1 - t0, t2 - t1, hit
+
+
+def _build_sampler(s, *, predict, X, Y, w_star, n_beta: float, gamma: float, step_size):
+    """The sampler's ``run(key)`` for spec `s` on data (X, Y) at w_star (arrays or tracers)."""
+    from .posterior import make_full_loss, make_minibatch_loss
+
+    loss_fn = make_full_loss(predict, X, Y)
+    common = dict(loss_fn=loss_fn, w_star=w_star, n_beta=n_beta, gamma=gamma, chains=s.chains)
+    if s.name == "sgld":
+        from .samplers.sgld import build_sgld
+
+        return loss_fn, build_sgld(
+            stoch_loss_fn=make_minibatch_loss(predict, X, Y, s.batch_size), step_size=step_size,
+            warmup=s.warmup, draws=s.draws, eval_every=s.eval_every, precond=s.precond, **common,
+        )
+    if s.name in ("hmc", "nuts"):
+        adapt = dict(draws=s.draws, warmup=s.warmup, step_size=s.step_size, target_acceptance=s.target_acceptance,
+                     adapt_step_size=s.adapt_step_size, adapt_mass_matrix=s.adapt_mass_matrix)
+        if s.name == "hmc":
+            from .samplers.hmc import build_hmc
+
+            return loss_fn, build_hmc(num_integration_steps=s.num_integration_steps, **adapt, **common)
+        from .samplers.nuts import build_nuts
+
+        return loss_fn, build_nuts(max_num_doublings=s.max_num_doublings, **adapt, **common)
+    if s.name == "mclmc":
+        from .samplers.mclmc import build_mclmc
+
+        return loss_fn, build_mclmc(
+            draws=s.draws, L=s.L, step_size=s.step_size, tune=s.tune, num_steps=s.num_steps,
+            frac_tune1=s.frac_tune1, frac_tune2=s.frac_tune2, frac_tune3=s.frac_tune3,
+            desired_energy_var=s.desired_energy_var, trust_in_estimate=s.trust_in_estimate,
+            num_effective_samples=s.num_effective_samples, diagonal_preconditioning=s.diagonal_preconditioning,
+            integrator=s.integrator, **common,
+        )
+    raise NotImplementedError(f"sampler.name={s.name!r} is not implemented")  # pragma: no cover
 
 
 def sample_run(run, target, arrays):
+    """Sample the localized tempered posterior; see the module doc and `RunResult`.
+
+    Metrics beyond `llc.summarize`'s: L0 (recomputed in the sampler's dtype), beta, n_beta,
+    gamma, step_size (mean over chains of the step size used), total_fge (full-gradient
+    evaluations summed over chains, warmup/tuning included: SGLD counts a minibatch
+    gradient as min(batch_size, n)/n, HMC/NUTS the integrator steps, MCLMC the integrator's
+    gradients per step), fge_warmup, accept_rate_mean / divergences (HMC, NUTS), L (MCLMC),
+    compile_sec (lower + compile, ~0 on an in-process cache hit), sample_sec (the compiled
+    call), walltime_sec (their sum), compile_cache_hit.
+    """
     import jax
     import jax.numpy as jnp
 
     from . import RunResult
     from .llc import llc_from_loss, summarize
-    from .posterior import flat_model, make_full_loss, make_minibatch_loss
-    from .samplers.hmc import build_hmc
-    from .samplers.sgld import build_sgld
+    from .models import jnp_dtype
+    from .posterior import flat_model
 
     s, post = run.sampler, run.posterior
     if post.loss != "mse":
         raise NotImplementedError(f"posterior.loss={post.loss!r} is not implemented")
-    dtype = _jnp_dtype(s.dtype)
+    dtype = jnp_dtype(s.dtype)
     n = int(arrays.X.shape[0])
     if n != target.data.n_data:
         raise ValueError(f"arrays hold {n} rows but target.data.n_data is {target.data.n_data}")
@@ -101,37 +162,51 @@ def sample_run(run, target, arrays):
     gamma = float(post.gamma)
     params = {k: jnp.asarray(v, dtype) for k, v in arrays.params.items()}
     X, Y = jnp.asarray(arrays.X, dtype), jnp.asarray(arrays.Y, dtype)
-    w_star, predict = flat_model(params, target.model.activation)
+    # a deep linear network (kind "dln") is the MLP forward pass with identity activation, no biases
+    activation = "identity" if target.model.kind == "dln" else target.model.activation
+    w_star, predict = flat_model(params, activation)  # predict closes over shapes only
     if int(w_star.size) != target.model.n_params:
         raise ValueError(f"params have {w_star.size} entries but the model has {target.model.n_params}")
-    loss_fn = make_full_loss(predict, X, Y)
-    L0 = float(jax.jit(loss_fn)(w_star))
     key = jax.random.PRNGKey(run.seed)
-
+    eps = None
     if s.name == "sgld":
         eps = float(s.step_size) if s.step_size is not None else float(s.step_size_nbeta) / n_beta
-        fn = build_sgld(
-            loss_fn=loss_fn, stoch_loss_fn=make_minibatch_loss(predict, X, Y, s.batch_size), w_star=w_star,
-            n_beta=n_beta, gamma=gamma, step_size=eps, warmup=s.warmup, draws=s.draws,
-            eval_every=s.eval_every, chains=s.chains, precond=s.precond,
-        )
-        traces, t_compile, t_run = _timed(fn, key)
-        step_size = eps
-        draws = s.draws
-    elif s.name == "hmc":
-        fn = build_hmc(
-            loss_fn=loss_fn, w_star=w_star, n_beta=n_beta, gamma=gamma, draws=s.draws, warmup=s.warmup,
-            num_integration_steps=s.num_integration_steps, step_size=s.step_size,
-            target_acceptance=s.target_acceptance, adapt_step_size=s.adapt_step_size,
-            adapt_mass_matrix=s.adapt_mass_matrix, chains=s.chains,
-        )
-        traces, t_compile, t_run = _timed(fn, key)
-        step_size = float(np.mean(traces["step_size"][:, 0]))
-        draws = s.draws
-    else:  # pragma: no cover - the spec's discriminator forbids this
-        raise NotImplementedError(f"sampler.name={s.name!r} is not implemented")
 
-    traces = {k: np.asarray(v) for k, v in traces.items()}
+    def make_fn():
+        def fn(key, w_star, X, Y):
+            loss_fn, sampler = _build_sampler(s, predict=predict, X=X, Y=Y, w_star=w_star, n_beta=n_beta,
+                                              gamma=gamma, step_size=eps)
+            return {"traces": sampler(key), "L0": loss_fn(w_star)}
+
+        return fn
+
+    cache_key = (
+        s.model_dump_json(), n_beta, gamma, eps, activation, bool(jax.config.jax_enable_x64),
+        tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())),
+        X.shape, Y.shape, str(X.dtype),
+    )
+    out, t_compile, t_run, hit = _timed(cache_key, make_fn, key, w_star, X, Y)
+    traces = {k: np.asarray(v) for k, v in out["traces"].items()}
+    L0 = float(out["L0"])
+    warm_fge = traces.pop("warmup_grad_evals", np.zeros(s.chains)).astype(np.float64)
+
+    if s.name == "sgld":
+        step_size = eps
+        per_step = min(s.batch_size, n) / n
+        steps_run = s.warmup + s.draws * s.eval_every
+        fge_warmup = s.chains * s.warmup * per_step
+        total_fge = s.chains * steps_run * per_step
+    elif s.name == "mclmc":
+        from .samplers.mclmc import grads_per_step
+
+        step_size = float(np.mean(traces["step_size"][:, 0]))
+        fge_warmup = float(np.sum(warm_fge))
+        total_fge = fge_warmup + s.chains * s.draws * grads_per_step(s.integrator)
+    else:
+        step_size = float(np.mean(traces["step_size"][:, 0]))
+        fge_warmup = float(np.sum(warm_fge))
+        total_fge = fge_warmup + float(np.sum(traces["num_grad_evals"]))
+
     traces["llc"] = llc_from_loss(traces["loss"], L0, n_beta)
     metrics = summarize(traces["llc"])
     metrics.update({
@@ -142,15 +217,20 @@ def sample_run(run, target, arrays):
         "gamma": gamma,
         "n_data": n,
         "n_params": int(w_star.size),
-        "draws": int(draws),
+        "draws": int(s.draws),
         "chains": int(s.chains),
         "sampler": s.name,
         "step_size": step_size,
+        "total_fge": float(total_fge),
+        "fge_warmup": float(fge_warmup),
         "walltime_sec": t_compile + t_run,
         "compile_sec": t_compile,
         "sample_sec": t_run,
+        "compile_cache_hit": int(hit),
     })
-    if s.name == "hmc":
+    if s.name in ("hmc", "nuts"):
         metrics["accept_rate_mean"] = float(np.nanmean(traces["accept_rate"]))
         metrics["divergences"] = int(np.sum(traces["diverging"]))
+    if s.name == "mclmc":
+        metrics["L"] = float(np.mean(traces["L"][:, 0]))
     return RunResult(traces=traces, metrics=metrics)

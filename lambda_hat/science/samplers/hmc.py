@@ -1,4 +1,9 @@
-"""HMC on the localized tempered posterior, with BlackJAX window adaptation.
+"""HMC and NUTS on the localized tempered posterior, with BlackJAX window adaptation.
+
+One builder (`build_hmc_family`) serves both: it is parametrised by the BlackJAX
+algorithm (`blackjax.hmc` or `blackjax.nuts`) and the keyword arguments its kernel takes
+besides step size and inverse mass matrix (`num_integration_steps` for HMC,
+`max_num_doublings` for NUTS). `build_hmc` and `nuts.build_nuts` are thin wrappers.
 
 Chains start at w* (no jitter) and are independent: adaptation runs per chain
 (`vmap` over `blackjax.window_adaptation(...).run`), so every chain has its own step size
@@ -11,11 +16,14 @@ and diagonal inverse mass matrix. Adaptation flags:
   mass matrix is kept and the step size is overridden by spec.step_size.
 * only adapt_step_size: dual averaging of the step size alone (Hoffman & Gelman, BlackJAX's
   `dual_averaging_adaptation`) with the identity mass matrix for `warmup` steps.
-* neither (warmup > 0): `warmup` plain HMC steps at spec.step_size / identity mass as
+* neither (warmup > 0): `warmup` plain steps at spec.step_size / identity mass as
   burn-in, discarded.
 
-Then `draws` HMC steps in `lax.scan`, recording per draw: full-data loss, acceptance rate,
-total energy, divergence flag, step size.
+Then `draws` steps in `lax.scan`, recording per draw: full-data loss, acceptance rate,
+total energy, divergence flag, step size, and the number of gradient evaluations of the
+transition (`num_grad_evals`: the integrator's steps, L for HMC, the trajectory length for
+NUTS; velocity Verlet reuses the last gradient, so one gradient per step). The run also
+returns `warmup_grad_evals` (chains,): gradient evaluations spent in warmup/adaptation.
 """
 
 from __future__ import annotations
@@ -24,73 +32,105 @@ import jax
 import jax.numpy as jnp
 
 
-def build_hmc(*, loss_fn, w_star, n_beta: float, gamma: float, draws: int, warmup: int,
-              num_integration_steps: int, step_size: float, target_acceptance: float,
-              adapt_step_size: bool, adapt_mass_matrix: bool, chains: int):
-    """Return ``run(key) -> dict of (chains, draws) traces`` for a flat-vector loss."""
-    import blackjax
+def build_hmc_family(*, algorithm, kernel_kwargs: dict, loss_fn, w_star, n_beta: float, gamma: float,
+                     draws: int, warmup: int, step_size: float, target_acceptance: float,
+                     adapt_step_size: bool, adapt_mass_matrix: bool, chains: int):
+    """Return ``run(key) -> dict`` of (chains, draws) traces plus ``warmup_grad_evals`` (chains,).
+
+    `algorithm` is `blackjax.hmc` or `blackjax.nuts`; `kernel_kwargs` the extra kernel
+    arguments (e.g. ``{"num_integration_steps": 10}`` or ``{"max_num_doublings": 10}``).
+    """
+    from blackjax.adaptation.base import get_filter_adapt_info_fn
     from blackjax.adaptation.step_size import dual_averaging_adaptation
+
+    import blackjax
 
     from ..posterior import make_logdensity
 
     dtype = w_star.dtype
     logdensity = make_logdensity(loss_fn, w_star, n_beta, gamma)
-    kernel = blackjax.hmc.build_kernel()
-    L = num_integration_steps
+    base_kernel = algorithm.build_kernel()
     eps0 = jnp.asarray(step_size, dtype)
     ones = jnp.ones_like(w_star)
 
-    def plain_steps(key, state, eps, imm, n):
-        def body(s, k):
-            s, info = kernel(k, s, logdensity, eps, imm, L)
-            return s, info
-        return jax.lax.scan(body, state, jax.random.split(key, n))
+    def kernel(k, s, eps, imm):
+        return base_kernel(k, s, logdensity, eps, imm, **kernel_kwargs)
+
+    def n_grads(info):
+        return jnp.asarray(info.num_integration_steps, jnp.int32)
 
     def adapt(key):
-        state = blackjax.hmc.init(w_star, logdensity)
+        """-> (state, step size, inverse mass matrix, warmup gradient evaluations)."""
+        state = algorithm.init(w_star, logdensity)
+        zero = jnp.zeros((), jnp.int32)
         if warmup == 0:
-            return state, eps0, ones
+            return state, eps0, ones, zero
         if adapt_mass_matrix:
             wa = blackjax.window_adaptation(
-                blackjax.hmc, logdensity, is_mass_matrix_diagonal=True, initial_step_size=step_size,
-                target_acceptance_rate=target_acceptance, num_integration_steps=L,
+                algorithm, logdensity, is_mass_matrix_diagonal=True, initial_step_size=step_size,
+                target_acceptance_rate=target_acceptance,
+                adaptation_info_fn=get_filter_adapt_info_fn(info_keys={"num_integration_steps"}),
+                **kernel_kwargs,
             )
-            (state, params), _ = wa.run(key, w_star, num_steps=warmup)
+            (state, params), info = wa.run(key, w_star, num_steps=warmup)
             eps = params["step_size"] if adapt_step_size else eps0
-            return state, jnp.asarray(eps, dtype), jnp.asarray(params["inverse_mass_matrix"], dtype)
+            grads = jnp.sum(n_grads(info.info))
+            return state, jnp.asarray(eps, dtype), jnp.asarray(params["inverse_mass_matrix"], dtype), grads
         if adapt_step_size:
             da_init, da_update, da_final = dual_averaging_adaptation(target_acceptance)
 
             def body(carry, k):
-                s, da = carry
-                s, info = kernel(k, s, logdensity, jnp.exp(da.log_step_size).astype(dtype), ones, L)
+                s, da, g = carry
+                s, info = kernel(k, s, jnp.exp(da.log_step_size).astype(dtype), ones)
                 acc = jnp.nan_to_num(info.acceptance_rate, nan=0.0)
-                return (s, da_update(da, acc)), None
+                return (s, da_update(da, acc), g + n_grads(info)), None
 
-            (state, da), _ = jax.lax.scan(body, (state, da_init(eps0)), jax.random.split(key, warmup))
-            return state, jnp.asarray(da_final(da), dtype), ones
-        state, _ = plain_steps(key, state, eps0, ones, warmup)
-        return state, eps0, ones
+            (state, da, grads), _ = jax.lax.scan(body, (state, da_init(eps0), zero), jax.random.split(key, warmup))
+            return state, jnp.asarray(da_final(da), dtype), ones, grads
+
+        def burn(carry, k):
+            s, g = carry
+            s, info = kernel(k, s, eps0, ones)
+            return (s, g + n_grads(info)), None
+
+        (state, grads), _ = jax.lax.scan(burn, (state, zero), jax.random.split(key, warmup))
+        return state, eps0, ones, grads
 
     def one_chain(key):
         k_adapt, k_draw = jax.random.split(key)
-        state, eps, imm = adapt(k_adapt)
+        state, eps, imm, warm_grads = adapt(k_adapt)
 
         def body(s, k):
-            s, info = kernel(k, s, logdensity, eps, imm, L)
+            s, info = kernel(k, s, eps, imm)
             rec = {
                 "loss": loss_fn(s.position),
                 "accept_rate": info.acceptance_rate,
                 "energy": info.energy,
                 "diverging": info.is_divergent,
                 "step_size": eps,
+                "num_grad_evals": n_grads(info),
             }
             return s, rec
 
         _, rec = jax.lax.scan(body, state, jax.random.split(k_draw, draws))
+        rec["warmup_grad_evals"] = warm_grads
         return rec
 
     def run(key):
         return jax.vmap(one_chain)(jax.random.split(key, chains))
 
     return run
+
+
+def build_hmc(*, loss_fn, w_star, n_beta: float, gamma: float, draws: int, warmup: int,
+              num_integration_steps: int, step_size: float, target_acceptance: float,
+              adapt_step_size: bool, adapt_mass_matrix: bool, chains: int):
+    """HMC with `num_integration_steps` leapfrog steps per transition (see the module doc)."""
+    import blackjax
+
+    return build_hmc_family(
+        algorithm=blackjax.hmc, kernel_kwargs={"num_integration_steps": num_integration_steps}, loss_fn=loss_fn,
+        w_star=w_star, n_beta=n_beta, gamma=gamma, draws=draws, warmup=warmup, step_size=step_size,
+        target_acceptance=target_acceptance, adapt_step_size=adapt_step_size,
+        adapt_mass_matrix=adapt_mass_matrix, chains=chains,
+    )

@@ -12,7 +12,15 @@ V started at 0; V keeps adapting during warmup and sampling. We take λ = 1 (not
 usual 1e-5): the chain starts at w*, where g ≈ 0, and a tiny λ makes the first steps
 √(ε/λ)-sized and the chain explodes. With λ = 1, G ≤ 1, so ε stays an upper bound on
 every coordinate's step and the preconditioner only shrinks steps along steep directions.
-``precond="adam"`` is not implemented (NotImplementedError).
+``precond="adam"`` is Adam-preconditioned SGLD: the same scheme with Adam's moment
+estimates (β₁ = 0.9, β₂ = 0.999, bias-corrected, m and V started at 0):
+m ← β₁m + (1−β₁)·g, V ← β₂V + (1−β₂)·g², m̂ = m/(1−β₁ᵗ), V̂ = V/(1−β₂ᵗ),
+G = 1/(λ + √V̂), w ← w − (ε/2)·G⊙m̂ + √(ε·G)⊙ξ. Drift and noise are both scaled by the
+second-moment preconditioner G (so ε·G plays the role of a per-coordinate step size and the
+chain targets the posterior as G freezes); the drift uses the bias-corrected first moment m̂
+(a ~10-step gradient average that damps minibatch noise). Like pSGLD it omits the Γ
+correction and the momentum-averaged drift adds a small O(ε) bias, so it is approximate.
+λ = 1 for the same reason as RMSProp.
 
 Chains start at w*. The first `warmup` steps are discarded; then
 draws = (steps − warmup) // eval_every blocks of `eval_every` steps run, and the
@@ -30,11 +38,16 @@ import jax.numpy as jnp
 
 RMSPROP_ALPHA = 0.99
 RMSPROP_LAMBDA = 1.0
+ADAM_BETA1 = 0.9
+ADAM_BETA2 = 0.999
+ADAM_LAMBDA = 1.0
 
 
 class SGLDState(NamedTuple):
     position: jax.Array
-    sq_avg: jax.Array  # RMSProp running average of g² (unused for precond="none")
+    sq_avg: jax.Array  # RMSProp / Adam running average of g² (unused for precond="none")
+    mom: jax.Array  # Adam running average of g (precond="adam" only)
+    count: jax.Array  # steps taken (Adam bias correction)
 
 
 def build_sgld(*, loss_fn, stoch_loss_fn, w_star, n_beta: float, gamma: float, step_size: float,
@@ -46,8 +59,8 @@ def build_sgld(*, loss_fn, stoch_loss_fn, w_star, n_beta: float, gamma: float, s
     """
     import blackjax
 
-    if precond not in ("none", "rmsprop"):
-        raise NotImplementedError(f"sampler.precond={precond!r} is not implemented (use 'none' or 'rmsprop')")
+    if precond not in ("none", "rmsprop", "adam"):
+        raise NotImplementedError(f"sampler.precond={precond!r} is not implemented (use 'none', 'rmsprop' or 'adam')")
     dtype = w_star.dtype
     eps = jnp.asarray(step_size, dtype)
 
@@ -57,19 +70,28 @@ def build_sgld(*, loss_fn, stoch_loss_fn, w_star, n_beta: float, gamma: float, s
     sgld = blackjax.sgld(lambda w, key: -drift_grad(w, key))
 
     def init(key):
-        return SGLDState(w_star, jnp.zeros_like(w_star))
+        return SGLDState(w_star, jnp.zeros_like(w_star), jnp.zeros_like(w_star), jnp.zeros((), dtype))
 
     def step(state, key):
         k_batch, k_noise = jax.random.split(key)
         if precond == "none":
             w = sgld.step(k_noise, state.position, k_batch, eps / 2)
-            return SGLDState(w, state.sq_avg), None
+            return state._replace(position=w), None
         g = drift_grad(state.position, k_batch)
-        v = RMSPROP_ALPHA * state.sq_avg + (1 - RMSPROP_ALPHA) * g * g
-        G = 1.0 / (RMSPROP_LAMBDA + jnp.sqrt(v))
         noise = jax.random.normal(k_noise, state.position.shape, dtype)
-        w = state.position - 0.5 * eps * G * g + jnp.sqrt(eps * G) * noise
-        return SGLDState(w, v), None
+        if precond == "rmsprop":
+            v = RMSPROP_ALPHA * state.sq_avg + (1 - RMSPROP_ALPHA) * g * g
+            G = 1.0 / (RMSPROP_LAMBDA + jnp.sqrt(v))
+            w = state.position - 0.5 * eps * G * g + jnp.sqrt(eps * G) * noise
+            return state._replace(position=w, sq_avg=v), None
+        t = state.count + 1
+        m = ADAM_BETA1 * state.mom + (1 - ADAM_BETA1) * g
+        v = ADAM_BETA2 * state.sq_avg + (1 - ADAM_BETA2) * g * g
+        m_hat = m / (1 - ADAM_BETA1**t)
+        v_hat = v / (1 - ADAM_BETA2**t)
+        G = 1.0 / (ADAM_LAMBDA + jnp.sqrt(v_hat))
+        w = state.position - 0.5 * eps * G * m_hat + jnp.sqrt(eps * G) * noise
+        return SGLDState(w, v, m, t), None
 
     def block(state, key):
         state, _ = jax.lax.scan(step, state, jax.random.split(key, eval_every))

@@ -1,0 +1,224 @@
+"""NUTS and MCLMC against the exact quadratic theory, end-to-end `sample_run` smoke tests
+for every sampler's metrics, the compile cache (data are arguments, not constants), and
+the jitted diagnostics.
+
+Quadratic theory (as in test_science.py): L(w) = ½(w − w*)ᵀH(w − w*) + L0, diagonal H, so
+the localized tempered posterior is Gaussian with precision nβH + γI and
+E[llc] = ½ Σ_i nβ·h_i / (nβ·h_i + γ) exactly (3.669 here).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lambda_hat.specs import (
+    DataSpec,
+    HMCSpec,
+    MCLMCSpec,
+    MLPSpec,
+    NUTSSpec,
+    RunSpec,
+    SGLDSpec,
+    TargetSpec,
+    TrainingSpec,
+)
+
+D = 8
+N_BETA = 50.0
+GAMMA = 1.0
+L0 = 0.3
+
+
+@pytest.fixture(scope="module")
+def jax64():
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+def _quadratic(jax64):
+    jnp = jax64.numpy
+    h = jnp.asarray(np.logspace(np.log10(0.05), np.log10(5.0), D))
+    w_star = jnp.linspace(-1.0, 1.0, D)
+
+    def loss(w):
+        return 0.5 * jnp.sum(h * (w - w_star) ** 2) + L0
+
+    return h, w_star, loss
+
+
+def _theory(h):
+    h = np.asarray(h)
+    return 0.5 * float(np.sum(N_BETA * h / (N_BETA * h + GAMMA)))
+
+
+def _run(jax64, fn):
+    from lambda_hat.science.llc import llc_from_loss, summarize
+
+    traces = jax64.tree.map(np.asarray, jax64.jit(fn)(jax64.random.PRNGKey(0)))
+    return traces, summarize(llc_from_loss(traces["loss"], L0, N_BETA))
+
+
+def test_nuts_matches_quadratic_theory(jax64):
+    from lambda_hat.science.samplers.nuts import build_nuts
+
+    h, w_star, loss = _quadratic(jax64)
+    expected = _theory(h)
+    fn = build_nuts(loss_fn=loss, w_star=w_star, n_beta=N_BETA, gamma=GAMMA, draws=1000, warmup=300,
+                    max_num_doublings=10, step_size=0.01, target_acceptance=0.8,
+                    adapt_step_size=True, adapt_mass_matrix=True, chains=4)
+    traces, s = _run(jax64, fn)
+    assert s["status"] == "ok"
+    assert s["llc_sem"] < 0.05 * expected  # the test has power
+    # observed (seeds 0-3 of the run key): relative error −0.9 % … +0.8 %, |z| ≤ 0.8, sem ≈ 0.045
+    assert abs(s["llc_mean"] - expected) < 3 * s["llc_sem"]
+    assert abs(s["llc_mean"] - expected) < 0.05 * expected
+    assert s["r_hat"] < 1.05
+    assert not traces["diverging"].any()
+    assert traces["num_grad_evals"].shape == (4, 1000) and (traces["num_grad_evals"] >= 1).all()
+    assert (traces["num_grad_evals"] <= 2**10).all()
+    assert traces["warmup_grad_evals"].shape == (4,) and (traces["warmup_grad_evals"] >= 300).all()
+
+
+def test_mclmc_matches_quadratic_theory(jax64):
+    """MCLMC is unadjusted, so E[llc] carries an O(step_size²) bias. Observed with
+    desired_energy_var = 5e-4 (the default) over run seeds 0-3: −0.7 %, −1.9 %, −1.1 %,
+    −1.3 % (z = −0.7 … −2.1, sem ≈ 0.034): a ~1 % downward bias. Hence two checks: 5 % of
+    the exact value, and 3 standard errors plus a 1.5 % bias allowance."""
+    from lambda_hat.science.samplers.mclmc import build_mclmc
+
+    h, w_star, loss = _quadratic(jax64)
+    expected = _theory(h)
+    fn = build_mclmc(loss_fn=loss, w_star=w_star, n_beta=N_BETA, gamma=GAMMA, draws=2000, L=1.0, step_size=0.1,
+                     tune=True, num_steps=2000, frac_tune1=0.1, frac_tune2=0.1, frac_tune3=0.1,
+                     desired_energy_var=5e-4, trust_in_estimate=1.5, num_effective_samples=150,
+                     diagonal_preconditioning=False, integrator="isokinetic_mclachlan", chains=4)
+    traces, s = _run(jax64, fn)
+    assert s["status"] == "ok"
+    assert s["llc_sem"] < 0.05 * expected
+    err = abs(s["llc_mean"] - expected)
+    assert err < 0.05 * expected
+    assert err < 3 * s["llc_sem"] + 0.015 * expected
+    assert s["r_hat"] < 1.05
+    # the tuner moved L and step size away from the given (1.0, 0.1), per chain, constant over draws
+    assert np.all(traces["L"] == traces["L"][:, :1]) and np.all(traces["L"][:, 0] != 1.0)
+    assert np.all(traces["step_size"][:, 0] != 0.1)
+    assert (traces["warmup_grad_evals"] == 2 * 600).all()  # 3 × 200 tuning steps × 2 gradients
+
+
+def test_mclmc_fixed_parameters_without_tuning(jax64):
+    from lambda_hat.science.samplers.mclmc import build_mclmc
+
+    h, w_star, loss = _quadratic(jax64)
+    fn = build_mclmc(loss_fn=loss, w_star=w_star, n_beta=N_BETA, gamma=GAMMA, draws=50, L=0.7, step_size=0.05,
+                     tune=False, num_steps=500, frac_tune1=0.1, frac_tune2=0.1, frac_tune3=0.1,
+                     desired_energy_var=5e-4, trust_in_estimate=1.5, num_effective_samples=150,
+                     diagonal_preconditioning=False, integrator="isokinetic_leapfrog", chains=2)
+    traces, s = _run(jax64, fn)
+    assert np.all(traces["L"] == 0.7) and np.all(traces["step_size"] == 0.05)
+    assert (traces["warmup_grad_evals"] == 0).all()
+    assert np.isfinite(traces["energy_change"]).all() and s["status"] == "ok"
+
+
+def test_summarize_is_jitted_once_and_rhat_falls_back(jax64, monkeypatch):
+    from blackjax import diagnostics
+
+    from lambda_hat.science import llc
+
+    x = np.random.default_rng(0).normal(size=(3, 17))
+    s = llc.summarize(x)
+    assert np.isfinite(s["r_hat"]) and s["ess"] > 0
+    assert llc._diagnostics_fn(True) is llc._diagnostics_fn(True)  # cached at module level
+
+    def boom(*a, **k):
+        raise AssertionError("too few draws")
+
+    monkeypatch.setattr(diagnostics, "rhat", boom)
+    s2 = llc.summarize(np.random.default_rng(1).normal(size=(3, 19)))  # new shape: traces again
+    assert math.isnan(s2["r_hat"]) and s2["ess"] > 0 and s2["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- end to end
+
+TINY = TargetSpec(model=MLPSpec(in_dim=3, depth=1, widths=[4]), data=DataSpec(n_data=200, n_test=50),
+                  training=TrainingSpec(steps=300, learning_rate=0.01), seed=3)
+TINY_B = TINY.model_copy(update={"seed": 4})  # same shapes, different data and w*
+
+
+@pytest.fixture(scope="module")
+def tiny_targets():
+    from lambda_hat.science import build_target
+
+    return build_target(TINY), build_target(TINY_B)
+
+
+RUNS = {
+    "nuts": NUTSSpec(chains=2, draws=40, warmup=60, max_num_doublings=6),
+    "mclmc": MCLMCSpec(chains=2, draws=40, num_steps=100),
+    "mclmc_fixed_f32": MCLMCSpec(chains=2, draws=20, tune=False, L=0.5, step_size=0.05, dtype="float32",
+                                 integrator="isokinetic_yoshida"),
+}
+
+
+@pytest.mark.parametrize("name", ["nuts", "mclmc", pytest.param("mclmc_fixed_f32", marks=pytest.mark.slow)])
+def test_sample_run_end_to_end(tiny_targets, name):
+    from lambda_hat.science import sample_run
+
+    spec = RUNS[name]
+    run = RunSpec(target_id="t", sampler=spec, seed=1)
+    r = sample_run(run, TINY, tiny_targets[0])
+    for k, v in r.traces.items():
+        assert v.shape == (spec.chains, spec.draws), k
+    assert {"loss", "llc", "step_size"} <= set(r.traces)
+    for k in ("llc_mean", "ess", "r_hat", "step_size", "total_fge", "fge_warmup", "compile_sec", "sample_sec",
+              "walltime_sec", "status"):
+        assert k in r.metrics, k
+    assert r.metrics["status"] == "ok" and np.isfinite(r.traces["llc"]).all()
+    assert r.metrics["walltime_sec"] == pytest.approx(r.metrics["compile_sec"] + r.metrics["sample_sec"])
+    if spec.name == "nuts":
+        assert {"accept_rate", "energy", "diverging", "num_grad_evals"} <= set(r.traces)
+        assert r.metrics["total_fge"] == r.metrics["fge_warmup"] + r.traces["num_grad_evals"].sum()
+        assert 0 < r.metrics["accept_rate_mean"] <= 1 and "divergences" in r.metrics
+    else:
+        assert {"energy_change", "L"} <= set(r.traces)
+        per_step = {"isokinetic_mclachlan": 2, "isokinetic_yoshida": 3}[spec.integrator]
+        tune = (3 * 10 if spec.tune else 0) * spec.chains
+        assert r.metrics["total_fge"] == per_step * (tune + spec.chains * spec.draws)
+        assert r.metrics["L"] == pytest.approx(float(np.mean(r.traces["L"][:, 0])))
+        if not spec.tune:
+            assert r.metrics["L"] == pytest.approx(spec.L) and r.metrics["step_size"] == pytest.approx(spec.step_size)
+    if spec.dtype == "float32":
+        assert r.traces["loss"].dtype == np.float32
+        return
+    again = sample_run(run, TINY, tiny_targets[0])  # determinism, and the in-process compile cache
+    np.testing.assert_array_equal(again.traces["llc"], r.traces["llc"])
+    assert again.metrics["compile_cache_hit"] == 1
+
+
+def test_compiled_sampler_is_reused_across_targets(tiny_targets):
+    """Data and w* are arguments of the compiled sampler, not constants: a second target of
+    the same shapes reuses the executable and still gets its own numbers."""
+    from lambda_hat.science import sample_run
+
+    run = RunSpec(target_id="t", sampler=HMCSpec(chains=2, draws=20, warmup=20, num_integration_steps=3), seed=2)
+    a = sample_run(run, TINY, tiny_targets[0])
+    b = sample_run(run, TINY_B, tiny_targets[1])
+    assert b.metrics["compile_cache_hit"] == 1
+    assert b.metrics["L0"] == pytest.approx(tiny_targets[1].metrics["L0"], rel=1e-10)
+    assert a.metrics["L0"] != b.metrics["L0"] and not np.array_equal(a.traces["loss"], b.traces["loss"])
+    # HMC FGE: (warmup + draws) × num_integration_steps per chain
+    assert a.metrics["total_fge"] == 2 * (20 + 20) * 3 and a.metrics["fge_warmup"] == 2 * 20 * 3
+
+
+def test_sgld_total_fge(tiny_targets):
+    from lambda_hat.science import sample_run
+
+    spec = SGLDSpec(chains=2, steps=205, warmup=100, eval_every=10, batch_size=32)
+    r = sample_run(RunSpec(target_id="t", sampler=spec, seed=0), TINY, tiny_targets[0])
+    # 100 warmup + 10 blocks × 10 steps run (the 5 remainder steps are not), each 32/200 of a full gradient
+    assert r.metrics["total_fge"] == pytest.approx(2 * 200 * 32 / 200)
+    assert r.metrics["fge_warmup"] == pytest.approx(2 * 100 * 32 / 200)
