@@ -273,15 +273,16 @@ class NUTSSpec(_SamplerBase):
 
 class MCLMCSpec(_SamplerBase):
     """Microcanonical Langevin MC. With `tune` (default), L and step_size are found by
-    `blackjax.mclmc_find_L_and_step_size` over `num_steps` steps, starting from the given
-    values; with `tune: false` they are used as they are."""
+    `blackjax.mclmc_find_L_and_step_size`, starting from the given values; as in BlackJAX,
+    its three phases take round(num_steps × frac_tune1/2/3) steps (300 with the defaults).
+    With `tune: false` L and step_size are used as they are."""
 
     name: Literal["mclmc"] = "mclmc"
     draws: Annotated[int, Field(ge=4)] = 1000
     L: PositiveFloat = 1.0
     step_size: PositiveFloat = 0.1
     tune: bool = True
-    num_steps: Annotated[int, Field(ge=0)] = 500
+    num_steps: Annotated[int, Field(ge=0)] = 1000
     frac_tune1: Annotated[float, Field(ge=0, le=1)] = 0.1
     frac_tune2: Annotated[float, Field(ge=0, le=1)] = 0.1
     frac_tune3: Annotated[float, Field(ge=0, le=1)] = 0.1

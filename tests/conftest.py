@@ -13,3 +13,11 @@ def write_yaml(tmp_path):
         return p
 
     return _write
+
+
+@pytest.fixture(scope="module")
+def jax64():
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    return jax

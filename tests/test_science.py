@@ -16,41 +16,7 @@ import pytest
 
 from lambda_hat.specs import DataSpec, HMCSpec, MLPSpec, RunSpec, SGLDSpec, TargetSpec, TeacherSpec, TrainingSpec
 
-D = 8
-N_BETA = 50.0
-GAMMA = 1.0
-L0 = 0.3
-
-
-@pytest.fixture(scope="module")
-def jax64():
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    return jax
-
-
-def _quadratic(jax64):
-    jnp = jax64.numpy
-    h = jnp.asarray(np.logspace(np.log10(0.05), np.log10(5.0), D))
-    w_star = jnp.linspace(-1.0, 1.0, D)
-
-    def loss(w):
-        return 0.5 * jnp.sum(h * (w - w_star) ** 2) + L0
-
-    return h, w_star, loss
-
-
-def _theory(h):
-    h = np.asarray(h)
-    return 0.5 * float(np.sum(N_BETA * h / (N_BETA * h + GAMMA)))
-
-
-def _run(jax64, fn):
-    from lambda_hat.science.llc import llc_from_loss, summarize
-
-    traces = jax64.tree.map(np.asarray, jax64.jit(fn)(jax64.random.PRNGKey(0)))
-    return traces, summarize(llc_from_loss(traces["loss"], L0, N_BETA))
+from quadratic import D, GAMMA, L0, N_BETA, _quadratic, _run, _theory  # noqa: E402,F401
 
 
 def test_import_is_light():

@@ -32,8 +32,9 @@ class TargetArrays:
 
 @dataclass
 class RunResult:
-    """Sampler traces, each (chains, draws) ("loss", "llc", and for HMC "accept_rate",
-    "energy", "diverging", "step_size"), and summary metrics (see `llc.py`, `pipeline.py`)."""
+    """Sampler traces, each (chains, draws): "loss" and "llc" always; HMC and NUTS add
+    "accept_rate", "energy", "diverging", "step_size" (NUTS also "num_grad_evals"); MCLMC adds
+    "energy_change", "L", "step_size". Summary metrics: see `llc.py` and `pipeline.sample_run`."""
 
     traces: dict[str, np.ndarray]
     metrics: dict[str, float | int | str] = field(default_factory=dict)

@@ -1,0 +1,70 @@
+"""Calibration: λ̂ against the exact learning coefficient of deep linear networks.
+
+Setting (the issue's): n = 10,000, σ = 0.1, γ = 1, β = 1/log n, 4 chains, float64; teachers with
+every layer of rank r; LLC at the teacher's weights; λ from Aoyagi (2024). Seed-to-seed spread
+of data and teacher (about ±2 %) exceeds a 4-chain standard error, so each tolerance is a
+relative error, written per sampler below, not a z-score.
+"""
+
+import pytest
+
+from lambda_hat.ids import target_id
+from lambda_hat.specs import RunSpec, TargetSpec
+
+CASES = [([5, 3, 5], 1), ([4, 3, 8], 0), ([3, 8, 4], 2), ([2, 2, 2, 2], 2)]
+
+SGLD = {"name": "sgld", "steps": 30000, "warmup": 5000, "eval_every": 20, "batch_size": 256}
+HMC = {"name": "hmc", "draws": 500, "warmup": 300}
+
+_targets: dict = {}
+
+
+def _target(widths, rank):
+    key = (tuple(widths), rank)
+    if key not in _targets:
+        from lambda_hat.science import build_target
+
+        spec = TargetSpec(model={"kind": "dln", "widths": widths}, teacher={"rank": rank},
+                          data={"n_data": 10_000, "noise_scale": 0.1}, seed=0)
+        _targets[key] = (spec, build_target(spec))
+    return _targets[key]
+
+
+def _rel_error(widths, rank, sampler):
+    from lambda_hat.science import sample_run
+
+    spec, arrays = _target(widths, rank)
+    run = RunSpec(target_id=target_id(spec), sampler={**sampler, "chains": 4}, seed=1)
+    m = sample_run(run, spec, arrays).metrics
+    llc_true = arrays.metrics["llc_true"]
+    assert m["status"] == "ok" and m["r_hat"] < 1.1, m
+    return (m["llc_mean"] - llc_true) / llc_true, m["llc_mean"], llc_true
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("widths,rank", CASES)
+def test_hmc_within_10_percent(widths, rank):
+    rel, est, true = _rel_error(widths, rank, HMC)
+    assert abs(rel) < 0.10, f"λ̂={est:.3f} λ={true}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("widths,rank", CASES)
+def test_sgld_within_20_percent(widths, rank):
+    # precond: rmsprop is not here: it measured +41 % on [5,3,5] r=1 (no Γ correction yet).
+    rel, est, true = _rel_error(widths, rank, SGLD)
+    assert abs(rel) < 0.20, f"λ̂={est:.3f} λ={true}"
+
+
+@pytest.mark.slow
+def test_nuts_within_10_percent():
+    # NUTS builds deep trees on these near-singular posteriors (on [5,3,5] with 10 doublings a
+    # 1,500-iteration run took 26 min on 2 cores, for -1.6 %); 6 doublings keeps CI bounded.
+    rel, est, true = _rel_error([5, 3, 5], 1, {"name": "nuts", "draws": 400, "warmup": 300, "max_num_doublings": 6})
+    assert abs(rel) < 0.10, f"λ̂={est:.3f} λ={true}"
+
+
+@pytest.mark.slow
+def test_mclmc_within_15_percent():
+    rel, est, true = _rel_error([5, 3, 5], 1, {"name": "mclmc", "draws": 1000})
+    assert abs(rel) < 0.15, f"λ̂={est:.3f} λ={true}"
