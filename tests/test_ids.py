@@ -20,7 +20,7 @@ def test_golden_ids():
     t = _one_target(SMALL)
     assert target_id(t) == "tgt_0242f47dfcba"
     r = RunSpec(target_id=target_id(t), sampler=SGLDSpec(), posterior=PosteriorSpec(), seed=12345)
-    assert run_id(r) == "run_c99387cfe21f"
+    assert run_id(r) == "run_c5f55ccbd02f"
     assert target_id(TargetSpec()) == "tgt_ced0f1aa653f"
 
 

@@ -96,7 +96,9 @@ def _setup_jax(cache_dir: str | None) -> None:
     jax.config.update("jax_enable_x64", True)
     if cache_dir:
         jax.config.update("jax_compilation_cache_dir", cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        # Cache every compile: on small models most compiles are under JAX's 1 s default,
+        # and they are exactly what a sweep repeats across targets of the same shapes.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: str) -> dict:
