@@ -96,6 +96,8 @@ def test_ctrl_c_then_rerun_does_only_what_is_missing(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "lambda_hat.cli", "execute", "s.yaml", "--workers", "1"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        # A background runner (CI, `cmd &`) may hand us SIGINT ignored; a terminal would not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     runs_dir = tmp_path / "store" / "runs"
     targets_dir = tmp_path / "store" / "targets"
