@@ -45,12 +45,12 @@ def sampler_specs(quick: bool) -> dict[str, dict]:
 
 
 NOTES = """
-Reading the table (measured 2026-11-25): HMC and NUTS land within 3 % on every case, plain SGLD
-(ε·nβ = 0.02, 30k steps, batch 256) within 6 %. MCLMC runs 6–14 % low: it is unadjusted, and the
-tuner's default energy-variance target leaves a downward bias on these near-singular posteriors.
-`precond: rmsprop` is biased high by 30–70 % with poor R-hat: the preconditioner lacks the Γ
-correction term and its floor λ = 1 is ad hoc, so do not use it for estimates until that is fixed.
-NUTS runs with `max_num_doublings: 6`; with the default 10 a [5,3,5] run took 26 minutes.
+Reading the table: HMC and NUTS are the references. Plain SGLD uses ε·nβ = 0.02, 30k steps and
+batch 256. `sgld_rmsprop` adapts its preconditioner during warmup only, then freezes it (rescaled
+so max G = 1). Adapting it while sampling, as pSGLD does without the Γ term, measured +30-70 %.
+MCLMC is unadjusted; with the tuner's default energy-variance target it runs low on these
+near-singular posteriors. NUTS uses `max_num_doublings: 6`; with 10, one [5,3,5] run took
+26 minutes on 2 cores.
 """
 
 

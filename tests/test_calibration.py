@@ -50,9 +50,9 @@ def test_hmc_within_10_percent(widths, rank):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("widths,rank", CASES)
-def test_sgld_within_20_percent(widths, rank):
-    # precond: rmsprop is not here: it measured +41 % on [5,3,5] r=1 (no Γ correction yet).
-    rel, est, true = _rel_error(widths, rank, SGLD)
+@pytest.mark.parametrize("precond", ["none", "rmsprop"])
+def test_sgld_within_20_percent(widths, rank, precond):
+    rel, est, true = _rel_error(widths, rank, {**SGLD, "precond": precond})
     assert abs(rel) < 0.20, f"λ̂={est:.3f} λ={true}"
 
 
