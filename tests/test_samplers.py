@@ -145,6 +145,7 @@ def test_sample_run_end_to_end(tiny_targets, name):
         assert k in r.metrics, k
     assert r.metrics["status"] == "ok" and np.isfinite(r.traces["llc"]).all()
     assert r.metrics["walltime_sec"] == pytest.approx(r.metrics["compile_sec"] + r.metrics["sample_sec"])
+    _check_cost_traces(r)
     if spec.name == "nuts":
         assert {"accept_rate", "energy", "diverging", "num_grad_evals"} <= set(r.traces)
         assert r.metrics["total_fge"] == r.metrics["fge_warmup"] + r.traces["num_grad_evals"].sum()
@@ -163,6 +164,16 @@ def test_sample_run_end_to_end(tiny_targets, name):
     again = sample_run(run, TINY, tiny_targets[0])  # determinism, and the in-process compile cache
     np.testing.assert_array_equal(again.traces["llc"], r.traces["llc"])
     assert again.metrics["compile_cache_hit"] == 1
+
+
+def _check_cost_traces(r):
+    """cumulative_fge ends at total_fge; walltime rises to the measured sampling time."""
+    fge, wall = r.traces["cumulative_fge"], r.traces["walltime"]
+    assert (np.diff(fge, axis=1) > 0).all() and (fge[:, 0] > 0).all()
+    assert fge[:, -1].sum() == pytest.approx(r.metrics["total_fge"])
+    assert (fge[:, 0] > r.metrics["fge_warmup"] / fge.shape[0] - 1e-9).all()
+    assert (np.diff(wall, axis=1) >= 0).all() and (wall > 0).all()
+    assert wall[:, -1] == pytest.approx(r.metrics["sample_sec"])
 
 
 def test_compiled_sampler_is_reused_across_targets(tiny_targets):
@@ -188,3 +199,22 @@ def test_sgld_total_fge(tiny_targets):
     # 100 warmup + 10 blocks × 10 steps run (the 5 remainder steps are not), each 32/200 of a full gradient
     assert r.metrics["total_fge"] == pytest.approx(2 * 200 * 32 / 200)
     assert r.metrics["fge_warmup"] == pytest.approx(2 * 100 * 32 / 200)
+    _check_cost_traces(r)
+    # per draw: one block of 10 minibatch steps, each 32/200 of a full gradient
+    np.testing.assert_allclose(np.diff(r.traces["cumulative_fge"], axis=1), 10 * 32 / 200)
+    assert (r.traces["step_size"] == r.metrics["step_size"]).all() and r.traces["step_size"].shape == (2, 10)
+
+
+def test_gamma_and_beta_sweeps_reuse_the_compiled_sampler(tiny_targets):
+    """nβ, γ and ε are arguments of the executable: changing them is a cache hit, and the
+    numbers still follow them (a stiffer localization pulls λ̂ down)."""
+    from lambda_hat.science import sample_run
+
+    spec = SGLDSpec(chains=2, steps=300, warmup=100, eval_every=10, batch_size=32)
+    loose = sample_run(RunSpec(target_id="t", sampler=spec, posterior={"gamma": 1.0}, seed=0), TINY, tiny_targets[0])
+    stiff = sample_run(RunSpec(target_id="t", sampler=spec, posterior={"gamma": 100.0}, seed=0), TINY, tiny_targets[0])
+    assert stiff.metrics["compile_cache_hit"] == 1 and stiff.metrics["gamma"] == 100.0
+    assert stiff.metrics["llc_mean"] < loose.metrics["llc_mean"]
+    hot = sample_run(RunSpec(target_id="t", sampler=spec.model_copy(update={"step_size_nbeta": 0.05}),
+                             posterior={"beta_mode": "fixed", "beta0": 0.5}, seed=0), TINY, tiny_targets[0])
+    assert hot.metrics["compile_cache_hit"] == 1 and hot.metrics["beta"] == 0.5

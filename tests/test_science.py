@@ -37,8 +37,8 @@ def test_hmc_matches_quadratic_theory(jax64):
     traces, s = _run(jax64, fn)
     assert s["status"] == "ok"
     assert s["llc_sem"] < 0.05 * expected  # the test has power
-    # tolerance: 4 Monte-Carlo standard errors (observed: 3.686 vs 3.669, sem 0.084)
-    assert abs(s["llc_mean"] - expected) < 4 * s["llc_sem"]
+    # tolerance: 3 Monte-Carlo standard errors (observed: 3.686 vs 3.669, sem 0.084, z = 0.2)
+    assert abs(s["llc_mean"] - expected) < 3 * s["llc_sem"]
     assert s["r_hat"] < 1.05
     assert not traces["diverging"].any()
     assert 0.6 < np.mean(traces["accept_rate"]) < 0.95

@@ -131,6 +131,20 @@ def _build_sampler(s, *, predict, X, Y, w_star, n_beta: float, gamma: float, ste
     raise NotImplementedError(f"sampler.name={s.name!r} is not implemented")  # pragma: no cover
 
 
+def _walltime_per_draw(warm_fge, draw_fge, sample_sec: float) -> np.ndarray:
+    """Seconds from the start of the compiled call to the end of each draw, (chains, draws).
+
+    One compiled call runs warmup and all draws, so only its total is measured. Chains are
+    `vmap`ped and advance in lockstep: draw i ends for every chain when the slowest chain's
+    gradient evaluations up to i are done. The measured time is therefore spread over the
+    warmup and the draws in proportion to the per-step maximum over chains of gradient
+    evaluations (exact when a gradient dominates a step's cost, as it does here)."""
+    step_cost = np.max(draw_fge, axis=0)
+    cum = np.max(warm_fge) + np.cumsum(step_cost)
+    frac = cum / cum[-1] if cum[-1] > 0 else np.linspace(1 / len(cum), 1, len(cum))
+    return np.broadcast_to(sample_sec * frac, draw_fge.shape).copy()
+
+
 def sample_run(run, target, arrays):
     """Sample the localized tempered posterior; see the module doc and `RunResult`.
 
@@ -140,7 +154,8 @@ def sample_run(run, target, arrays):
     gradient as min(batch_size, n)/n, HMC/NUTS the integrator steps, MCLMC the integrator's
     gradients per step), fge_warmup, accept_rate_mean / divergences (HMC, NUTS), L (MCLMC),
     compile_sec (lower + compile, ~0 on an in-process cache hit), sample_sec (the compiled
-    call), walltime_sec (their sum), compile_cache_hit.
+    call), walltime_sec (their sum), compile_cache_hit. status is "nonfinite" when a draw is
+    NaN/inf (statistics NaN), "divergent" when HMC/NUTS had divergent transitions, else "ok".
     """
     import jax
     import jax.numpy as jnp
@@ -173,7 +188,8 @@ def sample_run(run, target, arrays):
         eps = float(s.step_size) if s.step_size is not None else float(s.step_size_nbeta) / n_beta
 
     def make_fn():
-        def fn(key, w_star, X, Y):
+        # nβ, γ and the SGLD step size are arguments too: a β or γ sweep reuses one executable.
+        def fn(key, w_star, X, Y, n_beta, gamma, eps):
             loss_fn, sampler = _build_sampler(s, predict=predict, X=X, Y=Y, w_star=w_star, n_beta=n_beta,
                                               gamma=gamma, step_size=eps)
             return {"traces": sampler(key), "L0": loss_fn(w_star)}
@@ -181,31 +197,35 @@ def sample_run(run, target, arrays):
         return fn
 
     cache_key = (
-        s.model_dump_json(), n_beta, gamma, eps, activation, bool(jax.config.jax_enable_x64),
-        tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())),
+        s.model_dump_json(exclude={"step_size", "step_size_nbeta"} if s.name == "sgld" else None), activation,
+        bool(jax.config.jax_enable_x64), tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())),
         X.shape, Y.shape, str(X.dtype),
     )
-    out, t_compile, t_run, hit = _timed(cache_key, make_fn, key, w_star, X, Y)
+    scalars = [jnp.asarray(v, dtype) for v in (n_beta, gamma, eps if eps is not None else 0.0)]
+    out, t_compile, t_run, hit = _timed(cache_key, make_fn, key, w_star, X, Y, *scalars)
     traces = {k: np.asarray(v) for k, v in out["traces"].items()}
     L0 = float(out["L0"])
     warm_fge = traces.pop("warmup_grad_evals", np.zeros(s.chains)).astype(np.float64)
 
+    chains, draws = traces["loss"].shape
     if s.name == "sgld":
         step_size = eps
         per_step = min(s.batch_size, n) / n
-        steps_run = s.warmup + s.draws * s.eval_every
-        fge_warmup = s.chains * s.warmup * per_step
-        total_fge = s.chains * steps_run * per_step
+        warm_fge = np.full(chains, s.warmup * per_step)
+        draw_fge = np.full((chains, draws), s.eval_every * per_step)
+        traces["step_size"] = np.full((chains, draws), eps, dtype=traces["loss"].dtype)
     elif s.name == "mclmc":
         from .samplers.mclmc import grads_per_step
 
         step_size = float(np.mean(traces["step_size"][:, 0]))
-        fge_warmup = float(np.sum(warm_fge))
-        total_fge = fge_warmup + s.chains * s.draws * grads_per_step(s.integrator)
+        draw_fge = np.full((chains, draws), float(grads_per_step(s.integrator)))
     else:
         step_size = float(np.mean(traces["step_size"][:, 0]))
-        fge_warmup = float(np.sum(warm_fge))
-        total_fge = fge_warmup + float(np.sum(traces["num_grad_evals"]))
+        draw_fge = traces["num_grad_evals"].astype(np.float64)
+    traces["cumulative_fge"] = warm_fge[:, None] + np.cumsum(draw_fge, axis=1)
+    traces["walltime"] = _walltime_per_draw(warm_fge, draw_fge, t_run)
+    fge_warmup = float(np.sum(warm_fge))
+    total_fge = float(np.sum(traces["cumulative_fge"][:, -1]))
 
     traces["llc"] = llc_from_loss(traces["loss"], L0, n_beta)
     metrics = summarize(traces["llc"])
@@ -231,6 +251,10 @@ def sample_run(run, target, arrays):
     if s.name in ("hmc", "nuts"):
         metrics["accept_rate_mean"] = float(np.nanmean(traces["accept_rate"]))
         metrics["divergences"] = int(np.sum(traces["diverging"]))
+        if metrics["divergences"] and metrics["status"] == "ok":
+            # The estimate is kept, but a divergent transition means the integrator failed
+            # somewhere in the posterior: flag the run instead of reporting a plain number.
+            metrics["status"] = "divergent"
     if s.name == "mclmc":
         metrics["L"] = float(np.mean(traces["L"][:, 0]))
     return RunResult(traces=traces, metrics=metrics)
