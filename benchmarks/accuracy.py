@@ -88,7 +88,7 @@ def main() -> None:
             row = {
                 "case": f"{widths} r={rank}", "sampler": label, "llc_true": llc_true, "llc_mean": m["llc_mean"],
                 "llc_sem": m.get("llc_sem"), "rel_error": (m["llc_mean"] - llc_true) / llc_true,
-                "r_hat": m.get("r_hat"), "ess": m.get("ess"), "walltime_sec": wall, "compile_sec": m.get("compile_sec"),
+                "r_hat": m.get("r_hat"), "ess_bulk": m.get("ess_bulk"), "walltime_sec": wall, "compile_sec": m.get("compile_sec"),
             }
             rows.append(row)
             print(f"{row['case']:<22} {label:<13} λ={llc_true:<6g} λ̂={row['llc_mean']:8.3f} ± {row['llc_sem'] or float('nan'):.3f}"

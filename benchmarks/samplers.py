@@ -116,7 +116,7 @@ def _timed_run(spec_dict: dict, target, arrays) -> dict:
     m = r.metrics
     return {"spec": spec.model_dump(), "steps": _steps(spec), "total_fge": m["total_fge"],
             "compile_sec": m["compile_sec"], "sample_sec": m["sample_sec"], "wall_sec": wall,
-            "in_step_share": m["sample_sec"] / wall, "llc_mean": m["llc_mean"], "ess": m["ess"]}
+            "in_step_share": m["sample_sec"] / wall, "llc_mean": m["llc_mean"], "ess_bulk": m["ess_bulk"]}
 
 
 def worker(cache_dir: str, targets: list[str], names: list[str], seconds: float, factors: dict) -> None:

@@ -99,7 +99,7 @@ def test_summarize_is_jitted_once_and_rhat_falls_back(jax64, monkeypatch):
 
     x = np.random.default_rng(0).normal(size=(3, 17))
     s = llc.summarize(x)
-    assert np.isfinite(s["r_hat"]) and s["ess"] > 0
+    assert np.isfinite(s["r_hat"]) and s["ess_bulk"] > 0
     assert llc._diagnostics_fn(True) is llc._diagnostics_fn(True)  # cached at module level
 
     def boom(*a, **k):
@@ -107,7 +107,7 @@ def test_summarize_is_jitted_once_and_rhat_falls_back(jax64, monkeypatch):
 
     monkeypatch.setattr(diagnostics, "rhat", boom)
     s2 = llc.summarize(np.random.default_rng(1).normal(size=(3, 19)))  # new shape: traces again
-    assert math.isnan(s2["r_hat"]) and s2["ess"] > 0 and s2["status"] == "ok"
+    assert math.isnan(s2["r_hat"]) and s2["ess_bulk"] > 0 and s2["status"] == "ok"
 
 
 # --------------------------------------------------------------------------- end to end
@@ -142,7 +142,7 @@ def test_sample_run_end_to_end(tiny_targets, name):
     for k, v in r.traces.items():
         assert v.shape == (spec.chains, spec.draws), k
     assert {"loss", "llc", "step_size"} <= set(r.traces)
-    for k in ("llc_mean", "ess", "r_hat", "step_size", "total_fge", "fge_warmup", "compile_sec", "sample_sec",
+    for k in ("llc_mean", "ess_bulk", "ess_tail", "r_hat", "step_size", "total_fge", "fge_warmup", "compile_sec", "sample_sec",
               "walltime_sec", "status"):
         assert k in r.metrics, k
     assert r.metrics["status"] == "ok" and np.isfinite(r.traces["llc"]).all()
@@ -220,3 +220,19 @@ def test_gamma_and_beta_sweeps_reuse_the_compiled_sampler(tiny_targets):
     hot = sample_run(RunSpec(target_id="t", sampler=spec.model_copy(update={"step_size_nbeta": 0.05}),
                              posterior={"beta_mode": "fixed", "beta0": 0.5}, seed=0), TINY, tiny_targets[0])
     assert hot.metrics["compile_cache_hit"] == 1 and hot.metrics["beta"] == 0.5
+
+
+def test_hmc_run_with_many_divergences_is_flagged(tiny_targets):
+    """A step size far too large for the posterior: most transitions diverge, and the run is
+    recorded as 'divergent' with its count and rate, never as a plain 'ok' number."""
+    from lambda_hat.science import sample_run
+    from lambda_hat.science.pipeline import MAX_DIVERGENCE_RATE
+
+    bad = HMCSpec(chains=2, draws=20, warmup=0, step_size=5.0, num_integration_steps=3)
+    r = sample_run(RunSpec(target_id="t", sampler=bad, seed=0), TINY, tiny_targets[0])
+    assert r.metrics["divergences"] == int(r.traces["diverging"].sum()) > MAX_DIVERGENCE_RATE * 40
+    assert r.metrics["divergence_rate"] == r.metrics["divergences"] / 40
+    assert r.metrics["status"] == "divergent"
+    good = HMCSpec(chains=2, draws=20, warmup=50, num_integration_steps=3)
+    r = sample_run(RunSpec(target_id="t", sampler=good, seed=0), TINY, tiny_targets[0])
+    assert r.metrics["divergence_rate"] <= MAX_DIVERGENCE_RATE and r.metrics["status"] == "ok"

@@ -103,6 +103,7 @@ def test_chunked_full_loss_equals_direct(jax64):
     direct = float(jnp.mean(jnp.sum((Y - X @ w) ** 2, axis=1)))
     assert math.isclose(float(make_full_loss(predict, X, Y, chunk=5)(w)), direct, rel_tol=1e-12)
     assert math.isclose(float(make_full_loss(predict, X, Y, chunk=64)(w)), direct, rel_tol=1e-12)
+    assert math.isclose(float(make_full_loss(predict, X, Y, chunk=7)(w)), direct, rel_tol=1e-12)  # 4 × 6, 1 padded
     g_direct = jax64.grad(lambda w: jnp.mean(jnp.sum((Y - X @ w) ** 2, axis=1)))(w)
     np.testing.assert_allclose(jax64.grad(make_full_loss(predict, X, Y, chunk=5))(w), g_direct, rtol=1e-12)
 
@@ -114,7 +115,7 @@ def test_summarize_nonfinite_is_nan():
     llc[1, 3] = np.inf
     s = summarize(llc)
     assert s["status"] == "nonfinite" and s["nonfinite_draws"] == 1
-    assert math.isnan(s["llc_mean"]) and math.isnan(s["ess"])
+    assert math.isnan(s["llc_mean"]) and math.isnan(s["ess_bulk"])
 
 
 @pytest.mark.parametrize(
@@ -199,7 +200,7 @@ def test_sample_run_end_to_end(tiny_target, name):
     assert {"loss", "llc"} <= set(r.traces)
     if spec.name == "hmc":
         assert {"accept_rate", "step_size", "energy", "diverging"} <= set(r.traces)
-    for k in ("llc_mean", "llc_std", "ess", "r_hat", "L0", "beta", "n_data", "n_params", "draws", "chains",
+    for k in ("llc_mean", "llc_std", "llc_sem", "ess_bulk", "ess_tail", "r_hat", "L0", "beta", "n_data", "n_params", "draws", "chains",
               "step_size", "walltime_sec", "compile_sec", "nonfinite_draws", "status"):
         assert k in r.metrics, k
     assert r.metrics["status"] == "ok" and np.isfinite(r.traces["llc"]).all()

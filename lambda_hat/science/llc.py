@@ -5,9 +5,9 @@ Per draw: llc = nβ·(L_n(w) − L0). Reported:
 * llc_mean       mean over all chains and draws
 * llc_std        std over chains of the per-chain means (ddof=1; NaN with one chain)
 * llc_std_draws  std over all draws pooled (ddof=1)
-* ess, ess_tail  BlackJAX rank-normalized split-chain bulk / tail ESS of the llc trace
+* ess_bulk, ess_tail  BlackJAX rank-normalized split-chain bulk / tail ESS of the llc trace
 * r_hat          BlackJAX rank-normalized split R-hat (max of bulk and folded)
-* llc_sem        llc_std_draws / sqrt(ess): Monte-Carlo standard error of llc_mean
+* llc_sem        llc_std_draws / sqrt(ess_bulk): Monte-Carlo standard error of llc_mean
 
 If any llc draw is non-finite, status = "nonfinite" and every statistic above is NaN.
 
@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-STAT_KEYS = ("llc_mean", "llc_std", "llc_std_draws", "ess", "ess_tail", "r_hat", "llc_sem")
+STAT_KEYS = ("llc_mean", "llc_std", "llc_std_draws", "ess_bulk", "ess_tail", "r_hat", "llc_sem")
 
 
 def llc_from_loss(loss, L0: float, n_beta: float) -> np.ndarray:
@@ -34,14 +34,14 @@ _DIAGNOSTICS: dict = {}
 
 
 def _diagnostics_fn(with_rhat: bool):
-    """jit(x -> {"ess", "ess_tail"[, "r_hat"]}) over blackjax.diagnostics, built once."""
+    """jit(x -> {"ess_bulk", "ess_tail"[, "r_hat"]}) over blackjax.diagnostics, built once."""
     fn = _DIAGNOSTICS.get(with_rhat)
     if fn is None:
         import jax
         from blackjax import diagnostics
 
         def diag(x):
-            out = {"ess": diagnostics.ess_bulk(x), "ess_tail": diagnostics.ess_tail(x)}
+            out = {"ess_bulk": diagnostics.ess_bulk(x), "ess_tail": diagnostics.ess_tail(x)}
             if with_rhat:
                 out["r_hat"] = diagnostics.rhat(x)
             return out
@@ -76,7 +76,7 @@ def summarize(llc: np.ndarray) -> dict:
     out["llc_std"] = float(chain_means.std(ddof=1)) if chains > 1 else math.nan
     out["llc_std_draws"] = float(llc.std(ddof=1)) if llc.size > 1 else math.nan
     out.update(_diagnostics(llc))
-    ess = out["ess"]
+    ess = out["ess_bulk"]
     out["llc_sem"] = out["llc_std_draws"] / math.sqrt(ess) if ess > 0 else math.nan
     out["status"] = "ok"
     return out

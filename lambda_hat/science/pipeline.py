@@ -145,6 +145,13 @@ def _walltime_per_draw(warm_fge, draw_fge, sample_sec: float) -> np.ndarray:
     return np.broadcast_to(sample_sec * frac, draw_fge.shape).copy()
 
 
+# Share of post-warmup HMC/NUTS transitions that may diverge before a run is flagged. Isolated
+# divergences are routine on these near-singular posteriors: at the calibration settings NUTS
+# on a [4,3,8] deep linear network diverged in 11 of 1,600 draws (0.7 %) and still came within
+# 2.5 % of the exact λ. The count is always stored; a higher rate marks the run "divergent".
+MAX_DIVERGENCE_RATE = 0.01
+
+
 def sample_run(run, target, arrays):
     """Sample the localized tempered posterior; see the module doc and `RunResult`.
 
@@ -155,7 +162,9 @@ def sample_run(run, target, arrays):
     gradients per step), fge_warmup, accept_rate_mean / divergences (HMC, NUTS), L (MCLMC),
     compile_sec (lower + compile, ~0 on an in-process cache hit), sample_sec (the compiled
     call), walltime_sec (their sum), compile_cache_hit. status is "nonfinite" when a draw is
-    NaN/inf (statistics NaN), "divergent" when HMC/NUTS had divergent transitions, else "ok".
+    NaN/inf (statistics NaN), "divergent" when more than MAX_DIVERGENCE_RATE of the HMC/NUTS
+    draws were divergent transitions (numbers kept, `divergences` and `divergence_rate` always
+    recorded), else "ok".
     """
     import jax
     import jax.numpy as jnp
@@ -251,9 +260,10 @@ def sample_run(run, target, arrays):
     if s.name in ("hmc", "nuts"):
         metrics["accept_rate_mean"] = float(np.nanmean(traces["accept_rate"]))
         metrics["divergences"] = int(np.sum(traces["diverging"]))
-        if metrics["divergences"] and metrics["status"] == "ok":
-            # The estimate is kept, but a divergent transition means the integrator failed
-            # somewhere in the posterior: flag the run instead of reporting a plain number.
+        metrics["divergence_rate"] = metrics["divergences"] / traces["diverging"].size
+        if metrics["divergence_rate"] > MAX_DIVERGENCE_RATE and metrics["status"] == "ok":
+            # The estimate is kept, but the integrator fails in a region the chains keep
+            # visiting, so the number is suspect: flag the run instead of reporting it plainly.
             metrics["status"] = "divergent"
     if s.name == "mclmc":
         metrics["L"] = float(np.mean(traces["L"][:, 0]))

@@ -2,8 +2,8 @@
 
     log p(w) = −nβ·L_n(w) − (γ/2)·‖w − w*‖²,   β = posterior.beta(n), n = n_data,
 
-with L_n the loss of `losses.py`. The full-data loss is evaluated in chunks of at most
-`CHUNK` rows (`lax.map`, zero-padded rows masked out) so memory stays bounded in n.
+with L_n the loss of `losses.py`. The full-data loss is evaluated in equal chunks of at
+most `CHUNK` rows (`lax.map`, the few zero-padded rows masked out) so memory stays bounded in n.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def make_full_loss(predict, X, Y, chunk: int = CHUNK):
     if n <= chunk:
         return lambda w: jnp.mean(per_example_loss(predict(w, X), Y))
     n_chunks = -(-n // chunk)
+    chunk = -(-n // n_chunks)  # balanced chunks: n = 10,000 pads 2 rows, not 2,288
     pad = n_chunks * chunk - n
     Xc = jnp.concatenate([X, jnp.zeros((pad, X.shape[1]), X.dtype)]).reshape(n_chunks, chunk, -1)
     Yc = jnp.concatenate([Y, jnp.zeros((pad, Y.shape[1]), Y.dtype)]).reshape(n_chunks, chunk, -1)
