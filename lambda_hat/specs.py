@@ -255,7 +255,9 @@ class HMCSpec(_SamplerBase):
     warmup: Annotated[int, Field(ge=0)] = 300
     num_integration_steps: PositiveInt = 10
     step_size: PositiveFloat = 0.01
-    target_acceptance: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    # 0.9, not BlackJAX's 0.8: at 0.8 one chain of four on a [5,3,5] DLN adapted a step size
+    # that diverged on 13 % of its draws; at 0.9, 0.6 % overall, for the same wall time.
+    target_acceptance: Annotated[float, Field(gt=0, lt=1)] = 0.9
     adapt_step_size: bool = True
     adapt_mass_matrix: bool = True
 
@@ -272,7 +274,9 @@ class NUTSSpec(_SamplerBase):
     warmup: Annotated[int, Field(ge=0)] = 300
     max_num_doublings: Annotated[int, Field(ge=1, le=15)] = 6
     step_size: PositiveFloat = 0.01
-    target_acceptance: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    # 0.9, not BlackJAX's 0.8: at 0.8 one chain of four on a [5,3,5] DLN adapted a step size
+    # that diverged on 13 % of its draws; at 0.9, 0.6 % overall, for the same wall time.
+    target_acceptance: Annotated[float, Field(gt=0, lt=1)] = 0.9
     adapt_step_size: bool = True
     adapt_mass_matrix: bool = True
 

@@ -162,3 +162,25 @@ def test_quadratic_expected_llc():
     with pytest.raises(ValueError):
         quadratic_expected_llc([1.0], 0.0, 1.0)
     assert regular_lambda(7) == 3.5
+
+
+def test_quadratic_expected_llc_at_reduces_and_matches_one_dimension():
+    import numpy as np
+
+    from lambda_hat.science.theory import quadratic_expected_llc, quadratic_expected_llc_at
+
+    h = np.array([0.1, 1.0, 3.0])
+    assert quadratic_expected_llc_at(np.diag(h), np.zeros(3), 200.0, 2.0) == pytest.approx(
+        quadratic_expected_llc(h, 200.0, 2.0), rel=1e-12)
+    # one dimension by hand: P = nβh + γ, m = −nβg/P, E = nβ(g·m + h·m²/2 + h/(2P))
+    nb, gam, hh, g = 50.0, 1.0, 2.0, 0.3
+    P = nb * hh + gam
+    m = -nb * g / P
+    assert quadratic_expected_llc_at([[hh]], [g], nb, gam) == pytest.approx(nb * (g * m + hh * m * m / 2 + hh / (2 * P)))
+    # a rotation of the coordinates changes nothing
+    Q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+    gv = np.array([0.2, -0.1, 0.05])
+    assert quadratic_expected_llc_at(Q @ np.diag(h) @ Q.T, Q @ gv, 80.0, 1.0) == pytest.approx(
+        quadratic_expected_llc_at(np.diag(h), gv, 80.0, 1.0), rel=1e-10)
+    with pytest.raises(ValueError):
+        quadratic_expected_llc_at(np.eye(2), np.zeros(3), 1.0, 1.0)

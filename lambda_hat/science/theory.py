@@ -193,3 +193,23 @@ def quadratic_expected_llc(hessian_eigs: Iterable[float], n_beta: float, gamma: 
             continue
         total += n_beta * h / (n_beta * h + gamma)
     return 0.5 * total
+
+
+def quadratic_expected_llc_at(hessian, gradient, n_beta: float, gamma: float) -> float:
+    """Exact E[nβ·(L_n(w) − L_n(w*))] when L_n is exactly quadratic but w* need not be its
+    minimum: L_n(w) = L0 + gᵀδ + ½ δᵀHδ, δ = w − w* (e.g. a linear model at the teacher's
+    weights, where noise moves the least-squares minimum off w*). The posterior is Gaussian
+    with precision P = nβH + γI and mean offset m = −nβ·P⁻¹g, so the expectation is
+    nβ·(gᵀm + ½ mᵀHm + ½ tr(H P⁻¹)); with g = 0 it is `quadratic_expected_llc`.
+    """
+    import numpy as np
+
+    H = np.asarray(hessian, dtype=np.float64)
+    g = np.asarray(gradient, dtype=np.float64).reshape(-1)
+    if H.shape != (g.size, g.size):
+        raise ValueError(f"hessian has shape {H.shape} but the gradient has {g.size} entries")
+    if n_beta <= 0 or gamma < 0:
+        raise ValueError(f"need n_beta > 0 and gamma >= 0, got {n_beta}, {gamma}")
+    P = n_beta * H + gamma * np.eye(g.size)
+    m = -n_beta * np.linalg.solve(P, g)
+    return float(n_beta * (g @ m + 0.5 * m @ H @ m + 0.5 * np.trace(np.linalg.solve(P, H))))
