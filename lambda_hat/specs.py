@@ -255,9 +255,10 @@ class HMCSpec(_SamplerBase):
     warmup: Annotated[int, Field(ge=0)] = 300
     num_integration_steps: PositiveInt = 10
     step_size: PositiveFloat = 0.01
-    # 0.9, not BlackJAX's 0.8: at 0.8 one chain of four on a [5,3,5] DLN adapted a step size
-    # that diverged on 13 % of its draws; at 0.9, 0.6 % overall, for the same wall time.
-    target_acceptance: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    # BlackJAX's 0.8. With a fixed number of integration steps a higher target shortens the
+    # trajectory: at 0.9 the bulk ESS of λ̂ on a regular 100-parameter model fell from 0.22 to
+    # 0.03 per draw. Divergences are counted and flagged instead (`divergence_rate`).
+    target_acceptance: Annotated[float, Field(gt=0, lt=1)] = 0.8
     adapt_step_size: bool = True
     adapt_mass_matrix: bool = True
 
@@ -274,8 +275,8 @@ class NUTSSpec(_SamplerBase):
     warmup: Annotated[int, Field(ge=0)] = 300
     max_num_doublings: Annotated[int, Field(ge=1, le=15)] = 6
     step_size: PositiveFloat = 0.01
-    # 0.9, not BlackJAX's 0.8: at 0.8 one chain of four on a [5,3,5] DLN adapted a step size
-    # that diverged on 13 % of its draws; at 0.9, 0.6 % overall, for the same wall time.
+    # 0.9, not BlackJAX's 0.8: NUTS adapts its trajectory length, so a smaller step costs only
+    # gradients, and divergences on DLNs fell (a [4,3,8] case: 11 → 1 of 1,600 draws, 53 s vs 59 s).
     target_acceptance: Annotated[float, Field(gt=0, lt=1)] = 0.9
     adapt_step_size: bool = True
     adapt_mass_matrix: bool = True
