@@ -1,6 +1,6 @@
 """Sampler throughput on three targets: steps/s, FGE/s, compile cold/warm, in-step share.
 
-    uv run python benchmarks/samplers.py                          # 3 targets × 4 samplers, ~40 min on 2 cores (base HMC/NUTS dominate)
+    uv run python benchmarks/samplers.py                          # 3 targets × 4 samplers, ~50 min on 2 cores (base HMC/NUTS dominate)
     uv run python benchmarks/samplers.py --targets small --samplers nuts,mclmc --seconds 5
 
 Targets: `small` MLP (presets small/small: 45 parameters, n = 100), `base` MLP (presets
