@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import functools
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -56,28 +58,45 @@ def _bad_input(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _domain_errors(fn):
+    """Turn the core's domain errors into one line on stderr and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from lambda_hat.errors import LhError
+
+        try:
+            return fn(*args, **kwargs)
+        except LhError as err:
+            err_console.print(f"[red]error:[/red] {rich_escape(str(err))}", soft_wrap=True, highlight=False)
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper
+
+
+def _store_for_reading(store: str | None, sweep_store_root: str | None = None):
+    """The store a read-only command looks at; it need not exist yet."""
+    from lambda_hat.store import resolve_store_root
+    from lambda_hat.store.store import Store
+
+    root = resolve_store_root(store, sweep_store_root)
+    return Store.open(root) if root.exists() else Store(root)
+
+
 def _load(sweep_path: Path, store: str | None):
+    from lambda_hat.errors import BadInput
     from lambda_hat.planner import expand
-    from lambda_hat.store import StoreLayout, resolve_store_root
     from lambda_hat.sweep import SweepError, load_sweep
 
     try:
         sweep = load_sweep(sweep_path)
     except SweepError as err:
-        raise _bad_input(str(err)) from None
-    layout = StoreLayout(resolve_store_root(store, sweep.store_root))
-    return sweep, expand(sweep), layout
-
-
-def _plan(expanded, layout):
-    from lambda_hat.planner import plan
-    from lambda_hat.store import snapshot
-
-    snap = snapshot(layout, [t.target_id for t in expanded.targets], [r.run_id for r in expanded.runs])
-    return plan(expanded, snap)
+        raise BadInput(str(err)) from None
+    return sweep, expand(sweep), _store_for_reading(store, sweep.store_root)
 
 
 @app.command("plan")
+@_domain_errors
 def plan_cmd(
     sweep: Annotated[Path, typer.Argument(help="Sweep YAML.")],
     store: StoreOpt = None,
@@ -85,14 +104,14 @@ def plan_cmd(
     limit: Annotated[int, typer.Option(help="Rows to show in the table (0: all).")] = 50,
 ) -> None:
     """Show what `lh execute` would build and sample, and what the store already holds."""
-    from lambda_hat.planner import describe_target
+    from lambda_hat.planner import describe_target, plan
 
-    _, expanded, layout = _load(sweep, store)
-    p = _plan(expanded, layout)
+    _, expanded, st = _load(sweep, store)
+    p = plan(expanded, st.snapshot([t.target_id for t in expanded.targets], [r.run_id for r in expanded.runs]))
     if as_json:
         sys.stdout.write(json.dumps(p.as_json()) + "\n")
         return
-    table = Table(title=f"plan for {sweep} (store {layout.root})")
+    table = Table(title=f"plan for {sweep} (store {st.root})")
     for col in ("kind", "id", "action", "what"):
         table.add_column(col)
     rows = [("target", t.target_id, "build", describe_target(t)) for t in p.targets_to_build]
@@ -111,13 +130,14 @@ def plan_cmd(
 
 
 @app.command("execute")
+@_domain_errors
 def execute_cmd(
     sweep: Annotated[Path, typer.Argument(help="Sweep YAML.")],
     store: StoreOpt = None,
     backend: Annotated[Backend, typer.Option(help="Where jobs run.")] = Backend.local,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes (default: min(cpu count, 8)).")] = None,
     logs: Annotated[Path, typer.Option(help="Per-job logs directory.")] = Path("logs"),
-    results: Annotated[Path, typer.Option(help="Parquet file with one row per run of the sweep.")] = Path(
+    results: Annotated[Path, typer.Option(help="One row per run of the sweep: .parquet or .csv.")] = Path(
         "results/llc_runs.parquet"
     ),
     slurm_config: Annotated[
@@ -125,103 +145,19 @@ def execute_cmd(
     ] = None,
 ) -> None:
     """Build the missing targets and sample the missing runs; record them; write results."""
-    t_start = time.perf_counter()
-    _, expanded, layout = _load(sweep, store)
-    p = _plan(expanded, layout)
+    from lambda_hat.execute.driver import ExecuteRequest, execute
 
-    from lambda_hat.store import index
-    from lambda_hat.store.artifacts import clean_stale_tmp, read_manifest
-
-    # Artifacts complete on disk but missing from the index (e.g. after Ctrl-C, or a copied
-    # store) are recorded now: the filesystem is the truth.
-    if layout.root.exists():
-        known_t, known_r = index.indexed_ids(layout)
-        missing = [layout.target_dir(t.target_id) for t in p.targets_cached if t.target_id not in known_t]
-        missing += [layout.run_dir(r.run_id) for r in p.runs_cached if r.run_id not in known_r]
-        if missing:
-            index.record(layout, [read_manifest(d) for d in missing])
-
-    if p.nothing_to_do:
-        n = index.export_runs_parquet(layout, [r.run_id for r in expanded.runs], results)
-        console.print(
-            f"nothing to do: {len(p.targets_cached)} targets and {len(p.runs_cached)} runs already in the store "
-            f"({layout.root}); {n} rows in {results} ({time.perf_counter() - t_start:.2f}s)"
-        )
-        return
-
-    console.print(f"store {layout.root}: {p.summary()}")
-    for parent in (layout.targets_dir, layout.runs_dir):
-        for stale in clean_stale_tmp(parent):
-            console.print(f"  removed unfinished artifact {stale.name} (its writer is gone)")
-
-    from lambda_hat.execute.runner import ExecutorStartError, LogPaths, run_plan
-
-    run_dir = Path("parsl_runinfo")
-    if backend is Backend.local:
-        from lambda_hat.execute.parsl_config import local_config
-
-        config = local_config(run_dir, workers)
-    else:
-        import shutil
-
-        from lambda_hat.execute.parsl_config import SlurmSettings, slurm_config
-
-        if shutil.which("sbatch") is None:
-            raise _bad_input("--backend slurm: sbatch not found on PATH (run lh execute on a SLURM login node)")
-        settings = SlurmSettings()
-        if slurm_config is not None:
-            settings = _load_slurm_settings(slurm_config)
-        config = slurm_config(run_dir, settings)
-
-    try:
-        outcome = run_plan(p, layout, config, LogPaths(logs), console)
-    except ExecutorStartError as err:
-        err_console.print(f"[red]error:[/red] {err} (Parsl logs: {run_dir})")
-        _hard_exit(1)
-    if outcome.interrupted:
-        console.print(
-            f"\n[yellow]interrupted[/yellow]: {len(outcome.completed)} jobs completed and recorded; "
-            "run the same command again to do only what is missing."
-        )
-        _hard_exit(130)
-    n = index.export_runs_parquet(layout, [r.run_id for r in expanded.runs], results)
-    console.print(
-        f"\n{len(outcome.completed)} jobs completed, {len(outcome.failed)} failed; "
-        f"{n} rows in {results} ({time.perf_counter() - t_start:.1f}s)"
-    )
-    if outcome.failed:
-        console.print("[red]failed jobs[/red] (see their logs):")
-        for job_id, reason, err in outcome.failed:
-            console.print(f"  {job_id}: {reason}\n    {err}", soft_wrap=True, highlight=False)
-        raise typer.Exit(1)
-
-
-def _hard_exit(code: int) -> None:
-    # Parsl may leave non-daemon threads waiting on processes that are gone; do not let
-    # them keep the command alive once everything we own is flushed and recorded.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def _load_slurm_settings(path: Path):
-    import dataclasses
-
-    import yaml
-
-    from lambda_hat.execute.parsl_config import SlurmSettings
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise _bad_input(f"{path}: cannot read SLURM settings: {err}") from None
-    known = {f.name for f in dataclasses.fields(SlurmSettings)}
-    if not isinstance(data, dict):
-        raise _bad_input(f"{path}: must be a mapping of SLURM settings")
-    for k in data:
-        if k not in known:
-            raise _bad_input(f"{path}: {k}: unknown SLURM setting (known: {', '.join(sorted(known))})")
-    return SlurmSettings(**data)
+    request = ExecuteRequest(sweep_path=sweep, store=store, backend=backend.value, workers=workers, logs=logs,
+                             results=results, slurm_config=slurm_config)
+    outcome = execute(request, console)
+    if "parsl" in sys.modules:
+        # Parsl may leave non-daemon threads waiting on processes that are gone; do not let
+        # them keep the command alive once everything we own is flushed and recorded.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(outcome.exit_code)
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
 
 
 def _jsonable(v):
@@ -231,6 +167,7 @@ def _jsonable(v):
 
 
 @app.command("query")
+@_domain_errors
 def query_cmd(
     sql: Annotated[str, typer.Argument(help='SQL over tables `targets` and `runs`, e.g. "select * from runs".')],
     store: StoreOpt = None,
@@ -239,10 +176,9 @@ def query_cmd(
     """Run read-only SQL against the store's index."""
     import duckdb
 
-    from lambda_hat.store import StoreLayout, resolve_store_root
     from lambda_hat.store.index import connect_readonly
 
-    layout = StoreLayout(resolve_store_root(store))
+    layout = _store_for_reading(store).layout
     if not layout.index_path.exists():
         raise _bad_input(f"{layout.index_path}: no index (run `lh execute` first, or `lh index rebuild`)")
     try:
@@ -270,41 +206,89 @@ def query_cmd(
 
 
 @index_app.command("rebuild")
+@_domain_errors
 def index_rebuild_cmd(store: StoreOpt = None) -> None:
-    """Recreate index.duckdb from the manifests on disk (the filesystem is the truth)."""
-    from lambda_hat.store import StoreLayout, resolve_store_root
-    from lambda_hat.store.index import rebuild
+    """Recreate index.duckdb from the manifests on disk (the filesystem is the truth); an
+    unreadable index is moved aside first."""
+    from lambda_hat.store import resolve_store_root
+    from lambda_hat.store.store import Store
 
-    layout = StoreLayout(resolve_store_root(store))
-    if not layout.root.is_dir():
-        raise _bad_input(f"{layout.root}: no such store")
-    n_t, n_r = rebuild(layout)
-    console.print(f"rebuilt {layout.index_path}: {n_t} targets, {n_r} runs")
+    st = Store.open(resolve_store_root(store))
+    if not st.layout.targets_dir.is_dir() and not st.layout.runs_dir.is_dir():
+        raise _bad_input(f"{st.root}: not a lambda-hat store (no targets/ or runs/)")
+    n_t, n_r = st.rebuild_index()
+    console.print(f"rebuilt {st.layout.index_path}: {n_t} targets, {n_r} runs")
+
+
+def _verify(ids: list[str] | None, store: str | None) -> None:
+    from lambda_hat.store import resolve_store_root
+    from lambda_hat.store.store import Store
+
+    st = Store.open(resolve_store_root(store))
+    t0 = time.perf_counter()
+    report = st.verify(ids or None)
+    for f in report.findings:
+        style = "red" if f.serious else "yellow"
+        console.print(f"[{style}]{f.path}[/{style}]: {rich_escape(f.problem)}", soft_wrap=True, highlight=False)
+    serious = sum(f.serious for f in report.findings)
+    console.print(f"{report.checked} artifacts checked in {time.perf_counter() - t0:.2f}s, {serious} problems")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("verify")
+@_domain_errors
+def verify_cmd(
+    ids: Annotated[Optional[list[str]], typer.Argument(help="Artifact IDs to check (default: all).")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Check artifacts: manifest and its checksum, ID against directory and spec hash, array
+    checksums; report temporary directories, orphans and quarantined entries. Exit 1 if
+    anything is wrong."""
+    _verify(ids, store)
 
 
 @index_app.command("verify")
+@_domain_errors
 def index_verify_cmd(store: StoreOpt = None) -> None:
-    """Check every artifact against its manifest's checksums."""
-    from lambda_hat.store import StoreLayout, resolve_store_root
-    from lambda_hat.store.artifacts import verify
+    """Same as `lh verify` (kept for Lambda-Hat habits)."""
+    _verify(None, store)
 
-    layout = StoreLayout(resolve_store_root(store))
-    bad = 0
-    checked = 0
-    for parent in (layout.targets_dir, layout.runs_dir):
-        if not parent.is_dir():
-            continue
-        for d in sorted(parent.iterdir()):
-            if d.name.startswith(".") or not (d / "manifest.json").is_file():
-                continue
-            checked += 1
-            problems = verify(d)
-            if problems:
-                bad += 1
-                console.print(f"[red]{d}[/red]: {'; '.join(problems)}")
-    console.print(f"{checked} artifacts checked, {bad} with problems")
-    if bad:
-        raise typer.Exit(1)
+
+def _duration_s(text: str) -> float:
+    from lambda_hat.errors import BadInput
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            return float(t[:-1]) * units[t[-1]]
+        return float(t)
+    except ValueError:
+        raise BadInput(f"--older-than {text!r}: not a duration (e.g. 30m, 12h, 7d)") from None
+
+
+@app.command("gc")
+@_domain_errors
+def gc_cmd(
+    store: StoreOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Also remove failed runs (status nonfinite) so they are redone.")] = False,
+    older_than: Annotated[Optional[str], typer.Option("--older-than", help="Only remove what is older than this (30m, 12h, 7d).")] = None,
+) -> None:
+    """Remove temporary directories of dead writers (any host), quarantined and orphaned
+    artifacts, stale claims; with --failed, failed runs."""
+    from lambda_hat.store import resolve_store_root
+    from lambda_hat.store.store import Store
+
+    st = Store.open(resolve_store_root(store))
+    report = st.gc(dry_run=dry_run, failed=failed, older_than_s=_duration_s(older_than) if older_than else None)
+    verb = "would remove" if dry_run else "removed"
+    for path, why in report.removed:
+        console.print(f"{verb} {path} ({why})", soft_wrap=True, highlight=False)
+    for path, why in report.kept:
+        console.print(f"[dim]kept {path} ({why})[/dim]", soft_wrap=True, highlight=False)
+    console.print(f"{verb} {len(report.removed)} entries, {report.bytes_freed / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -6,14 +6,7 @@ from dataclasses import dataclass, field
 
 from lambda_hat.ids import run_id, target_id
 from lambda_hat.specs import RunSpec, Sweep, TargetSpec
-
-
-@dataclass(frozen=True)
-class StoreSnapshot:
-    """IDs of complete artifacts in the store (those with a manifest)."""
-
-    target_ids: frozenset[str] = frozenset()
-    run_ids: frozenset[str] = frozenset()
+from lambda_hat.store.snapshot import StoreSnapshot
 
 
 @dataclass(frozen=True)

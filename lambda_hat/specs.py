@@ -30,6 +30,19 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
+# Key in a field's json_schema_extra: the value at which the field is left out of the ID.
+ID_NEUTRAL = "id_neutral"
+
+
+def added_field(neutral, *, since: str, **kwargs):
+    """Declare a spec field added after IDs were published (`since`: the lambda-hat version).
+
+    `neutral` is its default and the value that reproduces the behaviour from before the
+    field existed; while a spec holds it, the field is not hashed, so existing IDs stay
+    valid (see `ids.py`). Example: `thin: int = added_field(1, since="0.2", ge=1)`."""
+    return Field(neutral, json_schema_extra={ID_NEUTRAL: neutral, "since": since}, **kwargs)
+
+
 # --------------------------------------------------------------------------- target
 
 

@@ -78,8 +78,9 @@ def test_query_without_index_and_bad_sql(runner, tmp_path):
     result = runner.invoke(app, ["query", "select 1", "--store", str(tmp_path)])
     assert result.exit_code == 2 and "no index" in result.stderr
     from lambda_hat.store import StoreLayout, index
+    from lambda_hat.store.manifest import Manifest
 
-    index.record(StoreLayout(tmp_path), [{"id": "tgt_x", "type": "target", "spec": {}}])
+    index.write(StoreLayout(tmp_path), [index.Record(Manifest(id="tgt_x", type="target", spec={}))])
     result = runner.invoke(app, ["query", "selec nonsense", "--store", str(tmp_path)])
     assert result.exit_code == 2 and "query failed" in result.stderr
     result = runner.invoke(app, ["query", "select target_id from targets", "--store", str(tmp_path), "--format", "json"])

@@ -6,8 +6,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from lambda_hat.cli import _load_slurm_settings, app
-from lambda_hat.execute.parsl_config import SlurmSettings, local_config, slurm_config
+from lambda_hat.cli import app
+from lambda_hat.errors import BadInput
+from lambda_hat.execute.parsl_config import SlurmSettings, load_slurm_settings, local_config, slurm_config
 
 
 def test_local_config_uses_this_interpreter(tmp_path):
@@ -22,7 +23,7 @@ def test_slurm_settings_from_yaml_reach_the_provider(tmp_path):
     f = tmp_path / "slurm.yaml"
     f.write_text("partition: gpu\nwalltime: '01:00:00'\nmax_blocks: 7\nmem_per_node: 32\n"
                  "worker_init: module load cuda/12.1\nscheduler_options: '#SBATCH --gres=gpu:1'\n")
-    settings = _load_slurm_settings(f)
+    settings = load_slurm_settings(f)
     assert settings == SlurmSettings(partition="gpu", walltime="01:00:00", max_blocks=7, mem_per_node=32,
                                      worker_init="module load cuda/12.1", scheduler_options="#SBATCH --gres=gpu:1")
     (ex,) = slurm_config(tmp_path / "ri", settings).executors
@@ -32,13 +33,11 @@ def test_slurm_settings_from_yaml_reach_the_provider(tmp_path):
 
 
 def test_unknown_slurm_setting_is_bad_input(tmp_path):
-    import typer
-
     f = tmp_path / "slurm.yaml"
     f.write_text("partiton: gpu\n")
-    with pytest.raises(typer.Exit) as info:
-        _load_slurm_settings(f)
-    assert info.value.exit_code == 2
+    with pytest.raises(BadInput) as info:
+        load_slurm_settings(f)
+    assert info.value.exit_code == 2 and "partiton" in str(info.value)
 
 
 @pytest.mark.skipif(shutil.which("sbatch") is not None, reason="a SLURM cluster is here")

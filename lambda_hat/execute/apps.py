@@ -52,8 +52,10 @@ def provenance() -> dict:
     }
 
 
-def _common(kind: str, artifact_id: str, schema: str, spec: dict) -> dict:
-    return {
+def _manifest(kind: str, artifact_id: str, schema: str, spec: dict, **fields):
+    from lambda_hat.store.manifest import Manifest
+
+    return Manifest.model_validate({
         "id": artifact_id,
         "type": kind,
         "schema": schema,
@@ -61,7 +63,8 @@ def _common(kind: str, artifact_id: str, schema: str, spec: dict) -> dict:
         "host": socket.gethostname(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         **provenance(),
-    }
+        **fields,
+    })
 
 
 @contextmanager
@@ -102,7 +105,7 @@ def _setup_jax(cache_dir: str | None) -> None:
 
 
 def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: str) -> dict:
-    from lambda_hat.ids import TARGET_SCHEMA, target_id
+    from lambda_hat.ids import TARGET_SCHEMA, resolved_spec, target_id
     from lambda_hat.specs import TargetSpec
     from lambda_hat.store.artifacts import write_artifact
     from lambda_hat.store.layout import StoreLayout
@@ -112,11 +115,9 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
         spec = TargetSpec.model_validate(spec_json)
         tid = target_id(spec)
         print(f"building {tid} on {socket.gethostname()} (pid {os.getpid()})", flush=True)
-        if layout.has_target(tid):
-            print(f"{tid} already complete in the store; nothing to do", flush=True)
-            from lambda_hat.store.artifacts import read_manifest
-
-            return read_manifest(layout.target_dir(tid))
+        done = _already_complete(layout, "target", tid)
+        if done is not None:
+            return done
         _setup_jax(str(layout.jax_cache_dir))
         from lambda_hat.science import build_target
 
@@ -126,21 +127,22 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
         if not math.isfinite(float(arrays.metrics["L0"])):
             # A target whose training diverged has no w* to measure the LLC at.
             raise RuntimeError(f"training diverged: L0 = L_n(w*) is {arrays.metrics['L0']}; lower training.learning_rate")
-        manifest = _common("target", tid, TARGET_SCHEMA, spec.model_dump(mode="json"))
-        manifest.update(status="ok", metrics=dict(arrays.metrics), timings={"build_sec": build_sec})
+        manifest = _manifest("target", tid, TARGET_SCHEMA, resolved_spec(spec), status="ok",
+                             metrics=dict(arrays.metrics), timings={"build_sec": build_sec})
         payload = {f"params/{k}": v for k, v in arrays.params.items()}
         payload.update(X=arrays.X, Y=arrays.Y)
-        manifest = write_artifact(layout.target_dir(tid), payload, manifest)
+        manifest = write_artifact(layout.target_dir(tid), payload, manifest, quarantine_dir=layout.quarantine_dir)
         print(f"wrote {layout.target_dir(tid)}: {arrays.metrics} in {build_sec:.2f}s", flush=True)
-        return manifest
+        return manifest.to_json_dict()
 
 
 def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: str, inputs: list = ()) -> dict:
     """`inputs` carries the target build's future when the target is built in this sweep:
     Parsl starts this job only once it has resolved."""
-    from lambda_hat.ids import RUN_SCHEMA, run_id
+    from lambda_hat.ids import RUN_SCHEMA, resolved_spec, run_id
     from lambda_hat.specs import RunSpec, TargetSpec
-    from lambda_hat.store.artifacts import read_arrays, read_manifest, write_artifact
+    from lambda_hat.store.artifacts import read_arrays, verify, write_artifact
+    from lambda_hat.store.store import check_manifest
     from lambda_hat.store.layout import StoreLayout
 
     layout = StoreLayout(Path(store_root))
@@ -148,32 +150,53 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
         spec = RunSpec.model_validate(run_json)
         rid = run_id(spec)
         print(f"sampling {rid} ({spec.sampler.name}) on {spec.target_id} on {socket.gethostname()}", flush=True)
-        if layout.has_run(rid):
-            print(f"{rid} already complete in the store; nothing to do", flush=True)
-            return read_manifest(layout.run_dir(rid))
+        done = _already_complete(layout, "run", rid)
+        if done is not None:
+            return done
+        tdir = layout.target_dir(spec.target_id)
+        # Never sample a target that is not exactly what was built: a damaged or edited
+        # target would give a wrong λ̂ recorded as `ok`.
+        tman, _ = check_manifest(tdir, "target")
+        problems = verify(tdir, "target")
+        if problems:
+            raise RuntimeError(f"target {spec.target_id} is damaged ({'; '.join(problems)}); `lh verify` lists it")
+        target = TargetSpec.model_validate(tman.spec)
         _setup_jax(str(layout.jax_cache_dir))
         from lambda_hat.science import TargetArrays, sample_run
 
-        tdir = layout.target_dir(spec.target_id)
-        tman = read_manifest(tdir)
-        target = TargetSpec.model_validate(tman["spec"])
-        names = list(tman["arrays"])
+        names = list(tman.arrays)
         loaded = read_arrays(tdir, names)
         params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
-        arrays = TargetArrays(params=params, X=loaded["X"], Y=loaded["Y"], metrics=dict(tman["metrics"]))
+        arrays = TargetArrays(params=params, X=loaded["X"], Y=loaded["Y"], metrics=dict(tman.metrics))
         t0 = time.perf_counter()
         result = sample_run(spec, target, arrays)
         total_sec = time.perf_counter() - t0
-        manifest = _common("run", rid, RUN_SCHEMA, spec.model_dump(mode="json"))
         status = result.metrics.get("status", "ok")
         metrics = dict(result.metrics)
-        llc_true = tman["metrics"].get("llc_true")
+        llc_true = tman.metrics.get("llc_true")
         if llc_true is not None:
             # Targets with a known λ carry it into their runs' results.
             metrics["llc_true"] = llc_true
             metrics["rel_error"] = (metrics["llc_mean"] - llc_true) / llc_true if llc_true else math.nan
-        manifest.update(status=status, metrics=metrics, timings={"sample_job_sec": total_sec})
-        manifest = write_artifact(layout.run_dir(rid), {f"traces/{k}": v for k, v in result.traces.items()}, manifest)
+        manifest = _manifest("run", rid, RUN_SCHEMA, resolved_spec(spec), status=status, metrics=metrics,
+                             timings={"sample_job_sec": total_sec})
+        manifest = write_artifact(layout.run_dir(rid), {f"traces/{k}": v for k, v in result.traces.items()}, manifest,
+                                  quarantine_dir=layout.quarantine_dir)
         m = result.metrics
         print(f"llc_mean={m.get('llc_mean')} llc_std={m.get('llc_std')} r_hat={m.get('r_hat')} status={status}", flush=True)
-        return manifest
+        return manifest.to_json_dict()
+
+
+def _already_complete(layout, kind: str, artifact_id: str) -> dict | None:
+    """The stored manifest if the artifact is already complete (another driver, an earlier
+    attempt); None if it must be made."""
+    from lambda_hat.store.artifacts import ArtifactError
+    from lambda_hat.store.manifest import ManifestError
+    from lambda_hat.store.store import check_manifest
+
+    try:
+        manifest, _ = check_manifest(layout.artifact_dir(kind, artifact_id), kind)
+    except (ArtifactError, ManifestError, OSError):
+        return None
+    print(f"{artifact_id} already complete in the store; nothing to do", flush=True)
+    return manifest.to_json_dict()

@@ -93,3 +93,24 @@ def slurm_config(run_dir: Path, s: SlurmSettings) -> Config:
         ],
         run_dir=str(run_dir),
     )
+
+
+def load_slurm_settings(path: Path) -> SlurmSettings:
+    """SLURM settings from a YAML mapping; unknown keys and unreadable files are BadInput."""
+    import dataclasses
+
+    import yaml
+
+    from lambda_hat.errors import BadInput
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise BadInput(f"{path}: cannot read SLURM settings: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: must be a mapping of SLURM settings")
+    known = {f.name for f in dataclasses.fields(SlurmSettings)}
+    for k in data:
+        if k not in known:
+            raise BadInput(f"{path}: {k}: unknown SLURM setting (known: {', '.join(sorted(known))})")
+    return SlurmSettings(**data)

@@ -1,19 +1,18 @@
-"""The content-addressed store: `targets/<tgt_id>/`, `runs/<run_id>/`, `index.duckdb`."""
+"""The content-addressed store: `targets/<tgt_id>/`, `runs/<run_id>/`, `index.duckdb`.
+
+`Store` (store.py) is the one API every command uses. Importing this package is cheap: it
+pulls in neither JAX nor DuckDB (they load when a method needs them).
+"""
 
 from lambda_hat.store.layout import StoreLayout, resolve_store_root
+from lambda_hat.store.snapshot import StoreSnapshot
 
-__all__ = ["StoreLayout", "resolve_store_root"]
-
-
-def snapshot(layout: StoreLayout, target_ids, run_ids):
-    """Which of these IDs are complete in the store. The filesystem is the truth: an
-    artifact counts once its directory holds a manifest, whatever the index says."""
-    from lambda_hat.planner import StoreSnapshot
-
-    return StoreSnapshot(
-        target_ids=frozenset(t for t in target_ids if layout.has_target(t)),
-        run_ids=frozenset(r for r in run_ids if layout.has_run(r)),
-    )
+__all__ = ["Store", "StoreLayout", "StoreSnapshot", "resolve_store_root"]
 
 
-__all__ += ["snapshot"]
+def __getattr__(name):
+    if name == "Store":
+        from lambda_hat.store.store import Store
+
+        return Store
+    raise AttributeError(name)

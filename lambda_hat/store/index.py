@@ -1,8 +1,13 @@
 """The DuckDB index: a queryable copy of the manifests, written only by the driver.
 
-The filesystem is the truth. The index can always be rebuilt from the manifests
-(`lh index rebuild`); the driver opens it briefly per batch of records, under a file
-lock, so `lh query` can read between writes and two drivers never collide.
+The filesystem is the truth; the index can always be rebuilt from the manifests. Its
+columns derive from `store.manifest`: a few spec fields, every declared metric and timing,
+provenance, and the manifest file's size and mtime (so the store can tell, with one stat,
+whether a manifest changed since it was indexed).
+
+A writer that finds the file held by a reader (`lh query`, a notebook) gets `IndexBusy`
+after a bounded wait, never a crash: the driver keeps the records and retries. A file that
+is not a DuckDB database is `IndexCorrupt`: the store moves it aside and rebuilds.
 """
 
 from __future__ import annotations
@@ -10,22 +15,49 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import os
 import time
+import typing
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lambda_hat.store.layout import MANIFEST, StoreLayout
+from lambda_hat.errors import LhError
+from lambda_hat.faults import crash_point
+from lambda_hat.store.layout import StoreLayout
+from lambda_hat.store.manifest import METRICS, TIMINGS, Manifest
+
+
+class IndexBusy(LhError):
+    exit_code = 1
+
+
+class IndexCorrupt(LhError):
+    exit_code = 2
 
 
 def _num(x: Any) -> float | None:
-    if x is None:
+    if x is None or isinstance(x, bool):
         return None
-    x = float(x)
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
     return x if math.isfinite(x) else None  # NaN/inf -> NULL; `status` says why
 
 
-def _get(d: dict, path: str, default: Any = None) -> Any:
+def _int(x: Any) -> int | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if math.isfinite(f) else None
+
+
+def _get(d: Any, path: str, default: Any = None) -> Any:
     for part in path.split("."):
         if not isinstance(d, dict) or part not in d:
             return default
@@ -33,222 +65,265 @@ def _get(d: dict, path: str, default: Any = None) -> Any:
     return d
 
 
-Column = tuple[str, str, Callable[[dict], Any]]
+@dataclass(frozen=True)
+class Column:
+    name: str
+    sql_type: str
+    get: Callable[[Manifest], Any]
 
-TARGET_COLUMNS: list[Column] = [
-    ("target_id", "VARCHAR PRIMARY KEY", lambda m: m["id"]),
-    ("status", "VARCHAR", lambda m: m.get("status")),
-    ("model", "VARCHAR", lambda m: _get(m, "spec.model.kind")),
-    ("in_dim", "INTEGER", lambda m: _get(m, "spec.model.in_dim", (_get(m, "spec.model.widths") or [None])[0])),
-    ("out_dim", "INTEGER", lambda m: _get(m, "spec.model.out_dim", (_get(m, "spec.model.widths") or [None])[-1])),
-    ("widths", "INTEGER[]", lambda m: _get(m, "spec.model.widths")),
-    ("teacher_rank", "INTEGER", lambda m: _get(m, "spec.teacher.rank")),
-    ("w_star", "VARCHAR", lambda m: _get(m, "spec.w_star")),
-    ("activation", "VARCHAR", lambda m: _get(m, "spec.model.activation")),
-    ("n_params", "INTEGER", lambda m: _get(m, "metrics.n_params")),
-    ("n_data", "INTEGER", lambda m: _get(m, "spec.data.n_data")),
-    ("x_dist", "VARCHAR", lambda m: _get(m, "spec.data.x_dist")),
-    ("noise_model", "VARCHAR", lambda m: _get(m, "spec.data.noise_model")),
-    ("noise_scale", "DOUBLE", lambda m: _num(_get(m, "spec.data.noise_scale"))),
-    ("seed", "BIGINT", lambda m: _get(m, "spec.seed")),
-    ("dtype", "VARCHAR", lambda m: _get(m, "spec.dtype")),
-    ("L0", "DOUBLE", lambda m: _num(_get(m, "metrics.L0"))),
-    ("llc_true", "DOUBLE", lambda m: _num(_get(m, "metrics.llc_true"))),
-    ("final_train_loss", "DOUBLE", lambda m: _num(_get(m, "metrics.final_train_loss"))),
-    ("test_loss", "DOUBLE", lambda m: _num(_get(m, "metrics.test_loss"))),
-    ("train_steps", "INTEGER", lambda m: _get(m, "metrics.train_steps")),
-    ("build_sec", "DOUBLE", lambda m: _num(_get(m, "timings.build_sec"))),
-    ("code_sha", "VARCHAR", lambda m: _get(m, "code.sha")),
-    ("host", "VARCHAR", lambda m: m.get("host")),
-    ("created_at", "TIMESTAMPTZ", lambda m: m.get("created_at")),
-    ("spec", "JSON", lambda m: json.dumps(m.get("spec"))),
+
+_SQL = {int: ("BIGINT", _int), float: ("DOUBLE", _num), str: ("VARCHAR", lambda v: None if v is None else str(v)),
+        bool: ("BOOLEAN", lambda v: None if v is None else bool(v))}
+
+
+def _scalar_type(annotation: Any) -> type:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return args[0]
+
+
+def _derived(section: str, model: type) -> list[Column]:
+    """One column per declared field of a metrics/timings model, typed from its annotation."""
+    cols = []
+    for name, info in model.model_fields.items():
+        sql_type, conv = _SQL[_scalar_type(info.annotation)]
+        cols.append(Column(name, sql_type, lambda m, n=name, c=conv: c(getattr(m, section).get(n))))
+    return cols
+
+
+def _spec(path: str, conv: Callable = lambda v: v) -> Callable[[Manifest], Any]:
+    return lambda m: conv(_get(m.spec, path))
+
+
+_TARGET_SPEC = [
+    Column("model", "VARCHAR", _spec("model.kind")),
+    Column("in_dim", "INTEGER", lambda m: _get(m.spec, "model.in_dim", (_get(m.spec, "model.widths") or [None])[0])),
+    Column("out_dim", "INTEGER", lambda m: _get(m.spec, "model.out_dim", (_get(m.spec, "model.widths") or [None])[-1])),
+    Column("widths", "INTEGER[]", _spec("model.widths")),
+    Column("teacher_rank", "INTEGER", _spec("teacher.rank")),
+    Column("w_star", "VARCHAR", _spec("w_star")),
+    Column("activation", "VARCHAR", _spec("model.activation")),
+    Column("n_data", "BIGINT", _spec("data.n_data")),
+    Column("x_dist", "VARCHAR", _spec("data.x_dist")),
+    Column("noise_model", "VARCHAR", _spec("data.noise_model")),
+    Column("noise_scale", "DOUBLE", _spec("data.noise_scale", _num)),
+    Column("seed", "BIGINT", _spec("seed")),
+    Column("dtype", "VARCHAR", _spec("dtype")),
+]
+_RUN_SPEC = [
+    Column("target_id", "VARCHAR", _spec("target_id")),
+    Column("sampler", "VARCHAR", _spec("sampler.name")),
+    Column("seed", "BIGINT", _spec("seed")),
+    Column("chains", "INTEGER", _spec("sampler.chains")),
+    Column("dtype", "VARCHAR", _spec("sampler.dtype")),
+    Column("gamma", "DOUBLE", _spec("posterior.gamma", _num)),
+    Column("beta_mode", "VARCHAR", _spec("posterior.beta_mode")),
+    Column("beta0", "DOUBLE", _spec("posterior.beta0", _num)),
+]
+_TAIL = [
+    Column("code_sha", "VARCHAR", lambda m: m.code.sha),
+    Column("host", "VARCHAR", lambda m: m.host),
+    Column("created_at", "TIMESTAMPTZ", lambda m: m.created_at),
+    Column("manifest_version", "INTEGER", lambda m: m.manifest_version),
+    Column("spec", "JSON", lambda m: json.dumps(m.spec)),
+    Column("metrics", "JSON", lambda m: json.dumps({k: _json_safe(v) for k, v in m.metrics.items()})),
 ]
 
-RUN_COLUMNS: list[Column] = [
-    ("run_id", "VARCHAR PRIMARY KEY", lambda m: m["id"]),
-    ("target_id", "VARCHAR", lambda m: _get(m, "spec.target_id")),
-    ("status", "VARCHAR", lambda m: m.get("status")),
-    ("sampler", "VARCHAR", lambda m: _get(m, "spec.sampler.name")),
-    ("seed", "BIGINT", lambda m: _get(m, "spec.seed")),
-    ("chains", "INTEGER", lambda m: _get(m, "spec.sampler.chains")),
-    ("draws", "INTEGER", lambda m: _get(m, "metrics.draws")),
-    ("dtype", "VARCHAR", lambda m: _get(m, "spec.sampler.dtype")),
-    ("gamma", "DOUBLE", lambda m: _num(_get(m, "spec.posterior.gamma"))),
-    ("beta_mode", "VARCHAR", lambda m: _get(m, "spec.posterior.beta_mode")),
-    ("beta0", "DOUBLE", lambda m: _num(_get(m, "spec.posterior.beta0"))),
-    ("beta", "DOUBLE", lambda m: _num(_get(m, "metrics.beta"))),
-    ("n_data", "INTEGER", lambda m: _get(m, "metrics.n_data")),
-    ("n_params", "INTEGER", lambda m: _get(m, "metrics.n_params")),
-    ("L0", "DOUBLE", lambda m: _num(_get(m, "metrics.L0"))),
-    ("llc_mean", "DOUBLE", lambda m: _num(_get(m, "metrics.llc_mean"))),
-    ("llc_std", "DOUBLE", lambda m: _num(_get(m, "metrics.llc_std"))),
-    ("llc_sem", "DOUBLE", lambda m: _num(_get(m, "metrics.llc_sem"))),
-    ("llc_true", "DOUBLE", lambda m: _num(_get(m, "metrics.llc_true"))),
-    ("rel_error", "DOUBLE", lambda m: _num(_get(m, "metrics.rel_error"))),
-    # "ess" was the name before ess_bulk; manifests written then still index
-    ("ess_bulk", "DOUBLE", lambda m: _num(_get(m, "metrics.ess_bulk", _get(m, "metrics.ess")))),
-    ("ess_tail", "DOUBLE", lambda m: _num(_get(m, "metrics.ess_tail"))),
-    ("r_hat", "DOUBLE", lambda m: _num(_get(m, "metrics.r_hat"))),
-    ("step_size", "DOUBLE", lambda m: _num(_get(m, "metrics.step_size"))),
-    ("accept_rate_mean", "DOUBLE", lambda m: _num(_get(m, "metrics.accept_rate_mean"))),
-    ("divergences", "INTEGER", lambda m: _get(m, "metrics.divergences")),
-    ("divergence_rate", "DOUBLE", lambda m: _num(_get(m, "metrics.divergence_rate"))),
-    ("nonfinite_draws", "INTEGER", lambda m: _get(m, "metrics.nonfinite_draws")),
-    ("total_fge", "DOUBLE", lambda m: _num(_get(m, "metrics.total_fge"))),
-    ("walltime_sec", "DOUBLE", lambda m: _num(_get(m, "metrics.walltime_sec"))),
-    ("compile_sec", "DOUBLE", lambda m: _num(_get(m, "metrics.compile_sec"))),
-    ("sample_sec", "DOUBLE", lambda m: _num(_get(m, "metrics.sample_sec"))),
-    ("code_sha", "VARCHAR", lambda m: _get(m, "code.sha")),
-    ("host", "VARCHAR", lambda m: m.get("host")),
-    ("created_at", "TIMESTAMPTZ", lambda m: m.get("created_at")),
-    ("spec", "JSON", lambda m: json.dumps(m.get("spec"))),
-]
 
-TABLES = {"targets": TARGET_COLUMNS, "runs": RUN_COLUMNS}
+def _json_safe(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def _ddl(table: str, columns: list[Column]) -> str:
-    return f"CREATE TABLE IF NOT EXISTS {table} (" + ", ".join(f'"{n}" {t}' for n, t, _ in columns) + ")"
+def _columns(kind: str, key: str, spec_cols: list[Column]) -> list[Column]:
+    head = [Column(key, "VARCHAR PRIMARY KEY", lambda m: m.id), Column("status", "VARCHAR", lambda m: m.status)]
+    cols, seen = [], set()
+    # Manifest-file facts come from the writer of the row (see `_row`), not the manifest.
+    stat = [Column("manifest_size", "BIGINT", lambda m: None), Column("manifest_mtime_ns", "BIGINT", lambda m: None)]
+    for c in head + spec_cols + _derived("metrics", METRICS[kind]) + _derived("timings", TIMINGS[kind]) + _TAIL + stat:
+        if c.name not in seen:  # a spec column wins over a metric of the same name
+            seen.add(c.name)
+            cols.append(c)
+    return cols
 
 
-@contextmanager
-def _writer(layout: StoreLayout, timeout_s: float = 60.0) -> Iterator[Any]:
-    """A read-write connection held under an exclusive file lock, closed on exit."""
-    import duckdb
-
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with open(layout.index_lock_path, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                con = duckdb.connect(str(layout.index_path))
-                break
-            except duckdb.IOException:
-                # A reader (`lh query`) may hold the file for a moment.
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        try:
-            _ensure_schema(con, layout)
-            yield con
-        finally:
-            con.close()
+TABLES: dict[str, list[Column]] = {
+    "targets": _columns("target", "target_id", _TARGET_SPEC),
+    "runs": _columns("run", "run_id", _RUN_SPEC),
+}
+TABLE_OF = {"target": "targets", "run": "runs"}
 
 
-def _ensure_schema(con: Any, layout: StoreLayout) -> None:
-    """Create the tables; if an older lambda-hat made them with other columns, remake them
-    from the manifests (the index is a cache of the filesystem, so this loses nothing)."""
-    existing = {}
-    for table, column in con.execute(
-        "SELECT table_name, column_name FROM information_schema.columns ORDER BY table_name, ordinal_position"
-    ).fetchall():
-        existing.setdefault(table, []).append(column)
-    stale = any(t in existing and existing[t] != [n for n, _, _ in cols] for t, cols in TABLES.items())
-    if stale:
-        for table in TABLES:
-            con.execute(f"DROP TABLE IF EXISTS {table}")
-    for table, cols in TABLES.items():
-        con.execute(_ddl(table, cols))
-    if stale:
-        _insert(con, "targets", _scan_manifests(layout.targets_dir))
-        _insert(con, "runs", _scan_manifests(layout.runs_dir))
+@dataclass(frozen=True)
+class Record:
+    """A manifest to index, with the stat of the file it was read from (None: not known)."""
+
+    manifest: Manifest
+    size: int | None = None
+    mtime_ns: int | None = None
 
 
-def _insert(con: Any, table: str, manifests: list[dict]) -> None:
-    if not manifests:
-        return
-    cols = TABLES[table]
-    names = ", ".join(f'"{n}"' for n, _, _ in cols)
-    marks = ", ".join("?" for _ in cols)
-    rows = [[get(m) for _, _, get in cols] for m in manifests]
-    con.executemany(f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})", rows)
+def _row(table: str, rec: Record) -> list[Any]:
+    values = [c.get(rec.manifest) for c in TABLES[table]]
+    values[-2:] = [rec.size, rec.mtime_ns]
+    return values
 
 
-def record(layout: StoreLayout, manifests: list[dict]) -> None:
-    """Upsert manifests (targets and runs, by their `type`) into the index."""
-    if not manifests:
-        return
-    with _writer(layout) as con:
-        con.execute("BEGIN")
-        _insert(con, "targets", [m for m in manifests if m.get("type") == "target"])
-        _insert(con, "runs", [m for m in manifests if m.get("type") == "run"])
-        con.execute("COMMIT")
+def _classify(err: Exception, path: Path) -> LhError:
+    text = " ".join(str(err).split())
+    if "lock" in text.lower():
+        return IndexBusy(f"{path}: held by another process ({text[:160]})")
+    return IndexCorrupt(f"{path}: not a usable DuckDB index ({text[:160]}); `lh index rebuild` recreates it")
 
 
-def _scan_manifests(parent: Path) -> list[dict]:
-    out = []
-    if parent.is_dir():
-        for d in sorted(parent.iterdir()):
-            path = d / MANIFEST
-            if d.name.startswith(".") or not path.is_file():
-                continue
-            with open(path) as f:
-                out.append(json.load(f))
-    return out
-
-
-def rebuild(layout: StoreLayout) -> tuple[int, int]:
-    """Recreate the index from the manifests on disk. Returns (targets, runs) counted."""
-    targets = _scan_manifests(layout.targets_dir)
-    runs = _scan_manifests(layout.runs_dir)
-    with _writer(layout) as con:
-        con.execute("BEGIN")
-        for table in TABLES:
-            con.execute(f"DELETE FROM {table}")
-        _insert(con, "targets", targets)
-        _insert(con, "runs", runs)
-        con.execute("COMMIT")
-    return len(targets), len(runs)
-
-
-def indexed_ids(layout: StoreLayout) -> tuple[set[str], set[str]]:
-    """IDs the index knows, read-only. Empty when there is no index yet."""
-    if not layout.index_path.exists():
-        return set(), set()
-    with connect_readonly(layout) as con:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        t = {r[0] for r in con.execute("SELECT target_id FROM targets").fetchall()} if "targets" in tables else set()
-        r = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()} if "runs" in tables else set()
-    return t, r
-
-
-@contextmanager
-def connect_readonly(layout: StoreLayout, timeout_s: float = 30.0) -> Iterator[Any]:
+def _connect(path: Path, read_only: bool, timeout_s: float) -> Any:
     import duckdb
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            con = duckdb.connect(str(layout.index_path), read_only=True)
-            break
-        except duckdb.IOException:
-            # The driver holds the write lock for milliseconds at a time.
-            if time.monotonic() > deadline:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as err:
+            classified = _classify(err, path)
+            if isinstance(classified, IndexBusy) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise classified from None
+
+
+@contextmanager
+def _flock(path: Path, timeout_s: float) -> Iterator[None]:
+    """Serialize this host's writers without busy-waiting on DuckDB's own lock. Where the
+    file system has no flock (some NFS mounts), DuckDB's lock alone guards the file."""
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise IndexBusy(f"{path}: another lh process on this host is writing the index") from None
+                time.sleep(0.05)
+            except OSError:
+                break
+        yield
+
+
+@contextmanager
+def writer(layout: StoreLayout, timeout_s: float = 10.0) -> Iterator[Any]:
+    """(read-write connection, whether the tables were just (re)made). Raises IndexBusy /
+    IndexCorrupt."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with _flock(layout.index_lock_path, timeout_s):
+        con = _connect(layout.index_path, read_only=False, timeout_s=timeout_s)
+        try:
+            try:
+                stale = _ensure_schema(con)
+            except Exception as err:
+                import duckdb
+
+                if isinstance(err, duckdb.Error):
+                    raise _classify(err, layout.index_path) from None
                 raise
-            time.sleep(0.05)
+            yield con, stale
+        finally:
+            con.close()
+
+
+def _ensure_schema(con: Any) -> bool:
+    """Create the tables; if another lambda-hat version made them with other columns, drop
+    them (the caller refills them from the manifests). Returns whether they were remade."""
+    existing: dict[str, list[str]] = {}
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns ORDER BY table_name, ordinal_position"
+    ).fetchall():
+        existing.setdefault(table, []).append(column)
+    stale = any(t in existing and existing[t] != [c.name for c in cols] for t, cols in TABLES.items())
+    if stale:
+        for table in TABLES:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+    for table, cols in TABLES.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} (" + ", ".join(f'"{c.name}" {c.sql_type}' for c in cols) + ")")
+    return stale or not existing
+
+
+def insert(con: Any, records: list[Record]) -> None:
+    for kind, table in TABLE_OF.items():
+        rows = [_row(table, r) for r in records if r.manifest.type == kind]
+        if not rows:
+            continue
+        cols = TABLES[table]
+        names = ", ".join(f'"{c.name}"' for c in cols)
+        marks = ", ".join("?" for _ in cols)
+        con.executemany(f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})", rows)
+
+
+def delete(con: Any, kind: str, ids: list[str]) -> None:
+    if ids:
+        table = TABLE_OF[kind]
+        key = TABLES[table][0].name
+        con.executemany(f"DELETE FROM {table} WHERE {key} = ?", [[i] for i in ids])
+
+
+def write(layout: StoreLayout, records: list[Record], deleted: dict[str, list[str]] | None = None,
+          replace_all: bool = False, timeout_s: float = 10.0) -> bool:
+    """One transaction: upsert `records`, delete `deleted` IDs (or everything first, with
+    `replace_all`). Returns False if the tables had to be remade (the caller must refill them)."""
+    with writer(layout, timeout_s) as (con, remade):
+        con.execute("BEGIN")
+        if replace_all:
+            for table in TABLES:
+                con.execute(f"DELETE FROM {table}")
+        for kind, ids in (deleted or {}).items():
+            delete(con, kind, ids)
+        insert(con, records)
+        crash_point("index:in_transaction")
+        con.execute("COMMIT")
+        return not remade or replace_all
+
+
+@contextmanager
+def connect_readonly(layout: StoreLayout, timeout_s: float = 5.0) -> Iterator[Any]:
+    con = _connect(layout.index_path, read_only=True, timeout_s=timeout_s)
     try:
         yield con
     finally:
         con.close()
 
 
-def export_runs_parquet(layout: StoreLayout, run_ids: list[str], out_path: Path) -> int:
-    """Write the sweep's runs (joined with their targets' columns) to Parquet, atomically."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".tmp-{out_path.name}")
-    target_cols = ", ".join(
-        f't."{n}" AS "target_{n}"' for n, _, _ in TARGET_COLUMNS if n not in ("target_id", "spec", "status", "created_at", "code_sha", "host", "n_data", "n_params", "L0", "llc_true")
-    )
-    with _writer(layout) as con:
-        con.execute("CREATE TEMP TABLE wanted (pos INTEGER, run_id VARCHAR)")
-        con.executemany("INSERT INTO wanted VALUES (?, ?)", list(enumerate(run_ids)))
-        sql = (
-            f"SELECT r.*, {target_cols} FROM wanted w JOIN runs r USING (run_id) "
-            f"LEFT JOIN targets t ON t.target_id = r.target_id ORDER BY w.pos"
-        )
-        n = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
-        quoted = str(tmp).replace("'", "''")
-        con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT parquet)")
-    tmp.replace(out_path)
-    return n
+def indexed_stats(layout: StoreLayout, timeout_s: float = 5.0) -> dict[str, dict[str, tuple[int | None, int | None]]]:
+    """{kind: {id: (manifest_size, manifest_mtime_ns)}} from one read per table. Raises
+    IndexBusy / IndexCorrupt; empty when there is no index yet."""
+    out: dict[str, dict[str, tuple]] = {"target": {}, "run": {}}
+    if not layout.index_path.exists():
+        return out
+    with connect_readonly(layout, timeout_s) as con:
+        try:
+            tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            for kind, table in TABLE_OF.items():
+                if table not in tables:
+                    continue
+                names = {r[0] for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]).fetchall()}
+                key = TABLES[table][0].name
+                if "manifest_size" not in names:  # an older index: nothing in it can be trusted by stat
+                    continue
+                rows = con.execute(f"SELECT {key}, manifest_size, manifest_mtime_ns FROM {table}").fetchall()
+                out[kind] = {r[0]: (r[1], r[2]) for r in rows}
+        except Exception as err:
+            import duckdb
+
+            if isinstance(err, duckdb.Error):
+                raise _classify(err, layout.index_path) from None
+            raise
+    return out
+
+
+def move_aside(layout: StoreLayout) -> Path:
+    """Move a corrupt index (and its WAL) out of the way; returns where it went."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    dest = layout.index_path.with_name(f"{layout.index_path.name}.corrupt-{stamp}-{os.getpid()}")
+    os.replace(layout.index_path, dest)
+    wal = layout.index_path.with_name(layout.index_path.name + ".wal")
+    if wal.exists():
+        os.replace(wal, dest.with_name(dest.name + ".wal"))
+    return dest

@@ -39,6 +39,18 @@ class StoreLayout:
         return self.root / ".index.lock"
 
     @property
+    def claims_dir(self) -> Path:
+        return self.root / ".claims"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / ".quarantine"
+
+    @property
+    def drivers_dir(self) -> Path:
+        return self.root / ".drivers"
+
+    @property
     def jax_cache_dir(self) -> Path:
         return self.root / ".jax_cache"
 
@@ -47,6 +59,9 @@ class StoreLayout:
 
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
+
+    def artifact_dir(self, kind: str, artifact_id: str) -> Path:
+        return (self.targets_dir if kind == "target" else self.runs_dir) / artifact_id
 
     def has_target(self, target_id: str) -> bool:
         return (self.target_dir(target_id) / MANIFEST).is_file()

@@ -1,0 +1,471 @@
+"""`lh execute`: carry a plan out, and leave the store saying exactly what is done.
+
+The flow: load the sweep → open and reconcile the store → plan against its snapshot →
+claim each missing artifact (a second driver on the same store waits for what the first
+has in flight, then takes over only what the first did not finish) → submit the claimed
+jobs to Parsl → record each finished manifest in the index within a second or two (a
+timer thread; a busy index keeps the records and retries) → release claims → export
+results. SIGINT and SIGTERM end the run cleanly; a reaper process ends the worker pool
+and SLURM blocks even if the driver itself is killed with SIGKILL.
+
+The driver makes no decisions about *what* to run (the planner does) and turns no errors
+into exit codes (the CLI does); it returns an `ExecuteResult`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from lambda_hat.errors import BadInput, LhError
+from lambda_hat.planner import Plan, PlannedRun, PlannedTarget, describe_target, expand, plan
+from lambda_hat.store import resolve_store_root
+from lambda_hat.store.manifest import Manifest
+
+SUBMIT_LINES_MAX = 50  # above this many jobs, one summary line instead of one per job
+RESULT_SUFFIXES = (".parquet", ".csv")
+
+
+@dataclass(frozen=True)
+class ExecuteRequest:
+    sweep_path: Path
+    store: str | None = None
+    backend: str = "local"
+    workers: int | None = None
+    logs: Path = Path("logs")
+    results: Path = Path("results/llc_runs.parquet")
+    slurm_config: Path | None = None
+    parsl_run_dir: Path = Path("parsl_runinfo")
+
+
+@dataclass
+class ExecuteResult:
+    exit_code: int = 0
+    completed: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str, Path]] = field(default_factory=list)  # (id, reason, err log)
+    done_elsewhere: list[str] = field(default_factory=list)
+    interrupted: str | None = None  # the signal's name
+
+
+@dataclass(frozen=True)
+class LogPaths:
+    root: Path
+
+    def target(self, tid: str) -> tuple[Path, Path]:
+        base = self.root / "build_target" / tid
+        return base.with_suffix(".log"), base.with_suffix(".err")
+
+    def run(self, r: PlannedRun) -> tuple[Path, Path]:
+        base = self.root / "run_sampler" / f"{r.spec.target_id}_{r.spec.sampler.name}_{r.run_id}"
+        return base.with_suffix(".log"), base.with_suffix(".err")
+
+
+class Interrupted(BaseException):
+    def __init__(self, signame: str):
+        self.signame = signame
+
+
+def _check_output_paths(req: ExecuteRequest) -> None:
+    """Every path the command writes, checked before anything is submitted."""
+    logs, results = req.logs, req.results
+    for parent in [logs, *logs.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise BadInput(f"--logs {logs}: {parent} is a file, not a directory")
+    if results.exists() and results.is_dir():
+        raise BadInput(f"--results {results}: is a directory; name a .parquet or .csv file")
+    if results.suffix.lower() not in RESULT_SUFFIXES:
+        raise BadInput(f"--results {results}: unknown format {results.suffix or '(no extension)'!r}; use .parquet or .csv")
+    for parent in results.parents:
+        if parent.exists() and not parent.is_dir():
+            raise BadInput(f"--results {results}: {parent} is a file, not a directory")
+
+
+def _load(req: ExecuteRequest):
+    from lambda_hat.sweep import SweepError, load_sweep
+
+    try:
+        sweep = load_sweep(req.sweep_path)
+    except SweepError as err:
+        raise BadInput(str(err)) from None
+    return sweep, expand(sweep), resolve_store_root(req.store, sweep.store_root)
+
+
+def _reason(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+class Recorder:
+    """Puts finished manifests into the index from a timer thread, within about a second of
+    each completion; also heartbeats the driver's claims and tells the reaper about new
+    Parsl blocks. A reader holding the index only delays records (they are retried)."""
+
+    def __init__(self, store, claims, console: Console, period_s: float = 1.0):
+        self.store, self.claims, self.console, self.period_s = store, claims, console, period_s
+        self.pending: list = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.busy_told = False
+        self.recorded = 0
+        self.on_tick: list = []
+        self.thread = threading.Thread(target=self._loop, name="lh-recorder", daemon=True)
+        self.last_heartbeat = 0.0
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def add(self, record) -> None:
+        with self.lock:
+            self.pending.append(record)
+
+    def flush(self, timeout_s: float = 0.5) -> bool:
+        from lambda_hat.store.index import IndexBusy
+
+        with self.lock:
+            batch, self.pending = self.pending, []
+        if not batch:
+            return True
+        try:
+            self.store.record(batch, timeout_s=timeout_s)
+            self.recorded += len(batch)
+            if self.busy_told:
+                self.console.print(f"  index free again: {len(batch)} waiting records written")
+                self.busy_told = False
+            return True
+        except IndexBusy:
+            with self.lock:
+                self.pending = batch + self.pending
+            if not self.busy_told:
+                self.console.print(
+                    f"  [yellow]the index is held by another process[/yellow] ({self.store.layout.index_path}); "
+                    f"{len(batch)} records wait in memory and are retried every second (the manifests are safe)"
+                )
+                self.busy_told = True
+            return False
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.period_s):
+            try:
+                self.flush()
+                if time.monotonic() - self.last_heartbeat > 5.0:
+                    self.claims.heartbeat()
+                    self.last_heartbeat = time.monotonic()
+                for fn in self.on_tick:
+                    fn()
+            except Exception as err:  # the recorder must never die silently
+                self.console.print(f"  [red]recorder:[/red] {_reason(err)}")
+
+    def close(self, final_wait_s: float = 30.0) -> int:
+        """Stop the thread, then try to write what is left for up to `final_wait_s`.
+        Returns the number of records that are still not in the index."""
+        self.stop.set()
+        self.thread.join(timeout=10) if self.thread.is_alive() else None
+        deadline = time.monotonic() + final_wait_s
+        while not self.flush(timeout_s=1.0) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        with self.lock:
+            return len(self.pending)
+
+
+class _Jobs:
+    """Submitted futures and the artifacts other drivers hold, for one execute."""
+
+    def __init__(self):
+        self.futures: dict[Any, tuple[str, str, Path]] = {}  # future -> (kind, id, err log)
+        self.target_futures: dict[str, Any] = {}
+        self.foreign: dict[str, tuple[str, Any]] = {}  # id -> (kind, planned item)
+        self.runs_waiting_on: dict[str, list[PlannedRun]] = {}  # foreign target -> runs
+
+
+def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
+    t_start = time.perf_counter()
+    from lambda_hat.store.store import Store
+
+    _, expanded, root = _load(req)
+    _check_output_paths(req)
+    store = Store.open(root, create=True)
+    rep = store.reconcile()
+    for where, why in rep.quarantined:
+        console.print(f"  [yellow]quarantined[/yellow] {where.name.split('-')[0]} ({why}); it will be redone")
+    for p in rep.removed_tmp:
+        console.print(f"  removed unfinished {p.name} (its writer is gone)")
+    if rep.index_moved_aside:
+        console.print(f"  [yellow]the index was not readable[/yellow]: moved to {rep.index_moved_aside.name}, rebuilt from the manifests")
+    p = plan(expanded, store.snapshot([t.target_id for t in expanded.targets], [r.run_id for r in expanded.runs]))
+    result = ExecuteResult()
+    if p.nothing_to_do:
+        n = store.export_runs([r.run_id for r in expanded.runs], req.results)
+        console.print(
+            f"nothing to do: {len(p.targets_cached)} targets and {len(p.runs_cached)} runs already in the store "
+            f"({store.root}); {n} rows in {req.results} ({time.perf_counter() - t_start:.2f}s)"
+        )
+        return result
+    console.print(f"store {store.root}: {p.summary()}")
+    if rep.pending:
+        console.print(f"  {len(rep.pending)} artifacts not yet indexed (index busy); they will be recorded")
+    _run(req, store, p, console, result, rep.pending)
+    n = store.export_runs([r.run_id for r in expanded.runs], req.results)
+    if result.interrupted:
+        console.print(
+            f"\n[yellow]interrupted[/yellow] ({result.interrupted}): {len(result.completed)} jobs completed and recorded; "
+            "run the same command again to do only what is missing."
+        )
+        result.exit_code = 130 if result.interrupted == "SIGINT" else 143
+        return result
+    elsewhere = f", {len(result.done_elsewhere)} done by another lh execute" if result.done_elsewhere else ""
+    console.print(
+        f"\n{len(result.completed)} jobs completed, {len(result.failed)} failed{elsewhere}; "
+        f"{n} rows in {req.results} ({time.perf_counter() - t_start:.1f}s)"
+    )
+    if result.failed:
+        console.print("[red]failed jobs[/red] (see their logs):")
+        for job_id, reason, err in result.failed:
+            console.print(f"  {job_id}: {reason}\n    {err}", soft_wrap=True, highlight=False)
+        result.exit_code = 1
+    return result
+
+
+def _parsl_config(req: ExecuteRequest):
+    run_dir = req.parsl_run_dir.resolve()
+    if req.backend == "local":
+        from lambda_hat.execute.parsl_config import local_config
+
+        return local_config(run_dir, req.workers)
+    import shutil
+
+    from lambda_hat.execute.parsl_config import SlurmSettings, load_slurm_settings, slurm_config
+
+    if shutil.which("sbatch") is None:
+        raise BadInput("--backend slurm: sbatch not found on PATH (run lh execute on a SLURM login node)")
+    settings = load_slurm_settings(req.slurm_config) if req.slurm_config is not None else SlurmSettings()
+    return slurm_config(run_dir, settings)
+
+
+def _run(req: ExecuteRequest, store, p: Plan, console: Console, result: ExecuteResult, pending: list) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    claims = store.claims()
+    jobs = _Jobs()
+    mine_t: list[PlannedTarget] = []
+    mine_r: list[PlannedRun] = []
+    for t in p.targets_to_build:
+        holder = claims.acquire(t.target_id)
+        if holder is None:
+            mine_t.append(t)
+        else:
+            jobs.foreign[t.target_id] = ("target", t)
+    for r in p.runs_to_sample:
+        holder = claims.acquire(r.run_id)
+        if holder is None:
+            mine_r.append(r)
+        else:
+            jobs.foreign[r.run_id] = ("run", r)
+    if jobs.foreign:
+        holders = {claims.holder(i) for i in jobs.foreign}
+        who = ", ".join(sorted({h.owner.describe() for h in holders if h is not None})) or "another driver"
+        console.print(f"  {len(jobs.foreign)} jobs are in progress in another lh execute ({who}): waiting for them")
+
+    recorder = Recorder(store, claims, console)
+    for rec in pending:
+        recorder.add(rec)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
+
+    def on_term(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_term)
+    recorder.start()
+    dfk = None
+    reaper = None
+    try:
+        if not mine_t and not mine_r and not jobs.foreign:
+            return
+        from lambda_hat.execute.reaper import Reaper
+
+        reaper = Reaper()
+        dfk, build_app, sample_app = _start_parsl(req)
+        recorder.on_tick.append(lambda: reaper.watch_parsl(dfk))
+        reaper.watch_parsl(dfk)
+        logs = LogPaths(req.logs.resolve())
+        store_root = str(store.root.resolve())
+        verbose = len(mine_t) + len(mine_r) <= SUBMIT_LINES_MAX
+
+        def submit_target(t: PlannedTarget) -> None:
+            log, err = logs.target(t.target_id)
+            if verbose:
+                console.print(f"  Submitting build for {t.target_id} ({describe_target(t)})")
+            fut = build_app(t.spec.model_dump(mode="json"), store_root, str(log), str(err))
+            jobs.target_futures[t.target_id] = fut
+            jobs.futures[fut] = ("target", t.target_id, err)
+
+        def submit_run(r: PlannedRun) -> None:
+            log, err = logs.run(r)
+            dep = jobs.target_futures.get(r.spec.target_id)
+            if verbose:
+                console.print(f"  Submitting {r.spec.sampler.name} for {r.spec.target_id} (run_id={r.run_id})")
+            fut = sample_app(r.spec.model_dump(mode="json"), store_root, str(log), str(err), inputs=[dep] if dep else [])
+            jobs.futures[fut] = ("run", r.run_id, err)
+
+        console.print("\n[bold]=== Stage A: Building Targets ===[/bold]")
+        if not mine_t:
+            console.print(f"  no targets to build here ({len(p.targets_cached)} already in the store)")
+        for t in mine_t:
+            submit_target(t)
+        if not verbose and mine_t:
+            console.print(f"  submitted {len(mine_t)} target builds")
+        console.print("\n[bold]=== Stage B: Running Samplers ===[/bold]")
+        for r in mine_r:
+            tid = r.spec.target_id
+            if tid in jobs.foreign:
+                jobs.runs_waiting_on.setdefault(tid, []).append(r)
+            else:
+                submit_run(r)
+        if not verbose and mine_r:
+            console.print(f"  submitted {len(mine_r)} sampler runs")
+
+        total = len(mine_t) + len(mine_r) + len(jobs.foreign)
+        console.print(f"\n[bold]=== Waiting for {total} jobs to complete ===[/bold]")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("jobs", total=total)
+            k = 0
+            last_poll = 0.0
+            while jobs.futures or jobs.foreign:
+                done, _ = concurrent.futures.wait(list(jobs.futures), timeout=0.5,
+                                                  return_when=concurrent.futures.FIRST_COMPLETED)
+                for fut in done:
+                    kind, job_id, err = jobs.futures.pop(fut)
+                    k += 1
+                    _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total)
+                    progress.advance(task)
+                if jobs.foreign and time.monotonic() - last_poll > 2.0:
+                    last_poll = time.monotonic()
+                    for job_id, (kind, item) in list(jobs.foreign.items()):
+                        if claims.holder(job_id) is not None:
+                            continue
+                        if _complete(store, kind, job_id):
+                            del jobs.foreign[job_id]
+                            k += 1
+                            result.done_elsewhere.append(job_id)
+                            progress.console.print(f"  [{k}/{total}] {job_id} completed by another lh execute")
+                            progress.advance(task)
+                            for r in jobs.runs_waiting_on.pop(job_id, []):
+                                submit_run(r)
+                        elif claims.acquire(job_id) is None:
+                            # Its holder stopped without finishing it: ours now.
+                            del jobs.foreign[job_id]
+                            progress.console.print(f"  {job_id}: the other lh execute did not finish it; running it here")
+                            if kind == "target":
+                                submit_target(item)
+                                for r in jobs.runs_waiting_on.pop(job_id, []):
+                                    submit_run(r)
+                            else:
+                                submit_run(item)
+                            progress.update(task, total=total)
+    except (KeyboardInterrupt, Interrupted) as err:
+        result.interrupted = err.signame if isinstance(err, Interrupted) else "SIGINT"
+    finally:
+        # From here on a second signal must not cut the clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if dfk is not None:
+            _shutdown(dfk, force=result.interrupted is not None)
+        if reaper is not None:
+            reaper.close()
+        left = recorder.close()
+        claims.release_all()
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if left:
+            console.print(f"  [yellow]{left} records are not in the index yet[/yellow] (it stayed busy); their manifests "
+                          "are complete and the next lh execute or `lh index rebuild` records them")
+
+
+def _complete(store, kind: str, artifact_id: str) -> bool:
+    snap = store.snapshot([artifact_id], []) if kind == "target" else store.snapshot([], [artifact_id])
+    return artifact_id in (snap.target_ids | snap.run_ids)
+
+
+def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total) -> None:
+    exc = fut.exception()
+    if exc is None:
+        manifest = Manifest.model_validate(fut.result())
+        try:
+            recorder.add(store.record_manifest(kind, job_id))
+        except Exception as bad:  # the artifact the worker reported is not readable here
+            result.failed.append((job_id, f"its artifact is not readable from the driver: {_reason(bad)}", err))
+            progress.console.print(f"  [{k}/{total}] [red]FAILED[/red] {job_id}: {_reason(bad)}")
+            claims.release(job_id)
+            return
+        claims.release(job_id)
+        result.completed.append(job_id)
+        extra = ""
+        if kind == "run":
+            llc = manifest.metrics.get("llc_mean")
+            extra = f" llc_mean={llc:.4g}" if isinstance(llc, (int, float)) else ""
+            if manifest.status != "ok":
+                extra += f" [yellow]status={manifest.status}[/yellow]"
+        progress.console.print(f"  [{k}/{total}] completed {job_id}{extra}")
+    else:
+        claims.release(job_id)
+        reason = _reason(exc)
+        if "Dependency" in type(exc).__name__:
+            reason = "its target failed to build"
+        result.failed.append((job_id, reason, err))
+        progress.console.print(f"  [{k}/{total}] [red]FAILED[/red] {job_id}: {reason}")
+
+
+class ExecutorStartError(LhError):
+    exit_code = 1
+
+
+def _start_parsl(req: ExecuteRequest):
+    import parsl
+    from parsl import python_app
+
+    from lambda_hat.execute import apps
+
+    config = _parsl_config(req)
+    try:
+        dfk = parsl.load(config)
+    except Exception as err:
+        raise ExecutorStartError(f"could not start Parsl: {_reason(err)} (Parsl logs: {req.parsl_run_dir})") from err
+    return dfk, python_app(apps.build_target_job, data_flow_kernel=dfk), python_app(apps.run_sampler_job, data_flow_kernel=dfk)
+
+
+def _shutdown(dfk, force: bool) -> None:
+    """Stop Parsl. After a signal the interchange and workers may be gone or going, and a
+    polite cleanup would wait forever on a dead interchange; so cancel the blocks and stop
+    the interchange first, and give cleanup a bounded time."""
+    import parsl
+
+    if force:
+        for ex in dfk.executors.values():
+            try:
+                job_ids = list(getattr(ex, "blocks_to_job_id", {}).values())
+                if job_ids:
+                    ex.provider.cancel(job_ids)
+            except Exception:  # best effort: the reaper ends whatever is left
+                pass
+            proc = getattr(ex, "interchange_proc", None)
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+    done = threading.Event()
+
+    def cleanup() -> None:
+        try:
+            dfk.cleanup()
+        except Exception:
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=cleanup, name="lh-parsl-cleanup", daemon=True).start()
+    done.wait(timeout=3 if force else 120)
+    parsl.clear()

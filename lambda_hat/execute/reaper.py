@@ -1,0 +1,143 @@
+"""The reaper: a tiny process that outlives the driver to end what the driver started.
+
+The driver starts it with a pipe on stdin and tells it, line by line, what to end if the
+driver dies: `pgid N` (a local worker pool's process group), `pid N` (Parsl's
+interchange), `slurm JOBID` (a block on the cluster). When the pipe closes (the driver
+exited, was killed with SIGKILL, or crashed) the reaper sends SIGTERM to all of them,
+`scancel`s the SLURM jobs, and SIGKILLs whatever is still alive a few seconds later. It
+runs in its own session, so a terminal's Ctrl-C and a `kill` of the driver's process
+group do not reach it. Imports nothing but the standard library (it must start fast).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+GRACE_S = 3.0
+
+
+def _alive_pgid(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _alive_pid(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def reap(pgids: set[int], pids: set[int], slurm_jobs: set[str]) -> None:
+    own = os.getpgrp()
+    pgids = {g for g in pgids if g > 1 and g != own}
+    for g in pgids:
+        try:
+            os.killpg(g, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if slurm_jobs and shutil.which("scancel"):
+        subprocess.run(["scancel", *sorted(slurm_jobs)], capture_output=True, timeout=60)
+    deadline = time.monotonic() + GRACE_S
+    while time.monotonic() < deadline and (any(map(_alive_pgid, pgids)) or any(map(_alive_pid, pids))):
+        time.sleep(0.1)
+    for g in pgids:
+        if _alive_pgid(g):
+            try:
+                os.killpg(g, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    for p in pids:
+        if _alive_pid(p):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    pgids: set[int] = set()
+    pids: set[int] = set()
+    slurm_jobs: set[str] = set()
+    for line in sys.stdin:
+        kind, _, value = line.strip().partition(" ")
+        if kind == "pgid" and value.isdigit():
+            pgids.add(int(value))
+        elif kind == "pid" and value.isdigit():
+            pids.add(int(value))
+        elif kind == "slurm" and value:
+            slurm_jobs.add(value)
+    reap(pgids, pids, slurm_jobs)
+
+
+class Reaper:
+    """The driver's handle on its reaper."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lambda_hat.execute.reaper"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, text=True,
+        )
+        self.sent: set[str] = set()
+
+    def watch(self, kind: str, value: int | str) -> None:
+        line = f"{kind} {value}"
+        if line in self.sent or self.proc.stdin is None:
+            return
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+            self.sent.add(line)
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def watch_parsl(self, dfk) -> None:
+        """Tell the reaper about every block and interchange Parsl has started so far."""
+        for ex in dfk.executors.values():
+            proc = getattr(ex, "interchange_proc", None)
+            if proc is not None and getattr(proc, "pid", None):
+                self.watch("pid", proc.pid)
+            provider = getattr(ex, "provider", None)
+            resources = getattr(provider, "resources", {}) or {}
+            for job_id in list(getattr(ex, "blocks_to_job_id", {}).values()):
+                remote = (resources.get(job_id) or {}).get("remote_pid")
+                if remote is not None:  # a local block: its process group
+                    try:
+                        self.watch("pgid", os.getpgid(int(remote)))
+                    except (ProcessLookupError, ValueError):
+                        pass
+                elif job_id is not None and type(provider).__name__ == "SlurmProvider":
+                    self.watch("slurm", job_id)
+
+    def close(self, wait_s: float = 10.0) -> None:
+        """Close the pipe: the reaper ends whatever is left, then exits."""
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+if __name__ == "__main__":
+    main()

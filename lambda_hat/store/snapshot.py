@@ -1,0 +1,14 @@
+"""What the store holds, as the planner sees it. Lives in the store package so that the
+planner imports it from here and the store never imports the planner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """IDs of complete artifacts in the store (those with a valid manifest)."""
+
+    target_ids: frozenset[str] = frozenset()
+    run_ids: frozenset[str] = frozenset()

@@ -1,0 +1,478 @@
+"""The store's one API. Every command goes through `Store`: the planner's snapshot, the
+driver's reconcile / record / claims, `lh verify`, `lh gc`, the results export.
+
+Invariants it keeps (ARCHITECTURE.md): an artifact directory counts only when its manifest
+reads, checks out and names it; anything else under `targets/` or `runs/` is moved to
+`.quarantine/` (by reconcile) or collected (by gc), never read as done. The index is a
+cache of the manifests, written only here and only by the driver's process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from lambda_hat.errors import StoreError
+from lambda_hat.store import index
+from lambda_hat.store.artifacts import (
+    TMP_PREFIX,
+    ArtifactError,
+    parse_tmp_name,
+    pid_alive,
+    quarantine,
+    read_manifest_raw,
+    verify,
+)
+from lambda_hat.store.claims import Claims, Owner
+from lambda_hat.store.layout import MANIFEST, StoreLayout
+from lambda_hat.store.manifest import Manifest, ManifestError, self_checksum
+from lambda_hat.store.snapshot import StoreSnapshot
+
+KINDS = ("target", "run")
+TMP_GRACE_S = 3600.0  # a foreign host's temporary directory younger than this may be live
+FAILED_STATUSES = frozenset({"nonfinite", "failed"})
+
+
+def check_manifest(artifact_dir: Path, kind: str) -> tuple[Manifest, os.stat_result]:
+    """A complete artifact's manifest and its file's stat. Raises ArtifactError or
+    ManifestError with the reason it does not count as complete."""
+    from lambda_hat.ids import id_of_stored_spec
+
+    manifest, raw = read_manifest_raw(artifact_dir)
+    st = (artifact_dir / MANIFEST).stat()
+    if manifest.manifest_version >= 2 and raw.get("manifest_sha256") != self_checksum(raw):
+        raise ManifestError(f"{artifact_dir}: manifest checksum mismatch (edited after it was written)")
+    if manifest.id != artifact_dir.name or manifest.type != kind:
+        raise ManifestError(f"{artifact_dir}: manifest describes {manifest.type} {manifest.id}")
+    try:
+        hashed = id_of_stored_spec(kind, manifest.spec)
+    except ValueError:
+        hashed = None
+    if hashed != manifest.id:
+        raise ManifestError(f"{artifact_dir}: stored spec does not hash to {manifest.id}")
+    return manifest, st
+
+
+@dataclass
+class ReconcileReport:
+    quarantined: list[tuple[Path, str]] = field(default_factory=list)  # (where it went, why)
+    indexed: int = 0
+    unindexed: int = 0
+    removed_tmp: list[Path] = field(default_factory=list)
+    foreign_tmp: list[Path] = field(default_factory=list)
+    index_moved_aside: Path | None = None
+    pending: list[index.Record] = field(default_factory=list)  # records the busy index did not take
+
+
+@dataclass
+class Finding:
+    path: Path
+    problem: str
+    serious: bool = True
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.serious for f in self.findings)
+
+
+@dataclass
+class GcReport:
+    removed: list[tuple[Path, str]] = field(default_factory=list)
+    kept: list[tuple[Path, str]] = field(default_factory=list)
+    bytes_freed: int = 0
+
+
+def _tree_age_s(path: Path) -> float:
+    """Seconds since anything under `path` last changed."""
+    newest = path.lstat().st_mtime
+    if path.is_dir():
+        for p in path.rglob("*"):
+            try:
+                newest = max(newest, p.lstat().st_mtime)
+            except FileNotFoundError:
+                pass
+    return time.time() - newest
+
+
+def _tree_size(path: Path) -> int:
+    if not path.is_dir():
+        return path.lstat().st_size if path.exists() else 0
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class Store:
+    def __init__(self, root: Path | str):
+        self.layout = StoreLayout(Path(root))
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, root: Path | str, *, create: bool = False) -> "Store":
+        """A store at `root`, checked: a directory (created if `create`), writable when it
+        will be written, and either empty or laid out as a store."""
+        root = Path(root)
+        if str(root) == "":
+            raise StoreError("--store '': an empty path is not a store directory")
+        for parent in [root, *root.parents]:
+            if parent.exists() and not parent.is_dir():
+                raise StoreError(f"{root}: {parent} is a file, not a directory")
+        store = cls(root)
+        lay = store.layout
+        if root.is_dir():
+            for sub in (lay.targets_dir, lay.runs_dir):
+                if sub.exists() and not sub.is_dir():
+                    raise StoreError(f"{root}: not a lambda-hat store ({sub.name} is a file)")
+            if lay.index_path.exists() and not lay.index_path.is_file():
+                raise StoreError(f"{root}: not a lambda-hat store ({lay.index_path.name} is not a file)")
+        if not create:
+            if not root.is_dir():
+                raise StoreError(f"{root}: no such store")
+            return store
+        try:
+            lay.targets_dir.mkdir(parents=True, exist_ok=True)
+            lay.runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"{root}: cannot create the store ({err.strerror})") from None
+        probe = root / f".write-probe-{socket.gethostname()}-{os.getpid()}"
+        try:
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise StoreError(f"{root}: store is not writable ({err.strerror})") from None
+        return store
+
+    # ------------------------------------------------------------------ reading
+
+    def _listing(self, kind: str) -> set[str]:
+        parent = self.layout.targets_dir if kind == "target" else self.layout.runs_dir
+        try:
+            return {n for n in os.listdir(parent) if not n.startswith(".")}
+        except FileNotFoundError:
+            return set()
+
+    def _indexed_stats(self) -> dict[str, dict[str, tuple]]:
+        try:
+            return index.indexed_stats(self.layout)
+        except (index.IndexBusy, index.IndexCorrupt):
+            return {k: {} for k in KINDS}
+
+    def snapshot(self, target_ids: Iterable[str], run_ids: Iterable[str]) -> StoreSnapshot:
+        """Which of these IDs are complete. The index answers for manifests unchanged since
+        it recorded them (one stat each); any other is read and checked."""
+        stats = self._indexed_stats()
+        done: dict[str, set[str]] = {}
+        for kind, ids in (("target", target_ids), ("run", run_ids)):
+            listing, known = self._listing(kind), stats[kind]
+            done[kind] = set()
+            for artifact_id in ids:
+                if artifact_id not in listing:
+                    continue
+                d = self.layout.artifact_dir(kind, artifact_id)
+                try:
+                    st = (d / MANIFEST).stat()
+                except OSError:
+                    continue
+                if known.get(artifact_id) == (st.st_size, st.st_mtime_ns):
+                    done[kind].add(artifact_id)
+                    continue
+                try:
+                    check_manifest(d, kind)
+                    done[kind].add(artifact_id)
+                except (ArtifactError, ManifestError, OSError):
+                    pass
+        return StoreSnapshot(frozenset(done["target"]), frozenset(done["run"]))
+
+    def read_manifest(self, kind: str, artifact_id: str) -> Manifest:
+        return check_manifest(self.layout.artifact_dir(kind, artifact_id), kind)[0]
+
+    def complete_manifests(self, kind: str, ids: Iterable[str]) -> list[Manifest]:
+        out = []
+        for artifact_id in ids:
+            try:
+                out.append(self.read_manifest(kind, artifact_id))
+            except (ArtifactError, ManifestError, OSError):
+                pass
+        return out
+
+    def tmp_entries(self) -> Iterator[Path]:
+        for parent in (self.layout.targets_dir, self.layout.runs_dir):
+            if parent.is_dir():
+                yield from (p for p in parent.iterdir() if p.name.startswith(TMP_PREFIX))
+
+    def _tmp_is_dead(self, path: Path, grace_s: float) -> bool:
+        owner = parse_tmp_name(path.name)
+        if owner is not None and owner.host == socket.gethostname():
+            return not pid_alive(owner.pid)
+        try:
+            return _tree_age_s(path) > grace_s
+        except FileNotFoundError:
+            return False
+
+    # ------------------------------------------------------------------ the driver's writes
+
+    def reconcile(self) -> ReconcileReport:
+        """Make the store say exactly what is done: quarantine incomplete or damaged artifact
+        directories, remove this host's dead writers' temporary directories, and bring the
+        index in line with the manifests (a corrupt index is moved aside and rebuilt)."""
+        report = ReconcileReport()
+        host = socket.gethostname()
+        for p in list(self.tmp_entries()):
+            owner = parse_tmp_name(p.name)
+            if owner is not None and owner.host == host and not pid_alive(owner.pid):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                report.removed_tmp.append(p)
+            else:
+                report.foreign_tmp.append(p)
+        try:
+            stats = index.indexed_stats(self.layout)
+        except index.IndexCorrupt:
+            report.index_moved_aside = index.move_aside(self.layout)
+            stats = {k: {} for k in KINDS}
+        except index.IndexBusy:
+            stats = {k: {} for k in KINDS}
+        records: list[index.Record] = []
+        deleted: dict[str, list[str]] = {}
+        for kind in KINDS:
+            known = stats[kind]
+            present = set()
+            for name in sorted(self._listing(kind)):
+                d = self.layout.artifact_dir(kind, name)
+                try:
+                    st = (d / MANIFEST).stat()
+                    if known.get(name) == (st.st_size, st.st_mtime_ns):
+                        present.add(name)
+                        continue
+                    manifest, st = check_manifest(d, kind)
+                except (ArtifactError, ManifestError, OSError) as err:
+                    reason = " ".join(str(err).split()).removeprefix(f"{d}: ")
+                    if not d.is_dir():
+                        reason = "not a directory"
+                    where = quarantine(d, self.layout.quarantine_dir, reason)
+                    if where is not None:
+                        report.quarantined.append((where, reason))
+                    continue
+                present.add(name)
+                records.append(index.Record(manifest, st.st_size, st.st_mtime_ns))
+            deleted[kind] = sorted(set(known) - present)
+        report.indexed = len(records)
+        if records or any(deleted.values()) or not self.layout.index_path.exists():
+            try:
+                if not index.write(self.layout, records, deleted):
+                    self.rebuild_index()
+            except index.IndexCorrupt:
+                report.index_moved_aside = index.move_aside(self.layout)
+                self.rebuild_index()
+            except index.IndexBusy:
+                report.pending = records
+                report.unindexed = len(records)
+                report.indexed = 0
+        return report
+
+    def record(self, records: list[index.Record], timeout_s: float = 2.0) -> None:
+        """Put finished artifacts' manifests into the index. Raises IndexBusy (the caller
+        keeps them and retries); a corrupt index is moved aside and rebuilt."""
+        try:
+            if not index.write(self.layout, records, timeout_s=timeout_s):
+                self.rebuild_index()
+        except index.IndexCorrupt:
+            index.move_aside(self.layout)
+            self.rebuild_index()
+
+    def record_manifest(self, kind: str, artifact_id: str) -> index.Record:
+        """The index record of a complete artifact, with its manifest file's stat."""
+        manifest, st = check_manifest(self.layout.artifact_dir(kind, artifact_id), kind)
+        return index.Record(manifest, st.st_size, st.st_mtime_ns)
+
+    def rebuild_index(self, timeout_s: float = 10.0) -> tuple[int, int]:
+        """Recreate the index from the manifests on disk (unreadable ones are skipped; the
+        next reconcile quarantines them). Returns (targets, runs) indexed."""
+        records = []
+        for kind in KINDS:
+            for name in sorted(self._listing(kind)):
+                try:
+                    records.append(self.record_manifest(kind, name))
+                except (ArtifactError, ManifestError, OSError):
+                    continue
+        try:
+            index.write(self.layout, records, replace_all=True, timeout_s=timeout_s)
+        except index.IndexCorrupt:
+            index.move_aside(self.layout)
+            index.write(self.layout, records, replace_all=True, timeout_s=timeout_s)
+        return (sum(r.manifest.type == "target" for r in records), sum(r.manifest.type == "run" for r in records))
+
+    def claims(self, owner: Owner | None = None) -> Claims:
+        return Claims(self.layout.claims_dir, owner)
+
+    # ------------------------------------------------------------------ checking and collecting
+
+    def verify(self, ids: Iterable[str] | None = None, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Check every artifact (or those named): manifest, its checksum, ID against directory
+        and stored spec, array checksums; report temporary directories, orphans (runs whose
+        target is gone), quarantined entries and index rows without an artifact."""
+        report = VerifyReport()
+        wanted = set(ids) if ids is not None else None
+        listing = {k: self._listing(k) for k in KINDS}
+        if wanted is not None:
+            unknown = wanted - listing["target"] - listing["run"]
+            report.findings += [Finding(self.root / i, "no such artifact in the store") for i in sorted(unknown)]
+        for kind in KINDS:
+            for name in sorted(listing[kind]):
+                if wanted is not None and name not in wanted:
+                    continue
+                d = self.layout.artifact_dir(kind, name)
+                report.checked += 1
+                if progress:
+                    progress(report.checked)
+                if not d.is_dir():
+                    report.findings.append(Finding(d, "not a directory"))
+                    continue
+                for problem in verify(d, kind):
+                    report.findings.append(Finding(d, problem))
+                if kind == "run":
+                    try:
+                        tid = read_manifest_raw(d)[0].spec.get("target_id")
+                    except (ArtifactError, ManifestError):
+                        continue
+                    if tid and tid not in listing["target"]:
+                        report.findings.append(Finding(d, f"orphan: its target {tid} is not in the store"))
+        if wanted is None:
+            for p in self.tmp_entries():
+                dead = self._tmp_is_dead(p, TMP_GRACE_S)
+                report.findings.append(Finding(p, "temporary directory of a dead writer (lh gc removes it)" if dead
+                                               else "temporary directory of a writer that may be live", serious=dead))
+            q = self.layout.quarantine_dir
+            if q.is_dir():
+                for p in sorted(q.iterdir()):
+                    report.findings.append(Finding(p, "quarantined (lh gc removes it)", serious=False))
+            try:
+                stats = index.indexed_stats(self.layout)
+                for kind in KINDS:
+                    for name in sorted(set(stats[kind]) - listing[kind]):
+                        report.findings.append(Finding(self.layout.index_path, f"index row {name} has no artifact "
+                                                       "(the next lh execute or lh index rebuild fixes it)", serious=False))
+            except (index.IndexBusy, index.IndexCorrupt) as err:
+                report.findings.append(Finding(self.layout.index_path, str(err), serious=False))
+        return report
+
+    def gc(self, *, dry_run: bool = False, failed: bool = False, older_than_s: float | None = None,
+           tmp_grace_s: float = TMP_GRACE_S) -> GcReport:
+        """Remove temporary directories of dead writers (any host: after `tmp_grace_s` without
+        a change and with no live claim), quarantined entries, orphaned runs, stale claim
+        files, and with `failed` the runs whose status is a failure, so they are redone."""
+        report = GcReport()
+        claims = self.claims()
+        min_age = older_than_s or 0.0
+
+        def old_enough(p: Path) -> bool:
+            return min_age <= 0 or _tree_age_s(p) > min_age
+
+        def remove(p: Path, why: str) -> None:
+            if not old_enough(p):
+                report.kept.append((p, f"{why}, but younger than --older-than"))
+                return
+            size = _tree_size(p)
+            if not dry_run:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            report.removed.append((p, why))
+            report.bytes_freed += size
+
+        for p in list(self.tmp_entries()):
+            owner = parse_tmp_name(p.name)
+            if owner is not None and claims.holder(owner.artifact_id) is not None:
+                report.kept.append((p, "its artifact is claimed by a live driver"))
+            elif self._tmp_is_dead(p, tmp_grace_s):
+                remove(p, "temporary directory of a dead writer")
+            else:
+                report.kept.append((p, "temporary directory of a writer that may be live"))
+        if self.layout.quarantine_dir.is_dir():
+            for p in sorted(self.layout.quarantine_dir.iterdir()):
+                remove(p, "quarantined")
+        if self.layout.claims_dir.is_dir():
+            for p in sorted(self.layout.claims_dir.iterdir()):
+                artifact_id = p.name.removesuffix(".lease")
+                if p.name.startswith(".") or (p.suffix == ".lease" and claims.holder(artifact_id) is None):
+                    remove(p, "stale claim")
+        targets = self._listing("target")
+        drop: list[tuple[str, Path, str]] = []
+        for name in sorted(self._listing("run")):
+            d = self.layout.run_dir(name)
+            try:
+                manifest = read_manifest_raw(d)[0]
+            except (ArtifactError, ManifestError):
+                continue  # incomplete: reconcile quarantines it
+            if manifest.spec.get("target_id") not in targets:
+                drop.append((name, d, f"orphan: its target {manifest.spec.get('target_id')} is gone"))
+            elif failed and manifest.status in FAILED_STATUSES:
+                drop.append((name, d, f"failed run (status {manifest.status})"))
+        gone = []
+        for name, d, why in drop:
+            if claims.holder(name) is not None:
+                report.kept.append((d, "claimed by a live driver"))
+                continue
+            if not old_enough(d):
+                report.kept.append((d, f"{why}, but younger than --older-than"))
+                continue
+            if not dry_run:
+                # Out of runs/ first (one rename), so no reader ever sees half a deletion.
+                aside = self.layout.quarantine_dir / f"{name}-gc-{os.getpid()}"
+                self.layout.quarantine_dir.mkdir(parents=True, exist_ok=True)
+                os.rename(d, aside)
+                report.bytes_freed += _tree_size(aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                report.bytes_freed += _tree_size(d)
+            report.removed.append((d, why))
+            gone.append(name)
+        if gone and not dry_run and self.layout.index_path.exists():
+            try:
+                index.write(self.layout, [], {"run": gone})
+            except (index.IndexBusy, index.IndexCorrupt):
+                pass  # the next reconcile drops the rows
+        return report
+
+    # ------------------------------------------------------------------ results
+
+    def export_runs(self, run_ids: list[str], out_path: Path) -> int:
+        """Write the given runs (joined with their targets' columns) to Parquet or CSV, from
+        the manifests (the truth, and no index lock involved), atomically. Returns rows."""
+        import duckdb
+
+        runs = self.complete_manifests("run", run_ids)
+        targets = self.complete_manifests("target", sorted({m.spec.get("target_id") for m in runs}))
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(f"{TMP_PREFIX}{out_path.name}-{os.getpid()}")
+        skip = {"target_id", "spec", "status", "created_at", "code_sha", "host", "n_data", "n_params", "L0",
+                "llc_true", "manifest_size", "manifest_mtime_ns", "manifest_version", "metrics"}
+        target_cols = ", ".join(f't."{c.name}" AS "target_{c.name}"' for c in index.TABLES["targets"] if c.name not in skip)
+        con = duckdb.connect(":memory:")
+        try:
+            for table, cols in index.TABLES.items():
+                con.execute(f"CREATE TABLE {table} (" + ", ".join(f'"{c.name}" {c.sql_type}' for c in cols) + ")")
+            index.insert(con, [index.Record(m) for m in runs + targets])
+            con.execute("CREATE TEMP TABLE wanted (pos INTEGER, run_id VARCHAR)")
+            con.executemany("INSERT INTO wanted VALUES (?, ?)", list(enumerate(run_ids)))
+            sql = (f"SELECT r.* EXCLUDE (manifest_size, manifest_mtime_ns), {target_cols} FROM wanted w "
+                   f"JOIN runs r USING (run_id) LEFT JOIN targets t ON t.target_id = r.target_id ORDER BY w.pos")
+            n = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+            fmt = "csv" if out_path.suffix.lower() == ".csv" else "parquet"
+            quoted = str(tmp).replace("'", "''")
+            con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT {fmt})")
+        finally:
+            con.close()
+        os.replace(tmp, out_path)
+        return n

@@ -1,0 +1,68 @@
+"""ID stability: published IDs never change, and a field added with its neutral value
+leaves every existing ID as it was (ids.py states the policy)."""
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from lambda_hat.ids import hashed_spec, id_of_stored_spec, resolved_spec, run_id, target_id
+from lambda_hat.specs import DataSpec, RunSpec, TargetSpec, added_field
+
+CORPUS = json.loads((Path(__file__).parent / "data" / "id_corpus.json").read_text())["specs"]
+
+
+def test_corpus_covers_every_sampler_and_model_kind():
+    runs = [c["spec"] for c in CORPUS if c["type"] == "run"]
+    targets = [c["spec"] for c in CORPUS if c["type"] == "target"]
+    assert {r["sampler"]["name"] for r in runs} == {"sgld", "hmc", "nuts", "mclmc"}
+    assert {t["model"]["kind"] for t in targets} == {"mlp", "dln"}
+    assert len(CORPUS) >= 40
+
+
+@pytest.mark.parametrize("entry", CORPUS, ids=[c["id"] for c in CORPUS])
+def test_published_ids_do_not_change(entry):
+    assert id_of_stored_spec(entry["type"], entry["spec"]) == entry["id"]
+
+
+def test_resolved_specs_round_trip_unchanged():
+    # A stored spec, validated again, is the same resolved spec: nothing is re-resolved differently.
+    for entry in CORPUS:
+        model = (TargetSpec if entry["type"] == "target" else RunSpec).model_validate(entry["spec"])
+        assert resolved_spec(model) == entry["spec"]
+
+
+class DataSpecWithThinning(DataSpec):
+    # A field as a later version would add it: `1` reproduces the old behaviour.
+    thin: int = added_field(1, since="test", ge=1)
+    shuffle: Literal["none", "once"] = added_field("none", since="test")
+
+
+class TargetSpecWithThinning(TargetSpec):
+    data: DataSpecWithThinning = DataSpecWithThinning()
+
+
+def test_added_field_at_neutral_value_keeps_every_target_id():
+    for entry in (c for c in CORPUS if c["type"] == "target"):
+        newer = TargetSpecWithThinning.model_validate(entry["spec"])
+        assert newer.data.thin == 1
+        assert "thin" in resolved_spec(newer)["data"]  # stored in manifests...
+        assert "thin" not in hashed_spec(newer)["data"]  # ...but not hashed
+        assert target_id(newer) == entry["id"]
+
+
+def test_added_field_away_from_neutral_changes_the_id():
+    entry = next(c for c in CORPUS if c["type"] == "target")
+    ids = set()
+    for update in ({}, {"thin": 2}, {"shuffle": "once"}, {"thin": 2, "shuffle": "once"}):
+        spec = json.loads(json.dumps(entry["spec"]))
+        spec["data"].update(update)
+        ids.add(target_id(TargetSpecWithThinning.model_validate(spec)))
+    assert len(ids) == 4 and entry["id"] in ids
+
+
+def test_run_id_covers_target_id():
+    entry = next(c for c in CORPUS if c["type"] == "run")
+    spec = RunSpec.model_validate({**entry["spec"], "target_id": "tgt_000000000000"})
+    assert run_id(spec) != entry["id"]
