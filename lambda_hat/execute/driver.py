@@ -255,18 +255,17 @@ def _run(req: ExecuteRequest, store, p: Plan, console: Console, result: ExecuteR
     jobs = _Jobs()
     mine_t: list[PlannedTarget] = []
     mine_r: list[PlannedRun] = []
-    for t in p.targets_to_build:
-        holder = claims.acquire(t.target_id)
-        if holder is None:
-            mine_t.append(t)
-        else:
-            jobs.foreign[t.target_id] = ("target", t)
-    for r in p.runs_to_sample:
-        holder = claims.acquire(r.run_id)
-        if holder is None:
-            mine_r.append(r)
-        else:
-            jobs.foreign[r.run_id] = ("run", r)
+    for kind, items, mine in (("target", p.targets_to_build, mine_t), ("run", p.runs_to_sample, mine_r)):
+        for item in items:
+            job_id = item.target_id if kind == "target" else item.run_id
+            if claims.acquire(job_id) is not None:
+                jobs.foreign[job_id] = (kind, item)
+            elif store.is_complete(kind, job_id):
+                # Finished by another driver between our plan and our claim.
+                claims.release(job_id)
+                result.done_elsewhere.append(job_id)
+            else:
+                mine.append(item)
     if jobs.foreign:
         holders = {claims.holder(i) for i in jobs.foreign}
         who = ", ".join(sorted({h.owner.describe() for h in holders if h is not None})) or "another driver"
@@ -350,7 +349,7 @@ def _run(req: ExecuteRequest, store, p: Plan, console: Console, result: ExecuteR
                     for job_id, (kind, item) in list(jobs.foreign.items()):
                         if claims.holder(job_id) is not None:
                             continue
-                        if _complete(store, kind, job_id):
+                        if store.is_complete(kind, job_id):
                             del jobs.foreign[job_id]
                             k += 1
                             result.done_elsewhere.append(job_id)
@@ -359,6 +358,9 @@ def _run(req: ExecuteRequest, store, p: Plan, console: Console, result: ExecuteR
                             for r in jobs.runs_waiting_on.pop(job_id, []):
                                 submit_run(r)
                         elif claims.acquire(job_id) is None:
+                            if store.is_complete(kind, job_id):  # finished just before its claim went
+                                claims.release(job_id)
+                                continue
                             # Its holder stopped without finishing it: ours now.
                             del jobs.foreign[job_id]
                             progress.console.print(f"  {job_id}: the other lh execute did not finish it; running it here")
@@ -385,11 +387,6 @@ def _run(req: ExecuteRequest, store, p: Plan, console: Console, result: ExecuteR
         if left:
             console.print(f"  [yellow]{left} records are not in the index yet[/yellow] (it stayed busy); their manifests "
                           "are complete and the next lh execute or `lh index rebuild` records them")
-
-
-def _complete(store, kind: str, artifact_id: str) -> bool:
-    snap = store.snapshot([artifact_id], []) if kind == "target" else store.snapshot([], [artifact_id])
-    return artifact_id in (snap.target_ids | snap.run_ids)
 
 
 def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total) -> None:

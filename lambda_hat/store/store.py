@@ -197,6 +197,17 @@ class Store:
                     pass
         return StoreSnapshot(frozenset(done["target"]), frozenset(done["run"]))
 
+    def is_complete(self, kind: str, artifact_id: str) -> bool:
+        """One artifact, checked on disk (no index involved)."""
+        d = self.layout.artifact_dir(kind, artifact_id)
+        if not (d / MANIFEST).exists():
+            return False
+        try:
+            check_manifest(d, kind)
+            return True
+        except (ArtifactError, ManifestError, OSError):
+            return False
+
     def read_manifest(self, kind: str, artifact_id: str) -> Manifest:
         return check_manifest(self.layout.artifact_dir(kind, artifact_id), kind)[0]
 

@@ -1,0 +1,188 @@
+"""Crash safety and concurrency through the real CLI, real Parsl, real processes (slow).
+
+Each check ends the same way: a clean re-run of the sweep, then every run present exactly
+once, nothing left in temporary directories, `lh verify` clean, index == manifests, and
+no process of ours left alive."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TARGET = "  - {model: small, data: small, seed: 7, overrides: {training: {steps: 200, learning_rate: 0.01}}}\n"
+
+
+def sweep_text(seeds) -> str:
+    return (
+        "store_root: store\ntargets:\n" + TARGET + "samplers:\n"
+        f"  - {{name: sgld, chains: 2, grid: {{seed: {list(seeds)}}}, overrides: {{steps: 300, warmup: 100, eval_every: 10}}}}\n"
+    )
+
+
+def env(**extra):
+    e = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
+    e.pop("LH_STORE", None)
+    return e
+
+
+def start(cwd, sweep, *args, **extra_env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "lambda_hat.cli", "execute", sweep, "--workers", "2", *args],
+        cwd=cwd, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+
+
+def lh(cwd, *args, check=True, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "lambda_hat.cli", *args], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lh {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def our_processes(cwd: Path) -> list[str]:
+    """Processes (other than this test's) whose working directory is the test's: the driver,
+    the interchange, worker pools and the reaper all inherit it."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == str(cwd):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120].decode()
+                found.append(f"{pid}: {cmdline}")
+        except OSError:
+            pass
+    return found
+
+
+def wait_no_processes(cwd: Path, within_s: float) -> list[str]:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        left = our_processes(cwd)
+        if not left:
+            return []
+        time.sleep(0.2)
+    return our_processes(cwd)
+
+
+def assert_store_exact(cwd: Path, sweeps: list[str]) -> None:
+    """Every run of these sweeps present exactly once and complete; nothing else."""
+    from lambda_hat.planner import expand
+    from lambda_hat.sweep import load_sweep
+
+    expected = set()
+    for s in sweeps:
+        expected |= {r.run_id for r in expand(load_sweep(cwd / s)).runs}
+    plan = json.loads(lh(cwd, "plan", sweeps[-1], "--json").stdout)
+    assert plan["runs_to_sample"] == [] and plan["targets_to_build"] == [], plan
+    store = cwd / "store"
+    runs = sorted(os.listdir(store / "runs"))
+    assert set(runs) == expected and len(runs) == len(expected), runs
+    for parent in (store / "targets", store / "runs"):
+        assert not [p for p in os.listdir(parent) if p.startswith(".tmp-")], os.listdir(parent)
+    v = lh(cwd, "verify", "--store", "store", check=False)
+    assert v.returncode == 0, v.stdout
+    q = lh(cwd, "query", "select count(*) as n from runs", "--store", "store", "--format", "csv")
+    assert q.stdout.splitlines()[1] == str(len(expected))
+
+
+def test_kill_at_random_moments_and_crash_points(tmp_path):
+    """20 kills: 14 SIGKILLs of the driver at seeded random moments, then SIGKILLs at fixed
+    crash points: inside the index write transaction (driver) and around an artifact's
+    write and rename (workers). After each, a clean re-run must leave an exact store."""
+    rng = random.Random(20261125)
+    sweeps, kills, corrupt = [], 0, 0
+    # Warm the compile cache and build the target once, so kills land in sampling too.
+    (tmp_path / "s0.yaml").write_text(sweep_text([1000]))
+    lh(tmp_path, "execute", "s0.yaml", "--workers", "2")
+    sweeps.append("s0.yaml")
+    cases = [("random", rng.uniform(0.5, 12.0)) for _ in range(14)]
+    cases += [("index:in_transaction", None), ("artifact:before_manifest", None), ("artifact:before_rename", None),
+              ("artifact:after_rename", None), ("index:in_transaction", None), ("artifact:after_rename", None)]
+    for i, (how, delay) in enumerate(cases, start=1):
+        name = f"s{i}.yaml"
+        (tmp_path / name).write_text(sweep_text([3 * i, 3 * i + 1, 3 * i + 2]))
+        sweeps.append(name)
+        if how == "random":
+            proc = start(tmp_path, name)
+            time.sleep(delay)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+            proc.communicate(timeout=60)
+        else:
+            proc = start(tmp_path, name, LH_CRASH_AT=how)
+            out, _ = proc.communicate(timeout=300)
+            # The driver died by its own SIGKILL, or its workers did and it reported them lost.
+            assert proc.returncode in (-signal.SIGKILL, 1), (how, proc.returncode, out)
+            kills += 1
+        left = wait_no_processes(tmp_path, within_s=10)
+        assert not left, (how, delay, left)  # no worker outlives a dead driver
+        lh(tmp_path, "execute", name, "--workers", "2")
+        bad = lh(tmp_path, "verify", "--store", "store", check=False)
+        corrupt += bad.returncode != 0
+        assert_store_exact(tmp_path, sweeps)
+    assert kills >= 20 and corrupt == 0
+    print(f"kills={kills} corrupt_after_rerun={corrupt}")
+
+
+def test_sigterm_cancels_workers_and_rerun_finishes(tmp_path):
+    (tmp_path / "s.yaml").write_text(sweep_text([1, 2, 3, 4]))
+    proc = start(tmp_path, "s.yaml")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob("logs/*/*.log")):
+        time.sleep(0.2)  # a job has started
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGTERM)  # what `timeout` and SLURM send
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out
+    assert "interrupted (SIGTERM)" in out
+    assert not wait_no_processes(tmp_path, within_s=5)
+    lh(tmp_path, "execute", "s.yaml", "--workers", "2")
+    assert_store_exact(tmp_path, ["s.yaml"])
+
+
+def test_two_drivers_on_one_store_do_each_job_once(tmp_path):
+    """Two `lh execute` of one sweep and a third of an overlapping one, at once."""
+    (tmp_path / "a.yaml").write_text(sweep_text([1, 2, 3, 4]))
+    (tmp_path / "b.yaml").write_text(sweep_text([3, 4, 5]))
+    procs = [start(tmp_path, "a.yaml"), start(tmp_path, "a.yaml"), start(tmp_path, "b.yaml")]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    completed = [line.split()[2] for out in outs for line in out.splitlines() if "] completed " in line]
+    # Every job ran in exactly one driver; the others waited and reported it done elsewhere.
+    assert len(completed) == len(set(completed)) == 1 + 5, outs
+    elsewhere = sum(out.count("completed by another lh execute") for out in outs)
+    assert elsewhere >= 1, outs
+    for log in (tmp_path / "logs").rglob("*.log"):
+        text = log.read_text()
+        assert text.count("sampling ") + text.count("building ") == 1, (log, text)  # no clobbered logs
+    assert_store_exact(tmp_path, ["a.yaml", "b.yaml"])
+    assert not wait_no_processes(tmp_path, within_s=5)
+
+
+HOLD = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); print('held', flush=True); time.sleep(float(sys.argv[2]))"
+
+
+def test_reader_holding_the_index_does_not_break_execute(tmp_path):
+    (tmp_path / "s0.yaml").write_text(sweep_text([1]))
+    lh(tmp_path, "execute", "s0.yaml", "--workers", "2")  # creates the index
+    (tmp_path / "s.yaml").write_text(sweep_text([2, 3]))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "store" / "index.duckdb"), "25"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    proc = lh(tmp_path, "execute", "s.yaml", "--workers", "2")
+    holder.wait()
+    assert "held by another process" in proc.stdout
+    assert "2 jobs completed, 0 failed" in proc.stdout
+    assert_store_exact(tmp_path, ["s0.yaml", "s.yaml"])
