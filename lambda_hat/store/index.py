@@ -247,14 +247,23 @@ def _ensure_schema(con: Any) -> bool:
 
 
 def insert(con: Any, records: list[Record]) -> None:
+    """Upsert records: one columnar batch per table (DuckDB's executemany goes row by row,
+    15 ms a row at this width)."""
+    import pyarrow as pa
+
     for kind, table in TABLE_OF.items():
         rows = [_row(table, r) for r in records if r.manifest.type == kind]
         if not rows:
             continue
         cols = TABLES[table]
+        batch = pa.table({f"c{i}": pa.array([row[i] for row in rows]) for i in range(len(cols))})
         names = ", ".join(f'"{c.name}"' for c in cols)
-        marks = ", ".join("?" for _ in cols)
-        con.executemany(f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})", rows)
+        casts = ", ".join(f"CAST(c{i} AS {c.sql_type.removesuffix(' PRIMARY KEY')})" for i, c in enumerate(cols))
+        con.register("lh_batch", batch)
+        try:
+            con.execute(f"INSERT OR REPLACE INTO {table} ({names}) SELECT {casts} FROM lh_batch")
+        finally:
+            con.unregister("lh_batch")
 
 
 def delete(con: Any, kind: str, ids: list[str]) -> None:

@@ -1,0 +1,102 @@
+"""Store maintenance at scale: verify, reconcile, snapshot and results export.
+
+    uv run python benchmarks/store.py                 # 1,000 runs (+10 targets), ~1 min on 2 cores
+    uv run python benchmarks/store.py --runs 10000
+
+Builds a store of real artifacts (Zarr groups with a target's arrays at the `small` preset's
+shapes and a run's traces at 4 chains × 1,000 draws, written by `write_artifact`, manifests
+with real specs), then times, side by side in one process:
+
+* verify         `Store.verify()`: every manifest, its checksum, ID vs directory and spec hash,
+                 every array checksum (what `lh verify` does)
+* reconcile      `Store.reconcile()` with an empty index (first execute after an upgrade or a
+                 deleted index) and again with the index in step (every later execute)
+* snapshot       `Store.snapshot()` of every ID (what `lh plan` and `lh execute` ask)
+* export         `Store.export_runs()` to Parquet from the manifests
+
+Prints a table; writes benchmarks/results/store.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lambda_hat.ids import resolved_spec  # noqa: E402
+from lambda_hat.planner import expand  # noqa: E402
+from lambda_hat.store.artifacts import write_artifact  # noqa: E402
+from lambda_hat.store.manifest import Manifest  # noqa: E402
+from lambda_hat.store.store import Store  # noqa: E402
+from lambda_hat.sweep import sweep_from_dict  # noqa: E402
+
+
+def build(root: Path, n_runs: int) -> int:
+    n_targets = 10
+    seeds = list(range(max(1, n_runs // n_targets)))
+    sweep = sweep_from_dict({
+        "targets": [{"model": "small", "data": "small", "grid": {"seed": list(range(n_targets))}}],
+        "samplers": [{"name": "sgld", "grid": {"seed": seeds}}],
+    })
+    ex = expand(sweep)
+    st = Store.open(root, create=True)
+    rng = np.random.default_rng(0)
+    for t in ex.targets:
+        arrays = {"params/W_0": rng.normal(size=(4, 4)), "params/W_1": rng.normal(size=(4, 4)),
+                  "params/W_2": rng.normal(size=(4, 1)), "X": rng.normal(size=(100, 4)), "Y": rng.normal(size=(100, 1))}
+        write_artifact(st.layout.target_dir(t.target_id), arrays,
+                       Manifest(id=t.target_id, type="target", spec=resolved_spec(t.spec), metrics={"L0": 0.01}))
+    for r in ex.runs:
+        traces = {"traces/llc": rng.normal(size=(4, 1000)), "traces/loss": rng.normal(size=(4, 1000))}
+        write_artifact(st.layout.run_dir(r.run_id), traces,
+                       Manifest(id=r.run_id, type="run", spec=resolved_spec(r.spec), metrics={"llc_mean": 1.0}))
+    return len(ex.targets) + len(ex.runs), ex
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=1000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "store"
+        t_build, (n, ex) = timed(lambda: build(root, args.runs))
+        st = Store(root)
+        tids, rids = [t.target_id for t in ex.targets], [r.run_id for r in ex.runs]
+        rows = {}
+        rows["reconcile (empty index)"], rep = timed(st.reconcile)
+        assert rep.indexed == n, rep
+        rows["reconcile (index in step)"], rep = timed(st.reconcile)
+        assert rep.indexed == 0
+        rows["snapshot (all IDs)"], snap = timed(lambda: st.snapshot(tids, rids))
+        assert len(snap.run_ids) == len(rids)
+        rows["verify (everything)"], report = timed(st.verify)
+        assert report.ok and report.checked == n, report.findings[:3]
+        rows["export runs to parquet"], rows_out = timed(lambda: st.export_runs(rids, Path(tmp) / "r.parquet"))
+        assert rows_out == len(rids)
+    print(f"store of {n:,} artifacts ({len(rids):,} runs), built in {t_build:.1f}s")
+    print(f"{'operation':<28}{'seconds':>10}{'per artifact (ms)':>20}")
+    for k, v in rows.items():
+        print(f"{k:<28}{v:>10.3f}{1000 * v / n:>20.3f}")
+    out = Path(__file__).parent / "results" / "store.json"
+    out.write_text(json.dumps({"artifacts": n, "runs": len(rids), "seconds": rows,
+                               "machine": {"python": platform.python_version(), "cpu_count": __import__("os").cpu_count()}},
+                              indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
