@@ -129,6 +129,14 @@ def plan_cmd(
     console.print(p.summary())
 
 
+class Launcher(str, enum.Enum):
+    srun = "srun"
+    single = "single"
+
+
+SLURM = "SLURM (--backend slurm; flags override the profile)"
+
+
 @app.command("execute")
 @_domain_errors
 def execute_cmd(
@@ -140,15 +148,41 @@ def execute_cmd(
     results: Annotated[Path, typer.Option(help="One row per run of the sweep: .parquet or .csv.")] = Path(
         "results/llc_runs.parquet"
     ),
+    retries: Annotated[int, typer.Option(min=0, help="Retry a failed job this many times (Parsl retries).")] = 0,
+    profile: Annotated[Optional[Path], typer.Option(help="Cluster profile: TOML with a [slurm] table (default: ./lh.toml if present).", rich_help_panel=SLURM)] = None,
+    parsl_config: Annotated[Optional[Path], typer.Option(help="Python file defining `config` or `make_config()`; overrides backend, profile and flags.", rich_help_panel=SLURM)] = None,
+    partition: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM)] = None,
+    account: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM)] = None,
+    qos: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM)] = None,
+    walltime: Annotated[Optional[str], typer.Option(help="Per block (sbatch job), HH:MM:SS. Default 04:00:00.", rich_help_panel=SLURM)] = None,
+    nodes_per_block: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=SLURM)] = None,
+    cores_per_node: Annotated[Optional[int], typer.Option(min=1, help="Default 1.", rich_help_panel=SLURM)] = None,
+    mem_per_node: Annotated[Optional[int], typer.Option(min=1, help="GB. Default 8.", rich_help_panel=SLURM)] = None,
+    gpus_per_node: Annotated[Optional[int], typer.Option(min=0, help="Requests GPUs; workers get JAX_PLATFORMS=cuda.", rich_help_panel=SLURM)] = None,
+    workers_per_node: Annotated[Optional[int], typer.Option(min=1, help="Default: one per GPU, else 1.", rich_help_panel=SLURM)] = None,
+    max_blocks: Annotated[Optional[int], typer.Option(min=1, help="Most sbatch jobs at once. Default 50.", rich_help_panel=SLURM)] = None,
+    exclusive: Annotated[Optional[bool], typer.Option("--exclusive/--no-exclusive", help="Whole nodes. Default no.", rich_help_panel=SLURM)] = None,
+    worker_init: Annotated[Optional[str], typer.Option(help="Shell lines run before workers start (module load, source venv).", rich_help_panel=SLURM)] = None,
+    scheduler_options: Annotated[Optional[str], typer.Option(help="Extra '#SBATCH ...' lines.", rich_help_panel=SLURM)] = None,
+    launcher: Annotated[Optional[Launcher], typer.Option(help="How a block starts its workers. Default srun.", rich_help_panel=SLURM)] = None,
+    address: Annotated[Optional[str], typer.Option(help="Address compute nodes use to reach this host.", rich_help_panel=SLURM)] = None,
     slurm_config: Annotated[
-        Optional[Path], typer.Option(help="YAML of SLURM settings (partition, walltime, max_blocks, worker_init, ...).")
+        Optional[Path], typer.Option(help="Older form of --profile: a YAML mapping of the same settings.", rich_help_panel=SLURM)
     ] = None,
 ) -> None:
     """Build the missing targets and sample the missing runs; record them; write results."""
+    from lambda_hat.errors import BadInput
     from lambda_hat.execute.driver import ExecuteRequest, execute
 
+    if profile is not None and slurm_config is not None:
+        raise BadInput("--profile and --slurm-config: give one of them")
+    flags = dict(partition=partition, account=account, qos=qos, walltime=walltime, nodes_per_block=nodes_per_block,
+                 cores_per_node=cores_per_node, mem_per_node=mem_per_node, gpus_per_node=gpus_per_node,
+                 workers_per_node=workers_per_node, max_blocks=max_blocks, exclusive=exclusive, worker_init=worker_init,
+                 scheduler_options=scheduler_options, launcher=launcher.value if launcher else None, address=address)
     request = ExecuteRequest(sweep_path=sweep, store=store, backend=backend.value, workers=workers, logs=logs,
-                             results=results, slurm_config=slurm_config)
+                             results=results, retries=retries, profile=profile or slurm_config, slurm_flags=flags,
+                             parsl_config=parsl_config)
     outcome = execute(request, console)
     if "parsl" in sys.modules:
         # Parsl may leave non-daemon threads waiting on processes that are gone; do not let

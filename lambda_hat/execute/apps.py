@@ -104,12 +104,23 @@ def _setup_jax(cache_dir: str | None) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def _require_shared_store(store_root: str, log_path: str) -> None:
+    """On a cluster the store and logs must be on a file system the nodes share."""
+    missing = [p for p in (Path(store_root) / "targets", Path(log_path).parent) if not p.is_dir()]
+    if missing:
+        raise RuntimeError(
+            f"{missing[0]} is not visible on {socket.gethostname()}: the store and --logs must be on a file "
+            "system the compute nodes share (not /tmp or a node-local disk)"
+        )
+
+
 def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: str) -> dict:
     from lambda_hat.ids import TARGET_SCHEMA, resolved_spec, target_id
     from lambda_hat.specs import TargetSpec
     from lambda_hat.store.artifacts import write_artifact
     from lambda_hat.store.layout import StoreLayout
 
+    _require_shared_store(store_root, log_path)
     layout = StoreLayout(Path(store_root))
     with job_logs(Path(log_path), Path(err_path)):
         spec = TargetSpec.model_validate(spec_json)
@@ -145,6 +156,7 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
     from lambda_hat.store.store import check_manifest
     from lambda_hat.store.layout import StoreLayout
 
+    _require_shared_store(store_root, log_path)
     layout = StoreLayout(Path(store_root))
     with job_logs(Path(log_path), Path(err_path)):
         spec = RunSpec.model_validate(run_json)

@@ -41,7 +41,10 @@ class ExecuteRequest:
     workers: int | None = None
     logs: Path = Path("logs")
     results: Path = Path("results/llc_runs.parquet")
-    slurm_config: Path | None = None
+    profile: Path | None = None  # lh.toml-style [slurm] table (or the older YAML --slurm-config)
+    slurm_flags: dict = field(default_factory=dict)  # SlurmSettings fields given on the command line
+    parsl_config: Path | None = None  # a Python file defining `config` or `make_config()`
+    retries: int = 0
     parsl_run_dir: Path = Path("parsl_runinfo")
 
 
@@ -190,6 +193,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
 
     _, expanded, root = _load(req)
     _check_output_paths(req)
+    settings = _backend_settings(req)
     store = Store.open(root, create=True)
     rep = store.reconcile()
     for where, why in rep.quarantined:
@@ -210,7 +214,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     console.print(f"store {store.root}: {p.summary()}")
     if rep.pending:
         console.print(f"  {len(rep.pending)} artifacts not yet indexed (index busy); they will be recorded")
-    _run(req, store, p, console, result, rep.pending)
+    _run(req, settings, store, p, console, result, rep.pending)
     n = store.export_runs([r.run_id for r in expanded.runs], req.results)
     if result.interrupted:
         console.print(
@@ -232,23 +236,42 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     return result
 
 
-def _parsl_config(req: ExecuteRequest):
-    run_dir = req.parsl_run_dir.resolve()
-    if req.backend == "local":
-        from lambda_hat.execute.parsl_config import local_config
-
-        return local_config(run_dir, req.workers)
+def _backend_settings(req: ExecuteRequest):
+    """Check the backend's settings before anything is written; returns the SLURM settings
+    (None for local or a --parsl-config file)."""
     import shutil
 
-    from lambda_hat.execute.parsl_config import SlurmSettings, load_slurm_settings, slurm_config
+    if req.parsl_config is not None:
+        if not req.parsl_config.is_file():
+            raise BadInput(f"--parsl-config {req.parsl_config}: no such file")
+        return None
+    if req.backend != "slurm":
+        if req.slurm_flags and any(v is not None for v in req.slurm_flags.values()):
+            given = sorted("--" + k.replace("_", "-") for k, v in req.slurm_flags.items() if v is not None)
+            raise BadInput(f"{given[0]}: a SLURM setting needs --backend slurm")
+        return None
+    from lambda_hat.execute.parsl_config import resolve_slurm_settings
 
+    settings = resolve_slurm_settings(req.profile, req.slurm_flags)
     if shutil.which("sbatch") is None:
         raise BadInput("--backend slurm: sbatch not found on PATH (run lh execute on a SLURM login node)")
-    settings = load_slurm_settings(req.slurm_config) if req.slurm_config is not None else SlurmSettings()
-    return slurm_config(run_dir, settings)
+    return settings
 
 
-def _run(req: ExecuteRequest, store, p: Plan, console: Console, result: ExecuteResult, pending: list) -> None:
+def _parsl_config(req: ExecuteRequest, settings):
+    from lambda_hat.execute import parsl_config as pc
+
+    run_dir = req.parsl_run_dir.resolve()
+    if req.parsl_config is not None:
+        config = pc.load_parsl_config_file(req.parsl_config)
+        config.retries = max(config.retries, req.retries)
+        return config
+    if req.backend == "local":
+        return pc.local_config(run_dir, req.workers, req.retries)
+    return pc.slurm_config(run_dir, settings, req.retries)
+
+
+def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result: ExecuteResult, pending: list) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     claims = store.claims()
@@ -289,10 +312,14 @@ def _run(req: ExecuteRequest, store, p: Plan, console: Console, result: ExecuteR
         from lambda_hat.execute.reaper import Reaper
 
         reaper = Reaper()
-        dfk, build_app, sample_app = _start_parsl(req)
+        dfk, build_app, sample_app = _start_parsl(req, settings)
         recorder.on_tick.append(lambda: reaper.watch_parsl(dfk))
         reaper.watch_parsl(dfk)
+        _print_where(dfk, console)
+        slurm_reasons = SlurmJobReasons(dfk)
         logs = LogPaths(req.logs.resolve())
+        for sub in ("build_target", "run_sampler"):
+            (logs.root / sub).mkdir(parents=True, exist_ok=True)
         store_root = str(store.root.resolve())
         verbose = len(mine_t) + len(mine_r) <= SUBMIT_LINES_MAX
 
@@ -342,7 +369,7 @@ def _run(req: ExecuteRequest, store, p: Plan, console: Console, result: ExecuteR
                 for fut in done:
                     kind, job_id, err = jobs.futures.pop(fut)
                     k += 1
-                    _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total)
+                    _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total, slurm_reasons)
                     progress.advance(task)
                 if jobs.foreign and time.monotonic() - last_poll > 2.0:
                     last_poll = time.monotonic()
@@ -389,7 +416,7 @@ def _run(req: ExecuteRequest, store, p: Plan, console: Console, result: ExecuteR
                           "are complete and the next lh execute or `lh index rebuild` records them")
 
 
-def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total) -> None:
+def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total, slurm_reasons) -> None:
     exc = fut.exception()
     if exc is None:
         manifest = Manifest.model_validate(fut.result())
@@ -414,6 +441,8 @@ def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k
         reason = _reason(exc)
         if "Dependency" in type(exc).__name__:
             reason = "its target failed to build"
+        elif type(exc).__name__ in LOST_WORKER_ERRORS:
+            reason = slurm_reasons.explain(reason)
         result.failed.append((job_id, reason, err))
         progress.console.print(f"  [{k}/{total}] [red]FAILED[/red] {job_id}: {reason}")
 
@@ -422,18 +451,66 @@ class ExecutorStartError(LhError):
     exit_code = 1
 
 
-def _start_parsl(req: ExecuteRequest):
+def _start_parsl(req: ExecuteRequest, settings):
     import parsl
     from parsl import python_app
 
     from lambda_hat.execute import apps
 
-    config = _parsl_config(req)
+    config = _parsl_config(req, settings)
     try:
         dfk = parsl.load(config)
     except Exception as err:
         raise ExecutorStartError(f"could not start Parsl: {_reason(err)} (Parsl logs: {req.parsl_run_dir})") from err
     return dfk, python_app(apps.build_target_job, data_flow_kernel=dfk), python_app(apps.run_sampler_job, data_flow_kernel=dfk)
+
+
+def _print_where(dfk, console: Console) -> None:
+    """Where a cluster user looks when something goes wrong (as in Lambda-Hat's guide)."""
+    run_dir = Path(dfk.run_dir)
+    console.print(f"  Parsl run directory: {run_dir} (parsl.log)")
+    for ex in dfk.executors.values():
+        provider = getattr(ex, "provider", None)
+        if type(provider).__name__ == "SlurmProvider":
+            console.print(f"  SLURM submit scripts and job stdout/stderr: {provider.script_dir}")
+            console.print(f"  worker pool logs: {run_dir / ex.label}  (watch the jobs with: squeue -u $USER)")
+
+
+# Parsl's exceptions for a task whose worker or whole block went away.
+LOST_WORKER_ERRORS = frozenset({"WorkerLost", "ManagerLost", "BadStateException", "ExecutorError"})
+ABNORMAL_SLURM_STATES = ("TIMEOUT", "CANCELLED", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+
+
+class SlurmJobReasons:
+    """Turns a lost worker into words ("SLURM job 123 ended: TIMEOUT") by asking SLURM how
+    this driver's blocks ended."""
+
+    def __init__(self, dfk):
+        self.dfk = dfk
+
+    def _job_ids(self) -> list[str]:
+        ids = []
+        for ex in self.dfk.executors.values():
+            if type(getattr(ex, "provider", None)).__name__ == "SlurmProvider":
+                ids += [str(j) for j in getattr(ex, "blocks_to_job_id", {}).values() if j is not None]
+        return ids
+
+    def explain(self, reason: str) -> str:
+        import subprocess
+
+        ended = []
+        for job_id in self._job_ids():
+            try:
+                out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
+                                     timeout=20).stdout
+            except (OSError, subprocess.SubprocessError):
+                continue
+            fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+            state = fields.get("JobState", "")
+            if state in ABNORMAL_SLURM_STATES:
+                why = fields.get("Reason", "")
+                ended.append(f"SLURM job {job_id} ended: {state}" + (f" ({why})" if why and why != "None" else ""))
+        return "; ".join(ended) if ended else reason
 
 
 def _shutdown(dfk, force: bool) -> None:

@@ -1,0 +1,183 @@
+"""`lh execute --backend slurm` on a real SLURM cluster: the one-node cluster that
+`scripts/slurm-local.sh start` runs on this machine (CI starts it). Marked `slurm`."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(shutil.which("sbatch") is None, reason="no SLURM here (scripts/slurm-local.sh start)"),
+]
+
+TARGET = "  - {model: small, data: small, seed: 7, overrides: {training: {steps: 200, learning_rate: 0.01}}}\n"
+
+
+def sweep(seeds, steps=300) -> str:
+    every = max(10, steps // 1000)
+    return (
+        "store_root: store\ntargets:\n" + TARGET + "samplers:\n"
+        f"  - {{name: sgld, chains: 2, grid: {{seed: {list(seeds)}}}, "
+        f"overrides: {{steps: {steps}, warmup: 100, eval_every: {every}}}}}\n"
+    )
+
+
+MINUTE_OR_SO = 2_000_000  # SGLD steps on the small target: 30-80 s on 2 cores
+FOREVER = 20_000_000
+
+
+def env():
+    e = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    e.pop("LH_STORE", None)
+    return e
+
+
+SLURM_ARGS = ["--backend", "slurm", "--partition", "debug", "--mem-per-node", "2", "--max-blocks", "1"]
+
+
+def lh(cwd, *args, check=True, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "lambda_hat.cli", *args], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lh {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start(cwd, *args):
+    return subprocess.Popen([sys.executable, "-m", "lambda_hat.cli", *args], cwd=cwd, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def our_jobs(cwd: Path, states="PD,R,CG,CF") -> list[str]:
+    """SLURM jobs whose submit script lies under this test's directory."""
+    out = subprocess.run(["squeue", "-h", "-t", states, "-o", "%i %o"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if str(cwd) in line]
+
+
+def no_jobs_left(cwd: Path, within_s: float = 30) -> bool:
+    """True once nothing of ours is pending or running (a cancelled job takes a moment)."""
+    deadline = time.monotonic() + within_s
+    while our_jobs(cwd, "PD,R,CG") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return not our_jobs(cwd, "PD,R,CG")
+
+
+def all_job_ids() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i"], capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+def test_sweep_on_slurm_matches_local_and_a_second_call_submits_nothing(tmp_path):
+    (tmp_path / "s.yaml").write_text(sweep([1, 2]))
+    proc = start(tmp_path, "execute", "s.yaml", *SLURM_ARGS)
+    seen_in_squeue = False
+    while proc.poll() is None:
+        seen_in_squeue |= bool(our_jobs(tmp_path, "R"))
+        time.sleep(0.5)
+    out = proc.stdout.read()
+    assert proc.returncode == 0, out
+    assert seen_in_squeue, "no job of ours was ever running in squeue"
+    assert "3 jobs completed, 0 failed" in out and "submit_scripts" in out
+    # The same sweep on the local backend, in another store: same IDs, bit-identical λ̂.
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "s.yaml").write_text(sweep([1, 2]))
+    lh(local, "execute", "s.yaml", "--workers", "2")
+    q = "select run_id, llc_mean, r_hat from runs order by run_id"
+    on_slurm = lh(tmp_path, "query", q, "--store", "store", "--format", "json").stdout
+    on_local = lh(local, "query", q, "--store", "store", "--format", "json").stdout
+    assert json.loads(on_slurm) == json.loads(on_local) and len(json.loads(on_slurm)) == 2
+    before = all_job_ids()
+    again = lh(tmp_path, "execute", "s.yaml", *SLURM_ARGS)
+    assert "nothing to do" in again.stdout
+    assert all_job_ids() == before  # no SLURM job submitted
+    assert no_jobs_left(tmp_path)  # and nothing left queued or running
+
+
+def wait_for_log(cwd: Path, pattern: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if list(cwd.glob(pattern)):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no {pattern} within {timeout_s}s")
+
+
+def test_scancel_mid_run_is_reported_and_the_next_execute_completes(tmp_path):
+    (tmp_path / "s.yaml").write_text(sweep([1], steps=MINUTE_OR_SO))
+    proc = start(tmp_path, "execute", "s.yaml", *SLURM_ARGS)
+    wait_for_log(tmp_path, "logs/run_sampler/*.log")
+    time.sleep(2)
+    jobs = our_jobs(tmp_path, "R")
+    assert jobs
+    subprocess.run(["scancel", *jobs], check=True)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    assert f"SLURM job {jobs[0]} ended: CANCELLED" in out.replace("\n", " "), out
+    plan = json.loads(lh(tmp_path, "plan", "s.yaml", "--json").stdout)
+    assert len(plan["runs_to_sample"]) == 1 and plan["targets_cached"]  # only the cancelled run is missing
+    again = lh(tmp_path, "execute", "s.yaml", *SLURM_ARGS)
+    assert "1 jobs completed, 0 failed" in again.stdout
+    assert no_jobs_left(tmp_path)
+
+
+def test_walltime_is_reported_as_timeout(tmp_path):
+    (tmp_path / "s.yaml").write_text(sweep([1], steps=FOREVER))  # longer than the 1-minute walltime
+    proc = lh(tmp_path, "execute", "s.yaml", *SLURM_ARGS, "--walltime", "00:01:00", check=False, timeout=400)
+    assert proc.returncode == 1, proc.stdout
+    assert "ended: TIMEOUT" in proc.stdout.replace("\n", " "), proc.stdout
+    assert no_jobs_left(tmp_path)
+
+
+def test_sigterm_to_the_driver_leaves_no_job_queued(tmp_path):
+    (tmp_path / "s.yaml").write_text(sweep([1, 2, 3], steps=FOREVER))
+    proc = start(tmp_path, "execute", "s.yaml", *SLURM_ARGS)
+    wait_for_log(tmp_path, "logs/*/*.log")
+    assert our_jobs(tmp_path)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert no_jobs_left(tmp_path)
+
+
+def test_kill_9_of_the_driver_leaves_no_job_queued(tmp_path):
+    (tmp_path / "s.yaml").write_text(sweep([1, 2], steps=FOREVER))
+    proc = start(tmp_path, "execute", "s.yaml", *SLURM_ARGS)
+    wait_for_log(tmp_path, "logs/*/*.log")
+    assert our_jobs(tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert no_jobs_left(tmp_path)  # the reaper scancelled it
+
+
+def test_gpu_profile_sbatch_script_and_flags_override_it(tmp_path):
+    """The script a GPU profile generates, submitted to the real sbatch on a cluster without
+    GPUs: SLURM refuses the GRES, but the script is written and can be read."""
+    from parsl.providers.errors import SubmitException
+
+    from lambda_hat.execute.parsl_config import resolve_slurm_settings, slurm_config
+
+    (tmp_path / "lh.toml").write_text(
+        '[slurm]\npartition = "debug"\ngpus_per_node = 1\nwalltime = "02:00:00"\nmem_per_node = 2\n'
+        'worker_init = "module load cuda/12.1 || true"\n'
+    )
+    settings = resolve_slurm_settings(None, {"walltime": "00:30:00"}, cwd=tmp_path)
+    (ex,) = slurm_config(tmp_path / "ri", settings).executors
+    provider = ex.provider
+    provider.script_dir = str(tmp_path)
+    with pytest.raises(SubmitException):
+        provider.submit("echo worker", 1)
+    (script,) = [p for p in tmp_path.iterdir() if p.name.startswith("parsl.") and p.suffix not in (".stdout", ".stderr")]
+    text = script.read_text()
+    assert "#SBATCH --gpus-per-node=1" in text and "#SBATCH --partition=debug" in text
+    assert "#SBATCH --time=30" in text  # the flag overrode the profile's 02:00:00
+    assert "--exclusive" not in text
+    assert "export JAX_PLATFORMS=cuda" in text and "module load cuda/12.1" in text
+    assert ex.max_workers_per_node == 1  # one worker per GPU
