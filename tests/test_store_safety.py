@@ -155,7 +155,7 @@ def _claim_many(args):
 
 def test_claims_race_between_processes_has_one_winner_per_artifact(tmp_path):
     ids = [f"run_{i:012d}" for i in range(100)]
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:
         barrier = manager.Barrier(4)
         with mp.get_context("spawn").Pool(4) as pool:
             won = pool.map(_claim_many, [(tmp_path, ids, barrier)] * 4)
