@@ -46,3 +46,59 @@ def test_slurm_backend_without_sbatch_exits_2(tmp_path, monkeypatch):
     (tmp_path / "s.yaml").write_text("targets: [{model: small}]\nsamplers: [{name: hmc}]\n")
     result = CliRunner().invoke(app, ["execute", "s.yaml", "--backend", "slurm"])
     assert result.exit_code == 2 and "sbatch not found" in result.stderr
+
+
+def test_profile_then_flags(tmp_path):
+    from lambda_hat.execute.parsl_config import resolve_slurm_settings
+
+    (tmp_path / "lh.toml").write_text('[slurm]\npartition = "gpu"\nwalltime = "02:00:00"\nmax_blocks = 7\n')
+    s = resolve_slurm_settings(None, {"walltime": "00:10:00", "partition": None}, cwd=tmp_path)
+    assert (s.partition, s.walltime, s.max_blocks, s.exclusive) == ("gpu", "00:10:00", 7, False)
+    (ex,) = slurm_config(tmp_path / "ri", s).executors
+    assert ex.provider.exclusive is False and "--exclusive" not in ex.provider.scheduler_options
+    assert "export JAX_PLATFORMS=cpu" in ex.provider.worker_init
+
+
+@pytest.mark.parametrize(
+    "toml,flags,message",
+    [
+        ('[slurm]\nwalltime = "four hours"\n', {}, "lh.toml: slurm.walltime: must look like HH:MM:SS"),
+        ('[slurm]\npartiton = "gpu"\n', {}, "lh.toml: slurm.partiton: Extra inputs are not permitted"),
+        ('[slurm]\nmax_blocks = 0\n', {}, "lh.toml: slurm.max_blocks: Input should be greater than 0"),
+        ('[slurm\n', {}, "lh.toml: malformed TOML"),
+        ('[cluster]\n', {}, "lh.toml: cluster: unknown table"),
+        ('[slurm]\n', {"walltime": "99"}, "--walltime: walltime: must look like"),
+    ],
+)
+def test_bad_profile_or_flag_is_one_line(tmp_path, toml, flags, message):
+    from lambda_hat.execute.parsl_config import resolve_slurm_settings
+
+    (tmp_path / "lh.toml").write_text(toml)
+    with pytest.raises(BadInput) as info:
+        resolve_slurm_settings(None, flags, cwd=tmp_path)
+    assert message in str(info.value).replace(str(tmp_path) + "/", "") and "\n" not in str(info.value)
+
+
+def test_slurm_flag_without_slurm_backend_is_bad_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("targets: [{model: small}]\nsamplers: [{name: hmc}]\n")
+    result = CliRunner().invoke(app, ["execute", "s.yaml", "--partition", "gpu"])
+    assert result.exit_code == 2 and "--partition: a SLURM setting needs --backend slurm" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # nothing written
+
+
+def test_parsl_config_file(tmp_path):
+    from lambda_hat.execute.parsl_config import load_parsl_config_file
+
+    good = tmp_path / "cfg.py"
+    good.write_text("from parsl.config import Config\nfrom parsl.executors import ThreadPoolExecutor\n"
+                    "def make_config():\n    return Config(executors=[ThreadPoolExecutor(label='mine')])\n")
+    assert load_parsl_config_file(good).executors[0].label == "mine"
+    bad = tmp_path / "bad.py"
+    bad.write_text("config = 42\n")
+    with pytest.raises(BadInput, match="must define `config`"):
+        load_parsl_config_file(bad)
+    broken = tmp_path / "broken.py"
+    broken.write_text("import nonexistent_module_xyz\n")
+    with pytest.raises(BadInput, match="failed to load: ModuleNotFoundError"):
+        load_parsl_config_file(broken)
