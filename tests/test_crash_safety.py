@@ -14,39 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
+from lhproc import lh, sgld_sweep
+from lhproc import start as start_lh
 
 pytestmark = pytest.mark.slow
 
-TARGET = "  - {model: small, data: small, seed: 7, overrides: {training: {steps: 200, learning_rate: 0.01}}}\n"
-
-
 def sweep_text(seeds) -> str:
-    return (
-        "store_root: store\ntargets:\n" + TARGET + "samplers:\n"
-        f"  - {{name: sgld, chains: 2, grid: {{seed: {list(seeds)}}}, overrides: {{steps: 300, warmup: 100, eval_every: 10}}}}\n"
-    )
-
-
-def env(**extra):
-    e = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
-    e.pop("LH_STORE", None)
-    return e
+    return sgld_sweep(seeds)
 
 
 def start(cwd, sweep, *args, **extra_env):
-    return subprocess.Popen(
-        [sys.executable, "-m", "lambda_hat.cli", "execute", sweep, "--workers", "2", *args],
-        cwd=cwd, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )
-
-
-def lh(cwd, *args, check=True, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "lambda_hat.cli", *args], cwd=cwd, env=env(),
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"lh {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return start_lh(cwd, "execute", sweep, "--workers", "2", *args, **extra_env)
 
 
 def our_processes(cwd: Path) -> list[str]:

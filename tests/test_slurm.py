@@ -6,53 +6,21 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from lhproc import lh, sgld_sweep, start
 
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(shutil.which("sbatch") is None, reason="no SLURM here (scripts/slurm-local.sh start)"),
 ]
 
-TARGET = "  - {model: small, data: small, seed: 7, overrides: {training: {steps: 200, learning_rate: 0.01}}}\n"
-
-
-def sweep(seeds, steps=300) -> str:
-    every = max(10, steps // 1000)
-    return (
-        "store_root: store\ntargets:\n" + TARGET + "samplers:\n"
-        f"  - {{name: sgld, chains: 2, grid: {{seed: {list(seeds)}}}, "
-        f"overrides: {{steps: {steps}, warmup: 100, eval_every: {every}}}}}\n"
-    )
-
-
+sweep = sgld_sweep
 MINUTE_OR_SO = 2_000_000  # SGLD steps on the small target: 30-80 s on 2 cores
 FOREVER = 20_000_000
-
-
-def env():
-    e = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    e.pop("LH_STORE", None)
-    return e
-
-
 SLURM_ARGS = ["--backend", "slurm", "--partition", "debug", "--mem-per-node", "2", "--max-blocks", "1"]
-
-
-def lh(cwd, *args, check=True, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "lambda_hat.cli", *args], cwd=cwd, env=env(),
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"lh {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def start(cwd, *args):
-    return subprocess.Popen([sys.executable, "-m", "lambda_hat.cli", *args], cwd=cwd, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def our_jobs(cwd: Path, states="PD,R,CG,CF") -> list[str]:

@@ -1,7 +1,6 @@
 """Store: atomic artifacts, typed manifests, snapshot, index record/rebuild, results export."""
 
 import json
-import os
 
 import numpy as np
 import pytest

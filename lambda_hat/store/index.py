@@ -48,13 +48,8 @@ def _num(x: Any) -> float | None:
 
 
 def _int(x: Any) -> int | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return int(f) if math.isfinite(f) else None
+    f = _num(x)
+    return None if f is None else int(f)
 
 
 def _get(d: Any, path: str, default: Any = None) -> Any:

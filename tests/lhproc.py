@@ -1,0 +1,37 @@
+"""Running the real `lh` CLI in child processes, as a user would, for end-to-end tests."""
+
+import os
+import subprocess
+import sys
+
+TARGET = "  - {model: small, data: small, seed: 7, overrides: {training: {steps: 200, learning_rate: 0.01}}}\n"
+
+
+def sgld_sweep(seeds, steps=300) -> str:
+    """One tiny `small` target × SGLD runs (2 chains) with these seeds."""
+    every = max(10, steps // 1000)
+    return (
+        "store_root: store\ntargets:\n" + TARGET + "samplers:\n"
+        f"  - {{name: sgld, chains: 2, grid: {{seed: {list(seeds)}}}, "
+        f"overrides: {{steps: {steps}, warmup: 100, eval_every: {every}}}}}\n"
+    )
+
+
+def env(**extra) -> dict:
+    e = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
+    e.pop("LH_STORE", None)
+    return e
+
+
+def lh(cwd, *args, check=True, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "lambda_hat.cli", *args], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lh {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start(cwd, *args, **extra_env) -> subprocess.Popen:
+    """`lh *args` in the background, in its own session (signals reach only it)."""
+    return subprocess.Popen([sys.executable, "-m", "lambda_hat.cli", *args], cwd=cwd, env=env(**extra_env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
