@@ -53,6 +53,28 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
+# --------------------------------------------------------------------------- resource estimate
+
+# A job (one target build or one run) whose estimate exceeds this is refused when the sweep is
+# loaded: it could not fit a large node, and would otherwise fail only after hours of other work.
+MAX_JOB_BYTES = 64 * 2**30
+# Per chain: position, momentum or noise, gradient, preconditioner (mass matrix, RMSProp/Adam moments).
+STATE_COPIES = 4
+# Per chain and draw: loss, llc, cumulative_fge, walltime and the sampler's own (step size,
+# acceptance, energy, divergences, gradient evaluations, L, ...): at most 12.
+TRACES_PER_DRAW = 12
+ITEMSIZE = {"float32": 4, "float64": 8}
+
+
+class MemoryNeed(NamedTuple):
+    """One part of a job's memory estimate: the arrays it must hold at once, in bytes, and the
+    field that drives their size (what an error names; empty: not the job's own field)."""
+
+    field: str
+    what: str
+    bytes: int
+
+
 # --------------------------------------------------------------------------- target
 
 
@@ -254,6 +276,32 @@ class TargetSpec(_Spec):
             raise ValueError("w_star: teacher needs the teacher's architecture to equal the student's")
         return self
 
+    def memory_needs(self) -> list[MemoryNeed]:
+        """A lower bound on the memory building this target takes: the arrays that must be
+        resident at once (data, parameters with their gradients and Adam moments, one training
+        step's activations), not what XLA adds on top. Compared with MAX_JOB_BYTES."""
+        m, d, item = self.model, self.data, ITEMSIZE[self.dtype]
+        rows = max(d.n_data, d.n_test)  # train and test sets are drawn (and labelled) one after the other
+        batch = min(self.training.batch_size or d.n_data, d.n_data)
+        needs = [
+            MemoryNeed("data.n_data" if d.n_data >= d.n_test else "data.n_test", "data arrays",
+                       (d.n_data + d.n_test) * (m.in_dim + m.out_dim) * item),
+            MemoryNeed("model.widths", "parameters, gradients and optimizer moments", 4 * m.n_params * item),
+            MemoryNeed("training.batch_size" if self.training.batch_size else "data.n_data",
+                       "activations of a training step", batch * sum(m.layer_dims[1:]) * item),
+        ]
+        if isinstance(m, MLPSpec):
+            t = self.teacher
+            teacher_params = mlp_param_count(m.in_dim, m.out_dim, t.widths, m.bias)
+            needs.append(MemoryNeed("teacher.widths", "teacher parameters", teacher_params * item))
+            needs.append(MemoryNeed("data.n_data" if d.n_data >= d.n_test else "data.n_test", "teacher activations",
+                                    rows * (sum(t.widths) + m.out_dim) * item))
+        if d.x_dist == "mixture":
+            needs.append(MemoryNeed("data.mixture_k", "mixture centers", d.mixture_k * m.in_dim * item))
+        elif d.x_dist == "lowdim_manifold":
+            needs.append(MemoryNeed("data.x_dim_latent", "latent inputs", (rows + m.in_dim) * d.x_dim_latent * item))
+        return needs
+
 
 # --------------------------------------------------------------------------- samplers
 
@@ -261,6 +309,22 @@ class TargetSpec(_Spec):
 class _SamplerBase(_Spec):
     chains: PositiveInt = 4
     dtype: Dtype = "float64"
+    # The fewest parameters a target must have for this sampler to run on it.
+    min_params: ClassVar[int] = 1
+
+    def memory_needs(self, target: TargetSpec) -> list[MemoryNeed]:
+        """A lower bound on the memory a run of this sampler on `target` takes: the target's
+        training data, every chain's state and loss activations (chains are vmapped), and the
+        traces of all draws, which one compiled call returns together. See MAX_JOB_BYTES."""
+        m, d, item = target.model, target.data, ITEMSIZE[self.dtype]
+        batch = min(getattr(self, "batch_size", d.n_data), d.n_data)  # SGLD's minibatch, else full batch
+        draws = self.draws
+        return [
+            MemoryNeed("", "the target's data", d.n_data * (m.in_dim + m.out_dim) * ITEMSIZE[target.dtype]),
+            MemoryNeed("chains", "chain states", self.chains * STATE_COPIES * m.n_params * item),
+            MemoryNeed("chains", "activations of a step", self.chains * batch * sum(m.layer_dims[1:]) * item),
+            MemoryNeed("steps" if self.name == "sgld" else "draws", "traces", self.chains * draws * TRACES_PER_DRAW * item),
+        ]
 
 
 class SGLDSpec(_SamplerBase):
@@ -336,6 +400,8 @@ class MCLMCSpec(_SamplerBase):
     With `tune: false` L and step_size are used as they are."""
 
     name: Literal["mclmc"] = "mclmc"
+    # BlackJAX's MCLMC needs a position of more than one dimension (its tuning fails at run time).
+    min_params: ClassVar[int] = 2
     draws: Annotated[Int, Field(ge=4)] = 1000
     L: PositiveFloat = 1.0
     step_size: PositiveFloat = 0.1
