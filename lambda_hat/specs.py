@@ -1,8 +1,11 @@
 """Pydantic specs: what a target is, what a run is, what a sweep is.
 
 Validation lives here and only here. Every model forbids unknown keys and non-finite
-floats, so a typo (`stepsize`) or a `.nan` never reaches a worker. A spec is *resolved*
-when every default and preset is written out; IDs (see `ids.py`) hash resolved specs.
+floats, so a typo (`stepsize`) or a `.nan` never reaches a worker; integers lie within
+±(2^53 - 1) (what an ID can hash) and are never booleans, booleans are never numbers.
+`memory_needs` gives each job's least memory, which the sweep loader bounds (MAX_JOB_BYTES).
+A spec is *resolved* when every default and preset is written out; IDs (see `ids.py`) hash
+resolved specs.
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ def _not_bool(value: Any) -> Any:
 NotBool = BeforeValidator(_not_bool)
 Int = Annotated[int, NotBool, Field(ge=-SAFE_INT_MAX, le=SAFE_INT_MAX)]
 PositiveInt = Annotated[Int, Field(gt=0)]
-NonNegativeInt = Annotated[Int, Field(ge=0)]
 Float = Annotated[float, NotBool]
 PositiveFloat = Annotated[Float, Field(gt=0)]
 NonNegativeFloat = Annotated[Float, Field(ge=0)]
@@ -250,8 +252,9 @@ class TargetSpec(_Spec):
         # out hash alike.
         t, m = self.teacher, self.model
         if isinstance(m, DLNSpec):
-            if (t.depth, t.widths, t.activation) != (None, None, None):
-                raise ValueError("a dln teacher takes only `rank` (its architecture is the student's)")
+            for name in ("depth", "widths", "activation"):
+                if getattr(t, name) is not None:
+                    raise ValueError(f"teacher.{name} is set, but a dln teacher takes only `rank` (its architecture is the student's)")
             full = min(m.widths)
             if t.rank is not None and t.rank > full:
                 raise ValueError(f"teacher.rank {t.rank} exceeds the smallest width {full}")

@@ -308,14 +308,15 @@ def _section(value: Any, kind: str, source: str, entry: str) -> dict:
     """A section given as a preset name, a mapping, or null (teacher only) -> field mapping."""
     if value is None and kind == "teacher":
         value = "_null"
-    if isinstance(value, str):
-        presets = PRESETS[kind]
+    presets = PRESETS.get(kind, {})
+    if isinstance(value, str) and presets:
         if value not in presets:
             raise _fail(source, entry, kind, f"unknown {kind} preset {_short(value)} (known: {', '.join(presets)})")
         return dict(presets[value])
     if isinstance(value, dict):
         return dict(value)
-    raise _fail(source, entry, kind, f"must be a preset name or a mapping, got {_type_name(value)}")
+    expected = "a preset name or a mapping" if presets else "a mapping (there are no presets)"
+    raise _fail(source, entry, kind, f"must be {expected}, got {_type_name(value)}")
 
 
 def _check_target_entry(raw: dict, source: str, entry: str) -> list[tuple[str, list]]:

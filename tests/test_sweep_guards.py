@@ -65,6 +65,8 @@ ACCEPTED_SILENTLY = [
     ("sampler seed: false", T + "samplers: [{name: hmc, seed: false}]\n", "samplers[0] (hmc): seed: Input should be a number, not false"),
     ("step_size: true", T + "samplers: [{name: sgld, step_size: true}]\n", "samplers[0] (sgld): step_size: Input should be a number"),
     ("bias: 1", "targets: [{model: {bias: 1}}]\n" + S, "targets[0]: model.bias: Input should be a valid boolean"),
+    ("a training preset (there are none)", "targets: [{model: small, training: fast}]\n" + S,
+     "targets[0]: training: must be a mapping (there are no presets), got a string"),
 ]
 FAILING_AT_RUN_TIME = [
     ("n_data: 1e12", "targets: [{model: small, data: {n_data: 1000000000000}}]\n" + S,

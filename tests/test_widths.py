@@ -38,16 +38,18 @@ same_args = dict(in_dim=dims, out_dim=dims, depth=st.integers(1, 12), target_par
 @example(in_dim=1, out_dim=1, depth=1, target_params=5, bias=False)  # 4 and 6 tie: the narrower
 @example(in_dim=2, out_dim=1, depth=2, target_params=2**53 - 1, bias=True)  # past 4096: capped
 def test_closed_form_equals_brute_force(in_dim, out_dim, depth, target_params, bias):
-    assert widths_for_target_params(in_dim, out_dim, depth, target_params, bias) == brute_force_widths(
-        in_dim, out_dim, depth, target_params, bias
-    )
+    _assert_same(in_dim, out_dim, depth, target_params, bias)
+
+
+def _assert_same(*args) -> None:
+    assert widths_for_target_params(*args) == brute_force_widths(*args), args
 
 
 @pytest.mark.slow
 @settings(max_examples=3000, derandomize=True, database=None, deadline=None)
 @given(**same_args)
 def test_closed_form_equals_brute_force_many(in_dim, out_dim, depth, target_params, bias):
-    test_closed_form_equals_brute_force(in_dim, out_dim, depth, target_params, bias)
+    _assert_same(in_dim, out_dim, depth, target_params, bias)
 
 
 def test_every_target_near_exact_counts_matches():
