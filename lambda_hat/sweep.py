@@ -88,12 +88,15 @@ def _short(value: Any) -> str:
     return _short_repr.repr(value)
 
 
+def _cut(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _fail(source: str, entry: str, field: str, problem: str) -> SweepError:
-    parts = [p for p in (source, entry, field) if p]
-    problem = " ".join(str(problem).split())
-    if len(problem) > _MAX_PROBLEM_CHARS:
-        problem = problem[: _MAX_PROBLEM_CHARS - 1] + "…"
-    return SweepError(": ".join(parts + [problem]))
+    # The field may be a key the user typed (a 100 KB one included): cut like the problem.
+    parts = [p for p in (source, _cut(entry, _MAX_PROBLEM_CHARS), _cut(field, _MAX_PROBLEM_CHARS // 2)) if p]
+    return SweepError(": ".join(parts + [_cut(problem, _MAX_PROBLEM_CHARS)]))
 
 
 def _first_error(err: ValidationError, source: str, entry: str, prefix: str = "") -> SweepError:

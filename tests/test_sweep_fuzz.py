@@ -679,7 +679,6 @@ def test_fuzzed_invalid_sweeps_are_refused_in_one_line_many(mutation, data):
 
 def _cli_property(data) -> None:
     valid = data.draw(st.integers(0, 4)) == 0
-    COUNTS["cli"] += 1
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         if valid:
@@ -688,6 +687,7 @@ def _cli_property(data) -> None:
             broken = data.draw(broken_sweeps().filter(lambda b: b.max_runs is None))  # the CLI uses the default
             content = broken.content
             COUNTS["cli_invalid"] += 1
+        COUNTS["cli"] += 1
         _write_tmp(content, cwd)
         result = subprocess.run([sys.executable, "-m", "lambda_hat.cli", "plan", "sweep.yaml", "--store", "store"],
                                 cwd=cwd, capture_output=True, text=True, timeout=60)

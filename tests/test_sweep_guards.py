@@ -110,6 +110,10 @@ ODD_YAML = [
      "samplers[0] (hmc): grid.seed: must be a non-empty list of values, got an integer"),
     ("an empty grid key part", "targets: [{model: small, grid: {training.: [1]}}]\n" + S,
      "targets[0]: grid.training.: does not name a field of this entry"),
+    # An explicit key (`? key`): YAML caps implicit ones at 1,024 characters.
+    ("a 100 KB unknown key", "targets:\n  - model:\n      ? " + "k" * 100_000 + "\n      : 1\n" + S,
+     "targets[0]: model.kkkkk"),
+    ("a 100 KB model kind", "targets: [{model: {kind: " + "k" * 100_000 + "}}]\n" + S, "targets[0]: model: Input tag"),
     ("float64 with x64 off, named by entry", "jax_enable_x64: false\n" + T + "samplers: [{name: sgld}, {name: hmc, dtype: float64}]\n",
      "samplers[1] (hmc): dtype: float64 requested but jax_enable_x64 is false"),
 ]
