@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,7 @@ COUNTS: Counter = Counter()
 @pytest.fixture(scope="module", autouse=True)
 def _report_counts():
     yield
+    shutil.rmtree(_scratch, ignore_errors=True)
     if COUNTS:
         kinds = ", ".join(f"{k[9:]} {n}" for k, n in sorted(COUNTS.items()) if k.startswith("mutation:"))
         print(
