@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from lambda_hat.ids import run_id, target_id
 from lambda_hat.specs import RunSpec, Sweep, TargetSpec
 from lambda_hat.store.snapshot import StoreSnapshot
+from lambda_hat.sweep import DEFAULT_MAX_RUNS, SweepError
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,14 @@ def describe_target(t: PlannedTarget) -> str:
     return f"model={m.kind}{m.layer_dims}, data=n{d.n_data}/{d.x_dist}, seed={t.spec.seed}"
 
 
-def expand(sweep: Sweep) -> Expanded:
-    """Targets x samplers. Each run names its target by ID, so its own ID covers the target's."""
+def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:
+    """Targets x samplers. Each run names its target by ID, so its own ID covers the target's.
+
+    A sweep of more than `max_runs` runs is refused before any is built (`load_sweep` refuses
+    it earlier, from the grids; this guards sweeps built in Python)."""
+    n_runs = len(sweep.targets) * len(sweep.samplers)
+    if n_runs > max_runs:
+        raise SweepError(f"the sweep has {n_runs:,} runs, more than the limit of {max_runs:,} (max_runs)")
     targets = [PlannedTarget(target_id(t), t) for t in sweep.targets]
     runs = []
     for t in targets:

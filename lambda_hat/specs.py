@@ -1,29 +1,54 @@
 """Pydantic specs: what a target is, what a run is, what a sweep is.
 
 Validation lives here and only here. Every model forbids unknown keys and non-finite
-floats, so a typo (`stepsize`) or a `.nan` never reaches a worker. A spec is *resolved*
-when every default and preset is written out; IDs (see `ids.py`) hash resolved specs.
+floats, so a typo (`stepsize`) or a `.nan` never reaches a worker; integers lie within
+±(2^53 - 1) (what an ID can hash) and are never booleans, booleans are never numbers.
+`memory_needs` gives each job's least memory, which the sweep loader bounds (MAX_JOB_BYTES).
+A spec is *resolved* when every default and preset is written out; IDs (see `ids.py`) hash
+resolved specs.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
-    NonNegativeFloat,
-    PositiveFloat,
-    PositiveInt,
+    StrictBool,
     Tag,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 Dtype = Literal["float32", "float64"]
+
+# IDs hash specs as RFC 8785 JSON, whose numbers are IEEE doubles: an integer beyond ±(2^53 - 1)
+# cannot be hashed (and would not round-trip), so no integer field accepts one.
+SAFE_INT_MAX = 2**53 - 1
+
+
+def _not_bool(value: Any) -> Any:
+    # Pydantic's lax mode reads `true` as 1; in a sweep that is a typo, never a count or a seed.
+    # Everything else lax mode allows (100.0, "100") still passes and hashes as the integer.
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "Input should be a number, not {value}", {"value": str(value).lower()})
+    return value
+
+
+NotBool = BeforeValidator(_not_bool)
+Int = Annotated[int, NotBool, Field(ge=-SAFE_INT_MAX, le=SAFE_INT_MAX)]
+PositiveInt = Annotated[Int, Field(gt=0)]
+Float = Annotated[float, NotBool]
+PositiveFloat = Annotated[Float, Field(gt=0)]
+NonNegativeFloat = Annotated[Float, Field(ge=0)]
+# Strict: `bias: 1` or `tune: "no"` is a type error, not a boolean.
+Bool = StrictBool
 
 
 class _Spec(BaseModel):
@@ -43,18 +68,65 @@ def added_field(neutral, *, since: str, **kwargs):
     return Field(neutral, json_schema_extra={ID_NEUTRAL: neutral, "since": since}, **kwargs)
 
 
+# --------------------------------------------------------------------------- resource estimate
+
+# A job (one target build or one run) whose estimate exceeds this is refused when the sweep is
+# loaded: it could not fit a large node, and would otherwise fail only after hours of other work.
+MAX_JOB_BYTES = 64 * 2**30
+# Per chain: position, momentum or noise, gradient, preconditioner (mass matrix, RMSProp/Adam moments).
+STATE_COPIES = 4
+# Per chain and draw: loss, llc, cumulative_fge, walltime and the sampler's own (step size,
+# acceptance, energy, divergences, gradient evaluations, L, ...): at most 12.
+TRACES_PER_DRAW = 12
+ITEMSIZE = {"float32": 4, "float64": 8}
+
+
+class MemoryNeed(NamedTuple):
+    """One part of a job's memory estimate: the arrays it must hold at once, in bytes, and the
+    field that drives their size (what an error names; empty: not the job's own field)."""
+
+    field: str
+    what: str
+    bytes: int
+
+
 # --------------------------------------------------------------------------- target
 
 
+# Lambda-Hat searched hidden widths 1..4096 for `target_params`; the bound stays, so that every
+# target resolves to the widths (and the ID) it always had.
+TARGET_PARAMS_MAX_WIDTH = 4096
+# More hidden layers than any sweep here needs; a bound keeps `depth: 1e15` from allocating.
+MAX_DEPTH = 1024
+
+
+def mlp_param_count(in_dim: int, out_dim: int, widths: list[int], bias: bool) -> int:
+    dims = [in_dim, *widths, out_dim]
+    return sum(a * b + (b if bias else 0) for a, b in zip(dims[:-1], dims[1:]))
+
+
 def widths_for_target_params(in_dim: int, out_dim: int, depth: int, target_params: int, bias: bool) -> list[int]:
-    """Equal hidden widths whose parameter count is closest to `target_params` (Lambda-Hat's rule)."""
+    """Equal hidden widths h in 1..4096 whose parameter count is closest to `target_params`,
+    the narrower on a tie (Lambda-Hat's rule), in closed form.
 
-    def count(h: int) -> int:
-        dims = [in_dim] + [h] * depth + [out_dim]
-        return sum(a * b + (b if bias else 0) for a, b in zip(dims[:-1], dims[1:]))
+    With equal widths the count is (depth-1)·h² + (in_dim + out_dim + depth·bias)·h + out_dim·bias,
+    increasing in h, so the distance to the target is smallest at the widest h whose count does
+    not exceed it, or at the next one. That h is the floor of the quadratic's positive root,
+    exact in integers via isqrt; the two neighbours are then compared by Lambda-Hat's key."""
+    quad, lin, const = depth - 1, in_dim + out_dim + depth * int(bias), out_dim * int(bias)
+    room = target_params - const  # what the h-dependent terms may add without overshooting
+    if room < 0:
+        below = 0
+    elif quad == 0:
+        below = room // lin
+    else:
+        below = (math.isqrt(lin * lin + 4 * quad * room) - lin) // (2 * quad)
+    candidates = {min(max(h, 1), TARGET_PARAMS_MAX_WIDTH) for h in (below, below + 1)}
 
-    best = min(range(1, 4097), key=lambda h: (abs(count(h) - target_params), h))
-    return [best] * depth
+    def distance(h: int) -> tuple[int, int]:
+        return abs(mlp_param_count(in_dim, out_dim, [h] * depth, bias) - target_params), h
+
+    return [min(candidates, key=distance)] * depth
 
 
 class MLPSpec(_Spec):
@@ -63,10 +135,10 @@ class MLPSpec(_Spec):
     kind: Literal["mlp"] = "mlp"
     in_dim: PositiveInt = 4
     out_dim: PositiveInt = 1
-    depth: PositiveInt = 2
+    depth: Annotated[PositiveInt, Field(le=MAX_DEPTH)] = 2
     widths: list[PositiveInt] | None = None
     activation: Literal["relu", "tanh", "gelu", "identity"] = "relu"
-    bias: bool = True
+    bias: Bool = True
     init: Literal["he", "xavier", "lecun"] = "he"
     # Input convenience only: resolved into `widths`, then dropped so that a preset and
     # the same architecture written out by hand hash to the same ID.
@@ -89,8 +161,7 @@ class MLPSpec(_Spec):
 
     @property
     def n_params(self) -> int:
-        d = self.layer_dims
-        return sum(a * b + (b if self.bias else 0) for a, b in zip(d[:-1], d[1:]))
+        return mlp_param_count(self.in_dim, self.out_dim, self.widths, self.bias)
 
 
 class DLNSpec(_Spec):
@@ -99,7 +170,7 @@ class DLNSpec(_Spec):
     exactly (Aoyagi 2024), which makes it the calibration target of the samplers."""
 
     kind: Literal["dln"]
-    widths: Annotated[list[PositiveInt], Field(min_length=2)]
+    widths: Annotated[list[PositiveInt], Field(min_length=2, max_length=MAX_DEPTH + 1)]
     init: Literal["he", "xavier", "lecun"] = "xavier"
 
     @property
@@ -132,15 +203,15 @@ class DataSpec(_Spec):
     n_data: PositiveInt = 100
     n_test: PositiveInt = 100
     x_dist: Literal["gauss_iso", "gauss_aniso", "mixture", "lowdim_manifold", "heavy_tail"] = "gauss_iso"
-    cov_decay: Annotated[float, Field(gt=0, le=1)] = 0.95
+    cov_decay: Annotated[Float, Field(gt=0, le=1)] = 0.95
     mixture_k: PositiveInt = 4
     mixture_spread: NonNegativeFloat = 2.0
     x_dim_latent: PositiveInt = 2
     noise_model: Literal["gauss", "hetero", "student_t", "outliers"] = "gauss"
     noise_scale: NonNegativeFloat = 0.1
     hetero_scale: NonNegativeFloat = 0.1
-    student_df: Annotated[float, Field(gt=2)] = 4.0
-    outlier_frac: Annotated[float, Field(ge=0, le=1)] = 0.05
+    student_df: Annotated[Float, Field(gt=2)] = 4.0
+    outlier_frac: Annotated[Float, Field(ge=0, le=1)] = 0.05
     outlier_scale: NonNegativeFloat = 2.0
 
 
@@ -151,11 +222,11 @@ class TeacherSpec(_Spec):
     `rank` (balanced, aligned factors), so the end-to-end map has rank `rank`; `None` means
     full rank (the smallest width)."""
 
-    rank: Annotated[int, Field(ge=0)] | None = None
-    depth: PositiveInt | None = None
+    rank: Annotated[Int, Field(ge=0)] | None = None
+    depth: Annotated[PositiveInt, Field(le=MAX_DEPTH)] | None = None
     widths: list[PositiveInt] | None = None
     activation: Literal["relu", "tanh", "gelu", "identity"] | None = None
-    dropout_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    dropout_rate: Annotated[Float, Field(ge=0, lt=1)] = 0.0
 
     @field_validator("dropout_rate")
     @classmethod
@@ -182,7 +253,7 @@ class TargetSpec(_Spec):
     data: DataSpec = DataSpec()
     teacher: TeacherSpec = TeacherSpec()
     training: TrainingSpec = TrainingSpec()
-    seed: int = 0
+    seed: Int = 0
     dtype: Dtype = "float64"
     # Where the LLC is measured: the trained student, or the teacher's own weights (a true
     # parameter, where the exact λ is known). Default: teacher for dln, trained for mlp.
@@ -194,8 +265,9 @@ class TargetSpec(_Spec):
         # out hash alike.
         t, m = self.teacher, self.model
         if isinstance(m, DLNSpec):
-            if (t.depth, t.widths, t.activation) != (None, None, None):
-                raise ValueError("a dln teacher takes only `rank` (its architecture is the student's)")
+            for name in ("depth", "widths", "activation"):
+                if getattr(t, name) is not None:
+                    raise ValueError(f"teacher.{name} is set, but a dln teacher takes only `rank` (its architecture is the student's)")
             full = min(m.widths)
             if t.rank is not None and t.rank > full:
                 raise ValueError(f"teacher.rank {t.rank} exceeds the smallest width {full}")
@@ -220,6 +292,32 @@ class TargetSpec(_Spec):
             raise ValueError("w_star: teacher needs the teacher's architecture to equal the student's")
         return self
 
+    def memory_needs(self) -> list[MemoryNeed]:
+        """A lower bound on the memory building this target takes: the arrays that must be
+        resident at once (data, parameters with their gradients and Adam moments, one training
+        step's activations), not what XLA adds on top. Compared with MAX_JOB_BYTES."""
+        m, d, item = self.model, self.data, ITEMSIZE[self.dtype]
+        rows = max(d.n_data, d.n_test)  # train and test sets are drawn (and labelled) one after the other
+        batch = min(self.training.batch_size or d.n_data, d.n_data)
+        needs = [
+            MemoryNeed("data.n_data" if d.n_data >= d.n_test else "data.n_test", "data arrays",
+                       (d.n_data + d.n_test) * (m.in_dim + m.out_dim) * item),
+            MemoryNeed("model.widths", "parameters, gradients and optimizer moments", 4 * m.n_params * item),
+            MemoryNeed("training.batch_size" if self.training.batch_size else "data.n_data",
+                       "activations of a training step", batch * sum(m.layer_dims[1:]) * item),
+        ]
+        if isinstance(m, MLPSpec):
+            t = self.teacher
+            teacher_params = mlp_param_count(m.in_dim, m.out_dim, t.widths, m.bias)
+            needs.append(MemoryNeed("teacher.widths", "teacher parameters", teacher_params * item))
+            needs.append(MemoryNeed("data.n_data" if d.n_data >= d.n_test else "data.n_test", "teacher activations",
+                                    rows * (sum(t.widths) + m.out_dim) * item))
+        if d.x_dist == "mixture":
+            needs.append(MemoryNeed("data.mixture_k", "mixture centers", d.mixture_k * m.in_dim * item))
+        elif d.x_dist == "lowdim_manifold":
+            needs.append(MemoryNeed("data.x_dim_latent", "latent inputs", (rows + m.in_dim) * d.x_dim_latent * item))
+        return needs
+
 
 # --------------------------------------------------------------------------- samplers
 
@@ -227,6 +325,22 @@ class TargetSpec(_Spec):
 class _SamplerBase(_Spec):
     chains: PositiveInt = 4
     dtype: Dtype = "float64"
+    # The fewest parameters a target must have for this sampler to run on it.
+    min_params: ClassVar[int] = 1
+
+    def memory_needs(self, target: TargetSpec) -> list[MemoryNeed]:
+        """A lower bound on the memory a run of this sampler on `target` takes: the target's
+        training data, every chain's state and loss activations (chains are vmapped), and the
+        traces of all draws, which one compiled call returns together. See MAX_JOB_BYTES."""
+        m, d, item = target.model, target.data, ITEMSIZE[self.dtype]
+        batch = min(getattr(self, "batch_size", d.n_data), d.n_data)  # SGLD's minibatch, else full batch
+        draws = self.draws
+        return [
+            MemoryNeed("", "the target's data", d.n_data * (m.in_dim + m.out_dim) * ITEMSIZE[target.dtype]),
+            MemoryNeed("chains", "chain states", self.chains * STATE_COPIES * m.n_params * item),
+            MemoryNeed("chains", "activations of a step", self.chains * batch * sum(m.layer_dims[1:]) * item),
+            MemoryNeed("steps" if self.name == "sgld" else "draws", "traces", self.chains * draws * TRACES_PER_DRAW * item),
+        ]
 
 
 class SGLDSpec(_SamplerBase):
@@ -240,7 +354,7 @@ class SGLDSpec(_SamplerBase):
 
     name: Literal["sgld"] = "sgld"
     steps: PositiveInt = 30000
-    warmup: Annotated[int, Field(ge=0)] = 5000
+    warmup: Annotated[Int, Field(ge=0)] = 5000
     batch_size: PositiveInt = 256
     step_size: PositiveFloat | None = None
     step_size_nbeta: PositiveFloat = 0.02
@@ -264,16 +378,16 @@ class HMCSpec(_SamplerBase):
     """HMC after BlackJAX window adaptation of step size and diagonal mass matrix (per chain)."""
 
     name: Literal["hmc"] = "hmc"
-    draws: Annotated[int, Field(ge=4)] = 1000
-    warmup: Annotated[int, Field(ge=0)] = 300
+    draws: Annotated[Int, Field(ge=4)] = 1000
+    warmup: Annotated[Int, Field(ge=0)] = 300
     num_integration_steps: PositiveInt = 10
     step_size: PositiveFloat = 0.01
     # BlackJAX's 0.8. With a fixed number of integration steps a higher target shortens the
     # trajectory: at 0.9 the bulk ESS of λ̂ on a regular 100-parameter model fell from 0.22 to
     # 0.03 per draw. Divergences are counted and flagged instead (`divergence_rate`).
-    target_acceptance: Annotated[float, Field(gt=0, lt=1)] = 0.8
-    adapt_step_size: bool = True
-    adapt_mass_matrix: bool = True
+    target_acceptance: Annotated[Float, Field(gt=0, lt=1)] = 0.8
+    adapt_step_size: Bool = True
+    adapt_mass_matrix: Bool = True
 
 
 class NUTSSpec(_SamplerBase):
@@ -284,15 +398,15 @@ class NUTSSpec(_SamplerBase):
     no gain in accuracy (docs/accuracy.md: within 3 % with 6)."""
 
     name: Literal["nuts"] = "nuts"
-    draws: Annotated[int, Field(ge=4)] = 1000
-    warmup: Annotated[int, Field(ge=0)] = 300
-    max_num_doublings: Annotated[int, Field(ge=1, le=15)] = 6
+    draws: Annotated[Int, Field(ge=4)] = 1000
+    warmup: Annotated[Int, Field(ge=0)] = 300
+    max_num_doublings: Annotated[Int, Field(ge=1, le=15)] = 6
     step_size: PositiveFloat = 0.01
     # 0.9, not BlackJAX's 0.8: NUTS adapts its trajectory length, so a smaller step costs only
     # gradients, and divergences on DLNs fell (a [4,3,8] case: 11 → 1 of 1,600 draws, 53 s vs 59 s).
-    target_acceptance: Annotated[float, Field(gt=0, lt=1)] = 0.9
-    adapt_step_size: bool = True
-    adapt_mass_matrix: bool = True
+    target_acceptance: Annotated[Float, Field(gt=0, lt=1)] = 0.9
+    adapt_step_size: Bool = True
+    adapt_mass_matrix: Bool = True
 
 
 class MCLMCSpec(_SamplerBase):
@@ -302,20 +416,22 @@ class MCLMCSpec(_SamplerBase):
     With `tune: false` L and step_size are used as they are."""
 
     name: Literal["mclmc"] = "mclmc"
-    draws: Annotated[int, Field(ge=4)] = 1000
+    # BlackJAX's MCLMC needs a position of more than one dimension (its tuning fails at run time).
+    min_params: ClassVar[int] = 2
+    draws: Annotated[Int, Field(ge=4)] = 1000
     L: PositiveFloat = 1.0
     step_size: PositiveFloat = 0.1
-    tune: bool = True
-    num_steps: Annotated[int, Field(ge=0)] = 2000
-    frac_tune1: Annotated[float, Field(ge=0, le=1)] = 0.1
-    frac_tune2: Annotated[float, Field(ge=0, le=1)] = 0.1
-    frac_tune3: Annotated[float, Field(ge=0, le=1)] = 0.1
+    tune: Bool = True
+    num_steps: Annotated[Int, Field(ge=0)] = 2000
+    frac_tune1: Annotated[Float, Field(ge=0, le=1)] = 0.1
+    frac_tune2: Annotated[Float, Field(ge=0, le=1)] = 0.1
+    frac_tune3: Annotated[Float, Field(ge=0, le=1)] = 0.1
     # 5e-5, not BlackJAX's 5e-4: at 5e-4 the O(step²) bias put λ̂ 6-14 % low on deep linear
     # networks; 5e-5 with 2000 tuning steps measured -3.8 … +1.8 % (docs/accuracy.md).
     desired_energy_var: PositiveFloat = 5e-5
     trust_in_estimate: PositiveFloat = 1.5
     num_effective_samples: PositiveFloat = 150.0
-    diagonal_preconditioning: bool = False
+    diagonal_preconditioning: Bool = False
     integrator: Literal["isokinetic_mclachlan", "isokinetic_leapfrog", "isokinetic_yoshida"] = "isokinetic_mclachlan"
 
 
@@ -344,14 +460,14 @@ class RunSpec(_Spec):
     target_id: str
     sampler: SamplerSpec
     posterior: PosteriorSpec = PosteriorSpec()
-    seed: int = 0
+    seed: Int = 0
 
 
 class Sweep(_Spec):
     """A resolved sweep: concrete targets and (sampler, posterior, seed) triples, crossed into runs."""
 
     store_root: str | None = None
-    jax_enable_x64: bool = True
+    jax_enable_x64: Bool = True
     targets: list[TargetSpec]
     samplers: list["SamplerRun"]
 
@@ -361,7 +477,7 @@ class SamplerRun(_Spec):
 
     sampler: SamplerSpec
     posterior: PosteriorSpec = PosteriorSpec()
-    seed: int = 0
+    seed: Int = 0
 
 
 Sweep.model_rebuild()

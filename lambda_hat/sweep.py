@@ -10,12 +10,23 @@ The YAML is a superset of Lambda-Hat's `experiments.yaml`:
 plus `grid:` on any entry (Cartesian product; keys name fields of the entry, dotted for
 nested ones) and `posterior:` on sampler entries. Every error is raised as `SweepError`
 whose message is one line naming the file, the entry and the field.
+
+Nothing is expensive before it is bounded, so no input can hang the loader or exhaust memory:
+only a regular file of at most MAX_SWEEP_BYTES is read, as UTF-8; the composed YAML must expand
+(aliases followed) to at most MAX_YAML_VALUES values, MAX_YAML_DEPTH deep, with string keys, no
+duplicate keys and only JSON-like tags; the grids' sizes are multiplied out before any point is
+built and refused above `max_runs`; and a job whose memory estimate (specs.MAX_JOB_BYTES)
+cannot fit a node is refused before anything runs.
 """
 
 from __future__ import annotations
 
-import copy
+import codecs
 import itertools
+import math
+import os
+import reprlib
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +35,11 @@ from pydantic import BaseModel, ValidationError
 
 from lambda_hat.presets import PRESETS
 from lambda_hat.specs import (
+    MAX_JOB_BYTES,
     SAMPLER_NAMES,
     HMCSpec,
     MCLMCSpec,
+    MemoryNeed,
     NUTSSpec,
     PosteriorSpec,
     SamplerRun,
@@ -43,58 +56,252 @@ TARGET_ENTRY_KEYS = {"model", "data", "teacher", "training", "seed", "dtype", "w
 TARGET_SECTIONS = ("model", "data", "teacher", "training")
 SAMPLER_ENTRY_META = {"name", "seed", "overrides", "posterior", "grid"}
 
+DEFAULT_MAX_RUNS = 1_000_000
+# A sweep is a few kilobytes; a 20,000-value grid is about 150 KB.
+MAX_SWEEP_BYTES = 2**20
+# Values after following aliases: a 1 MiB file holds at most ~500,000 without them, so only an
+# alias bomb (a few lines that expand a billion-fold) reaches this.
+MAX_YAML_VALUES = 1_000_000
+# A sweep nests about 6 deep; this leaves room and keeps recursion (ours, PyYAML's) shallow.
+MAX_YAML_DEPTH = 64
+# YAML 1.1 tags a sweep can use. Dates, binary, sets and custom tags are never a field's value.
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")}
+_STR_TAG, _INT_TAG, _MERGE_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:merge"
+# Python refuses to parse integers of more than 4,300 digits; far beyond 2^53 anyway.
+_MAX_INT_CHARS = 1000
+# The libyaml parser when PyYAML has it (about 10x faster), else the pure-Python one.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 class SweepError(ValueError):
     """Bad sweep input. `str(err)` is one line: `<file>: <entry>: <field>: <problem>`."""
 
 
+# Values quoted in messages are cut short: a message stays one readable line whatever the input.
+_short_repr = reprlib.Repr()
+_short_repr.maxlevel, _short_repr.maxstring, _short_repr.maxother = 2, 40, 40
+_short_repr.maxlist = _short_repr.maxdict = _short_repr.maxtuple = _short_repr.maxset = 4
+_MAX_PROBLEM_CHARS = 400
+
+
+def _short(value: Any) -> str:
+    return _short_repr.repr(value)
+
+
+def _cut(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _fail(source: str, entry: str, field: str, problem: str) -> SweepError:
-    parts = [p for p in (source, entry, field) if p]
-    return SweepError(": ".join(parts + [" ".join(str(problem).split())]))
+    # The field may be a key the user typed (a 100 KB one included): cut like the problem.
+    parts = [p for p in (source, _cut(entry, _MAX_PROBLEM_CHARS), _cut(field, _MAX_PROBLEM_CHARS // 2)) if p]
+    return SweepError(": ".join(parts + [_cut(problem, _MAX_PROBLEM_CHARS)]))
 
 
 def _first_error(err: ValidationError, source: str, entry: str, prefix: str = "") -> SweepError:
     e = err.errors(include_url=False)[0]
-    field = ".".join(str(p) for p in e["loc"])
+    loc = [str(p) for p in e["loc"]]
+    # Pydantic puts the model's union tag in the location (`model.mlp.depth`); the file says `model.depth`.
+    if len(loc) >= 2 and loc[0] == "model" and loc[1] in ("mlp", "dln"):
+        del loc[1]
+    field = ".".join(loc)
     if prefix:
         field = f"{prefix}.{field}" if field else prefix
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return _fail(source, entry, field, e["msg"] + more)
 
 
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+# --------------------------------------------------------------------------- reading the file
+
+
+def _read_text(path: Path, source: str) -> str:
+    """The file's text, refusing anything but a regular UTF-8 file of at most MAX_SWEEP_BYTES."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat on the open descriptor then
+    # tells what it is, with no window for the path to change in between.
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise _fail(source, "", "", f"cannot read: {err.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            mode = info.st_mode
+            kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                    else "not a regular file")
+            raise _fail(source, "", "", f"is {kind}, not a sweep file")
+        if info.st_size > MAX_SWEEP_BYTES:
+            raise _fail(source, "", "", f"is {info.st_size:,} bytes; a sweep file may have at most {MAX_SWEEP_BYTES:,}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(MAX_SWEEP_BYTES + 1)
+    except OSError as err:
+        raise _fail(source, "", "", f"cannot read: {err.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_SWEEP_BYTES:  # grew since fstat
+        raise _fail(source, "", "", f"is more than {MAX_SWEEP_BYTES:,} bytes, the most a sweep file may have")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise _fail(source, "", "", "is UTF-16 or UTF-32 text (it starts with a byte-order mark); save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")  # a UTF-8 byte-order mark is harmless
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise _fail(source, f"line {line}, column {column}", "",
+                    f"not UTF-8 text (byte 0x{raw[err.start]:02x}); save the file as UTF-8") from None
+
+
+def _where(path: list) -> tuple[str, str]:
+    """A path in the document (["targets", 0, "overrides", "training"]) -> (entry, field)."""
+    if len(path) >= 2 and path[0] in ("targets", "samplers") and isinstance(path[1], int):
+        entry, rest = f"{path[0]}[{path[1]}]", path[2:]
+    else:
+        entry, rest = "", path
+    field = ""
+    for p in rest:
+        field += f"[{p}]" if isinstance(p, int) else (f".{p}" if field else str(p))
+    return entry, field
+
+
+def _check_nodes(root: yaml.Node, source: str) -> None:
+    """Refuse, before anything is built from it, a composed document that no sweep needs and that
+    would hang or crash later: an alias bomb, deep nesting, a recursive alias, a key that is not a
+    string, a duplicate key (PyYAML keeps the last silently), a date, binary or custom tag.
+
+    Each distinct node is visited once: its expanded size (aliases followed) is memoised, so a
+    bomb is measured in the time it takes to read it, not to expand it."""
+    expanded: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def refuse(path: list, problem: str) -> SweepError:
+        return _fail(source, *_where(path), problem)
+
+    def visit(node: yaml.Node, path: list, depth: int) -> int:
+        if id(node) in expanded:
+            return expanded[id(node)]
+        if id(node) in in_progress:
+            raise refuse(path, "an alias refers to a node that contains it")
+        if depth > MAX_YAML_DEPTH:
+            raise refuse(path[:4], f"nested more than {MAX_YAML_DEPTH} levels deep")
+        if node.tag not in _PLAIN_TAGS and node.tag != _MERGE_TAG:
+            raise refuse(path, f"YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed in a sweep")
+        in_progress.add(id(node))
+        size = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                if key.tag == _MERGE_TAG:  # `<<: *defaults` merges into this mapping; its keys may be overridden
+                    size += visit(value, path, depth + 1)
+                    continue
+                if not (isinstance(key, yaml.ScalarNode) and key.tag == _STR_TAG):
+                    shown = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                    raise refuse(path + [_short(shown)[1:-1]], "keys must be strings (quote it if it is one)")
+                if key.value in seen:
+                    raise refuse(path + [key.value], f"duplicate key (first on line {seen[key.value]})")
+                seen[key.value] = key.start_mark.line + 1
+                size += visit(value, path + [key.value], depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                size += visit(item, path + [i], depth + 1)
+        elif node.tag == _INT_TAG and len(node.value) > _MAX_INT_CHARS:
+            raise refuse(path, f"integer of {len(node.value):,} characters; integers must lie within ±(2^53 - 1)")
+        in_progress.discard(id(node))
+        if size > MAX_YAML_VALUES:
+            raise refuse(path, f"YAML aliases expand this to more than {MAX_YAML_VALUES:,} values")
+        expanded[id(node)] = size
+        return size
+
+    visit(root, [], 0)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        context = getattr(err, "context", None)
+        if context and problem.startswith("but "):  # "expected a single document ..., but found another"
+            problem = f"{context}, {problem}"
+        raise _fail(source, where, "", f"malformed YAML: {problem}") from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise _fail(source, "", "", f"malformed YAML: nested more than {MAX_YAML_DEPTH} levels deep") from None
+    finally:
+        loader.dispose()
+
+
+# --------------------------------------------------------------------------- entries and grids
+
+
 def _deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
-def _set_dotted(d: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-        if not isinstance(d, dict):
-            raise KeyError(dotted)
-    d[leaf] = value
+def _with_dotted(d: dict, parts: list[str], value: Any, source: str, entry: str, field: str) -> dict:
+    """A copy of `d` with d[parts[0]][parts[1]]... = value; the mappings on the way are copied,
+    so grid points share everything else with the entry they come from."""
+    head, rest = parts[0], parts[1:]
+    out = dict(d)
+    if not rest:
+        out[head] = value
+        return out
+    child = out.get(head)
+    if child is None:
+        child = {}
+    elif not isinstance(child, dict):
+        raise _fail(source, entry, field, f"{head} is {_type_name(child)}, not a mapping with a field {rest[0]!r}")
+    out[head] = _with_dotted(child, rest, value, source, entry, field)
+    return out
 
 
-def _grid_points(grid: Any, source: str, entry: str) -> list[dict]:
-    """`{a: [1, 2], b: [3]}` -> `[{a: 1, b: 3}, {a: 2, b: 3}]`, in the order written."""
+def _grid_axes(raw: dict, source: str, entry: str) -> list[tuple[str, list]]:
+    """`grid: {a: [1, 2], b: [3]}` -> [("a", [1, 2]), ("b", [3])], checked, in the order written."""
+    grid = raw.get("grid")
     if grid is None:
-        return [{}]
+        return []
     if not isinstance(grid, dict) or not grid:
-        raise _fail(source, entry, "grid", "must be a non-empty mapping of field -> list of values")
-    for k, vals in grid.items():
-        if not isinstance(vals, list) or not vals:
-            raise _fail(source, entry, f"grid.{k}", "must be a non-empty list of values")
-    keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+        raise _fail(source, entry, "grid", f"must be a non-empty mapping of field -> list of values, got {_type_name(grid)}")
+    for key, values in grid.items():
+        if not isinstance(key, str):
+            raise _fail(source, entry, f"grid.{_short(key)}", "keys must be field names (strings)")
+        if not key or any(not part for part in key.split(".")):
+            raise _fail(source, entry, f"grid.{key}", "does not name a field of this entry")
+        if not isinstance(values, list) or not values:
+            raise _fail(source, entry, f"grid.{key}", f"must be a non-empty list of values, got {_type_name(values)}")
+    return list(grid.items())
+
+
+def _grid_points(axes: list[tuple[str, list]]):
+    keys = [k for k, _ in axes]
+    return (dict(zip(keys, combo)) for combo in itertools.product(*(values for _, values in axes)))
 
 
 def _label(base: str, point: dict) -> str:
     if not point:
         return base
-    return base + " grid{" + ", ".join(f"{k}={v}" for k, v in point.items()) + "}"
+    return base + " grid{" + ", ".join(f"{k}={_short(v)}" for k, v in point.items()) + "}"
+
+
+def _mapping_or_null(raw: dict, key: str, source: str, entry: str, what: str) -> None:
+    # `overrides:` left empty is null, and means none; `overrides: false` or "" is a mistake.
+    value = raw.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise _fail(source, entry, key, f"must be a mapping of {what}, got {_type_name(value)}")
 
 
 # --------------------------------------------------------------------------- targets
@@ -104,32 +311,36 @@ def _section(value: Any, kind: str, source: str, entry: str) -> dict:
     """A section given as a preset name, a mapping, or null (teacher only) -> field mapping."""
     if value is None and kind == "teacher":
         value = "_null"
-    if isinstance(value, str):
-        presets = PRESETS[kind]
+    presets = PRESETS.get(kind, {})
+    if isinstance(value, str) and presets:
         if value not in presets:
-            raise _fail(source, entry, kind, f"unknown {kind} preset {value!r} (known: {', '.join(presets)})")
+            raise _fail(source, entry, kind, f"unknown {kind} preset {_short(value)} (known: {', '.join(presets)})")
         return dict(presets[value])
     if isinstance(value, dict):
         return dict(value)
-    raise _fail(source, entry, kind, f"must be a preset name or a mapping, got {type(value).__name__}")
+    expected = "a preset name or a mapping" if presets else "a mapping (there are no presets)"
+    raise _fail(source, entry, kind, f"must be {expected}, got {_type_name(value)}")
+
+
+def _check_target_entry(raw: dict, source: str, entry: str) -> list[tuple[str, list]]:
+    unknown = set(raw) - TARGET_ENTRY_KEYS
+    if unknown:
+        first = sorted(map(str, unknown))[0]
+        raise _fail(source, entry, _short(first)[1:-1], f"unknown key (allowed: {', '.join(sorted(TARGET_ENTRY_KEYS))})")
+    _mapping_or_null(raw, "overrides", source, entry, "section -> fields")
+    return _grid_axes(raw, source, entry)
 
 
 def _resolve_target(raw: dict, source: str, entry: str, default_dtype: str) -> TargetSpec:
-    unknown = set(raw) - TARGET_ENTRY_KEYS
-    if unknown:
-        raise _fail(source, entry, sorted(unknown)[0], f"unknown key (allowed: {', '.join(sorted(TARGET_ENTRY_KEYS))})")
     fields: dict[str, Any] = {}
     for kind in TARGET_SECTIONS:
         if kind in raw or kind == "teacher":
             fields[kind] = _section(raw.get(kind), kind, source, entry)
-    overrides = raw.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise _fail(source, entry, "overrides", "must be a mapping")
-    for k, v in overrides.items():
+    for k, v in (raw.get("overrides") or {}).items():
         if k not in TARGET_SECTIONS:
-            raise _fail(source, entry, f"overrides.{k}", f"unknown key (allowed: {', '.join(TARGET_SECTIONS)})")
+            raise _fail(source, entry, f"overrides.{_short(k)}", f"unknown key (allowed: {', '.join(TARGET_SECTIONS)})")
         if not isinstance(v, dict):
-            raise _fail(source, entry, f"overrides.{k}", "must be a mapping")
+            raise _fail(source, entry, f"overrides.{k}", f"must be a mapping, got {_type_name(v)}")
         fields[k] = _deep_merge(fields.get(k, {}), v)
     for k in ("seed", "dtype", "w_star"):
         if k in raw:
@@ -141,96 +352,171 @@ def _resolve_target(raw: dict, source: str, entry: str, default_dtype: str) -> T
         raise _first_error(err, source, entry) from None
 
 
-def _target_entries(raw: dict, source: str, entry: str, default_dtype: str) -> list[TargetSpec]:
+def _target_entries(raw: dict, axes: list, source: str, entry: str, default_dtype: str) -> list[tuple[str, TargetSpec]]:
     base = {k: v for k, v in raw.items() if k != "grid"}
+    if base.get("overrides") is None:
+        base["overrides"] = {}
     specs = []
-    for point in _grid_points(raw.get("grid"), source, entry):
-        r = copy.deepcopy(base)
+    for point in _grid_points(axes):
+        r = base
+        label = _label(entry, point)
         for key, value in point.items():
-            head = key.split(".")[0]
-            if "." in key and head in TARGET_SECTIONS:
+            parts = key.split(".")
+            if len(parts) > 1 and parts[0] in TARGET_SECTIONS:
                 # Dotted keys refine the section after presets and overrides are applied.
-                r.setdefault("overrides", {})
-                _set_dotted(r["overrides"], key, value)
+                r = {**r, "overrides": _with_dotted(r["overrides"], parts, value, source, label, f"grid.{key}")}
             elif key in TARGET_ENTRY_KEYS - {"overrides", "grid"}:
-                r[key] = value
+                r = {**r, key: value}
             else:
                 raise _fail(source, entry, f"grid.{key}", "does not name a field of this target entry")
-        specs.append(_resolve_target(r, source, _label(entry, point), default_dtype))
+        specs.append((label, _resolve_target(r, source, label, default_dtype)))
     return specs
 
 
 # --------------------------------------------------------------------------- samplers
 
 
+def _sampler_entry_label(raw: dict, i: int) -> str:
+    name = raw.get("name")
+    return f"samplers[{i}] ({name if isinstance(name, str) and len(name) <= 40 else _short(name)})"
+
+
+def _check_sampler_entry(raw: dict, source: str, entry: str) -> list[tuple[str, list]]:
+    _mapping_or_null(raw, "overrides", source, entry, "sampler fields")
+    _mapping_or_null(raw, "posterior", source, entry, "posterior fields")
+    return _grid_axes(raw, source, entry)
+
+
 def _resolve_sampler(raw: dict, source: str, entry: str, default_dtype: str) -> SamplerRun:
     name = raw.get("name")
-    if name not in SAMPLER_CLASSES:
-        raise _fail(source, entry, "name", f"unknown sampler {name!r} (known: {', '.join(SAMPLER_NAMES)})")
-    overrides = raw.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise _fail(source, entry, "overrides", "must be a mapping")
+    if not isinstance(name, str) or name not in SAMPLER_CLASSES:
+        raise _fail(source, entry, "name", f"unknown sampler {_short(name)} (known: {', '.join(SAMPLER_NAMES)})")
     fields = {k: v for k, v in raw.items() if k not in SAMPLER_ENTRY_META}
-    fields.update(overrides)
+    fields.update(raw.get("overrides") or {})
     fields.setdefault("dtype", default_dtype)
-    cls = SAMPLER_CLASSES[name]
     try:
-        sampler = cls.model_validate({**fields, "name": name})
+        sampler = SAMPLER_CLASSES[name].model_validate({**fields, "name": name})
     except ValidationError as err:
         raise _first_error(err, source, entry) from None
-    posterior_raw = raw.get("posterior") or {}
-    if not isinstance(posterior_raw, dict):
-        raise _fail(source, entry, "posterior", "must be a mapping")
     try:
-        posterior = PosteriorSpec.model_validate(posterior_raw)
+        posterior = PosteriorSpec.model_validate(raw.get("posterior") or {})
     except ValidationError as err:
         raise _first_error(err, source, entry, prefix="posterior") from None
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise _fail(source, entry, "seed", "must be an integer")
-    return SamplerRun(sampler=sampler, posterior=posterior, seed=seed)
+    try:
+        return SamplerRun.model_validate({"sampler": sampler, "posterior": posterior, "seed": raw.get("seed", 0)})
+    except ValidationError as err:
+        raise _first_error(err, source, entry) from None
 
 
-def _sampler_entries(raw: dict, source: str, entry: str, default_dtype: str) -> list[SamplerRun]:
+def _sampler_entries(raw: dict, axes: list, source: str, entry: str, default_dtype: str) -> list[tuple[str, SamplerRun]]:
     base = {k: v for k, v in raw.items() if k != "grid"}
+    for key in ("overrides", "posterior"):
+        if base.get(key) is None:
+            base[key] = {}
     runs = []
-    for point in _grid_points(raw.get("grid"), source, entry):
-        r = copy.deepcopy(base)
+    for point in _grid_points(axes):
+        r = base
+        label = _label(entry, point)
         for key, value in point.items():
-            if key.startswith("posterior."):
-                r.setdefault("posterior", {})
-                _set_dotted(r, key, value)
+            parts = key.split(".")
+            if parts[0] == "posterior" and len(parts) > 1:
+                r = _with_dotted(r, parts, value, source, label, f"grid.{key}")
             elif key in ("seed", "name"):
-                r[key] = value
-            elif "." not in key:
+                r = {**r, key: value}
+            elif len(parts) == 1:
                 # A sampler field: grid values win over `overrides`.
-                r.setdefault("overrides", {})
-                r["overrides"][key] = value
+                r = {**r, "overrides": {**r["overrides"], key: value}}
             else:
                 raise _fail(source, entry, f"grid.{key}", "does not name a field of this sampler entry")
-        runs.append(_resolve_sampler(r, source, _label(entry, point), default_dtype))
+        runs.append((label, _resolve_sampler(r, source, label, default_dtype)))
     return runs
 
 
 # --------------------------------------------------------------------------- sweep
 
 
-def _dedupe(items: list) -> list:
+def _dedupe(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Drop repeated specs, keeping the first and its label."""
     seen, out = set(), []
-    for it in items:
+    for label, it in items:
         key = it.model_dump_json()
         if key not in seen:
             seen.add(key)
-            out.append(it)
+            out.append((label, it))
     return out
 
 
-def sweep_from_dict(data: Any, source: str = "<sweep>") -> Sweep:
+def _bytes(n: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _too_big(needs: list[MemoryNeed], source: str, entry: str, subject: str) -> SweepError | None:
+    total = sum(n.bytes for n in needs)
+    if total <= MAX_JOB_BYTES:
+        return None
+    # Name the field that drives the most memory, summed over the parts it sizes.
+    by_field: dict[str, int] = {}
+    for n in needs:
+        if n.field:
+            by_field[n.field] = by_field.get(n.field, 0) + n.bytes
+    blamed = max(by_field, key=by_field.__getitem__)
+    parts = ", ".join(f"{n.what} {_bytes(n.bytes)}" for n in sorted(needs, key=lambda n: -n.bytes)[:3])
+    return _fail(source, entry, blamed,
+                 f"{subject} needs at least {_bytes(total)} of memory ({parts}), "
+                 f"more than the {_bytes(MAX_JOB_BYTES)} a job may use")
+
+
+def _check_resources(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[str, SamplerRun]], source: str) -> None:
+    """Refuse a target build or a run that cannot fit a node (specs.MAX_JOB_BYTES), and a sampler
+    that cannot run on one of the targets, before any of the sweep's jobs start."""
+    for label, t in targets:
+        err = _too_big(t.memory_needs(), source, label, "building this target")
+        if err:
+            raise err
+    # A run's needs depend on its target only through these; most sweeps have a handful of shapes.
+    shapes: dict[tuple, tuple[str, TargetSpec]] = {}
+    for label, t in targets:
+        m, d = t.model, t.data
+        shapes.setdefault((m.n_params, sum(m.layer_dims[1:]), m.in_dim + m.out_dim, d.n_data, t.dtype), (label, t))
+    fewest_label, fewest = min(targets, key=lambda lt: lt[1].model.n_params)
+    for s_label, s in samplers:
+        spec = s.sampler
+        if fewest.model.n_params < spec.min_params:
+            raise _fail(source, s_label, "name",
+                        f"{spec.name} needs targets of at least {spec.min_params} parameters, but {fewest_label} "
+                        f"has {fewest.model.n_params} (model {fewest.model.kind} {fewest.model.layer_dims})")
+        for t_label, t in shapes.values():
+            err = _too_big(spec.memory_needs(t), source, s_label, f"a run on {t_label}")
+            if err:
+                raise err
+
+
+def _check_run_count(target_counts: list[tuple[str, int]], sampler_counts: list[tuple[str, int]], source: str,
+                     max_runs: int) -> None:
+    """Refuse a sweep of more than `max_runs` runs from the grids' sizes alone, before one is built."""
+    n_targets = sum(n for _, n in target_counts)
+    n_samplers = sum(n for _, n in sampler_counts)
+    n_runs = n_targets * n_samplers
+    if n_runs <= max_runs:
+        return
+    largest, size = max(target_counts + sampler_counts, key=lambda en: en[1])
+    entry, field = (largest, "grid") if size > 1 else ("", "")
+    runs = f"{n_runs:,}" if n_runs < 10**15 else f"about 10^{len(str(n_runs)) - 1}"
+    raise _fail(source, entry, field,
+                f"the sweep expands to {runs} runs ({n_targets:,} targets x {n_samplers:,} sampler settings), "
+                f"more than the limit of {max_runs:,} (max_runs)")
+
+
+def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAULT_MAX_RUNS) -> Sweep:
     if not isinstance(data, dict):
         raise _fail(source, "", "", "top level must be a mapping with `targets` and `samplers`")
     unknown = set(data) - SWEEP_KEYS
     if unknown:
-        raise _fail(source, "", sorted(unknown)[0], f"unknown key (allowed: {', '.join(sorted(SWEEP_KEYS))})")
+        first = sorted(map(str, unknown))[0]
+        raise _fail(source, "", _short(first)[1:-1], f"unknown key (allowed: {', '.join(sorted(SWEEP_KEYS))})")
     x64 = data.get("jax_enable_x64", True)
     if not isinstance(x64, bool):
         raise _fail(source, "", "jax_enable_x64", "must be true or false")
@@ -244,40 +530,40 @@ def sweep_from_dict(data: Any, source: str = "<sweep>") -> Sweep:
         entries = data.get(key)
         if not isinstance(entries, list) or not entries:
             raise _fail(source, key, "", "must be a non-empty list of entries")
+        for i, raw in enumerate(entries):
+            if not isinstance(raw, dict):
+                raise _fail(source, f"{key}[{i}]", "", f"must be a mapping, got {_type_name(raw)}")
         sections[key] = entries
 
-    targets: list[TargetSpec] = []
-    for i, raw in enumerate(sections["targets"]):
-        entry = f"targets[{i}]"
-        if not isinstance(raw, dict):
-            raise _fail(source, entry, "", "must be a mapping")
-        targets += _target_entries(raw, source, entry, default_dtype)
-    samplers: list[SamplerRun] = []
-    for i, raw in enumerate(sections["samplers"]):
-        if not isinstance(raw, dict):
-            raise _fail(source, f"samplers[{i}]", "", "must be a mapping")
-        entry = f"samplers[{i}] ({raw.get('name')})"
-        samplers += _sampler_entries(raw, source, entry, default_dtype)
+    target_entries = [(f"targets[{i}]", raw) for i, raw in enumerate(sections["targets"])]
+    sampler_entries = [(_sampler_entry_label(raw, i), raw) for i, raw in enumerate(sections["samplers"])]
+    target_axes = [_check_target_entry(raw, source, entry) for entry, raw in target_entries]
+    sampler_axes = [_check_sampler_entry(raw, source, entry) for entry, raw in sampler_entries]
+    _check_run_count([(e, math.prod(len(v) for _, v in axes)) for (e, _), axes in zip(target_entries, target_axes)],
+                     [(e, math.prod(len(v) for _, v in axes)) for (e, _), axes in zip(sampler_entries, sampler_axes)],
+                     source, max_runs)
+
+    targets: list[tuple[str, TargetSpec]] = []
+    for (entry, raw), axes in zip(target_entries, target_axes):
+        targets += _target_entries(raw, axes, source, entry, default_dtype)
+    samplers: list[tuple[str, SamplerRun]] = []
+    for (entry, raw), axes in zip(sampler_entries, sampler_axes):
+        samplers += _sampler_entries(raw, axes, source, entry, default_dtype)
 
     if not x64:
-        for spec in [*targets, *(s.sampler for s in samplers)]:
+        for label, spec in [*targets, *((label, s.sampler) for label, s in samplers)]:
             if spec.dtype == "float64":
-                raise _fail(source, "", "dtype", "float64 requested but jax_enable_x64 is false")
-    return Sweep(store_root=store_root, jax_enable_x64=x64, targets=_dedupe(targets), samplers=_dedupe(samplers))
+                raise _fail(source, label, "dtype", "float64 requested but jax_enable_x64 is false")
+    targets, samplers = _dedupe(targets), _dedupe(samplers)
+    _check_resources(targets, samplers, source)
+    return Sweep(store_root=store_root, jax_enable_x64=x64, targets=[t for _, t in targets],
+                 samplers=[s for _, s in samplers])
 
 
-def load_sweep(path: str | Path) -> Sweep:
+def load_sweep(path: str | Path, *, max_runs: int = DEFAULT_MAX_RUNS) -> Sweep:
+    """Read, check and resolve a sweep file; any problem is one `SweepError` line.
+
+    `max_runs` bounds the number of runs (targets x sampler settings) the grids may expand to."""
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise _fail(source, "", "", f"cannot read: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise _fail(source, where, "", f"malformed YAML: {problem}") from None
-    return sweep_from_dict(data, source)
+    return sweep_from_dict(_parse_yaml(_read_text(path, source), source), source, max_runs=max_runs)
