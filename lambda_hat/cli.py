@@ -83,16 +83,20 @@ def _store_for_reading(store: str | None, sweep_store_root: str | None = None):
     return Store.open(root) if root.exists() else Store(root)
 
 
-def _load(sweep_path: Path, store: str | None):
+def _load(sweep_path: Path, store: str | None, max_runs: int):
     from lambda_hat.errors import BadInput
     from lambda_hat.planner import expand
     from lambda_hat.sweep import SweepError, load_sweep
 
     try:
-        sweep = load_sweep(sweep_path)
+        sweep = load_sweep(sweep_path, max_runs=max_runs)
+        expanded = expand(sweep, max_runs=max_runs)
     except SweepError as err:
         raise BadInput(str(err)) from None
-    return sweep, expand(sweep), _store_for_reading(store, sweep.store_root)
+    return sweep, expanded, _store_for_reading(store, sweep.store_root)
+
+
+MaxRunsOpt = Annotated[int, typer.Option("--max-runs", min=1, help="Refuse sweeps that expand to more runs than this.")]
 
 
 @app.command("plan")
@@ -102,11 +106,12 @@ def plan_cmd(
     store: StoreOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan's ID lists as JSON.")] = False,
     limit: Annotated[int, typer.Option(help="Rows to show in the table (0: all).")] = 50,
+    max_runs: MaxRunsOpt = 1_000_000,
 ) -> None:
     """Show what `lh execute` would build and sample, and what the store already holds."""
     from lambda_hat.planner import describe_target, plan
 
-    _, expanded, st = _load(sweep, store)
+    _, expanded, st = _load(sweep, store, max_runs)
     p = plan(expanded, st.snapshot([t.target_id for t in expanded.targets], [r.run_id for r in expanded.runs]))
     if as_json:
         sys.stdout.write(json.dumps(p.as_json()) + "\n")
@@ -149,6 +154,7 @@ def execute_cmd(
         "results/llc_runs.parquet"
     ),
     retries: Annotated[int, typer.Option(min=0, help="Retry a failed job this many times (Parsl retries).")] = 0,
+    max_runs: MaxRunsOpt = 1_000_000,
     profile: Annotated[Optional[Path], typer.Option(help="Cluster profile: TOML with a [slurm] table (default: ./lh.toml if present).", rich_help_panel=SLURM)] = None,
     parsl_config: Annotated[Optional[Path], typer.Option(help="Python file defining `config` or `make_config()`; overrides backend, profile and flags.", rich_help_panel=SLURM)] = None,
     partition: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM)] = None,
@@ -181,7 +187,7 @@ def execute_cmd(
                  workers_per_node=workers_per_node, max_blocks=max_blocks, exclusive=exclusive, worker_init=worker_init,
                  scheduler_options=scheduler_options, launcher=launcher.value if launcher else None, address=address)
     request = ExecuteRequest(sweep_path=sweep, store=store, backend=backend.value, workers=workers, logs=logs,
-                             results=results, retries=retries, profile=profile or slurm_config, slurm_flags=flags,
+                             results=results, retries=retries, max_runs=max_runs, profile=profile or slurm_config, slurm_flags=flags,
                              parsl_config=parsl_config)
     outcome = execute(request, console)
     if "parsl" in sys.modules:

@@ -45,6 +45,7 @@ class ExecuteRequest:
     slurm_flags: dict = field(default_factory=dict)  # SlurmSettings fields given on the command line
     parsl_config: Path | None = None  # a Python file defining `config` or `make_config()`
     retries: int = 0
+    max_runs: int = 1_000_000
     parsl_run_dir: Path = Path("parsl_runinfo")
 
 
@@ -94,10 +95,11 @@ def _load(req: ExecuteRequest):
     from lambda_hat.sweep import SweepError, load_sweep
 
     try:
-        sweep = load_sweep(req.sweep_path)
+        sweep = load_sweep(req.sweep_path, max_runs=req.max_runs)
+        expanded = expand(sweep, max_runs=req.max_runs)
     except SweepError as err:
         raise BadInput(str(err)) from None
-    return sweep, expand(sweep), resolve_store_root(req.store, sweep.store_root)
+    return sweep, expanded, resolve_store_root(req.store, sweep.store_root)
 
 
 def _reason(exc: BaseException) -> str:

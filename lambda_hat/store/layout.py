@@ -12,6 +12,10 @@ DEFAULT_STORE = "runs"
 
 def resolve_store_root(cli_store: str | None, sweep_store_root: str | None = None) -> Path:
     """`--store`, else `$LH_STORE`, else the sweep's `store_root`, else `./runs`."""
+    if cli_store is not None and not cli_store.strip():
+        from lambda_hat.errors import BadInput
+
+        raise BadInput("--store '': an empty path is not a store directory")
     for candidate in (cli_store, os.environ.get("LH_STORE"), sweep_store_root):
         if candidate:
             return Path(candidate)
