@@ -104,7 +104,7 @@ def test_kill_at_random_moments_and_crash_points(tmp_path):
             # The driver died by its own SIGKILL, or its workers did and it reported them lost.
             assert proc.returncode in (-signal.SIGKILL, 1), (how, proc.returncode, out)
             kills += 1
-        left = wait_no_processes(tmp_path, within_s=10)
+        left = wait_no_processes(tmp_path, within_s=20)
         assert not left, (how, delay, left)  # no worker outlives a dead driver
         lh(tmp_path, "execute", name, "--workers", "2")
         bad = lh(tmp_path, "verify", "--store", "store", check=False)
@@ -125,7 +125,7 @@ def test_sigterm_cancels_workers_and_rerun_finishes(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 143, out
     assert "interrupted (SIGTERM)" in out
-    assert not wait_no_processes(tmp_path, within_s=5)
+    assert not wait_no_processes(tmp_path, within_s=15)
     lh(tmp_path, "execute", "s.yaml", "--workers", "2")
     assert_store_exact(tmp_path, ["s.yaml"])
 
@@ -146,21 +146,37 @@ def test_two_drivers_on_one_store_do_each_job_once(tmp_path):
         text = log.read_text()
         assert text.count("sampling ") + text.count("building ") == 1, (log, text)  # no clobbered logs
     assert_store_exact(tmp_path, ["a.yaml", "b.yaml"])
-    assert not wait_no_processes(tmp_path, within_s=5)
+    assert not wait_no_processes(tmp_path, within_s=15)
 
 
-HOLD = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); print('held', flush=True); time.sleep(float(sys.argv[2]))"
+HOLD = (
+    "import duckdb, os, sys, time\n"
+    "c = duckdb.connect(sys.argv[1], read_only=True)\n"
+    "print('held', flush=True)\n"
+    "deadline = time.time() + 300\n"
+    "while not os.path.exists(sys.argv[2]) and time.time() < deadline:\n"
+    "    time.sleep(0.1)\n"
+)
 
 
 def test_reader_holding_the_index_does_not_break_execute(tmp_path):
     (tmp_path / "s0.yaml").write_text(sweep_text([1]))
     lh(tmp_path, "execute", "s0.yaml", "--workers", "2")  # creates the index
     (tmp_path / "s.yaml").write_text(sweep_text([2, 3]))
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "store" / "index.duckdb"), "25"],
+    release = tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "store" / "index.duckdb"), str(release)],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    proc = lh(tmp_path, "execute", "s.yaml", "--workers", "2")
-    holder.wait()
-    assert "held by another process" in proc.stdout
-    assert "2 jobs completed, 0 failed" in proc.stdout
+    proc = start(tmp_path, "s.yaml")
+    lines = []
+    for line in proc.stdout:  # the reader holds on until execute has said it is waiting
+        lines.append(line)
+        if "held by another process" in line:
+            break
+    release.touch()
+    rest, _ = proc.communicate(timeout=300)
+    holder.wait(timeout=60)
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out
+    assert "held by another process" in out and "2 jobs completed, 0 failed" in out, out
     assert_store_exact(tmp_path, ["s0.yaml", "s.yaml"])
