@@ -7,11 +7,9 @@ Each command parses, calls one function, prints. JAX and Parsl are imported only
 
 from __future__ import annotations
 
-import csv
 import enum
 import functools
 import json
-import math
 import os
 import sys
 import time
@@ -45,12 +43,6 @@ StoreOpt = Annotated[
 class Backend(str, enum.Enum):
     local = "local"
     slurm = "slurm"
-
-
-class OutFormat(str, enum.Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
 
 
 def _bad_input(message: str) -> typer.Exit:
@@ -160,49 +152,99 @@ def execute_cmd(
         raise typer.Exit(outcome.exit_code)
 
 
-def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+class QueryFormat(str, enum.Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+SweepOpt = Annotated[
+    Optional[Path], typer.Option("--sweep", help="Sweep YAML whose store_root names the store (as in `lh plan`).")
+]
+
+
+def _store_of(store: str | None, sweep: Path | None):
+    """The store a read-only command looks at, resolved as `lh plan` does: --store, else
+    $LH_STORE, else the sweep's store_root, else ./runs."""
+    if sweep is None:
+        return _store_for_reading(store)
+    from lambda_hat.errors import BadInput
+    from lambda_hat.sweep import SweepError, load_sweep
+
+    try:
+        loaded = load_sweep(sweep)
+    except SweepError as err:
+        raise BadInput(str(err)) from None
+    return _store_for_reading(store, loaded.store_root)
 
 
 @app.command("query")
 @_domain_errors
 def query_cmd(
-    sql: Annotated[str, typer.Argument(help='SQL over tables `targets` and `runs`, e.g. "select * from runs".')],
+    sql: Annotated[str, typer.Argument(help='One SELECT over views `targets`, `runs`, `traces`, e.g. "select * from runs".')],
     store: StoreOpt = None,
-    fmt: Annotated[OutFormat, typer.Option("--format", help="Output format.")] = OutFormat.table,
+    sweep: SweepOpt = None,
+    fmt: Annotated[Optional[QueryFormat], typer.Option("--format", help="table (fits the terminal), csv, json, parquet. "
+                                                       "Default: from -o's extension, else table.")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to this file (outside the store) instead of stdout.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show in a table (0: all); csv, json and parquet get every row.")] = 100,
 ) -> None:
-    """Run read-only SQL against the store's index."""
-    import duckdb
+    """Run one read-only SELECT against the store's index (sandboxed: no file or network
+    access, nothing written). Views and examples: docs/query.md."""
+    import shutil
 
-    from lambda_hat.store.index import connect_readonly
+    from lambda_hat import results
 
-    layout = _store_for_reading(store).layout
-    if not layout.index_path.exists():
-        raise _bad_input(f"{layout.index_path}: no index (run `lh execute` first, or `lh index rebuild`)")
-    try:
-        with connect_readonly(layout) as con:
-            cur = con.execute(sql)
-            cols = [d[0] for d in cur.description] if cur.description else []
-            rows = cur.fetchall() if cols else []
-    except duckdb.Error as err:
-        raise _bad_input(f"query failed: {' '.join(str(err).split())}") from None
-    if fmt is OutFormat.csv:
-        w = csv.writer(sys.stdout)
-        w.writerow(cols)
-        w.writerows(rows)
-    elif fmt is OutFormat.json:
-        out = [{c: _jsonable(v) for c, v in zip(cols, row)} for row in rows]
-        sys.stdout.write(json.dumps(out, default=str, indent=1) + "\n")
+    st = _store_of(store, sweep)
+    kind = results.format_for(out, fmt.value if fmt else None)
+    if out is not None:
+        results.check_output_path(out, st.root)
+    elif kind == "parquet":
+        raise _bad_input("--format parquet writes a binary file: add -o FILE.parquet")
+    res = results.run_query(st.layout, sql, as_arrow=kind == "parquet")
+    if kind == "parquet":
+        results.write_atomic(out, results.parquet_bytes(res.arrow))
+        console.print(f"{res.arrow.num_rows} rows written to {out}", highlight=False, soft_wrap=True)
+        return
+    if kind == "csv":
+        text = results.to_csv(res.columns, res.types, res.rows)
+    elif kind == "json":
+        text = results.to_json(res)
     else:
-        table = Table()
-        for c in cols:
-            table.add_column(c, overflow="fold")
-        for row in rows:
-            table.add_row(*("NULL" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
-        console.print(table)
-        console.print(f"{len(rows)} rows")
+        width = 10**6 if out is not None else shutil.get_terminal_size((80, 24)).columns
+        text = results.to_table(res, width, limit=0 if out is not None else limit)
+    if out is not None:
+        results.write_atomic(out, text.encode())
+        console.print(f"{len(res.rows)} rows written to {out}", highlight=False, soft_wrap=True)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("export")
+@_domain_errors
+def export_cmd(
+    sweep: Annotated[Optional[Path], typer.Argument(help="Sweep YAML: export its runs (default: every run in the store).")] = None,
+    out: Annotated[Path, typer.Option("-o", "--output", help="Output file: .parquet or .csv.")] = Path("results/llc_runs.parquet"),
+    store: StoreOpt = None,
+) -> None:
+    """Write one row per finished run, with the columns of `lh query`'s `runs` view, to a
+    Parquet or CSV file (what `lh execute` writes to results/llc_runs.parquet)."""
+    from lambda_hat import results
+
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise _bad_input(f"-o {out}: unknown format {out.suffix or '(no extension)'!r}; use .parquet or .csv")
+    if sweep is not None:
+        _, expanded, st = _load(sweep, store)
+        run_ids = [r.run_id for r in expanded.runs]
+    else:
+        st = _store_for_reading(store)
+        run_ids = st.run_ids()
+    results.check_output_path(out, st.root)
+    n = st.export_runs(run_ids, out)
+    missing = len(run_ids) - n
+    console.print(f"{n} runs written to {out}" + (f" ({missing} of the sweep's runs are not finished)" if missing else ""),
+                  highlight=False, soft_wrap=True)
 
 
 @index_app.command("rebuild")

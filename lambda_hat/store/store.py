@@ -197,6 +197,14 @@ class Store:
                     pass
         return StoreSnapshot(frozenset(done["target"]), frozenset(done["run"]))
 
+    def ids(self, kind: str) -> list[str]:
+        """The artifact directories of one kind, sorted: complete or not (check with
+        `read_manifest`; temporary and hidden entries are never listed)."""
+        return sorted(self._listing(kind))
+
+    def run_ids(self) -> list[str]:
+        return self.ids("run")
+
     def is_complete(self, kind: str, artifact_id: str) -> bool:
         """One artifact, checked on disk (no index involved)."""
         d = self.layout.artifact_dir(kind, artifact_id)
@@ -459,31 +467,9 @@ class Store:
     # ------------------------------------------------------------------ results
 
     def export_runs(self, run_ids: list[str], out_path: Path) -> int:
-        """Write the given runs (joined with their targets' columns) to Parquet or CSV, from
-        the manifests (the truth, and no index lock involved), atomically. Returns rows."""
-        import duckdb
+        """Write the given runs to Parquet or CSV (by extension) with the columns of `lh
+        query`'s `runs` view, from the manifests (the truth; no index lock), atomically.
+        Returns rows. The view lives in `lambda_hat.results`, so the two never differ."""
+        from lambda_hat.results import export_runs
 
-        runs = self.complete_manifests("run", run_ids)
-        targets = self.complete_manifests("target", sorted({m.spec.get("target_id") for m in runs}))
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(f"{TMP_PREFIX}{out_path.name}-{os.getpid()}")
-        skip = {"target_id", "spec", "status", "created_at", "code_sha", "host", "n_data", "n_params", "L0",
-                "llc_true", "manifest_size", "manifest_mtime_ns", "manifest_version", "metrics"}
-        target_cols = ", ".join(f't."{c.name}" AS "target_{c.name}"' for c in index.TABLES["targets"] if c.name not in skip)
-        con = duckdb.connect(":memory:")
-        try:
-            for table, cols in index.TABLES.items():
-                con.execute(f"CREATE TABLE {table} (" + ", ".join(f'"{c.name}" {c.sql_type}' for c in cols) + ")")
-            index.insert(con, [index.Record(m) for m in runs + targets])
-            con.execute("CREATE TEMP TABLE wanted (pos INTEGER, run_id VARCHAR)")
-            con.executemany("INSERT INTO wanted VALUES (?, ?)", list(enumerate(run_ids)))
-            sql = (f"SELECT r.* EXCLUDE (manifest_size, manifest_mtime_ns), {target_cols} FROM wanted w "
-                   f"JOIN runs r USING (run_id) LEFT JOIN targets t ON t.target_id = r.target_id ORDER BY w.pos")
-            n = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
-            fmt = "csv" if out_path.suffix.lower() == ".csv" else "parquet"
-            quoted = str(tmp).replace("'", "''")
-            con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT {fmt})")
-        finally:
-            con.close()
-        os.replace(tmp, out_path)
-        return n
+        return export_runs(self, run_ids, out_path)
