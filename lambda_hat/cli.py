@@ -247,6 +247,49 @@ def export_cmd(
                   highlight=False, soft_wrap=True)
 
 
+LogsOpt = Annotated[Path, typer.Option("--logs", help="The per-job logs directory `lh execute` wrote (its --logs).")]
+
+
+@app.command("status")
+@_domain_errors
+def status_cmd(
+    store: StoreOpt = None,
+    sweep: SweepOpt = None,
+    logs: LogsOpt = Path("logs"),
+    limit: Annotated[int, typer.Option(help="Entries to list per section (0: all).")] = 20,
+) -> None:
+    """Targets and runs by status, runs flagged by their diagnostics, failed jobs with their
+    logs, jobs in flight, the store's size."""
+    from lambda_hat import results
+
+    st = _store_of(store, sweep)
+    if not st.root.is_dir():
+        raise _bad_input(f"{st.root}: no such store (--store DIR, $LH_STORE, or --sweep FILE)")
+    rep = results.store_status(st, logs)
+    sys.stdout.write(results.format_status(rep, logs, limit=limit if limit > 0 else 10**9))
+
+
+@app.command("show")
+@_domain_errors
+def show_cmd(
+    artifact: Annotated[str, typer.Argument(help="A target or run ID, or a unique prefix of one (as lh query prints them).")],
+    store: StoreOpt = None,
+    sweep: SweepOpt = None,
+    logs: LogsOpt = Path("logs"),
+    gallery: Annotated[Path, typer.Option(help="Where lh promote wrote its gallery (to list this artifact's plots).")] = Path("gallery"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead.")] = False,
+) -> None:
+    """One target or run: status, numbers, spec, files, logs, plots, and its runs or target."""
+    from lambda_hat import results
+
+    st = _store_of(store, sweep)
+    kind, artifact_id = st.resolve(artifact)
+    if as_json:
+        sys.stdout.write(json.dumps(st.read_manifest(kind, artifact_id).to_json_dict(), indent=1) + "\n")
+        return
+    sys.stdout.write(results.format_show(st, kind, artifact_id, logs, gallery / f"{kind}s"))
+
+
 @index_app.command("rebuild")
 @_domain_errors
 def index_rebuild_cmd(store: StoreOpt = None) -> None:

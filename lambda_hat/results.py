@@ -470,3 +470,201 @@ def export_runs(store: Any, run_ids: list[str], out_path: Path) -> int:
         con.close()
     write_atomic(out_path, data)
     return n
+
+
+# --------------------------------------------------------------------------- lh status, lh show
+
+R_HAT_MAX = 1.01  # Vehtari et al. (2021): split R-hat above 1.01 says the chains disagree
+ESS_PER_CHAIN_MIN = 100  # ... and fewer than 100 effective draws per chain is too few to trust R-hat
+
+
+def run_flags(row: dict) -> list[str]:
+    """Why a run's numbers should not be taken as they are (empty: nothing flagged)."""
+    flags = []
+    if row.get("status") not in (None, "ok"):
+        flags.append(f"status {row['status']}")
+    r_hat, ess, chains = row.get("r_hat"), row.get("ess_bulk"), row.get("chains") or 1
+    if r_hat is not None and r_hat > R_HAT_MAX:
+        flags.append(f"R-hat {r_hat:.3f} > {R_HAT_MAX}")
+    if ess is not None and ess < ESS_PER_CHAIN_MIN * chains:
+        flags.append(f"bulk ESS {ess:.0f} < {ESS_PER_CHAIN_MIN * chains}")
+    if (row.get("divergences") or 0) > 0 and row.get("status") == "ok":
+        flags.append(f"{row['divergences']} divergences")
+    return flags
+
+
+def log_paths(logs: Path, kind: str, artifact_id: str, target_id: str | None = None,
+              sampler: str | None = None) -> list[Path]:
+    """Where `lh execute` writes a job's .log and .err (execute/driver.py's LogPaths)."""
+    if kind == "target":
+        base = logs / "build_target" / artifact_id
+    else:
+        base = logs / "run_sampler" / f"{target_id}_{sampler}_{artifact_id}"
+    return [base.with_suffix(".log"), base.with_suffix(".err")]
+
+
+def _last_line(path: Path, limit: int = 160) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 8192))
+            lines = [x.strip() for x in f.read().decode(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return (lines[-1] if lines else "")[:limit]
+
+
+@dataclass
+class StatusReport:
+    root: Path
+    targets_by_status: dict[str, int] = field(default_factory=dict)
+    runs_by_status: dict[str, int] = field(default_factory=dict)
+    not_indexed: dict[str, int] = field(default_factory=dict)  # kind -> artifact dirs not in the index yet
+    flagged: list[tuple[str, str, list[str]]] = field(default_factory=list)  # (run_id, sampler, reasons)
+    failed_jobs: list[tuple[str, Path, str]] = field(default_factory=list)  # (id, .err path, its last line)
+    claims: list[tuple[str, str, float]] = field(default_factory=list)  # (id, holder, heartbeat age)
+    temporary: int = 0
+    quarantined: int = 0
+    size_bytes: int = 0
+
+
+def store_status(store: Any, logs: Path) -> StatusReport:
+    """What the store holds, what to look at, what failed, what is in flight. Counts come from
+    the index (a query); artifacts finished since the last record are counted as not indexed."""
+    rep = StatusReport(store.root)
+    listing = {kind: set(store.ids(kind)) for kind in ("target", "run")}
+    if store.layout.index_path.is_file():
+        with sandbox(store.layout) as con:
+            rep.targets_by_status = dict(con.execute("SELECT status, count(*) FROM targets GROUP BY 1 ORDER BY 2 DESC").fetchall())
+            rep.runs_by_status = dict(con.execute("SELECT status, count(*) FROM runs GROUP BY 1 ORDER BY 2 DESC").fetchall())
+            indexed = {"target": {r[0] for r in con.execute("SELECT target_id FROM targets").fetchall()},
+                       "run": {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}}
+            cur = con.execute("SELECT run_id, sampler, status, r_hat, ess_bulk, chains, divergences FROM runs ORDER BY run_id")
+            names = [d[0] for d in cur.description]
+            for values in cur.fetchall():
+                row = dict(zip(names, values))
+                reasons = run_flags(row)
+                if reasons:
+                    rep.flagged.append((row["run_id"], row["sampler"], reasons))
+    else:
+        indexed = {"target": set(), "run": set()}
+    rep.not_indexed = {kind: len(listing[kind] - indexed[kind]) for kind in listing}
+    claimed = {}
+    for artifact_id, holder in store.live_claims():
+        claimed[artifact_id] = holder
+        rep.claims.append((artifact_id, holder.owner.describe(), holder.heartbeat_age_s))
+    for sub, kind in (("build_target", "target"), ("run_sampler", "run")):
+        folder = logs / sub
+        if not folder.is_dir():
+            continue
+        for err in sorted(folder.glob("*.err")):
+            artifact_id = err.stem if kind == "target" else "run_" + err.stem.rsplit("_run_", 1)[-1]
+            if artifact_id in listing[kind] or artifact_id in claimed:
+                continue
+            rep.failed_jobs.append((artifact_id, err, _last_line(err) or "(no error output: interrupted?)"))
+    rep.temporary = sum(1 for _ in store.tmp_entries())
+    q = store.layout.quarantine_dir
+    rep.quarantined = len(list(q.iterdir())) if q.is_dir() else 0
+    rep.size_bytes = store.size_bytes()
+    return rep
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def format_status(rep: StatusReport, logs: Path, limit: int = 20) -> str:
+    def counts(by: dict[str, int]) -> str:
+        total = sum(by.values())
+        return f"{total}" + (" (" + ", ".join(f"{n} {s}" for s, n in by.items()) + ")" if by else "")
+
+    lines = [f"store {rep.root}: {human_bytes(rep.size_bytes)}",
+             f"  targets  {counts(rep.targets_by_status)}",
+             f"  runs     {counts(rep.runs_by_status)}"]
+    waiting = {k: n for k, n in rep.not_indexed.items() if n}
+    if waiting:
+        lines.append("  not in the index yet: " + ", ".join(f"{n} {k}s" for k, n in waiting.items())
+                     + " (lh execute records them; lh index rebuild now)")
+    if rep.claims:
+        lines.append(f"in flight: {len(rep.claims)} jobs claimed by running lh execute")
+        lines += [f"  {i}  {who}, heartbeat {age:.0f}s ago" for i, who, age in rep.claims[:limit]]
+    lines.append(f"flagged runs: {len(rep.flagged)}" + (f" (R-hat > {R_HAT_MAX}, ESS < {ESS_PER_CHAIN_MIN} per chain, "
+                                                         "divergences, status not ok)" if rep.flagged else ""))
+    prefixes = unique_prefixes([i for i, _, _ in rep.flagged])
+    lines += [f"  {prefixes[i]}  {sampler:<6} {'; '.join(reasons)}" for i, sampler, reasons in rep.flagged[:limit]]
+    if len(rep.flagged) > limit:
+        lines.append(f"  … {len(rep.flagged) - limit} more: lh query \"select run_id, status, r_hat, ess_bulk, divergences from runs\"")
+    lines.append(f"failed jobs: {len(rep.failed_jobs)}" + (f" (an error log in {logs}/ and no artifact)" if rep.failed_jobs else ""))
+    for artifact_id, err, last in rep.failed_jobs[:limit]:
+        lines.append(f"  {artifact_id}  {err}")
+        lines.append(f"      {last}")
+    if len(rep.failed_jobs) > limit:
+        lines.append(f"  … {len(rep.failed_jobs) - limit} more in {logs}/")
+    if rep.temporary or rep.quarantined:
+        lines.append(f"{rep.temporary} temporary and {rep.quarantined} quarantined entries (lh verify explains, lh gc removes)")
+    return "\n".join(lines) + "\n"
+
+
+def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: Path | None = None) -> str:
+    """One artifact for a reader: what it is, its numbers, its files, its logs, its relatives."""
+    manifest = store.read_manifest(kind, artifact_id)
+    spec, metrics = manifest.spec, manifest.metrics
+    d = store.layout.artifact_dir(kind, artifact_id)
+
+    def num(key: str, src: dict = metrics) -> str:
+        v = src.get(key)
+        return "NULL" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = [f"{kind} {artifact_id}   {d}", f"status     {manifest.status}"]
+    if kind == "run":
+        s = spec.get("sampler", {})
+        lines.append(f"sampler    {s.get('name')}: " + ", ".join(f"{k}={v}" for k, v in s.items() if k != "name"))
+        lines.append(f"posterior  " + ", ".join(f"{k}={v}" for k, v in spec.get("posterior", {}).items()) + f", seed={spec.get('seed')}")
+        lines.append(f"target     {spec.get('target_id')}")
+        lines.append(f"λ̂          {num('llc_mean')} ± {num('llc_sem')} (SEM), std over chains {num('llc_std')}"
+                     + (f"; exact λ {num('llc_true')}, rel. error {num('rel_error')}" if metrics.get("llc_true") is not None else ""))
+        lines.append(f"diagnostics R-hat {num('r_hat')}, ESS bulk {num('ess_bulk')}, tail {num('ess_tail')}"
+                     + (f", divergences {num('divergences')}" if metrics.get("divergences") is not None else "")
+                     + (f", acceptance {num('accept_rate_mean')}" if metrics.get("accept_rate_mean") is not None else ""))
+        lines.append(f"cost       {num('total_fge')} gradient evaluations, {num('walltime_sec')} s "
+                     f"(compile {num('compile_sec')} s, sample {num('sample_sec')} s)")
+        flags = run_flags({**metrics, "status": manifest.status, "chains": spec.get("sampler", {}).get("chains")})
+        if flags:
+            lines.append(f"flagged    {'; '.join(flags)}")
+    else:
+        m = spec.get("model", {})
+        lines.append(f"model      {m.get('kind')} " + ", ".join(f"{k}={v}" for k, v in m.items() if k != "kind"))
+        lines.append(f"data       " + ", ".join(f"{k}={v}" for k, v in spec.get("data", {}).items()))
+        lines.append(f"numbers    n_params {num('n_params')}, L0 {num('L0')}, exact λ {num('llc_true')}, "
+                     f"train loss {num('final_train_loss')}, test loss {num('test_loss')}")
+    lines.append(f"made       {manifest.created_at} on {manifest.host}, code {manifest.code.sha or '?'}"
+                 + (" (dirty)" if manifest.code.dirty else ""))
+    # One line per array (its Zarr metadata and chunks together), with its shape.
+    sizes: dict[str, int] = {}
+    for p, size in store.files(kind, artifact_id):
+        rel = p.relative_to(d).as_posix()
+        owner = next((a for a in manifest.arrays if rel.startswith(a + "/")), rel)
+        sizes[owner] = sizes.get(owner, 0) + size
+    lines.append(f"files      {human_bytes(sum(sizes.values()))} in {d}/")
+    for name, size in sizes.items():
+        shape = manifest.arrays.get(name)
+        lines.append(f"  {name:<28} {human_bytes(size):>9}" + (f"  array {' × '.join(map(str, shape)) or 'scalar'}"
+                                                                 if shape is not None else ""))
+    s = spec.get("sampler", {})
+    logs_of = log_paths(logs, kind, artifact_id, spec.get("target_id"), s.get("name"))
+    lines.append("logs" + ("" if any(p.exists() for p in logs_of) else f" (none under {logs}/; --logs DIR)"))
+    lines += [f"  {p}" for p in logs_of if p.exists()]
+    if plots_dir is not None and (plots_dir / artifact_id).is_dir():
+        lines.append("plots (lh promote)")
+        lines += [f"  {p}" for p in sorted((plots_dir / artifact_id).iterdir())]
+    if kind == "target":
+        runs = [m for m in store.manifests("run") if m.spec.get("target_id") == artifact_id]
+        lines.append(f"runs       {len(runs)}")
+        lines += [f"  {m.id}  {m.spec.get('sampler', {}).get('name', '?'):<6} {m.status:<9} "
+                  f"llc_mean {num('llc_mean', m.metrics)} ± {num('llc_sem', m.metrics)}" for m in runs]
+    lines.append("spec")
+    lines += ["  " + line for line in json.dumps(spec, indent=2, sort_keys=True).splitlines()]
+    return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from lambda_hat.errors import StoreError
 from lambda_hat.store import index
@@ -32,6 +32,9 @@ from lambda_hat.store.claims import Claims, Owner
 from lambda_hat.store.layout import MANIFEST, StoreLayout
 from lambda_hat.store.manifest import Manifest, ManifestError, self_checksum
 from lambda_hat.store.snapshot import StoreSnapshot
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KINDS = ("target", "run")
 TMP_GRACE_S = 3600.0  # a foreign host's temporary directory younger than this may be live
@@ -204,6 +207,69 @@ class Store:
 
     def run_ids(self) -> list[str]:
         return self.ids("run")
+
+    def resolve(self, prefix: str) -> tuple[str, str]:
+        """(kind, ID) of the one artifact whose ID starts with `prefix` (a unique prefix is
+        enough, as `lh query` prints them). Raises BadInput if none or several match."""
+        from lambda_hat.errors import BadInput
+
+        prefix = prefix.strip()
+        if not prefix:
+            raise BadInput("an empty ID; give an ID or a unique prefix of one (tgt_…, run_…)")
+        matches = [(kind, i) for kind in KINDS for i in self.ids(kind) if i.startswith(prefix)]
+        if not matches:
+            raise BadInput(f"{prefix}: no target or run in {self.root} has an ID starting with it")
+        if len(matches) > 1:
+            shown = ", ".join(i for _, i in matches[:5]) + (", …" if len(matches) > 5 else "")
+            raise BadInput(f"{prefix}: {len(matches)} IDs start with it ({shown}); give more characters")
+        return matches[0]
+
+    def manifests(self, kind: str) -> Iterator[Manifest]:
+        """Every complete artifact's manifest of one kind, checked (see `check_manifest`);
+        incomplete and damaged ones are skipped, as everywhere else."""
+        for artifact_id in self.ids(kind):
+            try:
+                yield self.read_manifest(kind, artifact_id)
+            except (ArtifactError, ManifestError, OSError):
+                continue
+
+    def files(self, kind: str, artifact_id: str) -> list[tuple[Path, int]]:
+        """(path, bytes) of every file of an artifact, sorted."""
+        d = self.layout.artifact_dir(kind, artifact_id)
+        return sorted((p, p.stat().st_size) for p in d.rglob("*") if p.is_file())
+
+    def read_traces(self, run_id: str, names: Iterable[str] | None = None) -> dict[str, "np.ndarray"]:
+        """A complete run's trace arrays (chains × draws) by name (`loss`, `llc`, ...): all of
+        them, or those of `names` that it has. Reads the run's Zarr group."""
+        from lambda_hat.store.artifacts import read_arrays
+
+        manifest = self.read_manifest("run", run_id)
+        have = [k.removeprefix("traces/") for k in manifest.arrays if k.startswith("traces/")]
+        wanted = have if names is None else [n for n in names if n in have]
+        arrays = read_arrays(self.layout.run_dir(run_id), [f"traces/{n}" for n in wanted])
+        return {k.removeprefix("traces/"): v for k, v in arrays.items()}
+
+    def live_claims(self) -> list[tuple[str, object]]:
+        """(artifact ID, Holder) of every claim a live driver holds now."""
+        claims = self.claims()
+        out = []
+        if self.layout.claims_dir.is_dir():
+            for p in sorted(self.layout.claims_dir.glob("*.lease")):
+                holder = claims.holder(p.name.removesuffix(".lease"))
+                if holder is not None:
+                    out.append((p.name.removesuffix(".lease"), holder))
+        return out
+
+    def size_bytes(self) -> int:
+        """Bytes of every file in the store (artifacts, index, caches)."""
+        total = 0
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except FileNotFoundError:
+                    pass
+        return total
 
     def is_complete(self, kind: str, artifact_id: str) -> bool:
         """One artifact, checked on disk (no index involved)."""
