@@ -290,6 +290,41 @@ def show_cmd(
     sys.stdout.write(results.format_show(st, kind, artifact_id, logs, gallery / f"{kind}s"))
 
 
+@app.command("promote")
+@_domain_errors
+def promote_cmd(
+    sweep: Annotated[Optional[Path], typer.Argument(help="Sweep YAML: its runs, in sweep order (default: every run in the store).")] = None,
+    store: StoreOpt = None,
+    outdir: Annotated[Path, typer.Option(help="Gallery folder: index.html, gallery.md, runs/<run_id>/*.png, targets/<target_id>/compare.png.")] = Path("gallery"),
+    plots: Annotated[Optional[str], typer.Option(help="Comma-separated subset of trace,running_mean,rank,energy,compare (default: all).")] = None,
+    title: Annotated[Optional[str], typer.Option(help="The page's title (default: from the sweep's file name).")] = None,
+) -> None:
+    """Plot every finished run (trace, running mean, rank, energy) and each target's λ̂ per
+    sampler into a static gallery (index.html, gallery.md). Only what changed is redrawn."""
+    from lambda_hat import promote
+
+    chosen = promote.parse_plots(plots)
+    if sweep is not None:
+        _, expanded, st = _load(sweep, store)
+        run_ids, target_ids = [r.run_id for r in expanded.runs], [t.target_id for t in expanded.targets]
+        title = title or f"lambda-hat gallery: {sweep.stem}"
+    else:
+        st, run_ids, target_ids = _store_for_reading(store), None, None
+        title = title or "lambda-hat gallery"
+    if not st.root.is_dir():
+        raise _bad_input(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
+    from lambda_hat.results import check_output_path
+
+    check_output_path(outdir / "index.html", st.root)
+    t0 = time.perf_counter()
+    rep = promote.promote(st, outdir, run_ids=run_ids, target_ids=target_ids, title=title, plots=chosen)
+    unfinished = rep.runs_wanted - rep.runs
+    console.print(f"{rep.runs} runs on {rep.targets} targets"
+                  + (f" ({unfinished} not finished yet: promote again later)" if unfinished else "")
+                  + f": {len(rep.written)} files written, {len(rep.unchanged)} unchanged, in {outdir} "
+                  f"({time.perf_counter() - t0:.1f}s); open {outdir / 'index.html'}", highlight=False, soft_wrap=True)
+
+
 @index_app.command("rebuild")
 @_domain_errors
 def index_rebuild_cmd(store: StoreOpt = None) -> None:

@@ -62,7 +62,8 @@ class QueryFailed(BadInput):
 
 
 def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
+    # DuckDB appends the query with a caret line under the culprit: useless once on one line.
+    return " ".join(str(err).split("\nLINE ")[0].split())
 
 
 # --------------------------------------------------------------------------- views
@@ -140,7 +141,7 @@ def check_statement(sql: str) -> None:
         raise QueryRefused(f"refused: {len(statements)} statements; lh query runs exactly one SELECT per call")
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
-        raise QueryRefused(f"refused: a {kind.name} statement; lh query runs only SELECT (also DESCRIBE, SHOW, "
+        raise QueryRefused(f"refused: {kind.name} is not run; lh query runs one SELECT (or DESCRIBE, SHOW, "
                            "SUMMARIZE) and writes nothing: save results with --format and -o FILE")
 
 
