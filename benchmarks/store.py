@@ -13,6 +13,8 @@ with real specs), then times, side by side in one process:
                  deleted index) and again with the index in step (every later execute)
 * snapshot       `Store.snapshot()` of every ID (what `lh plan` and `lh execute` ask)
 * export         `Store.export_runs()` to Parquet from the manifests
+* traces         `lh query`'s sandboxed `select ... from traces where run_id = ...` (one run's
+                 4,000 rows out of the index's 4 million)
 
 Prints a table; writes benchmarks/results/store.json.
 """
@@ -87,6 +89,12 @@ def main() -> None:
         assert report.ok and report.checked == n, report.findings[:3]
         rows["export runs to parquet"], rows_out = timed(lambda: st.export_runs(rids, Path(tmp) / "r.parquet"))
         assert rows_out == len(rids)
+        from lambda_hat import results
+
+        one = f"select chain, draw, loss, llc from traces where run_id = '{rids[len(rids) // 2]}'"
+        results.run_query(st.layout, one)  # the first query pays for cold file caches
+        rows["lh query: traces of one run"], res = timed(lambda: results.run_query(st.layout, one))
+        assert len(res.rows) == 4 * 1000
     print(f"store of {n:,} artifacts ({len(rids):,} runs), built in {t_build:.1f}s")
     print(f"{'operation':<28}{'seconds':>10}{'per artifact (ms)':>20}")
     for k, v in rows.items():

@@ -7,11 +7,9 @@ Each command parses, calls one function, prints. JAX and Parsl are imported only
 
 from __future__ import annotations
 
-import csv
 import enum
 import functools
 import json
-import math
 import os
 import sys
 import time
@@ -47,12 +45,6 @@ class Backend(str, enum.Enum):
     slurm = "slurm"
 
 
-class OutFormat(str, enum.Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-
-
 def _bad_input(message: str) -> typer.Exit:
     err_console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
     return typer.Exit(2)
@@ -83,7 +75,7 @@ def _store_for_reading(store: str | None, sweep_store_root: str | None = None):
     return Store.open(root) if root.exists() else Store(root)
 
 
-def _load(sweep_path: Path, store: str | None, max_runs: int):
+def _load(sweep_path: Path, store: str | None, max_runs: int = 1_000_000):
     from lambda_hat.errors import BadInput
     from lambda_hat.planner import expand
     from lambda_hat.sweep import SweepError, load_sweep
@@ -200,49 +192,177 @@ def execute_cmd(
         raise typer.Exit(outcome.exit_code)
 
 
-def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+class QueryFormat(str, enum.Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+SweepOpt = Annotated[
+    Optional[Path], typer.Option("--sweep", help="Sweep YAML whose store_root names the store (as in `lh plan`).")
+]
+
+
+def _store_of(store: str | None, sweep: Path | None):
+    """The store a read-only command looks at, resolved as `lh plan` does: --store, else
+    $LH_STORE, else the sweep's store_root, else ./runs."""
+    if sweep is None:
+        return _store_for_reading(store)
+    from lambda_hat.errors import BadInput
+    from lambda_hat.sweep import SweepError, load_sweep
+
+    try:
+        loaded = load_sweep(sweep)
+    except SweepError as err:
+        raise BadInput(str(err)) from None
+    return _store_for_reading(store, loaded.store_root)
 
 
 @app.command("query")
 @_domain_errors
 def query_cmd(
-    sql: Annotated[str, typer.Argument(help='SQL over tables `targets` and `runs`, e.g. "select * from runs".')],
+    sql: Annotated[str, typer.Argument(help='One SELECT over views `targets`, `runs`, `traces`, e.g. "select * from runs".')],
     store: StoreOpt = None,
-    fmt: Annotated[OutFormat, typer.Option("--format", help="Output format.")] = OutFormat.table,
+    sweep: SweepOpt = None,
+    fmt: Annotated[Optional[QueryFormat], typer.Option("--format", help="table (fits the terminal), csv, json, parquet. "
+                                                       "Default: from -o's extension, else table.")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to this file (outside the store) instead of stdout.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show in a table (0: all); csv, json and parquet get every row.")] = 100,
 ) -> None:
-    """Run read-only SQL against the store's index."""
-    import duckdb
+    """Run one read-only SELECT against the store's index (sandboxed: no file or network
+    access, nothing written). Views and examples: docs/query.md."""
+    import shutil
 
-    from lambda_hat.store.index import connect_readonly
+    from lambda_hat import results
 
-    layout = _store_for_reading(store).layout
-    if not layout.index_path.exists():
-        raise _bad_input(f"{layout.index_path}: no index (run `lh execute` first, or `lh index rebuild`)")
-    try:
-        with connect_readonly(layout) as con:
-            cur = con.execute(sql)
-            cols = [d[0] for d in cur.description] if cur.description else []
-            rows = cur.fetchall() if cols else []
-    except duckdb.Error as err:
-        raise _bad_input(f"query failed: {' '.join(str(err).split())}") from None
-    if fmt is OutFormat.csv:
-        w = csv.writer(sys.stdout)
-        w.writerow(cols)
-        w.writerows(rows)
-    elif fmt is OutFormat.json:
-        out = [{c: _jsonable(v) for c, v in zip(cols, row)} for row in rows]
-        sys.stdout.write(json.dumps(out, default=str, indent=1) + "\n")
+    st = _store_of(store, sweep)
+    kind = results.format_for(out, fmt.value if fmt else None)
+    if out is not None:
+        results.check_output_path(out, st.root)
+    elif kind == "parquet":
+        raise _bad_input("--format parquet writes a binary file: add -o FILE.parquet")
+    res = results.run_query(st.layout, sql, as_arrow=kind == "parquet")
+    if kind == "parquet":
+        results.write_atomic(out, results.parquet_bytes(res.arrow))
+        console.print(f"{res.arrow.num_rows} rows written to {out}", highlight=False, soft_wrap=True)
+        return
+    if kind == "csv":
+        text = results.to_csv(res.columns, res.types, res.rows)
+    elif kind == "json":
+        text = results.to_json(res)
     else:
-        table = Table()
-        for c in cols:
-            table.add_column(c, overflow="fold")
-        for row in rows:
-            table.add_row(*("NULL" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
-        console.print(table)
-        console.print(f"{len(rows)} rows")
+        width = 10**6 if out is not None else shutil.get_terminal_size((80, 24)).columns
+        text = results.to_table(res, width, limit=0 if out is not None else limit)
+    if out is not None:
+        results.write_atomic(out, text.encode())
+        console.print(f"{len(res.rows)} rows written to {out}", highlight=False, soft_wrap=True)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("export")
+@_domain_errors
+def export_cmd(
+    sweep: Annotated[Optional[Path], typer.Argument(help="Sweep YAML: export its runs (default: every run in the store).")] = None,
+    out: Annotated[Path, typer.Option("-o", "--output", help="Output file: .parquet or .csv.")] = Path("results/llc_runs.parquet"),
+    store: StoreOpt = None,
+) -> None:
+    """Write one row per finished run, with the columns of `lh query`'s `runs` view, to a
+    Parquet or CSV file (what `lh execute` writes to results/llc_runs.parquet)."""
+    from lambda_hat import results
+
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise _bad_input(f"-o {out}: unknown format {out.suffix or '(no extension)'!r}; use .parquet or .csv")
+    if sweep is not None:
+        _, expanded, st = _load(sweep, store)
+        run_ids = [r.run_id for r in expanded.runs]
+    else:
+        st = _store_for_reading(store)
+        run_ids = st.run_ids()
+    results.check_output_path(out, st.root)
+    n = st.export_runs(run_ids, out)
+    missing = len(run_ids) - n
+    console.print(f"{n} runs written to {out}" + (f" ({missing} of the sweep's runs are not finished)" if missing else ""),
+                  highlight=False, soft_wrap=True)
+
+
+LogsOpt = Annotated[Path, typer.Option("--logs", help="The per-job logs directory `lh execute` wrote (its --logs).")]
+
+
+@app.command("status")
+@_domain_errors
+def status_cmd(
+    store: StoreOpt = None,
+    sweep: SweepOpt = None,
+    logs: LogsOpt = Path("logs"),
+    limit: Annotated[int, typer.Option(help="Entries to list per section (0: all).")] = 20,
+) -> None:
+    """Targets and runs by status, runs flagged by their diagnostics, failed jobs with their
+    logs, jobs in flight, the store's size."""
+    from lambda_hat import results
+
+    st = _store_of(store, sweep)
+    if not st.root.is_dir():
+        raise _bad_input(f"{st.root}: no such store (--store DIR, $LH_STORE, or --sweep FILE)")
+    rep = results.store_status(st, logs)
+    sys.stdout.write(results.format_status(rep, logs, limit=limit if limit > 0 else 10**9))
+
+
+@app.command("show")
+@_domain_errors
+def show_cmd(
+    artifact: Annotated[str, typer.Argument(help="A target or run ID, or a unique prefix of one (as lh query prints them).")],
+    store: StoreOpt = None,
+    sweep: SweepOpt = None,
+    logs: LogsOpt = Path("logs"),
+    gallery: Annotated[Path, typer.Option(help="Where lh promote wrote its gallery (to list this artifact's plots).")] = Path("gallery"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead.")] = False,
+) -> None:
+    """One target or run: status, numbers, spec, files, logs, plots, and its runs or target."""
+    from lambda_hat import results
+
+    st = _store_of(store, sweep)
+    kind, artifact_id = st.resolve(artifact)
+    if as_json:
+        sys.stdout.write(json.dumps(st.read_manifest(kind, artifact_id).to_json_dict(), indent=1) + "\n")
+        return
+    sys.stdout.write(results.format_show(st, kind, artifact_id, logs, gallery / f"{kind}s"))
+
+
+@app.command("promote")
+@_domain_errors
+def promote_cmd(
+    sweep: Annotated[Optional[Path], typer.Argument(help="Sweep YAML: its runs, in sweep order (default: every run in the store).")] = None,
+    store: StoreOpt = None,
+    outdir: Annotated[Path, typer.Option(help="Gallery folder: index.html, gallery.md, runs/<run_id>/*.png, targets/<target_id>/compare.png.")] = Path("gallery"),
+    plots: Annotated[Optional[str], typer.Option(help="Comma-separated subset of trace,running_mean,rank,energy,compare (default: all).")] = None,
+    title: Annotated[Optional[str], typer.Option(help="The page's title (default: from the sweep's file name).")] = None,
+) -> None:
+    """Plot every finished run (trace, running mean, rank, energy) and each target's λ̂ per
+    sampler into a static gallery (index.html, gallery.md). Only what changed is redrawn."""
+    from lambda_hat import promote
+
+    chosen = promote.parse_plots(plots)
+    if sweep is not None:
+        _, expanded, st = _load(sweep, store)
+        run_ids, target_ids = [r.run_id for r in expanded.runs], [t.target_id for t in expanded.targets]
+        title = title or f"lambda-hat gallery: {sweep.stem}"
+    else:
+        st, run_ids, target_ids = _store_for_reading(store), None, None
+        title = title or "lambda-hat gallery"
+    if not st.root.is_dir():
+        raise _bad_input(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
+    from lambda_hat.results import check_output_path
+
+    check_output_path(outdir / "index.html", st.root)
+    t0 = time.perf_counter()
+    rep = promote.promote(st, outdir, run_ids=run_ids, target_ids=target_ids, title=title, plots=chosen)
+    unfinished = rep.runs_wanted - rep.runs
+    console.print(f"{rep.runs} runs on {rep.targets} targets"
+                  + (f" ({unfinished} not finished yet: promote again later)" if unfinished else "")
+                  + f": {len(rep.written)} files written, {len(rep.unchanged)} unchanged, in {outdir} "
+                  f"({time.perf_counter() - t0:.1f}s); open {outdir / 'index.html'}", highlight=False, soft_wrap=True)
 
 
 @index_app.command("rebuild")

@@ -90,7 +90,13 @@ def test_query_without_index_and_bad_sql(runner, tmp_path):
 
 
 def test_help_plan_and_query_do_not_import_jax_or_parsl(tmp_path):
+    from lambda_hat.store.store import Store
+    from tests.test_store import fill_store
+
     (tmp_path / "s.yaml").write_text(GOOD)
+    store = tmp_path / "filled"
+    fill_store(store)
+    Store(store).reconcile()
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
@@ -98,6 +104,9 @@ def test_help_plan_and_query_do_not_import_jax_or_parsl(tmp_path):
         "r = CliRunner()\n"
         "assert r.invoke(app, ['--help']).exit_code == 0\n"
         f"assert r.invoke(app, ['plan', {str(tmp_path / 's.yaml')!r}, '--store', {str(tmp_path / 'st')!r}]).exit_code == 0\n"
+        f"q = r.invoke(app, ['query', 'select count(*) from traces', '--store', {str(store)!r}, '--format', 'csv'])\n"
+        "assert q.exit_code == 0 and q.stdout == 'count_star()\\n16\\n', q.output\n"
+        f"assert r.invoke(app, ['query', 'select * from runs', '--store', {str(store)!r}]).exit_code == 0\n"
         "heavy = [m for m in ('jax', 'parsl', 'blackjax', 'zarr') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

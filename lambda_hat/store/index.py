@@ -5,6 +5,10 @@ columns derive from `store.manifest`: a few spec fields, every declared metric a
 provenance, and the manifest file's size and mtime (so the store can tell, with one stat,
 whether a manifest changed since it was indexed).
 
+The `traces` table holds every run's per-draw traces in long format (one row per run,
+chain and draw), read from the run's Zarr group when the run is recorded, so that a query
+for one run's traces reads that run's rows and no other file (see docs/query.md).
+
 A writer that finds the file held by a reader (`lh query`, a notebook) gets `IndexBusy`
 after a bounded wait, never a crash: the driver keeps the records and retries. A file that
 is not a DuckDB database is `IndexCorrupt`: the store moves it aside and rebuilds.
@@ -146,6 +150,25 @@ TABLES: dict[str, list[Column]] = {
 }
 TABLE_OF = {"target": "targets", "run": "runs"}
 
+# The `traces` table: fixed columns, so one query spans runs of every sampler (a sampler
+# without a trace has NULL there). A trace array not named here stays in the run's Zarr
+# group only; add it here to query it (the next execute rebuilds the index).
+TRACE_COLUMNS: dict[str, str] = {
+    "loss": "DOUBLE",  # L_n(w) at the draw
+    "llc": "DOUBLE",  # λ̂ of the draw: nβ (L_n(w) - L0)
+    "cumulative_fge": "DOUBLE",  # full-gradient evaluations so far, warmup included
+    "walltime": "DOUBLE",  # seconds of sampling so far
+    "step_size": "DOUBLE",
+    "accept_rate": "DOUBLE",  # HMC, NUTS
+    "energy": "DOUBLE",  # HMC, NUTS
+    "diverging": "BOOLEAN",  # HMC, NUTS
+    "num_grad_evals": "BIGINT",  # HMC, NUTS: gradient evaluations of the draw
+    "energy_change": "DOUBLE",  # MCLMC
+    "L": "DOUBLE",  # MCLMC's momentum decoherence length
+}
+TRACES_TABLE = "traces"
+TRACES_SCHEMA = [("run_id", "VARCHAR"), ("chain", "INTEGER"), ("draw", "INTEGER"), *TRACE_COLUMNS.items()]
+
 
 @dataclass(frozen=True)
 class Record:
@@ -175,7 +198,10 @@ def _connect(path: Path, read_only: bool, timeout_s: float) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only)
+            # No progress bar: DuckDB would draw one on the terminal during a long insert.
+            con.execute("SET enable_progress_bar = false")
+            return con
         except duckdb.Error as err:
             classified = _classify(err, path)
             if isinstance(classified, IndexBusy) and time.monotonic() < deadline:
@@ -232,12 +258,17 @@ def _ensure_schema(con: Any) -> bool:
         "SELECT table_name, column_name FROM information_schema.columns ORDER BY table_name, ordinal_position"
     ).fetchall():
         existing.setdefault(table, []).append(column)
-    stale = any(t in existing and existing[t] != [c.name for c in cols] for t, cols in TABLES.items())
+    wanted = {t: [c.name for c in cols] for t, cols in TABLES.items()}
+    wanted[TRACES_TABLE] = [name for name, _ in TRACES_SCHEMA]
+    # A table missing from an index that has others (one made before `traces` existed)
+    # makes it stale too: its rows must be refilled from the manifests.
+    stale = bool(existing) and any(existing.get(t) != cols for t, cols in wanted.items())
     if stale:
-        for table in TABLES:
+        for table in wanted:
             con.execute(f"DROP TABLE IF EXISTS {table}")
     for table, cols in TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} (" + ", ".join(f'"{c.name}" {c.sql_type}' for c in cols) + ")")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {TRACES_TABLE} (" + ", ".join(f'"{n}" {t}' for n, t in TRACES_SCHEMA) + ")")
     return stale or not existing
 
 
@@ -261,25 +292,103 @@ def insert(con: Any, records: list[Record]) -> None:
             con.unregister("lh_batch")
 
 
+def read_traces(layout: StoreLayout, records: list[Record]) -> Any:
+    """The runs' declared traces as one Arrow table in `traces` layout (None if there are
+    none). Reads each run's Zarr arrays; a run whose arrays cannot be read gets no rows
+    (its checksums are `lh verify`'s business, and its metrics are still indexed)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from lambda_hat.store.artifacts import read_arrays
+
+    parts = []
+    for rec in records:
+        m = rec.manifest
+        if m.type != "run":
+            continue
+        shapes = {k.removeprefix("traces/"): v for k, v in m.arrays.items() if k.startswith("traces/")}
+        names = [n for n in TRACE_COLUMNS if len(shapes.get(n, ())) == 2]
+        if not names:
+            continue
+        chains, draws = shapes[names[0]]
+        names = [n for n in names if list(shapes[n]) == [chains, draws]]
+        try:
+            arrays = read_arrays(layout.run_dir(m.id), [f"traces/{n}" for n in names])
+        except Exception:  # damaged or vanished (gc) run directory: no trace rows for it
+            continue
+        n_rows = chains * draws
+        cols: dict[str, Any] = {
+            "run_id": pa.array([m.id] * n_rows, pa.string()),
+            "chain": pa.array(np.repeat(np.arange(chains, dtype=np.int32), draws)),
+            "draw": pa.array(np.tile(np.arange(draws, dtype=np.int32), chains)),
+        }
+        for name, sql_type in TRACE_COLUMNS.items():
+            kind = {"DOUBLE": pa.float64(), "BOOLEAN": pa.bool_(), "BIGINT": pa.int64()}[sql_type]
+            if name in names:
+                values = np.asarray(arrays[f"traces/{name}"]).reshape(n_rows)
+                # NaN/inf draws become NULL, as in `runs`: the run's `status` says why.
+                mask = ~np.isfinite(values) if values.dtype.kind == "f" else None
+                cols[name] = pa.array(values.astype(kind.to_pandas_dtype()), kind, mask=mask)
+            else:
+                cols[name] = pa.nulls(n_rows, kind)
+        parts.append(pa.table(cols))
+    return pa.concat_tables(parts) if parts else None
+
+
+def insert_traces(con: Any, run_ids: list[str], traces: Any) -> None:
+    """Replace the trace rows of `run_ids` with `traces` (an Arrow table or None)."""
+    if run_ids:
+        delete_traces(con, run_ids)
+    if traces is None:
+        return
+    con.register("lh_traces", traces)
+    try:
+        con.execute(f"INSERT INTO {TRACES_TABLE} SELECT * FROM lh_traces")
+    finally:
+        con.unregister("lh_traces")
+
+
+def delete_traces(con: Any, run_ids: list[str]) -> None:
+    import pyarrow as pa
+
+    con.register("lh_gone", pa.table({"run_id": pa.array(run_ids, pa.string())}))
+    try:
+        con.execute(f"DELETE FROM {TRACES_TABLE} WHERE run_id IN (SELECT run_id FROM lh_gone)")
+    finally:
+        con.unregister("lh_gone")
+
+
 def delete(con: Any, kind: str, ids: list[str]) -> None:
     if ids:
         table = TABLE_OF[kind]
         key = TABLES[table][0].name
         con.executemany(f"DELETE FROM {table} WHERE {key} = ?", [[i] for i in ids])
+        if kind == "run":
+            delete_traces(con, ids)
 
 
 def write(layout: StoreLayout, records: list[Record], deleted: dict[str, list[str]] | None = None,
           replace_all: bool = False, timeout_s: float = 10.0) -> bool:
     """One transaction: upsert `records`, delete `deleted` IDs (or everything first, with
     `replace_all`). Returns False if the tables had to be remade (the caller must refill them)."""
+    # The runs' traces are read before the lock is taken, so readers wait only for the
+    # insert; not when the tables are about to be made, since the caller then rebuilds.
+    unread = object()
+    traces = read_traces(layout, records) if replace_all or layout.index_path.exists() else unread
+    run_ids = [r.manifest.id for r in records if r.manifest.type == "run"]
     with writer(layout, timeout_s) as (con, remade):
+        if remade and not replace_all:
+            traces = None  # the caller refills every table, traces included, from the manifests
+        elif traces is unread:
+            traces = read_traces(layout, records)
         con.execute("BEGIN")
         if replace_all:
-            for table in TABLES:
+            for table in [*TABLES, TRACES_TABLE]:
                 con.execute(f"DELETE FROM {table}")
         for kind, ids in (deleted or {}).items():
             delete(con, kind, ids)
         insert(con, records)
+        insert_traces(con, [] if replace_all else run_ids, traces)
         crash_point("index:in_transaction")
         con.execute("COMMIT")
         return not remade or replace_all
@@ -303,6 +412,8 @@ def indexed_stats(layout: StoreLayout, timeout_s: float = 5.0) -> dict[str, dict
     with connect_readonly(layout, timeout_s) as con:
         try:
             tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            if tables and TRACES_TABLE not in tables:
+                return out  # made before traces were indexed: nothing in it can be trusted by stat
             for kind, table in TABLE_OF.items():
                 if table not in tables:
                     continue

@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from lambda_hat.errors import StoreError
 from lambda_hat.store import index
@@ -32,6 +32,9 @@ from lambda_hat.store.claims import Claims, Owner
 from lambda_hat.store.layout import MANIFEST, StoreLayout
 from lambda_hat.store.manifest import Manifest, ManifestError, self_checksum
 from lambda_hat.store.snapshot import StoreSnapshot
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KINDS = ("target", "run")
 TMP_GRACE_S = 3600.0  # a foreign host's temporary directory younger than this may be live
@@ -196,6 +199,77 @@ class Store:
                 except (ArtifactError, ManifestError, OSError):
                     pass
         return StoreSnapshot(frozenset(done["target"]), frozenset(done["run"]))
+
+    def ids(self, kind: str) -> list[str]:
+        """The artifact directories of one kind, sorted: complete or not (check with
+        `read_manifest`; temporary and hidden entries are never listed)."""
+        return sorted(self._listing(kind))
+
+    def run_ids(self) -> list[str]:
+        return self.ids("run")
+
+    def resolve(self, prefix: str) -> tuple[str, str]:
+        """(kind, ID) of the one artifact whose ID starts with `prefix` (a unique prefix is
+        enough, as `lh query` prints them). Raises BadInput if none or several match."""
+        from lambda_hat.errors import BadInput
+
+        prefix = prefix.strip()
+        if not prefix:
+            raise BadInput("an empty ID; give an ID or a unique prefix of one (tgt_…, run_…)")
+        matches = [(kind, i) for kind in KINDS for i in self.ids(kind) if i.startswith(prefix)]
+        if not matches:
+            raise BadInput(f"{prefix}: no target or run in {self.root} has an ID starting with it")
+        if len(matches) > 1:
+            shown = ", ".join(i for _, i in matches[:5]) + (", …" if len(matches) > 5 else "")
+            raise BadInput(f"{prefix}: {len(matches)} IDs start with it ({shown}); give more characters")
+        return matches[0]
+
+    def manifests(self, kind: str) -> Iterator[Manifest]:
+        """Every complete artifact's manifest of one kind, checked (see `check_manifest`);
+        incomplete and damaged ones are skipped, as everywhere else."""
+        for artifact_id in self.ids(kind):
+            try:
+                yield self.read_manifest(kind, artifact_id)
+            except (ArtifactError, ManifestError, OSError):
+                continue
+
+    def files(self, kind: str, artifact_id: str) -> list[tuple[Path, int]]:
+        """(path, bytes) of every file of an artifact, sorted."""
+        d = self.layout.artifact_dir(kind, artifact_id)
+        return sorted((p, p.stat().st_size) for p in d.rglob("*") if p.is_file())
+
+    def read_traces(self, run_id: str, names: Iterable[str] | None = None) -> dict[str, "np.ndarray"]:
+        """A complete run's trace arrays (chains × draws) by name (`loss`, `llc`, ...): all of
+        them, or those of `names` that it has. Reads the run's Zarr group."""
+        from lambda_hat.store.artifacts import read_arrays
+
+        manifest = self.read_manifest("run", run_id)
+        have = [k.removeprefix("traces/") for k in manifest.arrays if k.startswith("traces/")]
+        wanted = have if names is None else [n for n in names if n in have]
+        arrays = read_arrays(self.layout.run_dir(run_id), [f"traces/{n}" for n in wanted])
+        return {k.removeprefix("traces/"): v for k, v in arrays.items()}
+
+    def live_claims(self) -> list[tuple[str, object]]:
+        """(artifact ID, Holder) of every claim a live driver holds now."""
+        claims = self.claims()
+        out = []
+        if self.layout.claims_dir.is_dir():
+            for p in sorted(self.layout.claims_dir.glob("*.lease")):
+                holder = claims.holder(p.name.removesuffix(".lease"))
+                if holder is not None:
+                    out.append((p.name.removesuffix(".lease"), holder))
+        return out
+
+    def size_bytes(self) -> int:
+        """Bytes of every file in the store (artifacts, index, caches)."""
+        total = 0
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except FileNotFoundError:
+                    pass
+        return total
 
     def is_complete(self, kind: str, artifact_id: str) -> bool:
         """One artifact, checked on disk (no index involved)."""
@@ -459,31 +533,9 @@ class Store:
     # ------------------------------------------------------------------ results
 
     def export_runs(self, run_ids: list[str], out_path: Path) -> int:
-        """Write the given runs (joined with their targets' columns) to Parquet or CSV, from
-        the manifests (the truth, and no index lock involved), atomically. Returns rows."""
-        import duckdb
+        """Write the given runs to Parquet or CSV (by extension) with the columns of `lh
+        query`'s `runs` view, from the manifests (the truth; no index lock), atomically.
+        Returns rows. The view lives in `lambda_hat.results`, so the two never differ."""
+        from lambda_hat.results import export_runs
 
-        runs = self.complete_manifests("run", run_ids)
-        targets = self.complete_manifests("target", sorted({m.spec.get("target_id") for m in runs}))
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(f"{TMP_PREFIX}{out_path.name}-{os.getpid()}")
-        skip = {"target_id", "spec", "status", "created_at", "code_sha", "host", "n_data", "n_params", "L0",
-                "llc_true", "manifest_size", "manifest_mtime_ns", "manifest_version", "metrics"}
-        target_cols = ", ".join(f't."{c.name}" AS "target_{c.name}"' for c in index.TABLES["targets"] if c.name not in skip)
-        con = duckdb.connect(":memory:")
-        try:
-            for table, cols in index.TABLES.items():
-                con.execute(f"CREATE TABLE {table} (" + ", ".join(f'"{c.name}" {c.sql_type}' for c in cols) + ")")
-            index.insert(con, [index.Record(m) for m in runs + targets])
-            con.execute("CREATE TEMP TABLE wanted (pos INTEGER, run_id VARCHAR)")
-            con.executemany("INSERT INTO wanted VALUES (?, ?)", list(enumerate(run_ids)))
-            sql = (f"SELECT r.* EXCLUDE (manifest_size, manifest_mtime_ns), {target_cols} FROM wanted w "
-                   f"JOIN runs r USING (run_id) LEFT JOIN targets t ON t.target_id = r.target_id ORDER BY w.pos")
-            n = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
-            fmt = "csv" if out_path.suffix.lower() == ".csv" else "parquet"
-            quoted = str(tmp).replace("'", "''")
-            con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT {fmt})")
-        finally:
-            con.close()
-        os.replace(tmp, out_path)
-        return n
+        return export_runs(self, run_ids, out_path)

@@ -1,0 +1,539 @@
+"""`lh promote`: plots and a static gallery of a sweep's finished runs, idempotent.
+
+Layout of a gallery (default `gallery/`; every file is keyed by IDs, so nothing overwrites
+anything and two sweeps can share a gallery folder):
+
+    index.html                      one section per target, a card per run
+    gallery.md                      the same for a README
+    targets/<target_id>/compare.png λ̂ ± SEM per run, exact λ where known, disagreements marked
+    runs/<run_id>/trace.png         λ̂ per chain and draw
+    runs/<run_id>/running_mean.png  running mean of λ̂ with a 95 % band, against FGEs and seconds
+    runs/<run_id>/rank.png          rank plot of λ̂ (one histogram per chain)
+    runs/<run_id>/energy.png        HMC/NUTS: energy and energy-transition histograms; MCLMC: energy change
+    .promote.json                   what each file was made from (to skip what is up to date)
+
+Plots never go into `runs/<run_id>/` of the store: an artifact directory is complete and
+checksummed when it is renamed into place, and `lh verify` reports any file added later.
+
+Runs are chosen by sweep (its run IDs, in sweep order) or, without a sweep, every finished
+run in the store, grouped by target and ordered by sampler and ID; never by file time.
+A run not finished yet is left out, so promote on a store being written shows what is done.
+
+Idempotent: a file is rendered only when what it is made from changed (its runs' manifest
+checksums and this module's PLOTS_VERSION), and written only when its bytes differ, so a
+second promote rewrites nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lambda_hat.errors import BadInput
+
+PLOTS_VERSION = "3"  # bump when a plot's code changes, so existing galleries are redrawn
+RUN_PLOTS = ("trace", "running_mean", "rank", "energy")
+TARGET_PLOTS = ("compare",)
+ALL_PLOTS = RUN_PLOTS + TARGET_PLOTS
+DISAGREE_SIGMAS = 3.0  # two estimates disagree when they differ by more than this many combined SEMs
+STATE_FILE = ".promote.json"
+SAMPLER_COLORS = {"sgld": "#1b9e77", "hmc": "#d95f02", "nuts": "#7570b3", "mclmc": "#e7298a"}
+
+
+@dataclass
+class PromoteReport:
+    outdir: Path
+    written: list[Path] = field(default_factory=list)
+    unchanged: list[Path] = field(default_factory=list)
+    runs: int = 0
+    runs_wanted: int = 0
+    targets: int = 0
+
+
+def parse_plots(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ALL_PLOTS
+    chosen = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in chosen if p not in ALL_PLOTS]
+    if unknown:
+        raise BadInput(f"--plots {text!r}: unknown {', '.join(unknown)}; choose from {','.join(ALL_PLOTS)}")
+    return chosen
+
+
+# --------------------------------------------------------------------------- writing only what changed
+
+
+class Writer:
+    """Writes a gallery's files only when their content changed; remembers what each was made
+    from, so a plot whose inputs did not change is not even rendered again."""
+
+    def __init__(self, outdir: Path, report: PromoteReport):
+        self.outdir = outdir
+        self.report = report
+        self.state_path = outdir / STATE_FILE
+        try:
+            self.state: dict[str, dict] = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            self.state = {}
+        self.new_state: dict[str, dict] = {}
+
+    def file(self, rel: str, key: str, render: Callable[[], bytes]) -> None:
+        path = self.outdir / rel
+        digest = _sha(path) if path.is_file() else None
+        known = self.state.get(rel)
+        if known and known.get("key") == key and digest == known.get("sha256"):
+            self.new_state[rel] = known
+            self.report.unchanged.append(path)
+            return
+        data = render()
+        new_digest = hashlib.sha256(data).hexdigest()
+        if digest != new_digest:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            self.report.written.append(path)
+        else:
+            self.report.unchanged.append(path)
+        self.new_state[rel] = {"key": key, "sha256": new_digest}
+
+    def close(self) -> None:
+        merged = {**self.state, **self.new_state}  # keep entries of other sweeps' pages
+        data = (json.dumps(merged, indent=1, sort_keys=True) + "\n").encode()
+        old = self.state_path.read_bytes() if self.state_path.is_file() else None
+        if old != data:
+            self.outdir.mkdir(parents=True, exist_ok=True)
+            self.state_path.write_bytes(data)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps([PLOTS_VERSION, *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 110, "font.size": 10, "axes.titlesize": 10,
+                         "legend.fontsize": 8, "xtick.labelsize": 9, "ytick.labelsize": 9,
+                         "axes.spines.top": False, "axes.spines.right": False,
+                         "svg.hashsalt": "lambda-hat"})
+    return plt
+
+
+def _png(fig) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    # No "Software" stamp and no date: the same figure gives the same bytes every time.
+    fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _title(m) -> str:
+    s = m.spec.get("sampler", {})
+    return f"{s.get('name', '?')} · {m.id}"
+
+
+def plot_trace(m, traces: dict) -> bytes:
+    import numpy as np
+
+    plt = _pyplot()
+    llc = np.asarray(traces["llc"], dtype=float)
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    for c in range(llc.shape[0]):
+        ax.plot(np.arange(llc.shape[1]), llc[c], lw=0.7, alpha=0.8, label=f"chain {c}")
+    if m.metrics.get("llc_true") is not None:
+        ax.axhline(m.metrics["llc_true"], color="k", ls="--", lw=1.2, label="exact λ")
+    ax.set_xlabel("draw")
+    ax.set_ylabel("λ̂ of the draw")
+    ax.set_title(f"λ̂ per chain — {_title(m)}", pad=22)
+    ax.legend(ncol=min(5, llc.shape[0] + 1), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False,
+              handlelength=1.2, columnspacing=1.0, borderaxespad=0.2)
+    return _png(fig)
+
+
+def _running_mean_band(llc):
+    """Pooled running mean over chains and its 95 % band from the spread between the chains'
+    own running means (what a reader of one run can trust about its average so far)."""
+    import numpy as np
+
+    n = np.arange(1, llc.shape[1] + 1)
+    per_chain = np.cumsum(llc, axis=1) / n
+    pooled = per_chain.mean(axis=0)
+    chains = llc.shape[0]
+    half = 1.96 * per_chain.std(axis=0, ddof=1) / math.sqrt(chains) if chains > 1 else np.zeros_like(pooled)
+    return pooled, half
+
+
+def plot_running_mean(m, traces: dict) -> bytes:
+    import numpy as np
+
+    plt = _pyplot()
+    llc = np.asarray(traces["llc"], dtype=float)
+    pooled, half = _running_mean_band(llc)
+    axes_x = []
+    if "cumulative_fge" in traces:
+        axes_x.append(("gradient evaluations\n(all chains, with warmup)", np.asarray(traces["cumulative_fge"]).sum(axis=0)))
+    if "walltime" in traces:
+        axes_x.append(("seconds of sampling", np.asarray(traces["walltime"]).mean(axis=0)))
+    if not axes_x:
+        axes_x.append(("draw", np.arange(llc.shape[1])))
+    fig, axes = plt.subplots(1, len(axes_x), figsize=(2.9 * len(axes_x) + 0.6, 3.4), sharey=True, squeeze=False)
+    for ax, (label, x) in zip(axes[0], axes_x):
+        ax.fill_between(x, pooled - half, pooled + half, alpha=0.25, color="C0", lw=0, label="95 % band (chains)")
+        ax.plot(x, pooled, color="C0", lw=1.2, label="mean over chains")
+        if m.metrics.get("llc_true") is not None:
+            ax.axhline(m.metrics["llc_true"], color="k", ls="--", lw=1, label="exact λ")
+        ax.set_xlabel(label)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+    axes[0][0].set_ylabel("running mean of λ̂")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    axes[0][0].set_title(f"Running mean of λ̂ — {_title(m)}", loc="left", pad=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(handles, names, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
+    return _png(fig)
+
+
+def plot_rank(m, traces: dict) -> bytes:
+    import numpy as np
+
+    plt = _pyplot()
+    llc = np.asarray(traces["llc"], dtype=float)
+    chains, draws = llc.shape
+    ranks = np.argsort(np.argsort(llc.reshape(-1), kind="stable"), kind="stable").reshape(chains, draws)
+    bins = max(5, min(20, draws // 10))
+    edges = np.linspace(0, chains * draws, bins + 1)
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    expected = draws / bins
+    for c in range(chains):
+        counts, _ = np.histogram(ranks[c], bins=edges)
+        ax.step(np.arange(bins + 1), np.r_[counts, counts[-1]] / expected, where="post", lw=1, label=f"chain {c}")
+    ax.axhline(1.0, color="k", ls="--", lw=1, label="uniform")
+    ax.set_xlabel(f"rank of λ̂ among all {chains * draws} draws ({bins} bins)")
+    ax.set_ylabel("count / expected")
+    ax.set_title(f"Rank plot — {_title(m)}", pad=22)
+    ax.set_xticks([])
+    ax.legend(ncol=min(5, chains + 1), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False,
+              handlelength=1.2, columnspacing=1.0, borderaxespad=0.2)
+    return _png(fig)
+
+
+def plot_energy(m, traces: dict) -> bytes:
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    if "energy" in traces:
+        energy = np.asarray(traces["energy"], dtype=float)
+        centred = energy - energy.mean(axis=1, keepdims=True)
+        transitions = np.diff(energy, axis=1)
+        bfmi = (transitions ** 2).mean(axis=1) / energy.var(axis=1)
+        ax.hist(centred.reshape(-1), bins=40, alpha=0.5, density=True, label="energy (centred per chain)")
+        ax.hist(transitions.reshape(-1), bins=40, alpha=0.5, density=True, label="energy transition")
+        ax.set_xlabel("energy")
+        ax.set_title(f"Energy — {_title(m)}\nE-BFMI per chain " + ", ".join(f"{b:.2f}" for b in bfmi)
+                     + " (below 0.3: poor exploration)", fontsize=9)
+    else:
+        change = np.asarray(traces["energy_change"], dtype=float)
+        ax.hist(change.reshape(-1), bins=40, density=True, color="C4")
+        ax.set_xlabel("energy change per step")
+        ax.set_title(f"Energy change per step — {_title(m)}\nvariance {np.var(change):.2g}", fontsize=9)
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7, frameon=False) if "energy" in traces else None
+    return _png(fig)
+
+
+def disagreements(rows: list[dict]) -> dict[str, list[str]]:
+    """Run ID -> the runs whose λ̂ differs from its own by more than DISAGREE_SIGMAS combined SEMs."""
+    out: dict[str, list[str]] = {}
+    ok = [r for r in rows if r["llc_mean"] is not None and r["llc_sem"] is not None]
+    for i, a in enumerate(ok):
+        for b in ok[i + 1:]:
+            sigma = math.hypot(a["llc_sem"], b["llc_sem"])
+            if abs(a["llc_mean"] - b["llc_mean"]) > DISAGREE_SIGMAS * sigma:
+                out.setdefault(a["run_id"], []).append(b["run_id"])
+                out.setdefault(b["run_id"], []).append(a["run_id"])
+    return out
+
+
+def plot_compare(target_id: str, rows: list[dict], llc_true: float | None, labels: dict[str, str]) -> bytes:
+    plt = _pyplot()
+    shown = [r for r in rows if r["llc_mean"] is not None]
+    clash = disagreements(rows)
+    fig, ax = plt.subplots(figsize=(5.2, 1.4 + 0.45 * max(1, len(shown))))
+    for y, r in enumerate(shown):
+        color = SAMPLER_COLORS.get(r["sampler"], "C0")
+        marker = "X" if r["run_id"] in clash else "o"
+        ax.errorbar(r["llc_mean"], y, xerr=r["llc_sem"] or 0.0, fmt=marker, color=color, ms=7 if marker == "X" else 5,
+                    capsize=3, lw=1.2)
+    if llc_true is not None:
+        ax.axvline(llc_true, color="k", ls="--", lw=1.2)
+    ax.set_yticks(range(len(shown)), [labels[r["run_id"]] + ("  ✕ disagrees" if r["run_id"] in clash else "")
+                                      for r in shown])
+    ax.invert_yaxis()
+    ax.set_xlabel("λ̂ ± SEM")
+    note = f"✕: differs from another run by > {DISAGREE_SIGMAS:g} combined SEMs" if clash else \
+        f"all runs agree within {DISAGREE_SIGMAS:g} combined SEMs"
+    true = f"; dashed: exact λ = {llc_true:.4g}" if llc_true is not None else ""
+    ax.set_title(f"{target_id}: λ̂ ± SEM per run{true}\n{note}", fontsize=9)
+    missing = len(rows) - len(shown)
+    if missing:
+        ax.text(1.0, -0.02, f"{missing} run(s) without λ̂ (status not ok)", transform=ax.transAxes, ha="right",
+                va="top", fontsize=7)
+    return _png(fig)
+
+
+RUN_PLOT_FNS = {"trace": plot_trace, "running_mean": plot_running_mean, "rank": plot_rank, "energy": plot_energy}
+PLOT_TITLES = {"trace": "trace", "running_mean": "running mean", "rank": "rank", "energy": "energy"}
+
+
+def _applies(plot: str, names: set[str]) -> bool:
+    if "llc" not in names:
+        return False
+    return plot != "energy" or bool(names & {"energy", "energy_change"})
+
+
+# --------------------------------------------------------------------------- the gallery
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _describe_target(m) -> str:
+    model, data = m.spec.get("model", {}), m.spec.get("data", {})
+    arch = "-".join(map(str, model.get("widths") or [])) or f"depth {model.get('depth')}"
+    rank = m.spec.get("teacher", {}).get("rank")
+    return (f"{model.get('kind', '?')} {arch}" + (f", teacher rank {rank}" if rank is not None else "")
+            + f", n = {data.get('n_data')}, {m.metrics.get('n_params', '?')} parameters")
+
+
+def _row(m) -> dict:
+    return {"run_id": m.id, "sampler": m.spec.get("sampler", {}).get("name", "?"), "status": m.status,
+            "llc_mean": _finite(m.metrics.get("llc_mean")), "llc_sem": _finite(m.metrics.get("llc_sem")),
+            "r_hat": _finite(m.metrics.get("r_hat")), "ess_bulk": _finite(m.metrics.get("ess_bulk"))}
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, target_ids: list[str] | None = None,
+            title: str = "lambda-hat gallery", plots: tuple[str, ...] = ALL_PLOTS) -> PromoteReport:
+    """Render what changed and write the gallery. `run_ids` (a sweep's, in order) or None for
+    every run in the store."""
+    from lambda_hat.results import run_flags, unique_prefixes
+
+    report = PromoteReport(outdir)
+    wanted = run_ids if run_ids is not None else store.ids("run")
+    report.runs_wanted = len(wanted)
+    runs = store.complete_manifests("run", wanted)
+    report.runs = len(runs)
+    if run_ids is None:
+        runs.sort(key=lambda m: (m.spec.get("target_id", ""), m.spec.get("sampler", {}).get("name", ""), m.id))
+    order = list(dict.fromkeys(target_ids or [])) + [m.spec.get("target_id") for m in runs]
+    by_target: dict[str, list] = {tid: [] for tid in dict.fromkeys(order)}
+    for m in runs:
+        by_target[m.spec.get("target_id")].append(m)
+    targets = {m.id: m for m in store.complete_manifests("target", list(by_target))}
+    by_target = {tid: rs for tid, rs in by_target.items() if rs}  # a page shows targets with finished runs
+    report.targets = len(by_target)
+    writer = Writer(outdir, report)
+    labels = unique_prefixes([m.id for m in runs] + list(by_target))
+    run_files: dict[str, list[tuple[str, str]]] = {}
+    for m in runs:
+        names = {k.removeprefix("traces/") for k in m.arrays if k.startswith("traces/")}
+        cache: dict[str, Any] = {}
+
+        def traces(m=m, names=names, cache=cache):
+            if not cache:
+                cache.update(store.read_traces(m.id, ["llc", "cumulative_fge", "walltime", "energy", "energy_change"]))
+            return cache
+
+        made = []
+        for plot in RUN_PLOTS:
+            if plot not in plots or not _applies(plot, names):
+                continue
+            rel = f"runs/{m.id}/{plot}.png"
+            writer.file(rel, _key(plot, m.manifest_sha256 or m.id), lambda p=plot, m=m, t=traces: RUN_PLOT_FNS[p](m, t()))
+            made.append((plot, rel))
+        run_files[m.id] = made
+    compare_files: dict[str, str] = {}
+    rows_of: dict[str, list[dict]] = {}
+    for tid, rs in by_target.items():
+        rows_of[tid] = [_row(m) for m in rs]
+        if "compare" in plots:
+            rel = f"targets/{tid}/compare.png"
+            t = targets.get(tid)
+            llc_true = _finite(t.metrics.get("llc_true")) if t else None
+            run_labels = {r["run_id"]: f"{r['sampler']} {labels[r['run_id']]}" for r in rows_of[tid]}
+            writer.file(rel, _key("compare", [m.manifest_sha256 or m.id for m in rs], llc_true),
+                        lambda tid=tid, llc_true=llc_true, rl=run_labels: plot_compare(tid, rows_of[tid], llc_true, rl))
+            compare_files[tid] = rel
+    page = _Page(store, outdir, title, by_target, targets, rows_of, run_files, compare_files, labels, report, run_flags)
+    writer.file("index.html", _key("html", hashlib.sha256(page.html().encode()).hexdigest()), lambda: page.html().encode())
+    writer.file("gallery.md", _key("md", hashlib.sha256(page.markdown().encode()).hexdigest()), lambda: page.markdown().encode())
+    writer.close()
+    return report
+
+
+@dataclass
+class _Page:
+    store: Any
+    outdir: Path
+    title: str
+    by_target: dict
+    targets: dict
+    rows_of: dict
+    run_files: dict
+    compare_files: dict
+    labels: dict
+    report: PromoteReport
+    run_flags: Callable
+
+    def _rel_store(self, kind: str, artifact_id: str) -> str:
+        """A link from the gallery to an artifact's directory in the store."""
+        target = self.store.layout.artifact_dir(kind, artifact_id).resolve()
+        return Path(os.path.relpath(target, self.outdir.resolve())).as_posix()
+
+    def _caption(self, m, row: dict, target_true: float | None) -> tuple[str, list[str]]:
+        flags = self.run_flags({**row, "chains": m.spec.get("sampler", {}).get("chains"),
+                                "divergences": m.metrics.get("divergences")})
+        mean = f"λ̂ = {_fmt(row['llc_mean'])} ± {_fmt(row['llc_sem'], 2)}" if row["llc_mean"] is not None else "λ̂: none"
+        true = _finite(m.metrics.get("llc_true"))
+        true = true if true is not None else target_true
+        if true is not None and row["llc_mean"] is not None and row["llc_sem"]:
+            z = (row["llc_mean"] - true) / row["llc_sem"]
+            mean += f" ({abs(z):.1f} SEM {'above' if z > 0 else 'below'} exact λ)"
+        r_hat = f"{row['r_hat']:.3f}" if row["r_hat"] is not None else "–"
+        ess = f"{row['ess_bulk']:.0f}" if row["ess_bulk"] is not None else "–"
+        return (f"{mean} · R-hat {r_hat} · bulk ESS {ess} · {row['status']}", flags)
+
+    def _summary(self) -> str:
+        r = self.report
+        unfinished = r.runs_wanted - r.runs
+        return (f"{r.targets} targets, {r.runs} finished runs" +
+                (f" ({unfinished} of the {r.runs_wanted} chosen runs not finished yet)" if unfinished else ""))
+
+    def html(self) -> str:
+        e = html.escape
+        parts = [
+            "<!doctype html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{e(self.title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+            f"<header><h1>{e(self.title)}</h1><p>{e(self._summary())}. λ̂ ± SEM; a ✕ marks a run whose λ̂ differs "
+            f"from another run's on the same target by more than {DISAGREE_SIGMAS:g} combined standard errors. "
+            "Click a plot for full size.</p>",
+        ]
+        if len(self.by_target) > 1:
+            parts.append("<nav>" + "".join(
+                f'<div><a href="#{tid}">{e(self.labels[tid])}</a>'
+                + (f' <span>{e(_describe_target(self.targets[tid]).split(", n =")[0])}</span>' if tid in self.targets else "")
+                + "</div>" for tid in self.by_target) + "</nav>")
+        parts.append("</header><main>")
+        for tid, rs in self.by_target.items():
+            t = self.targets.get(tid)
+            clash = disagreements(self.rows_of[tid])
+            true = _finite(t.metrics.get("llc_true")) if t else None
+            parts.append(f'<section id="{tid}"><h2>{e(tid)}</h2>')
+            parts.append(f"<p class=\"target\">{e(_describe_target(t)) if t else 'target not in the store'}"
+                         + (f" · exact λ = {_fmt(true)}" if true is not None else "")
+                         + (f' · <a href="{e(self._rel_store("target", tid))}/manifest.json">manifest</a>' if t else "")
+                         + "</p>")
+            if tid in self.compare_files:
+                rel = self.compare_files[tid]
+                parts.append(f'<a href="{rel}"><img class="compare" src="{rel}" alt="λ̂ ± SEM per run on {tid}"></a>')
+            parts.append('<div class="runs">')
+            for m, row in zip(rs, self.rows_of[tid]):
+                caption, flags = self._caption(m, row, true)
+                cls = "run flagged" if flags or m.id in clash else "run"
+                parts.append(f'<article class="{cls}" id="{m.id}">')
+                parts.append(f"<h3>{e(row['sampler'])} <code>{e(m.id)}</code>"
+                             + (' <span class="clash">✕ disagrees</span>' if m.id in clash else "") + "</h3>")
+                parts.append(f'<p class="numbers">{e(caption)}</p>')
+                if flags:
+                    parts.append(f'<p class="flags">check before trusting: {e("; ".join(flags))}</p>')
+                parts.append('<div class="plots">')
+                for plot, rel in self.run_files.get(m.id, []):
+                    parts.append(f'<a href="{rel}"><img src="{rel}" loading="lazy" '
+                                 f'alt="{PLOT_TITLES[plot]} of {m.id}"></a>')
+                parts.append("</div>")
+                store_dir = self._rel_store("run", m.id)
+                parts.append(f'<p class="files"><a href="{e(store_dir)}/manifest.json">manifest.json</a> · '
+                             f'<a href="{e(store_dir)}/">run directory</a> · <code>lh show {e(self.labels[m.id])}</code></p>')
+                parts.append("</article>")
+            parts.append("</div></section>")
+        parts.append(f"</main><footer>Made by <code>lh promote</code> from the store {e(str(self.store.root))}. "
+                     "Numbers: <code>lh query \"select * from runs\"</code>.</footer></body></html>")
+        return "\n".join(parts) + "\n"
+
+    def markdown(self) -> str:
+        lines = [f"# {self.title}", "", f"{self._summary()}. λ̂ ± SEM; ✕ marks a run whose λ̂ differs from another "
+                 f"run's on the same target by more than {DISAGREE_SIGMAS:g} combined standard errors.", ""]
+        for tid, rs in self.by_target.items():
+            t = self.targets.get(tid)
+            true = _finite(t.metrics.get("llc_true")) if t else None
+            lines += [f"## {tid}", "", (_describe_target(t) if t else "target not in the store")
+                      + (f" · exact λ = {_fmt(true)}" if true is not None else ""), ""]
+            if tid in self.compare_files:
+                lines += [f"![λ̂ ± SEM per run on {tid}]({self.compare_files[tid]})", ""]
+            clash = disagreements(self.rows_of[tid])
+            lines += ["| sampler | run | λ̂ ± SEM | R-hat | ESS | status | plots |", "|---|---|---|---|---|---|---|"]
+            for m, row in zip(rs, self.rows_of[tid]):
+                plots = " ".join(f"[{PLOT_TITLES[p]}]({rel})" for p, rel in self.run_files.get(m.id, []))
+                mean = f"{_fmt(row['llc_mean'])} ± {_fmt(row['llc_sem'], 2)}" if row["llc_mean"] is not None else "–"
+                lines.append(f"| {row['sampler']} | `{m.id}`{' ✕' if m.id in clash else ''} | {mean} | "
+                             f"{_fmt(row['r_hat'], 3)} | {_fmt(row['ess_bulk'], 3)} | {row['status']} | {plots} |")
+            lines.append("")
+        return "\n".join(lines)
+
+
+_CSS = """
+:root { --fg: #1d1d1f; --muted: #5f6368; --line: #e3e3e3; --warn: #b3261e; --card: #fafafa; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); }
+header, main, footer { max-width: 1280px; margin: 0 auto; padding: 0 16px; }
+header { padding-top: 16px; border-bottom: 1px solid var(--line); }
+h1 { font-size: 1.5rem; margin: 0.2em 0; }
+h2 { font-size: 1.2rem; margin: 1.2em 0 0.2em; font-family: ui-monospace, monospace; }
+h3 { font-size: 1rem; margin: 0 0 0.3em; }
+nav { margin: 0.5em 0 1em; display: flex; flex-direction: column; gap: 0.2em; }
+nav a { font-family: ui-monospace, monospace; }
+nav span { color: var(--muted); font-size: 0.9rem; }
+p { margin: 0.3em 0; }
+.target, .files, footer { color: var(--muted); font-size: 0.9rem; }
+img { max-width: 100%; height: auto; display: block; }
+img.compare { max-width: 640px; width: 100%; margin: 0.5em 0 1em; }
+.runs { display: grid; grid-template-columns: 1fr; gap: 16px; }
+.run { border: 1px solid var(--line); border-radius: 8px; padding: 12px; background: var(--card); min-width: 0; }
+.run.flagged { border-color: #f0b8b3; }
+.numbers { font-variant-numeric: tabular-nums; }
+.flags, .clash { color: var(--warn); font-size: 0.9rem; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 420px), 1fr)); gap: 8px; margin: 0.5em 0; }
+.plots img { border: 1px solid var(--line); background: #fff; }
+code { font-family: ui-monospace, monospace; font-size: 0.9em; overflow-wrap: anywhere; }
+footer { padding: 24px 16px; border-top: 1px solid var(--line); margin-top: 24px; }
+"""

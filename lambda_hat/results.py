@@ -1,0 +1,671 @@
+"""Results people read: the sandboxed `lh query`, its views, output formats, `lh export`.
+
+`lh query` runs one SELECT against the store's index, and nothing it runs can write a file
+or read one outside the index (ARCHITECTURE.md, invariant 8). Three layers, each enough on
+its own for the attacks we know of (docs/query.md lists them):
+
+1. DuckDB's own parser splits the text: exactly one statement, and of type SELECT
+   (COPY, EXPORT, ATTACH, INSTALL, SET, PRAGMA, DELETE... are refused before they run);
+2. the index is attached read-only to an in-memory database that holds the views;
+3. then external access is switched off (no file, no network, no extension) and the
+   configuration locked, so no statement can switch it back on. Spilling to disk is off
+   too (`temp_directory=''`): a query too large for memory fails instead of writing.
+
+The views are `targets`, `runs` (with every sampler hyperparameter, pulled from the stored
+spec, and the target's columns) and `traces` (the index's long-format per-draw table).
+`lh export` and the driver's `results/llc_runs.parquet` use the same `runs` view, built from
+the manifests, so the file and `select * from runs` have the same columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import decimal
+import io
+import json
+import math
+import os
+import re
+import textwrap
+import time
+import types
+import typing
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from lambda_hat.errors import BadInput
+from lambda_hat.store import index
+from lambda_hat.store.layout import StoreLayout
+
+FORMATS = ("table", "csv", "json", "parquet")
+INDEX_ALIAS = "lh_index"
+# Manifest-file facts the store keeps to notice edited manifests: not results.
+_INTERNAL = ("manifest_size", "manifest_mtime_ns")
+_PROVENANCE = ("code_sha", "host", "created_at", "manifest_version", "spec", "metrics")
+# What a reader looks for first in a run; the other columns follow in index order.
+_RUN_LEAD = ("run_id", "target_id", "sampler", "status", "llc_mean", "llc_sem", "llc_std", "r_hat", "ess_bulk",
+             "ess_tail", "llc_true", "rel_error")
+# Target columns already in `runs` under their own name, or not about the target as built.
+_TARGET_SKIP = {"target_id", "spec", "status", "created_at", "code_sha", "host", "n_data", "n_params", "L0",
+                "llc_true", "manifest_version", "metrics", *_INTERNAL}
+
+
+class QueryRefused(BadInput):
+    """A statement `lh query` does not run (exit 2, nothing written)."""
+
+
+class QueryFailed(BadInput):
+    """DuckDB could not run the query (a typo, an unknown column)."""
+
+
+def one_line(err: BaseException) -> str:
+    # DuckDB appends the query with a caret line under the culprit: useless once on one line.
+    return " ".join(str(err).split("\nLINE ")[0].split())
+
+
+# --------------------------------------------------------------------------- views
+
+
+def _sql_type(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _sql_type(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _sql_type(args[0]) if len(args) == 1 else "VARCHAR"
+    if origin is typing.Literal:
+        return "VARCHAR"
+    return {bool: "BOOLEAN", int: "BIGINT", float: "DOUBLE"}.get(annotation, "VARCHAR")
+
+
+def sampler_hyperparameters() -> list[tuple[str, str, str]]:
+    """(column, spec field, SQL type) for every field of every sampler spec, in declaration
+    order. A field whose name is already a `runs` column (`step_size` is also the adapted
+    step size the sampler used, `draws` the draws it made) gets the prefix `spec_`."""
+    from lambda_hat.specs import HMCSpec, MCLMCSpec, NUTSSpec, SGLDSpec
+
+    taken = {c.name.lower() for c in index.TABLES["runs"]}
+    out, seen = [], set()
+    for model in (SGLDSpec, HMCSpec, NUTSSpec, MCLMCSpec):
+        for name, info in model.model_fields.items():
+            if name in ("name", "chains", "dtype") or name in seen:
+                continue
+            seen.add(name)
+            column = f"spec_{name}" if name.lower() in taken else name
+            out.append((column, name, _sql_type(info.annotation)))
+    return out
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def view_sql(src: str) -> dict[str, str]:
+    """CREATE VIEW statements for `targets`, `runs`, `traces` over the index tables in
+    schema/catalog `src`."""
+    target_cols = [c.name for c in index.TABLES["targets"] if c.name not in _INTERNAL]
+    run_cols = [c.name for c in index.TABLES["runs"] if c.name not in _INTERNAL]
+    middle = [c for c in run_cols if c not in _RUN_LEAD and c not in _PROVENANCE]
+    select = [f"r.{_q(c)}" for c in (*_RUN_LEAD, *middle)]
+    for column, name, sql_type in sampler_hyperparameters():
+        select.append(f"TRY_CAST(json_extract_string(r.spec, '$.sampler.{name}') AS {sql_type}) AS {_q(column)}")
+    select += [f"t.{_q(c)} AS {_q('target_' + c)}" for c in target_cols if c not in _TARGET_SKIP]
+    select += [f"r.{_q(c)}" for c in _PROVENANCE]
+    return {
+        "targets": f"CREATE VIEW targets AS SELECT {', '.join(map(_q, target_cols))} FROM {src}.targets",
+        "runs": f"CREATE VIEW runs AS SELECT {', '.join(select)} FROM {src}.runs r "
+                f"LEFT JOIN {src}.targets t ON t.target_id = r.target_id",
+        "traces": f"CREATE VIEW traces AS SELECT * FROM {src}.{index.TRACES_TABLE}",
+    }
+
+
+# --------------------------------------------------------------------------- the sandbox
+
+
+def check_statement(sql: str) -> None:
+    """Exactly one SELECT statement, as DuckDB's own parser reads it; else QueryRefused."""
+    import duckdb
+
+    if not sql.strip():
+        raise QueryRefused('no SQL given; e.g. lh query "select * from runs"')
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as err:
+        raise QueryFailed(f"query failed: {one_line(err)}") from None
+    if not statements:
+        raise QueryRefused('no SQL statement given (only comments?); e.g. lh query "select * from runs"')
+    if len(statements) > 1:
+        raise QueryRefused(f"refused: {len(statements)} statements; lh query runs exactly one SELECT per call")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise QueryRefused(f"refused: {kind.name} is not run; lh query runs one SELECT (or DESCRIBE, SHOW, "
+                           "SUMMARIZE) and writes nothing: save results with --format and -o FILE")
+
+
+def _attach(con: Any, path: Path, timeout_s: float) -> None:
+    import duckdb
+
+    quoted = str(path).replace("'", "''")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            con.execute(f"ATTACH '{quoted}' AS {INDEX_ALIAS} (READ_ONLY)")
+            return
+        except duckdb.Error as err:
+            classified = index._classify(err, path)
+            if "handle conflict" in str(err):  # this process holds it for writing (tests, notebooks)
+                classified = index.IndexBusy(f"{path}: held by another connection ({one_line(err)[:120]})")
+            if isinstance(classified, index.IndexBusy) and time.monotonic() < deadline:
+                time.sleep(0.05)  # a driver holds it for a few milliseconds each second
+                continue
+            raise classified from None
+
+
+@contextmanager
+def sandbox(layout: StoreLayout, timeout_s: float = 10.0) -> Iterator[Any]:
+    """A DuckDB connection that sees the store's index through the views and nothing else."""
+    import duckdb
+
+    if not layout.index_path.is_file():
+        raise BadInput(f"{layout.index_path}: no index (run `lh execute` first, or `lh index rebuild`)")
+    con = duckdb.connect(":memory:", config={"temp_directory": "", "autoinstall_known_extensions": False,
+                                             "autoload_known_extensions": False})
+    try:
+        con.execute("SET enable_progress_bar = false")
+        _attach(con, layout.index_path, timeout_s)
+        for name, sql in view_sql(INDEX_ALIAS).items():
+            try:
+                con.execute(sql)
+            except duckdb.Error as err:
+                raise BadInput(f"{layout.index_path}: made by another lambda-hat version ({name}: {one_line(err)[:120]}); "
+                               "`lh index rebuild` remakes it") from None
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        yield con
+    finally:
+        con.close()
+
+
+@dataclass
+class Result:
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple] = field(default_factory=list)
+    arrow: Any = None  # the Arrow table, for parquet
+    store_ids: list[str] = field(default_factory=list)  # every ID in the store, for unique prefixes
+
+
+def run_query(layout: StoreLayout, sql: str, *, as_arrow: bool = False) -> Result:
+    """Run one SELECT in the sandbox. Raises QueryRefused, QueryFailed, IndexBusy."""
+    import duckdb
+
+    check_statement(sql)
+    with sandbox(layout) as con:
+        store_ids = [r[0] for r in con.execute(
+            "SELECT target_id FROM targets UNION ALL SELECT run_id FROM runs").fetchall()]
+        try:
+            if as_arrow:
+                rel = con.sql(sql)
+                return Result(rel.columns, [str(t) for t in rel.types], arrow=rel.to_arrow_table(), store_ids=store_ids)
+            cur = con.execute(sql)
+            columns = [d[0] for d in cur.description] if cur.description else []
+            sql_types = [str(d[1]) for d in cur.description] if cur.description else []
+            return Result(columns, sql_types, rows=cur.fetchall() if columns else [], store_ids=store_ids)
+        except duckdb.PermissionException as err:
+            raise QueryRefused(f"refused: lh query reads only the store's index ({one_line(err)})") from None
+        except duckdb.Error as err:
+            raise QueryFailed(f"query failed: {one_line(err)}") from None
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _plain(value: Any, sql_type: str) -> Any:
+    """A value as JSON: JSON columns nested, times as ISO text, NaN/inf as null."""
+    if value is None:
+        return None
+    if sql_type == "JSON" and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _plain(v, "") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, "") for v in value]
+    return value
+
+
+def to_json(res: Result) -> str:
+    rows = [{c: _plain(v, t) for c, t, v in zip(res.columns, res.types, row)} for row in res.rows]
+    return json.dumps(rows, indent=1, ensure_ascii=False) + "\n"
+
+
+def _csv_cell(value: Any, sql_type: str) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(_plain(value, ""), separators=(",", ":"))
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    return value
+
+
+def to_csv(columns: list[str], sql_types: list[str], rows: list[tuple]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for row in rows:
+        w.writerow([_csv_cell(v, t) for v, t in zip(row, sql_types)])
+    return buf.getvalue()
+
+
+_ID = re.compile(r"^(run|tgt)_[0-9a-f]{12}$")
+MIN_ID_HEX = 4
+MAX_CELL = 28
+_NUMERIC = re.compile(r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|FLOAT|DOUBLE|DECIMAL.*)$")
+
+
+def unique_prefixes(ids: list[str]) -> dict[str, str]:
+    """The shortest prefix (at least `run_` + 4 hex digits) of each ID that no other ID in
+    `ids` starts with: what `lh show` accepts."""
+    out: dict[str, str] = {}
+    ordered = sorted(set(ids))
+    for i, s in enumerate(ordered):
+        need = 0
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(ordered):
+                other = ordered[j]
+                k = 0
+                while k < min(len(s), len(other)) and s[k] == other[k]:
+                    k += 1
+                need = max(need, k + 1)
+        out[s] = s[: max(need, 4 + MIN_ID_HEX)]
+    return out
+
+
+def _cell(value: Any, sql_type: str, prefixes: dict[str, str]) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, decimal.Decimal):
+        return f"{float(value):.4g}"
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, str) and _ID.match(value):
+        return prefixes.get(value, value)
+    if isinstance(value, (dict, list, tuple)) or sql_type == "JSON":
+        text = value if isinstance(value, str) else json.dumps(_plain(value, ""), separators=(",", ":"))
+    else:
+        text = str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def _names(names: list[str], budget: int) -> str:
+    text = ", ".join(names)
+    return text if len(text) <= budget else text[: budget - 1].rsplit(", ", 1)[0] + ", …"
+
+
+def to_table(res: Result, width: int, limit: int = 0) -> str:
+    """Plain text that fits `width` columns: IDs as unique prefixes, 4 significant digits,
+    all-NULL columns and those without room left out (and named). A single row too wide
+    for one line is folded into one `column  value` line per column."""
+    width = max(width, 40)
+    prefixes = unique_prefixes(res.store_ids + [v for row in res.rows for v in row if isinstance(v, str) and _ID.match(v)])
+    shown_rows = res.rows if limit <= 0 else res.rows[:limit]
+    cells = [[_cell(v, t, prefixes) for v, t in zip(row, res.types)] for row in shown_rows]
+    n_cols = len(res.columns)
+    all_null = [i for i in range(n_cols) if shown_rows and all(row[i] is None for row in shown_rows)]
+    candidates = [i for i in range(n_cols) if i not in all_null]
+    widths = {i: max([len(res.columns[i])] + [len(r[i]) for r in cells]) for i in candidates}
+    kept, used = [], 0
+    for i in candidates:
+        need = widths[i] + (2 if kept else 0)
+        if used + need > width:
+            break
+        kept.append(i)
+        used += need
+    no_room = [i for i in candidates if i not in kept]
+    lines: list[str] = []
+    if len(cells) == 1 and no_room:
+        # One row, many columns (`select * from runs where run_id = ...`): fold it.
+        label = min(max(len(res.columns[i]) for i in candidates), 24)
+        for i in candidates:
+            value = cells[0][i]
+            lines.append(f"{res.columns[i][:label]:<{label}}  {value}"[:width])
+        no_room = []
+    else:
+        numeric = {i: bool(_NUMERIC.match(res.types[i])) for i in kept}
+
+        def fmt(i: int, text: str) -> str:
+            return text.rjust(widths[i]) if numeric[i] else text.ljust(widths[i])
+
+        lines.append("  ".join(fmt(i, res.columns[i]) for i in kept).rstrip())
+        lines.append("  ".join("-" * widths[i] for i in kept))
+        lines += ["  ".join(fmt(i, r[i]) for i in kept).rstrip() for r in cells]
+    footer = f"{len(res.rows)} row{'s' if len(res.rows) != 1 else ''}"
+    if len(shown_rows) < len(res.rows):
+        footer += f", first {len(shown_rows)} shown (--limit 0: all)"
+    rounded = any(isinstance(v, (float, decimal.Decimal)) for row in shown_rows for v in row)
+    ids = any(isinstance(v, str) and _ID.match(v) for row in shown_rows for v in row)
+    cut = any(c.endswith("…") for r in cells for c in r)
+    notes = (["numbers to 4 significant digits"] if rounded else []) + (["IDs as unique prefixes"] if ids else []) + (
+        ["long text cut"] if cut else [])
+    if notes:
+        footer += "; " + ", ".join(notes)
+    notes_at = len(lines)
+    lines.append(footer)
+    if no_room:
+        lines.append(f"not shown, no room for {len(no_room)}: " + _names([res.columns[i] for i in no_room], width - 30))
+    if all_null:
+        lines.append("not shown, all NULL: " + _names([res.columns[i] for i in all_null], width - 22))
+    if no_room or all_null or notes or len(shown_rows) < len(res.rows):
+        lines.append("everything in full: --format csv or json, or -o FILE (.csv .json .parquet)")
+    lines[notes_at:] = [wrapped for note in lines[notes_at:] for wrapped in textwrap.wrap(note, width) or [""]]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- writing results
+
+
+def format_for(out: Path | None, fmt: str | None) -> str:
+    """The output format: --format, else the -o file's extension, else a table."""
+    if fmt is not None:
+        return fmt
+    if out is not None:
+        ext = out.suffix.lower().lstrip(".")
+        if ext in ("csv", "json", "parquet"):
+            return ext
+        if ext in ("txt", "text"):
+            return "table"
+        raise BadInput(f"-o {out}: cannot tell the format from {out.suffix or 'no extension'!r}; add --format csv|json|parquet|table")
+    return "table"
+
+
+def check_output_path(out: Path, store_root: Path) -> None:
+    """Results go outside the store: a file under it would be an unexpected file in an
+    artifact (or a forged manifest)."""
+    resolved = out.resolve()
+    if resolved.is_relative_to(store_root.resolve()):
+        raise BadInput(f"-o {out}: inside the store {store_root}; write results outside it")
+    if out.exists() and out.is_dir():
+        raise BadInput(f"-o {out}: is a directory; name a file")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise BadInput(f"-o {out}: {parent} is a file, not a directory")
+
+
+def write_atomic(out: Path, data: bytes) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def parquet_bytes(table: Any) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_runs(store: Any, run_ids: list[str], out_path: Path) -> int:
+    """Write the given runs, in order, as the `runs` view shows them, to Parquet or CSV (by
+    extension), from the manifests (the truth; no index lock involved), atomically. Returns
+    the number of rows (runs not complete in the store are left out)."""
+    import duckdb
+
+    runs = store.complete_manifests("run", run_ids)
+    targets = store.complete_manifests("target", sorted({m.spec.get("target_id") for m in runs}))
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET enable_progress_bar = false")
+        con.execute(f"ATTACH ':memory:' AS {INDEX_ALIAS}")
+        con.execute(f"USE {INDEX_ALIAS}")
+        for table, cols in index.TABLES.items():
+            con.execute(f"CREATE TABLE {table} (" + ", ".join(f'{_q(c.name)} {c.sql_type}' for c in cols) + ")")
+        con.execute(f"CREATE TABLE {index.TRACES_TABLE} (" + ", ".join(f"{_q(n)} {t}" for n, t in index.TRACES_SCHEMA) + ")")
+        index.insert(con, [index.Record(m) for m in runs + targets])
+        con.execute("USE memory")
+        for sql in view_sql(INDEX_ALIAS).values():
+            con.execute(sql)
+        con.execute("CREATE TEMP TABLE wanted (pos INTEGER, run_id VARCHAR)")
+        con.executemany("INSERT INTO wanted VALUES (?, ?)", list(enumerate(run_ids)))
+        rel = con.sql("SELECT r.* FROM wanted w JOIN runs r USING (run_id) ORDER BY w.pos")
+        if out_path.suffix.lower() == ".csv":
+            rows = rel.fetchall()
+            data, n = to_csv(rel.columns, [str(t) for t in rel.types], rows).encode(), len(rows)
+        else:
+            table = rel.to_arrow_table()
+            data, n = parquet_bytes(table), table.num_rows
+    finally:
+        con.close()
+    write_atomic(out_path, data)
+    return n
+
+
+# --------------------------------------------------------------------------- lh status, lh show
+
+R_HAT_MAX = 1.01  # Vehtari et al. (2021): split R-hat above 1.01 says the chains disagree
+ESS_PER_CHAIN_MIN = 100  # ... and fewer than 100 effective draws per chain is too few to trust R-hat
+
+
+def run_flags(row: dict) -> list[str]:
+    """Why a run's numbers should not be taken as they are (empty: nothing flagged)."""
+    flags = []
+    if row.get("status") not in (None, "ok"):
+        flags.append(f"status {row['status']}")
+    r_hat, ess, chains = row.get("r_hat"), row.get("ess_bulk"), row.get("chains") or 1
+    if r_hat is not None and r_hat > R_HAT_MAX:
+        flags.append(f"R-hat {r_hat:.3f} > {R_HAT_MAX}")
+    if ess is not None and ess < ESS_PER_CHAIN_MIN * chains:
+        flags.append(f"bulk ESS {ess:.0f} < {ESS_PER_CHAIN_MIN * chains}")
+    if (row.get("divergences") or 0) > 0 and row.get("status") == "ok":
+        flags.append(f"{row['divergences']} divergences")
+    return flags
+
+
+def log_paths(logs: Path, kind: str, artifact_id: str, target_id: str | None = None,
+              sampler: str | None = None) -> list[Path]:
+    """Where `lh execute` writes a job's .log and .err (execute/driver.py's LogPaths)."""
+    if kind == "target":
+        base = logs / "build_target" / artifact_id
+    else:
+        base = logs / "run_sampler" / f"{target_id}_{sampler}_{artifact_id}"
+    return [base.with_suffix(".log"), base.with_suffix(".err")]
+
+
+def _last_line(path: Path, limit: int = 160) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 8192))
+            lines = [x.strip() for x in f.read().decode(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return (lines[-1] if lines else "")[:limit]
+
+
+@dataclass
+class StatusReport:
+    root: Path
+    targets_by_status: dict[str, int] = field(default_factory=dict)
+    runs_by_status: dict[str, int] = field(default_factory=dict)
+    not_indexed: dict[str, int] = field(default_factory=dict)  # kind -> artifact dirs not in the index yet
+    flagged: list[tuple[str, str, list[str]]] = field(default_factory=list)  # (run_id, sampler, reasons)
+    failed_jobs: list[tuple[str, Path, str]] = field(default_factory=list)  # (id, .err path, its last line)
+    claims: list[tuple[str, str, float]] = field(default_factory=list)  # (id, holder, heartbeat age)
+    temporary: int = 0
+    quarantined: int = 0
+    size_bytes: int = 0
+
+
+def store_status(store: Any, logs: Path) -> StatusReport:
+    """What the store holds, what to look at, what failed, what is in flight. Counts come from
+    the index (a query); artifacts finished since the last record are counted as not indexed."""
+    rep = StatusReport(store.root)
+    listing = {kind: set(store.ids(kind)) for kind in ("target", "run")}
+    if store.layout.index_path.is_file():
+        with sandbox(store.layout) as con:
+            rep.targets_by_status = dict(con.execute("SELECT status, count(*) FROM targets GROUP BY 1 ORDER BY 2 DESC").fetchall())
+            rep.runs_by_status = dict(con.execute("SELECT status, count(*) FROM runs GROUP BY 1 ORDER BY 2 DESC").fetchall())
+            indexed = {"target": {r[0] for r in con.execute("SELECT target_id FROM targets").fetchall()},
+                       "run": {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}}
+            cur = con.execute("SELECT run_id, sampler, status, r_hat, ess_bulk, chains, divergences FROM runs ORDER BY run_id")
+            names = [d[0] for d in cur.description]
+            for values in cur.fetchall():
+                row = dict(zip(names, values))
+                reasons = run_flags(row)
+                if reasons:
+                    rep.flagged.append((row["run_id"], row["sampler"], reasons))
+    else:
+        indexed = {"target": set(), "run": set()}
+    rep.not_indexed = {kind: len(listing[kind] - indexed[kind]) for kind in listing}
+    claimed = {}
+    for artifact_id, holder in store.live_claims():
+        claimed[artifact_id] = holder
+        rep.claims.append((artifact_id, holder.owner.describe(), holder.heartbeat_age_s))
+    for sub, kind in (("build_target", "target"), ("run_sampler", "run")):
+        folder = logs / sub
+        if not folder.is_dir():
+            continue
+        for err in sorted(folder.glob("*.err")):
+            artifact_id = err.stem if kind == "target" else "run_" + err.stem.rsplit("_run_", 1)[-1]
+            if artifact_id in listing[kind] or artifact_id in claimed:
+                continue
+            rep.failed_jobs.append((artifact_id, err, _last_line(err) or "(no error output: interrupted?)"))
+    rep.temporary = sum(1 for _ in store.tmp_entries())
+    q = store.layout.quarantine_dir
+    rep.quarantined = len(list(q.iterdir())) if q.is_dir() else 0
+    rep.size_bytes = store.size_bytes()
+    return rep
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def format_status(rep: StatusReport, logs: Path, limit: int = 20) -> str:
+    def counts(by: dict[str, int]) -> str:
+        total = sum(by.values())
+        return f"{total}" + (" (" + ", ".join(f"{n} {s}" for s, n in by.items()) + ")" if by else "")
+
+    lines = [f"store {rep.root}: {human_bytes(rep.size_bytes)}",
+             f"  targets  {counts(rep.targets_by_status)}",
+             f"  runs     {counts(rep.runs_by_status)}"]
+    waiting = {k: n for k, n in rep.not_indexed.items() if n}
+    if waiting:
+        lines.append("  not in the index yet: " + ", ".join(f"{n} {k}s" for k, n in waiting.items())
+                     + " (lh execute records them; lh index rebuild now)")
+    if rep.claims:
+        lines.append(f"in flight: {len(rep.claims)} jobs claimed by running lh execute")
+        lines += [f"  {i}  {who}, heartbeat {age:.0f}s ago" for i, who, age in rep.claims[:limit]]
+    lines.append(f"flagged runs: {len(rep.flagged)}" + (f" (R-hat > {R_HAT_MAX}, ESS < {ESS_PER_CHAIN_MIN} per chain, "
+                                                         "divergences, status not ok)" if rep.flagged else ""))
+    prefixes = unique_prefixes([i for i, _, _ in rep.flagged])
+    lines += [f"  {prefixes[i]}  {sampler:<6} {'; '.join(reasons)}" for i, sampler, reasons in rep.flagged[:limit]]
+    if len(rep.flagged) > limit:
+        lines.append(f"  … {len(rep.flagged) - limit} more: lh query \"select run_id, status, r_hat, ess_bulk, divergences from runs\"")
+    lines.append(f"failed jobs: {len(rep.failed_jobs)}" + (f" (an error log in {logs}/ and no artifact)" if rep.failed_jobs else ""))
+    for artifact_id, err, last in rep.failed_jobs[:limit]:
+        lines.append(f"  {artifact_id}  {err}")
+        lines.append(f"      {last}")
+    if len(rep.failed_jobs) > limit:
+        lines.append(f"  … {len(rep.failed_jobs) - limit} more in {logs}/")
+    if rep.temporary or rep.quarantined:
+        lines.append(f"{rep.temporary} temporary and {rep.quarantined} quarantined entries (lh verify explains, lh gc removes)")
+    return "\n".join(lines) + "\n"
+
+
+def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: Path | None = None) -> str:
+    """One artifact for a reader: what it is, its numbers, its files, its logs, its relatives."""
+    manifest = store.read_manifest(kind, artifact_id)
+    spec, metrics = manifest.spec, manifest.metrics
+    d = store.layout.artifact_dir(kind, artifact_id)
+
+    def num(key: str, src: dict = metrics) -> str:
+        v = src.get(key)
+        return "NULL" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = [f"{kind} {artifact_id}   {d}", f"status     {manifest.status}"]
+    if kind == "run":
+        s = spec.get("sampler", {})
+        lines.append(f"sampler    {s.get('name')}: " + ", ".join(f"{k}={v}" for k, v in s.items() if k != "name"))
+        lines.append(f"posterior  " + ", ".join(f"{k}={v}" for k, v in spec.get("posterior", {}).items()) + f", seed={spec.get('seed')}")
+        lines.append(f"target     {spec.get('target_id')}")
+        lines.append(f"λ̂          {num('llc_mean')} ± {num('llc_sem')} (SEM), std over chains {num('llc_std')}"
+                     + (f"; exact λ {num('llc_true')}, rel. error {num('rel_error')}" if metrics.get("llc_true") is not None else ""))
+        lines.append(f"diagnostics R-hat {num('r_hat')}, ESS bulk {num('ess_bulk')}, tail {num('ess_tail')}"
+                     + (f", divergences {num('divergences')}" if metrics.get("divergences") is not None else "")
+                     + (f", acceptance {num('accept_rate_mean')}" if metrics.get("accept_rate_mean") is not None else ""))
+        lines.append(f"cost       {num('total_fge')} gradient evaluations, {num('walltime_sec')} s "
+                     f"(compile {num('compile_sec')} s, sample {num('sample_sec')} s)")
+        flags = run_flags({**metrics, "status": manifest.status, "chains": spec.get("sampler", {}).get("chains")})
+        if flags:
+            lines.append(f"flagged    {'; '.join(flags)}")
+    else:
+        m = spec.get("model", {})
+        lines.append(f"model      {m.get('kind')} " + ", ".join(f"{k}={v}" for k, v in m.items() if k != "kind"))
+        lines.append(f"data       " + ", ".join(f"{k}={v}" for k, v in spec.get("data", {}).items()))
+        lines.append(f"numbers    n_params {num('n_params')}, L0 {num('L0')}, exact λ {num('llc_true')}, "
+                     f"train loss {num('final_train_loss')}, test loss {num('test_loss')}")
+    lines.append(f"made       {manifest.created_at} on {manifest.host}, code {manifest.code.sha or '?'}"
+                 + (" (dirty)" if manifest.code.dirty else ""))
+    # One line per array (its Zarr metadata and chunks together), with its shape.
+    sizes: dict[str, int] = {}
+    for p, size in store.files(kind, artifact_id):
+        rel = p.relative_to(d).as_posix()
+        owner = next((a for a in manifest.arrays if rel.startswith(a + "/")), rel)
+        sizes[owner] = sizes.get(owner, 0) + size
+    lines.append(f"files      {human_bytes(sum(sizes.values()))} in {d}/")
+    for name, size in sizes.items():
+        shape = manifest.arrays.get(name)
+        lines.append(f"  {name:<28} {human_bytes(size):>9}" + (f"  array {' × '.join(map(str, shape)) or 'scalar'}"
+                                                                 if shape is not None else ""))
+    s = spec.get("sampler", {})
+    logs_of = log_paths(logs, kind, artifact_id, spec.get("target_id"), s.get("name"))
+    lines.append("logs" + ("" if any(p.exists() for p in logs_of) else f" (none under {logs}/; --logs DIR)"))
+    lines += [f"  {p}" for p in logs_of if p.exists()]
+    if plots_dir is not None and (plots_dir / artifact_id).is_dir():
+        lines.append("plots (lh promote)")
+        lines += [f"  {p}" for p in sorted((plots_dir / artifact_id).iterdir())]
+    if kind == "target":
+        runs = [m for m in store.manifests("run") if m.spec.get("target_id") == artifact_id]
+        lines.append(f"runs       {len(runs)}")
+        lines += [f"  {m.id}  {m.spec.get('sampler', {}).get('name', '?'):<6} {m.status:<9} "
+                  f"llc_mean {num('llc_mean', m.metrics)} ± {num('llc_sem', m.metrics)}" for m in runs]
+    lines.append("spec")
+    lines += ["  " + line for line in json.dumps(spec, indent=2, sort_keys=True).splitlines()]
+    return "\n".join(lines) + "\n"
