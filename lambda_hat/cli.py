@@ -147,6 +147,8 @@ def execute_cmd(
     ),
     retries: Annotated[int, typer.Option(min=0, help="Retry a failed job this many times (Parsl retries).")] = 0,
     max_runs: MaxRunsOpt = 1_000_000,
+    promote: Annotated[bool, typer.Option("--promote", help="After the runs, draw the sweep's gallery (as lh promote SWEEP).")] = False,
+    promote_dir: Annotated[Path, typer.Option(help="Gallery folder for --promote.")] = Path("gallery"),
     profile: Annotated[Optional[Path], typer.Option(help="Cluster profile: TOML with a [slurm] table (default: ./lh.toml if present).", rich_help_panel=SLURM)] = None,
     parsl_config: Annotated[Optional[Path], typer.Option(help="Python file defining `config` or `make_config()`; overrides backend, profile and flags.", rich_help_panel=SLURM)] = None,
     partition: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM)] = None,
@@ -169,7 +171,7 @@ def execute_cmd(
     ] = None,
 ) -> None:
     """Build the missing targets and sample the missing runs; record them; write results."""
-    from lambda_hat.errors import BadInput
+    from lambda_hat.errors import BadInput, LhError
     from lambda_hat.execute.driver import ExecuteRequest, execute
 
     if profile is not None and slurm_config is not None:
@@ -182,6 +184,13 @@ def execute_cmd(
                              results=results, retries=retries, max_runs=max_runs, profile=profile or slurm_config, slurm_flags=flags,
                              parsl_config=parsl_config)
     outcome = execute(request, console)
+    if promote and outcome.interrupted is None:
+        console.print("\n[bold]=== Stage C: Promoting results ===[/bold]")
+        try:
+            _promote(sweep, store, promote_dir, None, None)
+        except LhError as err:
+            err_console.print(f"[red]error:[/red] promote: {rich_escape(str(err))}", soft_wrap=True, highlight=False)
+            outcome.exit_code = outcome.exit_code or err.exit_code
     if "parsl" in sys.modules:
         # Parsl may leave non-daemon threads waiting on processes that are gone; do not let
         # them keep the command alive once everything we own is flushed and recorded.
@@ -341,6 +350,10 @@ def promote_cmd(
 ) -> None:
     """Plot every finished run (trace, running mean, rank, energy) and each target's λ̂ per
     sampler into a static gallery (index.html, gallery.md). Only what changed is redrawn."""
+    _promote(sweep, store, outdir, plots, title)
+
+
+def _promote(sweep: Path | None, store: str | None, outdir: Path, plots: str | None, title: str | None) -> None:
     from lambda_hat import promote
 
     chosen = promote.parse_plots(plots)

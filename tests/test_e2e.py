@@ -40,8 +40,11 @@ def lh(*args, cwd, timeout=600, check=True):
 
 def test_execute_twice_then_query(tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY)
-    first = lh("execute", "tiny.yaml", "--workers", "2", cwd=tmp_path)
+    first = lh("execute", "tiny.yaml", "--workers", "2", "--promote", cwd=tmp_path)
     out = first.stdout
+    assert "=== Stage C: Promoting results ===" in out
+    html = (tmp_path / "gallery" / "index.html").read_text()
+    assert html.count("<img") >= 3  # each run's plots and the target's comparison
     assert "=== Stage A: Building Targets ===" in out and "=== Stage B: Running Samplers ===" in out
     assert "[3/3] completed" in out and "3 jobs completed, 0 failed" in out
     store = tmp_path / "store"
