@@ -102,3 +102,12 @@ def test_parsl_config_file(tmp_path):
     broken.write_text("import nonexistent_module_xyz\n")
     with pytest.raises(BadInput, match="failed to load: ModuleNotFoundError"):
         load_parsl_config_file(broken)
+
+
+def test_worker_that_cannot_see_the_store_says_so(tmp_path):
+    from lambda_hat.execute.apps import build_target_job
+
+    log = tmp_path / "logs" / "build_target" / "t.log"
+    log.parent.mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="not visible on .*file system the compute nodes share"):
+        build_target_job({}, str(tmp_path / "node-local" / "store"), str(log), str(log.with_suffix(".err")))
