@@ -97,7 +97,8 @@ def test_kill_at_random_moments_and_crash_points(tmp_path):
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 kills += 1
-            proc.communicate(timeout=60)
+            proc.wait(timeout=60)  # not its stdout: a leaked child could hold that open
+            proc.stdout.close()
         else:
             proc = start(tmp_path, name, LH_CRASH_AT=how)
             out, _ = proc.communicate(timeout=300)

@@ -109,8 +109,8 @@ def _reason(exc: BaseException) -> str:
 
 class Recorder:
     """Puts finished manifests into the index from a timer thread, within about a second of
-    each completion; also heartbeats the driver's claims and tells the reaper about new
-    Parsl blocks. A reader holding the index only delays records (they are retried)."""
+    each completion; also heartbeats the driver's claims. A reader holding the index only
+    delays records (they are retried)."""
 
     def __init__(self, store, claims, console: Console, period_s: float = 1.0):
         self.store, self.claims, self.console, self.period_s = store, claims, console, period_s
@@ -119,7 +119,6 @@ class Recorder:
         self.stop = threading.Event()
         self.busy_told = False
         self.recorded = 0
-        self.on_tick: list = []
         self.thread = threading.Thread(target=self._loop, name="lh-recorder", daemon=True)
         self.last_heartbeat = 0.0
 
@@ -162,8 +161,6 @@ class Recorder:
                 if time.monotonic() - self.last_heartbeat > 5.0:
                     self.claims.heartbeat()
                     self.last_heartbeat = time.monotonic()
-                for fn in self.on_tick:
-                    fn()
             except Exception as err:  # the recorder must never die silently
                 self.console.print(f"  [red]recorder:[/red] {_reason(err)}")
 
@@ -314,9 +311,9 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
         from lambda_hat.execute.reaper import Reaper
 
         reaper = Reaper()
-        dfk, build_app, sample_app = _start_parsl(req, settings)
-        recorder.on_tick.append(lambda: reaper.watch_parsl(dfk))
-        reaper.watch_parsl(dfk)
+        config = _parsl_config(req, settings)
+        reaper.follow(config.executors)
+        dfk, build_app, sample_app = _start_parsl(req, config)
         _print_where(dfk, console)
         slurm_reasons = SlurmJobReasons(dfk)
         logs = LogPaths(req.logs.resolve())
@@ -453,13 +450,12 @@ class ExecutorStartError(LhError):
     exit_code = 1
 
 
-def _start_parsl(req: ExecuteRequest, settings):
+def _start_parsl(req: ExecuteRequest, config):
     import parsl
     from parsl import python_app
 
     from lambda_hat.execute import apps
 
-    config = _parsl_config(req, settings)
     try:
         dfk = parsl.load(config)
     except Exception as err:

@@ -50,6 +50,10 @@ def local_config(run_dir: Path, workers: int | None = None, retries: int = 0):
                 label="local",
                 max_workers_per_node=workers or default_workers(),
                 cores_per_worker=1,
+                # A pool whose interchange is gone (its driver was killed) exits after this
+                # many seconds without a heartbeat, a second line of defence behind the reaper.
+                heartbeat_period=5,
+                heartbeat_threshold=30,
                 launch_cmd=launch_cmd,
                 interchange_launch_cmd=interchange_cmd,
                 provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),

@@ -96,6 +96,7 @@ class Reaper:
             start_new_session=True, text=True,
         )
         self.sent: set[str] = set()
+        self.stopping = None
 
     def watch(self, kind: str, value: int | str) -> None:
         line = f"{kind} {value}"
@@ -108,15 +109,16 @@ class Reaper:
         except (BrokenPipeError, ValueError):
             pass
 
-    def watch_parsl(self, dfk) -> None:
-        """Tell the reaper about every block and interchange Parsl has started so far."""
-        for ex in dfk.executors.values():
+    def watch_executors(self, executors) -> None:
+        """Tell the reaper about every block and interchange these executors have started."""
+        for ex in executors:
             proc = getattr(ex, "interchange_proc", None)
             if proc is not None and getattr(proc, "pid", None):
                 self.watch("pid", proc.pid)
             provider = getattr(ex, "provider", None)
-            resources = getattr(provider, "resources", {}) or {}
-            for job_id in list(getattr(ex, "blocks_to_job_id", {}).values()):
+            resources = dict(getattr(provider, "resources", {}) or {})
+            job_ids = set(resources) | set(getattr(ex, "blocks_to_job_id", {}).values())
+            for job_id in job_ids:
                 remote = (resources.get(job_id) or {}).get("remote_pid")
                 if remote is not None:  # a local block: its process group
                     try:
@@ -126,8 +128,26 @@ class Reaper:
                 elif job_id is not None and type(provider).__name__ == "SlurmProvider":
                     self.watch("slurm", job_id)
 
+    def follow(self, executors, period_s: float = 0.1) -> None:
+        """Keep telling the reaper, from a thread, from before Parsl starts anything (the
+        executors are ours before `parsl.load`) until `close`: a kill at any moment leaves
+        at most `period_s` of blocks it has not heard of."""
+        import threading
+
+        def loop() -> None:
+            while not self.stopping.wait(period_s):
+                try:
+                    self.watch_executors(executors)
+                except Exception:  # dictionaries changing under us: next round
+                    pass
+
+        self.stopping = threading.Event()
+        threading.Thread(target=loop, name="lh-reaper-feed", daemon=True).start()
+
     def close(self, wait_s: float = 10.0) -> None:
         """Close the pipe: the reaper ends whatever is left, then exits."""
+        if getattr(self, "stopping", None) is not None:
+            self.stopping.set()
         try:
             if self.proc.stdin is not None:
                 self.proc.stdin.close()
