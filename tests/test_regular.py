@@ -16,7 +16,7 @@ SPEC = TargetSpec(model={"kind": "dln", "widths": [10, 10]}, data={"n_data": 10_
 
 
 @pytest.fixture(scope="module")
-def regular():
+def regular(jax64):  # H and g in float64, as the target (build_target no longer flips the global flag)
     import jax
     import jax.numpy as jnp
 

@@ -11,7 +11,7 @@ Per draw: llc = nβ·(L_n(w) − L0). Reported:
 
 If any llc draw is non-finite, status = "nonfinite" and every statistic above is NaN.
 
-The three BlackJAX diagnostics run inside one `jax.jit`-ted function (built once per
+The three BlackJAX diagnostics run, in float64, inside one `jax.jit`-ted function (built once per
 process, cached at module level), so a run pays one XLA compile per trace shape instead
 of ~170 op-by-op compiles. If R-hat cannot be computed for a trace shape (BlackJAX raises
 while tracing, e.g. too few draws), a jitted ESS-only function is used and r_hat is NaN.
@@ -51,14 +51,17 @@ def _diagnostics_fn(with_rhat: bool):
 
 
 def _diagnostics(llc: np.ndarray) -> dict:
+    import jax
     import jax.numpy as jnp
 
-    x = jnp.asarray(llc)
-    try:
-        out = _diagnostics_fn(True)(x)
-    except Exception:  # e.g. too few draws to split for R-hat
-        out = dict(_diagnostics_fn(False)(x), r_hat=math.nan)
-    return {k: float(v) for k, v in out.items()}
+    # In float64 whatever the sampler's dtype or the process's x64 setting (scoped, no global change).
+    with jax.enable_x64(True):
+        x = jnp.asarray(llc, jnp.float64)
+        try:
+            out = _diagnostics_fn(True)(x)
+        except Exception:  # e.g. too few draws to split for R-hat
+            out = dict(_diagnostics_fn(False)(x), r_hat=math.nan)
+        return {k: float(v) for k, v in out.items()}
 
 
 def summarize(llc: np.ndarray) -> dict:

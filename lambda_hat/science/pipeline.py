@@ -7,8 +7,11 @@ PRNGKey(run.seed). Same spec → same numbers on the same machine.
 
 dtypes: `target.dtype` is the dtype of data, training and w*; `run.sampler.dtype` is the
 dtype the sampler computes in (data and w* are cast to it, and L0 is recomputed in it with
-the same loss function, so llc = nβ·(L_n(w) − L0) never mixes precisions). float64 turns
-on `jax_enable_x64`.
+the same loss function, so llc = nβ·(L_n(w) − L0) never mixes precisions). Each runs in
+the x64 mode its dtype needs (`models.precision`: on for float64, off for float32, scoped
+to the call), so every target × sampler dtype pair works whatever the process-wide
+`jax_enable_x64`, and nothing here changes that global flag. Traces come back in the
+sampler's dtype; λ̂ and its statistics are computed in float64 (numpy).
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ import numpy as np
 
 
 def build_target(spec):
+    from .models import precision
+
+    with precision(spec.dtype):
+        return _build_target(spec)
+
+
+def _build_target(spec):
     import jax
 
     from . import TargetArrays
@@ -166,6 +176,13 @@ def sample_run(run, target, arrays):
     draws were divergent transitions (numbers kept, `divergences` and `divergence_rate` always
     recorded), else "ok".
     """
+    from .models import precision
+
+    with precision(run.sampler.dtype):
+        return _sample_run(run, target, arrays)
+
+
+def _sample_run(run, target, arrays):
     import jax
     import jax.numpy as jnp
 
