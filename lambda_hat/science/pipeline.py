@@ -110,7 +110,7 @@ def _build_sampler(s, *, predict, X, Y, w_star, n_beta: float, gamma: float, ste
     from .posterior import make_full_loss, make_minibatch_loss
 
     loss_fn = make_full_loss(predict, X, Y)
-    common = dict(loss_fn=loss_fn, w_star=w_star, n_beta=n_beta, gamma=gamma, chains=s.chains)
+    common = dict(loss_fn=loss_fn, w_star=w_star, n_beta=n_beta, gamma=gamma, chains=s.chains, disperse=True)
     if s.name == "sgld":
         from .samplers.sgld import build_sgld
 
@@ -169,12 +169,17 @@ def sample_run(run, target, arrays):
     gamma, step_size (mean over chains of the step size used), total_fge (full-gradient
     evaluations summed over chains, warmup/tuning included: SGLD counts a minibatch
     gradient as min(batch_size, n)/n, HMC/NUTS the integrator steps, MCLMC the integrator's
-    gradients per step), fge_warmup, accept_rate_mean / divergences (HMC, NUTS), L (MCLMC),
-    compile_sec (lower + compile, ~0 on an in-process cache hit), sample_sec (the compiled
-    call), walltime_sec (their sum), compile_cache_hit. status is "nonfinite" when a draw is
-    NaN/inf (statistics NaN), "divergent" when more than MAX_DIVERGENCE_RATE of the HMC/NUTS
-    draws were divergent transitions (numbers kept, `divergences` and `divergence_rate` always
-    recorded), else "ok".
+    gradients per step, and every chain's dispersed start `posterior.INIT_FGE`), fge_warmup,
+    accept_rate_mean / divergences (HMC, NUTS), L (MCLMC), compile_sec (lower + compile, ~0 on
+    an in-process cache hit), sample_sec (the compiled call), walltime_sec (their sum),
+    compile_cache_hit. Chains start dispersed around w* (`posterior.dispersed_start`).
+
+    status, most severe first (`llc.STATUS_PRECEDENCE`): "nonfinite" when a draw is NaN/inf
+    (statistics NaN); "divergent" when more than MAX_DIVERGENCE_RATE of the HMC/NUTS draws were
+    divergent transitions (`divergences` and `divergence_rate` always recorded); "unconverged"
+    when R-hat > llc.R_HAT_MAX or bulk ESS < llc.ESS_BULK_MIN; else "ok". Numbers are kept in
+    every case but "nonfinite"; `flags` lists every reason that applies (a divergent run may
+    also be unconverged) and `status_reason` joins them.
     """
     from .models import precision
 
@@ -187,9 +192,9 @@ def _sample_run(run, target, arrays):
     import jax.numpy as jnp
 
     from . import RunResult
-    from .llc import llc_from_loss, summarize
+    from .llc import flag_run, llc_from_loss, summarize
     from .models import jnp_dtype
-    from .posterior import flat_model
+    from .posterior import INIT_FGE, flat_model
 
     s, post = run.sampler, run.posterior
     if post.loss != "mse":
@@ -234,10 +239,11 @@ def _sample_run(run, target, arrays):
     warm_fge = traces.pop("warmup_grad_evals", np.zeros(s.chains)).astype(np.float64)
 
     chains, draws = traces["loss"].shape
+    warm_fge = warm_fge + INIT_FGE  # each chain's dispersed start (`posterior.dispersed_start`)
     if s.name == "sgld":
         step_size = eps
         per_step = min(s.batch_size, n) / n
-        warm_fge = np.full(chains, s.warmup * per_step)
+        warm_fge = np.full(chains, s.warmup * per_step + INIT_FGE)
         draw_fge = np.full((chains, draws), s.eval_every * per_step)
         traces["step_size"] = np.full((chains, draws), eps, dtype=traces["loss"].dtype)
     elif s.name == "mclmc":
@@ -278,10 +284,10 @@ def _sample_run(run, target, arrays):
         metrics["accept_rate_mean"] = float(np.nanmean(traces["accept_rate"]))
         metrics["divergences"] = int(np.sum(traces["diverging"]))
         metrics["divergence_rate"] = metrics["divergences"] / traces["diverging"].size
-        if metrics["divergence_rate"] > MAX_DIVERGENCE_RATE and metrics["status"] == "ok":
+        if metrics["divergence_rate"] > MAX_DIVERGENCE_RATE and metrics["status"] != "nonfinite":
             # The estimate is kept, but the integrator fails in a region the chains keep
             # visiting, so the number is suspect: flag the run instead of reporting it plainly.
-            metrics["status"] = "divergent"
+            flag_run(metrics, [f"divergence_rate {metrics['divergence_rate']:.3f} > {MAX_DIVERGENCE_RATE}"], "divergent")
     if s.name == "mclmc":
         metrics["L"] = float(np.mean(traces["L"][:, 0]))
     return RunResult(traces=traces, metrics=metrics)
