@@ -28,6 +28,7 @@ from lambda_hat.specs import (
 
 from quadratic import D, GAMMA, L0, N_BETA, _quadratic, _run, _theory  # noqa: E402,F401
 
+from lambda_hat.science.pipeline import LOSS_EVAL_FGE
 from lambda_hat.science.posterior import INIT_FGE
 
 
@@ -93,6 +94,18 @@ def test_mclmc_fixed_parameters_without_tuning(jax64):
     assert (traces["warmup_grad_evals"] == 0).all()
     assert np.isfinite(traces["energy_change"]).all() and np.isfinite(s["llc_mean"])
     assert s["status"] == "unconverged"  # 2 × 50 draws cannot reach 400 effective ones
+
+
+def test_recorded_loss_from_the_log_density_is_the_loss(jax64):
+    """HMC/NUTS/MCLMC record L_n from their state's log density instead of a data pass: it is
+    the loss itself, to rounding, at any point."""
+    from lambda_hat.science.posterior import loss_from_logdensity, make_logdensity
+
+    h, w_star, loss = _quadratic(jax64)
+    logdensity = make_logdensity(loss, w_star, N_BETA, GAMMA)
+    for w in jax64.random.normal(jax64.random.PRNGKey(0), (5, D)):
+        got = loss_from_logdensity(logdensity(w), w, w_star, N_BETA, GAMMA)
+        assert float(got) == pytest.approx(float(loss(w)), rel=1e-12)
 
 
 def test_summarize_is_jitted_once_and_rhat_falls_back(jax64, monkeypatch):
@@ -206,12 +219,13 @@ def test_sgld_total_fge(tiny_targets):
     spec = SGLDSpec(chains=2, steps=205, warmup=100, eval_every=10, batch_size=32)
     r = sample_run(RunSpec(target_id="t", sampler=spec, seed=0), TINY, tiny_targets[0])
     # 100 warmup + 10 blocks × 10 steps run (the 5 remainder steps are not), each 32/200 of a full
-    # gradient, and each chain's dispersed start
-    assert r.metrics["total_fge"] == pytest.approx(2 * 200 * 32 / 200 + 2 * INIT_FGE)
+    # gradient, each chain's dispersed start, and the full-data loss of each of the 10 recorded draws
+    assert r.metrics["total_fge"] == pytest.approx(2 * 200 * 32 / 200 + 2 * INIT_FGE + 2 * 10 * LOSS_EVAL_FGE)
     assert r.metrics["fge_warmup"] == pytest.approx(2 * 100 * 32 / 200 + 2 * INIT_FGE)
+    assert r.metrics["fge_recording"] == pytest.approx(2 * 10 * LOSS_EVAL_FGE)
     _check_cost_traces(r)
-    # per draw: one block of 10 minibatch steps, each 32/200 of a full gradient
-    np.testing.assert_allclose(np.diff(r.traces["cumulative_fge"], axis=1), 10 * 32 / 200)
+    # per draw: one block of 10 minibatch steps, each 32/200 of a full gradient, and the recorded loss
+    np.testing.assert_allclose(np.diff(r.traces["cumulative_fge"], axis=1), 10 * 32 / 200 + LOSS_EVAL_FGE)
     assert (r.traces["step_size"] == r.metrics["step_size"]).all() and r.traces["step_size"].shape == (2, 10)
 
 

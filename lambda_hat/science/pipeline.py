@@ -155,6 +155,13 @@ def _walltime_per_draw(warm_fge, draw_fge, sample_sec: float) -> np.ndarray:
     return np.broadcast_to(sample_sec * frac, draw_fge.shape).copy()
 
 
+# Cost of one full-data loss evaluation, in full-gradient evaluations. A gradient is a forward and a
+# backward pass, and a dense network's backward pass costs about twice its forward (per layer one
+# matmul for the input gradient and one for the weight gradient, against one forward): the usual
+# 2N-forward / 6N-training FLOP count. SGLD pays it for every recorded draw (its minibatch steps
+# never see the full loss); HMC/NUTS/MCLMC read the loss off their state's log density for free.
+LOSS_EVAL_FGE = 1.0 / 3.0
+
 # Share of post-warmup HMC/NUTS transitions that may diverge before a run is flagged. Isolated
 # divergences are routine on these near-singular posteriors: NUTS on the deep narrow [2,2,2,2]
 # network diverges on 1-2.5 % of draws even at target_acceptance 0.95 and still comes within
@@ -168,8 +175,10 @@ def sample_run(run, target, arrays):
     Metrics beyond `llc.summarize`'s: L0 (recomputed in the sampler's dtype), beta, n_beta,
     gamma, step_size (mean over chains of the step size used), total_fge (full-gradient
     evaluations summed over chains, warmup/tuning included: SGLD counts a minibatch
-    gradient as min(batch_size, n)/n, HMC/NUTS the integrator steps, MCLMC the integrator's
-    gradients per step, and every chain's dispersed start `posterior.INIT_FGE`), fge_warmup,
+    gradient as min(batch_size, n)/n and each recorded draw's full-data loss as LOSS_EVAL_FGE,
+    HMC/NUTS the integrator steps, MCLMC the integrator's gradients per step (both read the
+    recorded loss off their state's log density), and every chain's dispersed start
+    `posterior.INIT_FGE`), fge_recording (the recorded draws' share of total_fge), fge_warmup,
     accept_rate_mean / divergences (HMC, NUTS), L (MCLMC), compile_sec (lower + compile, ~0 on
     an in-process cache hit), sample_sec (the compiled call), walltime_sec (their sum),
     compile_cache_hit. Chains start dispersed around w* (`posterior.dispersed_start`).
@@ -244,7 +253,8 @@ def _sample_run(run, target, arrays):
         step_size = eps
         per_step = min(s.batch_size, n) / n
         warm_fge = np.full(chains, s.warmup * per_step + INIT_FGE)
-        draw_fge = np.full((chains, draws), s.eval_every * per_step)
+        # each draw: eval_every minibatch steps, then the full-data loss it records
+        draw_fge = np.full((chains, draws), s.eval_every * per_step + LOSS_EVAL_FGE)
         traces["step_size"] = np.full((chains, draws), eps, dtype=traces["loss"].dtype)
     elif s.name == "mclmc":
         from .samplers.mclmc import grads_per_step
@@ -275,6 +285,7 @@ def _sample_run(run, target, arrays):
         "step_size": step_size,
         "total_fge": float(total_fge),
         "fge_warmup": float(fge_warmup),
+        "fge_recording": float(chains * draws * LOSS_EVAL_FGE) if s.name == "sgld" else 0.0,
         "walltime_sec": t_compile + t_run,
         "compile_sec": t_compile,
         "sample_sec": t_run,

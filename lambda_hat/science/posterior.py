@@ -69,6 +69,12 @@ def make_logdensity(loss_fn, w_star, n_beta, gamma):
     return logdensity
 
 
+def loss_from_logdensity(logdensity, w, w_star, n_beta, gamma):
+    """L_n(w) from log p(w) = −nβ·L_n(w) − (γ/2)‖w − w*‖², which HMC/NUTS/MCLMC states already
+    hold: recording a draw's loss then needs no pass over the data."""
+    return -(logdensity + 0.5 * gamma * jnp.sum((w - w_star) ** 2)) / n_beta
+
+
 # Chains start dispersed around w*, so that R-hat compares chains that began apart.
 # Each chain starts at w* + δ, δ ~ N(0, s²I) with
 #     s = INIT_JITTER / √(γ + nβ·κ),   κ = max(tr H / d, 0),

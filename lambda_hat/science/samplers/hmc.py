@@ -20,7 +20,8 @@ and diagonal inverse mass matrix. Adaptation flags:
 * neither (warmup > 0): `warmup` plain steps at spec.step_size / identity mass as
   burn-in, discarded.
 
-Then `draws` steps in `lax.scan`, recording per draw: full-data loss, acceptance rate,
+Then `draws` steps in `lax.scan`, recording per draw: full-data loss (from the state's log
+density, `posterior.loss_from_logdensity`: no extra pass over the data), acceptance rate,
 total energy, divergence flag, step size, and the number of gradient evaluations of the
 transition (`num_grad_evals`: the integrator's steps, L for HMC, the trajectory length for
 NUTS; velocity Verlet reuses the last gradient, so one gradient per step). The run also
@@ -46,7 +47,7 @@ def build_hmc_family(*, algorithm, kernel_kwargs: dict, loss_fn, w_star, n_beta:
 
     import blackjax
 
-    from ..posterior import dispersed_start, make_logdensity
+    from ..posterior import dispersed_start, loss_from_logdensity, make_logdensity
 
     dtype = w_star.dtype
     logdensity = make_logdensity(loss_fn, w_star, n_beta, gamma)
@@ -105,7 +106,7 @@ def build_hmc_family(*, algorithm, kernel_kwargs: dict, loss_fn, w_star, n_beta:
         def body(s, k):
             s, info = kernel(k, s, eps, imm)
             rec = {
-                "loss": loss_fn(s.position),
+                "loss": loss_from_logdensity(s.logdensity, s.position, w_star, n_beta, gamma),
                 "accept_rate": info.acceptance_rate,
                 "energy": info.energy,
                 "diverging": info.is_divergent,

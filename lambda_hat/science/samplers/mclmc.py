@@ -10,7 +10,8 @@ params) starting from ``params = (L, step_size, ones)`` of the spec; the tuner s
 round(num_steps·frac_tune1) + round(num_steps·frac_tune2) (+ a third of that with
 diagonal preconditioning) + round(num_steps·frac_tune3) steps, which BlackJAX returns.
 Without ``tune``, L and step_size are used as given with the identity preconditioner and
-no warmup. Then `draws` MCLMC steps in `lax.scan`, recording per draw the full-data loss,
+no warmup. Then `draws` MCLMC steps in `lax.scan`, recording per draw the full-data loss (from
+the state's log density: no extra pass over the data),
 the step's energy change, and L / step_size.
 
 MCLMC is unadjusted (no Metropolis step): its stationary law is biased by O(step_size²);
@@ -57,7 +58,7 @@ def build_mclmc(*, loss_fn, w_star, n_beta: float, gamma: float, draws: int, L: 
     from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
     from blackjax.mcmc import integrators
 
-    from ..posterior import dispersed_start, make_logdensity
+    from ..posterior import dispersed_start, loss_from_logdensity, make_logdensity
 
     if integrator not in INTEGRATORS:
         raise NotImplementedError(f"sampler.integrator={integrator!r} is not implemented")
@@ -88,7 +89,8 @@ def build_mclmc(*, loss_fn, w_star, n_beta: float, gamma: float, draws: int, L: 
 
         def body(s, k):
             s, info = kernel(k, s, logdensity, imm, Lc, eps)
-            return s, {"loss": loss_fn(s.position), "energy_change": info.energy_change, "L": Lc, "step_size": eps}
+            loss = loss_from_logdensity(s.logdensity, s.position, w_star, n_beta, gamma)
+            return s, {"loss": loss, "energy_change": info.energy_change, "L": Lc, "step_size": eps}
 
         _, rec = jax.lax.scan(body, state, jax.random.split(k_draw, draws))
         rec["warmup_grad_evals"] = warm
