@@ -38,12 +38,14 @@ def _rel_error(widths, rank, sampler):
     run = RunSpec(target_id=target_id(spec), sampler={**sampler, "chains": 4}, seed=1)
     m = sample_run(run, spec, arrays).metrics
     llc_true = arrays.metrics["llc_true"]
-    info = {k: m.get(k) for k in ("status", "divergence_rate", "r_hat", "llc_mean")}
+    info = {k: m.get(k) for k in ("status", "status_reason", "divergence_rate", "r_hat", "ess_bulk", "llc_mean", "llc_sem")}
     # A run above 1 % divergent draws is flagged "divergent" but keeps its numbers; the deep
     # narrow [2,2,2,2] case diverges on 1-2.5 % of NUTS draws even at target_acceptance 0.95.
-    # Accuracy is what is tested here, with the divergence rate bounded.
-    assert m["status"] in ("ok", "divergent") and (m.get("divergence_rate") or 0.0) < MAX_DIVERGENT_SHARE, info
+    # One with R-hat > 1.01 or bulk ESS < 400 is "unconverged" and keeps them too. Accuracy is
+    # what is tested here, with the divergence rate and R-hat bounded.
+    assert m["status"] in ("ok", "divergent", "unconverged") and (m.get("divergence_rate") or 0.0) < MAX_DIVERGENT_SHARE, info
     assert m["r_hat"] < 1.1, info
+    print(widths, rank, sampler["name"], info, "llc_true", llc_true)
     return (m["llc_mean"] - llc_true) / llc_true, m["llc_mean"], llc_true
 
 

@@ -59,8 +59,9 @@ def test_execute_twice_then_query(tmp_path):
     table = pq.read_table(tmp_path / "results" / "llc_runs.parquet").to_pylist()
     assert sorted(r["sampler"] for r in table) == ["hmc", "sgld"]
     for row in table:
-        # A ~45-parameter network: the LLC is positive and at most d/2.
-        assert row["status"] == "ok" and 0 < row["llc_mean"] <= row["n_params"] / 2 + 5, row
+        # A ~45-parameter network: the LLC is positive and at most d/2. Budgets this small leave
+        # far fewer than 400 effective draws: the run is flagged 'unconverged', its numbers kept.
+        assert row["status"] == "unconverged" and 0 < row["llc_mean"] <= row["n_params"] / 2 + 5, row
 
     runinfo_before = sorted(os.listdir(tmp_path / "parsl_runinfo"))
     second = lh("execute", "tiny.yaml", cwd=tmp_path)

@@ -28,6 +28,9 @@ from lambda_hat.specs import (
 
 from quadratic import D, GAMMA, L0, N_BETA, _quadratic, _run, _theory  # noqa: E402,F401
 
+from lambda_hat.science.pipeline import LOSS_EVAL_FGE
+from lambda_hat.science.posterior import INIT_FGE
+
 
 def test_nuts_matches_quadratic_theory(jax64):
     from lambda_hat.science.samplers.nuts import build_nuts
@@ -89,7 +92,20 @@ def test_mclmc_fixed_parameters_without_tuning(jax64):
     traces, s = _run(jax64, fn)
     assert np.all(traces["L"] == 0.7) and np.all(traces["step_size"] == 0.05)
     assert (traces["warmup_grad_evals"] == 0).all()
-    assert np.isfinite(traces["energy_change"]).all() and s["status"] == "ok"
+    assert np.isfinite(traces["energy_change"]).all() and np.isfinite(s["llc_mean"])
+    assert s["status"] == "unconverged"  # 2 × 50 draws cannot reach 400 effective ones
+
+
+def test_recorded_loss_from_the_log_density_is_the_loss(jax64):
+    """HMC/NUTS/MCLMC record L_n from their state's log density instead of a data pass: it is
+    the loss itself, to rounding, at any point."""
+    from lambda_hat.science.posterior import loss_from_logdensity, make_logdensity
+
+    h, w_star, loss = _quadratic(jax64)
+    logdensity = make_logdensity(loss, w_star, N_BETA, GAMMA)
+    for w in jax64.random.normal(jax64.random.PRNGKey(0), (5, D)):
+        got = loss_from_logdensity(logdensity(w), w, w_star, N_BETA, GAMMA)
+        assert float(got) == pytest.approx(float(loss(w)), rel=1e-12)
 
 
 def test_summarize_is_jitted_once_and_rhat_falls_back(jax64, monkeypatch):
@@ -107,7 +123,8 @@ def test_summarize_is_jitted_once_and_rhat_falls_back(jax64, monkeypatch):
 
     monkeypatch.setattr(diagnostics, "rhat", boom)
     s2 = llc.summarize(np.random.default_rng(1).normal(size=(3, 19)))  # new shape: traces again
-    assert math.isnan(s2["r_hat"]) and s2["ess_bulk"] > 0 and s2["status"] == "ok"
+    assert math.isnan(s2["r_hat"]) and s2["ess_bulk"] > 0
+    assert s2["status"] == "unconverged" and s2["flags"][0] == "r_hat unavailable"
 
 
 # --------------------------------------------------------------------------- end to end
@@ -145,7 +162,9 @@ def test_sample_run_end_to_end(tiny_targets, name):
     for k in ("llc_mean", "ess_bulk", "ess_tail", "r_hat", "step_size", "total_fge", "fge_warmup", "compile_sec", "sample_sec",
               "walltime_sec", "status"):
         assert k in r.metrics, k
-    assert r.metrics["status"] == "ok" and np.isfinite(r.traces["llc"]).all()
+    # tiny budgets: far below 400 effective draws, so flagged, with the numbers kept
+    assert r.metrics["status"] == "unconverged" and np.isfinite(r.traces["llc"]).all()
+    assert any(f.startswith("ess_bulk") for f in r.metrics["flags"])
     assert r.metrics["walltime_sec"] == pytest.approx(r.metrics["compile_sec"] + r.metrics["sample_sec"])
     _check_cost_traces(r)
     if spec.name == "nuts":
@@ -156,7 +175,7 @@ def test_sample_run_end_to_end(tiny_targets, name):
         assert {"energy_change", "L"} <= set(r.traces)
         per_step = {"isokinetic_mclachlan": 2, "isokinetic_yoshida": 3}[spec.integrator]
         tune = (3 * 10 if spec.tune else 0) * spec.chains
-        assert r.metrics["total_fge"] == per_step * (tune + spec.chains * spec.draws)
+        assert r.metrics["total_fge"] == per_step * (tune + spec.chains * spec.draws) + spec.chains * INIT_FGE
         assert r.metrics["L"] == pytest.approx(float(np.mean(r.traces["L"][:, 0])))
         if not spec.tune:
             assert r.metrics["L"] == pytest.approx(spec.L) and r.metrics["step_size"] == pytest.approx(spec.step_size)
@@ -189,8 +208,9 @@ def test_compiled_sampler_is_reused_across_targets(tiny_targets):
     assert b.metrics["compile_cache_hit"] == 1
     assert b.metrics["L0"] == pytest.approx(tiny_targets[1].metrics["L0"], rel=1e-10)
     assert a.metrics["L0"] != b.metrics["L0"] and not np.array_equal(a.traces["loss"], b.traces["loss"])
-    # HMC FGE: (warmup + draws) × num_integration_steps per chain
-    assert a.metrics["total_fge"] == 2 * (20 + 20) * 3 and a.metrics["fge_warmup"] == 2 * 20 * 3
+    # HMC FGE: (warmup + draws) × num_integration_steps per chain, and each chain's dispersed start
+    assert a.metrics["total_fge"] == 2 * (20 + 20) * 3 + 2 * INIT_FGE
+    assert a.metrics["fge_warmup"] == 2 * 20 * 3 + 2 * INIT_FGE
 
 
 def test_sgld_total_fge(tiny_targets):
@@ -198,12 +218,14 @@ def test_sgld_total_fge(tiny_targets):
 
     spec = SGLDSpec(chains=2, steps=205, warmup=100, eval_every=10, batch_size=32)
     r = sample_run(RunSpec(target_id="t", sampler=spec, seed=0), TINY, tiny_targets[0])
-    # 100 warmup + 10 blocks × 10 steps run (the 5 remainder steps are not), each 32/200 of a full gradient
-    assert r.metrics["total_fge"] == pytest.approx(2 * 200 * 32 / 200)
-    assert r.metrics["fge_warmup"] == pytest.approx(2 * 100 * 32 / 200)
+    # 100 warmup + 10 blocks × 10 steps run (the 5 remainder steps are not), each 32/200 of a full
+    # gradient, each chain's dispersed start, and the full-data loss of each of the 10 recorded draws
+    assert r.metrics["total_fge"] == pytest.approx(2 * 200 * 32 / 200 + 2 * INIT_FGE + 2 * 10 * LOSS_EVAL_FGE)
+    assert r.metrics["fge_warmup"] == pytest.approx(2 * 100 * 32 / 200 + 2 * INIT_FGE)
+    assert r.metrics["fge_recording"] == pytest.approx(2 * 10 * LOSS_EVAL_FGE)
     _check_cost_traces(r)
-    # per draw: one block of 10 minibatch steps, each 32/200 of a full gradient
-    np.testing.assert_allclose(np.diff(r.traces["cumulative_fge"], axis=1), 10 * 32 / 200)
+    # per draw: one block of 10 minibatch steps, each 32/200 of a full gradient, and the recorded loss
+    np.testing.assert_allclose(np.diff(r.traces["cumulative_fge"], axis=1), 10 * 32 / 200 + LOSS_EVAL_FGE)
     assert (r.traces["step_size"] == r.metrics["step_size"]).all() and r.traces["step_size"].shape == (2, 10)
 
 
@@ -232,7 +254,11 @@ def test_hmc_run_with_many_divergences_is_flagged(tiny_targets):
     r = sample_run(RunSpec(target_id="t", sampler=bad, seed=0), TINY, tiny_targets[0])
     assert r.metrics["divergences"] == int(r.traces["diverging"].sum()) > MAX_DIVERGENCE_RATE * 40
     assert r.metrics["divergence_rate"] == r.metrics["divergences"] / 40
+    # divergent takes precedence over unconverged; both reasons are kept
     assert r.metrics["status"] == "divergent"
+    assert r.metrics["flags"][-1] == f"divergence_rate {r.metrics['divergence_rate']:.3f} > {MAX_DIVERGENCE_RATE}"
+    assert any(f.startswith("ess_bulk") for f in r.metrics["flags"])
     good = HMCSpec(chains=2, draws=20, warmup=50, num_integration_steps=3)
     r = sample_run(RunSpec(target_id="t", sampler=good, seed=0), TINY, tiny_targets[0])
-    assert r.metrics["divergence_rate"] <= MAX_DIVERGENCE_RATE and r.metrics["status"] == "ok"
+    assert r.metrics["divergence_rate"] <= MAX_DIVERGENCE_RATE and r.metrics["status"] == "unconverged"
+    assert not any(f.startswith("divergence") for f in r.metrics["flags"])

@@ -35,11 +35,13 @@ def test_hmc_matches_quadratic_theory(jax64):
                    num_integration_steps=10, step_size=0.01, target_acceptance=0.8,
                    adapt_step_size=True, adapt_mass_matrix=True, chains=4)
     traces, s = _run(jax64, fn)
-    assert s["status"] == "ok"
+    # HMC's fixed 10-step trajectories mix λ̂ slowly on this Gaussian: at 4 × 1000 draws R-hat is
+    # 1.012 and bulk ESS 486, so the run is flagged 'unconverged' by the 1.01 / 400 rule (llc.py).
+    # Accuracy is what is tested here.
+    assert s["status"] in ("ok", "unconverged") and s["r_hat"] < 1.05, s
     assert s["llc_sem"] < 0.05 * expected  # the test has power
     # tolerance: 3 Monte-Carlo standard errors (observed: 3.686 vs 3.669, sem 0.084, z = 0.2)
     assert abs(s["llc_mean"] - expected) < 3 * s["llc_sem"]
-    assert s["r_hat"] < 1.05
     assert not traces["diverging"].any()
     assert 0.6 < np.mean(traces["accept_rate"]) < 0.95
 
@@ -203,7 +205,9 @@ def test_sample_run_end_to_end(tiny_target, name):
     for k in ("llc_mean", "llc_std", "llc_sem", "ess_bulk", "ess_tail", "r_hat", "L0", "beta", "n_data", "n_params", "draws", "chains",
               "step_size", "walltime_sec", "compile_sec", "nonfinite_draws", "status"):
         assert k in r.metrics, k
-    assert r.metrics["status"] == "ok" and np.isfinite(r.traces["llc"]).all()
+    # tiny budgets: far below 400 effective draws, so flagged, with the numbers kept
+    assert r.metrics["status"] == "unconverged" and np.isfinite(r.traces["llc"]).all()
+    assert any(f.startswith("ess_bulk") for f in r.metrics["flags"]) and np.isfinite(r.metrics["llc_mean"])
     assert r.metrics["beta"] == pytest.approx(1 / math.log(200))
     if spec.name == "sgld" and spec.step_size is None:
         assert r.metrics["step_size"] == pytest.approx(spec.step_size_nbeta / (200 / math.log(200)))

@@ -95,8 +95,8 @@ def job_logs(log_path: Path, err_path: Path) -> Iterator[None]:
 def _setup_jax(cache_dir: str | None) -> None:
     import jax
 
-    # Precision is chosen per spec (`dtype`); x64 must be on for float64 to exist at all.
-    jax.config.update("jax_enable_x64", True)
+    # No process-wide jax_enable_x64: the science entry points run each spec in the x64 mode
+    # its `dtype` needs, scoped to the call (`science.models.precision`).
     if cache_dir:
         jax.config.update("jax_compilation_cache_dir", cache_dir)
         # Cache every compile: on small models most compiles are under JAX's 1 s default,

@@ -35,7 +35,7 @@ w* (`spec.w_star`).
              `spec.training`). It is near a minimum of L_n, not a true parameter, so
              metrics["llc_true"] = None.
 
-dtype: `spec.dtype`; float64 turns on `jax_enable_x64` (as `pipeline` does).
+dtype: `spec.dtype`, computed in the x64 mode it needs (`models.precision`, as `pipeline` does).
 """
 
 from __future__ import annotations
@@ -113,6 +113,13 @@ def dln_apply(params: dict, X):
 
 def build_dln_target(spec):
     """Teacher, data and w* for a `TargetSpec` whose model is a `DLNSpec` (see module doc)."""
+    from .models import precision
+
+    with precision(spec.dtype):
+        return _build_dln_target(spec)
+
+
+def _build_dln_target(spec):
     import jax
 
     from . import TargetArrays

@@ -10,8 +10,15 @@ Per draw: llc = nβ·(L_n(w) − L0). Reported:
 * llc_sem        llc_std_draws / sqrt(ess_bulk): Monte-Carlo standard error of llc_mean
 
 If any llc draw is non-finite, status = "nonfinite" and every statistic above is NaN.
+Otherwise the run is checked for convergence (Vehtari et al. 2021, "Rank-normalization,
+folding, and localization: an improved R-hat"): R-hat above R_HAT_MAX, bulk ESS below
+ESS_BULK_MIN, or an R-hat that cannot be computed each add a reason to `flags` (e.g.
+"r_hat 1.148 > 1.01"), and a run with any is status = "unconverged": its numbers are kept,
+but they are not yet an estimate to trust. `status_reason` joins the flags ("" when none).
+The thresholds are settings of this module, not of a run's spec: changing them re-labels
+runs, never re-identifies them.
 
-The three BlackJAX diagnostics run inside one `jax.jit`-ted function (built once per
+The three BlackJAX diagnostics run, in float64, inside one `jax.jit`-ted function (built once per
 process, cached at module level), so a run pays one XLA compile per trace shape instead
 of ~170 op-by-op compiles. If R-hat cannot be computed for a trace shape (BlackJAX raises
 while tracing, e.g. too few draws), a jitted ESS-only function is used and r_hat is NaN.
@@ -24,6 +31,12 @@ import math
 import numpy as np
 
 STAT_KEYS = ("llc_mean", "llc_std", "llc_std_draws", "ess_bulk", "ess_tail", "r_hat", "llc_sem")
+
+# Vehtari et al. (2021): trust a posterior mean only with rank-normalized split R-hat ≤ 1.01
+# and bulk ESS ≥ 400 (100 per chain for 4 chains), so that the Monte-Carlo error estimate
+# itself is reliable.
+R_HAT_MAX = 1.01
+ESS_BULK_MIN = 400
 
 
 def llc_from_loss(loss, L0: float, n_beta: float) -> np.ndarray:
@@ -51,14 +64,17 @@ def _diagnostics_fn(with_rhat: bool):
 
 
 def _diagnostics(llc: np.ndarray) -> dict:
+    import jax
     import jax.numpy as jnp
 
-    x = jnp.asarray(llc)
-    try:
-        out = _diagnostics_fn(True)(x)
-    except Exception:  # e.g. too few draws to split for R-hat
-        out = dict(_diagnostics_fn(False)(x), r_hat=math.nan)
-    return {k: float(v) for k, v in out.items()}
+    # In float64 whatever the sampler's dtype or the process's x64 setting (scoped, no global change).
+    with jax.enable_x64(True):
+        x = jnp.asarray(llc, jnp.float64)
+        try:
+            out = _diagnostics_fn(True)(x)
+        except Exception:  # e.g. too few draws to split for R-hat
+            out = dict(_diagnostics_fn(False)(x), r_hat=math.nan)
+        return {k: float(v) for k, v in out.items()}
 
 
 def summarize(llc: np.ndarray) -> dict:
@@ -69,8 +85,7 @@ def summarize(llc: np.ndarray) -> dict:
     out: dict = {"nonfinite_draws": nonfinite}
     if nonfinite:
         out.update({k: math.nan for k in STAT_KEYS})
-        out["status"] = "nonfinite"
-        return out
+        return flag_run(out, [f"{nonfinite} non-finite draws"], "nonfinite")
     chain_means = llc.mean(axis=1)
     out["llc_mean"] = float(llc.mean())
     out["llc_std"] = float(chain_means.std(ddof=1)) if chains > 1 else math.nan
@@ -78,5 +93,34 @@ def summarize(llc: np.ndarray) -> dict:
     out.update(_diagnostics(llc))
     ess = out["ess_bulk"]
     out["llc_sem"] = out["llc_std_draws"] / math.sqrt(ess) if ess > 0 else math.nan
-    out["status"] = "ok"
+    flag_run(out, convergence_flags(out["r_hat"], ess), "unconverged")
     return out
+
+
+def convergence_flags(r_hat: float, ess_bulk: float) -> list[str]:
+    """Reasons a run's estimate is not yet trustworthy (empty when it converged)."""
+    flags = []
+    if not math.isfinite(r_hat):
+        flags.append("r_hat unavailable")
+    elif r_hat > R_HAT_MAX:
+        flags.append(f"r_hat {r_hat:.3f} > {R_HAT_MAX}")
+    if not ess_bulk >= ESS_BULK_MIN:
+        flags.append(f"ess_bulk {ess_bulk:.0f} < {ESS_BULK_MIN}")
+    return flags
+
+
+# A run's status, most severe first: its statistics are NaN ("nonfinite"); the integrator failed
+# on too many draws ("divergent"); the chains have not converged ("unconverged"); else "ok".
+STATUS_PRECEDENCE = ("nonfinite", "divergent", "unconverged", "ok")
+
+
+def flag_run(metrics: dict, flags: list[str], status: str) -> dict:
+    """Add `flags` to metrics["flags"] / ["status_reason"] and, when there are any, raise
+    metrics["status"] to `status` unless it already holds a more severe one."""
+    metrics["flags"] = list(metrics.get("flags", [])) + list(flags)
+    metrics["status_reason"] = "; ".join(metrics["flags"])
+    current = metrics.get("status", "ok")
+    if flags and STATUS_PRECEDENCE.index(status) < STATUS_PRECEDENCE.index(current):
+        current = status
+    metrics["status"] = current
+    return metrics

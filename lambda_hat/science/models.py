@@ -23,13 +23,26 @@ ACTIVATIONS = {
 
 
 def jnp_dtype(name: str):
-    """The JAX dtype for a spec's `dtype`; float64 switches x64 on for this process."""
+    """The JAX dtype for a spec's `dtype` (no side effects: see `precision`)."""
     if name == "float64":
-        jax.config.update("jax_enable_x64", True)
         return jnp.float64
     if name == "float32":
         return jnp.float32
     raise NotImplementedError(f"dtype={name!r} is not implemented")
+
+
+def precision(name: str):
+    """Context manager: JAX's x64 mode that a computation in dtype `name` needs, for this
+    thread only (`jax.enable_x64`), whatever the process-wide `jax_enable_x64` says.
+
+    float64 needs x64 on. float32 runs with x64 *off*: libraries turn Python floats and
+    dtype-less constructors into the default float, so under x64 a float32 computation picks
+    up float64 values and fails at trace time (BlackJAX 1.7: `generate_gaussian_noise`'s
+    default sigma makes SGLD's noise float64; window adaptation's initial mass matrix and step
+    size, and MCLMC's tuner, start as float64), and the results would depend on the caller's
+    global flag. Scoped this way, a spec's numbers never depend on the process's setting."""
+    jnp_dtype(name)  # refuse unknown names here too
+    return jax.enable_x64(name == "float64")
 
 
 def init_std(init: str, fan_in: int, fan_out: int) -> float:

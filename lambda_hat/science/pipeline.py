@@ -7,8 +7,11 @@ PRNGKey(run.seed). Same spec → same numbers on the same machine.
 
 dtypes: `target.dtype` is the dtype of data, training and w*; `run.sampler.dtype` is the
 dtype the sampler computes in (data and w* are cast to it, and L0 is recomputed in it with
-the same loss function, so llc = nβ·(L_n(w) − L0) never mixes precisions). float64 turns
-on `jax_enable_x64`.
+the same loss function, so llc = nβ·(L_n(w) − L0) never mixes precisions). Each runs in
+the x64 mode its dtype needs (`models.precision`: on for float64, off for float32, scoped
+to the call), so every target × sampler dtype pair works whatever the process-wide
+`jax_enable_x64`, and nothing here changes that global flag. Traces come back in the
+sampler's dtype; λ̂ and its statistics are computed in float64 (numpy).
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ import numpy as np
 
 
 def build_target(spec):
+    from .models import precision
+
+    with precision(spec.dtype):
+        return _build_target(spec)
+
+
+def _build_target(spec):
     import jax
 
     from . import TargetArrays
@@ -100,7 +110,7 @@ def _build_sampler(s, *, predict, X, Y, w_star, n_beta: float, gamma: float, ste
     from .posterior import make_full_loss, make_minibatch_loss
 
     loss_fn = make_full_loss(predict, X, Y)
-    common = dict(loss_fn=loss_fn, w_star=w_star, n_beta=n_beta, gamma=gamma, chains=s.chains)
+    common = dict(loss_fn=loss_fn, w_star=w_star, n_beta=n_beta, gamma=gamma, chains=s.chains, disperse=True)
     if s.name == "sgld":
         from .samplers.sgld import build_sgld
 
@@ -145,6 +155,13 @@ def _walltime_per_draw(warm_fge, draw_fge, sample_sec: float) -> np.ndarray:
     return np.broadcast_to(sample_sec * frac, draw_fge.shape).copy()
 
 
+# Cost of one full-data loss evaluation, in full-gradient evaluations. A gradient is a forward and a
+# backward pass, and a dense network's backward pass costs about twice its forward (per layer one
+# matmul for the input gradient and one for the weight gradient, against one forward): the usual
+# 2N-forward / 6N-training FLOP count. SGLD pays it for every recorded draw (its minibatch steps
+# never see the full loss); HMC/NUTS/MCLMC read the loss off their state's log density for free.
+LOSS_EVAL_FGE = 1.0 / 3.0
+
 # Share of post-warmup HMC/NUTS transitions that may diverge before a run is flagged. Isolated
 # divergences are routine on these near-singular posteriors: NUTS on the deep narrow [2,2,2,2]
 # network diverges on 1-2.5 % of draws even at target_acceptance 0.95 and still comes within
@@ -158,21 +175,35 @@ def sample_run(run, target, arrays):
     Metrics beyond `llc.summarize`'s: L0 (recomputed in the sampler's dtype), beta, n_beta,
     gamma, step_size (mean over chains of the step size used), total_fge (full-gradient
     evaluations summed over chains, warmup/tuning included: SGLD counts a minibatch
-    gradient as min(batch_size, n)/n, HMC/NUTS the integrator steps, MCLMC the integrator's
-    gradients per step), fge_warmup, accept_rate_mean / divergences (HMC, NUTS), L (MCLMC),
-    compile_sec (lower + compile, ~0 on an in-process cache hit), sample_sec (the compiled
-    call), walltime_sec (their sum), compile_cache_hit. status is "nonfinite" when a draw is
-    NaN/inf (statistics NaN), "divergent" when more than MAX_DIVERGENCE_RATE of the HMC/NUTS
-    draws were divergent transitions (numbers kept, `divergences` and `divergence_rate` always
-    recorded), else "ok".
+    gradient as min(batch_size, n)/n and each recorded draw's full-data loss as LOSS_EVAL_FGE,
+    HMC/NUTS the integrator steps, MCLMC the integrator's gradients per step (both read the
+    recorded loss off their state's log density), and every chain's dispersed start
+    `posterior.INIT_FGE`), fge_recording (the recorded draws' share of total_fge), fge_warmup,
+    accept_rate_mean / divergences (HMC, NUTS), L (MCLMC), compile_sec (lower + compile, ~0 on
+    an in-process cache hit), sample_sec (the compiled call), walltime_sec (their sum),
+    compile_cache_hit. Chains start dispersed around w* (`posterior.dispersed_start`).
+
+    status, most severe first (`llc.STATUS_PRECEDENCE`): "nonfinite" when a draw is NaN/inf
+    (statistics NaN); "divergent" when more than MAX_DIVERGENCE_RATE of the HMC/NUTS draws were
+    divergent transitions (`divergences` and `divergence_rate` always recorded); "unconverged"
+    when R-hat > llc.R_HAT_MAX or bulk ESS < llc.ESS_BULK_MIN; else "ok". Numbers are kept in
+    every case but "nonfinite"; `flags` lists every reason that applies (a divergent run may
+    also be unconverged) and `status_reason` joins them.
     """
+    from .models import precision
+
+    with precision(run.sampler.dtype):
+        return _sample_run(run, target, arrays)
+
+
+def _sample_run(run, target, arrays):
     import jax
     import jax.numpy as jnp
 
     from . import RunResult
-    from .llc import llc_from_loss, summarize
+    from .llc import flag_run, llc_from_loss, summarize
     from .models import jnp_dtype
-    from .posterior import flat_model
+    from .posterior import INIT_FGE, flat_model
 
     s, post = run.sampler, run.posterior
     if post.loss != "mse":
@@ -217,11 +248,13 @@ def sample_run(run, target, arrays):
     warm_fge = traces.pop("warmup_grad_evals", np.zeros(s.chains)).astype(np.float64)
 
     chains, draws = traces["loss"].shape
+    warm_fge = warm_fge + INIT_FGE  # each chain's dispersed start (`posterior.dispersed_start`)
     if s.name == "sgld":
         step_size = eps
         per_step = min(s.batch_size, n) / n
-        warm_fge = np.full(chains, s.warmup * per_step)
-        draw_fge = np.full((chains, draws), s.eval_every * per_step)
+        warm_fge = np.full(chains, s.warmup * per_step + INIT_FGE)
+        # each draw: eval_every minibatch steps, then the full-data loss it records
+        draw_fge = np.full((chains, draws), s.eval_every * per_step + LOSS_EVAL_FGE)
         traces["step_size"] = np.full((chains, draws), eps, dtype=traces["loss"].dtype)
     elif s.name == "mclmc":
         from .samplers.mclmc import grads_per_step
@@ -252,6 +285,7 @@ def sample_run(run, target, arrays):
         "step_size": step_size,
         "total_fge": float(total_fge),
         "fge_warmup": float(fge_warmup),
+        "fge_recording": float(chains * draws * LOSS_EVAL_FGE) if s.name == "sgld" else 0.0,
         "walltime_sec": t_compile + t_run,
         "compile_sec": t_compile,
         "sample_sec": t_run,
@@ -261,10 +295,10 @@ def sample_run(run, target, arrays):
         metrics["accept_rate_mean"] = float(np.nanmean(traces["accept_rate"]))
         metrics["divergences"] = int(np.sum(traces["diverging"]))
         metrics["divergence_rate"] = metrics["divergences"] / traces["diverging"].size
-        if metrics["divergence_rate"] > MAX_DIVERGENCE_RATE and metrics["status"] == "ok":
+        if metrics["divergence_rate"] > MAX_DIVERGENCE_RATE and metrics["status"] != "nonfinite":
             # The estimate is kept, but the integrator fails in a region the chains keep
             # visiting, so the number is suspect: flag the run instead of reporting it plainly.
-            metrics["status"] = "divergent"
+            flag_run(metrics, [f"divergence_rate {metrics['divergence_rate']:.3f} > {MAX_DIVERGENCE_RATE}"], "divergent")
     if s.name == "mclmc":
         metrics["L"] = float(np.mean(traces["L"][:, 0]))
     return RunResult(traces=traces, metrics=metrics)

@@ -5,7 +5,8 @@ algorithm (`blackjax.hmc` or `blackjax.nuts`) and the keyword arguments its kern
 besides step size and inverse mass matrix (`num_integration_steps` for HMC,
 `max_num_doublings` for NUTS). `build_hmc` and `nuts.build_nuts` are thin wrappers.
 
-Chains start at w* (no jitter) and are independent: adaptation runs per chain
+Chains start at w* or, with `disperse`, dispersed around it (`posterior.dispersed_start`),
+and are independent: adaptation runs per chain
 (`vmap` over `blackjax.window_adaptation(...).run`), so every chain has its own step size
 and diagonal inverse mass matrix. Adaptation flags:
 
@@ -19,7 +20,8 @@ and diagonal inverse mass matrix. Adaptation flags:
 * neither (warmup > 0): `warmup` plain steps at spec.step_size / identity mass as
   burn-in, discarded.
 
-Then `draws` steps in `lax.scan`, recording per draw: full-data loss, acceptance rate,
+Then `draws` steps in `lax.scan`, recording per draw: full-data loss (from the state's log
+density, `posterior.loss_from_logdensity`: no extra pass over the data), acceptance rate,
 total energy, divergence flag, step size, and the number of gradient evaluations of the
 transition (`num_grad_evals`: the integrator's steps, L for HMC, the trajectory length for
 NUTS; velocity Verlet reuses the last gradient, so one gradient per step). The run also
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 
 def build_hmc_family(*, algorithm, kernel_kwargs: dict, loss_fn, w_star, n_beta: float, gamma: float,
                      draws: int, warmup: int, step_size: float, target_acceptance: float,
-                     adapt_step_size: bool, adapt_mass_matrix: bool, chains: int):
+                     adapt_step_size: bool, adapt_mass_matrix: bool, chains: int, disperse: bool = False):
     """Return ``run(key) -> dict`` of (chains, draws) traces plus ``warmup_grad_evals`` (chains,).
 
     `algorithm` is `blackjax.hmc` or `blackjax.nuts`; `kernel_kwargs` the extra kernel
@@ -45,7 +47,7 @@ def build_hmc_family(*, algorithm, kernel_kwargs: dict, loss_fn, w_star, n_beta:
 
     import blackjax
 
-    from ..posterior import make_logdensity
+    from ..posterior import dispersed_start, loss_from_logdensity, make_logdensity
 
     dtype = w_star.dtype
     logdensity = make_logdensity(loss_fn, w_star, n_beta, gamma)
@@ -59,9 +61,9 @@ def build_hmc_family(*, algorithm, kernel_kwargs: dict, loss_fn, w_star, n_beta:
     def n_grads(info):
         return jnp.asarray(info.num_integration_steps, jnp.int32)
 
-    def adapt(key):
+    def adapt(key, w0):
         """-> (state, step size, inverse mass matrix, warmup gradient evaluations)."""
-        state = algorithm.init(w_star, logdensity)
+        state = algorithm.init(w0, logdensity)
         zero = jnp.zeros((), jnp.int32)
         if warmup == 0:
             return state, eps0, ones, zero
@@ -72,7 +74,7 @@ def build_hmc_family(*, algorithm, kernel_kwargs: dict, loss_fn, w_star, n_beta:
                 adaptation_info_fn=get_filter_adapt_info_fn(info_keys={"num_integration_steps"}),
                 **kernel_kwargs,
             )
-            (state, params), info = wa.run(key, w_star, num_steps=warmup)
+            (state, params), info = wa.run(key, w0, num_steps=warmup)
             eps = params["step_size"] if adapt_step_size else eps0
             grads = jnp.sum(n_grads(info.info))
             return state, jnp.asarray(eps, dtype), jnp.asarray(params["inverse_mass_matrix"], dtype), grads
@@ -98,12 +100,13 @@ def build_hmc_family(*, algorithm, kernel_kwargs: dict, loss_fn, w_star, n_beta:
 
     def one_chain(key):
         k_adapt, k_draw = jax.random.split(key)
-        state, eps, imm, warm_grads = adapt(k_adapt)
+        w0 = dispersed_start(key, loss_fn, w_star, n_beta, gamma) if disperse else w_star
+        state, eps, imm, warm_grads = adapt(k_adapt, w0)
 
         def body(s, k):
             s, info = kernel(k, s, eps, imm)
             rec = {
-                "loss": loss_fn(s.position),
+                "loss": loss_from_logdensity(s.logdensity, s.position, w_star, n_beta, gamma),
                 "accept_rate": info.acceptance_rate,
                 "energy": info.energy,
                 "diverging": info.is_divergent,
@@ -124,7 +127,7 @@ def build_hmc_family(*, algorithm, kernel_kwargs: dict, loss_fn, w_star, n_beta:
 
 def build_hmc(*, loss_fn, w_star, n_beta: float, gamma: float, draws: int, warmup: int,
               num_integration_steps: int, step_size: float, target_acceptance: float,
-              adapt_step_size: bool, adapt_mass_matrix: bool, chains: int):
+              adapt_step_size: bool, adapt_mass_matrix: bool, chains: int, disperse: bool = False):
     """HMC with `num_integration_steps` leapfrog steps per transition (see the module doc)."""
     import blackjax
 
@@ -132,5 +135,5 @@ def build_hmc(*, loss_fn, w_star, n_beta: float, gamma: float, draws: int, warmu
         algorithm=blackjax.hmc, kernel_kwargs={"num_integration_steps": num_integration_steps}, loss_fn=loss_fn,
         w_star=w_star, n_beta=n_beta, gamma=gamma, draws=draws, warmup=warmup, step_size=step_size,
         target_acceptance=target_acceptance, adapt_step_size=adapt_step_size,
-        adapt_mass_matrix=adapt_mass_matrix, chains=chains,
+        adapt_mass_matrix=adapt_mass_matrix, chains=chains, disperse=disperse,
     )

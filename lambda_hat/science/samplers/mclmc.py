@@ -1,7 +1,8 @@
 """Microcanonical Langevin Monte Carlo (unadjusted MCLMC, BlackJAX) on the localized
 tempered posterior.
 
-Chains start at w* with an independent random unit momentum and are independent (`vmap`).
+Chains start at w* (or, with `disperse`, dispersed around it: `posterior.dispersed_start`)
+with an independent random unit momentum and are independent (`vmap`).
 With ``tune``, each chain runs `blackjax.mclmc_find_L_and_step_size` (BlackJAX 1.7.1
 signature: mclmc_kernel, num_steps, state, rng_key, logdensity_fn, frac_tune1/2/3,
 desired_energy_var, trust_in_estimate, num_effective_samples, diagonal_preconditioning,
@@ -9,7 +10,8 @@ params) starting from ``params = (L, step_size, ones)`` of the spec; the tuner s
 round(num_steps·frac_tune1) + round(num_steps·frac_tune2) (+ a third of that with
 diagonal preconditioning) + round(num_steps·frac_tune3) steps, which BlackJAX returns.
 Without ``tune``, L and step_size are used as given with the identity preconditioner and
-no warmup. Then `draws` MCLMC steps in `lax.scan`, recording per draw the full-data loss,
+no warmup. Then `draws` MCLMC steps in `lax.scan`, recording per draw the full-data loss (from
+the state's log density: no extra pass over the data),
 the step's energy change, and L / step_size.
 
 MCLMC is unadjusted (no Metropolis step): its stationary law is biased by O(step_size²);
@@ -49,14 +51,14 @@ def tuning_steps(num_steps: int, frac_tune1: float, frac_tune2: float, frac_tune
 def build_mclmc(*, loss_fn, w_star, n_beta: float, gamma: float, draws: int, L: float, step_size: float,
                 tune: bool, num_steps: int, frac_tune1: float, frac_tune2: float, frac_tune3: float,
                 desired_energy_var: float, trust_in_estimate: float, num_effective_samples: float,
-                diagonal_preconditioning: bool, integrator: str, chains: int):
+                diagonal_preconditioning: bool, integrator: str, chains: int, disperse: bool = False):
     """Return ``run(key) -> dict`` of (chains, draws) traces ("loss", "energy_change", "L",
     "step_size") plus ``warmup_grad_evals`` (chains,)."""
     import blackjax
     from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
     from blackjax.mcmc import integrators
 
-    from ..posterior import make_logdensity
+    from ..posterior import dispersed_start, loss_from_logdensity, make_logdensity
 
     if integrator not in INTEGRATORS:
         raise NotImplementedError(f"sampler.integrator={integrator!r} is not implemented")
@@ -68,7 +70,8 @@ def build_mclmc(*, loss_fn, w_star, n_beta: float, gamma: float, draws: int, L: 
 
     def one_chain(key):
         k_init, k_tune, k_draw = jax.random.split(key, 3)
-        state = blackjax.mcmc.mclmc.init(w_star, logdensity, k_init)
+        w0 = dispersed_start(key, loss_fn, w_star, n_beta, gamma) if disperse else w_star
+        state = blackjax.mcmc.mclmc.init(w0, logdensity, k_init)
         params = MCLMCAdaptationState(jnp.asarray(L, dtype), jnp.asarray(step_size, dtype), jnp.ones_like(w_star))
         warm = jnp.zeros((), jnp.int32)
         if tune and num_steps > 0:
@@ -86,7 +89,8 @@ def build_mclmc(*, loss_fn, w_star, n_beta: float, gamma: float, draws: int, L: 
 
         def body(s, k):
             s, info = kernel(k, s, logdensity, imm, Lc, eps)
-            return s, {"loss": loss_fn(s.position), "energy_change": info.energy_change, "L": Lc, "step_size": eps}
+            loss = loss_from_logdensity(s.logdensity, s.position, w_star, n_beta, gamma)
+            return s, {"loss": loss, "energy_change": info.energy_change, "L": Lc, "step_size": eps}
 
         _, rec = jax.lax.scan(body, state, jax.random.split(k_draw, draws))
         rec["warmup_grad_evals"] = warm

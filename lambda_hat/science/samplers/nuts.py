@@ -13,7 +13,7 @@ from __future__ import annotations
 
 def build_nuts(*, loss_fn, w_star, n_beta: float, gamma: float, draws: int, warmup: int,
                max_num_doublings: int, step_size: float, target_acceptance: float,
-               adapt_step_size: bool, adapt_mass_matrix: bool, chains: int):
+               adapt_step_size: bool, adapt_mass_matrix: bool, chains: int, disperse: bool = False):
     """Return ``run(key) -> dict`` of (chains, draws) traces plus ``warmup_grad_evals`` (chains,)."""
     import blackjax
 
@@ -23,5 +23,5 @@ def build_nuts(*, loss_fn, w_star, n_beta: float, gamma: float, draws: int, warm
         algorithm=blackjax.nuts, kernel_kwargs={"max_num_doublings": max_num_doublings}, loss_fn=loss_fn,
         w_star=w_star, n_beta=n_beta, gamma=gamma, draws=draws, warmup=warmup, step_size=step_size,
         target_acceptance=target_acceptance, adapt_step_size=adapt_step_size,
-        adapt_mass_matrix=adapt_mass_matrix, chains=chains,
+        adapt_mass_matrix=adapt_mass_matrix, chains=chains, disperse=disperse,
     )

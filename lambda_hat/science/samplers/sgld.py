@@ -14,10 +14,10 @@ preconditioned Langevin step whose target is the posterior (no Γ correction nee
 the rescaling lets the flattest coordinate move with the full ε while steep ones take
 smaller steps. Adapting G while sampling (pSGLD without Γ) biased λ̂ by +30-70 % on deep
 linear networks; frozen and rescaled, RMSProp-SGLD is within 8 % (docs/accuracy.md).
-λ = 1 rather than 1e-5 because chains start at w*, where g ≈ 0: a tiny λ makes the first
-warmup steps √(ε/λ)-sized and the chain explodes.
+λ = 1 rather than 1e-5 because chains start at or near w*, where g ≈ 0: a tiny λ makes the
+first warmup steps √(ε/λ)-sized and the chain explodes.
 
-Chains start at w*. The first `warmup` steps are discarded; then
+Chains start at w* (`disperse=False`) or dispersed around it (`posterior.dispersed_start`). The first `warmup` steps are discarded; then
 draws = (steps − warmup) // eval_every blocks of `eval_every` steps run, and the
 full-data loss L_n(w) is recorded at the end of each block (any remainder steps
 (steps − warmup) mod eval_every are not run). Chains are `vmap`ped, steps run in
@@ -46,13 +46,17 @@ class SGLDState(NamedTuple):
 
 
 def build_sgld(*, loss_fn, stoch_loss_fn, w_star, n_beta: float, gamma: float, step_size: float,
-               warmup: int, draws: int, eval_every: int, chains: int, precond: str = "none"):
+               warmup: int, draws: int, eval_every: int, chains: int, precond: str = "none",
+               disperse: bool = False):
     """Return ``run(key) -> {"loss": (chains, draws)}``.
 
     loss_fn(w) is the full-data loss L_n (recorded), stoch_loss_fn(w, key) an unbiased
-    estimate of it (drives the dynamics). Works for any flat-vector loss.
+    estimate of it (drives the dynamics). Works for any flat-vector loss. With `disperse`, each
+    chain starts at `posterior.dispersed_start` instead of w*.
     """
     import blackjax
+
+    from ..posterior import dispersed_start
 
     if precond not in ("none", "rmsprop", "adam"):
         raise NotImplementedError(f"sampler.precond={precond!r} is not implemented (use 'none', 'rmsprop' or 'adam')")
@@ -64,8 +68,9 @@ def build_sgld(*, loss_fn, stoch_loss_fn, w_star, n_beta: float, gamma: float, s
 
     sgld = blackjax.sgld(lambda w, key: -drift_grad(w, key))
 
-    def init(key):
-        return SGLDState(w_star, jnp.zeros_like(w_star), jnp.zeros_like(w_star), jnp.zeros((), dtype))
+    def init(chain_key):
+        w0 = dispersed_start(chain_key, loss_fn, w_star, n_beta, gamma) if disperse else w_star
+        return SGLDState(w0, jnp.zeros_like(w_star), jnp.zeros_like(w_star), jnp.zeros((), dtype))
 
     def frozen_step(state, key):
         # After warmup the preconditioner is frozen: with a constant G the update is a plain
@@ -115,8 +120,8 @@ def build_sgld(*, loss_fn, stoch_loss_fn, w_star, n_beta: float, gamma: float, s
         return state, loss_fn(state.position)
 
     def one_chain(key):
-        k_init, k_warm, k_draw = jax.random.split(key, 3)
-        state = init(k_init)
+        _, k_warm, k_draw = jax.random.split(key, 3)
+        state = init(key)
         if warmup > 0:
             state, _ = jax.lax.scan(step, state, jax.random.split(k_warm, warmup))
         _, losses = jax.lax.scan(block, state, jax.random.split(k_draw, draws))
