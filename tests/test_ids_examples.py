@@ -309,7 +309,9 @@ def _ids(expanded) -> dict:
 
 @pytest.mark.parametrize("name", sorted(EXAMPLE_IDS))
 def test_example_ids_unchanged(name):
-    assert _ids(expand(load_sweep(EXAMPLES / name))) == EXAMPLE_IDS[name]
+    # quick.yaml's budgets changed after these were recorded (issue 9): its 0.1 text is kept.
+    path = Path(__file__).parent / "data" / "quick-0.1.yaml" if name == "quick.yaml" else EXAMPLES / name
+    assert _ids(expand(load_sweep(path))) == EXAMPLE_IDS[name]
 
 
 def test_every_example_is_pinned():

@@ -55,6 +55,7 @@ class ExecuteResult:
     completed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str, Path]] = field(default_factory=list)  # (id, reason, err log)
     done_elsewhere: list[str] = field(default_factory=list)
+    flagged: list[tuple[str, str, str]] = field(default_factory=list)  # (run id, status, reason)
     interrupted: str | None = None  # the signal's name
 
 
@@ -100,6 +101,27 @@ def _load(req: ExecuteRequest):
     except SweepError as err:
         raise BadInput(str(err)) from None
     return sweep, expanded, resolve_store_root(req.store, sweep.store_root)
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def describe_run(manifest: Manifest) -> str:
+    """λ̂ ± SEM, R-hat, bulk ESS and a status that is not `ok`, for a progress line."""
+    m = manifest.metrics
+    llc, sem, r_hat, ess = (_num(m.get(k)) for k in ("llc_mean", "llc_sem", "r_hat", "ess_bulk"))
+    parts = []
+    if llc is not None:
+        parts.append(f"λ̂={llc:.4g}" + (f" ± {sem:.2g}" if sem is not None else ""))
+    if r_hat is not None:
+        parts.append(f"R-hat={r_hat:.3f}")
+    if ess is not None:
+        parts.append(f"ESS={ess:.0f}")
+    if manifest.status != "ok":
+        why = m.get("status_reason")
+        parts.append(f"[yellow]{manifest.status}[/yellow]" + (f" ({why})" if why else ""))
+    return " ".join(parts)
 
 
 def _reason(exc: BaseException) -> str:
@@ -227,6 +249,13 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
         f"\n{len(result.completed)} jobs completed, {len(result.failed)} failed{elsewhere}; "
         f"{n} rows in {req.results} ({time.perf_counter() - t_start:.1f}s)"
     )
+    if result.flagged:
+        console.print(f"[yellow]{len(result.flagged)} runs finished but are flagged[/yellow] (numbers kept; "
+                      "lh query \"select run_id, status, status_reason from runs where status != 'ok'\"):")
+        for job_id, status, why in result.flagged[:20]:
+            console.print(f"  {job_id}: {status}" + (f" ({why})" if why else ""), soft_wrap=True, highlight=False)
+        if len(result.flagged) > 20:
+            console.print(f"  ... and {len(result.flagged) - 20} more")
     if result.failed:
         console.print("[red]failed jobs[/red] (see their logs):")
         for job_id, reason, err in result.failed:
@@ -430,10 +459,9 @@ def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k
         result.completed.append(job_id)
         extra = ""
         if kind == "run":
-            llc = manifest.metrics.get("llc_mean")
-            extra = f" llc_mean={llc:.4g}" if isinstance(llc, (int, float)) else ""
+            extra = " " + describe_run(manifest)
             if manifest.status != "ok":
-                extra += f" [yellow]status={manifest.status}[/yellow]"
+                result.flagged.append((job_id, manifest.status, manifest.metrics.get("status_reason") or ""))
         progress.console.print(f"  [{k}/{total}] completed {job_id}{extra}")
     else:
         claims.release(job_id)

@@ -71,6 +71,7 @@ class RunMetrics(_Record):
     walltime_sec: float | None = None
     compile_sec: float | None = None
     sample_sec: float | None = None
+    status_reason: str | None = None  # why a run is not `ok` (e.g. "r_hat 1.02 > 1.01")
 
 
 class RunTimings(_Record):
