@@ -59,7 +59,12 @@ def test_hmc_within_10_percent(widths, rank):
 @pytest.mark.slow
 @pytest.mark.parametrize("widths,rank", CASES)
 @pytest.mark.parametrize("precond", ["none", "rmsprop"])
-def test_sgld_within_20_percent(widths, rank, precond):
+def test_sgld_within_20_percent(widths, rank, precond, request):
+    if precond == "rmsprop" and rank == 0:
+        # Known, open (issue 9): at a rank-0 DLN's w* = 0 the loss is quartic, tr H = 0, so the
+        # dispersed start falls back to width 1/√γ, far outside the posterior; RMSProp adapts its
+        # moments out there during warmup and the frozen chain never returns (λ̂ = 367, λ = 6).
+        request.applymarker(pytest.mark.xfail(strict=True, reason="dispersed start at a degenerate w* (issue 9)"))
     rel, est, true = _rel_error(widths, rank, {**SGLD, "precond": precond})
     assert abs(rel) < 0.20, f"λ̂={est:.3f} λ={true}"
 
