@@ -190,7 +190,8 @@ class Recorder:
         """Stop the thread, then try to write what is left for up to `final_wait_s`.
         Returns the number of records that are still not in the index."""
         self.stop.set()
-        self.thread.join(timeout=10) if self.thread.is_alive() else None
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
         deadline = time.monotonic() + final_wait_s
         while not self.flush(timeout_s=1.0) and time.monotonic() < deadline:
             time.sleep(0.5)

@@ -285,11 +285,18 @@ def insert(con: Any, records: list[Record]) -> None:
         batch = pa.table({f"c{i}": pa.array([row[i] for row in rows]) for i in range(len(cols))})
         names = ", ".join(f'"{c.name}"' for c in cols)
         casts = ", ".join(f"CAST(c{i} AS {c.sql_type.removesuffix(' PRIMARY KEY')})" for i, c in enumerate(cols))
-        con.register("lh_batch", batch)
-        try:
+        with _arrow_view(con, "lh_batch", batch):
             con.execute(f"INSERT OR REPLACE INTO {table} ({names}) SELECT {casts} FROM lh_batch")
-        finally:
-            con.unregister("lh_batch")
+
+
+@contextmanager
+def _arrow_view(con: Any, name: str, table: Any) -> Iterator[None]:
+    """An Arrow table visible to `con` as `name` for the statements inside the block."""
+    con.register(name, table)
+    try:
+        yield
+    finally:
+        con.unregister(name)
 
 
 def read_traces(layout: StoreLayout, records: list[Record]) -> Any:
@@ -341,21 +348,15 @@ def insert_traces(con: Any, run_ids: list[str], traces: Any) -> None:
         delete_traces(con, run_ids)
     if traces is None:
         return
-    con.register("lh_traces", traces)
-    try:
+    with _arrow_view(con, "lh_traces", traces):
         con.execute(f"INSERT INTO {TRACES_TABLE} SELECT * FROM lh_traces")
-    finally:
-        con.unregister("lh_traces")
 
 
 def delete_traces(con: Any, run_ids: list[str]) -> None:
     import pyarrow as pa
 
-    con.register("lh_gone", pa.table({"run_id": pa.array(run_ids, pa.string())}))
-    try:
+    with _arrow_view(con, "lh_gone", pa.table({"run_id": pa.array(run_ids, pa.string())})):
         con.execute(f"DELETE FROM {TRACES_TABLE} WHERE run_id IN (SELECT run_id FROM lh_gone)")
-    finally:
-        con.unregister("lh_gone")
 
 
 def delete(con: Any, kind: str, ids: list[str]) -> None:

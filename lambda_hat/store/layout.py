@@ -67,8 +67,3 @@ class StoreLayout:
     def artifact_dir(self, kind: str, artifact_id: str) -> Path:
         return (self.targets_dir if kind == "target" else self.runs_dir) / artifact_id
 
-    def has_target(self, target_id: str) -> bool:
-        return (self.target_dir(target_id) / MANIFEST).is_file()
-
-    def has_run(self, run_id: str) -> bool:
-        return (self.run_dir(run_id) / MANIFEST).is_file()
