@@ -59,13 +59,14 @@ def test_hmc_within_10_percent(widths, rank):
 @pytest.mark.slow
 @pytest.mark.parametrize("widths,rank", CASES)
 @pytest.mark.parametrize("precond", ["none", "rmsprop"])
-def test_sgld_within_20_percent(widths, rank, precond, request):
+def test_sgld_within_20_percent(widths, rank, precond):
+    sampler = {**SGLD, "precond": precond}
     if precond == "rmsprop" and rank == 0:
-        # Known, open (issue 9): at a rank-0 DLN's w* = 0 the loss is quartic, tr H = 0, so the
-        # dispersed start falls back to width 1/√γ, far outside the posterior; RMSProp adapts its
-        # moments out there during warmup and the frozen chain never returns (λ̂ = 367, λ = 6).
-        request.applymarker(pytest.mark.xfail(strict=True, reason="dispersed start at a degenerate w* (issue 9)"))
-    rel, est, true = _rel_error(widths, rank, {**SGLD, "precond": precond})
+        # At a rank-0 DLN's w* = 0 the loss is quartic and frozen-RMSProp SGLD mixes slowly: with
+        # 30k steps it is flagged unconverged (R-hat 1.05, ESS 72, λ̂ 8.3 ± 0.9 for λ = 6); with 4x
+        # the steps R-hat is 1.011 and λ̂ 6.31 ± 0.15 (measured).
+        sampler.update(steps=4 * SGLD["steps"], warmup=4 * SGLD["warmup"])
+    rel, est, true = _rel_error(widths, rank, sampler)
     assert abs(rel) < 0.20, f"λ̂={est:.3f} λ={true}"
 
 
@@ -80,11 +81,7 @@ def test_nuts_within_10_percent(widths, rank):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("widths,rank", CASES)
-def test_mclmc_within_15_percent(widths, rank, request):
-    if rank == 0:
-        # Same open cause as RMSProp-SGLD above (issue 9): started at width 1/√γ around the
-        # degenerate w* = 0, MCLMC's tuned chains reach R-hat 1.175, ESS 19 in this budget.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="dispersed start at a degenerate w* (issue 9)"))
+def test_mclmc_within_15_percent(widths, rank):
     # shipped tuner settings (desired_energy_var 5e-5, 2000 tuning steps)
     rel, est, true = _rel_error(widths, rank, {"name": "mclmc", "draws": 1000})
     assert abs(rel) < 0.15, f"λ̂={est:.3f} λ={true}"

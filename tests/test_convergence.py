@@ -40,6 +40,30 @@ def test_dispersed_start_scale_and_starting_llc(jax64):
     np.testing.assert_allclose(np.asarray(starts).mean(axis=0), np.asarray(w_star), atol=5 * s / math.sqrt(4000))
 
 
+def test_dispersed_start_at_a_degenerate_w_star_is_pulled_in(jax64):
+    """At w* = 0 of L(w) = Σ w⁴ (tr H = 0) the curvature scale falls back to the prior width 1/√γ,
+    where the starting λ̂ would be ~nβ·3d/γ² (about 1e5 here); the start is halved until its λ̂ is at
+    most START_LLC_CAP·d, and stays dispersed (not collapsed onto w*)."""
+    from lambda_hat.science.posterior import START_LLC_CAP, dispersed_start, init_scale
+
+    jnp = jax64.numpy
+    d, n_beta, gamma = 10, 1000.0, 1.0
+    w_star = jnp.zeros(d)
+
+    def loss(w):
+        return jnp.sum(w**4)
+
+    s = float(init_scale(jax64.random.PRNGKey(0), loss, w_star, n_beta, gamma))
+    assert s == pytest.approx(1 / math.sqrt(gamma))
+    keys = jax64.random.split(jax64.random.PRNGKey(1), 200)
+    starts = np.asarray(jax64.jit(jax64.vmap(lambda k: dispersed_start(k, loss, w_star, n_beta, gamma)))(keys))
+    llc0 = n_beta * np.sum(starts**4, axis=1)
+    assert np.all(llc0 <= START_LLC_CAP * d), llc0.max()
+    # the widest passing halving: one halving wider would have exceeded the cap (16x per halving)
+    assert np.median(llc0) > START_LLC_CAP * d / 16 / 4, np.median(llc0)
+    assert np.all(np.std(starts, axis=0) > 0.05)
+
+
 def test_convergence_flags_from_the_thresholds():
     """iid draws pass; chains that disagree fail R-hat; too few draws fail bulk ESS."""
     rng = np.random.default_rng(0)

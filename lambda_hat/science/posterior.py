@@ -76,7 +76,7 @@ def loss_from_logdensity(logdensity, w, w_star, n_beta, gamma):
 
 
 # Chains start dispersed around w*, so that R-hat compares chains that began apart.
-# Each chain starts at w* + δ, δ ~ N(0, s²I) with
+# Each chain starts at w* + δ, δ = s·ξ, ξ ~ N(0, I), with
 #     s = INIT_JITTER / √(γ + nβ·κ),   κ = max(tr H / d, 0),
 # H the Hessian of L_n at w*, tr H estimated with INIT_PROBES Rademacher probes (Hutchinson;
 # exact for a diagonal H). 1/√(γ + nβ·κ) is the localized posterior's width along a direction of
@@ -85,9 +85,19 @@ def loss_from_logdensity(logdensity, w, w_star, n_beta, gamma):
 # order the starting λ̂ = nβ·(L_n(w*+δ) − L0) has mean ½·INIT_JITTER²·nβ·tr H/(γ + nβ·κ) ≈ d/2
 # when nβκ ≫ γ: the regular value, an upper bound on the LLC, so chains start above the bulk of
 # the posterior's λ̂ and must come down to it.
+#
+# Where the second-order picture fails the start can be far out: at a degenerate w* (a rank-0 deep
+# linear network's w* = 0 has tr H = 0, the loss is quartic) s falls back to the prior width
+# 1/√γ and the starting λ̂ is ~1e5 for d = 36; samplers that adapt there (RMSProp moments, MCLMC's
+# tuning) never recover. So s is halved, up to START_HALVINGS times, until the chain's own start
+# has λ̂ ≤ START_LLC_CAP·d (20× the regular value; a quadratic loss exceeds it with probability
+# ~1e-5 even for d = 1, so starts at non-degenerate w* are left exactly as they were).
 INIT_JITTER = 1.0
 INIT_PROBES = 8
-INIT_FGE = 2 * INIT_PROBES  # a Hessian-vector product (forward over reverse) costs about two gradients
+START_HALVINGS = 12
+START_LLC_CAP = 10.0
+# a Hessian-vector product (forward over reverse) costs about two gradients; one loss per candidate scale
+INIT_FGE = 2 * INIT_PROBES + START_HALVINGS + 2  # + L0 at w*
 START_STREAM = 7  # `fold_in` tag of a chain's start key: its other random streams stay as they were
 
 
@@ -105,8 +115,15 @@ def init_scale(key, loss_fn, w_star, n_beta, gamma):
 
 
 def dispersed_start(chain_key, loss_fn, w_star, n_beta, gamma):
-    """One chain's start w* + s·ξ, ξ ~ N(0, I), with its own curvature estimate (cost INIT_FGE),
-    from the chain's key folded with START_STREAM."""
+    """One chain's start w* + s·ξ, ξ ~ N(0, I), with its own curvature estimate and scale check
+    (cost INIT_FGE), from the chain's key folded with START_STREAM."""
     k_scale, k_jitter = jax.random.split(jax.random.fold_in(chain_key, START_STREAM))
     s = init_scale(k_scale, loss_fn, w_star, n_beta, gamma)
-    return w_star + s * jax.random.normal(k_jitter, w_star.shape, w_star.dtype)
+    xi = jax.random.normal(k_jitter, w_star.shape, w_star.dtype)
+    scales = s * 0.5 ** jnp.arange(START_HALVINGS + 1, dtype=w_star.dtype)
+    l0 = loss_fn(w_star)
+    start_llc = jax.lax.map(lambda c: n_beta * (loss_fn(w_star + c * xi) - l0), scales)
+    ok = jnp.isfinite(start_llc) & (start_llc <= START_LLC_CAP * w_star.size)
+    # the widest scale that passes; the narrowest candidate when none does
+    pick = jnp.where(jnp.any(ok), jnp.argmax(ok), START_HALVINGS)
+    return w_star + scales[pick] * xi
