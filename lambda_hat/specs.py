@@ -239,11 +239,18 @@ class TeacherSpec(_Spec):
 
 
 class TrainingSpec(_Spec):
+    """How the student is trained to w* (`science/train.py`). Training stops after `steps`, or
+    earlier: with `grad_tol` set, once the full-data gradient norm ‖∇L_n‖ ≤ grad_tol (w* is then
+    a stationary point to that tolerance; `early_stop_tol` is not used); without it (the rule
+    from before 0.2), once the loss changed by less than `early_stop_tol` over CHECK_EVERY steps,
+    a plateau that can stop well above a minimum."""
+
     optimizer: Literal["adam", "sgd", "adamw"] = "adam"
     learning_rate: PositiveFloat = 0.001
     steps: PositiveInt = 5000
     early_stop_tol: NonNegativeFloat | None = 1e-6
     batch_size: PositiveInt | None = None  # None: full batch
+    grad_tol: PositiveFloat | None = added_field(None, since="0.2")
 
 
 class TargetSpec(_Spec):
@@ -256,8 +263,13 @@ class TargetSpec(_Spec):
     seed: Int = 0
     dtype: Dtype = "float64"
     # Where the LLC is measured: the trained student, or the teacher's own weights (a true
-    # parameter, where the exact λ is known). Default: teacher for dln, trained for mlp.
-    w_star: Literal["trained", "teacher"] | None = None
+    # parameter, where the exact λ is known), or (dln only) the teacher refined by descent to
+    # the nearest minimum of L_n, which is what a noisy teacher needs (science/dln.py).
+    # Default: teacher for dln, trained for mlp. The dln default stays "teacher" even with
+    # noise: it is written into every resolved spec, so changing it would change the ID of
+    # every published dln target (ids.py); noisy teachers are flagged (w_star_status) and lose
+    # llc_true instead, and new specs opt in with `w_star: refined`.
+    w_star: Literal["trained", "teacher", "refined"] | None = None
 
     @model_validator(mode="after")
     def _resolve_teacher(self) -> "TargetSpec":
@@ -277,6 +289,8 @@ class TargetSpec(_Spec):
             return self
         if t.rank is not None:
             raise ValueError("teacher.rank applies to dln models only")
+        if self.w_star == "refined":
+            raise ValueError("w_star: refined applies to dln models only (an mlp's w* is trained: set training.grad_tol)")
         object.__setattr__(self, "w_star", self.w_star or "trained")
         depth = t.depth if t.depth is not None else m.depth
         widths = t.widths

@@ -71,6 +71,25 @@ def n_layers(params: dict) -> int:
     return sum(1 for k in params if k.startswith("W_"))
 
 
+def model_key(model) -> str | tuple:
+    """The hashable key of a model spec's forward pass (what `forward`, `train.train` and
+    `posterior.flat_model` take): an MLP's activation name; "identity" for a deep linear
+    network (the MLP pass without biases or nonlinearity)."""
+    if model.kind == "dln":
+        return "identity"
+    if model.kind == "mlp":
+        return model.activation
+    raise NotImplementedError(f"model.kind={model.kind!r} is not implemented")
+
+
+def forward(model):
+    """``apply(params, X) -> Y`` for a `model_key` (an activation name is an MLP)."""
+    if isinstance(model, str):
+        ACTIVATIONS[model]  # refuse an unknown name here, not at trace time
+        return lambda params, x: mlp_apply(params, x, model)
+    raise NotImplementedError(f"no forward pass for model key {model!r}")
+
+
 def mlp_apply(params: dict, x, activation: str):
     """Forward pass: x (..., in_dim) -> (..., out_dim)."""
     act = ACTIVATIONS[activation]

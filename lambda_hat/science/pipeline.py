@@ -35,8 +35,9 @@ def _build_target(spec):
     from . import TargetArrays
     from .data import make_dataset
     from .losses import mean_loss
-    from .models import init_mlp, jnp_dtype, mlp_apply
+    from .models import init_mlp, jnp_dtype, mlp_apply, model_key
     from .train import train
+    from .wstar import quality
 
     m = spec.model
     if m.kind == "dln":
@@ -53,7 +54,7 @@ def _build_target(spec):
         params, info = teacher, {"train_steps": 0, "final_train_loss": float(mean_loss(mlp_apply(teacher, X, m.activation), Y))}
     else:
         params0 = init_mlp(k_init, m.layer_dims, init=m.init, bias=m.bias, dtype=dtype)
-        params, info = train(k_train, params0, X, Y, spec.training, m.activation)
+        params, info = train(k_train, params0, X, Y, spec.training, model_key(m))
     params = jax.tree.map(lambda a: a.astype(dtype), params)
     L0 = float(mean_loss(mlp_apply(params, X, m.activation), Y))
     test_loss = float(mean_loss(mlp_apply(params, X_test, m.activation), Y_test))
@@ -66,6 +67,7 @@ def _build_target(spec):
         "n_data": int(spec.data.n_data),
         "n_test": int(spec.data.n_test),
     }
+    metrics.update(quality(params, X, Y, model_key(m)))
     return TargetArrays(
         params={k: np.asarray(v) for k, v in params.items()},
         X=np.asarray(X),
