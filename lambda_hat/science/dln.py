@@ -82,14 +82,17 @@ def _check_dln(spec) -> None:
         raise ValueError(f"teacher.rank {r} is outside [0, {min(spec.model.widths)}]")
 
 
-def llc_true(spec, *, at_refined_minimum: bool = True) -> float | None:
+def llc_true(spec, *, at_refined_minimum: bool | None = None) -> float | None:
     """The exact learning coefficient at w*, dln_lambda(widths, rank), where w* is known to
-    sit at a true parameter's minimum of L_n (`at_refined_minimum`: the caller's loss test of
-    the module doc), else None. Also None for `lowdim_manifold` inputs with
+    sit at a true parameter's minimum of L_n (`at_refined_minimum`: the outcome of the loss
+    test of the module doc, which needs the data; None: judge from the spec alone, which
+    vouches for the teacher and the refined teacher, never for a trained w*), else None. Also None for `lowdim_manifold` inputs with
     x_dim_latent < in_dim: the theorem assumes a positive-definite input covariance (every
     other x_dist has one). The noise model does not enter: for every supported one the noise
     has conditional mean zero, so K(w) = E‖f_w(x) − f_teacher(x)‖² is the same."""
     _check_dln(spec)
+    if at_refined_minimum is None:
+        at_refined_minimum = spec.w_star in ("teacher", "refined")
     if not at_refined_minimum:
         return None
     d = spec.data

@@ -42,7 +42,7 @@ def make_optimizer(training):
 
 
 def _grad_norm(g) -> jax.Array:
-    return optax.global_norm(g)
+    return optax.tree.norm(g)
 
 
 @lru_cache(maxsize=64)
