@@ -190,12 +190,41 @@ class DLNSpec(_Spec):
         return sum(a * b for a, b in zip(self.widths[:-1], self.widths[1:]))
 
 
+class PolynomialSpec(_Spec):
+    """A normal-crossing model y = x·∏ wᵢ^pᵢ (scalar x and y, one parameter per power), measured
+    at w* = 0 on data from the zero function plus noise: its λ = 1/(2·max p) and multiplicity are
+    known exactly (`theory.normal_crossing_lambda`; devinterp's test cases). Powers of 0 make
+    parameters the model ignores."""
+
+    kind: Literal["polynomial"]
+    powers: Annotated[list[Annotated[Int, Field(ge=0, le=64)]], Field(min_length=1, max_length=64)]
+
+    @field_validator("powers")
+    @classmethod
+    def _some_positive(cls, v: list[int]) -> list[int]:
+        if max(v) == 0:
+            raise ValueError("powers needs at least one positive entry (all zero: the model is constant)")
+        return v
+
+    in_dim: ClassVar[int] = 1
+    out_dim: ClassVar[int] = 1
+
+    @property
+    def layer_dims(self) -> list[int]:
+        return [1, 1]
+
+    @property
+    def n_params(self) -> int:
+        return len(self.powers)
+
+
 def _model_kind(v) -> str:
     return (v.get("kind", "mlp") if isinstance(v, dict) else getattr(v, "kind", "mlp")) or "mlp"
 
 
 ModelSpec = Annotated[
-    Union[Annotated[MLPSpec, Tag("mlp")], Annotated[DLNSpec, Tag("dln")]], Discriminator(_model_kind)
+    Union[Annotated[MLPSpec, Tag("mlp")], Annotated[DLNSpec, Tag("dln")], Annotated[PolynomialSpec, Tag("polynomial")]],
+    Discriminator(_model_kind),
 ]
 
 
@@ -276,6 +305,15 @@ class TargetSpec(_Spec):
         # Write the teacher out in full so `teacher: _null` and the same network spelled
         # out hash alike.
         t, m = self.teacher, self.model
+        if isinstance(m, PolynomialSpec):
+            # The truth is the zero function, w* its point at the origin: nothing to resolve.
+            for name in ("rank", "depth", "widths", "activation"):
+                if getattr(t, name) is not None:
+                    raise ValueError(f"teacher.{name} is set, but a polynomial model's teacher is fixed (the zero function)")
+            if self.w_star not in (None, "teacher"):
+                raise ValueError("a polynomial model is measured at its true parameter w* = 0 (w_star: teacher)")
+            object.__setattr__(self, "w_star", "teacher")
+            return self
         if isinstance(m, DLNSpec):
             for name in ("depth", "widths", "activation"):
                 if getattr(t, name) is not None:
@@ -316,7 +354,8 @@ class TargetSpec(_Spec):
         needs = [
             MemoryNeed("data.n_data" if d.n_data >= d.n_test else "data.n_test", "data arrays",
                        (d.n_data + d.n_test) * (m.in_dim + m.out_dim) * item),
-            MemoryNeed("model.widths", "parameters, gradients and optimizer moments", 4 * m.n_params * item),
+            MemoryNeed("model.powers" if isinstance(m, PolynomialSpec) else "model.widths",
+                       "parameters, gradients and optimizer moments", 4 * m.n_params * item),
             MemoryNeed("training.batch_size" if self.training.batch_size else "data.n_data",
                        "activations of a training step", batch * sum(m.layer_dims[1:]) * item),
         ]

@@ -44,6 +44,10 @@ def _build_target(spec):
         from .dln import build_dln_target
 
         return build_dln_target(spec)
+    if m.kind == "polynomial":
+        from .polynomial import build_polynomial_target
+
+        return build_polynomial_target(spec)
     if m.kind != "mlp":
         raise NotImplementedError(f"model.kind={m.kind!r} is not implemented")
     dtype = jnp_dtype(spec.dtype)
@@ -204,7 +208,7 @@ def _sample_run(run, target, arrays):
 
     from . import RunResult
     from .llc import flag_run, llc_from_loss, summarize
-    from .models import jnp_dtype
+    from .models import jnp_dtype, model_key
     from .posterior import INIT_FGE, flat_model
 
     s, post = run.sampler, run.posterior
@@ -219,8 +223,9 @@ def _sample_run(run, target, arrays):
     gamma = float(post.gamma)
     params = {k: jnp.asarray(v, dtype) for k, v in arrays.params.items()}
     X, Y = jnp.asarray(arrays.X, dtype), jnp.asarray(arrays.Y, dtype)
-    # a deep linear network (kind "dln") is the MLP forward pass with identity activation, no biases
-    activation = "identity" if target.model.kind == "dln" else target.model.activation
+    # the forward pass's key: an MLP's activation; "identity" for a deep linear network (no
+    # biases); ("polynomial", powers) for a normal-crossing model
+    activation = model_key(target.model)
     w_star, predict = flat_model(params, activation)  # predict closes over shapes only
     if int(w_star.size) != target.model.n_params:
         raise ValueError(f"params have {w_star.size} entries but the model has {target.model.n_params}")

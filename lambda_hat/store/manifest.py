@@ -49,6 +49,7 @@ class TargetMetrics(_Record):
     descent_gap: float | None = None  # L0 − L_n after L-BFGS from w*: nβ·descent_gap ≈ λ̂'s bias
     w_star_status: str | None = None  # "ok", "not_stationary" or "not_minimum"
     w_star_reason: str | None = None
+    llc_multiplicity: int | None = None  # polynomial: multiplicity m of the exact λ
     L0_refined: float | None = None  # dln: L_n at the teacher refined to the nearest minimum
 
 
