@@ -41,6 +41,11 @@ def test_noisy_teacher_is_flagged_and_refined_is_a_minimum():
     mild = build_target(_dln(0.1)).metrics
     assert mild["w_star_status"] == "ok" and mild["llc_true"] == 10.5
     assert n_beta0 * mild["descent_gap"] < 0.1
+    # A regular model (one linear layer, d = 100) fits the noise for a gap of β·σ²·d/2-ish: 0.12 in
+    # λ̂ here, 0.2 % of λ = 50, within the relative tolerance (1 % of d/2 = 0.5): not flagged.
+    regular = build_target(_dln(0.1, rank=10, widths=(10, 10))).metrics
+    assert 0.05 < n_beta0 * regular["descent_gap"] < 0.5
+    assert regular["w_star_status"] == "ok" and regular["llc_true"] == 50.0
 
 
 def test_rank_zero_teacher_is_a_saddle():

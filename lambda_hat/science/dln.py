@@ -44,9 +44,9 @@ w* (`spec.w_star`).
              loss); otherwise None.
 
 llc_true rule (docs/accuracy.md): attached only where w* is known to sit at a true parameter's
-minimum of L_n, tested by loss: |L_n(w*) − L_n(refined teacher)| · nβ₀ ≤ wstar.LLC_SHIFT_TOL
+minimum of L_n, tested by loss: |L_n(w*) − L_n(refined teacher)| · nβ₀ ≤ wstar.shift_tol(d)
 (β₀ = 1/log n, the default posterior), i.e. measuring λ̂ at w* instead of at that minimum would
-move it by at most LLC_SHIFT_TOL. This holds exactly for the teacher on noise-free data (it is
+move it by at most 1 % of d/2. This holds exactly for the teacher on noise-free data (it is
 the minimum) and for the refined teacher, to tolerance for a teacher on mildly noisy data, and
 for a trained w* when it found that minimum's loss. A teacher on data noisy enough to shift λ̂
 (σ = 1 on [5,3,5]: nβ·ΔL0 ≈ 4) gets none: refine it.
@@ -154,7 +154,7 @@ def _build_dln_target(spec):
     from .losses import mean_loss
     from .models import init_mlp, jnp_dtype
     from .train import refine, train
-    from .wstar import LLC_SHIFT_TOL, quality
+    from .wstar import quality, shift_tol
 
     _check_dln(spec)
     dtype = jnp_dtype(spec.dtype)
@@ -203,7 +203,7 @@ def _build_dln_target(spec):
         "n_data": int(d.n_data),
         "n_test": int(d.n_test),
         "L0_refined": L0_refined,
-        "llc_true": llc_true(spec, at_refined_minimum=n_beta0 * abs(L0 - L0_refined) <= LLC_SHIFT_TOL),
+        "llc_true": llc_true(spec, at_refined_minimum=n_beta0 * abs(L0 - L0_refined) <= shift_tol(m.n_params)),
     }
     metrics.update(quality(params, X, Y, "identity"))
     return TargetArrays(

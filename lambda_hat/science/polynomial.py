@@ -8,7 +8,7 @@ model). w* = 0, the point where the coordinate hyperplanes of true parameters cr
 devinterp's accuracy tests use these with x ~ N(0, 2²), σ = 0.25, n = 1,000.
 
 llc_true is attached by the llc_true rule of `dln.py`/docs/accuracy.md: w* = 0 is a true
-parameter, and it is attached when nβ₀·(L_n(0) − L_n(refined)) ≤ LLC_SHIFT_TOL, the refined
+parameter, and it is attached when nβ₀·(L_n(0) − L_n(refined)) ≤ wstar.shift_tol(d), the refined
 point being L-BFGS from a point next to 0 (from 0 itself a power ≥ 2 has zero gradient). The
 noise's least-squares fit moves the minimum of L_n off 0 by O(σ/√n), worth about β·σ² in λ̂.
 """
@@ -41,7 +41,7 @@ def _build(spec):
     from .models import forward, jnp_dtype, model_key
     from .theory import normal_crossing_lambda
     from .train import refine
-    from .wstar import LLC_SHIFT_TOL, quality
+    from .wstar import quality, shift_tol
 
     m, d = spec.model, spec.data
     dtype = jnp_dtype(spec.dtype)
@@ -69,7 +69,7 @@ def _build(spec):
         "n_data": int(d.n_data),
         "n_test": int(d.n_test),
         "L0_refined": L0_refined,
-        "llc_true": lam if n_beta0 * (L0 - L0_refined) <= LLC_SHIFT_TOL else None,
+        "llc_true": lam if n_beta0 * (L0 - L0_refined) <= shift_tol(m.n_params) else None,
         "llc_multiplicity": mult,
     }
     metrics.update(quality(params, X, Y, key))

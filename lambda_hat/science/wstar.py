@@ -22,7 +22,10 @@ it. A descent cannot see an exact saddle (zero gradient), hence the curvature te
 The descent test is judged against the default localized posterior (β₀ = 1/log n: `PosteriorSpec()`),
 the one most runs use; the raw numbers are kept for any other:
 
-  w_star_status  "not_stationary" when nβ₀·descent_gap > LLC_SHIFT_TOL (λ̂ would move by more);
+  w_star_status  "not_stationary" when nβ₀·descent_gap > shift_tol(d) = LLC_SHIFT_RTOL · d/2:
+                                  λ̂ would move by more than 1 % of the regular value d/2, an
+                                  upper bound on λ (an absolute bound would flag every large
+                                  regular model, whose noise-fit gap grows like β·σ²·d);
                  "not_minimum"    when hess_min_eig < −NEG_CURVATURE_RTOL · hess_max_eig: negative
                                   curvature a sizeable fraction of the steepest, a saddle;
                  else "ok".  `w_star_reason` says why (empty when ok).
@@ -46,8 +49,13 @@ DENSE_HESSIAN_MAX = 1024
 # Lanczos: ARPACK's relative tolerance and its cap on restarts (each restart is ≤ 20 products).
 LANCZOS_TOL = 1e-4
 LANCZOS_MAXITER = 50
-# A w* whose descent test predicts a λ̂ shift larger than this (at the default β) is flagged.
-LLC_SHIFT_TOL = 0.1
+# A w* whose descent test predicts a λ̂ shift larger than this share of d/2 (at the default β) is flagged.
+LLC_SHIFT_RTOL = 0.01
+
+
+def shift_tol(n_params: int) -> float:
+    """The largest predicted λ̂ shift nβ₀·ΔL a w* may carry: LLC_SHIFT_RTOL · d/2."""
+    return LLC_SHIFT_RTOL * n_params / 2
 # A w* with a Hessian eigenvalue below −NEG_CURVATURE_RTOL × the largest is flagged a saddle.
 NEG_CURVATURE_RTOL = 0.01
 
@@ -114,9 +122,9 @@ def quality(params, X, Y, model, *, n_beta: float | None = None) -> dict:
     _, info = refine(params, X, Y, model)
     gap = max(float(L0) - info["refined_loss"], 0.0)
     reasons, status = [], "ok"
-    if n_beta * gap > LLC_SHIFT_TOL:
+    if n_beta * gap > shift_tol(d):
         status = "not_stationary"
-        reasons.append(f"descent from w* lowers L_n by {gap:.3g}: nβ·ΔL = {n_beta * gap:.3g} > {LLC_SHIFT_TOL}")
+        reasons.append(f"descent from w* lowers L_n by {gap:.3g}: nβ·ΔL = {n_beta * gap:.3g} > {shift_tol(d):.3g} (1 % of d/2)")
     if math.isfinite(hmin) and math.isfinite(hmax) and hmin < -NEG_CURVATURE_RTOL * abs(hmax):
         status = "not_minimum" if status == "ok" else status
         reasons.append(f"Hessian eigenvalue {hmin:.3g} < -{NEG_CURVATURE_RTOL} x largest {hmax:.3g}: a saddle")
