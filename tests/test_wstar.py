@@ -167,3 +167,13 @@ def test_noisy_teacher_biases_llc_low_and_refined_recovers_exact_lambda():
     assert teacher < 0.85 * 10.5  # the bias the issue measured: 27-46 % low
     # The predicted bias: the gap between them is nβ·ΔL0, to within a third plus 3 combined SEMs.
     assert abs((refined - teacher) - shift) < shift / 3 + 3 * math.hypot(t_sem, r_sem), (refined, teacher, shift)
+
+
+def test_diverged_training_is_reported_not_crashed():
+    import jax.numpy as jnp
+
+    from lambda_hat.science.wstar import quality
+
+    params = {"W_0": jnp.full((2, 1), jnp.nan), "b_0": jnp.zeros((1,))}
+    m = quality(params, jnp.ones((4, 2)), jnp.ones((4, 1)), "relu")
+    assert m["w_star_status"] == "nonfinite" and math.isnan(m["hess_min_eig"])

@@ -11,7 +11,8 @@ curvature they drift away from w*. So every target records
                  (ARPACK via `scipy.sparse.linalg.eigsh`) on Hessian-vector products
                  (forward-over-reverse), which never forms the d × d matrix
   hess_method    "dense" or "lanczos" (with "unconverged" appended when ARPACK ran out of
-                 iterations: the eigenvalue is then NaN)
+                 iterations: the eigenvalue is then NaN); "skipped" when L0 or the gradient is
+                 not finite (status "nonfinite")
   descent_gap    L0 − L_n(w') with w' = `train.refine(w*)`: full-batch L-BFGS down to the
                  nearest minimum (the descent test). Its predicted effect on λ̂ is nβ·descent_gap.
 
@@ -113,6 +114,12 @@ def quality(params, X, Y, model, *, n_beta: float | None = None) -> dict:
     value_and_grad, hessian, hvp = _jitted(model, layout)
     L0, g = value_and_grad(w, X, Y)
     grad_norm = float(jnp.linalg.norm(g))
+    if not (math.isfinite(float(L0)) and math.isfinite(grad_norm)):
+        # Training diverged: there is no w* to judge (the worker refuses the target on L0).
+        nan = float("nan")
+        return {"grad_norm": grad_norm, "hess_min_eig": nan, "hess_max_eig": nan, "hess_method": "skipped",
+                "descent_gap": nan, "refine_iters": 0, "w_star_status": "nonfinite",
+                "w_star_reason": f"L0 = {float(L0)}, gradient norm {grad_norm}"}
     if d <= DENSE_HESSIAN_MAX:
         H = np.asarray(hessian(w, X, Y), np.float64)
         eigs = np.linalg.eigvalsh((H + H.T) / 2)
