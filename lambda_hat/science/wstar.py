@@ -57,6 +57,8 @@ LLC_SHIFT_RTOL = 0.01
 def shift_tol(n_params: int) -> float:
     """The largest predicted λ̂ shift nβ₀·ΔL a w* may carry: LLC_SHIFT_RTOL · d/2."""
     return LLC_SHIFT_RTOL * n_params / 2
+
+
 # A w* with a Hessian eigenvalue below −NEG_CURVATURE_RTOL × the largest is flagged a saddle.
 NEG_CURVATURE_RTOL = 0.01
 
