@@ -190,12 +190,41 @@ class DLNSpec(_Spec):
         return sum(a * b for a, b in zip(self.widths[:-1], self.widths[1:]))
 
 
+class PolynomialSpec(_Spec):
+    """A normal-crossing model y = x·∏ wᵢ^pᵢ (scalar x and y, one parameter per power), measured
+    at w* = 0 on data from the zero function plus noise: its λ = 1/(2·max p) and multiplicity are
+    known exactly (`theory.normal_crossing_lambda`; devinterp's test cases). Powers of 0 make
+    parameters the model ignores."""
+
+    kind: Literal["polynomial"]
+    powers: Annotated[list[Annotated[Int, Field(ge=0, le=64)]], Field(min_length=1, max_length=64)]
+
+    @field_validator("powers")
+    @classmethod
+    def _some_positive(cls, v: list[int]) -> list[int]:
+        if max(v) == 0:
+            raise ValueError("powers needs at least one positive entry (all zero: the model is constant)")
+        return v
+
+    in_dim: ClassVar[int] = 1
+    out_dim: ClassVar[int] = 1
+
+    @property
+    def layer_dims(self) -> list[int]:
+        return [1, 1]
+
+    @property
+    def n_params(self) -> int:
+        return len(self.powers)
+
+
 def _model_kind(v) -> str:
     return (v.get("kind", "mlp") if isinstance(v, dict) else getattr(v, "kind", "mlp")) or "mlp"
 
 
 ModelSpec = Annotated[
-    Union[Annotated[MLPSpec, Tag("mlp")], Annotated[DLNSpec, Tag("dln")]], Discriminator(_model_kind)
+    Union[Annotated[MLPSpec, Tag("mlp")], Annotated[DLNSpec, Tag("dln")], Annotated[PolynomialSpec, Tag("polynomial")]],
+    Discriminator(_model_kind),
 ]
 
 
@@ -239,11 +268,18 @@ class TeacherSpec(_Spec):
 
 
 class TrainingSpec(_Spec):
+    """How the student is trained to w* (`science/train.py`). Training stops after `steps`, or
+    earlier: with `grad_tol` set, once the full-data gradient norm ‖∇L_n‖ ≤ grad_tol (w* is then
+    a stationary point to that tolerance; `early_stop_tol` is not used); without it (the rule
+    from before 0.2), once the loss changed by less than `early_stop_tol` over CHECK_EVERY steps,
+    a plateau that can stop well above a minimum."""
+
     optimizer: Literal["adam", "sgd", "adamw"] = "adam"
     learning_rate: PositiveFloat = 0.001
     steps: PositiveInt = 5000
     early_stop_tol: NonNegativeFloat | None = 1e-6
     batch_size: PositiveInt | None = None  # None: full batch
+    grad_tol: PositiveFloat | None = added_field(None, since="0.2")
 
 
 class TargetSpec(_Spec):
@@ -256,14 +292,28 @@ class TargetSpec(_Spec):
     seed: Int = 0
     dtype: Dtype = "float64"
     # Where the LLC is measured: the trained student, or the teacher's own weights (a true
-    # parameter, where the exact λ is known). Default: teacher for dln, trained for mlp.
-    w_star: Literal["trained", "teacher"] | None = None
+    # parameter, where the exact λ is known), or (dln only) the teacher refined by descent to
+    # the nearest minimum of L_n, which is what a noisy teacher needs (science/dln.py).
+    # Default: teacher for dln, trained for mlp. The dln default stays "teacher" even with
+    # noise: it is written into every resolved spec, so changing it would change the ID of
+    # every published dln target (ids.py); noisy teachers are flagged (w_star_status) and lose
+    # llc_true instead, and new specs opt in with `w_star: refined`.
+    w_star: Literal["trained", "teacher", "refined"] | None = None
 
     @model_validator(mode="after")
     def _resolve_teacher(self) -> "TargetSpec":
         # Write the teacher out in full so `teacher: _null` and the same network spelled
         # out hash alike.
         t, m = self.teacher, self.model
+        if isinstance(m, PolynomialSpec):
+            # The truth is the zero function, w* its point at the origin: nothing to resolve.
+            for name in ("rank", "depth", "widths", "activation"):
+                if getattr(t, name) is not None:
+                    raise ValueError(f"teacher.{name} is set, but a polynomial model's teacher is fixed (the zero function)")
+            if self.w_star not in (None, "teacher"):
+                raise ValueError("a polynomial model is measured at its true parameter w* = 0 (w_star: teacher)")
+            object.__setattr__(self, "w_star", "teacher")
+            return self
         if isinstance(m, DLNSpec):
             for name in ("depth", "widths", "activation"):
                 if getattr(t, name) is not None:
@@ -277,6 +327,8 @@ class TargetSpec(_Spec):
             return self
         if t.rank is not None:
             raise ValueError("teacher.rank applies to dln models only")
+        if self.w_star == "refined":
+            raise ValueError("w_star: refined applies to dln models only (an mlp's w* is trained: set training.grad_tol)")
         object.__setattr__(self, "w_star", self.w_star or "trained")
         depth = t.depth if t.depth is not None else m.depth
         widths = t.widths
@@ -302,7 +354,8 @@ class TargetSpec(_Spec):
         needs = [
             MemoryNeed("data.n_data" if d.n_data >= d.n_test else "data.n_test", "data arrays",
                        (d.n_data + d.n_test) * (m.in_dim + m.out_dim) * item),
-            MemoryNeed("model.widths", "parameters, gradients and optimizer moments", 4 * m.n_params * item),
+            MemoryNeed("model.powers" if isinstance(m, PolynomialSpec) else "model.widths",
+                       "parameters, gradients and optimizer moments", 4 * m.n_params * item),
             MemoryNeed("training.batch_size" if self.training.batch_size else "data.n_data",
                        "activations of a training step", batch * sum(m.layer_dims[1:]) * item),
         ]

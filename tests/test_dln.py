@@ -7,6 +7,7 @@ import pytest
 
 from lambda_hat.science.dln import SINGULAR_VALUE_RANGE, build_dln_target, llc_true, make_dln_teacher
 from lambda_hat.science.theory import rrr_lambda as rrr
+from lambda_hat.science.wstar import shift_tol
 from lambda_hat.specs import DataSpec, TargetSpec, TeacherSpec, TrainingSpec
 
 
@@ -96,11 +97,21 @@ def test_trained_student():
     )
     t = build_dln_target(spec)
     m = t.metrics
-    assert m["llc_true"] is None and m["train_steps"] == 600
+    assert m["train_steps"] == 600
+    # The llc_true rule: trained to the refined teacher's loss (a λ̂ shift within shift_tol(d) = 1 % of d/2), so it
+    # carries the exact λ of the rank-1 truth (reduced rank regression 4 -> 3 -> 2, r = 1)...
+    n_beta0 = 64 / np.log(64)
+    assert n_beta0 * abs(m["L0"] - m["L0_refined"]) <= shift_tol(m["n_params"])
+    assert m["llc_true"] == rrr(4, 3, 2, 1) == 3.5
     # Trained to (near) the least-squares fit: L0 near the noise level (0.1² · out_dim = 0.02).
     assert m["L0"] < 0.03
     assert m["final_train_loss"] == pytest.approx(m["L0"], rel=1e-6)
     assert sorted(t.params) == ["W_0", "W_1"]
+    # ... while a student stopped far above that minimum carries none.
+    short = build_dln_target(_spec([4, 3, 2], 1, w_star="trained",
+                                   training=TrainingSpec(learning_rate=0.001, steps=100, early_stop_tol=None)))
+    assert n_beta0 * (short.metrics["L0"] - short.metrics["L0_refined"]) > shift_tol(m["n_params"])
+    assert short.metrics["llc_true"] is None
 
 
 def test_other_data_distributions_are_supported():

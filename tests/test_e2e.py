@@ -73,6 +73,12 @@ def test_execute_twice_then_query(tmp_path):
 
     q = lh("query", "select sampler, chains, draws from runs order by sampler", "--store", "store", "--format", "csv", cwd=tmp_path)
     assert q.stdout.splitlines() == ["sampler,chains,draws", "hmc,2,50", "sgld,2,30"]
+    # Every target records how good a minimum its w* is, and says whether it passed.
+    q = lh("query", "select w_star_status, grad_norm > 0 as g, hess_method, descent_gap >= 0 as d from targets",
+           "--store", "store", "--format", "csv", cwd=tmp_path)
+    header, row = q.stdout.splitlines()
+    assert header == "w_star_status,g,hess_method,d"
+    assert row.split(",")[0] in ("ok", "not_stationary", "not_minimum") and row.split(",")[1:] == ["true", "dense", "true"]
 
     # The index is a cache of the manifests: delete it, the next execute restores it.
     (store / "index.duckdb").unlink()

@@ -32,6 +32,16 @@ EXAMPLE_IDS = {
             "run_0c9835f47dd7"
         ]
     },
+    "noisy_dln.yaml": {
+        "targets": ["tgt_ff08cea7beb6", "tgt_0ad6bcdbd183"],
+        "runs": ["run_f88c3fa2d4c5", "run_1928c06d3b27"],
+    },
+    "normal_crossing.yaml": {
+        "targets": ["tgt_507b7ab24214", "tgt_2a05df61d186", "tgt_cb8d39f6d508", "tgt_d51f342ab8d7",
+                    "tgt_0454fc61b4f1", "tgt_13e30d6ec18d"],
+        "runs": ["run_423e6d72765c", "run_1a521e75511c", "run_4ecbdae95b49", "run_a9f483ce95e9",
+                 "run_3634c5167a9e", "run_d3575c6f8b12"],
+    },
     "quick.yaml": {
         "targets": [
             "tgt_052e427b5268",

@@ -35,14 +35,19 @@ def _build_target(spec):
     from . import TargetArrays
     from .data import make_dataset
     from .losses import mean_loss
-    from .models import init_mlp, jnp_dtype, mlp_apply
+    from .models import init_mlp, jnp_dtype, mlp_apply, model_key
     from .train import train
+    from .wstar import quality
 
     m = spec.model
     if m.kind == "dln":
         from .dln import build_dln_target
 
         return build_dln_target(spec)
+    if m.kind == "polynomial":
+        from .polynomial import build_polynomial_target
+
+        return build_polynomial_target(spec)
     if m.kind != "mlp":
         raise NotImplementedError(f"model.kind={m.kind!r} is not implemented")
     dtype = jnp_dtype(spec.dtype)
@@ -53,7 +58,7 @@ def _build_target(spec):
         params, info = teacher, {"train_steps": 0, "final_train_loss": float(mean_loss(mlp_apply(teacher, X, m.activation), Y))}
     else:
         params0 = init_mlp(k_init, m.layer_dims, init=m.init, bias=m.bias, dtype=dtype)
-        params, info = train(k_train, params0, X, Y, spec.training, m.activation)
+        params, info = train(k_train, params0, X, Y, spec.training, model_key(m))
     params = jax.tree.map(lambda a: a.astype(dtype), params)
     L0 = float(mean_loss(mlp_apply(params, X, m.activation), Y))
     test_loss = float(mean_loss(mlp_apply(params, X_test, m.activation), Y_test))
@@ -66,6 +71,7 @@ def _build_target(spec):
         "n_data": int(spec.data.n_data),
         "n_test": int(spec.data.n_test),
     }
+    metrics.update(quality(params, X, Y, model_key(m)))
     return TargetArrays(
         params={k: np.asarray(v) for k, v in params.items()},
         X=np.asarray(X),
@@ -202,7 +208,7 @@ def _sample_run(run, target, arrays):
 
     from . import RunResult
     from .llc import flag_run, llc_from_loss, summarize
-    from .models import jnp_dtype
+    from .models import jnp_dtype, model_key
     from .posterior import INIT_FGE, flat_model
 
     s, post = run.sampler, run.posterior
@@ -217,8 +223,9 @@ def _sample_run(run, target, arrays):
     gamma = float(post.gamma)
     params = {k: jnp.asarray(v, dtype) for k, v in arrays.params.items()}
     X, Y = jnp.asarray(arrays.X, dtype), jnp.asarray(arrays.Y, dtype)
-    # a deep linear network (kind "dln") is the MLP forward pass with identity activation, no biases
-    activation = "identity" if target.model.kind == "dln" else target.model.activation
+    # the forward pass's key: an MLP's activation; "identity" for a deep linear network (no
+    # biases); ("polynomial", powers) for a normal-crossing model
+    activation = model_key(target.model)
     w_star, predict = flat_model(params, activation)  # predict closes over shapes only
     if int(w_star.size) != target.model.n_params:
         raise ValueError(f"params have {w_star.size} entries but the model has {target.model.n_params}")

@@ -13,17 +13,23 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from .losses import per_example_loss
-from .models import mlp_apply
+from .models import forward
 
 CHUNK = 4096
 
 
-def flat_model(params: dict, activation: str):
-    """(w_star flat vector, predict(w_flat, X))."""
+def flat_model(params: dict, model):
+    """(w_star flat vector, predict(w_flat, X)). `model`: a `models.model_key` (an MLP
+    activation name, "identity" for a deep linear network, ...) or a model spec."""
     w_star, unravel = ravel_pytree(params)
+    if not isinstance(model, (str, tuple)):
+        from .models import model_key
+
+        model = model_key(model)
+    apply = forward(model)
 
     def predict(w, X):
-        return mlp_apply(unravel(w), X, activation)
+        return apply(unravel(w), X)
 
     return w_star, predict
 

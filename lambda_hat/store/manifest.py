@@ -41,6 +41,16 @@ class TargetMetrics(_Record):
     final_train_loss: float | None = None
     test_loss: float | None = None
     train_steps: int | None = None
+    # w* quality (lambda-hat 0.2, `science/wstar.py`); absent (NULL) in older manifests.
+    grad_norm: float | None = None  # ‖∇L_n(w*)‖
+    hess_min_eig: float | None = None  # extreme Hessian eigenvalues of L_n at w*
+    hess_max_eig: float | None = None
+    hess_method: str | None = None  # "dense" or "lanczos"
+    descent_gap: float | None = None  # L0 − L_n after L-BFGS from w*: nβ·descent_gap ≈ λ̂'s bias
+    w_star_status: str | None = None  # "ok", "not_stationary" or "not_minimum"
+    w_star_reason: str | None = None
+    llc_multiplicity: int | None = None  # polynomial: multiplicity m of the exact λ
+    L0_refined: float | None = None  # dln: L_n at the teacher refined to the nearest minimum
 
 
 class TargetTimings(_Record):

@@ -1,0 +1,76 @@
+"""Normal-crossing targets: y = x·∏ wᵢ^pᵢ + noise at the true parameter w* = 0.
+
+Model (`models.polynomial_apply`): one scalar input x, params {"w": (len(powers),)}. The truth
+is the zero function (every w with some wᵢ = 0, pᵢ > 0, is a true parameter); the data are
+X from `data.make_x_sampler` with in_dim 1 and Y = noise (`data.sample_noise`, every noise
+model). w* = 0, the point where the coordinate hyperplanes of true parameters cross, where
+λ = 1/(2·max p) with multiplicity #{i: pᵢ = max p} (`theory.normal_crossing_lambda`).
+devinterp's accuracy tests use these with x ~ N(0, 2²), σ = 0.25, n = 1,000.
+
+llc_true is attached by the llc_true rule of `dln.py`/docs/accuracy.md: w* = 0 is a true
+parameter, and it is attached when nβ₀·(L_n(0) − L_n(refined)) ≤ wstar.shift_tol(d), the refined
+point being L-BFGS from a point next to 0 (from 0 itself a power ≥ 2 has zero gradient). The
+noise's least-squares fit moves the minimum of L_n off 0 by O(σ/√n), worth about β·σ² in λ̂.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# L-BFGS for the loss test starts this far from 0 along every coordinate (0 is a critical point
+# when every positive power is ≥ 2).
+REFINE_START = 1e-3
+
+
+def build_polynomial_target(spec):
+    from .models import precision
+
+    with precision(spec.dtype):
+        return _build(spec)
+
+
+def _build(spec):
+    import jax
+    import jax.numpy as jnp
+
+    from . import TargetArrays
+    from .data import make_x_sampler, sample_noise
+    from .losses import mean_loss
+    from .models import forward, jnp_dtype, model_key
+    from .theory import normal_crossing_lambda
+    from .train import refine
+    from .wstar import quality, shift_tol
+
+    m, d = spec.model, spec.data
+    dtype = jnp_dtype(spec.dtype)
+    key = model_key(m)
+    apply = forward(key)
+    k_data, _, _ = jax.random.split(jax.random.PRNGKey(spec.seed), 3)
+    k_dist, _, k_x, k_xt, k_n, k_nt = jax.random.split(k_data, 6)
+    sample_x = make_x_sampler(k_dist, d, 1, dtype)
+    X = sample_x(k_x, d.n_data).astype(dtype)
+    X_test = sample_x(k_xt, d.n_test).astype(dtype)
+    Y = sample_noise(k_n, X, 1, d, dtype).astype(dtype)
+    Y_test = sample_noise(k_nt, X_test, 1, d, dtype).astype(dtype)
+    params = {"w": jnp.zeros((len(m.powers),), dtype)}
+    L0 = float(mean_loss(apply(params, X), Y))
+    refined, _ = refine({"w": jnp.full((len(m.powers),), REFINE_START, dtype)}, X, Y, key)
+    L0_refined = min(float(mean_loss(apply(refined, X), Y)), L0)
+    n_beta0 = d.n_data / math.log(d.n_data)
+    lam, mult = normal_crossing_lambda(m.powers)
+    metrics = {
+        "L0": L0,
+        "train_steps": 0,
+        "final_train_loss": L0,
+        "test_loss": float(mean_loss(apply(params, X_test), Y_test)),
+        "n_params": int(m.n_params),
+        "n_data": int(d.n_data),
+        "n_test": int(d.n_test),
+        "L0_refined": L0_refined,
+        "llc_true": lam if n_beta0 * (L0 - L0_refined) <= shift_tol(m.n_params) else None,
+        "llc_multiplicity": mult,
+    }
+    metrics.update(quality(params, X, Y, key))
+    return TargetArrays(params={"w": np.asarray(params["w"])}, X=np.asarray(X), Y=np.asarray(Y), metrics=metrics)
