@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from lambda_hat.ids import RunIds, canonical, target_id
 from lambda_hat.specs import RunSpec, SamplerRun, Sweep, TargetSpec
@@ -10,10 +11,10 @@ from lambda_hat.store.snapshot import StoreSnapshot
 from lambda_hat.sweep import DEFAULT_MAX_RUNS, SweepError
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedRun:
+class PlannedRun(NamedTuple):
     """A run of the sweep. Its RunSpec is built when asked for (`spec`): a plan of a million
-    runs needs their IDs, and only the runs that are submitted need their specs."""
+    runs needs their IDs, and only the runs that are submitted need their specs. (A NamedTuple:
+    half the construction cost of a frozen dataclass, which counts at a million runs.)"""
 
     run_id: str
     target_id: str
