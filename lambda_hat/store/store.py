@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 KINDS = ("target", "run")
 TMP_GRACE_S = 3600.0  # a foreign host's temporary directory younger than this may be live
 FAILED_STATUSES = frozenset({"nonfinite", "failed"})
+LISTING_ABOVE = 256  # a snapshot lists a kind's directory when more requested IDs than this are not indexed
 
 
 def check_manifest(artifact_dir: Path, kind: str) -> tuple[Manifest, os.stat_result]:
@@ -177,16 +178,21 @@ class Store:
 
     def snapshot(self, target_ids: Iterable[str], run_ids: Iterable[str]) -> StoreSnapshot:
         """Which of these IDs are complete. The index answers, in one read, for manifests
-        unchanged since it recorded them (one listing per kind, one stat per listed ID); any
-        other is read and checked. `state` digests the complete IDs with their manifests'
-        size and mtime, so equal states mean nothing these IDs name has changed."""
+        unchanged since it recorded them (one stat each: at a million IDs most of the time, and
+        what catches a manifest edited or removed since); any other is read and checked.
+        `state` digests the complete IDs with their manifests' size and mtime: equal states,
+        nothing these IDs name has changed."""
         stats = self._indexed_stats()
         done: dict[str, list[str]] = {}
         state = hashlib.sha256()
         for kind, ids in (("target", target_ids), ("run", run_ids)):
-            listing, known = self._listing(kind), stats[kind]
+            ids, known = list(ids), stats[kind]
             done[kind] = complete = []
-            if not listing:
+            # IDs the index knows are stat'ed directly; for the others one listing of the directory
+            # saves a failing stat each, when there are many (a sweep new to this store).
+            unknown = sum(1 for artifact_id in ids if artifact_id not in known)
+            listing = self._listing(kind) if unknown > LISTING_ABOVE else None
+            if listing is not None and not listing:
                 continue
             try:  # stat relative to the kind's directory: one path lookup less per ID
                 parent = os.open(self.layout.targets_dir if kind == "target" else self.layout.runs_dir, os.O_RDONLY)
@@ -194,7 +200,7 @@ class Store:
                 continue
             try:
                 for artifact_id in ids:
-                    if artifact_id not in listing:
+                    if listing is not None and artifact_id not in listing and artifact_id not in known:
                         continue
                     try:
                         st = os.stat(f"{artifact_id}/{MANIFEST}", dir_fd=parent)
