@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
 import json
 import os
 import sys
@@ -101,7 +102,7 @@ def plan_cmd(
     max_runs: MaxRunsOpt = 1_000_000,
 ) -> None:
     """Show what `lh execute` would build and sample, and what the store already holds."""
-    from lambda_hat.planner import describe_target, plan
+    from lambda_hat.planner import plan
 
     _, expanded, st = _load(sweep, store, max_runs)
     p = plan(expanded, st.snapshot([t.target_id for t in expanded.targets], [r.run_id for r in expanded.runs]))
@@ -111,19 +112,30 @@ def plan_cmd(
     table = Table(title=f"plan for {sweep} (store {st.root})")
     for col in ("kind", "id", "action", "what"):
         table.add_column(col)
-    rows = [("target", t.target_id, "build", describe_target(t)) for t in p.targets_to_build]
-    rows += [("target", t.target_id, "cached", describe_target(t)) for t in p.targets_cached]
-    for action, runs in (("sample", p.runs_to_sample), ("cached", p.runs_cached)):
-        for r in runs:
-            s = r.spec
-            rows.append(("run", r.run_id, action, f"{s.sampler.name} on {s.target_id}, seed={s.seed}, chains={s.sampler.chains}, γ={s.posterior.gamma}"))
-    shown = rows if limit <= 0 else rows[:limit]
+    n_rows = len(p.targets_to_build) + len(p.targets_cached) + len(p.runs_to_sample) + len(p.runs_cached)
+    # Rows are described only as they are shown: a plan may hold a million runs.
+    shown = _plan_rows(p) if limit <= 0 else itertools.islice(_plan_rows(p), limit)
+    n_shown = 0
     for row in shown:
         table.add_row(*row, style="dim" if row[2] == "cached" else None)
+        n_shown += 1
     console.print(table)
-    if len(shown) < len(rows):
-        console.print(f"... and {len(rows) - len(shown)} more rows (--limit 0 shows all)")
+    if n_shown < n_rows:
+        console.print(f"... and {n_rows - n_shown} more rows (--limit 0 shows all)")
     console.print(p.summary())
+
+
+def _plan_rows(p):
+    from lambda_hat.planner import describe_target
+
+    for action, targets in (("build", p.targets_to_build), ("cached", p.targets_cached)):
+        for t in targets:
+            yield "target", t.target_id, action, describe_target(t)
+    for action, runs in (("sample", p.runs_to_sample), ("cached", p.runs_cached)):
+        for r in runs:
+            s = r.setting
+            yield ("run", r.run_id, action,
+                   f"{s.sampler.name} on {r.target_id}, seed={s.seed}, chains={s.sampler.chains}, γ={s.posterior.gamma}")
 
 
 class Launcher(str, enum.Enum):
@@ -147,6 +159,7 @@ def execute_cmd(
     ),
     retries: Annotated[int, typer.Option(min=0, help="Retry a failed job this many times (Parsl retries).")] = 0,
     max_runs: MaxRunsOpt = 1_000_000,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A line for every job submitted and completed (by default: one line per stage, the progress bar, failures; completions too up to 50 jobs).")] = False,
     promote: Annotated[bool, typer.Option("--promote", help="After the runs, draw the sweep's gallery (as lh promote SWEEP).")] = False,
     promote_dir: Annotated[Path, typer.Option(help="Gallery folder for --promote.")] = Path("gallery"),
     profile: Annotated[Optional[Path], typer.Option(help="Cluster profile: TOML with a [slurm] table (default: ./lh.toml if present).", rich_help_panel=SLURM)] = None,
@@ -182,7 +195,7 @@ def execute_cmd(
                  scheduler_options=scheduler_options, launcher=launcher.value if launcher else None, address=address)
     request = ExecuteRequest(sweep_path=sweep, store=store, backend=backend.value, workers=workers, logs=logs,
                              results=results, retries=retries, max_runs=max_runs, profile=profile or slurm_config, slurm_flags=flags,
-                             parsl_config=parsl_config)
+                             parsl_config=parsl_config, verbose=verbose)
     outcome = execute(request, console)
     if promote and outcome.interrupted is None:
         console.print("\n[bold]=== Stage C: Promoting results ===[/bold]")

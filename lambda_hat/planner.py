@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from lambda_hat.ids import run_id, target_id
-from lambda_hat.specs import RunSpec, Sweep, TargetSpec
+from lambda_hat.ids import RunIds, canonical, target_id
+from lambda_hat.specs import RunSpec, SamplerRun, Sweep, TargetSpec
 from lambda_hat.store.snapshot import StoreSnapshot
 from lambda_hat.sweep import DEFAULT_MAX_RUNS, SweepError
 
 
-@dataclass(frozen=True)
-class PlannedRun:
+class PlannedRun(NamedTuple):
+    """A run of the sweep. Its RunSpec is built when asked for (`spec`): a plan of a million
+    runs needs their IDs, and only the runs that are submitted need their specs. (A NamedTuple:
+    half the construction cost of a frozen dataclass, which counts at a million runs.)"""
+
     run_id: str
-    spec: RunSpec
+    target_id: str
+    setting: SamplerRun
+
+    @property
+    def spec(self) -> RunSpec:
+        s = self.setting
+        return RunSpec(target_id=self.target_id, sampler=s.sampler, posterior=s.posterior, seed=s.seed)
 
 
 @dataclass(frozen=True)
@@ -70,11 +80,12 @@ def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:
     if n_runs > max_runs:
         raise SweepError(f"the sweep has {n_runs:,} runs, more than the limit of {max_runs:,} (max_runs)")
     targets = [PlannedTarget(target_id(t), t) for t in sweep.targets]
+    # Each sampler setting is canonicalised once (not once per run); see ids.RunIds.
+    settings = [(s, RunIds.of(s)) for s in sweep.samplers]
     runs = []
     for t in targets:
-        for s in sweep.samplers:
-            spec = RunSpec(target_id=t.target_id, sampler=s.sampler, posterior=s.posterior, seed=s.seed)
-            runs.append(PlannedRun(run_id(spec), spec))
+        tid, tid_json = t.target_id, canonical(t.target_id)
+        runs.extend(PlannedRun(ids(tid_json), tid, s) for s, ids in settings)
     return Expanded(targets, runs)
 
 

@@ -15,6 +15,9 @@ into exit codes (the CLI does); it returns an `ExecuteResult`.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import json
+import os
 import signal
 import threading
 import time
@@ -29,7 +32,9 @@ from lambda_hat.planner import Plan, PlannedRun, PlannedTarget, describe_target,
 from lambda_hat.store import resolve_store_root
 from lambda_hat.store.manifest import Manifest
 
-SUBMIT_LINES_MAX = 50  # above this many jobs, one summary line instead of one per job
+# Above this many jobs a completed job gets no line of its own unless asked (-v): at 10^4 jobs
+# the terminal would be the bottleneck. The progress bar, failures and the summary stay.
+JOB_LINES_MAX = 50
 RESULT_SUFFIXES = (".parquet", ".csv")
 
 
@@ -47,6 +52,7 @@ class ExecuteRequest:
     retries: int = 0
     max_runs: int = 1_000_000
     parsl_run_dir: Path = Path("parsl_runinfo")
+    verbose: bool = False  # a line per submitted job, and per completed job at any scale
 
 
 @dataclass
@@ -68,7 +74,7 @@ class LogPaths:
         return base.with_suffix(".log"), base.with_suffix(".err")
 
     def run(self, r: PlannedRun) -> tuple[Path, Path]:
-        base = self.root / "run_sampler" / f"{r.spec.target_id}_{r.spec.sampler.name}_{r.run_id}"
+        base = self.root / "run_sampler" / f"{r.target_id}_{r.setting.sampler.name}_{r.run_id}"
         return base.with_suffix(".log"), base.with_suffix(".err")
 
 
@@ -224,10 +230,15 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
         console.print(f"  removed unfinished {p.name} (its writer is gone)")
     if rep.index_moved_aside:
         console.print(f"  [yellow]the index was not readable[/yellow]: moved to {rep.index_moved_aside.name}, rebuilt from the manifests")
-    p = plan(expanded, store.snapshot([t.target_id for t in expanded.targets], [r.run_id for r in expanded.runs]))
+    snapshot = store.snapshot([t.target_id for t in expanded.targets], [r.run_id for r in expanded.runs])
+    p = plan(expanded, snapshot)
     result = ExecuteResult()
     if p.nothing_to_do:
-        n = store.export_runs([r.run_id for r in expanded.runs], req.results)
+        source = _results_source(snapshot, req.results)
+        n = _results_rows_in_step(req.results, source)
+        if n is None:
+            n = store.export_runs([r.run_id for r in expanded.runs], req.results)
+            _remember_results(req.results, source, n)
         console.print(
             f"nothing to do: {len(p.targets_cached)} targets and {len(p.runs_cached)} runs already in the store "
             f"({store.root}); {n} rows in {req.results} ({time.perf_counter() - t_start:.2f}s)"
@@ -263,6 +274,48 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
             console.print(f"  {job_id}: {reason}\n    {err}", soft_wrap=True, highlight=False)
         result.exit_code = 1
     return result
+
+
+# --------------------------------------------------------------------------- results in step
+
+def _results_source(snapshot, out_path: Path) -> str:
+    """What a results file written now would be made of: the artifacts (IDs, in order, with
+    their manifests' size and mtime), the columns of the `runs` view, and the format."""
+    from lambda_hat import results
+
+    h = hashlib.sha256(snapshot.state.encode())
+    h.update(out_path.suffix.lower().encode())
+    for sql in results.view_sql("lh_index").values():
+        h.update(sql.encode())
+    return h.hexdigest()
+
+
+def _sidecar(out_path: Path) -> Path:
+    return out_path.parent / f".{out_path.name}.lh-source"
+
+
+def _results_rows_in_step(out_path: Path, source: str) -> int | None:
+    """The row count of `out_path` if it is the file `lh execute` last wrote from `source`
+    (unchanged since: same size and mtime), else None. A no-op execute then writes nothing:
+    rewriting 1,000 rows from their manifests costs more than everything else it does."""
+    try:
+        seen = json.loads(_sidecar(out_path).read_text())
+        st = out_path.stat()
+        if seen["source"] == source and seen["size"] == st.st_size and seen["mtime_ns"] == st.st_mtime_ns:
+            return int(seen["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _remember_results(out_path: Path, source: str, rows: int) -> None:
+    try:
+        st = out_path.stat()
+        tmp = _sidecar(out_path).with_name(f"{_sidecar(out_path).name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"source": source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "rows": rows}))
+        os.replace(tmp, _sidecar(out_path))
+    except OSError:
+        pass  # only a cache: the next no-op execute writes the results again
 
 
 def _backend_settings(req: ExecuteRequest):
@@ -350,7 +403,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
         for sub in ("build_target", "run_sampler"):
             (logs.root / sub).mkdir(parents=True, exist_ok=True)
         store_root = str(store.root.resolve())
-        verbose = len(mine_t) + len(mine_r) <= SUBMIT_LINES_MAX
+        verbose = req.verbose
 
         def submit_target(t: PlannedTarget) -> None:
             log, err = logs.target(t.target_id)
@@ -362,9 +415,9 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
 
         def submit_run(r: PlannedRun) -> None:
             log, err = logs.run(r)
-            dep = jobs.target_futures.get(r.spec.target_id)
+            dep = jobs.target_futures.get(r.target_id)
             if verbose:
-                console.print(f"  Submitting {r.spec.sampler.name} for {r.spec.target_id} (run_id={r.run_id})")
+                console.print(f"  Submitting {r.setting.sampler.name} for {r.target_id} (run_id={r.run_id})")
             fut = sample_app(r.spec.model_dump(mode="json"), store_root, str(log), str(err), inputs=[dep] if dep else [])
             jobs.futures[fut] = ("run", r.run_id, err)
 
@@ -373,19 +426,22 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
             console.print(f"  no targets to build here ({len(p.targets_cached)} already in the store)")
         for t in mine_t:
             submit_target(t)
-        if not verbose and mine_t:
+        if mine_t:
             console.print(f"  submitted {len(mine_t)} target builds")
         console.print("\n[bold]=== Stage B: Running Samplers ===[/bold]")
         for r in mine_r:
-            tid = r.spec.target_id
+            tid = r.target_id
             if tid in jobs.foreign:
                 jobs.runs_waiting_on.setdefault(tid, []).append(r)
             else:
                 submit_run(r)
-        if not verbose and mine_r:
-            console.print(f"  submitted {len(mine_r)} sampler runs")
+        if mine_r:
+            waiting = sum(map(len, jobs.runs_waiting_on.values()))
+            console.print(f"  submitted {len(mine_r) - waiting} sampler runs"
+                          + (f" ({waiting} more once another lh execute has built their targets)" if waiting else ""))
 
         total = len(mine_t) + len(mine_r) + len(jobs.foreign)
+        job_lines = verbose or total <= JOB_LINES_MAX
         console.print(f"\n[bold]=== Waiting for {total} jobs to complete ===[/bold]")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as progress:
@@ -398,7 +454,8 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                 for fut in done:
                     kind, job_id, err = jobs.futures.pop(fut)
                     k += 1
-                    _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total, slurm_reasons)
+                    _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total, slurm_reasons,
+                            job_lines)
                     progress.advance(task)
                 if jobs.foreign and time.monotonic() - last_poll > 2.0:
                     last_poll = time.monotonic()
@@ -445,7 +502,8 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                           "are complete and the next lh execute or `lh index rebuild` records them")
 
 
-def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total, slurm_reasons) -> None:
+def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total, slurm_reasons,
+            job_lines: bool = True) -> None:
     exc = fut.exception()
     if exc is None:
         manifest = Manifest.model_validate(fut.result())
@@ -463,7 +521,8 @@ def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k
             extra = " " + describe_run(manifest)
             if manifest.status != "ok":
                 result.flagged.append((job_id, manifest.status, manifest.metrics.get("status_reason") or ""))
-        progress.console.print(f"  [{k}/{total}] completed {job_id}{extra}")
+        if job_lines:
+            progress.console.print(f"  [{k}/{total}] completed {job_id}{extra}")
     else:
         claims.release(job_id)
         reason = _reason(exc)

@@ -19,9 +19,10 @@ import shutil
 import socket
 import uuid
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where arrays are written or read: `lh plan` never needs it
+    import numpy as np
 
 from lambda_hat.faults import crash_point
 from lambda_hat.store.layout import MANIFEST
@@ -74,6 +75,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 def write_arrays(group_dir: Path, arrays: dict[str, np.ndarray]) -> dict[str, list[int]]:
     """Write `{"a/b": array}` into a Zarr v3 group at `group_dir`; returns the shapes."""
+    import numpy as np
     import zarr
 
     root = zarr.open_group(str(group_dir), mode="w", zarr_format=3)
@@ -90,6 +92,7 @@ def write_arrays(group_dir: Path, arrays: dict[str, np.ndarray]) -> dict[str, li
 
 
 def read_arrays(group_dir: Path, names: list[str]) -> dict[str, np.ndarray]:
+    import numpy as np
     import zarr
 
     root = zarr.open_group(str(group_dir), mode="r", zarr_format=3)

@@ -3,12 +3,14 @@ planner imports it from here and the store never imports the planner."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class StoreSnapshot:
-    """IDs of complete artifacts in the store (those with a valid manifest)."""
+    """IDs of complete artifacts in the store (those with a valid manifest), and a digest of
+    their manifests' identity (ID, size, mtime): equal states, same artifacts."""
 
     target_ids: frozenset[str] = frozenset()
     run_ids: frozenset[str] = frozenset()
+    state: str = field(default="", compare=False)
