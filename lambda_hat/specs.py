@@ -516,11 +516,24 @@ class RunSpec(_Spec):
     seed: Int = 0
 
 
+class DiagnosticsSpec(_Spec):
+    """When a finished run's estimate is flagged (its numbers are always kept): `unconverged` when
+    split R-hat exceeds `r_hat_max` or the bulk ESS of λ̂ (all chains) is below `ess_bulk_min`
+    (Vehtari et al. 2021's 1.01 and 400), `divergent` when more than `divergence_max` of the
+    HMC/NUTS draws diverged. A judgement on a run, not part of what it computes: not in any ID;
+    a run keeps the status it was given with the thresholds of the sweep that sampled it."""
+
+    r_hat_max: Annotated[Float, Field(gt=1.0)] = 1.01
+    ess_bulk_min: Annotated[Float, Field(ge=0)] = 400.0
+    divergence_max: Annotated[Float, Field(ge=0, le=1)] = 0.01
+
+
 class Sweep(_Spec):
     """A resolved sweep: concrete targets and (sampler, posterior, seed) triples, crossed into runs."""
 
     store_root: str | None = None
     jax_enable_x64: Bool = True
+    diagnostics: DiagnosticsSpec = DiagnosticsSpec()
     targets: list[TargetSpec]
     samplers: list["SamplerRun"]
 

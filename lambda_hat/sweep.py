@@ -37,6 +37,7 @@ from lambda_hat.presets import PRESETS
 from lambda_hat.specs import (
     MAX_JOB_BYTES,
     SAMPLER_NAMES,
+    DiagnosticsSpec,
     HMCSpec,
     MCLMCSpec,
     MemoryNeed,
@@ -51,7 +52,7 @@ from lambda_hat.specs import (
 SAMPLER_CLASSES: dict[str, type[BaseModel]] = {"sgld": SGLDSpec, "hmc": HMCSpec, "nuts": NUTSSpec, "mclmc": MCLMCSpec}
 assert tuple(SAMPLER_CLASSES) == SAMPLER_NAMES
 
-SWEEP_KEYS = {"store_root", "jax_enable_x64", "targets", "samplers"}
+SWEEP_KEYS = {"store_root", "jax_enable_x64", "diagnostics", "targets", "samplers"}
 TARGET_ENTRY_KEYS = {"model", "data", "teacher", "training", "seed", "dtype", "w_star", "overrides", "grid"}
 TARGET_SECTIONS = ("model", "data", "teacher", "training")
 SAMPLER_ENTRY_META = {"name", "seed", "overrides", "posterior", "grid"}
@@ -103,7 +104,7 @@ def _first_error(err: ValidationError, source: str, entry: str, prefix: str = ""
     e = err.errors(include_url=False)[0]
     loc = [str(p) for p in e["loc"]]
     # Pydantic puts the model's union tag in the location (`model.mlp.depth`); the file says `model.depth`.
-    if len(loc) >= 2 and loc[0] == "model" and loc[1] in ("mlp", "dln"):
+    if len(loc) >= 2 and loc[0] == "model" and loc[1] in ("mlp", "dln", "polynomial"):
         del loc[1]
     field = ".".join(loc)
     if prefix:
@@ -525,6 +526,15 @@ def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAU
     if store_root is not None and not isinstance(store_root, str):
         raise _fail(source, "", "store_root", "must be a path string")
 
+    diagnostics = DiagnosticsSpec()
+    if data.get("diagnostics") is not None:
+        if not isinstance(data["diagnostics"], dict):
+            raise _fail(source, "diagnostics", "", f"must be a mapping, got {_type_name(data['diagnostics'])}")
+        try:
+            diagnostics = DiagnosticsSpec.model_validate(data["diagnostics"])
+        except ValidationError as err:
+            raise _first_error(err, source, "diagnostics") from None
+
     sections: dict[str, list] = {}
     for key in ("targets", "samplers"):
         entries = data.get(key)
@@ -556,7 +566,7 @@ def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAU
                 raise _fail(source, label, "dtype", "float64 requested but jax_enable_x64 is false")
     targets, samplers = _dedupe(targets), _dedupe(samplers)
     _check_resources(targets, samplers, source)
-    return Sweep(store_root=store_root, jax_enable_x64=x64, targets=[t for _, t in targets],
+    return Sweep(store_root=store_root, jax_enable_x64=x64, diagnostics=diagnostics, targets=[t for _, t in targets],
                  samplers=[s for _, s in samplers])
 
 
