@@ -116,6 +116,32 @@ def _tree_size(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file())
 
 
+STAT_THREADS = 8  # stat releases the GIL: on a network file system the calls overlap their latency
+STAT_CHUNK = 2048
+
+
+def _stat_manifests(parent_fd: int, ids: list[str]) -> list[os.stat_result | None]:
+    """stat of each ID's manifest relative to `parent_fd` (None where missing), in order; large
+    lists are split over a few threads."""
+
+    def chunk(part: list[str]) -> list[os.stat_result | None]:
+        out = []
+        for artifact_id in part:
+            try:
+                out.append(os.stat(f"{artifact_id}/{MANIFEST}", dir_fd=parent_fd))
+            except OSError:
+                out.append(None)
+        return out
+
+    if len(ids) <= STAT_CHUNK:
+        return chunk(ids)
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = [ids[i:i + STAT_CHUNK] for i in range(0, len(ids), STAT_CHUNK)]
+    with ThreadPoolExecutor(STAT_THREADS) as pool:
+        return [st for part in pool.map(chunk, parts) for st in part]
+
+
 class Store:
     def __init__(self, root: Path | str):
         self.layout = StoreLayout(Path(root))
@@ -199,12 +225,10 @@ class Store:
             except OSError:
                 continue
             try:
-                for artifact_id in ids:
-                    if listing is not None and artifact_id not in listing and artifact_id not in known:
-                        continue
-                    try:
-                        st = os.stat(f"{artifact_id}/{MANIFEST}", dir_fd=parent)
-                    except OSError:
+                if listing is not None:
+                    ids = [i for i in ids if i in listing or i in known]
+                for artifact_id, st in zip(ids, _stat_manifests(parent, ids)):
+                    if st is None:
                         continue
                     if known.get(artifact_id) != (st.st_size, st.st_mtime_ns):
                         try:
