@@ -90,21 +90,27 @@ def start(alg: Algorithm, problem: Problem, key, chains: int, disperse: bool = T
 
 
 def segment(alg: Algorithm, problem: Problem, chains: Chains, first, length: int, total: int):
-    """Advance every chain by draws first … first + length − 1 (those ≥ `total` leave the state
-    as it is; their info is to be dropped). Returns (chains, info {name: (chains, length)})."""
-    masked = total % length != 0  # only a run whose last segment is partial pays for the select
+    """Advance every chain by draws first … min(first + length, total) − 1. Returns (chains, info
+    {name: (chains, length)}); entries past `total` are zeros, to be dropped.
+
+    The loop runs a traced number of times (a while loop whatever `length` is): XLA then compiles
+    the step the same way for every segment length, never unrolling a one-step loop nor mixing a
+    mask into it, so a run's numbers do not depend on how it is cut into segments."""
+    n = jnp.minimum(length, total - first)
 
     def one_chain(c: Chains):
-        def body(state, xs):
-            i, k = xs
-            new, info = alg.step(k, state, c.params, problem)
-            if masked:
-                new = jax.tree.map(lambda a, b: jnp.where(first + i < total, a, b), new, state)
-            return new, info
+        keys = draw_keys(c.key, first, length, total)
+        info0 = jax.eval_shape(lambda s, k: alg.step(k, s, c.params, problem)[1], c.state, keys[0])
+        bufs = jax.tree.map(lambda a: jnp.zeros((length, *a.shape), a.dtype), info0)
 
-        xs = (jnp.arange(length), draw_keys(c.key, first, length, total))
-        state, info = jax.lax.scan(body, c.state, xs)
-        return c._replace(state=state), info
+        def body(i, carry):
+            state, bufs = carry
+            state, info = alg.step(keys[i], state, c.params, problem)
+            bufs = jax.tree.map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, i, 0), bufs, info)
+            return state, bufs
+
+        state, bufs = jax.lax.fori_loop(0, n, body, (c.state, bufs))
+        return c._replace(state=state), bufs
 
     return jax.vmap(one_chain)(chains)
 

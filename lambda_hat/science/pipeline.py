@@ -131,7 +131,7 @@ LOSS_EVAL_FGE = 1.0 / 3.0
 from .samplers.hmc import MAX_DIVERGENCE_RATE  # noqa: E402,F401  (HMC/NUTS divergence flag, re-exported)
 
 
-# A run is cut into segments of this many draws at most, so that the worker can persist its
+# A run is cut into about this many segments, so that the worker can persist its
 # traces and a checkpoint as it goes; `segment_length` picks the length. Each segment costs one
 # dispatch of the compiled segment function and a transfer of the chains' state (benchmarks/engine.py
 # measures it against one compiled call).
@@ -140,9 +140,10 @@ SEGMENTS_PER_RUN = 50
 
 def segment_length(draws: int, segments: int = SEGMENTS_PER_RUN) -> int:
     """Draws per segment: about draws / segments, preferring a divisor of `draws` within a factor
-    of two (every segment full, so none pays for masking the draws past the end)."""
-    target = max(1, -(-draws // segments))
-    for k in range(target, max(1, target // 2) - 1, -1):
+    of two (every segment full), and at least 2 (XLA unrolls a one-step loop, which compiles
+    the step differently and changes the numbers in the last bits)."""
+    target = max(2, -(-draws // segments))
+    for k in range(target, max(2, target // 2) - 1, -1):
         if draws % k == 0:
             return k
     return target
@@ -226,7 +227,7 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws):
     scalars = sampler.scalars(s, n_beta) if hasattr(sampler, "scalars") else {}
     names = sorted(scalars)
     draws = int(s.draws)
-    K = min(int(segment_draws), draws) if segment_draws else segment_length(draws)
+    K = max(2, min(int(segment_draws), draws)) if segment_draws else segment_length(draws)
 
     def problem(w_star, X, Y, n_beta, gamma, values):
         return engine.Problem(make_full_loss(predict, X, Y), lambda b: make_minibatch_loss(predict, X, Y, b),
