@@ -96,3 +96,18 @@ def test_killed_run_resumes_bit_identical(tmp_path, target_store, name, crash_at
         if k != "traces/walltime":
             np.testing.assert_array_equal(tb[k], ta[k], err_msg=k)
     assert json.dumps(mb, sort_keys=True) == json.dumps(ma, sort_keys=True)
+
+
+def test_gc_keeps_checkpoints_of_unfinished_runs_only(tmp_path):
+    from lambda_hat.store.store import Store
+
+    store = Store(tmp_path)
+    for rid in ("run_unfinished", "run_done"):
+        (tmp_path / ".work" / rid).mkdir(parents=True)
+        (tmp_path / ".work" / rid / "checkpoint.npz").write_bytes(b"x")
+    (tmp_path / "runs" / "run_done").mkdir(parents=True)
+    (tmp_path / "runs" / "run_done" / "manifest.json").write_text("{}")
+    report = store.gc()
+    assert [p.name for p, _ in report.removed if p.parent.name == ".work"] == ["run_done"]
+    assert (tmp_path / ".work" / "run_unfinished" / "checkpoint.npz").is_file()
+    assert not (tmp_path / ".work" / "run_done").exists()
