@@ -94,7 +94,7 @@ def overhead(samplers, seconds: float, repeats: int) -> list[dict]:
             best = float("inf")
             for _ in range(repeats):
                 with tempfile.TemporaryDirectory() as d:
-                    store = SegmentStore(Path(d) / "work", interval)
+                    store = SegmentStore(Path(d) / "work", interval, draws=draws)
                     t0 = time.perf_counter()
                     sample_run(run, target, arrays, on_segment=store.on_segment)
                     best = min(best, time.perf_counter() - t0)
@@ -125,7 +125,7 @@ run = RunSpec.model_validate({"target_id": "t", "sampler": spec, "seed": 1})
 target = _target()
 arrays = build_target(target)
 with tempfile.TemporaryDirectory() as d:
-    store = SegmentStore(Path(d) / "work", checkpoint_interval_s())
+    store = SegmentStore(Path(d) / "work", checkpoint_interval_s(), draws=run.sampler.draws)
     t0 = time.perf_counter()
     r = sample_run(run, target, arrays, on_segment=store.on_segment,
                    segment_draws=run.sampler.draws if single else None)

@@ -111,3 +111,18 @@ def test_gc_keeps_checkpoints_of_unfinished_runs_only(tmp_path):
     assert [p.name for p, _ in report.removed if p.parent.name == ".work"] == ["run_done"]
     assert (tmp_path / ".work" / "run_unfinished" / "checkpoint.npz").is_file()
     assert not (tmp_path / ".work" / "run_done").exists()
+
+
+def test_driver_shows_draws_done_of_running_jobs(tmp_path):
+    from lambda_hat.execute.apps import SegmentStore
+    from lambda_hat.execute.driver import sampling_progress
+    from lambda_hat.science.pipeline import Checkpoint
+    from lambda_hat.store.layout import StoreLayout
+
+    layout = StoreLayout(tmp_path)
+    running = [("run", "run_a", None), ("run", "run_b", None), ("target", "tgt_c", None)]
+    assert sampling_progress(layout, running) == ""
+    SegmentStore(layout.work_dir("run_a"), 3600, draws=8000).on_segment(Checkpoint(1200, [], 0.0, 0.0, 0.0), {})
+    SegmentStore(layout.work_dir("run_b"), 3600, draws=2000).on_segment(Checkpoint(40, [], 0.0, 0.0, 0.0), {})
+    assert sampling_progress(layout, running) == " · draws 1,240/10,000"
+    assert sampling_progress(layout, running[1:]) == " · draws 40/2,000"

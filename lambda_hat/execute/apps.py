@@ -181,7 +181,7 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
         params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
         arrays = TargetArrays(params=params, X=loaded["X"], Y=loaded["Y"], metrics=dict(tman.metrics))
         t0 = time.perf_counter()
-        work = SegmentStore(layout.work_dir(rid), checkpoint_interval_s())
+        work = SegmentStore(layout.work_dir(rid), checkpoint_interval_s(), draws=spec.sampler.draws)
         resume = work.load()
         if resume is not None:
             print(f"resuming {rid} after {resume[0].draws_done} of {spec.sampler.draws} draws", flush=True)
@@ -224,9 +224,10 @@ class SegmentStore:
 
     CHECKPOINT = "checkpoint.npz"
     TRACES = "traces.zarr"
+    PROGRESS = "progress.json"  # {"draws_done", "draws"} after every segment, for the driver's display
 
-    def __init__(self, work_dir: Path, interval_s: float):
-        self.dir, self.interval_s = work_dir, interval_s
+    def __init__(self, work_dir: Path, interval_s: float, draws: int | None = None):
+        self.dir, self.interval_s, self.draws = work_dir, interval_s, draws
         self.pending: list = []  # (checkpoint, segment traces) not yet on disk
         self.last_flush = time.monotonic()
         self.segments = 0
@@ -262,6 +263,11 @@ class SegmentStore:
         # (after the last segment the run's artifact is written next: nothing to resume from)
         if time.monotonic() - self.last_flush >= self.interval_s:
             self.flush()
+        if self.draws is not None:
+            from lambda_hat.store.artifacts import write_json_atomic
+
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.dir / self.PROGRESS, {"draws_done": checkpoint.draws_done, "draws": self.draws})
 
     def flush(self) -> None:
         import numpy as np
