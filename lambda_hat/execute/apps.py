@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import math
 import os
 import platform
@@ -264,10 +265,12 @@ class SegmentStore:
         if time.monotonic() - self.last_flush >= self.interval_s:
             self.flush()
         if self.draws is not None:
-            from lambda_hat.store.artifacts import write_json_atomic
-
+            # Advisory, for display: replaced atomically but never fsynced (an fsync per segment
+            # would cost more than the segment's dispatch).
             self.dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.dir / self.PROGRESS, {"draws_done": checkpoint.draws_done, "draws": self.draws})
+            tmp = self.dir / f".{self.PROGRESS}-{os.getpid()}"
+            tmp.write_text(json.dumps({"draws_done": checkpoint.draws_done, "draws": self.draws}))
+            os.replace(tmp, self.dir / self.PROGRESS)
 
     def flush(self) -> None:
         import numpy as np
