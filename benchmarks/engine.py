@@ -1,6 +1,6 @@
 """Segments: their overhead per sampler, and peak memory of short and long SGLD runs.
 
-    uv run python benchmarks/engine.py                  # ~5 min on 2 cores
+    uv run python benchmarks/engine.py                  # ~12 min on 2 cores
     uv run python benchmarks/engine.py --seconds 2 --samplers sgld,hmc --skip-memory
 
 1. Overhead. Per sampler, a run sized so that one compiled call of all its draws takes about
@@ -16,8 +16,10 @@
    Overhead % = (time − single) / single.
 
 2. Memory. Peak resident memory (ru_maxrss) of a fresh process that builds the target and runs
-   SGLD (4 chains, eval_every 20, batch 32) for 1e4 and for 1e6 steps, persisting its segments
-   as the worker does, once in segments and once as a single segment.
+   SGLD (4 chains, batch 32, eval_every 20 and 1) for 1e4 and for 1e6 steps, persisting its
+   segments as the worker does, once in segments and once as a single segment. On CPU the
+   "device" is host memory, so this counts device buffers and the host's copy of the traces
+   (which the artifact and the diagnostics need whole) together.
 
 Prints a table and writes benchmarks/results/engine.json. CPU unless JAX_PLATFORMS says otherwise.
 """
@@ -79,26 +81,31 @@ def overhead(samplers, seconds: float, repeats: int) -> list[dict]:
         run = run_of(_scaled(BASE[name], max(1.0, seconds / max(r.metrics["sample_sec"], 1e-3))))
         draws = run.sampler.draws
 
-        def timed(**kw):
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                sample_run(run, target, arrays, **kw)
-                best = min(best, time.perf_counter() - t0)
-            return best
-
         sample_run(run, target, arrays, segment_draws=draws)  # compile both shapes first
         sample_run(run, target, arrays)
-        t = {"single": timed(segment_draws=draws), "segments": timed()}
-        for mode, interval in (("persisted", 0.0), ("default", CHECKPOINT_SEC)):
-            best = float("inf")
-            for _ in range(repeats):
+
+        def once(mode):
+            if mode == "single":
+                return lambda: sample_run(run, target, arrays, segment_draws=draws)
+            if mode == "segments":
+                return lambda: sample_run(run, target, arrays)
+            interval = 0.0 if mode == "persisted" else CHECKPOINT_SEC
+
+            def persisted():
                 with tempfile.TemporaryDirectory() as d:
                     store = SegmentStore(Path(d) / "work", interval, draws=draws)
-                    t0 = time.perf_counter()
                     sample_run(run, target, arrays, on_segment=store.on_segment)
-                    best = min(best, time.perf_counter() - t0)
-            t[mode] = best
+
+            return persisted
+
+        # Modes interleaved, best of `repeats` each: on a shared machine the minimum is the
+        # least disturbed measurement, and interleaving exposes every mode to the same load.
+        t = {m: float("inf") for m in ("single", "segments", "persisted", "default")}
+        for _ in range(repeats):
+            for m in t:
+                t0 = time.perf_counter()
+                once(m)()
+                t[m] = min(t[m], time.perf_counter() - t0)
         from lambda_hat.science.pipeline import segment_length
 
         k = segment_length(draws)
@@ -119,8 +126,8 @@ from engine import _target
 from lambda_hat.execute.apps import SegmentStore, checkpoint_interval_s
 from lambda_hat.science import build_target, sample_run
 from lambda_hat.specs import RunSpec
-steps, single = int(sys.argv[1]), sys.argv[2] == "single"
-spec = {"name": "sgld", "chains": 4, "steps": steps, "warmup": steps // 10, "eval_every": 20, "batch_size": 32}
+steps, single, every = int(sys.argv[1]), sys.argv[2] == "single", int(sys.argv[4])
+spec = {"name": "sgld", "chains": 4, "steps": steps, "warmup": steps // 10, "eval_every": every, "batch_size": 32}
 run = RunSpec.model_validate({"target_id": "t", "sampler": spec, "seed": 1})
 target = _target()
 arrays = build_target(target)
@@ -136,11 +143,12 @@ print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_max
 
 def memory() -> list[dict]:
     rows = []
-    for steps in (10_000, 1_000_000):
+    for steps, every in ((10_000, 20), (1_000_000, 20), (10_000, 1), (1_000_000, 1)):
         for mode in ("segments", "single"):
-            out = subprocess.run([sys.executable, "-c", CHILD, str(steps), mode, str(ROOT / "benchmarks")],
+            out = subprocess.run([sys.executable, "-c", CHILD, str(steps), mode, str(ROOT / "benchmarks"), str(every)],
                                  capture_output=True, text=True, cwd=ROOT, check=True)
-            row = {"sgld_steps": steps, "mode": mode, **json.loads(out.stdout.strip().splitlines()[-1])}
+            row = {"sgld_steps": steps, "eval_every": every, "mode": mode,
+                   **json.loads(out.stdout.strip().splitlines()[-1])}
             rows.append(row)
             print(f"  {json.dumps(row)}", flush=True)
     return rows
@@ -165,9 +173,10 @@ def main() -> None:
         print(f"{r['sampler']:8} {r['draws']:7d} {r['segment_draws']:5d} {r['single_sec']:9.2f} "
               f"{r['segments_overhead_pct']:+8.1f}% {r['persisted_overhead_pct']:+9.1f}% {r['default_overhead_pct']:+7.1f}%")
     if mem:
-        print(f"\n{'SGLD steps':>10} {'mode':9} {'draws':>7} {'peak RSS MB':>12} {'wall s':>7}")
+        print(f"\n{'SGLD steps':>10} {'every':>5} {'mode':9} {'draws':>7} {'peak RSS MB':>12} {'wall s':>7}")
         for r in mem:
-            print(f"{r['sgld_steps']:10d} {r['mode']:9} {r['draws']:7d} {r['peak_rss_mb']:12.0f} {r['wall_sec']:7.1f}")
+            print(f"{r['sgld_steps']:10d} {r['eval_every']:5d} {r['mode']:9} {r['draws']:7d} {r['peak_rss_mb']:12.0f} "
+                  f"{r['wall_sec']:7.1f}")
     out = ROOT / "benchmarks" / "results" / "engine.json"
     out.write_text(json.dumps({"host": platform.node(), "cpu_count": os.cpu_count(), "jax_platforms":
                                os.environ.get("JAX_PLATFORMS"), "overhead": rows, "memory": mem}, indent=2) + "\n")
