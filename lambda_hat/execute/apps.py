@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import math
 import os
 import platform
@@ -181,7 +182,11 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
         params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
         arrays = TargetArrays(params=params, X=loaded["X"], Y=loaded["Y"], metrics=dict(tman.metrics))
         t0 = time.perf_counter()
-        result = sample_run(spec, target, arrays)
+        work = SegmentStore(layout.work_dir(rid), checkpoint_interval_s(), draws=spec.sampler.draws)
+        resume = work.load()
+        if resume is not None:
+            print(f"resuming {rid} after {resume[0].draws_done} of {spec.sampler.draws} draws", flush=True)
+        result = sample_run(spec, target, arrays, resume=resume, on_segment=work.on_segment)
         total_sec = time.perf_counter() - t0
         status = result.metrics.get("status", "ok")
         metrics = dict(result.metrics)
@@ -194,9 +199,121 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
                              timings={"sample_job_sec": total_sec})
         manifest = write_artifact(layout.run_dir(rid), {f"traces/{k}": v for k, v in result.traces.items()}, manifest,
                                   quarantine_dir=layout.quarantine_dir)
+        work.remove()
         m = result.metrics
         print(f"llc_mean={m.get('llc_mean')} llc_std={m.get('llc_std')} r_hat={m.get('r_hat')} status={status}", flush=True)
         return manifest.to_json_dict()
+
+
+CHECKPOINT_SEC_ENV = "LH_CHECKPOINT_SEC"
+# Seconds of sampling between checkpoints: a kill loses at most this much work, and persisting
+# the traces and state costs a few milliseconds per checkpoint.
+CHECKPOINT_SEC = 60.0
+PROGRESS_SEC = 2.0  # the driver's display of draws done is refreshed about this often
+
+
+def checkpoint_interval_s() -> float:
+    return float(os.environ.get(CHECKPOINT_SEC_ENV, CHECKPOINT_SEC))
+
+
+class SegmentStore:
+    """A sampling run's work directory (`StoreLayout.work_dir`): the traces of the draws done so
+    far, as Zarr arrays (chains, draws) filled segment by segment, and `checkpoint.npz`, the
+    sampler state after them (`pipeline.Checkpoint`), replaced atomically. Traces are written
+    before the checkpoint that counts them, so a kill at any point leaves a checkpoint whose
+    draws are all on disk. Segments are buffered in memory and persisted at most every
+    `interval_s` seconds (and after the last one)."""
+
+    CHECKPOINT = "checkpoint.npz"
+    TRACES = "traces.zarr"
+    PROGRESS = "progress.json"  # {"draws_done", "draws"} after every segment, for the driver's display
+
+    def __init__(self, work_dir: Path, interval_s: float, draws: int | None = None):
+        self.dir, self.interval_s, self.draws = work_dir, interval_s, draws
+        self.pending: list = []  # (checkpoint, segment traces) not yet on disk
+        self.last_flush = time.monotonic()
+        self.last_progress = -math.inf
+        self.segments = 0
+
+    def load(self):
+        """(checkpoint, traces so far) to resume from, or None (no usable checkpoint: start over)."""
+        import numpy as np
+
+        from lambda_hat.science.pipeline import Checkpoint
+        from lambda_hat.store.artifacts import read_arrays
+
+        path = self.dir / self.CHECKPOINT
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as f:
+                n_leaves = int(f["n_leaves"])
+                ckpt = Checkpoint(int(f["draws_done"]), [f[f"leaf_{i}"] for i in range(n_leaves)], float(f["L0"]),
+                                  float(f["compile_sec"]), float(f["sample_sec"]))
+                names = [str(x) for x in f["trace_names"]]
+            traces = read_arrays(self.dir / self.TRACES, names)
+            return ckpt, {k: v[:, :ckpt.draws_done] for k, v in traces.items()}
+        except Exception as err:  # a damaged work dir costs a restart, never a wrong result
+            print(f"ignoring the checkpoint in {self.dir} ({err}); starting over", flush=True)
+            return None
+
+    def on_segment(self, checkpoint, traces: dict) -> None:
+        from lambda_hat.faults import crash_point
+
+        self.segments += 1
+        crash_point(f"sample:segment-{self.segments}")
+        self.pending.append((checkpoint, traces))
+        # (after the last segment the run's artifact is written next: nothing to resume from)
+        if time.monotonic() - self.last_flush >= self.interval_s:
+            self.flush()
+        if self.draws is not None and time.monotonic() - self.last_progress >= PROGRESS_SEC:
+            # Advisory, for display: at most every PROGRESS_SEC, replaced atomically but never
+            # fsynced (a file write per segment measurably slowed short segments).
+            self.last_progress = time.monotonic()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir / f".{self.PROGRESS}-{os.getpid()}"
+            tmp.write_text(json.dumps({"draws_done": checkpoint.draws_done, "draws": self.draws}))
+            os.replace(tmp, self.dir / self.PROGRESS)
+
+    def flush(self) -> None:
+        import numpy as np
+        import zarr
+
+        from lambda_hat.faults import crash_point
+        from lambda_hat.store.artifacts import TMP_PREFIX
+
+        if not self.pending:
+            return
+        ckpt = self.pending[-1][0]
+        first = self.pending[0][0].draws_done - next(iter(self.pending[0][1].values())).shape[1]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        root = zarr.open_group(str(self.dir / self.TRACES), mode="a", zarr_format=3)
+        names = sorted(self.pending[0][1])
+        for name in names:
+            block = np.concatenate([t[name] for _, t in self.pending], axis=1)
+            if name not in root:
+                root.create_array(name, shape=(block.shape[0], ckpt.draws_done), dtype=block.dtype,
+                                  chunks=(block.shape[0], max(1, block.shape[1])))
+            arr = root[name]
+            if arr.shape[1] < ckpt.draws_done:
+                arr.resize((arr.shape[0], ckpt.draws_done))
+            arr[:, first:ckpt.draws_done] = block
+        crash_point(f"sample:before_checkpoint-{self.segments}")
+        leaves = {f"leaf_{i}": np.asarray(a) for i, a in enumerate(ckpt.leaves)}
+        tmp = self.dir / f"{TMP_PREFIX}{self.CHECKPOINT}-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.savez(f, draws_done=ckpt.draws_done, L0=ckpt.L0, compile_sec=ckpt.compile_sec,
+                     sample_sec=ckpt.sample_sec, n_leaves=len(leaves), trace_names=np.asarray(names), **leaves)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / self.CHECKPOINT)
+        self.pending.clear()
+        self.last_flush = time.monotonic()
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _already_complete(layout, kind: str, artifact_id: str) -> dict | None:

@@ -457,6 +457,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                     _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total, slurm_reasons,
                             job_lines)
                     progress.advance(task)
+                progress.update(task, description=f"jobs{sampling_progress(store.layout, jobs.futures.values())}")
                 if jobs.foreign and time.monotonic() - last_poll > 2.0:
                     last_poll = time.monotonic()
                     for job_id, (kind, item) in list(jobs.foreign.items()):
@@ -500,6 +501,23 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
         if left:
             console.print(f"  [yellow]{left} records are not in the index yet[/yellow] (it stayed busy); their manifests "
                           "are complete and the next lh execute or `lh index rebuild` records them")
+
+
+def sampling_progress(layout, running) -> str:
+    """' · draws done/total' over the sampling jobs in `running` ((kind, job_id, _) tuples) that
+    have finished a segment (their work dir's progress.json); '' when none has."""
+    import json
+
+    done = total = 0
+    for kind, job_id, _ in running:
+        if kind != "run":
+            continue
+        try:
+            p = json.loads((layout.work_dir(job_id) / "progress.json").read_text())
+            done, total = done + int(p["draws_done"]), total + int(p["draws"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not started, finished, or mid-replace: nothing to show for it
+    return f" · draws {done:,}/{total:,}" if total else ""
 
 
 def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total, slurm_reasons,

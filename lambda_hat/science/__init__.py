@@ -47,8 +47,9 @@ def build_target(spec: "TargetSpec") -> TargetArrays:
     return _impl(spec)
 
 
-def sample_run(run: "RunSpec", target: "TargetSpec", arrays: TargetArrays) -> RunResult:
-    """Sample the localized tempered posterior of `target` at w* with `run.sampler`."""
+def sample_run(run: "RunSpec", target: "TargetSpec", arrays: TargetArrays, **segments) -> RunResult:
+    """Sample the localized tempered posterior of `target` at w* with `run.sampler`; `segments`
+    (resume, on_segment, segment_draws): see `pipeline.sample_run`."""
     from .pipeline import sample_run as _impl
 
-    return _impl(run, target, arrays)
+    return _impl(run, target, arrays, **segments)

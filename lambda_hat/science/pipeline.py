@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -80,8 +81,9 @@ def _build_target(spec):
     )
 
 
-# In-process cache of compiled sampler executables, keyed on everything the traced
-# function closes over (static config, shapes, dtypes); data and w* are arguments.
+# In-process cache of compiled executables (a run's start and its segment function), keyed on
+# everything the traced function closes over (static config, shapes, dtypes); data, w* and the
+# sampler state are arguments, so one executable serves every target of the same shapes.
 _COMPILED: "OrderedDict[tuple, object]" = OrderedDict()
 _COMPILED_MAX = 16
 
@@ -111,42 +113,6 @@ def _timed(cache_key, make_fn, *args):
     return jax.tree.map(np.asarray, out), t1 - t0, t2 - t1, hit
 
 
-def _build_sampler(s, *, predict, X, Y, w_star, n_beta: float, gamma: float, step_size):
-    """The sampler's ``run(key)`` for spec `s` on data (X, Y) at w_star (arrays or tracers)."""
-    from .posterior import make_full_loss, make_minibatch_loss
-
-    loss_fn = make_full_loss(predict, X, Y)
-    common = dict(loss_fn=loss_fn, w_star=w_star, n_beta=n_beta, gamma=gamma, chains=s.chains, disperse=True)
-    if s.name == "sgld":
-        from .samplers.sgld import build_sgld
-
-        return loss_fn, build_sgld(
-            stoch_loss_fn=make_minibatch_loss(predict, X, Y, s.batch_size), step_size=step_size,
-            warmup=s.warmup, draws=s.draws, eval_every=s.eval_every, precond=s.precond, **common,
-        )
-    if s.name in ("hmc", "nuts"):
-        adapt = dict(draws=s.draws, warmup=s.warmup, step_size=s.step_size, target_acceptance=s.target_acceptance,
-                     adapt_step_size=s.adapt_step_size, adapt_mass_matrix=s.adapt_mass_matrix)
-        if s.name == "hmc":
-            from .samplers.hmc import build_hmc
-
-            return loss_fn, build_hmc(num_integration_steps=s.num_integration_steps, **adapt, **common)
-        from .samplers.nuts import build_nuts
-
-        return loss_fn, build_nuts(max_num_doublings=s.max_num_doublings, **adapt, **common)
-    if s.name == "mclmc":
-        from .samplers.mclmc import build_mclmc
-
-        return loss_fn, build_mclmc(
-            draws=s.draws, L=s.L, step_size=s.step_size, tune=s.tune, num_steps=s.num_steps,
-            frac_tune1=s.frac_tune1, frac_tune2=s.frac_tune2, frac_tune3=s.frac_tune3,
-            desired_energy_var=s.desired_energy_var, trust_in_estimate=s.trust_in_estimate,
-            num_effective_samples=s.num_effective_samples, diagonal_preconditioning=s.diagonal_preconditioning,
-            integrator=s.integrator, **common,
-        )
-    raise NotImplementedError(f"sampler.name={s.name!r} is not implemented")  # pragma: no cover
-
-
 def _walltime_per_draw(warm_fge, draw_fge, sample_sec: float) -> np.ndarray:
     """Seconds from the start of the compiled call to the end of each draw, (chains, draws).
 
@@ -168,15 +134,49 @@ def _walltime_per_draw(warm_fge, draw_fge, sample_sec: float) -> np.ndarray:
 # never see the full loss); HMC/NUTS/MCLMC read the loss off their state's log density for free.
 LOSS_EVAL_FGE = 1.0 / 3.0
 
-# Share of post-warmup HMC/NUTS transitions that may diverge before a run is flagged. Isolated
-# divergences are routine on these near-singular posteriors: NUTS on the deep narrow [2,2,2,2]
-# network diverges on 1-2.5 % of draws even at target_acceptance 0.95 and still comes within
-# 3.3 % of the exact λ. The count is always stored; a higher rate marks the run "divergent".
-MAX_DIVERGENCE_RATE = 0.01
+from .samplers.hmc import MAX_DIVERGENCE_RATE  # noqa: E402,F401  (HMC/NUTS divergence flag, re-exported)
 
 
-def sample_run(run, target, arrays):
+# A run is cut into about this many segments, so that the worker can persist its
+# traces and a checkpoint as it goes; `segment_length` picks the length. Each segment costs one
+# dispatch of the compiled segment function and a transfer of the chains' state (benchmarks/engine.py
+# measures it against one compiled call).
+SEGMENTS_PER_RUN = 50
+
+
+def segment_length(draws: int, segments: int = SEGMENTS_PER_RUN) -> int:
+    """Draws per segment: about draws / segments, preferring a divisor of `draws` within a factor
+    of two (every segment full), and at least 2 (XLA unrolls a one-step loop, which compiles
+    the step differently and changes the numbers in the last bits)."""
+    target = max(2, -(-draws // segments))
+    for k in range(target, max(2, target // 2) - 1, -1):
+        if draws % k == 0:
+            return k
+    return target
+
+
+class Checkpoint(NamedTuple):
+    """A run's state after `draws_done` draws, as host arrays: what the worker persists after a
+    segment and hands back to `sample_run(resume=...)`. `leaves` are the leaves of
+    `engine.Chains` (sampler states, tuned parameters, draw keys, warmup costs), in
+    `jax.tree.leaves` order; `compile_sec` / `sample_sec` the time spent so far."""
+
+    draws_done: int
+    leaves: list
+    L0: float
+    compile_sec: float
+    sample_sec: float
+
+
+def sample_run(run, target, arrays, *, resume=None, on_segment=None, segment_draws: int | None = None):
     """Sample the localized tempered posterior; see the module doc and `RunResult`.
+
+    The sampler (`samplers.get(run.sampler.name)`) runs in the engine (`engine.py`): one compiled
+    call for init + warmup, then segments of `segment_draws` draws (default `segment_length`),
+    one compiled function reused for all of them. After each segment `on_segment(checkpoint,
+    traces)` is called with a `Checkpoint` and that segment's traces {name: (chains, n)}; a run
+    given `resume=(checkpoint, traces so far)` continues after `checkpoint.draws_done` draws and
+    gives the same numbers, bit for bit, as one never interrupted (same machine and code).
 
     Metrics beyond `llc.summarize`'s: L0 (recomputed in the sampler's dtype), beta, n_beta,
     gamma, step_size (mean over chains of the step size used), total_fge (full-gradient
@@ -186,7 +186,7 @@ def sample_run(run, target, arrays):
     recorded loss off their state's log density), and every chain's dispersed start
     `posterior.INIT_FGE`), fge_recording (the recorded draws' share of total_fge), fge_warmup,
     accept_rate_mean / divergences (HMC, NUTS), L (MCLMC), compile_sec (lower + compile, ~0 on
-    an in-process cache hit), sample_sec (the compiled call), walltime_sec (their sum),
+    an in-process cache hit), sample_sec (the compiled calls), walltime_sec (their sum),
     compile_cache_hit. Chains start dispersed around w* (`posterior.dispersed_start`).
 
     status, most severe first (`llc.STATUS_PRECEDENCE`): "nonfinite" when a draw is NaN/inf
@@ -199,21 +199,22 @@ def sample_run(run, target, arrays):
     from .models import precision
 
     with precision(run.sampler.dtype):
-        return _sample_run(run, target, arrays)
+        return _sample_run(run, target, arrays, resume, on_segment, segment_draws)
 
 
-def _sample_run(run, target, arrays):
+def _sample_run(run, target, arrays, resume, on_segment, segment_draws):
     import jax
     import jax.numpy as jnp
 
-    from . import RunResult
-    from .llc import flag_run, llc_from_loss, summarize
+    from . import RunResult, engine, samplers
+    from .llc import llc_from_loss, summarize
     from .models import jnp_dtype, model_key
-    from .posterior import INIT_FGE, flat_model
+    from .posterior import INIT_FGE, flat_model, make_full_loss, make_minibatch_loss
 
     s, post = run.sampler, run.posterior
     if post.loss != "mse":
         raise NotImplementedError(f"posterior.loss={post.loss!r} is not implemented")
+    sampler = samplers.get(s.name)
     dtype = jnp_dtype(s.dtype)
     n = int(arrays.X.shape[0])
     if n != target.data.n_data:
@@ -229,48 +230,63 @@ def _sample_run(run, target, arrays):
     w_star, predict = flat_model(params, activation)  # predict closes over shapes only
     if int(w_star.size) != target.model.n_params:
         raise ValueError(f"params have {w_star.size} entries but the model has {target.model.n_params}")
-    key = jax.random.PRNGKey(run.seed)
-    eps = None
-    if s.name == "sgld":
-        eps = float(s.step_size) if s.step_size is not None else float(s.step_size_nbeta) / n_beta
+    alg = sampler.from_spec(s)
+    scalars = sampler.scalars(s, n_beta) if hasattr(sampler, "scalars") else {}
+    names = sorted(scalars)
+    draws = int(s.draws)
+    K = max(2, min(int(segment_draws), draws)) if segment_draws else segment_length(draws)
 
-    def make_fn():
-        # nβ, γ and the SGLD step size are arguments too: a β or γ sweep reuses one executable.
-        def fn(key, w_star, X, Y, n_beta, gamma, eps):
-            loss_fn, sampler = _build_sampler(s, predict=predict, X=X, Y=Y, w_star=w_star, n_beta=n_beta,
-                                              gamma=gamma, step_size=eps)
-            return {"traces": sampler(key), "L0": loss_fn(w_star)}
+    def problem(w_star, X, Y, n_beta, gamma, values):
+        return engine.Problem(make_full_loss(predict, X, Y), lambda b: make_minibatch_loss(predict, X, Y, b),
+                              w_star, n_beta, gamma, dict(zip(names, values)))
+
+    def make_start():
+        def fn(key, w_star, X, Y, n_beta, gamma, values):
+            p = problem(w_star, X, Y, n_beta, gamma, values)
+            return engine.start(alg, p, key, s.chains, disperse=True), p.loss_fn(w_star)
 
         return fn
 
+    def make_segment():
+        def fn(chains, first, w_star, X, Y, n_beta, gamma, values):
+            return engine.segment(alg, problem(w_star, X, Y, n_beta, gamma, values), chains, first, K, draws)
+
+        return fn
+
+    # nβ, γ and the runtime scalars (SGLD's ε) are arguments: a β, γ or ε sweep reuses one executable.
+    exclude = getattr(sampler, "COMPILE_KEY_EXCLUDE", None) or None
     cache_key = (
-        s.model_dump_json(exclude={"step_size", "step_size_nbeta"} if s.name == "sgld" else None), activation,
-        bool(jax.config.jax_enable_x64), tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())),
-        X.shape, Y.shape, str(X.dtype),
+        sampler.__name__, s.model_dump_json(exclude=exclude), activation, bool(jax.config.jax_enable_x64),
+        tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())), X.shape, Y.shape, str(X.dtype),
     )
-    scalars = [jnp.asarray(v, dtype) for v in (n_beta, gamma, eps if eps is not None else 0.0)]
-    out, t_compile, t_run, hit = _timed(cache_key, make_fn, key, w_star, X, Y, *scalars)
-    traces = {k: np.asarray(v) for k, v in out["traces"].items()}
-    L0 = float(out["L0"])
-    warm_fge = traces.pop("warmup_grad_evals", np.zeros(s.chains)).astype(np.float64)
-
-    chains, draws = traces["loss"].shape
-    warm_fge = warm_fge + INIT_FGE  # each chain's dispersed start (`posterior.dispersed_start`)
-    if s.name == "sgld":
-        step_size = eps
-        per_step = min(s.batch_size, n) / n
-        warm_fge = np.full(chains, s.warmup * per_step + INIT_FGE)
-        # each draw: eval_every minibatch steps, then the full-data loss it records
-        draw_fge = np.full((chains, draws), s.eval_every * per_step + LOSS_EVAL_FGE)
-        traces["step_size"] = np.full((chains, draws), eps, dtype=traces["loss"].dtype)
-    elif s.name == "mclmc":
-        from .samplers.mclmc import grads_per_step
-
-        step_size = float(np.mean(traces["step_size"][:, 0]))
-        draw_fge = np.full((chains, draws), float(grads_per_step(s.integrator)))
+    data = (w_star, X, Y, jnp.asarray(n_beta, dtype), jnp.asarray(gamma, dtype),
+            [jnp.asarray(scalars[k], dtype) for k in names])
+    key = jax.random.PRNGKey(run.seed)
+    if resume is None:
+        (chains, L0), t_compile, t_run, hit = _timed(cache_key + ("start",), make_start, key, *data)
+        L0, done, traces = float(L0), 0, {}
     else:
-        step_size = float(np.mean(traces["step_size"][:, 0]))
-        draw_fge = traces["num_grad_evals"].astype(np.float64)
+        ckpt, traces = resume
+        treedef = jax.tree.structure(jax.eval_shape(make_start(), key, *data)[0])
+        chains = jax.tree.unflatten(treedef, [np.asarray(a) for a in ckpt.leaves])
+        L0, done, t_compile, t_run, hit = ckpt.L0, ckpt.draws_done, ckpt.compile_sec, ckpt.sample_sec, True
+        traces = {k: [np.asarray(v)] for k, v in traces.items()}
+    while done < draws:
+        (chains, info), tc, tr, seg_hit = _timed(cache_key + ("segment", K), make_segment, chains,
+                                                  np.int32(done), *data)
+        t_compile, t_run, hit = t_compile + tc, t_run + tr, hit and seg_hit
+        take = min(K, draws - done)
+        info = {k: v[:, :take] for k, v in info.items()}
+        for k, v in info.items():
+            traces.setdefault(k, []).append(v)
+        done += take
+        if on_segment is not None:
+            on_segment(Checkpoint(done, jax.tree.leaves(chains), L0, t_compile, t_run), info)
+    traces = {k: np.concatenate(v, axis=1) for k, v in traces.items()}
+    traces["warmup_grad_evals"] = np.asarray(chains.warmup_grad_evals)
+    warm_fge, draw_fge = sampler.costs(s, traces, n, LOSS_EVAL_FGE)
+    del traces["warmup_grad_evals"]
+    warm_fge = np.asarray(warm_fge, np.float64) + INIT_FGE  # each chain's dispersed start
     traces["cumulative_fge"] = warm_fge[:, None] + np.cumsum(draw_fge, axis=1)
     traces["walltime"] = _walltime_per_draw(warm_fge, draw_fge, t_run)
     fge_warmup = float(np.sum(warm_fge))
@@ -286,26 +302,18 @@ def _sample_run(run, target, arrays):
         "gamma": gamma,
         "n_data": n,
         "n_params": int(w_star.size),
-        "draws": int(s.draws),
+        "draws": draws,
         "chains": int(s.chains),
         "sampler": s.name,
-        "step_size": step_size,
+        "step_size": float(np.mean(traces["step_size"][:, 0])) if "step_size" in traces else float("nan"),
         "total_fge": float(total_fge),
         "fge_warmup": float(fge_warmup),
-        "fge_recording": float(chains * draws * LOSS_EVAL_FGE) if s.name == "sgld" else 0.0,
+        "fge_recording": 0.0,
         "walltime_sec": t_compile + t_run,
         "compile_sec": t_compile,
         "sample_sec": t_run,
         "compile_cache_hit": int(hit),
     })
-    if s.name in ("hmc", "nuts"):
-        metrics["accept_rate_mean"] = float(np.nanmean(traces["accept_rate"]))
-        metrics["divergences"] = int(np.sum(traces["diverging"]))
-        metrics["divergence_rate"] = metrics["divergences"] / traces["diverging"].size
-        if metrics["divergence_rate"] > MAX_DIVERGENCE_RATE and metrics["status"] != "nonfinite":
-            # The estimate is kept, but the integrator fails in a region the chains keep
-            # visiting, so the number is suspect: flag the run instead of reporting it plainly.
-            flag_run(metrics, [f"divergence_rate {metrics['divergence_rate']:.3f} > {MAX_DIVERGENCE_RATE}"], "divergent")
-    if s.name == "mclmc":
-        metrics["L"] = float(np.mean(traces["L"][:, 0]))
+    if hasattr(sampler, "report"):
+        sampler.report(s, traces, metrics, scalars, LOSS_EVAL_FGE)
     return RunResult(traces=traces, metrics=metrics)

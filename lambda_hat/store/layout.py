@@ -58,6 +58,16 @@ class StoreLayout:
     def jax_cache_dir(self) -> Path:
         return self.root / ".jax_cache"
 
+    @property
+    def work_root(self) -> Path:
+        return self.root / ".work"
+
+    def work_dir(self, run_id: str) -> Path:
+        """A run's scratch space while it samples: the traces of the segments done so far and
+        the checkpoint to resume from. Never part of the run's artifact; removed once the
+        artifact is in place."""
+        return self.work_root / run_id
+
     def target_dir(self, target_id: str) -> Path:
         return self.targets_dir / target_id
 

@@ -528,6 +528,16 @@ class Store:
         if self.layout.quarantine_dir.is_dir():
             for p in sorted(self.layout.quarantine_dir.iterdir()):
                 remove(p, "quarantined")
+        if self.layout.work_root.is_dir():
+            # A run's work dir holds the checkpoint its next execute resumes from: kept until
+            # the run is complete (the worker removes it then; a kill in between leaves it).
+            for p in sorted(self.layout.work_root.iterdir()):
+                if claims.holder(p.name) is not None:
+                    report.kept.append((p, "its run is claimed by a live driver"))
+                elif (self.layout.run_dir(p.name) / MANIFEST).is_file():
+                    remove(p, "work dir of a finished run")
+                else:
+                    report.kept.append((p, "checkpoint of an unfinished run (the next execute resumes from it)"))
         if self.layout.claims_dir.is_dir():
             for p in sorted(self.layout.claims_dir.iterdir()):
                 artifact_id = p.name.removesuffix(".lease")

@@ -1,0 +1,128 @@
+"""A sampling job killed (SIGKILL) mid-run resumes from its last checkpoint on the next execute
+and stores the same traces and metrics, bit for bit, as a job never interrupted. Each job runs
+in its own process, through the worker entry point (`execute/apps.run_sampler_job`)."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lambda_hat.specs import HMCSpec, MCLMCSpec, NUTSSpec, RunSpec, SGLDSpec, TargetSpec
+
+TARGET = TargetSpec.model_validate({"model": {"in_dim": 3, "depth": 1, "widths": [4]},
+                                    "data": {"n_data": 200, "n_test": 50},
+                                    "training": {"steps": 300, "learning_rate": 0.01}, "seed": 3})
+SAMPLERS = {
+    "sgld": SGLDSpec(chains=2, steps=1100, warmup=100, eval_every=10, batch_size=50, precond="adam"),
+    "hmc": HMCSpec(chains=2, draws=100, warmup=60, num_integration_steps=5),
+    "nuts": NUTSSpec(chains=2, draws=100, warmup=60, max_num_doublings=5),
+    "mclmc": MCLMCSpec(chains=2, draws=100, num_steps=100),
+}
+TIMING = {"walltime_sec", "compile_sec", "sample_sec", "compile_cache_hit"}
+
+JOB = """
+import json, sys
+from lambda_hat.execute.apps import build_target_job, run_sampler_job
+kind, spec, store, logs = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+job = build_target_job if kind == "target" else run_sampler_job
+print(json.dumps(job(spec, store, f"{logs}/{kind}.log", f"{logs}/{kind}.err")))
+"""
+
+
+def job(tmp: Path, kind: str, spec, store: Path, **env) -> subprocess.CompletedProcess:
+    import os
+
+    logs = tmp / f"logs-{len(list(tmp.glob('logs-*')))}"
+    logs.mkdir()
+    e = {**os.environ, "JAX_PLATFORMS": "cpu", "LH_CHECKPOINT_SEC": "0", **env}
+    return subprocess.run([sys.executable, "-c", JOB, kind, json.dumps(spec.model_dump(mode="json")), str(store),
+                           str(logs)], env=e, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def target_store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("target")
+    store = tmp / "store"
+    (store / "targets").mkdir(parents=True)
+    assert job(tmp, "target", TARGET, store).returncode == 0
+    return store
+
+
+def _stored(store: Path, rid: str):
+    from lambda_hat.store.artifacts import read_arrays, read_manifest, verify
+
+    d = store / "runs" / rid
+    assert verify(d, "run") == []
+    m = read_manifest(d)
+    return read_arrays(d, list(m.arrays)), {k: v for k, v in m.metrics.items() if k not in TIMING}
+
+
+# Killed after a segment was computed and before any of it was persisted, or between writing a
+# segment's traces and the checkpoint that counts them. One case runs by default, the rest are slow.
+CASES = [(name, crash) for name in SAMPLERS for crash in ("sample:segment-3", "sample:before_checkpoint-5")]
+
+
+@pytest.mark.parametrize("name,crash_at", [
+    pytest.param(*c, marks=() if c == ("sgld", "sample:segment-3") else pytest.mark.slow) for c in CASES])
+def test_killed_run_resumes_bit_identical(tmp_path, target_store, name, crash_at):
+    from lambda_hat.ids import target_id
+
+    run = RunSpec(target_id=target_id(TARGET), sampler=SAMPLERS[name], seed=5)
+    from lambda_hat.ids import run_id
+
+    rid = run_id(run)
+    stores = {}
+    for which in ("clean", "killed"):
+        stores[which] = tmp_path / which / "store"
+        shutil.copytree(target_store, stores[which])
+    assert job(tmp_path, "run", run, stores["clean"]).returncode == 0
+    killed = job(tmp_path, "run", run, stores["killed"], LH_CRASH_AT=crash_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    work = stores["killed"] / ".work" / rid
+    assert (work / "checkpoint.npz").is_file() and not (stores["killed"] / "runs" / rid).exists()
+    resumed = job(tmp_path, "run", run, stores["killed"])
+    assert resumed.returncode == 0, resumed.stderr
+    log = sorted(tmp_path.glob("logs-*"))[-1] / "run.log"
+    assert "resuming" in log.read_text()
+    assert not work.exists()  # the work dir goes once the artifact is in place
+    (ta, ma), (tb, mb) = _stored(stores["clean"], rid), _stored(stores["killed"], rid)
+    assert set(ta) == set(tb)
+    for k in ta:
+        if k != "traces/walltime":
+            np.testing.assert_array_equal(tb[k], ta[k], err_msg=k)
+    assert json.dumps(mb, sort_keys=True) == json.dumps(ma, sort_keys=True)
+
+
+def test_gc_keeps_checkpoints_of_unfinished_runs_only(tmp_path):
+    from lambda_hat.store.store import Store
+
+    store = Store(tmp_path)
+    for rid in ("run_unfinished", "run_done"):
+        (tmp_path / ".work" / rid).mkdir(parents=True)
+        (tmp_path / ".work" / rid / "checkpoint.npz").write_bytes(b"x")
+    (tmp_path / "runs" / "run_done").mkdir(parents=True)
+    (tmp_path / "runs" / "run_done" / "manifest.json").write_text("{}")
+    report = store.gc()
+    assert [p.name for p, _ in report.removed if p.parent.name == ".work"] == ["run_done"]
+    assert (tmp_path / ".work" / "run_unfinished" / "checkpoint.npz").is_file()
+    assert not (tmp_path / ".work" / "run_done").exists()
+
+
+def test_driver_shows_draws_done_of_running_jobs(tmp_path):
+    from lambda_hat.execute.apps import SegmentStore
+    from lambda_hat.execute.driver import sampling_progress
+    from lambda_hat.science.pipeline import Checkpoint
+    from lambda_hat.store.layout import StoreLayout
+
+    layout = StoreLayout(tmp_path)
+    running = [("run", "run_a", None), ("run", "run_b", None), ("target", "tgt_c", None)]
+    assert sampling_progress(layout, running) == ""
+    SegmentStore(layout.work_dir("run_a"), 3600, draws=8000).on_segment(Checkpoint(1200, [], 0.0, 0.0, 0.0), {})
+    SegmentStore(layout.work_dir("run_b"), 3600, draws=2000).on_segment(Checkpoint(40, [], 0.0, 0.0, 0.0), {})
+    assert sampling_progress(layout, running) == " · draws 1,240/10,000"
+    assert sampling_progress(layout, running[1:]) == " · draws 40/2,000"
