@@ -475,7 +475,7 @@ def export_runs(store: Any, run_ids: list[str], out_path: Path) -> int:
 
 # --------------------------------------------------------------------------- lh status, lh show
 
-R_HAT_MAX = 1.01  # Vehtari et al. (2021): split R-hat above 1.01 says the chains disagree
+from lambda_hat.specs import R_HAT_MAX  # noqa: E402  Vehtari et al. (2021): above it the chains disagree
 ESS_PER_CHAIN_MIN = 100  # ... and fewer than 100 effective draws per chain is too few to trust R-hat
 
 

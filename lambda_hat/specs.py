@@ -516,6 +516,14 @@ class RunSpec(_Spec):
     seed: Int = 0
 
 
+# Vehtari et al. (2021): trust a posterior mean only with rank-normalized split R-hat ≤ 1.01 and
+# bulk ESS ≥ 400 (100 per chain for 4 chains), so that the Monte-Carlo error estimate itself is
+# reliable. More than 1 % divergent HMC/NUTS transitions marks a region the integrator fails in.
+R_HAT_MAX = 1.01
+ESS_BULK_MIN = 400
+DIVERGENCE_MAX = 0.01
+
+
 class DiagnosticsSpec(_Spec):
     """When a finished run's estimate is flagged (its numbers are always kept): `unconverged` when
     split R-hat exceeds `r_hat_max` or the bulk ESS of λ̂ (all chains) is below `ess_bulk_min`
@@ -523,9 +531,9 @@ class DiagnosticsSpec(_Spec):
     HMC/NUTS draws diverged. A judgement on a run, not part of what it computes: not in any ID;
     a run keeps the status it was given with the thresholds of the sweep that sampled it."""
 
-    r_hat_max: Annotated[Float, Field(gt=1.0)] = 1.01
-    ess_bulk_min: Annotated[Float, Field(ge=0)] = 400.0
-    divergence_max: Annotated[Float, Field(ge=0, le=1)] = 0.01
+    r_hat_max: Annotated[Float, Field(gt=1.0)] = R_HAT_MAX
+    ess_bulk_min: Annotated[Float, Field(ge=0)] = ESS_BULK_MIN
+    divergence_max: Annotated[Float, Field(ge=0, le=1)] = DIVERGENCE_MAX
 
 
 class Sweep(_Spec):

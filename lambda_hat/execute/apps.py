@@ -148,11 +148,13 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
         return manifest.to_json_dict()
 
 
-def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: str, inputs: list = ()) -> dict:
+def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: str, inputs: list = (),
+                    diagnostics: dict | None = None) -> dict:
     """`inputs` carries the target build's future when the target is built in this sweep:
-    Parsl starts this job only once it has resolved."""
+    Parsl starts this job only once it has resolved. `diagnostics`: the sweep's thresholds for
+    flagging the finished run (`specs.DiagnosticsSpec`; its defaults when None)."""
     from lambda_hat.ids import RUN_SCHEMA, resolved_spec, run_id
-    from lambda_hat.specs import RunSpec, TargetSpec
+    from lambda_hat.specs import DiagnosticsSpec, RunSpec, TargetSpec
     from lambda_hat.store.artifacts import read_arrays, verify, write_artifact
     from lambda_hat.store.store import check_manifest
     from lambda_hat.store.layout import StoreLayout
@@ -186,7 +188,8 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
         resume = work.load()
         if resume is not None:
             print(f"resuming {rid} after {resume[0].draws_done} of {spec.sampler.draws} draws", flush=True)
-        result = sample_run(spec, target, arrays, resume=resume, on_segment=work.on_segment)
+        result = sample_run(spec, target, arrays, resume=resume, on_segment=work.on_segment,
+                            diagnostics=DiagnosticsSpec.model_validate(diagnostics or {}))
         total_sec = time.perf_counter() - t0
         status = result.metrics.get("status", "ok")
         metrics = dict(result.metrics)

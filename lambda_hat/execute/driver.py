@@ -219,7 +219,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     t_start = time.perf_counter()
     from lambda_hat.store.store import Store
 
-    _, expanded, root = _load(req)
+    sweep, expanded, root = _load(req)
     _check_output_paths(req)
     settings = _backend_settings(req)
     store = Store.open(root, create=True)
@@ -247,7 +247,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     console.print(f"store {store.root}: {p.summary()}")
     if rep.pending:
         console.print(f"  {len(rep.pending)} artifacts not yet indexed (index busy); they will be recorded")
-    _run(req, settings, store, p, console, result, rep.pending)
+    _run(req, settings, store, p, console, result, rep.pending, sweep.diagnostics.model_dump())
     n = store.export_runs([r.run_id for r in expanded.runs], req.results)
     if result.interrupted:
         console.print(
@@ -353,7 +353,8 @@ def _parsl_config(req: ExecuteRequest, settings):
     return pc.slurm_config(run_dir, settings, req.retries)
 
 
-def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result: ExecuteResult, pending: list) -> None:
+def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result: ExecuteResult, pending: list,
+         diagnostics: dict) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     claims = store.claims()
@@ -418,7 +419,8 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
             dep = jobs.target_futures.get(r.target_id)
             if verbose:
                 console.print(f"  Submitting {r.setting.sampler.name} for {r.target_id} (run_id={r.run_id})")
-            fut = sample_app(r.spec.model_dump(mode="json"), store_root, str(log), str(err), inputs=[dep] if dep else [])
+            fut = sample_app(r.spec.model_dump(mode="json"), store_root, str(log), str(err), inputs=[dep] if dep else [],
+                             diagnostics=diagnostics)
             jobs.futures[fut] = ("run", r.run_id, err)
 
         console.print("\n[bold]=== Stage A: Building Targets ===[/bold]")

@@ -32,11 +32,7 @@ import numpy as np
 
 STAT_KEYS = ("llc_mean", "llc_std", "llc_std_draws", "ess_bulk", "ess_tail", "r_hat", "llc_sem")
 
-# Vehtari et al. (2021): trust a posterior mean only with rank-normalized split R-hat ≤ 1.01
-# and bulk ESS ≥ 400 (100 per chain for 4 chains), so that the Monte-Carlo error estimate
-# itself is reliable.
-R_HAT_MAX = 1.01
-ESS_BULK_MIN = 400
+from lambda_hat.specs import ESS_BULK_MIN, R_HAT_MAX  # noqa: E402  (defaults of a sweep's `diagnostics:`)
 
 
 def llc_from_loss(loss, L0: float, n_beta: float) -> np.ndarray:
@@ -77,8 +73,9 @@ def _diagnostics(llc: np.ndarray) -> dict:
         return {k: float(v) for k, v in out.items()}
 
 
-def summarize(llc: np.ndarray) -> dict:
-    """Statistics of an llc trace of shape (chains, draws)."""
+def summarize(llc: np.ndarray, r_hat_max: float = R_HAT_MAX, ess_bulk_min: float = ESS_BULK_MIN) -> dict:
+    """Statistics of an llc trace of shape (chains, draws); flagged `unconverged` against the
+    thresholds given (a sweep's `diagnostics:`; Vehtari et al.'s by default)."""
     llc = np.asarray(llc, dtype=np.float64)
     chains, draws = llc.shape
     nonfinite = int(np.sum(~np.isfinite(llc)))
@@ -93,19 +90,20 @@ def summarize(llc: np.ndarray) -> dict:
     out.update(_diagnostics(llc))
     ess = out["ess_bulk"]
     out["llc_sem"] = out["llc_std_draws"] / math.sqrt(ess) if ess > 0 else math.nan
-    flag_run(out, convergence_flags(out["r_hat"], ess), "unconverged")
+    flag_run(out, convergence_flags(out["r_hat"], ess, r_hat_max, ess_bulk_min), "unconverged")
     return out
 
 
-def convergence_flags(r_hat: float, ess_bulk: float) -> list[str]:
+def convergence_flags(r_hat: float, ess_bulk: float, r_hat_max: float = R_HAT_MAX,
+                      ess_bulk_min: float = ESS_BULK_MIN) -> list[str]:
     """Reasons a run's estimate is not yet trustworthy (empty when it converged)."""
     flags = []
     if not math.isfinite(r_hat):
         flags.append("r_hat unavailable")
-    elif r_hat > R_HAT_MAX:
-        flags.append(f"r_hat {r_hat:.3f} > {R_HAT_MAX}")
-    if not ess_bulk >= ESS_BULK_MIN:
-        flags.append(f"ess_bulk {ess_bulk:.0f} < {ESS_BULK_MIN}")
+    elif r_hat > r_hat_max:
+        flags.append(f"r_hat {r_hat:.3f} > {r_hat_max:g}")
+    if not ess_bulk >= ess_bulk_min:
+        flags.append(f"ess_bulk {ess_bulk:.0f} < {ess_bulk_min:g}")
     return flags
 
 

@@ -168,7 +168,8 @@ class Checkpoint(NamedTuple):
     sample_sec: float
 
 
-def sample_run(run, target, arrays, *, resume=None, on_segment=None, segment_draws: int | None = None):
+def sample_run(run, target, arrays, *, resume=None, on_segment=None, segment_draws: int | None = None,
+               diagnostics=None):
     """Sample the localized tempered posterior; see the module doc and `RunResult`.
 
     The sampler (`samplers.get(run.sampler.name)`) runs in the engine (`engine.py`): one compiled
@@ -199,15 +200,17 @@ def sample_run(run, target, arrays, *, resume=None, on_segment=None, segment_dra
     from .models import precision
 
     with precision(run.sampler.dtype):
-        return _sample_run(run, target, arrays, resume, on_segment, segment_draws)
+        return _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnostics)
 
 
-def _sample_run(run, target, arrays, resume, on_segment, segment_draws):
+def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnostics):
     import jax
     import jax.numpy as jnp
 
     from . import RunResult, engine, samplers
-    from .llc import llc_from_loss, summarize
+    from lambda_hat.specs import DiagnosticsSpec
+
+    from .llc import flag_run, llc_from_loss, summarize
     from .models import jnp_dtype, model_key
     from .posterior import INIT_FGE, flat_model, make_full_loss, make_minibatch_loss
 
@@ -293,7 +296,8 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws):
     total_fge = float(np.sum(traces["cumulative_fge"][:, -1]))
 
     traces["llc"] = llc_from_loss(traces["loss"], L0, n_beta)
-    metrics = summarize(traces["llc"])
+    diag = diagnostics or DiagnosticsSpec()
+    metrics = summarize(traces["llc"], diag.r_hat_max, diag.ess_bulk_min)
     metrics.update({
         "L0": L0,
         "L0_target": float(arrays.metrics.get("L0", float("nan"))),
@@ -316,4 +320,9 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws):
     })
     if hasattr(sampler, "report"):
         sampler.report(s, traces, metrics, scalars, LOSS_EVAL_FGE)
+    rate = metrics.get("divergence_rate")
+    if rate is not None and rate > diag.divergence_max and metrics["status"] != "nonfinite":
+        # The estimate is kept, but the integrator fails in a region the chains keep visiting,
+        # so the number is suspect: flag the run instead of reporting it plainly.
+        flag_run(metrics, [f"divergence_rate {rate:.3f} > {diag.divergence_max:g}"], "divergent")
     return RunResult(traces=traces, metrics=metrics)

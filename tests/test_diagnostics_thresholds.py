@@ -1,0 +1,35 @@
+"""A sweep's `diagnostics:` thresholds decide a run's status, end to end (sweep file → driver →
+worker → manifest → index), without changing any ID."""
+
+import json
+
+import pytest
+
+from lhproc import lh, sgld_sweep
+
+
+def _statuses(tmp_path, sweep_text, name):
+    (tmp_path / name).write_text(sweep_text)
+    lh(tmp_path, "execute", name, "--workers", "1", "--store", str(tmp_path / name.replace(".yaml", "")))
+    out = lh(tmp_path, "query", "select run_id, status, status_reason, r_hat, ess_bulk from runs",
+             "--format", "json", "--store", str(tmp_path / name.replace(".yaml", "")))
+    return json.loads(out.stdout)
+
+
+def test_thresholds_from_the_sweep_reach_the_worker(tmp_path):
+    base = sgld_sweep([1], steps=300)  # 2 chains, 200 recorded steps: far below an ESS of 400
+    strict = _statuses(tmp_path, base, "strict.yaml")
+    lax = _statuses(tmp_path, "diagnostics: {r_hat_max: 10, ess_bulk_min: 0}\n" + base, "lax.yaml")
+    assert len(strict) == len(lax) == 1
+    s, x = strict[0], lax[0]
+    assert s["run_id"] == x["run_id"]  # thresholds are not part of the run's ID
+    assert (s["r_hat"], s["ess_bulk"]) == pytest.approx((x["r_hat"], x["ess_bulk"]))  # same numbers
+    assert s["status"] == "unconverged" and "< 400" in s["status_reason"], s
+    assert x["status"] == "ok" and x["status_reason"] == "", x
+
+
+def test_bad_thresholds_are_refused_with_the_field(tmp_path):
+    (tmp_path / "s.yaml").write_text("diagnostics: {ess_bulk_min: -1}\n" + sgld_sweep([1]))
+    r = lh(tmp_path, "plan", "s.yaml", check=False)
+    assert r.returncode == 2
+    assert "s.yaml: diagnostics: ess_bulk_min" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
