@@ -120,6 +120,10 @@ def _run(target, arrays, sampler: dict, seed: int = 1) -> tuple[dict, float]:
     return m, time.perf_counter() - t0
 
 
+PARTIAL: list = []  # rows so far, saved after each (a long run that stops keeps what it measured)
+PARTIAL_PATH: Path | None = None
+
+
 def _row(section, case, label, dtype, ref, m, wall, ref_kind="exact λ"):
     row = {
         "section": section, "case": case, "sampler": label, "dtype": dtype, "llc_true": ref, "reference": ref_kind,
@@ -130,6 +134,9 @@ def _row(section, case, label, dtype, ref, m, wall, ref_kind="exact λ"):
     print(f"{section:<7} {case:<22} {label:<13} {dtype:<8} ref={ref:<8.4g} λ̂={row['llc_mean']:8.3f} ± "
           f"{row['llc_sem'] or float('nan'):.3f}  rel={row['rel_error']:+7.1%}  r_hat={row['r_hat'] or float('nan'):.3f}"
           f"  {m['status']:<11} {wall:6.1f}s", flush=True)
+    PARTIAL.append(row)
+    if PARTIAL_PATH is not None:
+        PARTIAL_PATH.write_text(json.dumps(PARTIAL, indent=1))
     return row
 
 
@@ -292,6 +299,8 @@ def main() -> None:
 
     import jax
 
+    global PARTIAL_PATH
+    PARTIAL_PATH = Path(args.out).with_suffix(".partial.json")
     jax.config.update("jax_enable_x64", True)
     specs = sampler_specs(args.quick)
     wanted, sections, dtypes = args.samplers.split(","), args.sections.split(","), args.dtypes.split(",")
