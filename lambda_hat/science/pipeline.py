@@ -134,7 +134,7 @@ def _walltime_per_draw(warm_fge, draw_fge, sample_sec: float) -> np.ndarray:
 # never see the full loss); HMC/NUTS/MCLMC read the loss off their state's log density for free.
 LOSS_EVAL_FGE = 1.0 / 3.0
 
-from .samplers.hmc import MAX_DIVERGENCE_RATE  # noqa: E402,F401  (HMC/NUTS divergence flag, re-exported)
+from lambda_hat.specs import DIVERGENCE_MAX as MAX_DIVERGENCE_RATE  # noqa: E402,F401  (default divergent-run threshold)
 
 
 # A run is cut into about this many segments, so that the worker can persist its

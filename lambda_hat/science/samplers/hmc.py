@@ -31,12 +31,6 @@ import numpy as np
 
 from ..engine import Algorithm, problem_from_loss, run_chains
 
-# Share of post-warmup transitions that may diverge before a run is flagged. Isolated
-# divergences are routine on these near-singular posteriors: NUTS on the deep narrow [2,2,2,2]
-# network diverges on 1-2.5 % of draws even at target_acceptance 0.95 and still comes within
-# 3.3 % of the exact λ. The count is always stored; a higher rate marks the run "divergent".
-from lambda_hat.specs import DIVERGENCE_MAX as MAX_DIVERGENCE_RATE  # noqa: E402  (a sweep's diagnostics.divergence_max)
-
 
 def algorithm(*, family, kernel_kwargs: dict, warmup: int, step_size: float, target_acceptance: float,
               adapt_step_size: bool, adapt_mass_matrix: bool) -> Algorithm:
