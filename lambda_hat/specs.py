@@ -413,6 +413,11 @@ class SGLDSpec(_SamplerBase):
     step_size_nbeta: PositiveFloat = 0.02
     precond: Literal["none", "rmsprop", "adam"] = "none"
     eval_every: PositiveInt = 20
+    # What a draw records as L_n(w): "full", the full-data loss at the end of each block of
+    # `eval_every` steps; "minibatch", the mean of the block's minibatch losses (each an unbiased
+    # estimate of L_n at the step's position, already computed for its gradient), which costs no
+    # pass over the data: what keeps SGLD on large n·d affordable (docs/performance.md).
+    loss_trace: Literal["full", "minibatch"] = added_field("full", since="0.2")
 
     @model_validator(mode="after")
     def _check(self) -> "SGLDSpec":

@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 
 from lambda_hat.ids import hashed_spec, id_of_stored_spec, resolved_spec, run_id, target_id
-from lambda_hat.specs import DataSpec, RunSpec, TargetSpec, added_field
+from lambda_hat.specs import ID_NEUTRAL, DataSpec, RunSpec, TargetSpec, added_field
 
 CORPUS = json.loads((Path(__file__).parent / "data" / "id_corpus.json").read_text())["specs"]
 
@@ -34,7 +34,17 @@ def test_resolved_specs_round_trip_unchanged():
         model = (TargetSpec if entry["type"] == "target" else RunSpec).model_validate(entry["spec"])
         assert hashed_spec(model) == entry["spec"]
         added = _added_at_neutral(resolved_spec(model), entry["spec"])
-        assert all(v is None for v in added.values()), added
+        assert all(v == _neutral(model, path) for path, v in added.items()), added
+
+
+def _neutral(model, path: str):
+    """The declared neutral value (`added_field`) of the field at dotted `path` in `model`."""
+    *parents, name = path.split(".")
+    for p in parents:
+        model = getattr(model, p)
+    extra = type(model).model_fields[name].json_schema_extra or {}
+    assert ID_NEUTRAL in extra, f"{path} is not an added field"
+    return extra[ID_NEUTRAL]
 
 
 def _added_at_neutral(resolved: dict, stored: dict, prefix: str = "") -> dict:

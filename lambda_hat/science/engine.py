@@ -37,6 +37,9 @@ class Problem(NamedTuple):
     n_beta: Any
     gamma: Any
     scalars: dict  # the sampler's runtime scalars (SGLD: {"step_size": ε}): arguments, not constants
+    # key -> (w -> estimate of L_n(w)) for a chain's dispersed start when reading the full data
+    # there would cost too much (`posterior.start_rows`); None: the start uses loss_fn
+    start_loss: Callable | None = None
 
 
 class Algorithm(NamedTuple):
@@ -76,12 +79,16 @@ def draw_keys(key, first, length: int, total: int):
 
 
 def start(alg: Algorithm, problem: Problem, key, chains: int, disperse: bool = True) -> Chains:
-    from .posterior import dispersed_start
+    from .posterior import START_SUBSET_STREAM, dispersed_start
 
     def one_chain(chain_key):
         k_init, k_warm, k_draw = alg.keys(chain_key)
-        w0 = (dispersed_start(chain_key, problem.loss_fn, problem.w_star, problem.n_beta, problem.gamma)
-              if disperse else problem.w_star)
+        if disperse:
+            loss = (problem.loss_fn if problem.start_loss is None
+                    else problem.start_loss(jax.random.fold_in(chain_key, START_SUBSET_STREAM)))
+            w0 = dispersed_start(chain_key, loss, problem.w_star, problem.n_beta, problem.gamma)
+        else:
+            w0 = problem.w_star
         state = alg.init(k_init, w0, problem)
         state, params, grads = alg.warmup(k_warm, state, problem)
         return Chains(state, params, k_draw, jnp.asarray(grads, jnp.int32))

@@ -212,7 +212,7 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
 
     from .llc import flag_run, llc_from_loss, summarize
     from .models import jnp_dtype, model_key
-    from .posterior import INIT_FGE, flat_model, make_full_loss, make_minibatch_loss
+    from .posterior import INIT_FGE, flat_model, make_full_loss, make_minibatch_loss, start_rows
 
     s, post = run.sampler, run.posterior
     if post.loss != "mse":
@@ -239,9 +239,13 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     draws = int(s.draws)
     K = max(2, min(int(segment_draws), draws)) if segment_draws else segment_length(draws)
 
+    rows = start_rows(n, int(w_star.size))
+
     def problem(w_star, X, Y, n_beta, gamma, values):
+        start_loss = None if rows is None else (
+            lambda key: (lambda w: make_minibatch_loss(predict, X, Y, rows)(w, key)))
         return engine.Problem(make_full_loss(predict, X, Y), lambda b: make_minibatch_loss(predict, X, Y, b),
-                              w_star, n_beta, gamma, dict(zip(names, values)))
+                              w_star, n_beta, gamma, dict(zip(names, values)), start_loss)
 
     def make_start():
         def fn(key, w_star, X, Y, n_beta, gamma, values):
@@ -260,7 +264,7 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     exclude = getattr(sampler, "COMPILE_KEY_EXCLUDE", None) or None
     cache_key = (
         sampler.__name__, s.model_dump_json(exclude=exclude), activation, bool(jax.config.jax_enable_x64),
-        tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())), X.shape, Y.shape, str(X.dtype),
+        tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())), X.shape, Y.shape, str(X.dtype), rows,
     )
     data = (w_star, X, Y, jnp.asarray(n_beta, dtype), jnp.asarray(gamma, dtype),
             [jnp.asarray(scalars[k], dtype) for k in names])
@@ -289,7 +293,8 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     traces["warmup_grad_evals"] = np.asarray(chains.warmup_grad_evals)
     warm_fge, draw_fge = sampler.costs(s, traces, n, LOSS_EVAL_FGE)
     del traces["warmup_grad_evals"]
-    warm_fge = np.asarray(warm_fge, np.float64) + INIT_FGE  # each chain's dispersed start
+    # each chain's dispersed start (on a subset of `rows` rows past START_MAX_WORK)
+    warm_fge = np.asarray(warm_fge, np.float64) + INIT_FGE * (1.0 if rows is None else rows / n)
     traces["cumulative_fge"] = warm_fge[:, None] + np.cumsum(draw_fge, axis=1)
     traces["walltime"] = _walltime_per_draw(warm_fge, draw_fge, t_run)
     fge_warmup = float(np.sum(warm_fge))

@@ -31,6 +31,12 @@ the one most runs use; the raw numbers are kept for any other:
                                   curvature a sizeable fraction of the steepest, a saddle;
                  else "ok".  `w_star_reason` says why (empty when ok).
 
+Past QUALITY_MAX_WORK (n·d, the rows times the parameters) the Hessian and descent tests are
+skipped: ARPACK may need thousands of Hessian-vector products and L-BFGS hundreds of gradients,
+each a full pass over the data (hours at n = 1e5, d = 1e6 on 2 cores). Such a target records L0 and
+the gradient norm (accumulated chunk by chunk, so memory stays bounded in n), hess_method "skipped",
+NaN eigenvalues and descent_gap, and w_star_status "unchecked".
+
 The curvature test is relative, not against the localizer γ: a noisy teacher on a DLN has
 eigenvalues of −0.1 % of the largest (σ = 0.1, [5,3,5]) that a descent exploits for a λ̂ shift of
 only 0.03, well inside the samplers' accuracy, while a rank-0 teacher (all weights zero: an exact
@@ -61,6 +67,44 @@ def shift_tol(n_params: int) -> float:
 
 # A w* with a Hessian eigenvalue below −NEG_CURVATURE_RTOL × the largest is flagged a saddle.
 NEG_CURVATURE_RTOL = 0.01
+# n·d past which only L0 and the gradient norm are measured (see the module doc).
+QUALITY_MAX_WORK = 2**30
+
+
+def too_large(n: int, d: int) -> bool:
+    """Whether the Hessian and descent tests are skipped for n rows and d parameters."""
+    return n * d > QUALITY_MAX_WORK
+
+
+@lru_cache(maxsize=8)
+def _chunked_value_and_grad(model, layout: tuple):
+    """Jitted (L_n, ∇L_n) summed over chunks of rows (`lax.scan`), so no pass holds more than one
+    chunk's activations: the gradient of `lax.map` would keep every chunk's for the backward pass."""
+    import jax
+    import jax.numpy as jnp
+
+    from .losses import per_example_loss
+    from .posterior import CHUNK, flat_model
+
+    _, predict = flat_model({k: jnp.zeros(shape, dtype) for k, shape, dtype in layout}, model)
+
+    def value_and_grad(w, X, Y):
+        n = X.shape[0]
+        n_chunks = -(-n // CHUNK)
+        chunk = -(-n // n_chunks)
+        pad = n_chunks * chunk - n
+        Xc = jnp.concatenate([X, jnp.zeros((pad, X.shape[1]), X.dtype)]).reshape(n_chunks, chunk, -1)
+        Yc = jnp.concatenate([Y, jnp.zeros((pad, Y.shape[1]), Y.dtype)]).reshape(n_chunks, chunk, -1)
+        mask = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk).astype(X.dtype)
+
+        def body(acc, c):
+            v, g = jax.value_and_grad(lambda u: jnp.sum(c[2] * per_example_loss(predict(u, c[0]), c[1])))(w)
+            return (acc[0] + v, acc[1] + g), None
+
+        (v, g), _ = jax.lax.scan(body, (jnp.zeros((), w.dtype), jnp.zeros_like(w)), (Xc, Yc, mask))
+        return v / n, g / n
+
+    return jax.jit(value_and_grad)
 
 
 @lru_cache(maxsize=32)
@@ -113,6 +157,14 @@ def quality(params, X, Y, model, *, n_beta: float | None = None) -> dict:
     w, _ = ravel_pytree(params)
     d, dtype = int(w.size), w.dtype
     layout = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(params.items()))
+    if too_large(n, d):
+        L0, g = _chunked_value_and_grad(model, layout)(w, X, Y)
+        grad_norm, nan = float(jnp.linalg.norm(g)), float("nan")
+        finite = math.isfinite(float(L0)) and math.isfinite(grad_norm)
+        return {"grad_norm": grad_norm, "hess_min_eig": nan, "hess_max_eig": nan, "hess_method": "skipped",
+                "descent_gap": nan, "refine_iters": 0, "w_star_status": "unchecked" if finite else "nonfinite",
+                "w_star_reason": (f"n·d = {n * d:.3g} > {QUALITY_MAX_WORK:.3g}: Hessian and descent tests skipped"
+                                  if finite else f"L0 = {float(L0)}, gradient norm {grad_norm}")}
     value_and_grad, hessian, hvp = _jitted(model, layout)
     L0, g = value_and_grad(w, X, Y)
     grad_norm = float(jnp.linalg.norm(g))

@@ -23,7 +23,11 @@ near w*, where g ≈ 0: a tiny λ makes the first warmup steps √(ε/λ)-sized 
 
 The first `warmup` steps are discarded; then draws = (steps − warmup) // eval_every blocks of
 `eval_every` steps run (one engine step each), and the full-data loss L_n(w) is recorded at the
-end of each block (any remainder steps (steps − warmup) mod eval_every are not run).
+end of each block (any remainder steps (steps − warmup) mod eval_every are not run). With
+`loss_trace="minibatch"` a draw records instead the mean over its block of each step's minibatch
+loss L_b(w) at the step's starting position: the batch is drawn independently of w, so each is an
+unbiased estimate of L_n(w), and λ̂ = nβ·(mean − L0) stays unbiased, with no pass over the data
+(on large n·d the full-data losses would cost more than all the steps).
 """
 
 from __future__ import annotations
@@ -60,13 +64,17 @@ def _inverse_scale(precond: str, opt_state):
     return 1.0 / (ADAM_LAMBDA + jnp.sqrt(nu_hat))
 
 
-def algorithm(*, batch_size: int | None, warmup: int, eval_every: int, precond: str = "none") -> Algorithm:
+def algorithm(*, batch_size: int | None, warmup: int, eval_every: int, precond: str = "none",
+              loss_trace: str = "full") -> Algorithm:
     """SGLD over the position w (state) with the frozen, rescaled preconditioner G as its
-    tuned parameter (None for precond="none"). `problem.scalars["step_size"]` is ε."""
+    tuned parameter (None for precond="none"). `problem.scalars["step_size"]` is ε.
+    `loss_trace`: what a draw records (see `SGLDSpec.loss_trace`)."""
     import blackjax
 
     if precond not in PRECONDS:
         raise NotImplementedError(f"sampler.precond={precond!r} is not implemented (use 'none', 'rmsprop' or 'adam')")
+    if loss_trace not in ("full", "minibatch"):
+        raise NotImplementedError(f"sampler.loss_trace={loss_trace!r} is not implemented (use 'full' or 'minibatch')")
 
     def drift_grad(problem, w, key):  # gradient of the potential nβ·L_b + γ/2‖w − w*‖²
         stoch = problem.minibatch_loss(batch_size)
@@ -119,7 +127,33 @@ def algorithm(*, batch_size: int | None, warmup: int, eval_every: int, precond: 
         noise = jax.random.normal(k_noise, w.shape, w.dtype)
         return w - 0.5 * eps * G * g + jnp.sqrt(eps * G) * noise
 
+    # loss_trace="minibatch": the same moves (same keys, same drift), with each step's minibatch
+    # loss L_b(w) kept from the gradient's forward pass; the draw records their mean over the block.
+    def drift_and_loss(problem, w, key):
+        lb, g = jax.value_and_grad(problem.minibatch_loss(batch_size))(w, key)
+        return problem.n_beta * g + problem.gamma * (w - problem.w_star), lb
+
+    def plain_step_with_loss(problem, w, key):
+        k_batch, k_noise = jax.random.split(key)
+        drift, lb = drift_and_loss(problem, w, k_batch)
+        w = blackjax.sgld(lambda w, d: -d).step(k_noise, w, drift, eps_of(problem, w) / 2)
+        return w, lb
+
+    def frozen_step_with_loss(problem, w, G, key):
+        k_batch, k_noise = jax.random.split(key)
+        eps = eps_of(problem, w)
+        g, lb = drift_and_loss(problem, w, k_batch)
+        noise = jax.random.normal(k_noise, w.shape, w.dtype)
+        return w - 0.5 * eps * G * g + jnp.sqrt(eps * G) * noise, lb
+
     def step(key, w, G, problem):
+        if loss_trace == "minibatch":
+            keys = jax.random.split(key, eval_every)
+            if precond == "none":
+                w, lbs = jax.lax.scan(lambda w, k: plain_step_with_loss(problem, w, k), w, keys)
+            else:
+                w, lbs = jax.lax.scan(lambda w, k: frozen_step_with_loss(problem, w, G, k), w, keys)
+            return w, {"loss": jnp.mean(lbs)}
         if precond == "none":
             w, _ = jax.lax.scan(lambda w, k: (plain_step(problem, w, k), None), w, jax.random.split(key, eval_every))
         else:
@@ -133,7 +167,8 @@ def algorithm(*, batch_size: int | None, warmup: int, eval_every: int, precond: 
 # --- what the pipeline needs from a sampler (see samplers/__init__.py) ---
 
 def from_spec(s) -> Algorithm:
-    return algorithm(batch_size=s.batch_size, warmup=s.warmup, eval_every=s.eval_every, precond=s.precond)
+    return algorithm(batch_size=s.batch_size, warmup=s.warmup, eval_every=s.eval_every, precond=s.precond,
+                     loss_trace=s.loss_trace)
 
 
 def scalars(s, n_beta: float) -> dict:
@@ -142,12 +177,14 @@ def scalars(s, n_beta: float) -> dict:
 
 def costs(s, traces: dict, n: int, loss_eval_fge: float):
     """(warmup fge per chain, fge per draw (chains, draws)): a minibatch gradient costs
-    min(batch_size, n)/n; each draw runs eval_every of them, then the full-data loss it records."""
+    min(batch_size, n)/n; each draw runs eval_every of them, then the full-data loss it records
+    (none with loss_trace="minibatch": the recorded losses come with the gradients)."""
     chains, draws = traces["loss"].shape
     per_step = min(s.batch_size, n) / n
     import numpy as np
 
-    return np.full(chains, s.warmup * per_step), np.full((chains, draws), s.eval_every * per_step + loss_eval_fge)
+    record = loss_eval_fge if s.loss_trace == "full" else 0.0
+    return np.full(chains, s.warmup * per_step), np.full((chains, draws), s.eval_every * per_step + record)
 
 
 def report(s, traces: dict, metrics: dict, scalars: dict, loss_eval_fge: float) -> None:
@@ -156,7 +193,7 @@ def report(s, traces: dict, metrics: dict, scalars: dict, loss_eval_fge: float) 
     eps = scalars["step_size"]
     traces["step_size"] = np.full(traces["loss"].shape, eps, dtype=traces["loss"].dtype)
     metrics["step_size"] = eps
-    metrics["fge_recording"] = float(traces["loss"].size * loss_eval_fge)
+    metrics["fge_recording"] = float(traces["loss"].size * loss_eval_fge) if s.loss_trace == "full" else 0.0
 
 
 def build_sgld(*, loss_fn, stoch_loss_fn, w_star, n_beta: float, gamma: float, step_size: float,
