@@ -203,16 +203,50 @@ def sample_run(run, target, arrays, *, resume=None, on_segment=None, segment_dra
         return _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnostics)
 
 
-def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnostics):
+def sample_runs(runs, target, arrays, *, diagnostics=None):
+    """Several runs of one target sampled together, as one `vmap`ped program over the runs: a list
+    of `RunResult`, one per run, each as `sample_run` would describe it.
+
+    The runs must differ only in what the compiled sampler takes as arguments: `seed`, the
+    posterior's β (`beta0`) and γ, and the sampler's runtime scalars (SGLD's step size); anything
+    else is refused (ValueError). Every run keeps its own PRNG stream, but its numbers are equal in
+    law, not bit for bit, to the same run sampled alone (batched matrix products round differently).
+    compile_sec and sample_sec are the batch's, shared by its runs. No checkpoints: a batch that is
+    killed starts again."""
+    from .models import precision
+
+    runs = list(runs)
+    if not runs:
+        return []
+    check_batchable(runs)
+    with precision(runs[0].sampler.dtype):
+        return _sample_run(runs[0], target, arrays, None, None, None, diagnostics, batch=runs)
+
+
+def batch_key(run) -> str:
+    """What runs must share to be sampled in one batch (`sample_runs`): the run spec less its seed,
+    its posterior's beta0 and gamma, and the sampler's runtime scalars."""
+    from . import samplers
+
+    exclude = set(getattr(samplers.get(run.sampler.name), "COMPILE_KEY_EXCLUDE", ()) or ())
+    return "|".join((run.target_id, run.sampler.model_dump_json(exclude=exclude),
+                     run.posterior.model_dump_json(exclude={"beta0", "gamma"})))
+
+
+def check_batchable(runs) -> None:
+    keys = {batch_key(r) for r in runs}
+    if len(keys) > 1:
+        raise ValueError("runs of one batch may differ only in seed, posterior.beta0, posterior.gamma and the "
+                         f"sampler's runtime scalars; got {len(keys)} different settings")
+
+
+def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnostics, batch=None):
     import jax
     import jax.numpy as jnp
 
-    from . import RunResult, engine, samplers
-    from lambda_hat.specs import DiagnosticsSpec
-
-    from .llc import flag_run, llc_from_loss, summarize
+    from . import engine, samplers
     from .models import jnp_dtype, model_key
-    from .posterior import INIT_FGE, flat_model, make_full_loss, make_minibatch_loss, start_rows
+    from .posterior import flat_model, make_full_loss, make_minibatch_loss, start_rows
 
     s, post = run.sampler, run.posterior
     if post.loss != "mse":
@@ -266,12 +300,25 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
         sampler.__name__, s.model_dump_json(exclude=exclude), activation, bool(jax.config.jax_enable_x64),
         tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())), X.shape, Y.shape, str(X.dtype), rows,
     )
-    data = (w_star, X, Y, jnp.asarray(n_beta, dtype), jnp.asarray(gamma, dtype),
-            [jnp.asarray(scalars[k], dtype) for k in names])
-    key = jax.random.PRNGKey(run.seed)
+    if batch is not None:
+        # one program over the runs: keys, nβ, γ and the runtime scalars get a leading run axis
+        B = len(batch)
+        nbs = [n * float(r.posterior.beta(n)) for r in batch]
+        vals = [sampler.scalars(r.sampler, nb) if hasattr(sampler, "scalars") else {} for r, nb in zip(batch, nbs)]
+        data = (w_star, X, Y, jnp.asarray(nbs, dtype), jnp.asarray([float(r.posterior.gamma) for r in batch], dtype),
+                [jnp.asarray([v[k] for v in vals], dtype) for k in names])
+        key = jnp.stack([jax.random.PRNGKey(r.seed) for r in batch])
+        single_start, single_segment = make_start, make_segment
+        make_start = lambda: jax.vmap(single_start(), in_axes=(0, None, None, None, 0, 0, 0))  # noqa: E731
+        make_segment = lambda: jax.vmap(single_segment(), in_axes=(0, None, None, None, None, 0, 0, 0))  # noqa: E731
+        cache_key = cache_key + ("batch", B)
+    else:
+        data = (w_star, X, Y, jnp.asarray(n_beta, dtype), jnp.asarray(gamma, dtype),
+                [jnp.asarray(scalars[k], dtype) for k in names])
+        key = jax.random.PRNGKey(run.seed)
     if resume is None:
         (chains, L0), t_compile, t_run, hit = _timed(cache_key + ("start",), make_start, key, *data)
-        L0, done, traces = float(L0), 0, {}
+        L0, done, traces = (float(L0) if batch is None else L0), 0, {}
     else:
         ckpt, traces = resume
         treedef = jax.tree.structure(jax.eval_shape(make_start(), key, *data)[0])
@@ -283,14 +330,37 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
                                                   np.int32(done), *data)
         t_compile, t_run, hit = t_compile + tc, t_run + tr, hit and seg_hit
         take = min(K, draws - done)
-        info = {k: v[:, :take] for k, v in info.items()}
+        info = {k: v[..., :take] for k, v in info.items()}
         for k, v in info.items():
             traces.setdefault(k, []).append(v)
         done += take
         if on_segment is not None:
             on_segment(Checkpoint(done, jax.tree.leaves(chains), L0, t_compile, t_run), info)
-    traces = {k: np.concatenate(v, axis=1) for k, v in traces.items()}
-    traces["warmup_grad_evals"] = np.asarray(chains.warmup_grad_evals)
+    traces = {k: np.concatenate(v, axis=-1) for k, v in traces.items()}
+    if batch is None:
+        return _finish(run, traces, np.asarray(chains.warmup_grad_evals), L0, t_compile, t_run, hit,
+                       target, arrays, sampler, n, rows, int(w_star.size), diagnostics)
+    return [_finish(r, {k: v[i] for k, v in traces.items()}, np.asarray(chains.warmup_grad_evals)[i], float(L0[i]),
+                    t_compile, t_run, hit, target, arrays, sampler, n, rows, int(w_star.size), diagnostics)
+            for i, r in enumerate(batch)]
+
+
+def _finish(run, traces, warmup_grad_evals, L0, t_compile, t_run, hit, target, arrays, sampler, n, rows, d,
+            diagnostics):
+    """One run's costs, λ̂ trace, summary and flags from its raw traces {name: (chains, draws)}."""
+    from lambda_hat.specs import DiagnosticsSpec
+
+    from . import RunResult
+    from .llc import flag_run, llc_from_loss, summarize
+    from .posterior import INIT_FGE
+
+    s = run.sampler
+    beta = float(run.posterior.beta(n))
+    n_beta = n * beta
+    gamma = float(run.posterior.gamma)
+    scalars = sampler.scalars(s, n_beta) if hasattr(sampler, "scalars") else {}
+    draws = int(s.draws)
+    traces["warmup_grad_evals"] = warmup_grad_evals
     warm_fge, draw_fge = sampler.costs(s, traces, n, LOSS_EVAL_FGE)
     del traces["warmup_grad_evals"]
     # each chain's dispersed start (on a subset of `rows` rows past START_MAX_WORK)
@@ -310,7 +380,7 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
         "n_beta": n_beta,
         "gamma": gamma,
         "n_data": n,
-        "n_params": int(w_star.size),
+        "n_params": d,
         "draws": draws,
         "chains": int(s.chains),
         "sampler": s.name,
