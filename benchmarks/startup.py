@@ -30,6 +30,7 @@
      sample         the compiled calls
      write+return   artifact written, result back at the driver
      record         driver: reading each manifest back and writing the index
+     in-job other   the rest of each job before its write: logs, specs, IDs, checks, metrics
 
 2. Overhead. 200 tiny runs (the same 2 targets × {HMC, SGLD} × 50 seeds) with 2 workers, the
    compilation cache warm: wall time against the in-job compute summed over jobs, over the
@@ -122,6 +123,10 @@ def breakdown(cwd: Path, launch: float, wall: float) -> dict:
             "write+return": sum(done_at[m["id"]] - m["timings"]["write_started_at"] for m in ms),
             "record": st.get("read_manifest_sec", 0.0) + st.get("record_sec", 0.0),
         },
+        # job start → artifact write, less the parts above: logs, specs, IDs, checks, traces, metrics
+        "in-job other": sum(m["timings"]["write_started_at"] - m["timings"]["job_started_at"] for m in ms)
+        - sum(m["timings"]["import_sec"] for m in ms) - sum(m["timings"]["build_sec"] for m in targets)
+        - sum(m["timings"]["read_sec"] + m["metrics"]["compile_sec"] + m["metrics"]["sample_sec"] for m in runs),
         "record_parts": {"read manifests": st.get("read_manifest_sec", 0.0), "index writes": st.get("record_sec", 0.0)},
         "workers_started": len(first_jobs),
         "compile_by_sampler": {},
@@ -199,6 +204,7 @@ def print_tables(report: dict) -> None:
         for name in st[cols[0][0]]["cold"][part]:
             label = name if part == "stages" else f"jobs: {name}"
             print(f"| {label} | " + " | ".join(f"{st[c][k][part][name]:.2f}" for c, k in cols) + " |")
+    print("| jobs: in-job other | " + " | ".join(f"{st[c][k]['in-job other']:.2f}" for c, k in cols) + " |")
     for name in st[cols[0][0]]["cold"]["compile_by_sampler"]:
         print(f"| compile per {name} run (mean) | "
               + " | ".join(f"{st[c][k]['compile_by_sampler'][name]['mean_s']:.2f}" for c, k in cols) + " |")

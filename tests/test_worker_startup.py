@@ -4,6 +4,7 @@ programs across jobs, and the driver records when each stage ended (issue 13).""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,8 @@ def cache_entries(store: Path) -> set[str]:
 
 def test_second_process_compiles_nothing_new_and_a_worker_keeps_its_programs(tmp_path):
     """A target build and a run in one process fill <store>/.jax_cache; a fresh process building
-    another target of the same shapes and sampling it reads every program from that cache, and
+    another target of the same shapes and sampling it, in a copy of the store at another path,
+    reads every program from that cache, and
     its next run of the same sampler and shapes reuses the programs it holds (no compile at all)."""
     store = tmp_path / "store"
     (store / "targets").mkdir(parents=True)
@@ -63,8 +65,12 @@ def test_second_process_compiles_nothing_new_and_a_worker_keeps_its_programs(tmp
     first = jobs_in_one_process(tmp_path, store, [("target", t1), ("run", r1)])
     after_first = cache_entries(store)
     assert after_first, "the worker wrote nothing to the store's compilation cache"
-    second = jobs_in_one_process(tmp_path, store, [("target", t2), ("run", r2), ("run", r3)])
-    assert cache_entries(store) == after_first, "the second process compiled programs the first had cached"
+    # The second process works on a copy of the store at another path (a store moved or mounted
+    # elsewhere): the cache's keys must not depend on where it lives.
+    moved = tmp_path / "elsewhere" / "store"
+    shutil.copytree(store, moved)
+    second = jobs_in_one_process(tmp_path, moved, [("target", t2), ("run", r2), ("run", r3)])
+    assert cache_entries(moved) == after_first, "the second process compiled programs the first had cached"
     assert [m["id"] for m in first + second] == [target_id(t1), run_id(r1), target_id(t2), run_id(r2), run_id(r3)]
     # r2 ran in a fresh process, so its programs came from the disk cache, not from memory
     assert second[1]["metrics"]["compile_cache_hit"] == 0

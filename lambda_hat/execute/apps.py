@@ -125,6 +125,10 @@ def _setup_jax(cache_dir: str | None) -> None:
         # Cache every compile: on small models most compiles are under JAX's 1 s default,
         # and they are exactly what a sweep repeats across targets of the same shapes.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        # No XLA side caches under the cache directory (JAX's default adds the GPU autotuning
+        # cache): their path becomes part of every program's cache key, so a store reached by
+        # another path (moved, copied, mounted elsewhere) would miss every entry it holds.
+        jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
 
 
 def _require_shared_store(store_root: str, log_path: str) -> None:
