@@ -78,9 +78,30 @@ def sweep_yaml(seeds: int | None = None) -> str:
             f"samplers:\n  - {hmc}\n  - {sgld}\n")
 
 
+def child_env() -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "COLUMNS": "200"}
+    # Python as a user runs it: bytecode cached after the first import. With PYTHONDONTWRITEBYTECODE
+    # (set on some build machines) every process, each Parsl worker included, compiles the source
+    # of every module it imports, ~3 s of a worker's first job here.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def compile_bytecode() -> float:
+    """Write the .pyc files a first `lh` run would (untimed); returns seconds."""
+    import site
+    import sysconfig
+
+    t0 = time.perf_counter()
+    paths = {sysconfig.get_paths()["purelib"], *site.getsitepackages(), str(REPO / "lambda_hat")}
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", *sorted(p for p in paths if Path(p).is_dir())],
+                   env=child_env(), capture_output=True)
+    return time.perf_counter() - t0
+
+
 def lh_execute(cwd: Path, extra: list[str]) -> tuple[float, float, str]:
     """(launch epoch, wall seconds, output) of one `lh execute sweep.yaml` in `cwd`."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "COLUMNS": "200"}
+    env = child_env()
     argv = [sys.executable, "-m", "lambda_hat.cli", "execute", "sweep.yaml", "--workers", str(WORKERS), *extra]
     launch = time.time()
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
@@ -224,6 +245,8 @@ def main() -> None:
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--seeds", type=int, default=50, help="overhead sweep: runs = 2 targets × 2 samplers × seeds")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "startup.json")
+    ap.add_argument("--no-bytecode", action="store_true",
+                    help="leave PYTHONDONTWRITEBYTECODE as it is and compile no bytecode first")
     args = ap.parse_args()
     report: dict = {"sweep": sweep_yaml(), "workers": WORKERS, "startup": {},
                     "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
@@ -233,6 +256,14 @@ def main() -> None:
         report["commit"] = sha.strip()
     except OSError:
         pass
+    if args.no_bytecode:
+        global child_env
+        plain = dict(os.environ, JAX_PLATFORMS="cpu", COLUMNS="200")
+        child_env = lambda: plain  # noqa: E731
+        report["bytecode"] = "as the environment says (PYTHONDONTWRITEBYTECODE=%s)" % os.environ.get("PYTHONDONTWRITEBYTECODE")
+    else:
+        report["bytecode"] = f"compiled first ({compile_bytecode():.0f} s), then written as Python does by default"
+    print(f"bytecode: {report['bytecode']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         for config in args.configs.split(","):
