@@ -93,6 +93,28 @@ def job_logs(log_path: Path, err_path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
+# Jobs this worker process has run so far: the first pays the imports (JAX, the science code),
+# later ones reuse them and the in-process cache of compiled programs.
+_JOBS_IN_PROCESS = 0
+
+
+def _job_clock() -> dict:
+    """Start of a job's timings: when it started (epoch seconds, comparable with the driver's
+    stage times) and how many jobs this worker process ran before it."""
+    global _JOBS_IN_PROCESS
+    clock = {"job_started_at": time.time(), "worker_pid": os.getpid(), "worker_job_index": _JOBS_IN_PROCESS}
+    _JOBS_IN_PROCESS += 1
+    return clock
+
+
+def _import_science() -> float:
+    """Import JAX and the science code; returns the seconds it took (~0 after a worker's first job)."""
+    t0 = time.perf_counter()
+    import lambda_hat.science  # noqa: F401
+
+    return time.perf_counter() - t0
+
+
 def _setup_jax(cache_dir: str | None) -> None:
     import jax
 
@@ -103,6 +125,10 @@ def _setup_jax(cache_dir: str | None) -> None:
         # Cache every compile: on small models most compiles are under JAX's 1 s default,
         # and they are exactly what a sweep repeats across targets of the same shapes.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        # No XLA side caches under the cache directory (JAX's default adds the GPU autotuning
+        # cache): their path becomes part of every program's cache key, so a store reached by
+        # another path (moved, copied, mounted elsewhere) would miss every entry it holds.
+        jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
 
 
 def _require_shared_store(store_root: str, log_path: str) -> None:
@@ -124,12 +150,14 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
     _require_shared_store(store_root, log_path)
     layout = StoreLayout(Path(store_root))
     with job_logs(Path(log_path), Path(err_path)):
+        clock = _job_clock()
         spec = TargetSpec.model_validate(spec_json)
         tid = target_id(spec)
         print(f"building {tid} on {socket.gethostname()} (pid {os.getpid()})", flush=True)
         done = _already_complete(layout, "target", tid)
         if done is not None:
             return done
+        import_sec = _import_science()
         _setup_jax(str(layout.jax_cache_dir))
         from lambda_hat.science import build_target
 
@@ -140,7 +168,9 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
             # A target whose training diverged has no w* to measure the LLC at.
             raise RuntimeError(f"training diverged: L0 = L_n(w*) is {arrays.metrics['L0']}; lower training.learning_rate")
         manifest = _manifest("target", tid, TARGET_SCHEMA, resolved_spec(spec), status="ok",
-                             metrics=dict(arrays.metrics), timings={"build_sec": build_sec})
+                             metrics=dict(arrays.metrics),
+                             timings={"build_sec": build_sec, "import_sec": import_sec, **clock,
+                                      "write_started_at": time.time()})
         payload = {f"params/{k}": v for k, v in arrays.params.items()}
         payload.update(X=arrays.X, Y=arrays.Y)
         manifest = write_artifact(layout.target_dir(tid), payload, manifest, quarantine_dir=layout.quarantine_dir)
@@ -162,12 +192,14 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
     _require_shared_store(store_root, log_path)
     layout = StoreLayout(Path(store_root))
     with job_logs(Path(log_path), Path(err_path)):
+        clock = _job_clock()
         spec = RunSpec.model_validate(run_json)
         rid = run_id(spec)
         print(f"sampling {rid} ({spec.sampler.name}) on {spec.target_id} on {socket.gethostname()}", flush=True)
         done = _already_complete(layout, "run", rid)
         if done is not None:
             return done
+        t_read = time.perf_counter()
         tdir = layout.target_dir(spec.target_id)
         # Never sample a target that is not exactly what was built: a damaged or edited
         # target would give a wrong λ̂ recorded as `ok`.
@@ -176,13 +208,17 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
         if problems:
             raise RuntimeError(f"target {spec.target_id} is damaged ({'; '.join(problems)}); `lh verify` lists it")
         target = TargetSpec.model_validate(tman.spec)
+        read_sec = time.perf_counter() - t_read
+        import_sec = _import_science()
         _setup_jax(str(layout.jax_cache_dir))
         from lambda_hat.science import TargetArrays, sample_run
 
+        t_read = time.perf_counter()
         names = list(tman.arrays)
         loaded = read_arrays(tdir, names)
         params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
         arrays = TargetArrays(params=params, X=loaded["X"], Y=loaded["Y"], metrics=dict(tman.metrics))
+        read_sec += time.perf_counter() - t_read
         t0 = time.perf_counter()
         work = SegmentStore(layout.work_dir(rid), checkpoint_interval_s(), draws=spec.sampler.draws)
         resume = work.load()
@@ -199,7 +235,8 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
             metrics["llc_true"] = llc_true
             metrics["rel_error"] = (metrics["llc_mean"] - llc_true) / llc_true if llc_true else math.nan
         manifest = _manifest("run", rid, RUN_SCHEMA, resolved_spec(spec), status=status, metrics=metrics,
-                             timings={"sample_job_sec": total_sec})
+                             timings={"sample_job_sec": total_sec, "import_sec": import_sec, "read_sec": read_sec,
+                                      **clock, "write_started_at": time.time()})
         manifest = write_artifact(layout.run_dir(rid), {f"traces/{k}": v for k, v in result.traces.items()}, manifest,
                                   quarantine_dir=layout.quarantine_dir)
         work.remove()

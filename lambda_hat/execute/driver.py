@@ -36,6 +36,7 @@ from lambda_hat.store.manifest import Manifest
 # the terminal would be the bottleneck. The progress bar, failures and the summary stay.
 JOB_LINES_MAX = 50
 RESULT_SUFFIXES = (".parquet", ".csv")
+STAGES_FILE = "lh-stages.json"  # in the Parsl run directory (parsl_runinfo/NNN/)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class ExecuteResult:
     done_elsewhere: list[str] = field(default_factory=list)
     flagged: list[tuple[str, str, str]] = field(default_factory=list)  # (run id, status, reason)
     interrupted: str | None = None  # the signal's name
+    # When each stage of the run ended (epoch seconds) and the driver's seconds spent recording;
+    # written next to Parsl's log as STAGES_FILE, for benchmarks/startup.py and slow-start questions.
+    stages: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,7 @@ class Recorder:
         self.stop = threading.Event()
         self.busy_told = False
         self.recorded = 0
+        self.record_sec = 0.0  # time spent writing the index
         self.thread = threading.Thread(target=self._loop, name="lh-recorder", daemon=True)
         self.last_heartbeat = 0.0
 
@@ -165,7 +170,9 @@ class Recorder:
         if not batch:
             return True
         try:
+            t0 = time.perf_counter()
             self.store.record(batch, timeout_s=timeout_s)
+            self.record_sec += time.perf_counter() - t0
             self.recorded += len(batch)
             if self.busy_told:
                 self.console.print(f"  index free again: {len(batch)} waiting records written")
@@ -357,6 +364,8 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
          diagnostics: dict) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    stages = result.stages
+    stages["run_start"] = time.time()
     claims = store.claims()
     jobs = _Jobs()
     mine_t: list[PlannedTarget] = []
@@ -397,7 +406,9 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
         reaper = Reaper()
         config = _parsl_config(req, settings)
         reaper.follow(config.executors)
+        stages["parsl_start_begin"] = time.time()
         dfk, build_app, sample_app = _start_parsl(req, config)
+        stages["parsl_started"] = time.time()
         _print_where(dfk, console)
         slurm_reasons = SlurmJobReasons(dfk)
         logs = LogPaths(req.logs.resolve())
@@ -442,6 +453,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
             console.print(f"  submitted {len(mine_r) - waiting} sampler runs"
                           + (f" ({waiting} more once another lh execute has built their targets)" if waiting else ""))
 
+        stages["submitted"] = time.time()
         total = len(mine_t) + len(mine_r) + len(jobs.foreign)
         job_lines = verbose or total <= JOB_LINES_MAX
         console.print(f"\n[bold]=== Waiting for {total} jobs to complete ===[/bold]")
@@ -487,6 +499,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                             else:
                                 submit_run(item)
                             progress.update(task, total=total)
+        stages["jobs_done"] = time.time()
     except (KeyboardInterrupt, Interrupted) as err:
         result.interrupted = err.signame if isinstance(err, Interrupted) else "SIGINT"
     finally:
@@ -494,15 +507,27 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if dfk is not None:
             _shutdown(dfk, force=result.interrupted is not None)
+            stages["parsl_stopped"] = time.time()
         if reaper is not None:
             reaper.close()
         left = recorder.close()
+        stages["recorded"] = time.time()
+        stages["record_sec"] = recorder.record_sec
+        if dfk is not None:
+            _write_stages(Path(dfk.run_dir), stages)
         claims.release_all()
         for s, h in previous.items():
             signal.signal(s, h)
         if left:
             console.print(f"  [yellow]{left} records are not in the index yet[/yellow] (it stayed busy); their manifests "
                           "are complete and the next lh execute or `lh index rebuild` records them")
+
+
+def _write_stages(run_dir: Path, stages: dict) -> None:
+    try:
+        (run_dir / STAGES_FILE).write_text(json.dumps(stages, indent=1))
+    except OSError:
+        pass  # a diagnostic only
 
 
 def sampling_progress(layout, running) -> str:
@@ -525,10 +550,13 @@ def sampling_progress(layout, running) -> str:
 def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total, slurm_reasons,
             job_lines: bool = True) -> None:
     exc = fut.exception()
+    result.stages.setdefault("job_done_at", {})[job_id] = time.time()
     if exc is None:
         manifest = Manifest.model_validate(fut.result())
         try:
+            t0 = time.perf_counter()
             recorder.add(store.record_manifest(kind, job_id))
+            result.stages["read_manifest_sec"] = result.stages.get("read_manifest_sec", 0.0) + time.perf_counter() - t0
         except Exception as bad:  # the artifact the worker reported is not readable here
             result.failed.append((job_id, f"its artifact is not readable from the driver: {_reason(bad)}", err))
             progress.console.print(f"  [{k}/{total}] [red]FAILED[/red] {job_id}: {_reason(bad)}")

@@ -23,6 +23,9 @@ PROFILE_NAME = "lh.toml"
 WALLTIME_PATTERN = r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$"
 
 
+LOCAL_STRATEGY_PERIOD_S = 0.1
+
+
 def default_workers() -> int:
     return min(os.cpu_count() or 1, 8)
 
@@ -61,6 +64,10 @@ def local_config(run_dir: Path, workers: int | None = None, retries: int = 0):
         ],
         run_dir=str(run_dir),
         strategy="none",
+        # Parsl starts the init_blocks at the strategy's first poll, one period after `parsl.load`:
+        # at its default of 5 s every local execute waited 5 s for its workers. A poll here checks
+        # a clock (the provider is asked for block status only every few seconds), so it costs nothing.
+        strategy_period=LOCAL_STRATEGY_PERIOD_S,
         retries=retries,
     )
 
