@@ -160,6 +160,7 @@ def execute_cmd(
     retries: Annotated[int, typer.Option(min=0, help="Retry a failed job this many times (Parsl retries).")] = 0,
     max_runs: MaxRunsOpt = 1_000_000,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A line for every job submitted and completed (by default: one line per stage, the progress bar, failures; completions too up to 50 jobs).")] = False,
+    batch_runs: Annotated[bool, typer.Option("--batch-runs", help="Sample the runs of one target that differ only in seed, beta, gamma or SGLD step size as one vmapped job each (numbers equal in law, not bit for bit, to runs sampled alone).")] = False,
     promote: Annotated[bool, typer.Option("--promote", help="After the runs, draw the sweep's gallery (as lh promote SWEEP).")] = False,
     promote_dir: Annotated[Path, typer.Option(help="Gallery folder for --promote.")] = Path("gallery"),
     profile: Annotated[Optional[Path], typer.Option(help="Cluster profile: TOML with a [slurm] table (default: ./lh.toml if present).", rich_help_panel=SLURM)] = None,
@@ -195,7 +196,7 @@ def execute_cmd(
                  scheduler_options=scheduler_options, launcher=launcher.value if launcher else None, address=address)
     request = ExecuteRequest(sweep_path=sweep, store=store, backend=backend.value, workers=workers, logs=logs,
                              results=results, retries=retries, max_runs=max_runs, profile=profile or slurm_config, slurm_flags=flags,
-                             parsl_config=parsl_config, verbose=verbose)
+                             parsl_config=parsl_config, verbose=verbose, batch_runs=batch_runs)
     outcome = execute(request, console)
     if promote and outcome.interrupted is None:
         console.print("\n[bold]=== Stage C: Promoting results ===[/bold]")

@@ -183,9 +183,9 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
     """`inputs` carries the target build's future when the target is built in this sweep:
     Parsl starts this job only once it has resolved. `diagnostics`: the sweep's thresholds for
     flagging the finished run (`specs.DiagnosticsSpec`; its defaults when None)."""
-    from lambda_hat.ids import RUN_SCHEMA, resolved_spec, run_id
+    from lambda_hat.ids import run_id
     from lambda_hat.specs import DiagnosticsSpec, RunSpec, TargetSpec
-    from lambda_hat.store.artifacts import read_arrays, verify, write_artifact
+    from lambda_hat.store.artifacts import read_arrays, verify
     from lambda_hat.store.store import check_manifest
     from lambda_hat.store.layout import StoreLayout
 
@@ -227,22 +227,87 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
         result = sample_run(spec, target, arrays, resume=resume, on_segment=work.on_segment,
                             diagnostics=DiagnosticsSpec.model_validate(diagnostics or {}))
         total_sec = time.perf_counter() - t0
-        status = result.metrics.get("status", "ok")
-        metrics = dict(result.metrics)
-        llc_true = tman.metrics.get("llc_true")
-        if llc_true is not None:
-            # Targets with a known λ carry it into their runs' results.
-            metrics["llc_true"] = llc_true
-            metrics["rel_error"] = (metrics["llc_mean"] - llc_true) / llc_true if llc_true else math.nan
-        manifest = _manifest("run", rid, RUN_SCHEMA, resolved_spec(spec), status=status, metrics=metrics,
-                             timings={"sample_job_sec": total_sec, "import_sec": import_sec, "read_sec": read_sec,
-                                      **clock, "write_started_at": time.time()})
-        manifest = write_artifact(layout.run_dir(rid), {f"traces/{k}": v for k, v in result.traces.items()}, manifest,
-                                  quarantine_dir=layout.quarantine_dir)
+        manifest = _write_run(layout, spec, rid, result, tman, {"sample_job_sec": total_sec, "import_sec": import_sec,
+                                                                "read_sec": read_sec, **clock})
         work.remove()
-        m = result.metrics
-        print(f"llc_mean={m.get('llc_mean')} llc_std={m.get('llc_std')} r_hat={m.get('r_hat')} status={status}", flush=True)
-        return manifest.to_json_dict()
+        return manifest
+
+
+def _write_run(layout, spec, rid: str, result, tman, timings: dict) -> dict:
+    """The run's artifact (its traces, then its manifest), written atomically; returns the manifest."""
+    from lambda_hat.ids import RUN_SCHEMA, resolved_spec
+    from lambda_hat.store.artifacts import write_artifact
+
+    status = result.metrics.get("status", "ok")
+    metrics = dict(result.metrics)
+    llc_true = tman.metrics.get("llc_true")
+    if llc_true is not None:
+        # Targets with a known λ carry it into their runs' results.
+        metrics["llc_true"] = llc_true
+        metrics["rel_error"] = (metrics["llc_mean"] - llc_true) / llc_true if llc_true else math.nan
+    manifest = _manifest("run", rid, RUN_SCHEMA, resolved_spec(spec), status=status, metrics=metrics,
+                         timings={**timings, "write_started_at": time.time()})
+    manifest = write_artifact(layout.run_dir(rid), {f"traces/{k}": v for k, v in result.traces.items()}, manifest,
+                              quarantine_dir=layout.quarantine_dir)
+    m = result.metrics
+    print(f"{rid}: llc_mean={m.get('llc_mean')} llc_std={m.get('llc_std')} r_hat={m.get('r_hat')} status={status}",
+          flush=True)
+    return manifest.to_json_dict()
+
+
+def run_sampler_batch_job(run_jsons: list, store_root: str, log_path: str, err_path: str, inputs: list = (),
+                          diagnostics: dict | None = None) -> list:
+    """Several runs of one target that differ only in seed, β, γ or runtime scalars
+    (`pipeline.batch_key`), sampled as one vmapped program (`lh execute --batch-runs`). Each run
+    gets its own artifact and manifest, written as soon as the batch is done; runs already complete
+    are returned as they are. Returns one manifest per run, in order. No checkpoints: a killed
+    batch starts again (its finished runs are kept)."""
+    from lambda_hat.ids import run_id
+    from lambda_hat.specs import DiagnosticsSpec, RunSpec, TargetSpec
+    from lambda_hat.store.artifacts import read_arrays, verify
+    from lambda_hat.store.layout import StoreLayout
+    from lambda_hat.store.store import check_manifest
+
+    _require_shared_store(store_root, log_path)
+    layout = StoreLayout(Path(store_root))
+    with job_logs(Path(log_path), Path(err_path)):
+        clock = _job_clock()
+        specs = [RunSpec.model_validate(j) for j in run_jsons]
+        rids = [run_id(s) for s in specs]
+        print(f"sampling {len(specs)} runs as one batch ({specs[0].sampler.name}) on {specs[0].target_id} "
+              f"on {socket.gethostname()}: {', '.join(rids)}", flush=True)
+        out: dict[str, dict] = {}
+        for rid in rids:
+            done = _already_complete(layout, "run", rid)
+            if done is not None:
+                out[rid] = done
+        todo = [(s, r) for s, r in zip(specs, rids) if r not in out]
+        if todo:
+            t_read = time.perf_counter()
+            tdir = layout.target_dir(specs[0].target_id)
+            tman, _ = check_manifest(tdir, "target")
+            problems = verify(tdir, "target")
+            if problems:
+                raise RuntimeError(f"target {specs[0].target_id} is damaged ({'; '.join(problems)}); `lh verify` lists it")
+            target = TargetSpec.model_validate(tman.spec)
+            import_sec = _import_science()
+            _setup_jax(str(layout.jax_cache_dir))
+            from lambda_hat.science import TargetArrays
+            from lambda_hat.science.pipeline import sample_runs
+
+            loaded = read_arrays(tdir, list(tman.arrays))
+            params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
+            arrays = TargetArrays(params=params, X=loaded["X"], Y=loaded["Y"], metrics=dict(tman.metrics))
+            read_sec = time.perf_counter() - t_read
+            t0 = time.perf_counter()
+            results = sample_runs([s for s, _ in todo], target, arrays,
+                                  diagnostics=DiagnosticsSpec.model_validate(diagnostics or {}))
+            total_sec = time.perf_counter() - t0
+            for (spec, rid), result in zip(todo, results):
+                out[rid] = _write_run(layout, spec, rid, result, tman,
+                                      {"sample_job_sec": total_sec, "batch_runs": len(todo), "import_sec": import_sec,
+                                       "read_sec": read_sec, **clock})
+        return [out[r] for r in rids]
 
 
 CHECKPOINT_SEC_ENV = "LH_CHECKPOINT_SEC"

@@ -54,6 +54,9 @@ class ExecuteRequest:
     max_runs: int = 1_000_000
     parsl_run_dir: Path = Path("parsl_runinfo")
     verbose: bool = False  # a line per submitted job, and per completed job at any scale
+    # Sample runs of one target that differ only in seed, β, γ or runtime scalars as one vmapped
+    # job (`pipeline.sample_runs`), at most BATCH_RUNS_MAX runs a job.
+    batch_runs: bool = False
 
 
 @dataclass
@@ -216,7 +219,7 @@ class _Jobs:
     """Submitted futures and the artifacts other drivers hold, for one execute."""
 
     def __init__(self):
-        self.futures: dict[Any, tuple[str, str, Path]] = {}  # future -> (kind, id, err log)
+        self.futures: dict[Any, tuple[str, Any, Path]] = {}  # future -> (kind, id (a batch: its run ids), err log)
         self.target_futures: dict[str, Any] = {}
         self.foreign: dict[str, tuple[str, Any]] = {}  # id -> (kind, planned item)
         self.runs_waiting_on: dict[str, list[PlannedRun]] = {}  # foreign target -> runs
@@ -407,7 +410,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
         config = _parsl_config(req, settings)
         reaper.follow(config.executors)
         stages["parsl_start_begin"] = time.time()
-        dfk, build_app, sample_app = _start_parsl(req, config)
+        dfk, build_app, sample_app, batch_app = _start_parsl(req, config)
         stages["parsl_started"] = time.time()
         _print_where(dfk, console)
         slurm_reasons = SlurmJobReasons(dfk)
@@ -434,6 +437,16 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                              diagnostics=diagnostics)
             jobs.futures[fut] = ("run", r.run_id, err)
 
+        def submit_batch(group: list[PlannedRun]) -> None:
+            log, err = logs.run(group[0])
+            dep = jobs.target_futures.get(group[0].target_id)
+            if verbose:
+                console.print(f"  Submitting {len(group)} {group[0].setting.sampler.name} runs as one batch for "
+                              f"{group[0].target_id} ({', '.join(r.run_id for r in group)})")
+            fut = batch_app([r.spec.model_dump(mode="json") for r in group], store_root, str(log), str(err),
+                            inputs=[dep] if dep else [], diagnostics=diagnostics)
+            jobs.futures[fut] = ("batch", [r.run_id for r in group], err)
+
         console.print("\n[bold]=== Stage A: Building Targets ===[/bold]")
         if not mine_t:
             console.print(f"  no targets to build here ({len(p.targets_cached)} already in the store)")
@@ -442,12 +455,18 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
         if mine_t:
             console.print(f"  submitted {len(mine_t)} target builds")
         console.print("\n[bold]=== Stage B: Running Samplers ===[/bold]")
+        ready = []
         for r in mine_r:
             tid = r.target_id
             if tid in jobs.foreign:
                 jobs.runs_waiting_on.setdefault(tid, []).append(r)
             else:
-                submit_run(r)
+                ready.append(r)
+        for group in (batches(ready) if req.batch_runs else [[r] for r in ready]):
+            if len(group) == 1:
+                submit_run(group[0])
+            else:
+                submit_batch(group)
         if mine_r:
             waiting = sum(map(len, jobs.runs_waiting_on.values()))
             console.print(f"  submitted {len(mine_r) - waiting} sampler runs"
@@ -467,10 +486,11 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                                                   return_when=concurrent.futures.FIRST_COMPLETED)
                 for fut in done:
                     kind, job_id, err = jobs.futures.pop(fut)
-                    k += 1
-                    _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total, slurm_reasons,
-                            job_lines)
-                    progress.advance(task)
+                    for kind, job_id, fut in (_unbatch(fut, job_id) if kind == "batch" else [(kind, job_id, fut)]):
+                        k += 1
+                        _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total,
+                                slurm_reasons, job_lines)
+                        progress.advance(task)
                 progress.update(task, description=f"jobs{sampling_progress(store.layout, jobs.futures.values())}")
                 if jobs.foreign and time.monotonic() - last_poll > 2.0:
                     last_poll = time.monotonic()
@@ -521,6 +541,34 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
         if left:
             console.print(f"  [yellow]{left} records are not in the index yet[/yellow] (it stayed busy); their manifests "
                           "are complete and the next lh execute or `lh index rebuild` records them")
+
+
+BATCH_RUNS_MAX = 64  # runs per batched job: their chains' states and traces are held together
+
+
+def batches(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
+    """`runs` grouped for `--batch-runs`: runs with the same `pipeline.batch_key` (same target, same
+    settings but for seed, β, γ and runtime scalars), in plan order, at most BATCH_RUNS_MAX a group."""
+    from lambda_hat.science.pipeline import batch_key
+
+    groups: dict[str, list[PlannedRun]] = {}
+    for r in runs:
+        groups.setdefault(batch_key(r.spec), []).append(r)
+    return [g[i:i + BATCH_RUNS_MAX] for g in groups.values() for i in range(0, len(g), BATCH_RUNS_MAX)]
+
+
+def _unbatch(fut, run_ids: list[str]) -> list[tuple[str, str, concurrent.futures.Future]]:
+    """A batched job's future as one finished future per run: its manifest, or the batch's error."""
+    exc = fut.exception()
+    out = []
+    for i, rid in enumerate(run_ids):
+        f: concurrent.futures.Future = concurrent.futures.Future()
+        if exc is None:
+            f.set_result(fut.result()[i])
+        else:
+            f.set_exception(exc)
+        out.append(("run", rid, f))
+    return out
 
 
 def _write_stages(run_dir: Path, stages: dict) -> None:
@@ -596,7 +644,9 @@ def _start_parsl(req: ExecuteRequest, config):
         dfk = parsl.load(config)
     except Exception as err:
         raise ExecutorStartError(f"could not start Parsl: {_reason(err)} (Parsl logs: {req.parsl_run_dir})") from err
-    return dfk, python_app(apps.build_target_job, data_flow_kernel=dfk), python_app(apps.run_sampler_job, data_flow_kernel=dfk)
+    return (dfk, python_app(apps.build_target_job, data_flow_kernel=dfk),
+            python_app(apps.run_sampler_job, data_flow_kernel=dfk),
+            python_app(apps.run_sampler_batch_job, data_flow_kernel=dfk))
 
 
 def _print_where(dfk, console: Console) -> None:
