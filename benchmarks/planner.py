@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -89,12 +90,18 @@ runpy.run_module("lambda_hat.cli", run_name="__main__")
 """
 
 
+CPU_S: list[float] = []  # CPU seconds (user + sys) of each `lh` process, in order: less moved by other load than wall
+
+
 def lh_rss(args: list[str], cwd: Path, pyc: bool = True) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS bytes, stdout) of one `lh` process."""
+    """(wall seconds, peak RSS bytes, stdout) of one `lh` process; its CPU seconds go to CPU_S."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _LAUNCH, *args], cwd=cwd, env=lh_env(pyc), capture_output=True,
                           text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_S.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"lh {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     peak = [line for line in proc.stderr.splitlines() if line.startswith("lh-peak-kib ")]
@@ -102,12 +109,18 @@ def lh_rss(args: list[str], cwd: Path, pyc: bool = True) -> tuple[float, int, st
 
 
 def median_of(repeat: int, fn):
-    walls, rsss, out = [], [], ""
+    """(median wall, max peak RSS, last stdout); the median CPU seconds are in LAST_CPU[0]."""
+    walls, rsss, cpus, out = [], [], [], ""
     for _ in range(repeat):
         wall, rss, out = fn()
         walls.append(wall)
         rsss.append(rss)
+        cpus.append(CPU_S[-1])
+    LAST_CPU[:] = [statistics.median(cpus)]
     return statistics.median(walls), max(rsss), out
+
+
+LAST_CPU: list[float] = [0.0]
 
 
 def fake_full_store(root: Path, sweep_path: Path) -> tuple[int, int]:
@@ -216,7 +229,7 @@ def main() -> None:
             empty = tmp / f"empty_{n}"
             wall, rss, out = median_of(args.repeat, lambda: lh_rss(["plan", str(sweep), "--store", str(empty)], tmp))
             assert f"{n} runs to sample" in out.replace(",", ""), out[-500:]
-            row.update(empty_s=wall, empty_rss_mib=rss / 2**20, empty_phases=phases(sweep, empty))
+            row.update(empty_s=wall, empty_cpu_s=LAST_CPU[0], empty_rss_mib=rss / 2**20, empty_phases=phases(sweep, empty))
             if not args.no_full:
                 full = tmp / f"full_{n}"
                 t0 = time.perf_counter()
@@ -224,7 +237,7 @@ def main() -> None:
                 row["full_store_build_s"] = time.perf_counter() - t0
                 wall, rss, out = median_of(args.repeat, lambda: lh_rss(["plan", str(sweep), "--store", str(full)], tmp))
                 assert "0 runs to sample" in out, out[-500:]
-                row.update(full_s=wall, full_rss_mib=rss / 2**20, full_phases=phases(sweep, full))
+                row.update(full_s=wall, full_cpu_s=LAST_CPU[0], full_rss_mib=rss / 2**20, full_phases=phases(sweep, full))
                 assert row["full_phases"]["cached"] == n
                 import shutil
 
@@ -256,14 +269,17 @@ def main() -> None:
             return lh_rss(argv, tmp)
 
         wall, rss, out = median_of(args.repeat, lambda: lh_rss(argv, tmp))
+        cpu = LAST_CPU[0]
         duck_wall, duck_rss, _ = median_of(args.repeat, without_sidecar)
+        duck_cpu = LAST_CPU[0]
         lh_rss(argv, tmp)  # puts the sidecar back
         err = lh_imports(argv, tmp)
         no_pyc, _, _ = median_of(args.repeat, lambda: lh_rss(argv, tmp, pyc=False))
         report["noop_execute"] = {"runs": 1000, "store_build_s": build_s, "first_s": first, "seconds": wall,
                                   "rss_mib": rss / 2**20, "heavy_imports": imported(err), "duckdb_imported": "duckdb" in
                                   {n.split(".")[0] for n in imported_names(err)}, "seconds_without_sidecar": duck_wall,
-                                  "rss_mib_without_sidecar": duck_rss / 2**20, "seconds_no_pyc": no_pyc}
+                                  "rss_mib_without_sidecar": duck_rss / 2**20, "seconds_no_pyc": no_pyc,
+                                  "cpu_s": cpu, "cpu_s_without_sidecar": duck_cpu}
         print(f"no-op execute (1,000 runs): {wall:.2f}s, {duck_wall:.2f}s without the sidecar, {no_pyc:.2f}s without .pyc "
               f"(first, which indexes and writes results: {first:.2f}s)", flush=True)
 
@@ -274,10 +290,11 @@ def main() -> None:
         for name, argv in commands.items():
             lh_rss(argv, tmp)
             wall, rss, _ = median_of(args.repeat, lambda: lh_rss(argv, tmp))
+            cpu = LAST_CPU[0]
             no_pyc, _, _ = median_of(args.repeat, lambda: lh_rss(argv, tmp, pyc=False))
             err = lh_imports(argv, tmp)
             report["startup"][name] = {"seconds": wall, "rss_mib": rss / 2**20, "heavy_imports": imported(err),
-                                       "seconds_no_pyc": no_pyc}
+                                       "seconds_no_pyc": no_pyc, "cpu_s": cpu}
 
     print()
     print(f"{'plan':<12}{'runs':>11}{'seconds':>10}{'peak MiB':>10}{'load':>8}{'expand':>8}{'snapshot':>10}{'plan':>7}")
@@ -289,14 +306,14 @@ def main() -> None:
             print(f"{kind + ' store':<12}{row['runs']:>11,}{row[f'{kind}_s']:>10.2f}{row[f'{kind}_rss_mib']:>10.0f}"
                   f"{ph['load']:>8.2f}{ph['expand']:>8.2f}{ph['snapshot']:>10.2f}{ph['plan']:>7.2f}")
     print()
-    print(f"{'command':<38}{'seconds':>9}{'no .pyc':>9}{'peak MiB':>10}  jax/parsl/zarr imported")
+    print(f"{'command':<38}{'seconds':>9}{'CPU s':>7}{'no .pyc':>9}{'peak MiB':>10}  jax/parsl/zarr imported")
     ne = report["noop_execute"]
-    print(f"{'lh execute, no-op (1,000 runs)':<38}{ne['seconds']:>9.2f}{ne['seconds_no_pyc']:>9.2f}{ne['rss_mib']:>10.0f}"
-          f"  {', '.join(ne['heavy_imports']) or 'none'}{'' if ne['duckdb_imported'] else ' (nor duckdb)'}")
-    print(f"{'  the same, without .index.stats':<38}{ne['seconds_without_sidecar']:>9.2f}{'':>9}"
-          f"{ne['rss_mib_without_sidecar']:>10.0f}")
+    print(f"{'lh execute, no-op (1,000 runs)':<38}{ne['seconds']:>9.2f}{ne['cpu_s']:>7.2f}{ne['seconds_no_pyc']:>9.2f}"
+          f"{ne['rss_mib']:>10.0f}  {', '.join(ne['heavy_imports']) or 'none'}{'' if ne['duckdb_imported'] else ' (nor duckdb)'}")
+    print(f"{'  the same, without .index.stats':<38}{ne['seconds_without_sidecar']:>9.2f}{ne['cpu_s_without_sidecar']:>7.2f}"
+          f"{'':>9}{ne['rss_mib_without_sidecar']:>10.0f}")
     for name, r in report["startup"].items():
-        print(f"{name:<38}{r['seconds']:>9.2f}{r['seconds_no_pyc']:>9.2f}{r['rss_mib']:>10.0f}"
+        print(f"{name:<38}{r['seconds']:>9.2f}{r['cpu_s']:>7.2f}{r['seconds_no_pyc']:>9.2f}{r['rss_mib']:>10.0f}"
               f"  {', '.join(r['heavy_imports']) or 'none'}")
     out_path = Path(__file__).parent / "results" / (f"planner-{args.code.name}.json" if args.code else "planner.json")
     out_path.write_text(json.dumps(report, indent=1) + "\n")
