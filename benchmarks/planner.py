@@ -315,7 +315,7 @@ def main() -> None:
     for name, r in report["startup"].items():
         print(f"{name:<38}{r['seconds']:>9.2f}{r['cpu_s']:>7.2f}{r['seconds_no_pyc']:>9.2f}{r['rss_mib']:>10.0f}"
               f"  {', '.join(r['heavy_imports']) or 'none'}")
-    out_path = Path(__file__).parent / "results" / (f"planner-{args.code.name}.json" if args.code else "planner.json")
+    out_path = Path(__file__).parent / "results" / (f"planner-{report['commit'] or args.code.name}.json" if args.code else "planner.json")
     out_path.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out_path}")
 
