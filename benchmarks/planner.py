@@ -22,7 +22,7 @@ Times, each as a fresh `lh` process (what a user waits for) with its peak RSS:
 
 Python's bytecode cache: each `lh` process runs with one (PYTHONPYCACHEPREFIX in a temporary
 directory, filled by a first call), as an installed tool runs from its second call on. Where
-the environment sets PYTHONDONTWRITEBYTECODE (this project's CI and sandboxes do), every process
+the environment sets PYTHONDONTWRITEBYTECODE (the sandboxes this was written in do), every process
 would otherwise compile each module from source again (~0.5 s more per `lh` process); the
 "no .pyc" column measures the command that way too.
 
