@@ -14,9 +14,20 @@ Times, each as a fresh `lh` process (what a user waits for) with its peak RSS:
                         real manifests that have not changed since they were indexed
 * in-process phases     load (YAML → Sweep), expand (IDs), snapshot, plan, for the same sweeps
 * no-op execute         `lh execute` of a completed 1,000-run store (real artifacts, built as
-                        benchmarks/store.py builds them): the second and later calls
+                        benchmarks/store.py builds them): later calls, with the index's stats
+                        sidecar (`.index.stats`, written by the first in-step execute once the
+                        index file is 2 s old) and without it (read from DuckDB)
 * start-up              `lh --help`, `lh plan` (a 2-run sweep), `lh query`, `lh status`: wall time,
                         and whether the process imported jax, parsl or zarr (`-X importtime`)
+
+Python's bytecode cache: each `lh` process runs with one (PYTHONPYCACHEPREFIX in a temporary
+directory, filled by a first call), as an installed tool runs from its second call on. Where
+the environment sets PYTHONDONTWRITEBYTECODE (the sandboxes this was written in do), every process
+would otherwise compile each module from source again (~0.5 s more per `lh` process); the
+"no .pyc" column measures the command that way too.
+
+--code DIR measures the `lambda_hat` package in DIR (e.g. a worktree of an older commit) in
+place of this checkout's, so that before and after run side by side on one machine.
 
 Each figure is the median of --repeat runs. Prints a table; writes benchmarks/results/planner.json.
 """
@@ -27,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,6 +52,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 SHAPES = {1_000: (10, 100), 10_000: (100, 100), 100_000: (1_000, 100), 1_000_000: (1_000, 1_000)}
 HEAVY = ("jax", "jaxlib", "parsl", "zarr")
+ENV: dict[str, str] = {}  # set in main(): bytecode cache, --code
+
+
+def lh_env(pyc: bool = True) -> dict[str, str]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "COLUMNS": "160", **ENV}
+    if not pyc:  # a prefix that stays empty: every module compiled from source, every time
+        env["PYTHONPYCACHEPREFIX"], env["PYTHONDONTWRITEBYTECODE"] = ENV["LH_BENCH_NO_PYC"], "1"
+    return env
 
 
 def sweep_yaml(n_targets: int, n_seeds: int) -> str:
@@ -49,8 +69,7 @@ def sweep_yaml(n_targets: int, n_seeds: int) -> str:
 
 def lh_imports(args: list[str], cwd: Path) -> str:
     """The `-X importtime` report (stderr) of one `lh` process."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "COLUMNS": "160"}
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "lambda_hat.cli", *args], cwd=cwd, env=env,
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "lambda_hat.cli", *args], cwd=cwd, env=lh_env(),
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"lh {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -71,12 +90,18 @@ runpy.run_module("lambda_hat.cli", run_name="__main__")
 """
 
 
-def lh_rss(args: list[str], cwd: Path) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS bytes, stdout) of one `lh` process."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "COLUMNS": "160"}
+CPU_S: list[float] = []  # CPU seconds (user + sys) of each `lh` process, in order: less moved by other load than wall
+
+
+def lh_rss(args: list[str], cwd: Path, pyc: bool = True) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS bytes, stdout) of one `lh` process; its CPU seconds go to CPU_S."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _LAUNCH, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", _LAUNCH, *args], cwd=cwd, env=lh_env(pyc), capture_output=True,
+                          text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_S.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"lh {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     peak = [line for line in proc.stderr.splitlines() if line.startswith("lh-peak-kib ")]
@@ -84,12 +109,18 @@ def lh_rss(args: list[str], cwd: Path) -> tuple[float, int, str]:
 
 
 def median_of(repeat: int, fn):
-    walls, rsss, out = [], [], ""
+    """(median wall, max peak RSS, last stdout); the median CPU seconds are in LAST_CPU[0]."""
+    walls, rsss, cpus, out = [], [], [], ""
     for _ in range(repeat):
         wall, rss, out = fn()
         walls.append(wall)
         rsss.append(rss)
+        cpus.append(CPU_S[-1])
+    LAST_CPU[:] = [statistics.median(cpus)]
     return statistics.median(walls), max(rsss), out
+
+
+LAST_CPU: list[float] = [0.0]
 
 
 def fake_full_store(root: Path, sweep_path: Path) -> tuple[int, int]:
@@ -152,14 +183,21 @@ t5 = time.perf_counter()
 print(json.dumps({{"import": t1 - t0, "load": t2 - t1, "expand": t3 - t2, "snapshot": t4 - t3, "plan": t5 - t4,
                   "cached": len(p.runs_cached)}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=lh_env())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def imported_names(stderr: str) -> set[str]:
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
 def imported(stderr: str) -> list[str]:
-    names = {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
-    return sorted(n for n in names if n.split(".")[0] in HEAVY)
+    return sorted(n for n in imported_names(stderr) if n.split(".")[0] in HEAVY)
+
+
+def commit_of(code: Path) -> str | None:
+    out = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or None
 
 
 def main() -> None:
@@ -167,12 +205,22 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=sorted(SHAPES), choices=sorted(SHAPES))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-full", action="store_true", help="skip the full-store plans (their stores take a while to fake)")
+    ap.add_argument("--code", type=Path, help="measure the lambda_hat package in this directory (e.g. an older commit's worktree)")
     args = ap.parse_args()
-    report: dict = {"plan": [], "noop_execute": {}, "startup": {},
+    code = (args.code or REPO).resolve()
+    report: dict = {"plan": [], "noop_execute": {}, "startup": {}, "code": str(code), "commit": commit_of(code),
                     "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                                 "platform": platform.platform(), "load_average_at_start": os.getloadavg()}}
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
+        ENV.update(PYTHONPYCACHEPREFIX=str(tmp / "pyc"), LH_BENCH_NO_PYC=str(tmp / "no-pyc"))
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        if args.code is not None:
+            ENV["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])
+        small = tmp / "small.yaml"
+        small.write_text(sweep_yaml(2, 1))
+        lh_rss(["plan", str(small), "--store", str(tmp / "warm")], tmp)  # fills the bytecode cache (lh execute's
+        # modules with the first execute below, lh query's and lh status's with a call before they are timed)
         for n in args.sizes:
             n_t, n_s = SHAPES[n]
             sweep = tmp / f"sweep_{n}.yaml"
@@ -181,7 +229,7 @@ def main() -> None:
             empty = tmp / f"empty_{n}"
             wall, rss, out = median_of(args.repeat, lambda: lh_rss(["plan", str(sweep), "--store", str(empty)], tmp))
             assert f"{n} runs to sample" in out.replace(",", ""), out[-500:]
-            row.update(empty_s=wall, empty_rss_mib=rss / 2**20, empty_phases=phases(sweep, empty))
+            row.update(empty_s=wall, empty_cpu_s=LAST_CPU[0], empty_rss_mib=rss / 2**20, empty_phases=phases(sweep, empty))
             if not args.no_full:
                 full = tmp / f"full_{n}"
                 t0 = time.perf_counter()
@@ -189,7 +237,7 @@ def main() -> None:
                 row["full_store_build_s"] = time.perf_counter() - t0
                 wall, rss, out = median_of(args.repeat, lambda: lh_rss(["plan", str(sweep), "--store", str(full)], tmp))
                 assert "0 runs to sample" in out, out[-500:]
-                row.update(full_s=wall, full_rss_mib=rss / 2**20, full_phases=phases(sweep, full))
+                row.update(full_s=wall, full_cpu_s=LAST_CPU[0], full_rss_mib=rss / 2**20, full_phases=phases(sweep, full))
                 assert row["full_phases"]["cached"] == n
                 import shutil
 
@@ -210,22 +258,43 @@ def main() -> None:
         argv = ["execute", str(sweep), "--store", str(root), "--results", str(tmp / "r.parquet"), "--logs", str(tmp / "logs")]
         first, _, out = lh_rss(argv, tmp)  # indexes the store, writes the results
         assert "nothing to do" in out and "1000 runs" in out, out[-800:]
+        # A user's next execute comes more than 2 s later: the index file is then old enough for
+        # the in-step execute to leave its stats in `.index.stats` (see store/index.py).
+        time.sleep(2.5)
+        lh_rss(argv, tmp)
+        sidecar = root / ".index.stats"
+
+        def without_sidecar():
+            sidecar.unlink(missing_ok=True)
+            return lh_rss(argv, tmp)
+
         wall, rss, out = median_of(args.repeat, lambda: lh_rss(argv, tmp))
+        cpu = LAST_CPU[0]
+        duck_wall, duck_rss, _ = median_of(args.repeat, without_sidecar)
+        duck_cpu = LAST_CPU[0]
+        lh_rss(argv, tmp)  # puts the sidecar back
         err = lh_imports(argv, tmp)
+        no_pyc, _, _ = median_of(args.repeat, lambda: lh_rss(argv, tmp, pyc=False))
         report["noop_execute"] = {"runs": 1000, "store_build_s": build_s, "first_s": first, "seconds": wall,
-                                  "rss_mib": rss / 2**20, "heavy_imports": imported(err)}
-        print(f"no-op execute (1,000 runs): {wall:.2f}s (first, which indexes and writes results: {first:.2f}s)", flush=True)
+                                  "rss_mib": rss / 2**20, "heavy_imports": imported(err), "duckdb_imported": "duckdb" in
+                                  {n.split(".")[0] for n in imported_names(err)}, "seconds_without_sidecar": duck_wall,
+                                  "rss_mib_without_sidecar": duck_rss / 2**20, "seconds_no_pyc": no_pyc,
+                                  "cpu_s": cpu, "cpu_s_without_sidecar": duck_cpu}
+        print(f"no-op execute (1,000 runs): {wall:.2f}s, {duck_wall:.2f}s without the sidecar, {no_pyc:.2f}s without .pyc "
+              f"(first, which indexes and writes results: {first:.2f}s)", flush=True)
 
         # Start-up of the light commands.
-        small = tmp / "small.yaml"
-        small.write_text(sweep_yaml(2, 1))
         commands = {"lh --help": ["--help"], "lh plan (2 runs)": ["plan", str(small), "--store", str(root)],
                     "lh query": ["query", "select count(*) from runs", "--store", str(root)],
                     "lh status": ["status", "--store", str(root)]}
         for name, argv in commands.items():
+            lh_rss(argv, tmp)
             wall, rss, _ = median_of(args.repeat, lambda: lh_rss(argv, tmp))
+            cpu = LAST_CPU[0]
+            no_pyc, _, _ = median_of(args.repeat, lambda: lh_rss(argv, tmp, pyc=False))
             err = lh_imports(argv, tmp)
-            report["startup"][name] = {"seconds": wall, "rss_mib": rss / 2**20, "heavy_imports": imported(err)}
+            report["startup"][name] = {"seconds": wall, "rss_mib": rss / 2**20, "heavy_imports": imported(err),
+                                       "seconds_no_pyc": no_pyc, "cpu_s": cpu}
 
     print()
     print(f"{'plan':<12}{'runs':>11}{'seconds':>10}{'peak MiB':>10}{'load':>8}{'expand':>8}{'snapshot':>10}{'plan':>7}")
@@ -237,12 +306,16 @@ def main() -> None:
             print(f"{kind + ' store':<12}{row['runs']:>11,}{row[f'{kind}_s']:>10.2f}{row[f'{kind}_rss_mib']:>10.0f}"
                   f"{ph['load']:>8.2f}{ph['expand']:>8.2f}{ph['snapshot']:>10.2f}{ph['plan']:>7.2f}")
     print()
-    print(f"{'command':<34}{'seconds':>9}{'peak MiB':>10}  jax/parsl/zarr imported")
+    print(f"{'command':<38}{'seconds':>9}{'CPU s':>7}{'no .pyc':>9}{'peak MiB':>10}  jax/parsl/zarr imported")
     ne = report["noop_execute"]
-    print(f"{'lh execute, no-op (1,000 runs)':<34}{ne['seconds']:>9.2f}{ne['rss_mib']:>10.0f}  {', '.join(ne['heavy_imports']) or 'none'}")
+    print(f"{'lh execute, no-op (1,000 runs)':<38}{ne['seconds']:>9.2f}{ne['cpu_s']:>7.2f}{ne['seconds_no_pyc']:>9.2f}"
+          f"{ne['rss_mib']:>10.0f}  {', '.join(ne['heavy_imports']) or 'none'}{'' if ne['duckdb_imported'] else ' (nor duckdb)'}")
+    print(f"{'  the same, without .index.stats':<38}{ne['seconds_without_sidecar']:>9.2f}{ne['cpu_s_without_sidecar']:>7.2f}"
+          f"{'':>9}{ne['rss_mib_without_sidecar']:>10.0f}")
     for name, r in report["startup"].items():
-        print(f"{name:<34}{r['seconds']:>9.2f}{r['rss_mib']:>10.0f}  {', '.join(r['heavy_imports']) or 'none'}")
-    out_path = Path(__file__).parent / "results" / "planner.json"
+        print(f"{name:<38}{r['seconds']:>9.2f}{r['cpu_s']:>7.2f}{r['seconds_no_pyc']:>9.2f}{r['rss_mib']:>10.0f}"
+              f"  {', '.join(r['heavy_imports']) or 'none'}")
+    out_path = Path(__file__).parent / "results" / (f"planner-{report['commit'] or args.code.name}.json" if args.code else "planner.json")
     out_path.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out_path}")
 

@@ -20,7 +20,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape as rich_escape
-from rich.table import Table
+
+from lambda_hat.errors import BadInput, LhError
 
 app = typer.Typer(
     name="lh",
@@ -46,18 +47,11 @@ class Backend(str, enum.Enum):
     slurm = "slurm"
 
 
-def _bad_input(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
-    return typer.Exit(2)
-
-
 def _domain_errors(fn):
     """Turn the core's domain errors into one line on stderr and their exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from lambda_hat.errors import LhError
-
         try:
             return fn(*args, **kwargs)
         except LhError as err:
@@ -77,7 +71,6 @@ def _store_for_reading(store: str | None, sweep_store_root: str | None = None):
 
 
 def _load(sweep_path: Path, store: str | None, max_runs: int = 1_000_000):
-    from lambda_hat.errors import BadInput
     from lambda_hat.planner import expand
     from lambda_hat.sweep import SweepError, load_sweep
 
@@ -102,6 +95,8 @@ def plan_cmd(
     max_runs: MaxRunsOpt = 1_000_000,
 ) -> None:
     """Show what `lh execute` would build and sample, and what the store already holds."""
+    from rich.table import Table
+
     from lambda_hat.planner import plan
 
     _, expanded, st = _load(sweep, store, max_runs)
@@ -185,7 +180,6 @@ def execute_cmd(
     ] = None,
 ) -> None:
     """Build the missing targets and sample the missing runs; record them; write results."""
-    from lambda_hat.errors import BadInput, LhError
     from lambda_hat.execute.driver import ExecuteRequest, execute
 
     if profile is not None and slurm_config is not None:
@@ -232,7 +226,6 @@ def _store_of(store: str | None, sweep: Path | None):
     $LH_STORE, else the sweep's store_root, else ./runs."""
     if sweep is None:
         return _store_for_reading(store)
-    from lambda_hat.errors import BadInput
     from lambda_hat.sweep import SweepError, load_sweep
 
     try:
@@ -264,7 +257,7 @@ def query_cmd(
     if out is not None:
         results.check_output_path(out, st.root)
     elif kind == "parquet":
-        raise _bad_input("--format parquet writes a binary file: add -o FILE.parquet")
+        raise BadInput("--format parquet writes a binary file: add -o FILE.parquet")
     res = results.run_query(st.layout, sql, as_arrow=kind == "parquet")
     if kind == "parquet":
         results.write_atomic(out, results.parquet_bytes(res.arrow))
@@ -296,7 +289,7 @@ def export_cmd(
     from lambda_hat import results
 
     if out.suffix.lower() not in (".parquet", ".csv"):
-        raise _bad_input(f"-o {out}: unknown format {out.suffix or '(no extension)'!r}; use .parquet or .csv")
+        raise BadInput(f"-o {out}: unknown format {out.suffix or '(no extension)'!r}; use .parquet or .csv")
     if sweep is not None:
         _, expanded, st = _load(sweep, store)
         run_ids = [r.run_id for r in expanded.runs]
@@ -327,7 +320,7 @@ def status_cmd(
 
     st = _store_of(store, sweep)
     if not st.root.is_dir():
-        raise _bad_input(f"{st.root}: no such store (--store DIR, $LH_STORE, or --sweep FILE)")
+        raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or --sweep FILE)")
     rep = results.store_status(st, logs)
     sys.stdout.write(results.format_status(rep, logs, limit=limit if limit > 0 else 10**9))
 
@@ -379,7 +372,7 @@ def _promote(sweep: Path | None, store: str | None, outdir: Path, plots: str | N
         st, run_ids, target_ids = _store_for_reading(store), None, None
         title = title or "lambda-hat gallery"
     if not st.root.is_dir():
-        raise _bad_input(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
+        raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
     from lambda_hat.results import check_output_path
 
     check_output_path(outdir / "index.html", st.root)
@@ -402,7 +395,7 @@ def index_rebuild_cmd(store: StoreOpt = None) -> None:
 
     st = Store.open(resolve_store_root(store))
     if not st.layout.targets_dir.is_dir() and not st.layout.runs_dir.is_dir():
-        raise _bad_input(f"{st.root}: not a lambda-hat store (no targets/ or runs/)")
+        raise BadInput(f"{st.root}: not a lambda-hat store (no targets/ or runs/)")
     n_t, n_r = st.rebuild_index()
     console.print(f"rebuilt {st.layout.index_path}: {n_t} targets, {n_r} runs")
 
@@ -443,8 +436,6 @@ def index_verify_cmd(store: StoreOpt = None) -> None:
 
 
 def _duration_s(text: str) -> float:
-    from lambda_hat.errors import BadInput
-
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     t = text.strip().lower()
     try:

@@ -68,7 +68,9 @@ class Plan:
 
 def describe_target(t: PlannedTarget) -> str:
     m, d = t.spec.model, t.spec.data
-    return f"model={m.kind}{m.layer_dims}, data=n{d.n_data}/{d.x_dist}, seed={t.spec.seed}"
+    # A polynomial's shape is its powers (its layer dims are always [1, 1]).
+    shape = f" powers={m.powers}" if m.kind == "polynomial" else str(m.layer_dims)
+    return f"model={m.kind}{shape}, data=n{d.n_data}/{d.x_dist}, seed={t.spec.seed}"
 
 
 def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:

@@ -240,7 +240,9 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
         console.print(f"  removed unfinished {p.name} (its writer is gone)")
     if rep.index_moved_aside:
         console.print(f"  [yellow]the index was not readable[/yellow]: moved to {rep.index_moved_aside.name}, rebuilt from the manifests")
-    snapshot = store.snapshot([t.target_id for t in expanded.targets], [r.run_id for r in expanded.runs])
+    # The reconcile has just listed and stat'ed every artifact: the snapshot reuses that.
+    snapshot = store.snapshot([t.target_id for t in expanded.targets], [r.run_id for r in expanded.runs],
+                              complete=rep.complete)
     p = plan(expanded, snapshot)
     result = ExecuteResult()
     if p.nothing_to_do:

@@ -12,11 +12,17 @@ for one run's traces reads that run's rows and no other file (see docs/query.md)
 A writer that finds the file held by a reader (`lh query`, a notebook) gets `IndexBusy`
 after a bounded wait, never a crash: the driver keeps the records and retries. A file that
 is not a DuckDB database is `IndexCorrupt`: the store moves it aside and rebuilds.
+
+`.index.stats` beside the index is a copy of its (ID, manifest size, mtime) rows for small
+stores, so that a no-op `lh execute` or `lh plan` need not load DuckDB (~0.1 s). It names the
+index file's identity (size, mtime, inode, ctime) it was read from, and counts only while the
+index file still has exactly that identity and no WAL: any write to the index changes it.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -235,6 +241,7 @@ def writer(layout: StoreLayout, timeout_s: float = 10.0) -> Iterator[Any]:
     IndexCorrupt."""
     layout.root.mkdir(parents=True, exist_ok=True)
     with _flock(layout.index_lock_path, timeout_s):
+        forget_stats(layout)  # it would not count after this write anyway (identity changes); keep no stale file
         con = _connect(layout.index_path, read_only=False, timeout_s=timeout_s)
         try:
             try:
@@ -434,8 +441,94 @@ def indexed_stats(layout: StoreLayout, timeout_s: float = 5.0) -> dict[str, dict
     return out
 
 
+STATS_SIDECAR_MAX_ROWS = 50_000  # above this DuckDB's columnar read beats parsing a text copy
+STATS_SIDECAR_MIN_AGE_S = 2.0  # a later write then always gets another mtime, even on coarse clocks
+STATS_SIDECAR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IndexedStats:
+    """`indexed_stats`'s answer, with the index file's identity before it was read (None: no
+    index, or a WAL beside it) and whether it came from the `.index.stats` sidecar."""
+
+    stats: dict[str, dict[str, tuple[int | None, int | None]]]
+    identity: tuple[int, int, int, int] | None = None
+    from_sidecar: bool = False
+
+
+def _stats_sidecar(layout: StoreLayout) -> Path:
+    return layout.root / ".index.stats"
+
+
+def _identity(layout: StoreLayout) -> tuple[int, int, int, int] | None:
+    """(size, mtime_ns, inode, ctime_ns) of the index file; None if it is missing or has a WAL
+    (its content is then more than the file)."""
+    try:
+        st = os.stat(layout.index_path)
+    except OSError:
+        return None
+    if os.path.lexists(layout.index_path.with_name(layout.index_path.name + ".wal")):
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def _read_sidecar(layout: StoreLayout, identity: tuple) -> dict | None:
+    try:
+        raw = _stats_sidecar(layout).read_bytes()
+        digest, _, payload = raw.partition(b"\n")
+        if hashlib.sha256(payload).hexdigest().encode() != digest:
+            return None  # torn or edited: not evidence of anything
+        body = json.loads(payload)
+        if body.get("version") != STATS_SIDECAR_VERSION or tuple(body.get("index", ())) != identity:
+            return None
+        return {kind: {i: (v[0], v[1]) for i, v in body[kind].items()} for kind in TABLE_OF}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+
+
+def read_stats(layout: StoreLayout, timeout_s: float = 5.0) -> IndexedStats:
+    """`indexed_stats`, from the sidecar when it describes the index file as it is now, else
+    from DuckDB. Raises IndexBusy / IndexCorrupt as `indexed_stats` does."""
+    identity = _identity(layout)
+    if identity is not None:
+        cached = _read_sidecar(layout, identity)
+        if cached is not None:
+            return IndexedStats(cached, identity, from_sidecar=True)
+    return IndexedStats(indexed_stats(layout, timeout_s), identity)
+
+
+def remember_stats(layout: StoreLayout, read: IndexedStats) -> bool:
+    """Keep `read` in the sidecar for the next reader, if it still describes the index: the
+    file's identity unchanged since it was read, and old enough that any later write gets
+    another mtime. Only the driver calls this (it owns the index). Returns whether it wrote."""
+    if read.from_sidecar or read.identity is None or sum(map(len, read.stats.values())) > STATS_SIDECAR_MAX_ROWS:
+        return False
+    if _identity(layout) != read.identity or time.time() - read.identity[1] / 1e9 < STATS_SIDECAR_MIN_AGE_S:
+        return False
+    body = {"version": STATS_SIDECAR_VERSION, "index": list(read.identity),
+            **{kind: {i: list(v) for i, v in read.stats[kind].items()} for kind in TABLE_OF}}
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    path = _stats_sidecar(layout)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def forget_stats(layout: StoreLayout) -> None:
+    try:
+        _stats_sidecar(layout).unlink()
+    except OSError:
+        pass
+
+
 def move_aside(layout: StoreLayout) -> Path:
     """Move a corrupt index (and its WAL) out of the way; returns where it went."""
+    forget_stats(layout)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     dest = layout.index_path.with_name(f"{layout.index_path.name}.corrupt-{stamp}-{os.getpid()}")
     os.replace(layout.index_path, dest)
