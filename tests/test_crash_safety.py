@@ -77,26 +77,38 @@ def assert_store_exact(cwd: Path, sweeps: list[str]) -> None:
 def test_kill_at_random_moments_and_crash_points(tmp_path):
     """20 kills: 14 SIGKILLs of the driver at seeded random moments, then SIGKILLs at fixed
     crash points: inside the index write transaction (driver) and around an artifact's
-    write and rename (workers). After each, a clean re-run must leave an exact store."""
+    write and rename (workers). After each, a clean re-run must leave an exact store. A random
+    moment that comes after its run has finished kills nothing and does not count; the later
+    moments are then drawn within that run's length (runs got faster than the first 12 s range)."""
     rng = random.Random(20261125)
     sweeps, kills, corrupt = [], 0, 0
     # Warm the compile cache and build the target once, so kills land in sampling too.
     (tmp_path / "s0.yaml").write_text(sweep_text([1000]))
     lh(tmp_path, "execute", "s0.yaml", "--workers", "2")
     sweeps.append("s0.yaml")
-    cases = [("random", rng.uniform(0.5, 12.0)) for _ in range(14)]
-    cases += [("index:in_transaction", None), ("artifact:before_manifest", None), ("artifact:before_rename", None),
-              ("artifact:after_rename", None), ("index:in_transaction", None), ("artifact:after_rename", None)]
-    for i, (how, delay) in enumerate(cases, start=1):
+    fixed = ["index:in_transaction", "artifact:before_manifest", "artifact:before_rename", "artifact:after_rename",
+             "index:in_transaction", "artifact:after_rename"]
+    random_kills, upper, i, max_cases = 0, 12.0, 0, 14 + len(fixed) + 20
+    while random_kills < 14 or fixed:
+        i += 1
+        assert i <= max_cases, "too many random moments came after their run had finished"
+        how = "random" if random_kills < 14 else fixed.pop(0)
+        delay = None
         name = f"s{i}.yaml"
         (tmp_path / name).write_text(sweep_text([3 * i, 3 * i + 1, 3 * i + 2]))
         sweeps.append(name)
         if how == "random":
+            delay = rng.uniform(0.5, upper)
             proc = start(tmp_path, name)
-            time.sleep(delay)
+            t_start = time.monotonic()
+            while proc.poll() is None and time.monotonic() - t_start < delay:
+                time.sleep(0.05)
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 kills += 1
+                random_kills += 1
+            else:  # the whole run was shorter than the delay: aim within it from now on
+                upper = max(1.0, 0.9 * (time.monotonic() - t_start))
             proc.wait(timeout=60)  # not its stdout: a leaked child could hold that open
             proc.stdout.close()
         else:
