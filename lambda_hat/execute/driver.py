@@ -488,9 +488,10 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                                                   return_when=concurrent.futures.FIRST_COMPLETED)
                 for fut in done:
                     kind, job_id, err = jobs.futures.pop(fut)
-                    for kind, job_id, fut in (_unbatch(fut, job_id) if kind == "batch" else [(kind, job_id, fut)]):
+                    per_job = _unbatch(fut, job_id) if kind == "batch" else [(kind, job_id, fut)]
+                    for one_kind, one_id, one_fut in per_job:
                         k += 1
-                        _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total,
+                        _finish(one_fut, one_kind, one_id, err, store, claims, recorder, result, progress, k, total,
                                 slurm_reasons, job_lines)
                         progress.advance(task)
                 progress.update(task, description=f"jobs{sampling_progress(store.layout, jobs.futures.values())}")

@@ -34,17 +34,25 @@ def flat_model(params: dict, model):
     return w_star, predict
 
 
-def make_full_loss(predict, X, Y, chunk: int = CHUNK):
-    """L_n(w) over all rows of (X, Y), in chunks of ≤ `chunk` rows."""
+def chunk_rows(X, Y, chunk: int = CHUNK):
+    """(Xc, Yc, mask): X and Y cut into equal chunks of at most `chunk` rows (leading axis: chunk),
+    the few zero-padded rows masked out (mask 0)."""
     n = X.shape[0]
-    if n <= chunk:
-        return lambda w: jnp.mean(per_example_loss(predict(w, X), Y))
     n_chunks = -(-n // chunk)
     chunk = -(-n // n_chunks)  # balanced chunks: n = 10,000 pads 2 rows, not 2,288
     pad = n_chunks * chunk - n
     Xc = jnp.concatenate([X, jnp.zeros((pad, X.shape[1]), X.dtype)]).reshape(n_chunks, chunk, -1)
     Yc = jnp.concatenate([Y, jnp.zeros((pad, Y.shape[1]), Y.dtype)]).reshape(n_chunks, chunk, -1)
     mask = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk).astype(X.dtype)
+    return Xc, Yc, mask
+
+
+def make_full_loss(predict, X, Y, chunk: int = CHUNK):
+    """L_n(w) over all rows of (X, Y), in chunks of ≤ `chunk` rows."""
+    n = X.shape[0]
+    if n <= chunk:
+        return lambda w: jnp.mean(per_example_loss(predict(w, X), Y))
+    Xc, Yc, mask = chunk_rows(X, Y, chunk)
 
     def loss(w):
         sums = jax.lax.map(lambda c: jnp.sum(c[2] * per_example_loss(predict(w, c[0]), c[1])), (Xc, Yc, mask))

@@ -84,18 +84,13 @@ def _chunked_value_and_grad(model, layout: tuple):
     import jax.numpy as jnp
 
     from .losses import per_example_loss
-    from .posterior import CHUNK, flat_model
+    from .posterior import chunk_rows, flat_model
 
     _, predict = flat_model({k: jnp.zeros(shape, dtype) for k, shape, dtype in layout}, model)
 
     def value_and_grad(w, X, Y):
         n = X.shape[0]
-        n_chunks = -(-n // CHUNK)
-        chunk = -(-n // n_chunks)
-        pad = n_chunks * chunk - n
-        Xc = jnp.concatenate([X, jnp.zeros((pad, X.shape[1]), X.dtype)]).reshape(n_chunks, chunk, -1)
-        Yc = jnp.concatenate([Y, jnp.zeros((pad, Y.shape[1]), Y.dtype)]).reshape(n_chunks, chunk, -1)
-        mask = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk).astype(X.dtype)
+        Xc, Yc, mask = chunk_rows(X, Y)
 
         def body(acc, c):
             v, g = jax.value_and_grad(lambda u: jnp.sum(c[2] * per_example_loss(predict(u, c[0]), c[1])))(w)
