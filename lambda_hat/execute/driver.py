@@ -532,7 +532,10 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
             _shutdown(dfk, force=result.interrupted is not None)
             stages["parsl_stopped"] = time.time()
         if reaper is not None:
-            reaper.close()
+            # After a clean finish Parsl has already stopped its blocks; the reaper (its own
+            # session) sees the rest out without holding the user's prompt (~1.4 s of workers
+            # exiting). After a signal, wait for it, so that nothing runs on once we return.
+            reaper.close(wait_s=10.0 if result.interrupted is not None else 0.0)
         left = recorder.close()
         stages["recorded"] = time.time()
         stages["record_sec"] = recorder.record_sec

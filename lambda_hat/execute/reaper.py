@@ -153,6 +153,8 @@ class Reaper:
                 self.proc.stdin.close()
         except OSError:
             pass
+        if wait_s <= 0:
+            return
         try:
             self.proc.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
