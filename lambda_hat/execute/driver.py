@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -482,7 +483,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                       console=console, transient=True) as progress:
             task = progress.add_task("jobs", total=total)
             k = 0
-            last_poll = 0.0
+            last_poll = last_progress = 0.0
             while jobs.futures or jobs.foreign:
                 done, _ = concurrent.futures.wait(list(jobs.futures), timeout=0.5,
                                                   return_when=concurrent.futures.FIRST_COMPLETED)
@@ -494,7 +495,12 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                         _finish(one_fut, one_kind, one_id, err, store, claims, recorder, result, progress, k, total,
                                 slurm_reasons, job_lines)
                         progress.advance(task)
-                progress.update(task, description=f"jobs{sampling_progress(store.layout, jobs.futures.values())}")
+                if time.monotonic() - last_progress >= PROGRESS_PERIOD_S:
+                    # Throttled, and over the oldest pending jobs only: once per finished job over
+                    # every pending one would be quadratic in the sweep (10⁴ jobs: ~10⁸ file reads).
+                    last_progress = time.monotonic()
+                    oldest = itertools.islice(jobs.futures.values(), PROGRESS_JOBS_MAX)
+                    progress.update(task, description=f"jobs{sampling_progress(store.layout, oldest)}")
                 if jobs.foreign and time.monotonic() - last_poll > 2.0:
                     last_poll = time.monotonic()
                     for job_id, (kind, item) in list(jobs.foreign.items()):
@@ -548,6 +554,11 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
             console.print(f"  [yellow]{left} records are not in the index yet[/yellow] (it stayed busy); their manifests "
                           "are complete and the next lh execute or `lh index rebuild` records them")
 
+
+# The progress bar's draw count: how often, and over how many of the oldest pending jobs (the
+# running ones are among them: jobs start in submission order as workers free up).
+PROGRESS_PERIOD_S = 1.0
+PROGRESS_JOBS_MAX = 512
 
 BATCH_RUNS_MAX = 64  # runs per batched job: their chains' states and traces are held together
 
