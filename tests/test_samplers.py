@@ -116,7 +116,7 @@ def test_summarize_is_jitted_once_and_rhat_falls_back(jax64, monkeypatch):
     x = np.random.default_rng(0).normal(size=(3, 17))
     s = llc.summarize(x)
     assert np.isfinite(s["r_hat"]) and s["ess_bulk"] > 0
-    assert llc._diagnostics_fn(True) is llc._diagnostics_fn(True)  # cached at module level
+    assert llc._diagnostics_fn(True, (3, 17)) is llc._diagnostics_fn(True, (3, 17))  # compiled once per shape
 
     def boom(*a, **k):
         raise AssertionError("too few draws")

@@ -115,8 +115,58 @@ def _import_science() -> float:
     return time.perf_counter() - t0
 
 
+class CompileOnce:
+    """`science.compiling.guard` for workers sharing a store: an exclusive `flock` per program in
+    the compilation cache, held around its compile, so that concurrent workers (on this machine
+    or on a cluster's nodes) compile a program once and the others load it from JAX's persistent
+    cache. A `.done` marker, written after the first compile, lets later workers skip the lock.
+    It orders compiles only: a file system without `flock`, or a holder that takes longer than
+    `wait_s`, means compiling without it."""
+
+    def __init__(self, root: Path, wait_s: float = 600.0):
+        self.root, self.wait_s = root, wait_s
+
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        import fcntl
+
+        done = self.root / f"{key}.done"
+        fd = None
+        if not done.exists():
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                deadline = time.monotonic() + self.wait_s
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            break
+                        time.sleep(0.05)
+            except OSError:
+                pass  # no lock here: compile anyway
+        try:
+            yield
+            if fd is not None:
+                try:
+                    done.touch()
+                except OSError:
+                    pass
+        finally:
+            if fd is not None:
+                os.close(fd)  # releases the lock
+
+
+# Under the compilation cache directory (JAX's cache files are `*-cache` at its top level).
+COMPILE_LOCKS = "lh-compile-locks"
+
+
 def _setup_jax(cache_dir: str | None) -> None:
     import jax
+
+    from lambda_hat.science import compiling
 
     # No process-wide jax_enable_x64: the science entry points run each spec in the x64 mode
     # its `dtype` needs, scoped to the call (`science.models.precision`).
@@ -129,6 +179,7 @@ def _setup_jax(cache_dir: str | None) -> None:
         # cache): their path becomes part of every program's cache key, so a store reached by
         # another path (moved, copied, mounted elsewhere) would miss every entry it holds.
         jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
+        compiling.guard = CompileOnce(Path(cache_dir) / COMPILE_LOCKS)
 
 
 def _require_shared_store(store_root: str, log_path: str) -> None:

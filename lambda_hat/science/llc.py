@@ -42,12 +42,16 @@ def llc_from_loss(loss, L0: float, n_beta: float) -> np.ndarray:
 _DIAGNOSTICS: dict = {}
 
 
-def _diagnostics_fn(with_rhat: bool):
-    """jit(x -> {"ess_bulk", "ess_tail"[, "r_hat"]}) over blackjax.diagnostics, built once."""
-    fn = _DIAGNOSTICS.get(with_rhat)
+def _diagnostics_fn(with_rhat: bool, shape: tuple):
+    """The compiled x -> {"ess_bulk", "ess_tail"[, "r_hat"]} over blackjax.diagnostics for float64
+    traces of `shape`, built once per shape (and compiled once across workers: `compiling`)."""
+    key = (with_rhat, tuple(shape))
+    fn = _DIAGNOSTICS.get(key)
     if fn is None:
         import jax
         from blackjax import diagnostics
+
+        from . import compiling
 
         def diag(x):
             out = {"ess_bulk": diagnostics.ess_bulk(x), "ess_tail": diagnostics.ess_tail(x)}
@@ -55,7 +59,8 @@ def _diagnostics_fn(with_rhat: bool):
                 out["r_hat"] = diagnostics.rhat(x)
             return out
 
-        fn = _DIAGNOSTICS[with_rhat] = jax.jit(diag)
+        arg = jax.ShapeDtypeStruct(tuple(shape), jax.numpy.float64)
+        fn = _DIAGNOSTICS[key] = compiling.compile(("diagnostics",) + key, lambda: jax.jit(diag).lower(arg))
     return fn
 
 
@@ -67,9 +72,9 @@ def _diagnostics(llc: np.ndarray) -> dict:
     with jax.enable_x64(True):
         x = jnp.asarray(llc, jnp.float64)
         try:
-            out = _diagnostics_fn(True)(x)
+            out = _diagnostics_fn(True, x.shape)(x)
         except Exception:  # e.g. too few draws to split for R-hat
-            out = dict(_diagnostics_fn(False)(x), r_hat=math.nan)
+            out = dict(_diagnostics_fn(False, x.shape)(x), r_hat=math.nan)
         return {k: float(v) for k, v in out.items()}
 
 

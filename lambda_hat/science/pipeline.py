@@ -97,13 +97,15 @@ def _timed(cache_key, make_fn, *args):
     Returns (numpy outputs, compile_sec, run_sec, in-process cache hit)."""
     import jax
 
+    from . import compiling
+
     t0 = time.perf_counter()
     compiled = _COMPILED.get(cache_key)
     hit = compiled is not None
     if hit:
         _COMPILED.move_to_end(cache_key)
     else:
-        compiled = jax.jit(make_fn()).lower(*args).compile()
+        compiled = compiling.compile(cache_key, lambda: jax.jit(make_fn()).lower(*args))
         _COMPILED[cache_key] = compiled
         while len(_COMPILED) > _COMPILED_MAX:
             _COMPILED.popitem(last=False)
