@@ -3,6 +3,7 @@
     uv run python benchmarks/startup.py                  # ~4 min on 2 cores
     uv run python benchmarks/startup.py --skip-overhead  # start-up only
     uv run python benchmarks/startup.py --configs after  # without the "before" settings
+    uv run python benchmarks/startup.py --configs after --base ../wt-base  # an older commit beside this one
 
 1. Start-up. A Lambda-Hat-style sweep, 2 `small` targets (seeds 1, 2) × {HMC, SGLD}, tiny runs
    (4 chains; HMC 200 draws after 100 warmup, SGLD 2,000 steps), run by `lh execute` on the local
@@ -11,7 +12,9 @@
      warm   the cache kept from the cold run, everything else in the store removed.
    Each configuration of --configs runs cold then warm: "after" is this code's local Parsl
    configuration, "before" the same with the settings this benchmark's fix changed put back
-   (`BEFORE`, passed as --parsl-config), so the two are measured side by side.
+   (`BEFORE`, passed as --parsl-config), so the two are measured side by side. `--base DIR` adds
+   a configuration "base": the lambda_hat package of checkout DIR (a worktree of an older commit)
+   run the same way, first, and its overhead rows too.
 
    Wall time is the `lh execute` process, launch to exit. Its stages come from what the driver
    writes next to Parsl's log (`driver.STAGES_FILE`, epoch seconds) and sum to the wall time:
@@ -81,8 +84,14 @@ def sweep_yaml(seeds: int | None = None) -> str:
             f"samplers:\n  - {hmc}\n  - {sgld}\n")
 
 
-def child_env() -> dict:
+CODE: dict[str, Path] = {}  # config name -> a lambda_hat checkout measured in place of this one (--base)
+
+
+def child_env(config: str | None = None) -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "COLUMNS": "200"}
+    if config in CODE:
+        # `python -m lambda_hat.cli` and the Parsl workers (same environment) import that checkout's package
+        env["PYTHONPATH"] = os.pathsep.join([str(CODE[config]), *filter(None, [env.get("PYTHONPATH")])])
     # Python as a user runs it: bytecode cached after the first import. With PYTHONDONTWRITEBYTECODE
     # (set on some build machines) every process, each Parsl worker included, compiles the source
     # of every module it imports, ~3 s of a worker's first job here.
@@ -96,15 +105,16 @@ def compile_bytecode() -> float:
     import sysconfig
 
     t0 = time.perf_counter()
-    paths = {sysconfig.get_paths()["purelib"], *site.getsitepackages(), str(REPO / "lambda_hat")}
+    paths = {sysconfig.get_paths()["purelib"], *site.getsitepackages(), str(REPO / "lambda_hat"),
+             *(str(d / "lambda_hat") for d in CODE.values())}
     subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", *sorted(p for p in paths if Path(p).is_dir())],
                    env=child_env(), capture_output=True)
     return time.perf_counter() - t0
 
 
-def lh_execute(cwd: Path, extra: list[str]) -> tuple[float, float, str]:
+def lh_execute(cwd: Path, extra: list[str], config: str | None = None) -> tuple[float, float, str]:
     """(launch epoch, wall seconds, output) of one `lh execute sweep.yaml` in `cwd`."""
-    env = child_env()
+    env = child_env(config)
     argv = [sys.executable, "-m", "lambda_hat.cli", "execute", "sweep.yaml", "--workers", str(WORKERS), *extra]
     launch = time.time()
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
@@ -188,7 +198,7 @@ def startup(tmp: Path, config: str) -> dict:
     out = {}
     for cache in ("cold", "warm"):
         reset_store(cwd, keep_cache=cache == "warm")
-        launch, wall, _ = lh_execute(cwd, extra)
+        launch, wall, _ = lh_execute(cwd, extra, config)
         out[cache] = breakdown(cwd, launch, wall)
         print(f"  {config:<6} {cache}: {wall:.1f} s  stages "
               + json.dumps({k: round(v, 2) for k, v in out[cache]["stages"].items()})
@@ -196,8 +206,9 @@ def startup(tmp: Path, config: str) -> dict:
     return out
 
 
-def overhead(tmp: Path, cache_from: Path | None, seeds: int, batch: bool = False) -> dict:
-    cwd = tmp / ("overhead-batch" if batch else "overhead")
+def overhead(tmp: Path, cache_from: Path | None, seeds: int, batch: bool = False, config: str | None = None) -> dict:
+    cwd = tmp / ("overhead-batch" if batch else "overhead") / (config or "this")
+    cwd.parent.mkdir(exist_ok=True)
     cwd.mkdir()
     (cwd / "sweep.yaml").write_text(sweep_yaml(seeds))
     if cache_from is not None and cache_from.is_dir():
@@ -205,9 +216,9 @@ def overhead(tmp: Path, cache_from: Path | None, seeds: int, batch: bool = False
     if batch:
         # The cache holds the one-run programs; the batched ones (a new shape) are compiled once
         # first, so that both rows run with every program in the cache.
-        lh_execute(cwd, ["--batch-runs"])
+        lh_execute(cwd, ["--batch-runs"], config)
         reset_store(cwd, keep_cache=True)
-    launch, wall, _ = lh_execute(cwd, ["--batch-runs"] if batch else [])
+    launch, wall, _ = lh_execute(cwd, ["--batch-runs"] if batch else [], config)
     row = breakdown(cwd, launch, wall)
     ms = manifests(cwd / "runs")
 
@@ -222,7 +233,7 @@ def overhead(tmp: Path, cache_from: Path | None, seeds: int, batch: bool = False
                compile_s=compile_,
                overhead_pct=100 * (wall / ((build + sample) / WORKERS) - 1),
                overhead_with_compile_pct=100 * (wall / ((build + sample + compile_) / WORKERS) - 1))
-    print(f"  overhead{' (--batch-runs)' if batch else ''}: {row['runs']} runs in {wall:.1f} s; build {build:.1f} s + sample {sample:.1f} s "
+    print(f"  {config or 'this'} overhead{' (--batch-runs)' if batch else ''}: {row['runs']} runs in {wall:.1f} s; build {build:.1f} s + sample {sample:.1f} s "
           f"(+ compile {compile_:.1f} s) over {WORKERS} workers: {row['overhead_pct']:.0f} % "
           f"({row['overhead_with_compile_pct']:.0f} % counting compiles)", flush=True)
     return row
@@ -247,7 +258,9 @@ def print_tables(report: dict) -> None:
     if "overhead" in report:
         print("\n| overhead run | runs | workers | wall s | Σ build s | Σ sample s | Σ compile s | overhead | with compile |"
               "\n|---|--:|--:|--:|--:|--:|--:|--:|--:|")
-        for label, key in (("warm cache", "overhead"), ("warm cache, --batch-runs", "overhead_batch")):
+        rows = [("warm cache", "overhead"), ("warm cache, --batch-runs", "overhead_batch")]
+        rows += [(f"{label} ({name} code)", f"{key}_{name}") for name in CODE for label, key in rows]
+        for label, key in rows:
             o = report.get(key)
             if o:
                 print(f"| {label} | {o['runs']} | {o['workers']} | {o['wall_s']:.1f} | {o['build_s']:.1f} "
@@ -259,6 +272,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="before,after", help="comma-separated: before, after")
     ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--base", type=Path, metavar="DIR",
+                    help="also measure the lambda_hat package of checkout DIR (e.g. a worktree of an older commit), "
+                         "as config 'base' (this code's Parsl settings), side by side in this run")
     ap.add_argument("--seeds", type=int, default=50, help="overhead sweep: runs = 2 targets × 2 samplers × seeds")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "startup.json")
     ap.add_argument("--no-bytecode", action="store_true",
@@ -272,23 +288,33 @@ def main() -> None:
         report["commit"] = sha.strip()
     except OSError:
         pass
+    configs = args.configs.split(",")
+    if args.base is not None:
+        CODE["base"] = args.base.resolve()
+        report["base_code"] = {"dir": str(CODE["base"]), "commit": subprocess.run(
+            ["git", "-C", str(CODE["base"]), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}
+        configs = ["base", *configs]
     if args.no_bytecode:
         global child_env
         plain = dict(os.environ, JAX_PLATFORMS="cpu", COLUMNS="200")
-        child_env = lambda: plain  # noqa: E731
+        with_code = child_env
+        child_env = lambda config=None: {**plain, **{k: v for k, v in with_code(config).items() if k == "PYTHONPATH"}}  # noqa: E731
         report["bytecode"] = "as the environment says (PYTHONDONTWRITEBYTECODE=%s)" % os.environ.get("PYTHONDONTWRITEBYTECODE")
     else:
         report["bytecode"] = f"compiled first ({compile_bytecode():.0f} s), then written as Python does by default"
     print(f"bytecode: {report['bytecode']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        for config in args.configs.split(","):
+        for config in configs:
             report["startup"][config] = startup(tmp, config)
         if not args.skip_overhead:
             last = args.configs.split(",")[-1]
             cache = tmp / f"startup-{last}" / "runs" / ".jax_cache"
-            report["overhead"] = overhead(tmp, cache, args.seeds)
-            report["overhead_batch"] = overhead(tmp, cache, args.seeds, batch=True)
+            for name in [*CODE, None]:
+                suffix = f"_{name}" if name else ""
+                code_cache = tmp / f"startup-{name}" / "runs" / ".jax_cache" if name else cache
+                report["overhead" + suffix] = overhead(tmp, code_cache, args.seeds, config=name)
+                report["overhead_batch" + suffix] = overhead(tmp, code_cache, args.seeds, batch=True, config=name)
     report["machine"]["load_average_at_end"] = os.getloadavg()
     print_tables(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
