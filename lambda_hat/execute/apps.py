@@ -382,13 +382,15 @@ class SegmentStore:
 
     CHECKPOINT = "checkpoint.npz"
     TRACES = "traces.zarr"
-    PROGRESS = "progress.json"  # {"draws_done", "draws"} after every segment, for the driver's display
+    PROGRESS = "progress.json"  # {"draws_done", "draws"} every PROGRESS_SEC, for the driver's display
 
     def __init__(self, work_dir: Path, interval_s: float, draws: int | None = None):
         self.dir, self.interval_s, self.draws = work_dir, interval_s, draws
         self.pending: list = []  # (checkpoint, segment traces) not yet on disk
         self.last_flush = time.monotonic()
-        self.last_progress = -math.inf
+        # The first progress file after PROGRESS_SEC of sampling: a run shorter than that (most
+        # runs of a large sweep of small models) never makes its work directory at all.
+        self.last_progress = time.monotonic()
         self.segments = 0
 
     def load(self):
