@@ -113,7 +113,8 @@ def test_gc_keeps_checkpoints_of_unfinished_runs_only(tmp_path):
     assert not (tmp_path / ".work" / "run_done").exists()
 
 
-def test_driver_shows_draws_done_of_running_jobs(tmp_path):
+def test_driver_shows_draws_done_of_running_jobs(tmp_path, monkeypatch):
+    from lambda_hat.execute import apps
     from lambda_hat.execute.apps import SegmentStore
     from lambda_hat.execute.driver import sampling_progress
     from lambda_hat.science.pipeline import Checkpoint
@@ -121,7 +122,10 @@ def test_driver_shows_draws_done_of_running_jobs(tmp_path):
 
     layout = StoreLayout(tmp_path)
     running = [("run", "run_a", None), ("run", "run_b", None), ("target", "tgt_c", None)]
-    assert sampling_progress(layout, running) == ""
+    # A run's first segments, within PROGRESS_SEC of its start, write nothing (short runs make no work dir).
+    SegmentStore(layout.work_dir("run_a"), 3600, draws=8000).on_segment(Checkpoint(10, [], 0.0, 0.0, 0.0), {})
+    assert sampling_progress(layout, running) == "" and not layout.work_dir("run_a").exists()
+    monkeypatch.setattr(apps, "PROGRESS_SEC", 0.0)  # as if the runs had sampled for a while
     SegmentStore(layout.work_dir("run_a"), 3600, draws=8000).on_segment(Checkpoint(1200, [], 0.0, 0.0, 0.0), {})
     SegmentStore(layout.work_dir("run_b"), 3600, draws=2000).on_segment(Checkpoint(40, [], 0.0, 0.0, 0.0), {})
     assert sampling_progress(layout, running) == " · draws 1,240/10,000"
