@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +30,10 @@ from lambda_hat.store.layout import MANIFEST
 from lambda_hat.store.manifest import MANIFEST_VERSION, Manifest, ManifestError, parse_manifest, self_checksum
 
 TMP_PREFIX = ".tmp-"
+# Chunk files `c.0.0` beside the array's zarr.json rather than `c/0/0`: standard Zarr v3 (each
+# array's metadata names its encoding, so artifacts written before still read), and two fewer
+# directories per array to create and fsync.
+CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
 
 
 class ArtifactError(RuntimeError):
@@ -43,12 +48,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _files(root: Path) -> list[str]:
+    """Every file under `root` but the manifest, as sorted relative POSIX paths (os.walk:
+    pathlib's rglob cost more than hashing a tiny artifact's files)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        out += [prefix + name for name in filenames if prefix or name != MANIFEST]
+    return sorted(out)
+
+
 def _checksums(root: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            out[p.relative_to(root).as_posix()] = _sha256(p)
-    return out
+    return {rel: _sha256(root / rel) for rel in _files(root)}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -59,44 +71,97 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+def encode_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, memoryview], dict[str, list[int]]]:
+    """The Zarr v3 group of `{"a/b": array}` as `{store key: encoded bytes}`, made by zarr in
+    memory (the same bytes its LocalStore would write), and the arrays' shapes. One round
+    trip to zarr's event loop for all arrays: a handoff per array and file cost more than the
+    encoding itself for a tiny run, and far more while JAX workers keep the cores busy."""
+    import asyncio
+
+    import numpy as np
+    import zarr.api.asynchronous as zarr_async
+    from zarr.core.sync import sync
+    from zarr.storage import MemoryStore
+
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    contents: dict = {}
+    store = MemoryStore(contents)
+
+    async def build() -> None:
+        groups = {"": await zarr_async.open_group(store=store, mode="w", zarr_format=3)}
+        for name in arrays:
+            parts = name.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                path = "/".join(parts[:i])
+                if path not in groups:
+                    groups[path] = await groups["/".join(parts[:i - 1])].require_group(parts[i - 1])
+        await asyncio.gather(*(
+            zarr_async.create_array(store, name=name, data=a, chunks=a.shape or "auto", zarr_format=3,
+                                    chunk_key_encoding=CHUNK_KEY_ENCODING)
+            for name, a in arrays.items()))
+
+    sync(build())
+    return ({key: memoryview(buf.as_buffer_like()).cast("B") for key, buf in contents.items()},
+            {name: list(a.shape) for name, a in arrays.items()})
+
+
+def write_files_durably(root: Path, contents: dict[str, memoryview]) -> dict[str, str]:
+    """Write `{relative path: bytes}` under the existing directory `root`, each file and every
+    directory fsynced before returning (so a manifest written after it never names data a
+    crash could lose); returns their sha256s, computed from the bytes written (one pass).
+    Files are written first and fsynced after: the first fsync commits the journal for all of
+    them, the rest flush little."""
+    checksums, dirs, fds = {}, {root}, []
     try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        for key in sorted(contents):
+            path = root / key
+            if path.parent not in dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                dirs.update(p for p in path.parent.parents if root in p.parents)
+                dirs.add(path.parent)
+            data = contents[key]
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fds.append(fd)
+            view = data
+            while view:
+                view = view[os.write(fd, view):]
+            checksums[key] = hashlib.sha256(data).hexdigest()
+        for fd in fds:
+            os.fsync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        _fsync_dir(d)
+    return checksums
 
 
 def write_arrays(group_dir: Path, arrays: dict[str, np.ndarray]) -> dict[str, list[int]]:
-    """Write `{"a/b": array}` into a Zarr v3 group at `group_dir`; returns the shapes."""
-    import numpy as np
-    import zarr
-
-    root = zarr.open_group(str(group_dir), mode="w", zarr_format=3)
-    shapes = {}
-    for name, arr in arrays.items():
-        arr = np.ascontiguousarray(arr)
-        *parents, leaf = name.split("/")
-        g = root
-        for p in parents:
-            g = g.require_group(p)
-        g.create_array(leaf, data=arr, chunks=arr.shape or "auto")
-        shapes[name] = list(arr.shape)
+    """Write `{"a/b": array}` into a new Zarr v3 group at `group_dir`, durably; returns the shapes."""
+    contents, shapes = encode_arrays(arrays)
+    group_dir.mkdir(parents=True, exist_ok=True)
+    write_files_durably(group_dir, contents)
     return shapes
 
 
 def read_arrays(group_dir: Path, names: list[str]) -> dict[str, np.ndarray]:
-    import numpy as np
-    import zarr
+    """`{name: array}` from the Zarr v3 group at `group_dir`, all read in one round trip to
+    zarr's event loop (reads of the arrays overlap). KeyError for a name the group lacks."""
+    import asyncio
 
-    root = zarr.open_group(str(group_dir), mode="r", zarr_format=3)
-    return {name: np.asarray(root[name][...]) for name in names}
+    import numpy as np
+    import zarr.api.asynchronous as zarr_async
+    from zarr.core.sync import sync
+
+    async def load() -> list:
+        root = await zarr_async.open_group(store=str(group_dir), mode="r", zarr_format=3)
+
+        async def one(name: str):
+            return await (await root.getitem(name)).getitem(...)
+
+        return await asyncio.gather(*(one(name) for name in names))
+
+    return {name: np.asarray(a) for name, a in zip(names, sync(load()))}
 
 
 def tmp_name(artifact_id: str) -> str:
@@ -154,16 +219,19 @@ def write_artifact(
     tmp = final_dir.parent / tmp_name(final_dir.name)
     tmp.mkdir()
     try:
-        shapes = write_arrays(tmp, arrays)
+        contents, shapes = encode_arrays(arrays)
+        checksums = write_files_durably(tmp, contents)  # data and its directories on disk first
+        del contents
         if before_manifest is not None:  # test hook: simulate a crash between arrays and manifest
             before_manifest(tmp)
         crash_point("artifact:before_manifest")
         data = manifest.model_copy(
-            update={"manifest_version": MANIFEST_VERSION, "arrays": shapes, "checksums": _checksums(tmp), "manifest_sha256": None}
+            update={"manifest_version": MANIFEST_VERSION, "arrays": shapes, "checksums": checksums, "manifest_sha256": None}
         ).to_json_dict()
         data["manifest_sha256"] = self_checksum(data)
-        write_json_atomic(tmp / MANIFEST, data)
-        _fsync_dir(tmp)
+        # Written in place, not replaced: `tmp` as a whole is the unit that appears atomically.
+        text = (json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n").encode()
+        write_files_durably(tmp, {MANIFEST: memoryview(text)})
         crash_point("artifact:before_rename")
         for _ in range(3):
             try:
@@ -208,33 +276,54 @@ def read_manifest(artifact_dir: Path) -> Manifest:
 def verify(artifact_dir: Path, kind: str | None = None) -> list[str]:
     """Problems found with one artifact (empty when it is intact): a readable manifest whose
     own checksum holds, whose ID is its directory's name and the hash of its stored spec,
-    and whose arrays match their checksums."""
+    and whose arrays match their checksums (every file is read and hashed each time)."""
+    path = artifact_dir / MANIFEST
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return [f"incomplete artifact (no {MANIFEST})"]
+    except OSError as err:
+        return [f"unreadable ({err.strerror})"]
+    manifest_problems, expected = _manifest_problems(text, str(path), artifact_dir.name, kind)
+    problems = list(manifest_problems)
+    if expected is None:
+        return problems
+    expected = dict(expected)
+    actual = _checksums(artifact_dir)
+    problems += [f"missing {p}" for p in expected if p not in actual]
+    problems += [f"unexpected {p}" for p in actual if p not in expected and not p.startswith(".")]
+    problems += [f"checksum mismatch {p}" for p in expected if p in actual and actual[p] != expected[p]]
+    return problems
+
+
+@functools.lru_cache(maxsize=256)
+def _manifest_problems(text: bytes, where: str, dir_name: str, kind: str | None
+                       ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...] | None]:
+    """What is wrong with a manifest's own content, and the checksums it lists (None when it
+    does not parse). A pure function of its arguments, so memoized: a worker that verifies
+    the same target for run after run parses and re-hashes its spec (RFC 8785) once; the
+    array files are hashed on every call all the same."""
     from lambda_hat.ids import id_of_stored_spec
 
     try:
-        manifest, raw = read_manifest_raw(artifact_dir)
-    except (ArtifactError, ManifestError) as err:
-        return [str(err).removeprefix(f"{artifact_dir}: ").removeprefix(f"{artifact_dir / MANIFEST}: ")]
+        manifest, raw = parse_manifest(text, where)
+    except ManifestError as err:
+        return (str(err).removeprefix(f"{where}: "),), None
     problems = []
     if manifest.manifest_version >= 2:
         if raw.get("manifest_sha256") != self_checksum(raw):
             problems.append("manifest checksum mismatch (manifest.json was edited)")
-    if manifest.id != artifact_dir.name:
+    if manifest.id != dir_name:
         problems.append(f"manifest id {manifest.id} is not the directory's name")
     if kind is not None and manifest.type != kind:
         problems.append(f"a {manifest.type} manifest in the {kind}s directory")
     try:
         hashed = id_of_stored_spec(manifest.type, manifest.spec)
-        if hashed != artifact_dir.name:
-            problems.append(f"stored spec hashes to {hashed}, not {artifact_dir.name}")
+        if hashed != dir_name:
+            problems.append(f"stored spec hashes to {hashed}, not {dir_name}")
     except ValueError as err:
         problems.append(f"stored spec does not validate: {' '.join(str(err).split())[:200]}")
-    actual = _checksums(artifact_dir)
-    expected = manifest.checksums
-    problems += [f"missing {p}" for p in expected if p not in actual]
-    problems += [f"unexpected {p}" for p in actual if p not in expected and not p.startswith(".")]
-    problems += [f"checksum mismatch {p}" for p in expected if p in actual and actual[p] != expected[p]]
-    return problems
+    return tuple(problems), tuple(manifest.checksums.items())
 
 
 def pid_alive(pid: int) -> bool:
