@@ -8,7 +8,9 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from lambda_hat.ids import resolved_spec
 from lambda_hat.planner import expand
 from lambda_hat.store import artifacts
 from lambda_hat.store.artifacts import read_arrays, read_manifest, verify, write_artifact
+from lambda_hat.store.layout import ARRAYS_ZIP
 from lambda_hat.store.manifest import Manifest
 from lambda_hat.store.store import Store, check_manifest
 from lambda_hat.sweep import sweep_from_dict
@@ -50,29 +53,43 @@ def _assert_same(got: dict, want: dict) -> None:
         np.testing.assert_array_equal(got[k], v, err_msg=k)
 
 
-def test_written_artifact_is_plain_zarr_v3_and_reads_back(tmp_path):
+def test_written_artifact_reads_back_and_verifies(tmp_path):
     d, m = _target(tmp_path)
     out = write_artifact(d, ARRAYS, m)
     assert out.arrays == {k: list(np.ascontiguousarray(v).shape) for k, v in ARRAYS.items()}
-    # zarr's own synchronous API, not our reader, finds every array with its dtype and values.
-    root = zarr.open_group(str(d), mode="r", zarr_format=3)
-    _assert_same({k: np.asarray(root[k][...]) for k in ARRAYS}, ARRAYS)
     _assert_same(read_arrays(d, list(ARRAYS)), ARRAYS)
     assert verify(d, "target") == []
     with pytest.raises(KeyError):
         read_arrays(d, ["X", "no_such_array"])
 
 
-def test_manifest_checksums_are_those_of_the_files_on_disk(tmp_path):
+def test_arrays_are_one_zip_that_zarr_reads_and_the_manifest_checksums_it(tmp_path):
     d, m = _target(tmp_path)
     out = write_artifact(d, ARRAYS, m)
-    on_disk = {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-               for p in d.rglob("*") if p.is_file() and p.name != "manifest.json"}
-    assert out.checksums == on_disk
-    assert read_manifest(d).checksums == on_disk
-    # one zarr.json per group and array, one chunk file per array
-    n_groups = 3  # root, params, params/deep
-    assert len(on_disk) == n_groups + 2 * len(ARRAYS)
+    assert sorted(p.name for p in d.iterdir()) == [ARRAYS_ZIP, "manifest.json"]
+    packed = d / ARRAYS_ZIP
+    assert out.checksums == read_manifest(d).checksums == {ARRAYS_ZIP: hashlib.sha256(packed.read_bytes()).hexdigest()}
+    # zarr's own ZipStore and synchronous API, not our reader
+    store = zarr.storage.ZipStore(packed, mode="r")
+    root = zarr.open_group(store, mode="r", zarr_format=3)
+    _assert_same({k: np.asarray(root[k][...]) for k in ARRAYS}, ARRAYS)
+    store.close()
+    # members: one zarr.json per group (root, params, params/deep) and array, one chunk per array
+    with zipfile.ZipFile(packed) as zf:
+        names = zf.namelist()
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
+    assert len(names) == 3 + 2 * len(ARRAYS) and "params/deep/zarr.json" in names
+
+
+def test_same_arrays_give_the_same_bytes_in_another_process(tmp_path):
+    d, m = _target(tmp_path / "here")
+    write_artifact(d, ARRAYS, m)
+    code = ("import sys, numpy as np; from pathlib import Path; import tests.test_artifacts_io as t; "
+            "d, m = t._target(Path(sys.argv[1])); t.write_artifact(d, t.ARRAYS, m)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "there")], check=True, cwd=Path(__file__).parents[1],
+                   env={**os.environ, "PYTHONHASHSEED": "7"})
+    there = tmp_path / "there" / "targets" / d.name
+    assert (there / ARRAYS_ZIP).read_bytes() == (d / ARRAYS_ZIP).read_bytes()
 
 
 def test_store_written_by_lambda_hat_0_2_still_reads_and_verifies(tmp_path):
@@ -98,7 +115,7 @@ def test_store_written_by_lambda_hat_0_2_still_reads_and_verifies(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names fsynced descriptors through /proc/self/fd")
-def test_every_file_and_directory_is_fsynced_before_the_manifest_and_the_rename(tmp_path, monkeypatch):
+def test_data_is_fsynced_before_the_manifest_and_everything_before_the_rename(tmp_path, monkeypatch):
     d, m = _target(tmp_path)
     events: list[tuple[str, str]] = []
     real_fsync, real_rename = os.fsync, os.rename
@@ -108,35 +125,32 @@ def test_every_file_and_directory_is_fsynced_before_the_manifest_and_the_rename(
         return real_fsync(fd)
 
     def rename(src, dst):
-        events.append(("rename", str(src)))
+        events.append(("rename", str(Path(src).resolve())))
         return real_rename(src, dst)
 
     monkeypatch.setattr(artifacts.os, "fsync", fsync)
     monkeypatch.setattr(artifacts.os, "rename", rename)
-    tmp_seen = []
-    write_artifact(d, ARRAYS, m, before_manifest=lambda tmp: (tmp_seen.append(tmp.resolve()),
-                                                              events.append(("manifest", ""))))
-    tmp = tmp_seen[0]
-    before = {p for e, p in events[:events.index(("manifest", ""))] if e == "fsync"}
-    final = d.resolve()
-    data_files = {str(tmp / p.relative_to(final)) for p in final.rglob("*") if p.name != "manifest.json"}
-    assert data_files <= before, sorted(data_files - before)  # every file and directory below tmp
-    assert str(tmp) in before
+    write_artifact(d, ARRAYS, m, before_manifest=lambda tmp: events.append(("manifest", str(tmp.resolve()))))
+    i_manifest = next(i for i, (e, _) in enumerate(events) if e == "manifest")
     i_rename = next(i for i, (e, _) in enumerate(events) if e == "rename")
-    synced_before_rename = {p for e, p in events[:i_rename] if e == "fsync"}
-    assert {str(tmp / "manifest.json"), str(tmp)} <= synced_before_rename
-    assert ("fsync", str(final.parent)) in events[i_rename:]  # the rename itself made durable
+    tmp = Path(events[i_manifest][1])
+    assert events[i_rename][1] == str(tmp) and i_manifest < i_rename
+    assert ("fsync", str(tmp / ARRAYS_ZIP)) in events[:i_manifest]
+    assert {("fsync", str(tmp / "manifest.json")), ("fsync", str(tmp))} <= set(events[i_manifest:i_rename])
+    assert events[i_rename + 1:] == [("fsync", str(d.parent.resolve()))]  # the rename itself made durable
 
 
 def test_verify_rereads_the_files_every_time(tmp_path):
     d, m = _target(tmp_path)
     write_artifact(d, ARRAYS, m)
     assert verify(d, "target") == [] and verify(d, "target") == []
-    chunk = next(p for p in sorted((d / "X").iterdir()) if p.name != "zarr.json")
-    chunk.write_bytes(bytes(len(chunk.read_bytes())))  # same size, same manifest: only the hash can tell
-    assert verify(d, "target") == [f"checksum mismatch X/{chunk.name}"]
-    chunk.unlink()
-    assert verify(d, "target") == [f"missing X/{chunk.name}"]
+    packed = d / ARRAYS_ZIP
+    data = bytearray(packed.read_bytes())
+    data[len(data) // 2] ^= 1  # same size, same manifest, same stat size: only the hash can tell
+    packed.write_bytes(bytes(data))
+    assert verify(d, "target") == [f"checksum mismatch {ARRAYS_ZIP}"]
+    packed.unlink()
+    assert verify(d, "target") == [f"missing {ARRAYS_ZIP}"]
 
 
 def test_verify_sees_an_edited_manifest_after_a_clean_verify(tmp_path):
@@ -159,3 +173,17 @@ def test_a_failed_write_leaves_no_directory_behind(tmp_path):
     with pytest.raises(RuntimeError):
         write_artifact(d, ARRAYS, m, before_manifest=lambda tmp: (_ for _ in ()).throw(RuntimeError("crash")))
     assert not d.exists() and list(d.parent.iterdir()) == []
+
+
+def test_sizes_by_array_add_up_to_the_files_in_both_layouts(tmp_path):
+    d, m = _target(tmp_path)
+    write_artifact(d, ARRAYS, m)
+    old = tmp_path / "old"
+    shutil.copytree(OLD_STORE / "targets" / OLD_TARGET, old)
+    for where, names in ((d, list(ARRAYS)), (old, list(read_manifest(old).arrays))):
+        sizes = artifacts.sizes_by_array(where, names)
+        assert sum(sizes.values()) == sum(p.stat().st_size for p in where.rglob("*") if p.is_file())
+        assert set(names) <= set(sizes) and all(sizes[n] > 0 for n in names)
+        assert sizes["manifest.json"] == (where / "manifest.json").stat().st_size
+    # float64 (4 × 2) in the new layout: its chunk and zarr.json stored, never less than the data
+    assert artifacts.sizes_by_array(d, ["X"])["X"] >= 4 * 2 * 4

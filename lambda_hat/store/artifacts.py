@@ -1,7 +1,13 @@
 """Atomic artifacts: a Zarr v3 group plus `manifest.json`, complete or absent.
 
-An artifact is written into a temporary sibling directory (arrays first, then the
-manifest with per-file checksums and its own checksum), then renamed into place. `rename`
+The group is one file, `arrays.zarr.zip` (zarr's ZipStore layout, members stored
+uncompressed: the chunks are zstd already); artifacts of lambda-hat ≤ 0.2 hold it as a
+directory tree of zarr.json and chunk files, and read the same. One file rather than two per
+array and group makes a tiny run's write a handful of fsyncs instead of dozens.
+
+An artifact is written into a temporary sibling directory (arrays first, fsynced with the
+directory, then the manifest with per-file checksums and its own checksum, fsynced), then
+renamed into place and the parent fsynced. `rename`
 of a directory is atomic on POSIX file systems, so a reader sees either nothing or a
 complete artifact. A directory in place without a readable manifest (an interrupted copy,
 a hand edit) is incomplete: it is moved to the store's quarantine, never read as done.
@@ -26,14 +32,10 @@ if TYPE_CHECKING:  # numpy is imported where arrays are written or read: `lh pla
     import numpy as np
 
 from lambda_hat.faults import crash_point
-from lambda_hat.store.layout import MANIFEST
+from lambda_hat.store.layout import ARRAYS_ZIP, MANIFEST
 from lambda_hat.store.manifest import MANIFEST_VERSION, Manifest, ManifestError, parse_manifest, self_checksum
 
 TMP_PREFIX = ".tmp-"
-# Chunk files `c.0.0` beside the array's zarr.json rather than `c/0/0`: standard Zarr v3 (each
-# array's metadata names its encoding, so artifacts written before still read), and two fewer
-# directories per array to create and fsync.
-CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
 
 
 class ArtifactError(RuntimeError):
@@ -96,8 +98,7 @@ def encode_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, memoryview],
                 if path not in groups:
                     groups[path] = await groups["/".join(parts[:i - 1])].require_group(parts[i - 1])
         await asyncio.gather(*(
-            zarr_async.create_array(store, name=name, data=a, chunks=a.shape or "auto", zarr_format=3,
-                                    chunk_key_encoding=CHUNK_KEY_ENCODING)
+            zarr_async.create_array(store, name=name, data=a, chunks=a.shape or "auto", zarr_format=3)
             for name, a in arrays.items()))
 
     sync(build())
@@ -105,63 +106,92 @@ def encode_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, memoryview],
             {name: list(a.shape) for name, a in arrays.items()})
 
 
-def write_files_durably(root: Path, contents: dict[str, memoryview]) -> dict[str, str]:
-    """Write `{relative path: bytes}` under the existing directory `root`, each file and every
-    directory fsynced before returning (so a manifest written after it never names data a
-    crash could lose); returns their sha256s, computed from the bytes written (one pass).
-    Files are written first and fsynced after: the first fsync commits the journal for all of
-    them, the rest flush little."""
-    checksums, dirs, fds = {}, {root}, []
-    try:
-        for key in sorted(contents):
-            path = root / key
-            if path.parent not in dirs:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                dirs.update(p for p in path.parent.parents if root in p.parents)
-                dirs.add(path.parent)
-            data = contents[key]
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            fds.append(fd)
+def write_files_durably(directory: Path, contents: dict[str, memoryview], sync_dir: bool = True) -> dict[str, str]:
+    """Write `{name: bytes}` as new files in `directory`, each fsynced before returning, and
+    (`sync_dir`) the directory too; returns their sha256s, computed from the bytes written
+    (one pass, no re-read)."""
+    checksums = {}
+    for name, data in contents.items():
+        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
             view = data
             while view:
                 view = view[os.write(fd, view):]
-            checksums[key] = hashlib.sha256(data).hexdigest()
-        for fd in fds:
             os.fsync(fd)
-    finally:
-        for fd in fds:
+        finally:
             os.close(fd)
-    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-        _fsync_dir(d)
+        checksums[name] = hashlib.sha256(data).hexdigest()
+    if sync_dir:
+        _fsync_dir(directory)
     return checksums
 
 
-def write_arrays(group_dir: Path, arrays: dict[str, np.ndarray]) -> dict[str, list[int]]:
-    """Write `{"a/b": array}` into a new Zarr v3 group at `group_dir`, durably; returns the shapes."""
-    contents, shapes = encode_arrays(arrays)
-    group_dir.mkdir(parents=True, exist_ok=True)
-    write_files_durably(group_dir, contents)
-    return shapes
+def zip_contents(contents: dict[str, memoryview]) -> memoryview:
+    """A Zarr store's `{key: bytes}` as the bytes of a zip that zarr's ZipStore reads: members
+    in key order, stored, with a fixed timestamp (same arrays, same bytes). Frees each member
+    once copied, so the encoded arrays are held about once."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key in sorted(contents):
+            zf.writestr(zipfile.ZipInfo(key, date_time=(1980, 1, 1, 0, 0, 0)), contents.pop(key))
+    return buf.getbuffer()
 
 
 def read_arrays(group_dir: Path, names: list[str]) -> dict[str, np.ndarray]:
-    """`{name: array}` from the Zarr v3 group at `group_dir`, all read in one round trip to
-    zarr's event loop (reads of the arrays overlap). KeyError for a name the group lacks."""
+    """`{name: array}` from an artifact's arrays (its `arrays.zarr.zip`, or the Zarr v3
+    directory tree at `group_dir` of older artifacts and of a run's work dir), all read in one
+    round trip to zarr's event loop. KeyError for a name the group lacks."""
     import asyncio
 
     import numpy as np
     import zarr.api.asynchronous as zarr_async
     from zarr.core.sync import sync
+    from zarr.storage import ZipStore
+
+    packed = group_dir / ARRAYS_ZIP
+    store = ZipStore(packed, mode="r") if packed.is_file() else str(group_dir)
 
     async def load() -> list:
-        root = await zarr_async.open_group(store=str(group_dir), mode="r", zarr_format=3)
+        root = await zarr_async.open_group(store=store, mode="r", zarr_format=3)
 
         async def one(name: str):
             return await (await root.getitem(name)).getitem(...)
 
         return await asyncio.gather(*(one(name) for name in names))
 
-    return {name: np.asarray(a) for name, a in zip(names, sync(load()))}
+    try:
+        return {name: np.asarray(a) for name, a in zip(names, sync(load()))}
+    finally:
+        if isinstance(store, ZipStore):
+            store.close()
+
+
+def sizes_by_array(artifact_dir: Path, arrays: list[str]) -> dict[str, int]:
+    """Bytes on disk per array of `arrays` (its Zarr metadata and chunks together), and per
+    other file (the manifest), in either layout: members of `arrays.zarr.zip` count at their
+    stored size, the zip's own headers under its name."""
+    import zipfile
+
+    def owner(rel: str) -> str:
+        return next((a for a in arrays if rel.startswith(a + "/")), rel)
+
+    sizes: dict[str, int] = {}
+    for rel in [*_files(artifact_dir), MANIFEST]:
+        path = artifact_dir / rel
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        if rel == ARRAYS_ZIP:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    sizes[owner(info.filename)] = sizes.get(owner(info.filename), 0) + info.compress_size
+                    size -= info.compress_size
+        sizes[owner(rel)] = sizes.get(owner(rel), 0) + size
+    return sizes
 
 
 def tmp_name(artifact_id: str) -> str:
@@ -220,7 +250,9 @@ def write_artifact(
     tmp.mkdir()
     try:
         contents, shapes = encode_arrays(arrays)
-        checksums = write_files_durably(tmp, contents)  # data and its directories on disk first
+        # The data on disk before the manifest is written; `tmp`'s entries are fsynced once,
+        # with the manifest's, before the rename that makes any of them visible.
+        checksums = write_files_durably(tmp, {ARRAYS_ZIP: zip_contents(contents)}, sync_dir=False)
         del contents
         if before_manifest is not None:  # test hook: simulate a crash between arrays and manifest
             before_manifest(tmp)
