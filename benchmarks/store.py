@@ -16,7 +16,15 @@ with real specs), then times, side by side in one process:
 * traces         `lh query`'s sandboxed `select ... from traces where run_id = ...` (one run's
                  4,000 rows out of the index's 4 million)
 
-Prints a table; writes benchmarks/results/store.json.
+Then, `tiny run I/O` (issue 13's per-run overhead): a worker's store I/O for one tiny run,
+timed for the writer at `--before` (a git revision, loaded from git) and the current one,
+alternating, on the same file system: `write_artifact` of a run's traces (4 chains × 200
+draws, 6 arrays) with its phases, and the read path `run_sampler_job` takes for a small
+target (`check_manifest`, `verify`, `read_arrays`); medians and p90 in ms, fsyncs per write.
+
+    uv run python benchmarks/store.py --tiny-io-only    # just that section, ~1 min
+
+Prints tables; writes benchmarks/results/store.json (the tiny-run section under "tiny_run_io").
 """
 
 from __future__ import annotations
@@ -69,10 +77,136 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
+TINY_TRACES = ("loss", "llc", "cumulative_fge", "walltime", "step_size", "accept_rate")
+DEFAULT_BEFORE = "9da68f8"  # main before the tiny-run I/O work
+
+
+def _artifacts_at(rev: str):
+    """lambda_hat/store/artifacts.py as of git revision `rev`, as a module of its own."""
+    import subprocess
+    import types
+
+    src = subprocess.run(["git", "show", f"{rev}:lambda_hat/store/artifacts.py"], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    mod = types.ModuleType(f"artifacts_at_{rev}")
+    exec(compile(src, f"artifacts.py@{rev}", "exec"), mod.__dict__)
+    return mod
+
+
+def _phases_write(mod, final_dir: Path, arrays: dict, manifest: Manifest) -> dict:
+    """write_artifact with its phases timed: the hook between arrays and manifest, and a
+    wrapped os.rename, split it into arrays | manifest | rename + parent fsync."""
+    import os
+
+    marks = {}
+    real_rename = os.rename
+
+    def rename(src, dst):
+        marks["rename"] = time.perf_counter()
+        return real_rename(src, dst)
+
+    mod.os.rename = rename
+    try:
+        t0 = time.perf_counter()
+        mod.write_artifact(final_dir, arrays, manifest, before_manifest=lambda _: marks.setdefault("arrays", time.perf_counter()))
+        t1 = time.perf_counter()
+    finally:
+        mod.os.rename = real_rename
+    return {"write_artifact": t1 - t0, "  arrays (+checksums if fused)": marks["arrays"] - t0,
+            "  checksums + manifest": marks["rename"] - marks["arrays"], "  rename + parent fsync": t1 - marks["rename"]}
+
+
+def tiny_run_io(root: Path, before_rev: str, reps: int) -> dict:
+    import os
+    import statistics
+
+    from lambda_hat.store import artifacts as after
+    from lambda_hat.store.store import check_manifest
+
+    mods = {"before": _artifacts_at(before_rev), "after": after}
+    ex = expand(sweep_from_dict({"targets": [{"model": "small", "data": "small"}],
+                                 "samplers": [{"name": "sgld", "grid": {"seed": list(range(reps + 1))}}]}))
+    rng = np.random.default_rng(0)
+    t, runs = ex.targets[0], ex.runs
+    target_arrays = {"params/W_0": rng.normal(size=(4, 4)), "params/W_1": rng.normal(size=(4, 4)),
+                     "params/W_2": rng.normal(size=(4, 1)), "X": rng.normal(size=(100, 4)), "Y": rng.normal(size=(100, 1))}
+    tman = Manifest(id=t.target_id, type="target", spec=resolved_spec(t.spec), metrics={"L0": 0.01})
+    tdirs = {}
+    for label, mod in mods.items():
+        tdirs[label] = root / label / "targets" / t.target_id
+        mod.write_artifact(tdirs[label], target_arrays, tman)
+
+    fsyncs = {"n": 0}
+    real_fsync = os.fsync
+
+    def counting_fsync(fd):
+        fsyncs["n"] += 1
+        return real_fsync(fd)
+
+    samples: dict[str, dict[str, list]] = {label: {} for label in mods}
+    n_fsync = {label: 0 for label in mods}
+    n_files = {}
+    for i in range(reps + 1):  # i == 0 warms up both
+        for label in (("before", "after") if i % 2 else ("after", "before")):
+            mod, tdir = mods[label], tdirs[label]
+            r = runs[i]
+            traces = {f"traces/{k}": rng.normal(size=(4, 200)) for k in TINY_TRACES}
+            rman = Manifest(id=r.run_id, type="run", spec=resolved_spec(r.spec), metrics={"llc_mean": 1.0})
+            fsyncs["n"] = 0
+            mod.os.fsync = counting_fsync
+            try:
+                phases = _phases_write(mod, root / label / "runs" / r.run_id, traces, rman)
+            finally:
+                mod.os.fsync = real_fsync
+            n_fsync[label] = fsyncs["n"]
+            n_files[label] = sum(len(f) for _, _, f in os.walk(root / label / "runs" / r.run_id))
+            t0 = time.perf_counter()
+            tm, _ = check_manifest(tdir, "target")
+            t1 = time.perf_counter()
+            assert mod.verify(tdir, "target") == []
+            t2 = time.perf_counter()
+            mod.read_arrays(tdir, list(tm.arrays))
+            t3 = time.perf_counter()
+            row = {**phases, "read: check_manifest": t1 - t0, "read: verify": t2 - t1, "read: read_arrays": t3 - t2,
+                   "read: total": t3 - t0}
+            if i:
+                for k, v in row.items():
+                    samples[label].setdefault(k, []).append(v)
+
+    def stats(xs):
+        xs = sorted(xs)
+        return {"median_ms": 1000 * statistics.median(xs), "p90_ms": 1000 * xs[int(0.9 * (len(xs) - 1))]}
+
+    out = {"before_rev": before_rev, "reps": reps, "traces": f"{len(TINY_TRACES)} arrays of 4 x 200 float64",
+           "fsyncs_per_write": n_fsync, "files_per_run_artifact": n_files,
+           "ms": {label: {k: stats(v) for k, v in rows.items()} for label, rows in samples.items()}}
+    print(f"\ntiny run I/O: {reps} alternating repetitions, median (p90) ms; before = {before_rev}, after = this tree")
+    print(f"{'operation':<34}{'before':>18}{'after':>18}{'after/before':>14}")
+    for k in samples["after"]:
+        b, a = out["ms"]["before"][k], out["ms"]["after"][k]
+        print(f"{k:<34}{b['median_ms']:>9.2f} ({b['p90_ms']:5.1f}){a['median_ms']:>9.2f} ({a['p90_ms']:5.1f})"
+              f"{a['median_ms'] / b['median_ms']:>14.2f}")
+    print(f"{'fsyncs per run write':<34}{n_fsync['before']:>18}{n_fsync['after']:>18}")
+    print(f"{'files per run artifact':<34}{n_files['before']:>18}{n_files['after']:>18}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--before", default=DEFAULT_BEFORE, help="git revision whose artifacts.py is the tiny-run baseline")
+    ap.add_argument("--tiny-reps", type=int, default=100)
+    ap.add_argument("--tiny-io-only", action="store_true")
     args = ap.parse_args()
+    out = Path(__file__).parent / "results" / "store.json"
+    if args.tiny_io_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            tiny = tiny_run_io(Path(tmp), args.before, args.tiny_reps)
+        report = json.loads(out.read_text()) if out.exists() else {}
+        report["tiny_run_io"] = tiny
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {out}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "store"
         t_build, (n, ex) = timed(lambda: build(root, args.runs))
@@ -99,9 +233,11 @@ def main() -> None:
     print(f"{'operation':<28}{'seconds':>10}{'per artifact (ms)':>20}")
     for k, v in rows.items():
         print(f"{k:<28}{v:>10.3f}{1000 * v / n:>20.3f}")
-    out = Path(__file__).parent / "results" / "store.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = tiny_run_io(Path(tmp), args.before, args.tiny_reps)
     out.write_text(json.dumps({"artifacts": n, "runs": len(rids), "seconds": rows,
-                               "machine": {"python": platform.python_version(), "cpu_count": __import__("os").cpu_count()}},
+                               "machine": {"python": platform.python_version(), "cpu_count": __import__("os").cpu_count()},
+                               "tiny_run_io": tiny},
                               indent=1) + "\n")
     print(f"wrote {out}")
 

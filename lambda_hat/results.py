@@ -644,11 +644,9 @@ def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: 
     lines.append(f"made       {manifest.created_at} on {manifest.host}, code {manifest.code.sha or '?'}"
                  + (" (dirty)" if manifest.code.dirty else ""))
     # One line per array (its Zarr metadata and chunks together), with its shape.
-    sizes: dict[str, int] = {}
-    for p, size in store.files(kind, artifact_id):
-        rel = p.relative_to(d).as_posix()
-        owner = next((a for a in manifest.arrays if rel.startswith(a + "/")), rel)
-        sizes[owner] = sizes.get(owner, 0) + size
+    from lambda_hat.store.artifacts import sizes_by_array
+
+    sizes = sizes_by_array(d, list(manifest.arrays))
     lines.append(f"files      {human_bytes(sum(sizes.values()))} in {d}/")
     for name, size in sizes.items():
         shape = manifest.arrays.get(name)

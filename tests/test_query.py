@@ -15,6 +15,7 @@ from lambda_hat.cli import app
 from lambda_hat.ids import resolved_spec
 from lambda_hat.store import index
 from lambda_hat.store.artifacts import write_artifact
+from lambda_hat.store.layout import ARRAYS_ZIP
 from lambda_hat.store.store import Store
 from tests.test_store import SWEEP, fake_manifest, fill_store
 
@@ -200,7 +201,7 @@ def test_traces_view_answers_one_run_from_the_index_alone(runner, tmp_path):
     # Every other run's arrays are gone: the answer cannot come from reading them.
     for other in ex.runs:
         if other is not run:
-            shutil.rmtree(st.layout.run_dir(other.run_id) / "traces")
+            (st.layout.run_dir(other.run_id) / ARRAYS_ZIP).unlink()
     result = lh(runner, "query", f"select chain, draw, loss, llc, diverging, accept_rate from traces "
                 f"where run_id = '{run.run_id}' order by chain, draw", "--store", str(root), "--format", "json")
     rows = json.loads(result.stdout)

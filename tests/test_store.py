@@ -9,6 +9,7 @@ from lambda_hat.ids import resolved_spec
 from lambda_hat.planner import expand, plan
 from lambda_hat.store import StoreLayout, StoreSnapshot, index
 from lambda_hat.store.artifacts import read_arrays, read_manifest, verify, write_artifact
+from lambda_hat.store.layout import ARRAYS_ZIP
 from lambda_hat.store.manifest import Manifest
 from lambda_hat.store.store import Store
 from lambda_hat.sweep import sweep_from_dict
@@ -60,7 +61,7 @@ def test_artifact_roundtrip_and_verify(tmp_path):
     assert read_manifest(d).arrays == {"X": [2]}
     np.testing.assert_array_equal(read_arrays(d, ["X"])["X"], [1.0, 2.0])
     assert verify(d, "target") == []
-    chunk = next(p for p in sorted(d.rglob("*")) if p.is_file() and "/c/" in p.as_posix())
+    chunk = d / ARRAYS_ZIP
     chunk.write_bytes(chunk.read_bytes() + b"x")
     assert any("checksum mismatch" in p for p in verify(d, "target"))
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from lambda_hat.cli import app
 from lambda_hat.store import index
 from lambda_hat.store.claims import Claims, Owner
+from lambda_hat.store.layout import ARRAYS_ZIP
 from lambda_hat.store.store import Store
 from test_store import fill_store
 
@@ -120,13 +121,13 @@ def test_tampering_is_detected(store):
     m2["id"] = rids[2]
     (d2 / "manifest.json").write_text(json.dumps(m2))
     d3 = st.layout.target_dir(tids[0])
-    chunk = next(p for p in sorted((d3 / "X").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk = d3 / ARRAYS_ZIP
     chunk.write_bytes(b"\0" * len(chunk.read_bytes()))
     result = lh("verify", "--store", str(st.root))
     assert result.exit_code == 1
     assert "manifest checksum mismatch" in result.stdout
     assert "not the directory's name" in result.stdout
-    assert "checksum mismatch X/" in result.stdout
+    assert f"checksum mismatch {ARRAYS_ZIP}" in result.stdout
     # The edited manifests no longer count as done; the damaged target is caught by the worker.
     assert st.snapshot(tids, rids).run_ids == frozenset(rids[:2])
 
@@ -137,10 +138,10 @@ def test_worker_refuses_a_damaged_target(store, tmp_path):
     st, ex = store
     r = ex.runs[0]
     d = st.layout.target_dir(r.spec.target_id)
-    chunk = next(p for p in sorted((d / "X").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk = d / ARRAYS_ZIP
     chunk.write_bytes(b"\1" * len(chunk.read_bytes()))
     st.layout.run_dir(r.run_id).rename(tmp_path / "moved")  # so the run is still to do
-    with pytest.raises(RuntimeError, match=r"damaged \(checksum mismatch X/"):
+    with pytest.raises(RuntimeError, match=rf"damaged \(checksum mismatch {ARRAYS_ZIP}"):
         run_sampler_job(r.spec.model_dump(mode="json"), str(st.root), str(tmp_path / "l.log"), str(tmp_path / "l.err"))
     assert not st.layout.run_dir(r.run_id).exists()
 

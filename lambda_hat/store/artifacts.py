@@ -1,7 +1,13 @@
 """Atomic artifacts: a Zarr v3 group plus `manifest.json`, complete or absent.
 
-An artifact is written into a temporary sibling directory (arrays first, then the
-manifest with per-file checksums and its own checksum), then renamed into place. `rename`
+The group is one file, `arrays.zarr.zip` (zarr's ZipStore layout, members stored
+uncompressed: the chunks are zstd already); artifacts of lambda-hat ≤ 0.2 hold it as a
+directory tree of zarr.json and chunk files, and read the same. One file rather than two per
+array and group makes a tiny run's write a handful of fsyncs instead of dozens.
+
+An artifact is written into a temporary sibling directory (arrays first, fsynced with the
+directory, then the manifest with per-file checksums and its own checksum, fsynced), then
+renamed into place and the parent fsynced. `rename`
 of a directory is atomic on POSIX file systems, so a reader sees either nothing or a
 complete artifact. A directory in place without a readable manifest (an interrupted copy,
 a hand edit) is incomplete: it is moved to the store's quarantine, never read as done.
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +32,7 @@ if TYPE_CHECKING:  # numpy is imported where arrays are written or read: `lh pla
     import numpy as np
 
 from lambda_hat.faults import crash_point
-from lambda_hat.store.layout import MANIFEST
+from lambda_hat.store.layout import ARRAYS_ZIP, MANIFEST
 from lambda_hat.store.manifest import MANIFEST_VERSION, Manifest, ManifestError, parse_manifest, self_checksum
 
 TMP_PREFIX = ".tmp-"
@@ -43,12 +50,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _files(root: Path) -> list[str]:
+    """Every file under `root` but the manifest, as sorted relative POSIX paths (os.walk:
+    pathlib's rglob cost more than hashing a tiny artifact's files)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        out += [prefix + name for name in filenames if prefix or name != MANIFEST]
+    return sorted(out)
+
+
 def _checksums(root: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            out[p.relative_to(root).as_posix()] = _sha256(p)
-    return out
+    return {rel: _sha256(root / rel) for rel in _files(root)}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -59,44 +73,125 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def encode_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, memoryview], dict[str, list[int]]]:
+    """The Zarr v3 group of `{"a/b": array}` as `{store key: encoded bytes}`, made by zarr in
+    memory (the same bytes its LocalStore would write), and the arrays' shapes. One round
+    trip to zarr's event loop for all arrays: a handoff per array and file cost more than the
+    encoding itself for a tiny run, and far more while JAX workers keep the cores busy."""
+    import asyncio
 
-
-def write_arrays(group_dir: Path, arrays: dict[str, np.ndarray]) -> dict[str, list[int]]:
-    """Write `{"a/b": array}` into a Zarr v3 group at `group_dir`; returns the shapes."""
     import numpy as np
-    import zarr
+    import zarr.api.asynchronous as zarr_async
+    from zarr.core.sync import sync
+    from zarr.storage import MemoryStore
 
-    root = zarr.open_group(str(group_dir), mode="w", zarr_format=3)
-    shapes = {}
-    for name, arr in arrays.items():
-        arr = np.ascontiguousarray(arr)
-        *parents, leaf = name.split("/")
-        g = root
-        for p in parents:
-            g = g.require_group(p)
-        g.create_array(leaf, data=arr, chunks=arr.shape or "auto")
-        shapes[name] = list(arr.shape)
-    return shapes
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    contents: dict = {}
+    store = MemoryStore(contents)
+
+    async def build() -> None:
+        groups = {"": await zarr_async.open_group(store=store, mode="w", zarr_format=3)}
+        for name in arrays:
+            parts = name.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                path = "/".join(parts[:i])
+                if path not in groups:
+                    groups[path] = await groups["/".join(parts[:i - 1])].require_group(parts[i - 1])
+        await asyncio.gather(*(
+            zarr_async.create_array(store, name=name, data=a, chunks=a.shape or "auto", zarr_format=3)
+            for name, a in arrays.items()))
+
+    sync(build())
+    return ({key: memoryview(buf.as_buffer_like()).cast("B") for key, buf in contents.items()},
+            {name: list(a.shape) for name, a in arrays.items()})
+
+
+def write_files_durably(directory: Path, contents: dict[str, memoryview], sync_dir: bool = True) -> dict[str, str]:
+    """Write `{name: bytes}` as new files in `directory`, each fsynced before returning, and
+    (`sync_dir`) the directory too; returns their sha256s, computed from the bytes written
+    (one pass, no re-read)."""
+    checksums = {}
+    for name, data in contents.items():
+        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            view = data
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        checksums[name] = hashlib.sha256(data).hexdigest()
+    if sync_dir:
+        _fsync_dir(directory)
+    return checksums
+
+
+def zip_contents(contents: dict[str, memoryview]) -> memoryview:
+    """A Zarr store's `{key: bytes}` as the bytes of a zip that zarr's ZipStore reads: members
+    in key order, stored, with a fixed timestamp (same arrays, same bytes). Frees each member
+    once copied, so the encoded arrays are held about once."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key in sorted(contents):
+            zf.writestr(zipfile.ZipInfo(key, date_time=(1980, 1, 1, 0, 0, 0)), contents.pop(key))
+    return buf.getbuffer()
 
 
 def read_arrays(group_dir: Path, names: list[str]) -> dict[str, np.ndarray]:
-    import numpy as np
-    import zarr
+    """`{name: array}` from an artifact's arrays (its `arrays.zarr.zip`, or the Zarr v3
+    directory tree at `group_dir` of older artifacts and of a run's work dir), all read in one
+    round trip to zarr's event loop. KeyError for a name the group lacks."""
+    import asyncio
 
-    root = zarr.open_group(str(group_dir), mode="r", zarr_format=3)
-    return {name: np.asarray(root[name][...]) for name in names}
+    import numpy as np
+    import zarr.api.asynchronous as zarr_async
+    from zarr.core.sync import sync
+    from zarr.storage import ZipStore
+
+    packed = group_dir / ARRAYS_ZIP
+    store = ZipStore(packed, mode="r") if packed.is_file() else str(group_dir)
+
+    async def load() -> list:
+        root = await zarr_async.open_group(store=store, mode="r", zarr_format=3)
+
+        async def one(name: str):
+            return await (await root.getitem(name)).getitem(...)
+
+        return await asyncio.gather(*(one(name) for name in names))
+
+    try:
+        return {name: np.asarray(a) for name, a in zip(names, sync(load()))}
+    finally:
+        if isinstance(store, ZipStore):
+            store.close()
+
+
+def sizes_by_array(artifact_dir: Path, arrays: list[str]) -> dict[str, int]:
+    """Bytes on disk per array of `arrays` (its Zarr metadata and chunks together), and per
+    other file (the manifest), in either layout: members of `arrays.zarr.zip` count at their
+    stored size, the zip's own headers under its name."""
+    import zipfile
+
+    def owner(rel: str) -> str:
+        return next((a for a in arrays if rel.startswith(a + "/")), rel)
+
+    sizes: dict[str, int] = {}
+    for rel in [*_files(artifact_dir), MANIFEST]:
+        path = artifact_dir / rel
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        if rel == ARRAYS_ZIP:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    sizes[owner(info.filename)] = sizes.get(owner(info.filename), 0) + info.compress_size
+                    size -= info.compress_size
+        sizes[owner(rel)] = sizes.get(owner(rel), 0) + size
+    return sizes
 
 
 def tmp_name(artifact_id: str) -> str:
@@ -154,16 +249,21 @@ def write_artifact(
     tmp = final_dir.parent / tmp_name(final_dir.name)
     tmp.mkdir()
     try:
-        shapes = write_arrays(tmp, arrays)
+        contents, shapes = encode_arrays(arrays)
+        # The data on disk before the manifest is written; `tmp`'s entries are fsynced once,
+        # with the manifest's, before the rename that makes any of them visible.
+        checksums = write_files_durably(tmp, {ARRAYS_ZIP: zip_contents(contents)}, sync_dir=False)
+        del contents
         if before_manifest is not None:  # test hook: simulate a crash between arrays and manifest
             before_manifest(tmp)
         crash_point("artifact:before_manifest")
         data = manifest.model_copy(
-            update={"manifest_version": MANIFEST_VERSION, "arrays": shapes, "checksums": _checksums(tmp), "manifest_sha256": None}
+            update={"manifest_version": MANIFEST_VERSION, "arrays": shapes, "checksums": checksums, "manifest_sha256": None}
         ).to_json_dict()
         data["manifest_sha256"] = self_checksum(data)
-        write_json_atomic(tmp / MANIFEST, data)
-        _fsync_dir(tmp)
+        # Written in place, not replaced: `tmp` as a whole is the unit that appears atomically.
+        text = (json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n").encode()
+        write_files_durably(tmp, {MANIFEST: memoryview(text)})
         crash_point("artifact:before_rename")
         for _ in range(3):
             try:
@@ -208,33 +308,54 @@ def read_manifest(artifact_dir: Path) -> Manifest:
 def verify(artifact_dir: Path, kind: str | None = None) -> list[str]:
     """Problems found with one artifact (empty when it is intact): a readable manifest whose
     own checksum holds, whose ID is its directory's name and the hash of its stored spec,
-    and whose arrays match their checksums."""
+    and whose arrays match their checksums (every file is read and hashed each time)."""
+    path = artifact_dir / MANIFEST
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return [f"incomplete artifact (no {MANIFEST})"]
+    except OSError as err:
+        return [f"unreadable ({err.strerror})"]
+    manifest_problems, expected = _manifest_problems(text, str(path), artifact_dir.name, kind)
+    problems = list(manifest_problems)
+    if expected is None:
+        return problems
+    expected = dict(expected)
+    actual = _checksums(artifact_dir)
+    problems += [f"missing {p}" for p in expected if p not in actual]
+    problems += [f"unexpected {p}" for p in actual if p not in expected and not p.startswith(".")]
+    problems += [f"checksum mismatch {p}" for p in expected if p in actual and actual[p] != expected[p]]
+    return problems
+
+
+@functools.lru_cache(maxsize=256)
+def _manifest_problems(text: bytes, where: str, dir_name: str, kind: str | None
+                       ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...] | None]:
+    """What is wrong with a manifest's own content, and the checksums it lists (None when it
+    does not parse). A pure function of its arguments, so memoized: a worker that verifies
+    the same target for run after run parses and re-hashes its spec (RFC 8785) once; the
+    array files are hashed on every call all the same."""
     from lambda_hat.ids import id_of_stored_spec
 
     try:
-        manifest, raw = read_manifest_raw(artifact_dir)
-    except (ArtifactError, ManifestError) as err:
-        return [str(err).removeprefix(f"{artifact_dir}: ").removeprefix(f"{artifact_dir / MANIFEST}: ")]
+        manifest, raw = parse_manifest(text, where)
+    except ManifestError as err:
+        return (str(err).removeprefix(f"{where}: "),), None
     problems = []
     if manifest.manifest_version >= 2:
         if raw.get("manifest_sha256") != self_checksum(raw):
             problems.append("manifest checksum mismatch (manifest.json was edited)")
-    if manifest.id != artifact_dir.name:
+    if manifest.id != dir_name:
         problems.append(f"manifest id {manifest.id} is not the directory's name")
     if kind is not None and manifest.type != kind:
         problems.append(f"a {manifest.type} manifest in the {kind}s directory")
     try:
         hashed = id_of_stored_spec(manifest.type, manifest.spec)
-        if hashed != artifact_dir.name:
-            problems.append(f"stored spec hashes to {hashed}, not {artifact_dir.name}")
+        if hashed != dir_name:
+            problems.append(f"stored spec hashes to {hashed}, not {dir_name}")
     except ValueError as err:
         problems.append(f"stored spec does not validate: {' '.join(str(err).split())[:200]}")
-    actual = _checksums(artifact_dir)
-    expected = manifest.checksums
-    problems += [f"missing {p}" for p in expected if p not in actual]
-    problems += [f"unexpected {p}" for p in actual if p not in expected and not p.startswith(".")]
-    problems += [f"checksum mismatch {p}" for p in expected if p in actual and actual[p] != expected[p]]
-    return problems
+    return tuple(problems), tuple(manifest.checksums.items())
 
 
 def pid_alive(pid: int) -> bool:

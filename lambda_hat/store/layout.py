@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+# An artifact's arrays (since lambda-hat 0.2): one Zarr v3 hierarchy in a zip file, zarr's
+# ZipStore layout. Artifacts written before hold the same hierarchy as a directory tree.
+ARRAYS_ZIP = "arrays.zarr.zip"
 DEFAULT_STORE = "runs"
 
 
