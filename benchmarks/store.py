@@ -15,6 +15,13 @@ with real specs), then times, side by side in one process:
 * export         `Store.export_runs()` to Parquet from the manifests
 * traces         `lh query`'s sandboxed `select ... from traces where run_id = ...` (one run's
                  4,000 rows out of the index's 4 million)
+* record         the driver's `Store.record` of finished runs into that index (each run's
+                 manifest read back with `record_manifest`, as the driver does, and its traces
+                 read from Zarr into the index): --record-runs more runs one per write, then
+                 writes of 10 runs; the median over writes of seconds per record
+
+--code DIR measures the `lambda_hat` package in DIR (e.g. a worktree of an older commit) in
+place of this checkout's, so that before and after run side by side on one machine.
 
 Then, `tiny run I/O` (issue 13's per-run overhead): a worker's store I/O for one tiny run,
 timed for the writer at `--before` (a git revision, loaded from git) and the current one,
@@ -32,6 +39,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +48,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+_code = argparse.ArgumentParser(add_help=False)
+_code.add_argument("--code", type=Path)
+CODE = (_code.parse_known_args()[0].code or REPO).resolve()
+sys.path.insert(0, str(CODE))
 
 from lambda_hat.ids import resolved_spec  # noqa: E402
 from lambda_hat.planner import expand  # noqa: E402
@@ -49,9 +62,9 @@ from lambda_hat.store.store import Store  # noqa: E402
 from lambda_hat.sweep import sweep_from_dict  # noqa: E402
 
 
-def build(root: Path, n_runs: int) -> int:
+def build(root: Path, n_runs: int, first_seed: int = 0) -> int:
     n_targets = 10
-    seeds = list(range(max(1, n_runs // n_targets)))
+    seeds = list(range(first_seed, first_seed + max(1, n_runs // n_targets)))
     sweep = sweep_from_dict({
         "targets": [{"model": "small", "data": "small", "grid": {"seed": list(range(n_targets))}}],
         "samplers": [{"name": "sgld", "grid": {"seed": seeds}}],
@@ -197,6 +210,8 @@ def main() -> None:
     ap.add_argument("--before", default=DEFAULT_BEFORE, help="git revision whose artifacts.py is the tiny-run baseline")
     ap.add_argument("--tiny-reps", type=int, default=100)
     ap.add_argument("--tiny-io-only", action="store_true")
+    ap.add_argument("--record-runs", type=int, default=100, help="runs recorded one per write, and as many in writes of 10")
+    ap.add_argument("--code", type=Path, help="measure the lambda_hat package in this directory (no tiny-run section)")
     args = ap.parse_args()
     out = Path(__file__).parent / "results" / "store.json"
     if args.tiny_io_only:
@@ -229,15 +244,43 @@ def main() -> None:
         results.run_query(st.layout, one)  # the first query pays for cold file caches
         rows["lh query: traces of one run"], res = timed(lambda: results.run_query(st.layout, one))
         assert len(res.rows) == 4 * 1000
+        # Finished runs recorded into that index, as the driver's Recorder does.
+        n_rec = args.record_runs
+        _, more = build(root, 2 * n_rec + 10, first_seed=len(rids) // 10)  # the same targets, new seeds
+        new = [r.run_id for r in more.runs if r.run_id not in set(rids)]
+        assert len(new) == 2 * n_rec + 10
+
+        def record(ids: list[str], per_write: int) -> float:
+            """Median seconds per record of the writes (less moved by other load than the mean)."""
+            seconds = []
+            for i in range(0, len(ids), per_write):
+                batch = ids[i:i + per_write]
+                seconds.append(timed(lambda: st.record([st.record_manifest("run", r) for r in batch]))[0] / len(batch))
+            return statistics.median(seconds)
+
+        st.record([st.record_manifest("run", r) for r in new[:10]])  # imports (Zarr, pyarrow): once per driver
+        per_record = {"record, 1 run per write": record(new[10:10 + n_rec], 1),
+                      "record, 10 runs per write": record(new[10 + n_rec:], 10)}
+        from lambda_hat.store import index
+
+        assert set(new) <= set(index.indexed_stats(st.layout)["run"])
     print(f"store of {n:,} artifacts ({len(rids):,} runs), built in {t_build:.1f}s")
     print(f"{'operation':<28}{'seconds':>10}{'per artifact (ms)':>20}")
     for k, v in rows.items():
         print(f"{k:<28}{v:>10.3f}{1000 * v / n:>20.3f}")
-    with tempfile.TemporaryDirectory() as tmp:
-        tiny = tiny_run_io(Path(tmp), args.before, args.tiny_reps)
-    out.write_text(json.dumps({"artifacts": n, "runs": len(rids), "seconds": rows,
+    print(f"\n{'into that index':<28}{'ms per record (median of writes)':>34}")
+    for k, v in per_record.items():
+        print(f"{k:<28}{1000 * v:>34.1f}")
+    tiny = None
+    if args.code is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            tiny = tiny_run_io(Path(tmp), args.before, args.tiny_reps)
+    commit = subprocess.run(["git", "-C", str(CODE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    out = Path(__file__).parent / "results" / (f"store-{commit or args.code.name}.json" if args.code else "store.json")
+    out.write_text(json.dumps({"artifacts": n, "runs": len(rids), "seconds": rows, "record_s_per_run": per_record,
+                               "code": str(CODE), "commit": commit or None,
                                "machine": {"python": platform.python_version(), "cpu_count": __import__("os").cpu_count()},
-                               "tiny_run_io": tiny},
+                               **({"tiny_run_io": tiny} if tiny else {})},
                               indent=1) + "\n")
     print(f"wrote {out}")
 

@@ -1,5 +1,6 @@
 """Store.snapshot answers the same whichever way it finds the artifacts: the index's word with
-one stat per ID, or a listing of the directory first (when many IDs are not indexed)."""
+one stat per ID, or a listing of the directory first (when many IDs are not indexed), and
+whether the IDs are stat'ed in one chunk or in many across threads."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from lambda_hat.store.store import Store
 from test_store import fill_store
 
 
+@pytest.mark.parametrize("chunk", [2048, 2], ids=["one-chunk", "threaded-chunks"])
 @pytest.mark.parametrize("listing_above", [0, 10**9], ids=["listing", "stat-only"])
 @pytest.mark.parametrize("indexed", [True, False], ids=["indexed", "no-index"])
-def test_snapshot_is_the_same_with_or_without_a_listing(tmp_path, monkeypatch, listing_above, indexed):
+def test_snapshot_is_the_same_with_or_without_a_listing(tmp_path, monkeypatch, listing_above, indexed, chunk):
     monkeypatch.setattr(store_module, "LISTING_ABOVE", listing_above)
+    monkeypatch.setattr(store_module, "STAT_CHUNK", chunk)
     ex, _ = fill_store(tmp_path / "store")
     st = Store(tmp_path / "store")
     if indexed:

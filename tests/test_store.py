@@ -159,3 +159,15 @@ def test_index_columns_derive_from_the_manifest_models():
     assert set(RunMetrics.model_fields) <= set(run_cols)
     assert set(TargetMetrics.model_fields) <= {c.name for c in index.TABLES["targets"]}
     assert len(run_cols) == len(set(run_cols))
+
+
+def test_a_batch_with_new_replaced_and_repeated_runs_keeps_one_row_and_one_trace_set_each(tmp_path):
+    ex, manifests = fill_store(tmp_path)
+    st = Store(tmp_path)
+    runs = [st.record_manifest("run", r.run_id) for r in ex.runs]
+    st.record(runs[:2])
+    st.record([runs[1], runs[2], runs[2], runs[3], runs[1]])  # one replaced twice, one new twice, one new
+    with index.connect_readonly(st.layout) as con:
+        assert con.execute("select count(*), count(distinct run_id) from runs").fetchone() == (4, 4)
+        per_run = dict(con.execute("select run_id, count(*) from traces group by run_id").fetchall())
+    assert per_run == {r.run_id: 4 for r in ex.runs}  # each fake run's traces/llc is 2 chains × 2 draws

@@ -14,9 +14,10 @@ import os
 import shutil
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 from lambda_hat.errors import StoreError
 from lambda_hat.store import index
@@ -36,6 +37,8 @@ from lambda_hat.store.snapshot import StoreSnapshot
 
 if TYPE_CHECKING:
     import numpy as np
+
+_T = TypeVar("_T")
 
 KINDS = ("target", "run")
 TMP_GRACE_S = 3600.0  # a foreign host's temporary directory younger than this may be live
@@ -123,26 +126,24 @@ STAT_THREADS = 8  # stat releases the GIL: on a network file system the calls ov
 STAT_CHUNK = 2048
 
 
-def _stat_manifests(parent_fd: int, ids: list[str]) -> list[os.stat_result | None]:
-    """stat of each ID's manifest relative to `parent_fd` (None where missing), in order; large
-    lists are split over a few threads."""
-
-    def chunk(part: list[str]) -> list[os.stat_result | None]:
-        out = []
-        for artifact_id in part:
-            try:
-                out.append(os.stat(f"{artifact_id}/{MANIFEST}", dir_fd=parent_fd))
-            except OSError:
-                out.append(None)
-        return out
-
-    if len(ids) <= STAT_CHUNK:
-        return chunk(ids)
+def _in_parts(n: int, part: Callable[[int, int], "_T"]) -> Iterator["_T"]:
+    """part(start, stop) over [0, n) in chunks, in order; many chunks go to a few threads, with
+    only a few chunks' answers ahead of the consumer (a million stat results held at once were
+    half the memory of a million-run plan)."""
+    if n <= STAT_CHUNK:
+        if n:
+            yield part(0, n)
+        return
     from concurrent.futures import ThreadPoolExecutor
 
-    parts = [ids[i:i + STAT_CHUNK] for i in range(0, len(ids), STAT_CHUNK)]
     with ThreadPoolExecutor(STAT_THREADS) as pool:
-        return [st for part in pool.map(chunk, parts) for st in part]
+        ahead: deque = deque()
+        for start in range(0, n, STAT_CHUNK):
+            ahead.append(pool.submit(part, start, min(start + STAT_CHUNK, n)))
+            if len(ahead) >= 2 * STAT_THREADS:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
 
 
 class Store:
@@ -199,12 +200,6 @@ class Store:
         except FileNotFoundError:
             return set()
 
-    def _indexed_stats(self) -> dict[str, dict[str, tuple]]:
-        try:
-            return index.read_stats(self.layout).stats
-        except (index.IndexBusy, index.IndexCorrupt):
-            return {k: {} for k in KINDS}
-
     def snapshot(self, target_ids: Iterable[str], run_ids: Iterable[str],
                  complete: dict[str, dict[str, tuple[int, int]]] | None = None) -> StoreSnapshot:
         """Which of these IDs are complete. The index answers, in one read, for manifests
@@ -218,16 +213,19 @@ class Store:
         stats (an ID it lacks was not in the store then)."""
         if complete is not None:
             return self._snapshot_of(complete, target_ids, run_ids)
-        stats = self._indexed_stats()
+        requested = {"target": list(target_ids), "run": list(run_ids)}
+        try:
+            known = index.aligned_stats(self.layout, requested)
+        except (index.IndexBusy, index.IndexCorrupt):
+            known = {k: index.unknown_stats(len(ids)) for k, ids in requested.items()}
         done: dict[str, list[str]] = {}
         state = hashlib.sha256()
-        for kind, ids in (("target", target_ids), ("run", run_ids)):
-            ids, known = list(ids), stats[kind]
-            done[kind] = complete = []
+        for kind, ids in requested.items():
+            sizes, mtimes = known[kind]
+            done[kind] = complete_ids = []
             # IDs the index knows are stat'ed directly; for the others one listing of the directory
             # saves a failing stat each, when there are many (a sweep new to this store).
-            unknown = len(ids) - sum(map(known.__contains__, ids))  # a loop in C: ~1 s less at 1M IDs
-            listing = self._listing(kind) if unknown > LISTING_ABOVE else None
+            listing = self._listing(kind) if sizes.count(index.NOT_INDEXED) > LISTING_ABOVE else None
             if listing is not None and not listing:
                 continue
             try:  # stat relative to the kind's directory: one path lookup less per ID
@@ -235,21 +233,34 @@ class Store:
             except OSError:
                 continue
             try:
-                if listing is not None:
-                    ids = [i for i in ids if i in listing or i in known]
-                for artifact_id, st in zip(ids, _stat_manifests(parent, ids)):
-                    if st is None:
-                        continue
-                    if known.get(artifact_id) != (st.st_size, st.st_mtime_ns):
-                        try:
-                            check_manifest(self.layout.artifact_dir(kind, artifact_id), kind)
-                        except (ArtifactError, ManifestError, OSError):
-                            continue
-                    complete.append(artifact_id)
-                    state.update(f"{kind} {artifact_id} {st.st_size} {st.st_mtime_ns}\n".encode())
+                for found, lines in _in_parts(len(ids), lambda start, stop, kind=kind: self._complete_among(
+                        kind, parent, ids[start:stop], sizes[start:stop], mtimes[start:stop], listing)):
+                    complete_ids.extend(found)
+                    state.update(lines)
             finally:
                 os.close(parent)
         return StoreSnapshot(frozenset(done["target"]), frozenset(done["run"]), state.hexdigest())
+
+    def _complete_among(self, kind: str, parent_fd: int, ids: list[str], sizes: Iterable[int], mtimes: Iterable[int],
+                        listing: set[str] | None) -> tuple[list[str], bytes]:
+        """The complete ones of `ids` (index stats `sizes`, `mtimes`), and their lines of the
+        snapshot's state."""
+        found, lines = [], []
+        for artifact_id, size, mtime in zip(ids, sizes, mtimes):
+            if size == index.NOT_INDEXED and listing is not None and artifact_id not in listing:
+                continue
+            try:
+                st = os.stat(f"{artifact_id}/{MANIFEST}", dir_fd=parent_fd)
+            except OSError:
+                continue
+            if st.st_size != size or st.st_mtime_ns != mtime:
+                try:
+                    check_manifest(self.layout.artifact_dir(kind, artifact_id), kind)
+                except (ArtifactError, ManifestError, OSError):
+                    continue
+            found.append(artifact_id)
+            lines.append(f"{kind} {artifact_id} {st.st_size} {st.st_mtime_ns}\n")
+        return found, "".join(lines).encode()
 
     @staticmethod
     def _snapshot_of(complete: dict[str, dict[str, tuple[int, int]]], target_ids: Iterable[str],
