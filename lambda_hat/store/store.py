@@ -310,11 +310,6 @@ class Store:
             except (ArtifactError, ManifestError, OSError):
                 continue
 
-    def files(self, kind: str, artifact_id: str) -> list[tuple[Path, int]]:
-        """(path, bytes) of every file of an artifact, sorted."""
-        d = self.layout.artifact_dir(kind, artifact_id)
-        return sorted((p, p.stat().st_size) for p in d.rglob("*") if p.is_file())
-
     def read_traces(self, run_id: str, names: Iterable[str] | None = None) -> dict[str, "np.ndarray"]:
         """A complete run's trace arrays (chains × draws) by name (`loss`, `llc`, ...): all of
         them, or those of `names` that it has. Reads the run's Zarr group."""
