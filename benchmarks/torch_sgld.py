@@ -1,7 +1,7 @@
 """The same SGLD as a plain PyTorch per-step loop (the devinterp way) and as lambda-hat, side by side.
 
-    python benchmarks/torch_sgld.py --device cpu        # needs torch (not a lambda-hat dependency)
-    python benchmarks/torch_sgld.py --device cuda --dtype float32
+    uv run --extra torch python benchmarks/torch_sgld.py --device cpu   # the `torch` extra: PyTorch from PyPI
+    uv run --extra torch python benchmarks/torch_sgld.py --device cuda --dtype float32
 
 Both sample the localized tempered posterior of the same target (the `small` MLP preset, 45
 parameters, n = 1,000 from presets small with n_data raised) with the same SGLD: minibatch 32 drawn
