@@ -310,7 +310,9 @@ def insert(con: Any, records: list[Record]) -> dict[str, list[str]]:
         replaced[kind] = present = _present(con, table, [row[0] for row in rows])
         if present:
             _delete_rows(con, table, present)
-        batch = pa.table({f"c{i}": pa.array([row[i] for row in rows]) for i in range(len(cols))})
+        # Every value goes in as text and DuckDB casts it to the column's type (floats as their
+        # shortest round-trip repr, so exactly): `pa.array` on Python values would import pandas.
+        batch = pa.table({f"c{i}": _text_array([row[i] for row in rows]) for i in range(len(cols))})
         names = ", ".join(f'"{c.name}"' for c in cols)
         casts = ", ".join(f"CAST(c{i} AS {c.sql_type.removesuffix(' PRIMARY KEY')})" for i, c in enumerate(cols))
         with _arrow_view(con, "lh_batch", batch):
@@ -372,17 +374,18 @@ def read_traces(layout: StoreLayout, records: list[Record]) -> Any:
             continue
         n_rows = chains * draws
         cols: dict[str, Any] = {
-            "run_id": pa.array([m.id] * n_rows, pa.string()),
-            "chain": pa.array(np.repeat(np.arange(chains, dtype=np.int32), draws)),
-            "draw": pa.array(np.tile(np.arange(draws, dtype=np.int32), chains)),
+            "run_id": _string_array([m.id] * n_rows).cast(pa.string()),
+            "chain": _numeric_array(np.repeat(np.arange(chains, dtype=np.int32), draws)),
+            "draw": _numeric_array(np.tile(np.arange(draws, dtype=np.int32), chains)),
         }
         for name, sql_type in TRACE_COLUMNS.items():
-            kind = {"DOUBLE": pa.float64(), "BOOLEAN": pa.bool_(), "BIGINT": pa.int64()}[sql_type]
+            kind, np_dtype = {"DOUBLE": (pa.float64(), np.float64), "BOOLEAN": (pa.bool_(), np.bool_),
+                              "BIGINT": (pa.int64(), np.int64)}[sql_type]
             if name in names:
                 values = np.asarray(arrays[f"traces/{name}"]).reshape(n_rows)
                 # NaN/inf draws become NULL, as in `runs`: the run's `status` says why.
                 mask = ~np.isfinite(values) if values.dtype.kind == "f" else None
-                cols[name] = pa.array(values.astype(kind.to_pandas_dtype()), kind, mask=mask)
+                cols[name] = _numeric_array(values.astype(np_dtype), mask)
             else:
                 cols[name] = pa.nulls(n_rows, kind)
         parts.append(pa.table(cols))
@@ -402,7 +405,7 @@ def insert_traces(con: Any, run_ids: list[str], traces: Any) -> None:
 def delete_traces(con: Any, run_ids: list[str]) -> None:
     import pyarrow as pa
 
-    with _arrow_view(con, "lh_gone", pa.table({"run_id": pa.array(run_ids, pa.string())})):
+    with _arrow_view(con, "lh_gone", pa.table({"run_id": _string_array(run_ids)})):
         con.execute(f"DELETE FROM {TRACES_TABLE} WHERE run_id IN (SELECT run_id FROM lh_gone)")
 
 
@@ -553,6 +556,43 @@ def _string_array(strings: list[str]) -> Any:
         offsets = array("q", [0])
         offsets.extend(accumulate(len(s.encode()) for s in strings))
     return pa.LargeStringArray.from_buffers(len(strings), pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def _text_array(values: list) -> Any:
+    """An Arrow string array of `values` as text for DuckDB to cast (None: NULL): floats as
+    their repr (round-trips exactly), booleans as true/false, lists as JSON."""
+    import numpy as np
+    import pyarrow as pa
+
+    def text(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple, dict)):
+            return json.dumps(v)
+        return str(v)
+
+    nulls = [v is None for v in values]
+    strings = _string_array(["" if v is None else text(v) for v in values])
+    if not any(nulls):
+        return strings
+    validity = pa.py_buffer(np.packbits(~np.asarray(nulls), bitorder="little"))
+    return pa.LargeStringArray.from_buffers(len(values), strings.buffers()[1], strings.buffers()[2], validity,
+                                            null_count=sum(nulls))
+
+
+def _numeric_array(values: Any, mask: Any = None) -> Any:
+    """An Arrow array of a 1-d numpy array (int, float or bool), NULL where `mask`: built from
+    its buffer, since `pa.array` imports pandas on its first call (~1 s of the driver's CPU)."""
+    import numpy as np
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values)
+    kind = pa.from_numpy_dtype(values.dtype)
+    data = np.packbits(values, bitorder="little") if values.dtype == np.bool_ else values
+    validity, null_count = None, 0
+    if mask is not None and mask.any():
+        validity, null_count = pa.py_buffer(np.packbits(~mask, bitorder="little")), int(mask.sum())
+    return pa.Array.from_buffers(kind, len(values), [validity, pa.py_buffer(data)], null_count=null_count)
 
 
 def _int64s(column: Any) -> array:
