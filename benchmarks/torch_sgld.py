@@ -94,7 +94,7 @@ def main() -> None:
             with torch.no_grad():
                 lin.weight.copy_(torch.as_tensor(np.array(W.T)))
                 if lin.bias is not None:
-                    lin.bias.copy_(torch.as_tensor(np.asarray(arrays.params[f"b_{i}"])))
+                    lin.bias.copy_(torch.as_tensor(np.array(arrays.params[f"b_{i}"])))
             layers.append(lin)
             if i < n_layers - 1:
                 layers.append(torch.nn.ReLU())
