@@ -106,3 +106,24 @@ def test_execute_records_its_stages(tmp_path):
     for m in manifests:
         assert st["parsl_started"] <= m["timings"]["job_started_at"] <= st["job_done_at"][m["id"]] <= st["jobs_done"]
     assert st["record_sec"] >= 0 and st["read_manifest_sec"] > 0
+
+
+@pytest.mark.parametrize("user_env, expected", [
+    ({}, {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}),  # workers share a GPU: allocate as they go
+    ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9"}, {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9"}),  # the user's choice stands
+    ({"XLA_PYTHON_CLIENT_PREALLOCATE": "true"}, {"XLA_PYTHON_CLIENT_PREALLOCATE": "true"}),
+])
+def test_workers_do_not_preallocate_the_gpu_unless_told(user_env, expected):
+    """JAX lets each process take 75 % of a GPU at first use, so a node's second worker would fail;
+    a worker's job (here in a fresh process, before any JAX import) turns that off unless the
+    user set one of JAX's GPU memory variables."""
+    from lambda_hat.execute.apps import GPU_MEMORY_ENV
+
+    code = ("import json, os; from lambda_hat.execute import apps; apps._import_science(); "
+            "print(json.dumps({k: os.environ.get(k) for k in apps.GPU_MEMORY_ENV}))")
+    env = {k: v for k, v in os.environ.items() if k not in GPU_MEMORY_ENV}
+    proc = subprocess.run([sys.executable, "-c", code], env={**env, **user_env, "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = {k: v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items() if v is not None}
+    assert got == expected

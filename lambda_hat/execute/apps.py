@@ -107,8 +107,22 @@ def _job_clock() -> dict:
     return clock
 
 
+# JAX's GPU memory settings (https://docs.jax.dev/en/latest/gpu_memory_allocation.html): by
+# default each process takes 75 % of a GPU's memory when it first uses it.
+GPU_MEMORY_ENV = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_ALLOCATOR")
+
+
+def _share_the_gpu() -> None:
+    """A node's workers are separate processes that share its GPU: the default preallocation
+    would let the first one take 75 % of the memory and the next fail to start. Unless the user
+    chose a setting, each worker allocates as it goes."""
+    if not any(name in os.environ for name in GPU_MEMORY_ENV):
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+
+
 def _import_science() -> float:
     """Import JAX and the science code; returns the seconds it took (~0 after a worker's first job)."""
+    _share_the_gpu()  # before JAX starts its GPU backend
     t0 = time.perf_counter()
     import lambda_hat.science  # noqa: F401
 
