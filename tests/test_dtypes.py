@@ -89,7 +89,9 @@ print("RESULT" + json.dumps(out))
 def x64_off_process():
     """The JAX_ENABLE_X64=0 process, started when this module's first test starts so that its
     compiles overlap the in-process ones (compiles are mostly single-threaded)."""
-    env = {**os.environ, "JAX_ENABLE_X64": "0", "JAX_PLATFORMS": "cpu",
+    # the platform of this process (conftest's cpu unless JAX_PLATFORMS says otherwise): bits
+    # are compared, and a GPU's differ from a CPU's
+    env = {**os.environ, "JAX_ENABLE_X64": "0", "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
            "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.Popen([sys.executable, "-c", _X64_OFF_SCRIPT], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)

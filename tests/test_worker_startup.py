@@ -114,7 +114,7 @@ def test_execute_records_its_stages(tmp_path):
     ({"XLA_PYTHON_CLIENT_PREALLOCATE": "true"}, {"XLA_PYTHON_CLIENT_PREALLOCATE": "true"}),
 ])
 def test_workers_do_not_preallocate_the_gpu_unless_told(user_env, expected):
-    """JAX lets each process take 75 % of a GPU at first use, so a node's second worker would fail;
+    """JAX lets each process take 75 % of a GPU at first use, so a node's other workers run short;
     a worker's job (here in a fresh process, before any JAX import) turns that off unless the
     user set one of JAX's GPU memory variables."""
     from lambda_hat.execute.apps import GPU_MEMORY_ENV

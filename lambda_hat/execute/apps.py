@@ -113,9 +113,10 @@ GPU_MEMORY_ENV = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTI
 
 
 def _share_the_gpu() -> None:
-    """A node's workers are separate processes that share its GPU: the default preallocation
-    would let the first one take 75 % of the memory and the next fail to start. Unless the user
-    chose a setting, each worker allocates as it goes."""
+    """A node's workers are separate processes that share its GPU: with the default
+    preallocation the first takes 75 % of its memory and the others fail to (seen on an H100:
+    out-of-memory errors while XLA retries smaller pools), then run short. Unless the user chose
+    a setting, each worker allocates as it goes."""
     if not any(name in os.environ for name in GPU_MEMORY_ENV):
         os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
