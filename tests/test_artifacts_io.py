@@ -187,3 +187,53 @@ def test_sizes_by_array_add_up_to_the_files_in_both_layouts(tmp_path):
         assert sizes["manifest.json"] == (where / "manifest.json").stat().st_size
     # float64 (4 × 2) in the new layout: its chunk and zarr.json stored, never less than the data
     assert artifacts.sizes_by_array(d, ["X"])["X"] >= 4 * 2 * 4
+
+
+def test_load_verified_reads_what_verify_and_read_arrays_read_in_both_layouts(tmp_path):
+    d, m = _target(tmp_path)
+    write_artifact(d, ARRAYS, m)
+    manifest, arrays = artifacts.load_verified(d, "target")
+    assert manifest.id == d.name
+    _assert_same(arrays, ARRAYS)
+    root = tmp_path / "old"
+    shutil.copytree(OLD_STORE, root)
+    old = Store(root).layout.target_dir(OLD_TARGET)
+    manifest, arrays = artifacts.load_verified(old, "target")
+    _assert_same(arrays, read_arrays(old, list(read_manifest(old).arrays)))
+    (old / "X" / "c" / "0" / "0").write_bytes(b"\0" * 8)
+    with pytest.raises(artifacts.ArtifactError, match="checksum mismatch X/c/0/0"):
+        artifacts.load_verified(old, "target")
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("flip a byte", f"checksum mismatch {ARRAYS_ZIP}"),
+    ("extra file", "unexpected extra.bin"),
+    ("no arrays", f"missing {ARRAYS_ZIP}"),
+    ("edit manifest", "manifest checksum mismatch"),
+    ("no manifest", "incomplete artifact"),
+    ("wrong kind", "a target manifest in the runs directory"),
+])
+def test_load_verified_refuses_what_verify_refuses(tmp_path, damage, reason):
+    d, m = _target(tmp_path)
+    write_artifact(d, ARRAYS, m)
+    kind = "target"
+    packed, manifest = d / ARRAYS_ZIP, d / "manifest.json"
+    if damage == "flip a byte":
+        data = bytearray(packed.read_bytes())
+        data[len(data) // 2] ^= 1
+        packed.write_bytes(bytes(data))
+    elif damage == "extra file":
+        (d / "extra.bin").write_bytes(b"x")
+    elif damage == "no arrays":
+        packed.unlink()
+    elif damage == "edit manifest":
+        raw = json.loads(manifest.read_text())
+        raw["metrics"] = {"L0": 0.0}
+        manifest.write_text(json.dumps(raw))
+    elif damage == "no manifest":
+        manifest.unlink()
+    else:
+        kind = "run"
+    assert any(reason in p for p in verify(d, kind)) or damage == "no manifest"
+    with pytest.raises(artifacts.ArtifactError, match=reason):
+        artifacts.load_verified(d, kind)

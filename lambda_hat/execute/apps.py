@@ -251,8 +251,6 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
     flagging the finished run (`specs.DiagnosticsSpec`; its defaults when None)."""
     from lambda_hat.ids import run_id
     from lambda_hat.specs import DiagnosticsSpec, RunSpec, TargetSpec
-    from lambda_hat.store.artifacts import read_arrays, verify
-    from lambda_hat.store.store import check_manifest
     from lambda_hat.store.layout import StoreLayout
 
     _require_shared_store(store_root, log_path)
@@ -266,25 +264,15 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
         if done is not None:
             return done
         t_read = time.perf_counter()
-        tdir = layout.target_dir(spec.target_id)
-        # Never sample a target that is not exactly what was built: a damaged or edited
-        # target would give a wrong λ̂ recorded as `ok`.
-        tman, _ = check_manifest(tdir, "target")
-        problems = verify(tdir, "target")
-        if problems:
-            raise RuntimeError(f"target {spec.target_id} is damaged ({'; '.join(problems)}); `lh verify` lists it")
+        tman, loaded = _read_target(layout, spec.target_id)
         target = TargetSpec.model_validate(tman.spec)
         read_sec = time.perf_counter() - t_read
         import_sec = _import_science()
         _setup_jax(str(layout.jax_cache_dir))
         from lambda_hat.science import TargetArrays, sample_run
 
-        t_read = time.perf_counter()
-        names = list(tman.arrays)
-        loaded = read_arrays(tdir, names)
         params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
         arrays = TargetArrays(params=params, X=loaded["X"], Y=loaded["Y"], metrics=dict(tman.metrics))
-        read_sec += time.perf_counter() - t_read
         t0 = time.perf_counter()
         work = SegmentStore(layout.work_dir(rid), checkpoint_interval_s(), draws=spec.sampler.draws)
         resume = work.load()
@@ -297,6 +285,17 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
                                                                 "read_sec": read_sec, **clock})
         work.remove()
         return manifest
+
+
+def _read_target(layout, target_id: str):
+    """(manifest, arrays) of a complete, intact target. Never sample a target that is not
+    exactly what was built: a damaged or edited one would give a wrong λ̂ recorded as `ok`."""
+    from lambda_hat.store.artifacts import ArtifactError, load_verified
+
+    try:
+        return load_verified(layout.target_dir(target_id), "target")
+    except ArtifactError as err:
+        raise RuntimeError(f"target {target_id} is damaged ({err}); `lh verify` lists it") from None
 
 
 def _write_run(layout, spec, rid: str, result, tman, timings: dict) -> dict:
@@ -330,9 +329,7 @@ def run_sampler_batch_job(run_jsons: list, store_root: str, log_path: str, err_p
     batch starts again (its finished runs are kept)."""
     from lambda_hat.ids import run_id
     from lambda_hat.specs import DiagnosticsSpec, RunSpec, TargetSpec
-    from lambda_hat.store.artifacts import read_arrays, verify
     from lambda_hat.store.layout import StoreLayout
-    from lambda_hat.store.store import check_manifest
 
     _require_shared_store(store_root, log_path)
     layout = StoreLayout(Path(store_root))
@@ -350,21 +347,16 @@ def run_sampler_batch_job(run_jsons: list, store_root: str, log_path: str, err_p
         todo = [(s, r) for s, r in zip(specs, rids) if r not in out]
         if todo:
             t_read = time.perf_counter()
-            tdir = layout.target_dir(specs[0].target_id)
-            tman, _ = check_manifest(tdir, "target")
-            problems = verify(tdir, "target")
-            if problems:
-                raise RuntimeError(f"target {specs[0].target_id} is damaged ({'; '.join(problems)}); `lh verify` lists it")
+            tman, loaded = _read_target(layout, specs[0].target_id)
             target = TargetSpec.model_validate(tman.spec)
+            read_sec = time.perf_counter() - t_read
             import_sec = _import_science()
             _setup_jax(str(layout.jax_cache_dir))
             from lambda_hat.science import TargetArrays
             from lambda_hat.science.pipeline import sample_runs
 
-            loaded = read_arrays(tdir, list(tman.arrays))
             params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
             arrays = TargetArrays(params=params, X=loaded["X"], Y=loaded["Y"], metrics=dict(tman.metrics))
-            read_sec = time.perf_counter() - t_read
             t0 = time.perf_counter()
             results = sample_runs([s for s, _ in todo], target, arrays,
                                   diagnostics=DiagnosticsSpec.model_validate(diagnostics or {}))

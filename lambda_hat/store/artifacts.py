@@ -144,15 +144,23 @@ def read_arrays(group_dir: Path, names: list[str]) -> dict[str, np.ndarray]:
     """`{name: array}` from an artifact's arrays (its `arrays.zarr.zip`, or the Zarr v3
     directory tree at `group_dir` of older artifacts and of a run's work dir), all read in one
     round trip to zarr's event loop. KeyError for a name the group lacks."""
+    from zarr.storage import ZipStore
+
+    packed = group_dir / ARRAYS_ZIP
+    store = ZipStore(packed, mode="r") if packed.is_file() else str(group_dir)
+    try:
+        return _load_group(store, names)
+    finally:
+        if isinstance(store, ZipStore):
+            store.close()
+
+
+def _load_group(store, names: list[str]) -> dict[str, np.ndarray]:
     import asyncio
 
     import numpy as np
     import zarr.api.asynchronous as zarr_async
     from zarr.core.sync import sync
-    from zarr.storage import ZipStore
-
-    packed = group_dir / ARRAYS_ZIP
-    store = ZipStore(packed, mode="r") if packed.is_file() else str(group_dir)
 
     async def load() -> list:
         root = await zarr_async.open_group(store=store, mode="r", zarr_format=3)
@@ -162,11 +170,50 @@ def read_arrays(group_dir: Path, names: list[str]) -> dict[str, np.ndarray]:
 
         return await asyncio.gather(*(one(name) for name in names))
 
+    return {name: np.asarray(a) for name, a in zip(names, sync(load()))}
+
+
+def load_verified(artifact_dir: Path, kind: str) -> tuple[Manifest, dict[str, np.ndarray]]:
+    """An intact artifact's manifest and all its arrays, checked as `verify` checks them but on
+    the very bytes the arrays are decoded from: the arrays' file is read once, hashed, and
+    decoded from memory, so nothing can change between the check and the read (and a worker
+    reads its target once, not twice). Raises ArtifactError listing the problems."""
+    import io
+    import zipfile
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import MemoryStore
+
+    path = artifact_dir / MANIFEST
     try:
-        return {name: np.asarray(a) for name, a in zip(names, sync(load()))}
-    finally:
-        if isinstance(store, ZipStore):
-            store.close()
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"incomplete artifact (no {MANIFEST})") from None
+    problems, expected = _manifest_problems(text, str(path), artifact_dir.name, kind)
+    if expected is None or problems:
+        raise ArtifactError("; ".join(problems))
+    manifest, _ = parse_manifest(text, str(path))
+    expected = dict(expected)
+    if set(expected) != {ARRAYS_ZIP}:  # an older directory-tree artifact: check every file, then read
+        problems = verify(artifact_dir, kind)
+        if problems:
+            raise ArtifactError("; ".join(problems))
+        return manifest, read_arrays(artifact_dir, list(manifest.arrays))
+    files = _files(artifact_dir)
+    unexpected = [f"unexpected {p}" for p in files if p != ARRAYS_ZIP and not p.startswith(".")]
+    try:
+        data = (artifact_dir / ARRAYS_ZIP).read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError("; ".join([f"missing {ARRAYS_ZIP}", *unexpected])) from None
+    if hashlib.sha256(data).hexdigest() != expected[ARRAYS_ZIP]:
+        unexpected.insert(0, f"checksum mismatch {ARRAYS_ZIP}")
+    if unexpected:
+        raise ArtifactError("; ".join(unexpected))
+    buffer = default_buffer_prototype().buffer
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        contents = {info.filename: buffer.from_bytes(zf.read(info)) for info in zf.infolist()}
+    del data
+    return manifest, _load_group(MemoryStore(contents, read_only=True), list(manifest.arrays))
 
 
 def sizes_by_array(artifact_dir: Path, arrays: list[str]) -> dict[str, int]:
