@@ -410,6 +410,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
         from lambda_hat.execute.reaper import Reaper
 
         reaper = Reaper()
+        reaper.mark_descendants()
         config = _parsl_config(req, settings)
         reaper.follow(config.executors)
         stages["parsl_start_begin"] = time.time()

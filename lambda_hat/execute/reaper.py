@@ -2,11 +2,15 @@
 
 The driver starts it with a pipe on stdin and tells it, line by line, what to end if the
 driver dies: `pgid N` (a local worker pool's process group), `pid N` (Parsl's
-interchange), `slurm JOBID` (a block on the cluster). When the pipe closes (the driver
-exited, was killed with SIGKILL, or crashed) the reaper sends SIGTERM to all of them,
-`scancel`s the SLURM jobs, and SIGKILLs whatever is still alive a few seconds later. It
-runs in its own session, so a terminal's Ctrl-C and a `kill` of the driver's process
-group do not reach it. Imports nothing but the standard library (it must start fast).
+interchange), `slurm JOBID` (a block on the cluster), `token T` (the value of
+`TOKEN_ENV` that the driver puts in its environment before Parsl starts anything, so that
+every process it starts on this machine inherits it). When the pipe closes (the driver
+exited, was killed with SIGKILL, or crashed) the reaper sends SIGTERM to all of them (on
+Linux also to every process whose environment carries the token: a process started in the
+instant before the driver could name it is ended too), `scancel`s the SLURM jobs, and
+SIGKILLs whatever is still alive a few seconds later. It runs in its own session, so a
+terminal's Ctrl-C and a `kill` of the driver's process group do not reach it. Imports
+nothing but the standard library (it must start fast).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 import time
 
 GRACE_S = 3.0
+TOKEN_ENV = "LH_DRIVER_TOKEN"
 
 
 def _alive_pgid(pgid: int) -> bool:
@@ -37,9 +42,32 @@ def _alive_pid(pid: int) -> bool:
         return False
 
 
-def reap(pgids: set[int], pids: set[int], slurm_jobs: set[str]) -> None:
+def carrying(token: str) -> set[int]:
+    """PIDs of this user's processes whose environment holds TOKEN_ENV=token (Linux /proc;
+    empty elsewhere)."""
+    needle = f"{TOKEN_ENV}={token}".encode()
+    found = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.add(int(entry))
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
+def reap(pgids: set[int], pids: set[int], slurm_jobs: set[str], tokens: set[str] = frozenset()) -> None:
     own = os.getpgrp()
     pgids = {g for g in pgids if g > 1 and g != own}
+    for token in tokens:
+        pids = pids | carrying(token)
     for g in pgids:
         try:
             os.killpg(g, signal.SIGTERM)
@@ -75,6 +103,7 @@ def main() -> None:
     pgids: set[int] = set()
     pids: set[int] = set()
     slurm_jobs: set[str] = set()
+    tokens: set[str] = set()
     for line in sys.stdin:
         kind, _, value = line.strip().partition(" ")
         if kind == "pgid" and value.isdigit():
@@ -83,7 +112,9 @@ def main() -> None:
             pids.add(int(value))
         elif kind == "slurm" and value:
             slurm_jobs.add(value)
-    reap(pgids, pids, slurm_jobs)
+        elif kind == "token" and value:
+            tokens.add(value)
+    reap(pgids, pids, slurm_jobs, tokens)
 
 
 class Reaper:
@@ -108,6 +139,17 @@ class Reaper:
             self.sent.add(line)
         except (BrokenPipeError, ValueError):
             pass
+
+    def mark_descendants(self) -> None:
+        """Put a token in this process's environment and tell the reaper: everything started
+        from here on (Parsl's interchange, local worker pools and their workers) inherits it,
+        so a kill in the instant between a start and `watch_executors` still ends it."""
+        import uuid
+
+        token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        self.token_before = os.environ.get(TOKEN_ENV)
+        os.environ[TOKEN_ENV] = token
+        self.watch("token", token)
 
     def watch_executors(self, executors) -> None:
         """Tell the reaper about every block and interchange these executors have started."""
@@ -148,6 +190,11 @@ class Reaper:
         """Close the pipe: the reaper ends whatever is left, then exits."""
         if getattr(self, "stopping", None) is not None:
             self.stopping.set()
+        if hasattr(self, "token_before"):  # what this process starts from now on is not ours to end
+            if self.token_before is None:
+                os.environ.pop(TOKEN_ENV, None)
+            else:
+                os.environ[TOKEN_ENV] = self.token_before
         try:
             if self.proc.stdin is not None:
                 self.proc.stdin.close()
