@@ -149,7 +149,7 @@ class CompileOnce:
 
     @contextmanager
     def __call__(self, key: str) -> Iterator[None]:
-        import fcntl
+        from lambda_hat.store.locking import flock_within
 
         done = self.root / f"{key}.done"
         fd = None
@@ -157,15 +157,7 @@ class CompileOnce:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-                deadline = time.monotonic() + self.wait_s
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            break
-                        time.sleep(0.05)
+                flock_within(fd, self.wait_s)  # a holder past the deadline: compile anyway
             except OSError:
                 pass  # no lock here: compile anyway
         try:

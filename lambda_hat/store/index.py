@@ -21,7 +21,6 @@ index file still has exactly that identity and no WAL: any write to the index ch
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -38,6 +37,7 @@ from typing import Any, Callable, Iterator
 from lambda_hat.errors import LhError
 from lambda_hat.faults import crash_point
 from lambda_hat.store.layout import StoreLayout
+from lambda_hat.store.locking import flock_within
 from lambda_hat.store.manifest import METRICS, TIMINGS, Manifest
 
 
@@ -223,17 +223,12 @@ def _flock(path: Path, timeout_s: float) -> Iterator[None]:
     """Serialize this host's writers without busy-waiting on DuckDB's own lock. Where the
     file system has no flock (some NFS mounts), DuckDB's lock alone guards the file."""
     with open(path, "a+") as f:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise IndexBusy(f"{path}: another lh process on this host is writing the index") from None
-                time.sleep(0.05)
-            except OSError:
-                break
+        try:
+            held = flock_within(f, timeout_s)
+        except OSError:
+            held = True  # no flock here
+        if not held:
+            raise IndexBusy(f"{path}: another lh process on this host is writing the index")
         yield
 
 
