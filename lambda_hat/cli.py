@@ -199,12 +199,6 @@ def execute_cmd(
         except LhError as err:
             err_console.print(f"[red]error:[/red] promote: {rich_escape(str(err))}", soft_wrap=True, highlight=False)
             outcome.exit_code = outcome.exit_code or err.exit_code
-    if "parsl" in sys.modules:
-        # Parsl may leave non-daemon threads waiting on processes that are gone; do not let
-        # them keep the command alive once everything we own is flushed and recorded.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(outcome.exit_code)
     if outcome.exit_code:
         raise typer.Exit(outcome.exit_code)
 
@@ -469,5 +463,22 @@ def gc_cmd(
     console.print(f"{verb} {len(report.removed)} entries, {report.bytes_freed / 2**20:.1f} MiB")
 
 
+def main() -> None:
+    """The `lh` program. Only here, where no caller shares the process, may it end hard:
+    Parsl can leave non-daemon threads waiting on processes that are gone, and they must not
+    keep the command alive once everything we own is flushed and recorded. In-process callers
+    (tests, notebooks) call `app` and get an exception or a return, never a dead process."""
+    code = 0
+    try:
+        app(standalone_mode=True)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    if "parsl" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    app()
+    main()
