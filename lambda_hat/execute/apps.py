@@ -272,7 +272,7 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
         params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
         arrays = TargetArrays(params=params, X=loaded["X"], Y=loaded["Y"], metrics=dict(tman.metrics))
         t0 = time.perf_counter()
-        work = SegmentStore(layout.work_dir(rid), checkpoint_interval_s(), draws=spec.sampler.draws)
+        work = SegmentStore(layout.work_dir(rid), checkpoint_interval_s(), draws=spec.sampler.draws, run_id=rid)
         resume = work.load()
         if resume is not None:
             print(f"resuming {rid} after {resume[0].draws_done} of {spec.sampler.draws} draws", flush=True)
@@ -285,15 +285,44 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
         return manifest
 
 
+class TargetDamaged(RuntimeError):
+    """The target a run was to sample failed its checksums and was quarantined. `target_id`
+    names it (the driver may rebuild it); `str()` is the one line the user sees."""
+
+    def __init__(self, message: str, target_id: str):
+        super().__init__(message, target_id)  # both in args: Parsl pickles it back to the driver
+        self.target_id = target_id
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 def _read_target(layout, target_id: str):
     """(manifest, arrays) of a complete, intact target. Never sample a target that is not
-    exactly what was built: a damaged or edited one would give a wrong λ̂ recorded as `ok`."""
-    from lambda_hat.store.artifacts import ArtifactError, load_verified
+    exactly what was built: a damaged or edited one would give a wrong λ̂ recorded as `ok`.
+    A damaged one is quarantined (one rename), so that the next plan sees it missing and
+    rebuilds it, rather than failing every run on it on every execute."""
+    from lambda_hat.store.artifacts import ArtifactError, load_verified, quarantine
 
+    path = layout.target_dir(target_id)
     try:
-        return load_verified(layout.target_dir(target_id), "target")
+        inode = os.stat(path).st_ino
+    except FileNotFoundError:
+        raise TargetDamaged(f"target {target_id} is missing (quarantined by another job?): "
+                            "it is rebuilt on the next execute", target_id) from None
+    try:
+        return load_verified(path, "target")
     except ArtifactError as err:
-        raise RuntimeError(f"target {target_id} is damaged ({err}); `lh verify` lists it") from None
+        reason = str(err)
+    # Only the directory we checked: not a good one that replaced it meanwhile.
+    try:
+        same = os.stat(path).st_ino == inode
+    except FileNotFoundError:
+        same = False
+    where = quarantine(path, layout.quarantine_dir, f"damaged, found by a sampling job: {reason}") if same else None
+    done = "quarantined" if where is not None else "already moved aside"
+    raise TargetDamaged(f"target {target_id} was damaged ({reason}): {done}; it is rebuilt on the next execute",
+                        target_id)
 
 
 def _write_run(layout, spec, rid: str, result, tman, timings: dict) -> dict:
@@ -383,23 +412,58 @@ class SegmentStore:
     sampler state after them (`pipeline.Checkpoint`), replaced atomically. Traces are written
     before the checkpoint that counts them, so a kill at any point leaves a checkpoint whose
     draws are all on disk. Segments are buffered in memory and persisted at most every
-    `interval_s` seconds (and after the last one)."""
+    `interval_s` seconds (and after the last one).
+
+    The checkpoint names its run and holds a sha256 of each trace's first `draws_done` draws
+    and one over everything it holds: a work dir whose checkpoint is another run's, damaged,
+    or counts draws its traces lack (or differ from) is discarded, never resumed from."""
 
     CHECKPOINT = "checkpoint.npz"
     TRACES = "traces.zarr"
     PROGRESS = "progress.json"  # {"draws_done", "draws"} every PROGRESS_SEC, for the driver's display
 
-    def __init__(self, work_dir: Path, interval_s: float, draws: int | None = None):
+    def __init__(self, work_dir: Path, interval_s: float, draws: int | None = None, run_id: str | None = None):
         self.dir, self.interval_s, self.draws = work_dir, interval_s, draws
+        self.run_id = run_id or work_dir.name  # the work dir is named after its run
         self.pending: list = []  # (checkpoint, segment traces) not yet on disk
         self.last_flush = time.monotonic()
         # The first progress file after PROGRESS_SEC of sampling: a run shorter than that (most
         # runs of a large sweep of small models) never makes its work directory at all.
         self.last_progress = time.monotonic()
         self.segments = 0
+        # sha256 of each trace's draws so far, in draw-major order (appending draws extends
+        # the bytes hashed), and how many draws they cover.
+        self.trace_hashes: dict = {}
+        self.hashed_draws = 0
+
+    @staticmethod
+    def _draw_major(block) -> bytes:
+        import numpy as np
+
+        return np.ascontiguousarray(np.moveaxis(block, 1, 0)).tobytes()
+
+    def _digest(self, draws_done: int, L0: float, compile_sec: float, sample_sec: float, names: list[str],
+                trace_sha256: dict, leaves: list) -> str:
+        """sha256 over everything a checkpoint holds: its run, draw count, times, the traces'
+        digests, and each state leaf's dtype, shape and bytes."""
+        import hashlib
+
+        import numpy as np
+
+        leaves = [np.ascontiguousarray(a) for a in leaves]
+        head = {"run_id": self.run_id, "draws_done": draws_done, "L0": L0, "compile_sec": compile_sec,
+                "sample_sec": sample_sec, "trace_names": names, "traces_sha256": trace_sha256,
+                "leaves": [[a.dtype.str, list(a.shape)] for a in leaves]}
+        h = hashlib.sha256(json.dumps(head, sort_keys=True, allow_nan=True).encode())
+        for a in leaves:
+            h.update(a.tobytes())
+        return h.hexdigest()
 
     def load(self):
-        """(checkpoint, traces so far) to resume from, or None (no usable checkpoint: start over)."""
+        """(checkpoint, traces so far) to resume from, or None (no usable checkpoint: start
+        over; a work dir that cannot be resumed from is removed, with one line saying why)."""
+        import hashlib
+
         import numpy as np
 
         from lambda_hat.science.pipeline import Checkpoint
@@ -410,15 +474,33 @@ class SegmentStore:
             return None
         try:
             with np.load(path) as f:
+                if "run_id" not in f or "digest" not in f:
+                    raise ValueError("it carries no run ID or checksum (an older lambda-hat's)")
+                if str(f["run_id"]) != self.run_id:
+                    raise ValueError(f"its checkpoint is run {f['run_id']}'s, not {self.run_id}'s")
                 n_leaves = int(f["n_leaves"])
                 ckpt = Checkpoint(int(f["draws_done"]), [f[f"leaf_{i}"] for i in range(n_leaves)], float(f["L0"]),
                                   float(f["compile_sec"]), float(f["sample_sec"]))
                 names = [str(x) for x in f["trace_names"]]
+                trace_sha256 = json.loads(str(f["traces_sha256"]))
+                digest = str(f["digest"])
+            if self._digest(ckpt.draws_done, ckpt.L0, ckpt.compile_sec, ckpt.sample_sec, names, trace_sha256,
+                            ckpt.leaves) != digest:
+                raise ValueError("checkpoint checksum mismatch")
             traces = read_arrays(self.dir / self.TRACES, names)
-            return ckpt, {k: v[:, :ckpt.draws_done] for k, v in traces.items()}
+            hashes = {}
+            for name, v in traces.items():
+                if v.shape[1] < ckpt.draws_done:
+                    raise ValueError(f"trace {name} holds {v.shape[1]} draws, the checkpoint counts {ckpt.draws_done}")
+                hashes[name] = hashlib.sha256(self._draw_major(v[:, :ckpt.draws_done]))
+                if hashes[name].hexdigest() != trace_sha256.get(name):
+                    raise ValueError(f"trace {name} differs from the draws its checkpoint counted")
         except Exception as err:  # a damaged work dir costs a restart, never a wrong result
-            print(f"ignoring the checkpoint in {self.dir} ({err}); starting over", flush=True)
+            print(f"discarding {self.dir} ({' '.join(str(err).split())[:300]}); starting over", flush=True)
+            self.remove()
             return None
+        self.trace_hashes, self.hashed_draws = hashes, ckpt.draws_done
+        return ckpt, {k: v[:, :ckpt.draws_done] for k, v in traces.items()}
 
     def on_segment(self, checkpoint, traces: dict) -> None:
         from lambda_hat.faults import crash_point
@@ -439,6 +521,8 @@ class SegmentStore:
             os.replace(tmp, self.dir / self.PROGRESS)
 
     def flush(self) -> None:
+        import hashlib
+
         import numpy as np
         import zarr
 
@@ -449,11 +533,17 @@ class SegmentStore:
             return
         ckpt = self.pending[-1][0]
         first = self.pending[0][0].draws_done - next(iter(self.pending[0][1].values())).shape[1]
+        if first != self.hashed_draws:
+            # Segments that do not continue the draws checksummed so far (cannot happen after
+            # `load`): no checkpoint rather than one that would not check out.
+            self.pending.clear()
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         root = zarr.open_group(str(self.dir / self.TRACES), mode="a", zarr_format=3)
         names = sorted(self.pending[0][1])
         for name in names:
             block = np.concatenate([t[name] for _, t in self.pending], axis=1)
+            self.trace_hashes.setdefault(name, hashlib.sha256()).update(self._draw_major(block))
             if name not in root:
                 root.create_array(name, shape=(block.shape[0], ckpt.draws_done), dtype=block.dtype,
                                   chunks=(block.shape[0], max(1, block.shape[1])))
@@ -461,12 +551,17 @@ class SegmentStore:
             if arr.shape[1] < ckpt.draws_done:
                 arr.resize((arr.shape[0], ckpt.draws_done))
             arr[:, first:ckpt.draws_done] = block
+        self.hashed_draws = ckpt.draws_done
         crash_point(f"sample:before_checkpoint-{self.segments}")
         leaves = {f"leaf_{i}": np.asarray(a) for i, a in enumerate(ckpt.leaves)}
+        trace_sha256 = {name: self.trace_hashes[name].hexdigest() for name in names}
+        digest = self._digest(ckpt.draws_done, ckpt.L0, ckpt.compile_sec, ckpt.sample_sec, names, trace_sha256,
+                              list(leaves.values()))
         tmp = self.dir / f"{TMP_PREFIX}{self.CHECKPOINT}-{os.getpid()}"
         with open(tmp, "wb") as f:
-            np.savez(f, draws_done=ckpt.draws_done, L0=ckpt.L0, compile_sec=ckpt.compile_sec,
-                     sample_sec=ckpt.sample_sec, n_leaves=len(leaves), trace_names=np.asarray(names), **leaves)
+            np.savez(f, run_id=self.run_id, draws_done=ckpt.draws_done, L0=ckpt.L0, compile_sec=ckpt.compile_sec,
+                     sample_sec=ckpt.sample_sec, n_leaves=len(leaves), trace_names=np.asarray(names),
+                     traces_sha256=json.dumps(trace_sha256, sort_keys=True), digest=digest, **leaves)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.dir / self.CHECKPOINT)

@@ -1,15 +1,26 @@
 """Claims: which driver is working on which artifact, across processes and hosts.
 
-A claim is a lease file `<store>/.claims/<id>.lease` holding its owner (host, pid, a
-random token). It is created atomically with `link(2)` from a private temporary file,
-which is atomic on NFS and Lustre where `flock` often is not. The owner refreshes the
-lease's mtime (its heartbeat) every few seconds. A lease is stale when its heartbeat is
-older than `ttl_s`, or when it belongs to a dead process on this host; a stale lease is
-broken by renaming it away (only one breaker can win the rename), then claimed anew.
+A claim is a lease file `<store>/.claims/<id>.lease` holding its owner (host, pid, the pid's
+start time, a random token, when it was taken). It is created atomically with `link(2)` from
+a private temporary file, which is atomic on NFS and Lustre where `flock` often is not. The
+owner refreshes the lease's mtime (its heartbeat) every few seconds. A stale lease is broken
+by renaming it away (only one breaker can win the rename), then claimed anew. Staleness:
+
+- on this host, the holder's process decides alone: a lease whose pid is alive and started
+  when the lease says (not a recycled pid) is live however long its heartbeat pauses
+  (SIGSTOP, a suspended laptop, a swapping node); a dead or recycled pid's lease is stale;
+- from another host, the heartbeat decides, judged by the store's own clock (the mtime of a
+  file we touch in the store), never ours: a heartbeat older than `ttl_s` by that clock is
+  stale, and so is one seen unchanged for `ttl_s` by this process (a lease stamped in the
+  future by a skewed clock is therefore neither live forever nor broken early).
+
+A driver waits on another's claim for at most a bound (`overdue`), then tells the user who
+holds the work (host, pid, since when).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
@@ -21,9 +32,36 @@ from pathlib import Path
 from lambda_hat.store.artifacts import pid_alive
 
 HEARTBEAT_S = 5.0
-# Generous against clock skew between hosts sharing the file system (mtimes are set by
-# the file server's clock, staleness is judged by ours).
+# A heartbeat this old (by the store's clock, or unchanged for this long as we watch it) is a
+# driver on another host that stopped: its claim may be taken over.
 TTL_S = 120.0
+# How long a driver waits on another's claim before it tells the user what holds the work.
+WAIT_BOUND_S = 600.0
+WAIT_BOUND_ENV = "LH_CLAIM_WAIT_S"
+# The store's clock is read again after this many seconds (one create, stat and unlink).
+CLOCK_REFRESH_S = 30.0
+
+
+def wait_bound_s() -> float:
+    return float(os.environ.get(WAIT_BOUND_ENV, WAIT_BOUND_S))
+
+
+def process_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks since boot) of a process on this host, from
+    /proc/<pid>/stat (fields 3 and 22); None where there is no such process or no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode(errors="replace")
+        # The command name (field 2) is in parentheses and may hold spaces and ')'.
+        fields = text[text.rindex(")") + 2:].split()
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    state = process_state(pid)
+    return None if state is None else state[1]
 
 
 @dataclass(frozen=True)
@@ -31,10 +69,12 @@ class Owner:
     host: str
     pid: int
     token: str
+    started: int | None = None  # the pid's start time (/proc/<pid>/stat field 22): tells a recycled pid
+    since: float | None = None  # when the claim was taken (epoch seconds, the holder's clock)
 
     @classmethod
     def this_process(cls) -> "Owner":
-        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:12])
+        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:12], process_start(os.getpid()))
 
     def describe(self) -> str:
         return f"{self.host} pid {self.pid}"
@@ -43,7 +83,20 @@ class Owner:
 @dataclass(frozen=True)
 class Holder:
     owner: Owner
-    heartbeat_age_s: float
+    heartbeat_age_s: float  # by the store's clock, never negative (see ahead_s)
+    ahead_s: float = 0.0  # how far the heartbeat is stamped ahead of the store's clock (skew)
+
+    def describe(self) -> str:
+        """'host pid N, claimed at <UTC time>, last heartbeat Ns ago' (or how far ahead it is stamped)."""
+        parts = [self.owner.describe()]
+        if self.owner.since is not None:
+            since = dt.datetime.fromtimestamp(self.owner.since, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            parts.append(f"claimed at {since}")
+        if self.ahead_s > 1.0:
+            parts.append(f"heartbeat stamped {self.ahead_s:.0f}s in the future (clock skew)")
+        else:
+            parts.append(f"last heartbeat {self.heartbeat_age_s:.0f}s ago")
+        return ", ".join(parts)
 
 
 class Claims:
@@ -52,32 +105,84 @@ class Claims:
         self.owner = owner or Owner.this_process()
         self.ttl_s = ttl_s
         self.held: set[str] = set()
+        # Other hosts' leases as this process last saw them: {id: (stat key, monotonic time first seen)}
+        self._seen: dict[str, tuple[tuple, float]] = {}
+        self._clock: tuple[float, float] | None = None  # (store clock − time.time(), monotonic time measured)
 
     def _path(self, artifact_id: str) -> Path:
         return self.dir / f"{artifact_id}.lease"
 
-    def holder(self, artifact_id: str) -> Holder | None:
-        """The live holder of a claim, or None if it is free or stale."""
-        path = self._path(artifact_id)
+    def store_now(self) -> float:
+        """Now by the store's file-system clock: the mtime of a file created in the claims
+        directory (on NFS the server stamps it), as an offset to ours re-measured every
+        CLOCK_REFRESH_S. Our own clock where the directory is not writable (`lh status` on a
+        read-only store)."""
+        if self._clock is None or time.monotonic() - self._clock[1] > CLOCK_REFRESH_S:
+            probe = self.dir / f".clock-{self.owner.token}-{uuid.uuid4().hex[:6]}"
+            offset = 0.0
+            try:
+                before = time.time()
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                try:
+                    offset = os.stat(probe).st_mtime - (before + time.time()) / 2
+                finally:
+                    probe.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self._clock = (offset, time.monotonic())
+        return time.time() + self._clock[0]
+
+    def _read(self, path: Path) -> tuple[Owner, os.stat_result] | None:
         try:
             st = path.stat()
-            data = json.loads(path.read_text())
-            owner = Owner(str(data["host"]), int(data["pid"]), str(data["token"]))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError):
+        try:
+            data = json.loads(path.read_text())
+            started = data.get("started")
+            owner = Owner(str(data["host"]), int(data["pid"]), str(data["token"]),
+                          None if started is None else int(started),
+                          None if data.get("created") is None else float(data["created"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             # Unreadable lease: a writer died between create and write (cannot happen with
-            # link(2)) or someone edited it. Judge it by its age alone.
+            # link(2)) or someone edited it. Judged by its heartbeat alone.
             owner = Owner("?", -1, "?")
-            st = path.stat() if path.exists() else None
-            if st is None:
+        return owner, st
+
+    def holder(self, artifact_id: str) -> Holder | None:
+        """The live holder of a claim, or None if it is free or stale."""
+        return self._judge(artifact_id)[0]
+
+    def _judge(self, artifact_id: str) -> tuple[Holder | None, int | None]:
+        """(the live holder or None, the inode of the lease judged; None when there is none)."""
+        read = self._read(self._path(artifact_id))
+        if read is None:
+            self._seen.pop(artifact_id, None)
+            return None, None
+        owner, st = read
+        return self._live(artifact_id, owner, st), st.st_ino
+
+    def _live(self, artifact_id: str, owner: Owner, st: os.stat_result) -> Holder | None:
+        age = self.store_now() - st.st_mtime
+        holder = Holder(owner, max(age, 0.0), max(-age, 0.0))
+        if owner.host == socket.gethostname() and owner.pid > 0:
+            # This host: the process alone decides, however old its heartbeat.
+            if not pid_alive(owner.pid):
                 return None
-        age = time.time() - st.st_mtime
-        if age > self.ttl_s:
+            state = process_state(owner.pid)
+            if state is not None and (state[0] in "ZX" or (owner.started is not None and state[1] != owner.started)):
+                return None  # a zombie, or the pid now names another process
+            return holder
+        # Another host: its heartbeat, by the store's clock and by how long we have seen it unchanged.
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        seen = self._seen.get(artifact_id)
+        if seen is None or seen[0] != key:
+            self._seen[artifact_id] = seen = (key, time.monotonic())
+        if age > self.ttl_s or time.monotonic() - seen[1] > self.ttl_s:
             return None
-        if owner.host == socket.gethostname() and owner.pid > 0 and not pid_alive(owner.pid):
-            return None
-        return Holder(owner, age)
+        return holder
 
     def acquire(self, artifact_id: str) -> Holder | None:
         """Claim `artifact_id`. Returns None when we hold it now, else its live holder."""
@@ -88,7 +193,7 @@ class Claims:
         for _ in range(5):
             tmp = self.dir / f".new-{artifact_id}-{self.owner.token}-{uuid.uuid4().hex[:6]}"
             tmp.write_text(json.dumps({"host": self.owner.host, "pid": self.owner.pid, "token": self.owner.token,
-                                       "created": time.time()}))
+                                       "started": self.owner.started, "created": time.time()}))
             try:
                 os.link(tmp, path)
                 self.held.add(artifact_id)
@@ -97,23 +202,55 @@ class Claims:
                 pass
             finally:
                 tmp.unlink(missing_ok=True)
-            current = self.holder(artifact_id)
+            current, inode = self._judge(artifact_id)
             if current is not None:
                 if current.owner.token == self.owner.token:
                     self.held.add(artifact_id)
                     return None
                 return current
-            self._break(path)
+            if inode is not None:
+                self._break(path, inode)
         current = self.holder(artifact_id)
         return current or Holder(Owner("?", -1, "?"), 0.0)
 
-    def _break(self, path: Path) -> None:
+    def overdue(self, artifact_id: str, waiting_since: float, bound_s: float | None = None) -> str | None:
+        """For a driver waiting on another's claim since `waiting_since` (time.monotonic()):
+        None while the wait is within its bound (`wait_bound_s()`) or the claim is no longer
+        held; past it, one line saying what holds the work."""
+        bound_s = wait_bound_s() if bound_s is None else bound_s
+        if time.monotonic() - waiting_since < bound_s:
+            return None
+        current = self.holder(artifact_id)
+        if current is None:
+            return None
+        return (f"{artifact_id} is held by another lh execute ({current.describe()}); "
+                f"not waited for after {bound_s:.0f}s: run lh execute again once it is done")
+
+    def claim_within(self, artifact_id: str, bound_s: float | None = None, poll_s: float = 1.0) -> None:
+        """Claim `artifact_id`, waiting for its holder to finish or go stale for at most
+        `bound_s`; ClaimTimeout (saying who holds it) after that."""
+        start = time.monotonic()
+        while self.acquire(artifact_id) is not None:
+            message = self.overdue(artifact_id, start, bound_s)
+            if message is not None:
+                raise ClaimTimeout(message)
+            time.sleep(poll_s)
+
+    def _break(self, path: Path, judged_inode: int) -> None:
         graveyard = self.dir / f".stale-{path.stem}-{uuid.uuid4().hex[:8]}"
         try:
             os.rename(path, graveyard)
         except FileNotFoundError:
             return
-        graveyard.unlink(missing_ok=True)
+        try:
+            if graveyard.stat().st_ino != judged_inode:
+                # A new claim replaced the stale lease between our look and the rename: put it back.
+                try:
+                    os.link(graveyard, path)
+                except FileExistsError:
+                    pass
+        finally:
+            graveyard.unlink(missing_ok=True)
 
     def heartbeat(self) -> None:
         for artifact_id in list(self.held):
@@ -137,3 +274,7 @@ class Claims:
     def release_all(self) -> None:
         for artifact_id in list(self.held):
             self.release(artifact_id)
+
+
+class ClaimTimeout(RuntimeError):
+    """Another driver held a claim past the wait's bound."""

@@ -1,0 +1,188 @@
+"""Nothing damaged is ever counted: what a job reads is checked first. A damaged target is
+quarantined by the run that finds it (so the next execute rebuilds it); a run's work dir whose
+checkpoint is another run's, damaged, or counts draws its traces lack is discarded, never
+resumed from. Real stores, real Zarr files, real worker entry points and CLI processes."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lambda_hat.execute.apps import SegmentStore, TargetDamaged, run_sampler_job
+from lambda_hat.science.pipeline import Checkpoint
+from lambda_hat.store.layout import ARRAYS_ZIP
+from lambda_hat.store.store import Store
+from test_store import fill_store
+
+
+@pytest.fixture
+def store(tmp_path):
+    root = tmp_path / "store"
+    ex, _ = fill_store(root)
+    st = Store(root)
+    st.reconcile()
+    return st, ex
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+@pytest.mark.parametrize("damage", [_flip_a_byte, _truncate])
+def test_a_damaged_target_is_quarantined_by_the_run_that_reads_it(store, tmp_path, damage):
+    st, ex = store
+    run = ex.runs[1]
+    tid = run.spec.target_id
+    damage(st.layout.target_dir(tid) / ARRAYS_ZIP)
+    st.layout.run_dir(run.run_id).rename(tmp_path / "moved")  # so the run is still to do
+    before = st.snapshot([tid], [])
+    assert tid in before.target_ids  # the planner trusts the index: counted until a job reads it
+    with pytest.raises(TargetDamaged) as caught:
+        run_sampler_job(run.spec.model_dump(mode="json"), str(st.root), str(tmp_path / "l.log"),
+                        str(tmp_path / "l.err"))
+    message = str(caught.value)
+    assert message == (f"target {tid} was damaged (checksum mismatch {ARRAYS_ZIP}): quarantined; "
+                       "it is rebuilt on the next execute"), message
+    assert caught.value.target_id == tid and "\n" not in message
+    assert not st.layout.target_dir(tid).exists()
+    moved = [p for p in st.layout.quarantine_dir.iterdir() if p.name.startswith(tid)]
+    assert len(moved) == 1 and "checksum mismatch" in (moved[0] / ".quarantine-reason").read_text()
+    # The next plan sees it missing (it and its runs are redone), with or without a reconcile first.
+    assert tid not in st.snapshot([tid], []).target_ids
+    st.reconcile()
+    assert tid not in st.snapshot([tid], []).target_ids
+    # A second run on it, started before the quarantine, says so in one line too.
+    with pytest.raises(TargetDamaged, match=rf"target {tid} is missing .*rebuilt on the next execute"):
+        run_sampler_job(run.spec.model_dump(mode="json"), str(st.root), str(tmp_path / "m.log"),
+                        str(tmp_path / "m.err"))
+
+
+def test_an_intact_target_is_never_quarantined(store, tmp_path):
+    st, ex = store
+    run = ex.runs[1]
+    st.layout.run_dir(run.run_id).rename(tmp_path / "moved")
+    try:  # the fake target has no parameters to sample from: the run fails after the read
+        run_sampler_job(run.spec.model_dump(mode="json"), str(st.root), str(tmp_path / "l.log"), str(tmp_path / "l.err"))
+    except TargetDamaged:
+        raise
+    except Exception:
+        pass
+    assert st.layout.target_dir(run.spec.target_id).is_dir()
+    assert not st.layout.quarantine_dir.exists() or not list(st.layout.quarantine_dir.iterdir())
+
+
+# ---------------------------------------------------------------- checkpoints (SegmentStore)
+
+CHAINS, SEG = 2, 5
+
+
+def _segments(work_dir: Path, n_segments: int, seed: int = 0) -> list:
+    """Checkpoints and traces of `n_segments` segments, persisted to `work_dir` as a worker does."""
+    rng = np.random.default_rng(seed)
+    seg = SegmentStore(work_dir, interval_s=0.0)
+    out = []
+    for i in range(1, n_segments + 1):
+        ckpt = Checkpoint(i * SEG, [rng.normal(size=(CHAINS, 3)), rng.integers(0, 2**31, size=(CHAINS, 2))],
+                          0.25, 1.0, 0.1 * i)
+        traces = {"llc": rng.normal(size=(CHAINS, SEG)), "loss": rng.normal(size=(CHAINS, SEG)).astype(np.float32)}
+        seg.on_segment(ckpt, traces)
+        out.append((ckpt, traces))
+    return out
+
+
+def _resume(work_dir: Path, capsys):
+    loaded = SegmentStore(work_dir, interval_s=0.0).load()
+    return loaded, capsys.readouterr().out
+
+
+def test_a_checkpoint_resumes_with_exactly_its_draws(tmp_path, capsys):
+    work = tmp_path / ".work" / "run_aaaaaaaaaaaa"
+    segments = _segments(work, 3)
+    (ckpt, traces), log = _resume(work, capsys)
+    assert log == "" and ckpt.draws_done == 3 * SEG
+    for name in ("llc", "loss"):
+        np.testing.assert_array_equal(traces[name], np.concatenate([t[name] for _, t in segments], axis=1))
+    for a, b in zip(ckpt.leaves, segments[-1][0].leaves):
+        np.testing.assert_array_equal(a, b)
+    # Resumed, then persisted further: the new checkpoint checks out too.
+    seg = SegmentStore(work, interval_s=0.0)
+    ckpt, _ = seg.load()
+    seg.on_segment(Checkpoint(ckpt.draws_done + SEG, ckpt.leaves, 0.25, 1.0, 0.5),
+                   {"llc": np.ones((CHAINS, SEG)), "loss": np.ones((CHAINS, SEG), np.float32)})
+    (again, traces), _ = _resume(work, capsys)
+    assert again.draws_done == 4 * SEG and traces["llc"].shape == (CHAINS, 4 * SEG)
+
+
+def test_another_runs_checkpoint_is_discarded(tmp_path, capsys):
+    other = tmp_path / ".work" / "run_bbbbbbbbbbbb"
+    _segments(other, 3)
+    mine = tmp_path / ".work" / "run_aaaaaaaaaaaa"
+    shutil.copytree(other, mine)  # another run's work dir copied in
+    loaded, log = _resume(mine, capsys)
+    assert loaded is None and not mine.exists()
+    assert log.count("\n") == 1 and "run_bbbbbbbbbbbb" in log and "starting over" in log, log
+    # and its checkpoint file alone, next to traces of this run
+    _segments(mine, 3, seed=1)
+    shutil.copy(other / SegmentStore.CHECKPOINT, mine / SegmentStore.CHECKPOINT)
+    assert _resume(mine, capsys)[0] is None and not mine.exists()
+
+
+def test_traces_shorter_than_their_checkpoint_are_discarded(tmp_path, capsys):
+    import zarr
+
+    work = tmp_path / ".work" / "run_aaaaaaaaaaaa"
+    _segments(work, 3)
+    root = zarr.open_group(str(work / SegmentStore.TRACES), mode="a", zarr_format=3)
+    root["llc"].resize((CHAINS, 2 * SEG))  # shortened below the checkpoint's 15 draws
+    loaded, log = _resume(work, capsys)
+    assert loaded is None and not work.exists()
+    assert "trace llc holds 10 draws, the checkpoint counts 15" in log and log.count("\n") == 1, log
+
+
+@pytest.mark.parametrize("what", ["trace", "leaf", "draws_done", "no checksum"])
+def test_edited_checkpoints_and_traces_are_discarded(tmp_path, capsys, what):
+    import zarr
+
+    work = tmp_path / ".work" / "run_aaaaaaaaaaaa"
+    _segments(work, 3)
+    path = work / SegmentStore.CHECKPOINT
+    if what == "trace":
+        root = zarr.open_group(str(work / SegmentStore.TRACES), mode="a", zarr_format=3)
+        root["loss"][1, 7] = 123.0
+    else:
+        with np.load(path) as f:
+            fields = dict(f)
+        if what == "leaf":
+            fields["leaf_0"] = fields["leaf_0"] + 1e-9
+        elif what == "draws_done":
+            fields["draws_done"] = np.asarray(2 * SEG)  # as if the checkpoint counted fewer draws
+        else:  # an older lambda-hat's checkpoint: nothing to check it against
+            del fields["run_id"], fields["digest"]
+        with open(path, "wb") as f:
+            np.savez(f, **fields)
+    loaded, log = _resume(work, capsys)
+    assert loaded is None and not work.exists() and log.count("\n") == 1 and "starting over" in log, log
+
+
+def test_a_damaged_checkpoint_file_is_discarded(tmp_path, capsys):
+    work = tmp_path / ".work" / "run_aaaaaaaaaaaa"
+    _segments(work, 2)
+    _truncate(work / SegmentStore.CHECKPOINT)
+    loaded, log = _resume(work, capsys)
+    assert loaded is None and not work.exists() and "starting over" in log
+
+
+def test_checkpoint_names_its_run(tmp_path):
+    work = tmp_path / ".work" / "run_aaaaaaaaaaaa"
+    _segments(work, 1)
+    with np.load(work / SegmentStore.CHECKPOINT) as f:
+        assert str(f["run_id"]) == "run_aaaaaaaaaaaa"
+        assert set(json.loads(str(f["traces_sha256"]))) == {"llc", "loss"}
