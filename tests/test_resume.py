@@ -130,3 +130,33 @@ def test_driver_shows_draws_done_of_running_jobs(tmp_path, monkeypatch):
     SegmentStore(layout.work_dir("run_b"), 3600, draws=2000).on_segment(Checkpoint(40, [], 0.0, 0.0, 0.0), {})
     assert sampling_progress(layout, running) == " · draws 1,240/10,000"
     assert sampling_progress(layout, running[1:]) == " · draws 40/2,000"
+
+
+@pytest.mark.slow  # three worker processes (~25 s on 2 busy cores); the discard itself: test_damage_on_read
+def test_another_runs_work_dir_is_discarded_not_resumed(tmp_path, target_store):
+    """A run's `.work/<id>/` replaced by another run's (same target and sampler, another seed):
+    resuming from it would store that run's λ̂ under this run's ID. The worker discards it, says
+    why in one line, and starts over: the artifact is the one an uninterrupted run stores."""
+    from lambda_hat.ids import run_id, target_id
+
+    mine = RunSpec(target_id=target_id(TARGET), sampler=SAMPLERS["sgld"], seed=5)
+    other = RunSpec(target_id=target_id(TARGET), sampler=SAMPLERS["sgld"], seed=6)
+    rid, other_rid = run_id(mine), run_id(other)
+    stores = {}
+    for which in ("clean", "copied"):
+        stores[which] = tmp_path / which / "store"
+        shutil.copytree(target_store, stores[which])
+    assert job(tmp_path, "run", mine, stores["clean"]).returncode == 0
+    killed = job(tmp_path, "run", other, stores["copied"], LH_CRASH_AT="sample:segment-3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    work = stores["copied"] / ".work"
+    shutil.copytree(work / other_rid, work / rid)
+    assert job(tmp_path, "run", mine, stores["copied"]).returncode == 0
+    log = (sorted(tmp_path.glob("logs-*"))[-1] / "run.log").read_text()
+    assert "resuming" not in log and log.count("discarding") == 1, log
+    assert f"run {other_rid}'s, not {rid}'s" in log and "starting over" in log, log
+    (ta, ma), (tb, mb) = _stored(stores["clean"], rid), _stored(stores["copied"], rid)
+    for k in ta:
+        if k != "traces/walltime":
+            np.testing.assert_array_equal(tb[k], ta[k], err_msg=k)
+    assert json.dumps(mb, sort_keys=True) == json.dumps(ma, sort_keys=True)
