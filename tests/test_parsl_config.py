@@ -16,7 +16,56 @@ def test_local_config_uses_this_interpreter(tmp_path):
     (ex,) = cfg.executors
     assert ex.max_workers_per_node == 3
     assert ex.launch_cmd.startswith(sys.executable + " -m parsl.executors.high_throughput.process_worker_pool")
-    assert list(ex.interchange_launch_cmd)[:2] == [sys.executable, "-m"]
+    assert list(ex.interchange_launch_cmd)[:2] == [sys.executable, "-c"]
+
+
+def test_heartbeats_default_to_parsls_and_the_environment_overrides_them(tmp_path, monkeypatch):
+    from lambda_hat.execute.parsl_config import heartbeat
+
+    for name in ("LH_HEARTBEAT_PERIOD_S", "LH_HEARTBEAT_THRESHOLD_S"):
+        monkeypatch.delenv(name, raising=False)
+    (ex,) = local_config(tmp_path / "ri").executors
+    assert (ex.heartbeat_period, ex.heartbeat_threshold) == (30, 120)  # a 28 s machine pause is survived
+    monkeypatch.setenv("LH_HEARTBEAT_PERIOD_S", "1")
+    monkeypatch.setenv("LH_HEARTBEAT_THRESHOLD_S", "3")
+    (ex,) = slurm_config(tmp_path / "ri", SlurmSettings()).executors
+    assert (ex.heartbeat_period, ex.heartbeat_threshold) == (1, 3)
+    monkeypatch.setenv("LH_HEARTBEAT_THRESHOLD_S", "soon")
+    with pytest.raises(BadInput, match="LH_HEARTBEAT_THRESHOLD_S='soon': must be a whole number"):
+        heartbeat()
+
+
+def test_lost_jobs_are_retried_and_their_own_errors_are_not(tmp_path):
+    """Parsl's DFK retries a try while the costs so far stay within `Config.retries`."""
+    from parsl.dataflow.errors import DependencyError
+    from parsl.executors.high_throughput.errors import ManagerLost, WorkerLost
+
+    from lambda_hat.execute.parsl_config import ExecutorGaveUp, RetryPolicy, retried_after
+
+    cfg = local_config(tmp_path / "ri")
+    policy = cfg.retry_handler
+    assert isinstance(policy, RetryPolicy) and cfg.retries == policy.budget == 2
+
+    def tries(errors, policy):
+        """How many of these failures in a row Parsl retries, as its DFK adds up the costs."""
+        record, cost = {}, 0
+        for n, exc in enumerate(errors):
+            cost += policy(exc, record)
+            if cost > policy.budget:
+                return n, record
+        return len(errors), record
+
+    lost = [ManagerLost(b"m", "host"), WorkerLost(1, "host"), ManagerLost(b"m", "host")]
+    assert tries(lost, policy)[0] == 2  # two resubmissions, the third loss is final
+    assert tries([RuntimeError("boom")], policy)[0] == 0  # the job's own error fails at once
+    assert tries([ValueError("user code"), ManagerLost(b"m", "h")], RetryPolicy(lost=2, failed=1))[0] == 2
+    assert tries([ExecutorGaveUp("no block"), DependencyError([], 1)], policy)[0] == 0
+    n, record = tries([WorkerLost(1, "h"), ManagerLost(b"m", "h")], policy)
+
+    class Done:
+        task_record = record
+
+    assert retried_after(Done()) == ["WorkerLost", "ManagerLost"]
 
 
 def test_slurm_settings_from_yaml_reach_the_provider(tmp_path):

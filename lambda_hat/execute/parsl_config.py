@@ -5,12 +5,21 @@ never in the driver. SLURM: the same executor with a SlurmProvider, one block pe
 job. Settings come from, lowest precedence first: a profile (`lh.toml` in the working
 directory, or `--profile FILE`, table `[slurm]`; the older `--slurm-config FILE.yaml` is a
 profile too), then command-line flags. `--parsl-config FILE.py` replaces all of it.
+
+Failures: a job lost with its worker, manager or block (Parsl's WorkerLost, ManagerLost: a
+killed worker, a machine paused past the heartbeat threshold, a SLURM node failure,
+preemption or walltime) is resubmitted up to `LOST_RETRIES` times; a job that raised in
+lambda-hat's or the user's code is not (unless `--retries`): `RetryPolicy`. A lost block is
+replaced (the "simple" strategy keeps a block for queued work); once the last
+`BLOCK_FAILURES_MAX` blocks have all failed the executor gives up and every job fails with
+the last block's own error (`give_up_after_failed_blocks`) instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +34,18 @@ WALLTIME_PATTERN = r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$"
 
 LOCAL_STRATEGY_PERIOD_S = 0.1
 
+# Parsl's defaults. A busy machine, or one paused for a while (a VM fork or migration, a closed
+# laptop lid: both the interchange and the pool stop, and on waking each finds the other's last
+# heartbeat old), must not lose its pool: a 30 s threshold lost whole sweeps to a 28 s pause.
+# Orphaned pools are the reaper's to end, not the heartbeat's.
+HEARTBEAT_PERIOD_S = 30
+HEARTBEAT_THRESHOLD_S = 120
+HEARTBEAT_ENV = ("LH_HEARTBEAT_PERIOD_S", "LH_HEARTBEAT_THRESHOLD_S")  # the fault tests use 1 and 3
+
+LOST_RETRIES = 2  # resubmissions of a job whose worker, manager or block was lost
+BLOCK_FAILURES_MAX = 3  # blocks failed in a row before the executor gives up
+RETRIED_KEY = "lh_retried_after"  # in Parsl's task record: why each earlier try of the job ended
+
 
 def default_workers() -> int:
     return min(os.cpu_count() or 1, 8)
@@ -32,43 +53,138 @@ def default_workers() -> int:
 
 def _this_interpreter_launch_cmd() -> tuple[str, list[str]]:
     """Worker pool and interchange started with this very interpreter, so they find
-    lambda_hat and JAX whatever PATH the job has (`.venv/bin` need not be on it)."""
+    lambda_hat and JAX whatever PATH the job has (`.venv/bin` need not be on it); the
+    interchange deaf to Ctrl-C (INTERCHANGE_IGNORING_SIGINT)."""
     from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 
     launch = DEFAULT_LAUNCH_CMD.replace(
         "process_worker_pool.py", f"{sys.executable} -m parsl.executors.high_throughput.process_worker_pool", 1
     )
-    return launch, [sys.executable, "-m", "parsl.executors.high_throughput.interchange"]
+    return launch, [sys.executable, "-c", INTERCHANGE_IGNORING_SIGINT]
 
 
-def local_config(run_dir: Path, workers: int | None = None, retries: int = 0):
+def heartbeat() -> tuple[int, int]:
+    """(period, threshold) in seconds for the worker pools and the interchange."""
+    values = []
+    for name, default in zip(HEARTBEAT_ENV, (HEARTBEAT_PERIOD_S, HEARTBEAT_THRESHOLD_S)):
+        text = os.environ.get(name, "").strip()
+        if not text:
+            values.append(default)
+        elif text.isdigit() and int(text) > 0:
+            values.append(int(text))
+        else:
+            raise BadInput(f"{name}={text!r}: must be a whole number of seconds above 0")
+    return values[0], values[1]
+
+
+class RetryPolicy:
+    """Parsl's `retry_handler`: the cost of one failed try, against a budget (`Config.retries`)
+    of `lost + failed`. A try lost with its worker, manager or block costs 1 while the job has
+    been lost fewer than `lost` times; an error raised by the job itself (lambda-hat's or the
+    user's code) costs 1 while it has raised fewer than `failed` times (the --retries flag).
+    Anything else costs more than the budget: the job fails now, with its log. Why each retried
+    try ended is kept in the task record (`RETRIED_KEY`), for the driver's summary."""
+
+    def __init__(self, lost: int = LOST_RETRIES, failed: int = 0):
+        self.lost, self.failed = lost, failed
+
+    @property
+    def budget(self) -> int:
+        return self.lost + self.failed
+
+    def __call__(self, exc: BaseException, task_record) -> float:
+        from parsl.dataflow.errors import DependencyError
+        from parsl.executors.errors import BadStateException
+        from parsl.executors.high_throughput.errors import ManagerLost, WorkerLost
+
+        if isinstance(exc, (DependencyError, BadStateException, ExecutorGaveUp)):
+            return self.budget + 1  # nothing to gain from another try
+        lost = isinstance(exc, (ManagerLost, WorkerLost))
+        retried = task_record.setdefault(RETRIED_KEY, [])
+        used = sum(1 for _, was_lost in retried if was_lost == lost)
+        if used >= (self.lost if lost else self.failed):
+            return self.budget + 1
+        retried.append((type(exc).__name__, lost))
+        return 1
+
+
+def retried_after(future) -> list[str]:
+    """The errors that ended a finished Parsl future's earlier tries, oldest first."""
+    record = getattr(future, "task_record", None) or {}
+    return [name for name, _ in record.get(RETRIED_KEY, [])]
+
+
+class ExecutorGaveUp(Exception):
+    """No block of the executor could start or stay up: every job fails with this."""
+
+
+def give_up_after_failed_blocks(executor, status: dict) -> None:
+    """Parsl's `block_error_handler`: once the last BLOCK_FAILURES_MAX blocks have all failed
+    (sbatch refused them, they exited at once, or each died in turn), fail every job with the
+    last block's own error instead of submitting blocks forever. A lost block before that is
+    simply replaced by the strategy, and its jobs retried."""
+    from parsl.jobs.states import JobState
+
+    if executor.bad_state_is_set:
+        return
+    recent = sorted(status, key=int)[-BLOCK_FAILURES_MAX:]
+    if len(recent) < BLOCK_FAILURES_MAX or any(status[b].state not in (JobState.FAILED, JobState.MISSING) for b in recent):
+        return
+    last = status[recent[-1]]
+    # The block's own last words if it left any, else Parsl's (a failed sbatch: SbatchFailed's).
+    said = [line.strip() for line in (last.stderr_summary or "").splitlines() if line.strip()]
+    detail = said[-1] if said else re.sub(r"^Failed to start block \d+: ", "", last.message or "")
+    if last.exit_code is not None:
+        detail = f"exit code {last.exit_code}" + (f": {detail}" if detail else "")
+    if last.stderr_path:
+        detail += f" (its stderr: {last.stderr_path})"
+    executor.set_bad_state_and_fail_all(ExecutorGaveUp(
+        f"{BLOCK_FAILURES_MAX} blocks failed in a row, giving up; the last: {detail or 'no message'}"))
+
+
+# The interchange, run with Ctrl-C ignored: it shares the terminal's process group with the
+# driver, and a SIGINT there printed its traceback before the driver's one clean line. The
+# driver stops it itself.
+INTERCHANGE_IGNORING_SIGINT = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "runpy.run_module('parsl.executors.high_throughput.interchange', run_name='__main__', alter_sys=True)"
+)
+
+
+def _executor_kw() -> dict[str, Any]:
+    """What the local and the SLURM executor share: this interpreter, the heartbeats, giving up."""
+    launch_cmd, interchange_cmd = _this_interpreter_launch_cmd()
+    period, threshold = heartbeat()
+    return dict(launch_cmd=launch_cmd, interchange_launch_cmd=interchange_cmd, heartbeat_period=period,
+                heartbeat_threshold=threshold, block_error_handler=give_up_after_failed_blocks)
+
+
+def local_config(run_dir: Path, workers: int | None = None, retries: int = 0, lost_retries: int = LOST_RETRIES):
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
 
-    launch_cmd, interchange_cmd = _this_interpreter_launch_cmd()
+    policy = RetryPolicy(lost=lost_retries, failed=retries)
     return Config(
         executors=[
             HighThroughputExecutor(
                 label="local",
                 max_workers_per_node=workers or default_workers(),
                 cores_per_worker=1,
-                # A pool whose interchange is gone (its driver was killed) exits after this
-                # many seconds without a heartbeat, a second line of defence behind the reaper.
-                heartbeat_period=5,
-                heartbeat_threshold=30,
-                launch_cmd=launch_cmd,
-                interchange_launch_cmd=interchange_cmd,
                 provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+                **_executor_kw(),
             )
         ],
         run_dir=str(run_dir),
-        strategy="none",
+        # "simple" starts a block whenever jobs wait and none is running or pending: a lost
+        # block is replaced ("none" only ever started the first).
+        strategy="simple",
         # Parsl starts the init_blocks at the strategy's first poll, one period after `parsl.load`:
         # at its default of 5 s every local execute waited 5 s for its workers. A poll here checks
         # a clock (the provider is asked for block status only every few seconds), so it costs nothing.
         strategy_period=LOCAL_STRATEGY_PERIOD_S,
-        retries=retries,
+        retries=policy.budget,
+        retry_handler=policy,
     )
 
 
@@ -184,25 +300,45 @@ def worker_init_lines(s: SlurmSettings) -> str:
     ]).strip()
 
 
-def slurm_config(run_dir: Path, s: SlurmSettings, retries: int = 0):
+def _slurm_provider_class():
+    """Parsl's SlurmProvider, whose failed `sbatch` says what the scheduler said, the command and
+    the submit script (Parsl's own message was cut to `… Error 1:` on the driver's screen)."""
+    from parsl.providers import SlurmProvider
+    from parsl.providers.errors import SubmitException
+
+    class SbatchFailed(SubmitException):
+        def __str__(self) -> str:
+            return self.message
+
+    class LhSlurmProvider(SlurmProvider):
+        def submit(self, command: str, tasks_per_node: int, job_name: str = "parsl.slurm") -> str:
+            try:
+                return super().submit(command, tasks_per_node, job_name)
+            except SubmitException as err:
+                script = os.path.abspath(os.path.join(self.script_dir or "", err.job_name))
+                said = " ".join((err.stderr or err.stdout or "").split()) or "(no output)"
+                raise SbatchFailed(err.job_name, f"{said} (`sbatch {script}` exited {err.retcode})",
+                                   err.stdout, err.stderr, err.retcode) from None
+
+    return LhSlurmProvider
+
+
+def slurm_config(run_dir: Path, s: SlurmSettings, retries: int = 0, lost_retries: int = LOST_RETRIES):
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.launchers import SingleNodeLauncher, SrunLauncher
-    from parsl.providers import SlurmProvider
 
-    launch_cmd, interchange_cmd = _this_interpreter_launch_cmd()
-    executor_kw: dict[str, Any] = {}
+    executor_kw: dict[str, Any] = _executor_kw()
     if s.address:
         executor_kw["address"] = s.address
+    policy = RetryPolicy(lost=lost_retries, failed=retries)
     return Config(
         executors=[
             HighThroughputExecutor(
                 label="slurm",
                 max_workers_per_node=s.workers,
                 cores_per_worker=max(1, s.cores_per_node // s.workers),
-                launch_cmd=launch_cmd,
-                interchange_launch_cmd=interchange_cmd,
-                provider=SlurmProvider(
+                provider=_slurm_provider_class()(
                     partition=s.partition,
                     account=s.account,
                     qos=s.qos,
@@ -224,8 +360,10 @@ def slurm_config(run_dir: Path, s: SlurmSettings, retries: int = 0):
             )
         ],
         run_dir=str(run_dir),
-        retries=retries,
+        strategy="simple",  # a block is submitted whenever jobs wait and none is running or pending
         strategy_period=2,
+        retries=policy.budget,
+        retry_handler=policy,
     )
 
 
