@@ -10,6 +10,7 @@ resolved specs.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union
 
@@ -88,6 +89,47 @@ class MemoryNeed(NamedTuple):
     field: str
     what: str
     bytes: int
+
+
+def _at_fault(*factors: tuple[str, float, float]) -> str:
+    """Of the fields whose sizes multiply into one part of an estimate, given as (field, size, its
+    size in the default spec), the one furthest above its default: what made the part large
+    (`chains: 1000000` with the default draws is the chains' fault, not the draws')."""
+    return max(factors, key=lambda f: f[1] / f[2])[0]
+
+
+def _largest_layer_field(dims: list[int], hidden: str) -> str:
+    """The field behind the largest weight matrix of layers `dims` (input, hidden..., output)."""
+    i = max(range(len(dims) - 1), key=lambda j: dims[j] * dims[j + 1])
+    if i == 0 and dims[0] >= dims[1]:
+        return "model.in_dim"
+    if i == len(dims) - 2 and dims[-1] >= dims[-2]:
+        return "model.out_dim"
+    return hidden
+
+
+# --------------------------------------------------------------------------- seeds
+
+# A seed becomes a PRNG key (jax.random.PRNGKey) in the integer width of the x64 mode its spec's
+# dtype runs in (science/models.precision): float64 keeps all 64 bits of it, float32 only the low
+# 32, so there seeds s and s + 2^32 (and -1 and 2^32 - 1) would give the same numbers under two
+# IDs. Seeds 0 ... 2^32 - 1 give the same key in both modes. Checked when a sweep is loaded, not
+# by the models, so that a stored spec from before still parses (and is found, not quarantined).
+SEED_MAX_FLOAT32 = 2**32 - 1
+
+
+def seed_problem(seed: int, dtype: str) -> str | None:
+    """Why `seed` cannot be honoured by a spec computed in `dtype` (None: it can)."""
+    if dtype == "float32" and not 0 <= seed <= SEED_MAX_FLOAT32:
+        return (f"{seed} does not fit the 32-bit random key of a float32 spec (it would give the numbers of "
+                f"seed {seed % 2**32}): use 0 to {SEED_MAX_FLOAT32} (or dtype float64, whose key holds 64 bits)")
+    return None
+
+
+@functools.cache
+def _default_spec(cls: type[BaseModel]) -> Any:
+    """`cls()`: the sizes an estimate's parts are compared with to find the field at fault."""
+    return cls()
 
 
 # --------------------------------------------------------------------------- target
@@ -229,7 +271,8 @@ ModelSpec = Annotated[
 
 
 class DataSpec(_Spec):
-    n_data: PositiveInt = 100
+    # At least 2: the default β = 1/log n is infinite at n = 1, and w*'s checks use it too.
+    n_data: Annotated[PositiveInt, Field(ge=2)] = 100
     n_test: PositiveInt = 100
     x_dist: Literal["gauss_iso", "gauss_aniso", "mixture", "lowdim_manifold", "heavy_tail"] = "gauss_iso"
     cov_decay: Annotated[Float, Field(gt=0, le=1)] = 0.95
@@ -349,22 +392,36 @@ class TargetSpec(_Spec):
         resident at once (data, parameters with their gradients and Adam moments, one training
         step's activations), not what XLA adds on top. Compared with MAX_JOB_BYTES."""
         m, d, item = self.model, self.data, ITEMSIZE[self.dtype]
+        usual = _default_spec(TargetSpec)
         rows = max(d.n_data, d.n_test)  # train and test sets are drawn (and labelled) one after the other
+        rows_field = "data.n_data" if d.n_data >= d.n_test else "data.n_test"
         batch = min(self.training.batch_size or d.n_data, d.n_data)
+        batch_field = "training.batch_size" if self.training.batch_size else "data.n_data"
+        if isinstance(m, MLPSpec):
+            io_field = "model.in_dim" if m.in_dim >= m.out_dim else "model.out_dim"
+            params_field = _largest_layer_field(m.layer_dims, "model.widths")
+            outputs_field = "model.out_dim" if m.out_dim > max(m.widths) else "model.widths"
+        else:  # a dln's in and out dimensions are its widths; a polynomial's are 1
+            io_field = "model.powers" if isinstance(m, PolynomialSpec) else "model.widths"
+            params_field = outputs_field = io_field
+        outputs, usual_outputs = sum(m.layer_dims[1:]), sum(usual.model.layer_dims[1:])
         needs = [
-            MemoryNeed("data.n_data" if d.n_data >= d.n_test else "data.n_test", "data arrays",
-                       (d.n_data + d.n_test) * (m.in_dim + m.out_dim) * item),
-            MemoryNeed("model.powers" if isinstance(m, PolynomialSpec) else "model.widths",
-                       "parameters, gradients and optimizer moments", 4 * m.n_params * item),
-            MemoryNeed("training.batch_size" if self.training.batch_size else "data.n_data",
-                       "activations of a training step", batch * sum(m.layer_dims[1:]) * item),
+            MemoryNeed(_at_fault((rows_field, rows, usual.data.n_data),
+                                 (io_field, m.in_dim + m.out_dim, usual.model.in_dim + usual.model.out_dim)),
+                       "data arrays", (d.n_data + d.n_test) * (m.in_dim + m.out_dim) * item),
+            MemoryNeed(params_field, "parameters, gradients and optimizer moments", 4 * m.n_params * item),
+            MemoryNeed(_at_fault((batch_field, batch, usual.data.n_data), (outputs_field, outputs, usual_outputs)),
+                       "activations of a training step", batch * outputs * item),
         ]
         if isinstance(m, MLPSpec):
             t = self.teacher
             teacher_params = mlp_param_count(m.in_dim, m.out_dim, t.widths, m.bias)
-            needs.append(MemoryNeed("teacher.widths", "teacher parameters", teacher_params * item))
-            needs.append(MemoryNeed("data.n_data" if d.n_data >= d.n_test else "data.n_test", "teacher activations",
-                                    rows * (sum(t.widths) + m.out_dim) * item))
+            needs.append(MemoryNeed(_largest_layer_field([m.in_dim, *t.widths, m.out_dim], "teacher.widths"),
+                                    "teacher parameters", teacher_params * item))
+            t_outputs = sum(t.widths) + m.out_dim
+            t_field = "model.out_dim" if m.out_dim > max(t.widths) else "teacher.widths"
+            t_activations_field = _at_fault((rows_field, rows, usual.data.n_data), (t_field, t_outputs, usual_outputs))
+            needs.append(MemoryNeed(t_activations_field, "teacher activations", rows * t_outputs * item))
         if d.x_dist == "mixture":
             needs.append(MemoryNeed("data.mixture_k", "mixture centers", d.mixture_k * m.in_dim * item))
         elif d.x_dist == "lowdim_manifold":
@@ -386,13 +443,19 @@ class _SamplerBase(_Spec):
         training data, every chain's state and loss activations (chains are vmapped), and the
         traces of all draws, which one compiled call returns together. See MAX_JOB_BYTES."""
         m, d, item = target.model, target.data, ITEMSIZE[self.dtype]
-        batch = min(getattr(self, "batch_size", d.n_data), d.n_data)  # SGLD's minibatch, else full batch
-        draws = self.draws
+        usual = _default_spec(type(self))
+        chains = ("chains", self.chains, usual.chains)
+        if isinstance(self, SGLDSpec):  # its minibatch, else the full batch (the target's n_data)
+            batch = min(self.batch_size, d.n_data)
+            batch_field = _at_fault(chains, ("batch_size", batch, usual.batch_size))
+        else:
+            batch, batch_field = d.n_data, "chains"
+        draws_field = _at_fault(chains, ("steps" if self.name == "sgld" else "draws", self.draws, usual.draws))
         return [
             MemoryNeed("", "the target's data", d.n_data * (m.in_dim + m.out_dim) * ITEMSIZE[target.dtype]),
             MemoryNeed("chains", "chain states", self.chains * STATE_COPIES * m.n_params * item),
-            MemoryNeed("chains", "activations of a step", self.chains * batch * sum(m.layer_dims[1:]) * item),
-            MemoryNeed("steps" if self.name == "sgld" else "draws", "traces", self.chains * draws * TRACES_PER_DRAW * item),
+            MemoryNeed(batch_field, "activations of a step", self.chains * batch * sum(m.layer_dims[1:]) * item),
+            MemoryNeed(draws_field, "traces", self.chains * self.draws * TRACES_PER_DRAW * item),
         ]
 
 

@@ -47,6 +47,7 @@ from lambda_hat.specs import (
     SGLDSpec,
     Sweep,
     TargetSpec,
+    seed_problem,
 )
 
 SAMPLER_CLASSES: dict[str, type[BaseModel]] = {"sgld": SGLDSpec, "hmc": HMCSpec, "nuts": NUTSSpec, "mclmc": MCLMCSpec}
@@ -348,9 +349,13 @@ def _resolve_target(raw: dict, source: str, entry: str, default_dtype: str) -> T
             fields[k] = raw[k]
     fields.setdefault("dtype", default_dtype)
     try:
-        return TargetSpec.model_validate(fields)
+        spec = TargetSpec.model_validate(fields)
     except ValidationError as err:
         raise _first_error(err, source, entry) from None
+    problem = seed_problem(spec.seed, spec.dtype)
+    if problem:
+        raise _fail(source, entry, "seed", problem)
+    return spec
 
 
 def _target_entries(raw: dict, axes: list, source: str, entry: str, default_dtype: str) -> list[tuple[str, TargetSpec]]:
@@ -404,9 +409,13 @@ def _resolve_sampler(raw: dict, source: str, entry: str, default_dtype: str) -> 
     except ValidationError as err:
         raise _first_error(err, source, entry, prefix="posterior") from None
     try:
-        return SamplerRun.model_validate({"sampler": sampler, "posterior": posterior, "seed": raw.get("seed", 0)})
+        run = SamplerRun.model_validate({"sampler": sampler, "posterior": posterior, "seed": raw.get("seed", 0)})
     except ValidationError as err:
         raise _first_error(err, source, entry) from None
+    problem = seed_problem(run.seed, sampler.dtype)  # the run's key is built in the sampler's dtype
+    if problem:
+        raise _fail(source, entry, "seed", problem)
+    return run
 
 
 def _sampler_entries(raw: dict, axes: list, source: str, entry: str, default_dtype: str) -> list[tuple[str, SamplerRun]]:

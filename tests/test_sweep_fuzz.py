@@ -44,6 +44,7 @@ from lambda_hat.planner import expand
 from lambda_hat.presets import PRESETS
 from lambda_hat.specs import (
     SAFE_INT_MAX,
+    SEED_MAX_FLOAT32,
     DataSpec,
     DLNSpec,
     MLPSpec,
@@ -171,6 +172,12 @@ def bad_values(ft: FieldType) -> st.SearchStrategy:
 
 finite = dict(allow_nan=False, allow_infinity=False)
 seeds = st.one_of(st.integers(-5, 100), st.integers(-SAFE_INT_MAX, SAFE_INT_MAX))
+# A float32 spec's random key keeps 32 bits of its seed: only 0 ... 2^32 - 1 are valid there.
+seeds_float32 = st.one_of(st.integers(0, 100), st.integers(0, SEED_MAX_FLOAT32))
+
+
+def seeds_for(dtype: str) -> st.SearchStrategy:
+    return seeds if dtype == "float64" else seeds_float32
 
 
 @st.composite
@@ -206,7 +213,7 @@ def data_section(draw):
         return draw(st.sampled_from(sorted(PRESETS["data"])))
     data = {}
     if draw(st.booleans()):
-        data["n_data"] = draw(st.integers(1, 500))
+        data["n_data"] = draw(st.integers(2, 500))
     if draw(st.booleans()):
         data["n_test"] = draw(st.integers(1, 200))
     if draw(st.booleans()):
@@ -237,14 +244,15 @@ def target_entry(draw, x64: bool):
         entry["training"] = {"steps": draw(st.integers(1, 10000)), "learning_rate": draw(st.floats(1e-5, 1, **finite)),
                              "optimizer": draw(st.sampled_from(["adam", "sgd", "adamw"]))}
     if draw(st.booleans()):
-        entry["seed"] = draw(seeds)
-    if draw(st.booleans()):
         entry["dtype"] = "float64" if x64 and draw(st.booleans()) else "float32"
+    dtype_seeds = seeds_for(entry.get("dtype", "float64" if x64 else "float32"))
+    if draw(st.booleans()):
+        entry["seed"] = draw(dtype_seeds)
     if draw(st.booleans()):
         entry["overrides"] = {"training": {"steps": draw(st.integers(1, 5000))}, "data": {"noise_scale": 0.2}}
     if draw(st.booleans()):
         entry["grid"] = draw(st.sampled_from([
-            {"seed": draw(st.lists(seeds, min_size=1, max_size=3))},
+            {"seed": draw(st.lists(dtype_seeds, min_size=1, max_size=3))},
             {"training.learning_rate": [0.01, 0.001]},
             {"data.n_data": [50, 60], "seed": [1, 2]},
         ]))
@@ -290,7 +298,7 @@ def sampler_entry(draw, x64: bool):
     if draw(st.booleans()):
         entry["dtype"] = "float64" if x64 and draw(st.booleans()) else "float32"
     if draw(st.booleans()):
-        entry["seed"] = draw(seeds)
+        entry["seed"] = draw(seeds_for(entry.get("dtype", "float64" if x64 else "float32")))
     if draw(st.booleans()):
         entry["posterior"] = {"gamma": draw(st.floats(0, 1000, **finite)), "beta0": draw(st.floats(0.01, 10, **finite)),
                               "beta_mode": draw(st.sampled_from(["1_over_log_n", "fixed"]))}
@@ -509,6 +517,11 @@ def structure_mutation(draw, doc: dict, what: str) -> Broken:
                       kind="mclmc on one parameter")
     if what == "x64 off":
         doc["jax_enable_x64"] = False
+        for e in doc["targets"] + doc["samplers"]:  # float32 now: seeds must fit its 32-bit key
+            if "seed" in e:
+                e["seed"] %= 2**32
+            if isinstance(e.get("grid"), dict) and "seed" in e["grid"]:
+                e["grid"]["seed"] = [v % 2**32 for v in e["grid"]["seed"]]
         entry = draw(st.sampled_from([target, sampler]))
         entry["dtype"] = "float64"
         entry.pop("grid", None)

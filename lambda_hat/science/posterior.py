@@ -106,7 +106,12 @@ def loss_from_logdensity(logdensity, w, w_star, n_beta, gamma):
 # tuning) never recover. So s is halved, up to START_HALVINGS times, until the chain's own start
 # has λ̂ ≤ START_LLC_CAP·d (20× the regular value; a quadratic loss exceeds it with probability
 # ~1e-5 even for d = 1, so starts at non-degenerate w* are left exactly as they were).
+#
+# With γ = 0 (no localization, allowed: a proper posterior needs none) at such a w*, γ + nβ·κ is 0
+# and there is no width at all: s is then FLAT_START_SCALE, the width the default γ = 1 would give,
+# and the halvings narrow it as above. Every other start is exactly as it was.
 INIT_JITTER = 1.0
+FLAT_START_SCALE = INIT_JITTER
 INIT_PROBES = 8
 START_HALVINGS = 12
 START_LLC_CAP = 10.0
@@ -136,7 +141,8 @@ def start_rows(n: int, d: int) -> int | None:
 
 
 def init_scale(key, loss_fn, w_star, n_beta, gamma):
-    """s = INIT_JITTER / √(γ + nβ·max(tr H / d, 0)) at w* (see above)."""
+    """s = INIT_JITTER / √(γ + nβ·max(tr H / d, 0)) at w*, FLAT_START_SCALE where that is
+    infinite (γ = 0, no curvature; see above)."""
     grad = jax.grad(loss_fn)
 
     def quad_form(v):  # vᵀHv
@@ -145,7 +151,8 @@ def init_scale(key, loss_fn, w_star, n_beta, gamma):
     probes = jax.random.rademacher(key, (INIT_PROBES, w_star.size), w_star.dtype)
     kappa = jnp.mean(jax.lax.map(quad_form, probes)) / w_star.size
     kappa = jnp.where(jnp.isfinite(kappa), jnp.maximum(kappa, 0.0), 0.0)
-    return INIT_JITTER / jnp.sqrt(gamma + n_beta * kappa)
+    width_inv2 = gamma + n_beta * kappa  # 1 / s² before INIT_JITTER
+    return jnp.where(width_inv2 > 0, INIT_JITTER / jnp.sqrt(width_inv2), FLAT_START_SCALE)
 
 
 def dispersed_start(chain_key, loss_fn, w_star, n_beta, gamma):
