@@ -184,6 +184,13 @@ def execute_cmd(
 
     if profile is not None and slurm_config is not None:
         raise BadInput("--profile and --slurm-config: give one of them")
+    if promote:  # the gallery is written after every run: its folder is checked before any
+        from lambda_hat import promote as gallery
+        from lambda_hat.results import check_output_dir
+
+        _, _, st = _load(sweep, store, max_runs)
+        check_output_dir(promote_dir, st.root, "--promote-dir")
+        gallery.check_gallery(promote_dir)
     flags = dict(partition=partition, account=account, qos=qos, walltime=walltime, nodes_per_block=nodes_per_block,
                  cores_per_node=cores_per_node, mem_per_node=mem_per_node, gpus_per_node=gpus_per_node,
                  workers_per_node=workers_per_node, max_blocks=max_blocks, exclusive=exclusive, worker_init=worker_init,
@@ -239,36 +246,51 @@ def query_cmd(
                                                        "Default: from -o's extension, else table.")] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to this file (outside the store) instead of stdout.")] = None,
     limit: Annotated[int, typer.Option(help="Rows to show in a table (0: all); csv, json and parquet get every row.")] = 100,
+    timeout: Annotated[str, typer.Option("--timeout", help="Stop the query after this many seconds (0: no limit).")] = "120",
+    memory_limit: Annotated[str, typer.Option("--memory-limit", help="Most memory the query may hold (DuckDB's memory_limit, e.g. 500MB, 8GB).")] = "2GB",
 ) -> None:
     """Run one read-only SELECT against the store's index (sandboxed: no file or network
-    access, nothing written). Views and examples: docs/query.md."""
+    access, nothing written, a time and memory limit). Views and examples: docs/query.md."""
     import shutil
 
     from lambda_hat import results
 
+    if limit < 0:
+        raise BadInput(f"--limit {limit}: must be 0 (every row) or more")
+    timeout_s = _seconds("--timeout", timeout)
+    memory_limit = results.check_memory_limit(memory_limit)
     st = _store_of(store, sweep)
     kind = results.format_for(out, fmt.value if fmt else None)
     if out is not None:
         results.check_output_path(out, st.root)
     elif kind == "parquet":
         raise BadInput("--format parquet writes a binary file: add -o FILE.parquet")
-    res = results.run_query(st.layout, sql, as_arrow=kind == "parquet")
-    if kind == "parquet":
-        results.write_atomic(out, results.parquet_bytes(res.arrow))
-        console.print(f"{res.arrow.num_rows} rows written to {out}", highlight=False, soft_wrap=True)
-        return
-    if kind == "csv":
-        text = results.to_csv(res.columns, res.types, res.rows)
-    elif kind == "json":
-        text = results.to_json(res)
-    else:
+    limits = dict(timeout_s=timeout_s, memory_limit=memory_limit)
+    if kind == "table":
+        # A table on the terminal fetches only the rows it shows (and one more, to say so).
+        to_terminal = out is None and limit > 0
+        res = results.run_query(st.layout, sql, max_rows=limit if to_terminal else None, **limits)
         width = 10**6 if out is not None else shutil.get_terminal_size((80, 24)).columns
         text = results.to_table(res, width, limit=0 if out is not None else limit)
-    if out is not None:
+        if out is None:
+            sys.stdout.write(text)
+            return
         results.write_atomic(out, text.encode())
-        console.print(f"{len(res.rows)} rows written to {out}", highlight=False, soft_wrap=True)
-    else:
-        sys.stdout.write(text)
+        n = len(res.rows)
+    else:  # csv, json, parquet: every row, streamed a batch at a time
+        with results.open_query(st.layout, sql, arrow=kind == "parquet", **limits) as q:
+            if out is None:
+                for chunk in results.text_chunks(q, kind):
+                    sys.stdout.write(chunk)
+                return
+            with results.atomic_file(out) as f:
+                if kind == "parquet":
+                    results.write_parquet(q, f)
+                else:
+                    for chunk in results.text_chunks(q, kind):
+                        f.write(chunk.encode())
+        n = q.fetched
+    console.print(f"{n} rows written to {out}", highlight=False, soft_wrap=True)
 
 
 @app.command("export")
@@ -290,11 +312,26 @@ def export_cmd(
     else:
         st = _store_for_reading(store)
         run_ids = st.run_ids()
+    if not st.root.is_dir():
+        raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
     results.check_output_path(out, st.root)
-    n = st.export_runs(run_ids, out)
-    missing = len(run_ids) - n
-    console.print(f"{n} runs written to {out}" + (f" ({missing} of the sweep's runs are not finished)" if missing else ""),
+    damaged: list[tuple[str, str]] = []
+    n = st.export_runs(run_ids, out, damaged)
+    missing = len(run_ids) - n - len(damaged)
+    console.print(f"{n} runs written to {out}" + (f" ({missing} of the sweep's runs are not finished)"
+                                                   if missing and sweep is not None else ""),
                   highlight=False, soft_wrap=True)
+    _fail_if_damaged(damaged, f"left out of {out}")
+
+
+def _fail_if_damaged(damaged: list[tuple[str, str]], what: str) -> None:
+    """After a command's own summary: damaged artifacts it met, as one error line (exit 1)."""
+    from lambda_hat.results import describe_damaged
+    from lambda_hat.store.store import ArtifactDamaged
+
+    if damaged:
+        raise ArtifactDamaged(f"{len(damaged)} damaged artifacts {what}: {describe_damaged(damaged)}; lh verify lists "
+                              "them all")
 
 
 LogsOpt = Annotated[Path, typer.Option("--logs", help="The per-job logs directory `lh execute` wrote (its --logs).")]
@@ -334,8 +371,9 @@ def show_cmd(
 
     st = _store_of(store, sweep)
     kind, artifact_id = st.resolve(artifact)
+    manifest = st.read_verified(kind, artifact_id)  # damaged: one line, exit 1
     if as_json:
-        sys.stdout.write(json.dumps(st.read_manifest(kind, artifact_id).to_json_dict(), indent=1) + "\n")
+        sys.stdout.write(json.dumps(manifest.to_json_dict(), indent=1) + "\n")
         return
     sys.stdout.write(results.format_show(st, kind, artifact_id, logs, gallery / f"{kind}s"))
 
@@ -367,9 +405,10 @@ def _promote(sweep: Path | None, store: str | None, outdir: Path, plots: str | N
         title = title or "lambda-hat gallery"
     if not st.root.is_dir():
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
-    from lambda_hat.results import check_output_path
+    from lambda_hat.results import check_output_dir
 
-    check_output_path(outdir / "index.html", st.root)
+    check_output_dir(outdir, st.root, "--outdir")
+    promote.check_gallery(outdir)
     t0 = time.perf_counter()
     rep = promote.promote(st, outdir, run_ids=run_ids, target_ids=target_ids, title=title, plots=chosen)
     unfinished = rep.runs_wanted - rep.runs
@@ -377,6 +416,7 @@ def _promote(sweep: Path | None, store: str | None, outdir: Path, plots: str | N
                   + (f" ({unfinished} not finished yet: promote again later)" if unfinished else "")
                   + f": {len(rep.written)} files written, {len(rep.unchanged)} unchanged, in {outdir} "
                   f"({time.perf_counter() - t0:.1f}s); open {outdir / 'index.html'}", highlight=False, soft_wrap=True)
+    _fail_if_damaged(rep.damaged, "left out of the gallery or drawn without plots")
 
 
 @index_app.command("rebuild")
@@ -429,15 +469,23 @@ def index_verify_cmd(store: StoreOpt = None) -> None:
     _verify(None, store)
 
 
-def _duration_s(text: str) -> float:
+def _seconds(flag: str, text: str) -> float:
+    """A duration given as seconds or with a unit (30m, 12h, 7d): finite and not negative."""
+    import math
+
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     t = text.strip().lower()
     try:
-        if t and t[-1] in units:
-            return float(t[:-1]) * units[t[-1]]
-        return float(t)
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
-        raise BadInput(f"--older-than {text!r}: not a duration (e.g. 30m, 12h, 7d)") from None
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise BadInput(f"{flag} {text!r}: not a duration of 0 or more (e.g. 90, 30m, 12h, 7d)")
+    return value
+
+
+def _duration_s(text: str) -> float:
+    return _seconds("--older-than", text)
 
 
 @app.command("gc")

@@ -31,6 +31,7 @@ import html
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +55,7 @@ class PromoteReport:
     runs: int = 0
     runs_wanted: int = 0
     targets: int = 0
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (ID, why): left out, or drawn without its plots
 
 
 def parse_plots(text: str | None) -> tuple[str, ...]:
@@ -67,6 +69,44 @@ def parse_plots(text: str | None) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------- writing only what changed
+
+
+def _refuse(outdir: Path, path: Path, st: os.stat_result, wanted: str) -> None:
+    from lambda_hat.results import _what_it_is
+
+    raise BadInput(f"--outdir {outdir}: {path} is {_what_it_is(st)}, not {wanted}; lh promote writes only "
+                   "regular files and directories of its own (move it away)")
+
+
+def check_gallery(outdir: Path) -> None:
+    """Everything promote may write under `outdir`, checked before any work: its pages and
+    state file are regular files or absent, `runs/`, `targets/` and their entries are
+    directories (not links to them), and the plots in those are regular files or absent. A
+    symbolic link, FIFO or device there is refused, never replaced nor written through."""
+    def lstat(p: Path) -> os.stat_result | None:
+        try:
+            return os.lstat(p)
+        except FileNotFoundError:
+            return None
+
+    for name in ("index.html", "gallery.md", STATE_FILE):
+        st = lstat(outdir / name)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            _refuse(outdir, outdir / name, st, "a regular file")
+    for sub in ("runs", "targets"):
+        st = lstat(outdir / sub)
+        if st is None:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            _refuse(outdir, outdir / sub, st, "a directory")
+        with os.scandir(outdir / sub) as entries:
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False):
+                    _refuse(outdir, Path(entry.path), entry.stat(follow_symlinks=False), "a directory")
+                with os.scandir(entry.path) as files:
+                    for f in files:
+                        if f.name.endswith(".png") and not f.is_file(follow_symlinks=False):
+                            _refuse(outdir, Path(f.path), f.stat(follow_symlinks=False), "a regular file")
 
 
 class Writer:
@@ -85,6 +125,7 @@ class Writer:
 
     def file(self, rel: str, key: str, render: Callable[[], bytes]) -> None:
         path = self.outdir / rel
+        self._check(path)
         digest = _sha(path) if path.is_file() else None
         known = self.state.get(rel)
         if known and known.get("key") == key and digest == known.get("sha256"):
@@ -94,10 +135,11 @@ class Writer:
         data = render()
         new_digest = hashlib.sha256(data).hexdigest()
         if digest != new_digest:
+            from lambda_hat.results import write_atomic
+
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            self._check(path)
+            write_atomic(path, data)
             self.report.written.append(path)
         else:
             self.report.unchanged.append(path)
@@ -106,10 +148,27 @@ class Writer:
     def close(self) -> None:
         merged = {**self.state, **self.new_state}  # keep entries of other sweeps' pages
         data = (json.dumps(merged, indent=1, sort_keys=True) + "\n").encode()
-        old = self.state_path.read_bytes() if self.state_path.is_file() else None
+        old = self.state_path.read_bytes() if os.path.isfile(self.state_path) and not os.path.islink(self.state_path) else None
         if old != data:
-            self.outdir.mkdir(parents=True, exist_ok=True)
-            self.state_path.write_bytes(data)
+            from lambda_hat.results import write_atomic
+
+            self._check(self.state_path)
+            write_atomic(self.state_path, data)
+
+    def _check(self, path: Path) -> None:
+        """Again at write time (`check_gallery` did it before any work): no link between the
+        gallery folder and `path`, and `path` a regular file or absent."""
+        here = self.outdir
+        for part in path.relative_to(self.outdir).parts:
+            here = here / part
+            try:
+                st = os.lstat(here)
+            except FileNotFoundError:
+                return
+            if here != path and not stat.S_ISDIR(st.st_mode):
+                _refuse(self.outdir, here, st, "a directory")
+            if here == path and not stat.S_ISREG(st.st_mode):
+                _refuse(self.outdir, path, st, "a regular file")
 
 
 def _sha(path: Path) -> str:
@@ -346,11 +405,13 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
     """Render what changed and write the gallery. `run_ids` (a sweep's, in order) or None for
     every run in the store."""
     from lambda_hat.results import run_flags, unique_prefixes
+    from lambda_hat.store.artifacts import ArtifactError
 
+    check_gallery(outdir)
     report = PromoteReport(outdir)
     wanted = run_ids if run_ids is not None else store.ids("run")
     report.runs_wanted = len(wanted)
-    runs = store.complete_manifests("run", wanted)
+    runs, report.damaged = store.checked_manifests("run", wanted)
     report.runs = len(runs)
     if run_ids is None:
         runs.sort(key=lambda m: (m.spec.get("target_id", ""), m.spec.get("sampler", {}).get("name", ""), m.id))
@@ -358,7 +419,9 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
     by_target: dict[str, list] = {tid: [] for tid in dict.fromkeys(order)}
     for m in runs:
         by_target[m.spec.get("target_id")].append(m)
-    targets = {m.id: m for m in store.complete_manifests("target", list(by_target))}
+    found, damaged_targets = store.checked_manifests("target", list(by_target))
+    targets = {m.id: m for m in found}
+    report.damaged += damaged_targets
     by_target = {tid: rs for tid, rs in by_target.items() if rs}  # a page shows targets with finished runs
     report.targets = len(by_target)
     writer = Writer(outdir, report)
@@ -374,12 +437,16 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
             return cache
 
         made = []
-        for plot in RUN_PLOTS:
-            if plot not in plots or not _applies(plot, names):
-                continue
-            rel = f"runs/{m.id}/{plot}.png"
-            writer.file(rel, _key(plot, m.manifest_sha256 or m.id), lambda p=plot, m=m, t=traces: RUN_PLOT_FNS[p](m, t()))
-            made.append((plot, rel))
+        try:
+            for plot in RUN_PLOTS:
+                if plot not in plots or not _applies(plot, names):
+                    continue
+                rel = f"runs/{m.id}/{plot}.png"
+                writer.file(rel, _key(plot, m.manifest_sha256 or m.id), lambda p=plot, m=m, t=traces: RUN_PLOT_FNS[p](m, t()))
+                made.append((plot, rel))
+        except ArtifactError as err:  # its traces do not check out: the card stays, without plots
+            report.damaged.append((m.id, str(err).removeprefix(f"{m.id}: ")))
+            made = []
         run_files[m.id] = made
     compare_files: dict[str, str] = {}
     rows_of: dict[str, list[dict]] = {}

@@ -27,7 +27,9 @@ import json
 import math
 import os
 import re
+import stat
 import textwrap
+import threading
 import time
 import types
 import typing
@@ -141,8 +143,22 @@ def check_statement(sql: str) -> None:
         raise QueryRefused(f"refused: {len(statements)} statements; lh query runs exactly one SELECT per call")
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
-        raise QueryRefused(f"refused: {kind.name} is not run; lh query runs one SELECT (or DESCRIBE, SHOW, "
-                           "SUMMARIZE) and writes nothing: save results with --format and -o FILE")
+        raise QueryRefused(f"refused: {_statement_name(statements[0].query, kind.name)} is not run; lh query runs "
+                           "one SELECT (or DESCRIBE, SHOW, SUMMARIZE) and writes nothing: save results with --format "
+                           "and -o FILE")
+
+
+_LEADING = re.compile(r"^(\s+|--[^\n]*(\n|$)|/\*.*?\*/)+", re.DOTALL)
+
+
+def _statement_name(text: str, kind: str) -> str:
+    """What the user wrote: its first keyword (DuckDB files CHECKPOINT under CALL, USE under
+    SET, INSTALL under LOAD), or DuckDB's kind when the keyword does not say (WITH ...)."""
+    head = _LEADING.sub("", text)[:64]
+    words = [w.upper() for w in re.findall(r"[A-Za-z]+", head)[:2]]
+    if not head[:1].isalpha() or words[0] == "WITH":
+        return kind
+    return " ".join(words) if words[0] == "FORCE" else words[0]
 
 
 def _attach(con: Any, path: Path, timeout_s: float) -> None:
@@ -157,16 +173,30 @@ def _attach(con: Any, path: Path, timeout_s: float) -> None:
         except duckdb.Error as err:
             classified = index._classify(err, path)
             if "handle conflict" in str(err):  # this process holds it for writing (tests, notebooks)
-                classified = index.IndexBusy(f"{path}: held by another connection ({one_line(err)[:120]})")
-            if isinstance(classified, index.IndexBusy) and time.monotonic() < deadline:
+                classified = index.IndexBusy(f"{path}: held by another connection in this process "
+                                             f"({index._first_sentence(one_line(err))})")
+            if type(classified) is index.IndexBusy and time.monotonic() < deadline:  # not IndexUnavailable
                 time.sleep(0.05)  # a driver holds it for a few milliseconds each second
                 continue
             raise classified from None
 
 
+QUERY_TIMEOUT_S = 120.0  # `lh query --timeout`: a recursive CTE would otherwise run forever
+QUERY_MEMORY_LIMIT = "2GB"  # `lh query --memory-limit`: DuckDB's, for everything the query holds
+_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*$", re.IGNORECASE)
+
+
+def check_memory_limit(text: str) -> str:
+    """A DuckDB memory size (500MB, 2GB, 1.5GiB), else BadInput."""
+    if not _MEMORY.match(text) or float(re.sub(r"[^\d.]", "", text)) <= 0:
+        raise BadInput(f"--memory-limit {text!r}: not a memory size (e.g. 500MB, 2GB, 8GiB)")
+    return text.strip()
+
+
 @contextmanager
-def sandbox(layout: StoreLayout, timeout_s: float = 10.0) -> Iterator[Any]:
-    """A DuckDB connection that sees the store's index through the views and nothing else."""
+def sandbox(layout: StoreLayout, timeout_s: float = 10.0, memory_limit: str = QUERY_MEMORY_LIMIT) -> Iterator[Any]:
+    """A DuckDB connection that sees the store's index through the views and nothing else,
+    and holds at most `memory_limit` (nothing spills to disk: a larger query fails)."""
     import duckdb
 
     if not layout.index_path.is_file():
@@ -175,6 +205,7 @@ def sandbox(layout: StoreLayout, timeout_s: float = 10.0) -> Iterator[Any]:
                                              "autoload_known_extensions": False})
     try:
         con.execute("SET enable_progress_bar = false")
+        con.execute(f"SET memory_limit = '{check_memory_limit(memory_limit)}'")
         _attach(con, layout.index_path, timeout_s)
         for name, sql in view_sql(INDEX_ALIAS).items():
             try:
@@ -196,28 +227,121 @@ class Result:
     rows: list[tuple] = field(default_factory=list)
     arrow: Any = None  # the Arrow table, for parquet
     store_ids: list[str] = field(default_factory=list)  # every ID in the store, for unique prefixes
+    more: bool = False  # rows beyond `rows` exist and were not fetched (run_query's max_rows)
 
 
-def run_query(layout: StoreLayout, sql: str, *, as_arrow: bool = False) -> Result:
-    """Run one SELECT in the sandbox. Raises QueryRefused, QueryFailed, IndexBusy."""
+class QueryStream:
+    """An open query in the sandbox: its columns, then its rows a batch at a time, every
+    fetch under the query's deadline (`fetched` counts them). DuckDB errors become
+    QueryRefused / QueryFailed."""
+
+    def __init__(self, cur: Any, columns: list[str], types: list[str], store_ids: list[str], errors: Any):
+        self.cur, self.columns, self.types, self.store_ids = cur, columns, types, store_ids
+        self._errors = errors
+        self.fetched = 0
+
+    def fetch(self, n: int) -> list[tuple]:
+        if not self.columns:
+            return []
+        with self._errors():
+            rows = self.cur.fetchmany(n)
+        self.fetched += len(rows)
+        return rows
+
+    def batches(self, n: int = 10_000) -> Iterator[list[tuple]]:
+        while rows := self.fetch(n):
+            yield rows
+
+    def record_batches(self, n: int = 65_536) -> Iterator[Any]:
+        """The rows as Arrow record batches (for Parquet), and first the schema."""
+        with self._errors():
+            reader = self.cur.to_arrow_reader(n)
+        yield reader.schema
+        while True:
+            with self._errors():
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+            self.fetched += batch.num_rows
+            yield batch
+
+
+@contextmanager
+def _query_errors(timeout_s: float, memory_limit: str, stopped: threading.Event) -> Iterator[None]:
+    """DuckDB's errors while a query runs or is fetched, as one line each."""
     import duckdb
 
+    try:
+        yield
+    except duckdb.InterruptException:
+        if stopped.is_set():
+            raise QueryFailed(f"query stopped after {timeout_s:g} s (--timeout SECONDS sets the limit, 0: none)") from None
+        raise
+    except duckdb.OutOfMemoryException as err:
+        raise QueryFailed(f"query needs more memory than --memory-limit {memory_limit} allows "
+                          f"({index._first_sentence(one_line(err))})") from None
+    except duckdb.PermissionException as err:
+        raise QueryRefused(f"refused: lh query reads only the store's index ({one_line(err)})") from None
+    except duckdb.Error as err:
+        raise QueryFailed(f"query failed: {one_line(err)}") from None
+
+
+@contextmanager
+def open_query(layout: StoreLayout, sql: str, *, timeout_s: float = QUERY_TIMEOUT_S,
+               memory_limit: str = QUERY_MEMORY_LIMIT, arrow: bool = False) -> Iterator[QueryStream]:
+    """Run one SELECT in the sandbox and hand its rows out as they are fetched. After
+    `timeout_s` (0: no limit) the query is interrupted, wherever it is (planning, running,
+    fetching): the fetch then raises QueryFailed. `arrow`: the rows will be taken as Arrow
+    record batches (a relation: no extra copy of each). Raises QueryRefused, QueryFailed,
+    IndexBusy."""
     check_statement(sql)
-    with sandbox(layout) as con:
-        store_ids = [r[0] for r in con.execute(
-            "SELECT target_id FROM targets UNION ALL SELECT run_id FROM runs").fetchall()]
+    with sandbox(layout, memory_limit=memory_limit) as con:
+        stopped = threading.Event()
+
+        def stop() -> None:
+            stopped.set()
+            con.interrupt()
+
+        timer = threading.Timer(timeout_s, stop) if timeout_s > 0 else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        def errors() -> Any:
+            return _query_errors(timeout_s, memory_limit, stopped)
+
         try:
-            if as_arrow:
-                rel = con.sql(sql)
-                return Result(rel.columns, [str(t) for t in rel.types], arrow=rel.to_arrow_table(), store_ids=store_ids)
-            cur = con.execute(sql)
-            columns = [d[0] for d in cur.description] if cur.description else []
-            sql_types = [str(d[1]) for d in cur.description] if cur.description else []
-            return Result(columns, sql_types, rows=cur.fetchall() if columns else [], store_ids=store_ids)
-        except duckdb.PermissionException as err:
-            raise QueryRefused(f"refused: lh query reads only the store's index ({one_line(err)})") from None
-        except duckdb.Error as err:
-            raise QueryFailed(f"query failed: {one_line(err)}") from None
+            with errors():
+                store_ids = [r[0] for r in con.execute(
+                    "SELECT target_id FROM targets UNION ALL SELECT run_id FROM runs").fetchall()]
+                if arrow:
+                    cur = con.sql(sql)
+                    columns, types = list(cur.columns), [str(t) for t in cur.types]
+                else:
+                    cur = con.execute(sql)
+                    columns, types = [d[0] for d in cur.description or []], [str(d[1]) for d in cur.description or []]
+            yield QueryStream(cur, columns, types, store_ids, errors)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+def run_query(layout: StoreLayout, sql: str, *, as_arrow: bool = False, max_rows: int | None = None,
+              timeout_s: float = QUERY_TIMEOUT_S, memory_limit: str = QUERY_MEMORY_LIMIT) -> Result:
+    """Run one SELECT in the sandbox; its rows (at most `max_rows`, with `more` set when there
+    were others), or with `as_arrow` an Arrow table of all of them. Raises QueryRefused,
+    QueryFailed, IndexBusy."""
+    with open_query(layout, sql, timeout_s=timeout_s, memory_limit=memory_limit, arrow=as_arrow) as q:
+        if as_arrow:
+            import pyarrow as pa
+
+            schema, *batches = q.record_batches()
+            return Result(q.columns, q.types, arrow=pa.Table.from_batches(batches, schema=schema), store_ids=q.store_ids)
+        if max_rows is None:
+            rows = [row for batch in q.batches() for row in batch]
+            return Result(q.columns, q.types, rows=rows, store_ids=q.store_ids)
+        rows = q.fetch(max_rows)
+        return Result(q.columns, q.types, rows=rows, store_ids=q.store_ids, more=bool(q.fetch(1)))
 
 
 # --------------------------------------------------------------------------- formats
@@ -268,13 +392,41 @@ def _csv_cell(value: Any, sql_type: str) -> Any:
     return value
 
 
-def to_csv(columns: list[str], sql_types: list[str], rows: list[tuple]) -> str:
+def to_csv(columns: list[str], sql_types: list[str], rows: list[tuple], header: bool = True) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
+    if header:
+        w.writerow(columns)
     for row in rows:
         w.writerow([_csv_cell(v, t) for v, t in zip(row, sql_types)])
     return buf.getvalue()
+
+
+def text_chunks(q: QueryStream, kind: str) -> Iterator[str]:
+    """A query's rows as CSV or JSON text (what `to_csv` / `to_json` make of them), a batch at
+    a time, so no more than a batch is held."""
+    if kind == "csv":
+        yield to_csv(q.columns, q.types, [])
+        for batch in q.batches():
+            yield to_csv(q.columns, q.types, batch, header=False)
+        return
+    first = True
+    for batch in q.batches():
+        items = [textwrap.indent(json.dumps({c: _plain(v, t) for c, t, v in zip(q.columns, q.types, row)},
+                                            indent=1, ensure_ascii=False), " ") for row in batch]
+        yield ("[\n" if first else ",\n") + ",\n".join(items)
+        first = False
+    yield "[]\n" if first else "\n]\n"
+
+
+def write_parquet(q: QueryStream, f: Any) -> None:
+    """A query's rows into the binary file `f` as Parquet, a record batch at a time."""
+    import pyarrow.parquet as pq
+
+    batches = q.record_batches()
+    with pq.ParquetWriter(f, next(batches)) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
 
 
 _ID = re.compile(r"^(run|tgt)_[0-9a-f]{12}$")
@@ -365,7 +517,9 @@ def to_table(res: Result, width: int, limit: int = 0) -> str:
         lines.append("  ".join("-" * widths[i] for i in kept))
         lines += ["  ".join(fmt(i, r[i]) for i in kept).rstrip() for r in cells]
     footer = f"{len(res.rows)} row{'s' if len(res.rows) != 1 else ''}"
-    if len(shown_rows) < len(res.rows):
+    if res.more:  # the query was not fetched past the shown rows: their number is not known
+        footer = f"first {len(shown_rows)} rows shown, more not fetched (--limit 0: all)"
+    elif len(shown_rows) < len(res.rows):
         footer += f", first {len(shown_rows)} shown (--limit 0: all)"
     rounded = any(isinstance(v, (float, decimal.Decimal)) for row in shown_rows for v in row)
     ids = any(isinstance(v, str) and _ID.match(v) for row in shown_rows for v in row)
@@ -380,7 +534,7 @@ def to_table(res: Result, width: int, limit: int = 0) -> str:
         lines.append(f"not shown, no room for {len(no_room)}: " + _names([res.columns[i] for i in no_room], width - 30))
     if all_null:
         lines.append("not shown, all NULL: " + _names([res.columns[i] for i in all_null], width - 22))
-    if no_room or all_null or notes or len(shown_rows) < len(res.rows):
+    if no_room or all_null or notes or res.more or len(shown_rows) < len(res.rows):
         lines.append("everything in full: --format csv or json, or -o FILE (.csv .json .parquet)")
     lines[notes_at:] = [wrapped for note in lines[notes_at:] for wrapped in textwrap.wrap(note, width) or [""]]
     return "\n".join(lines) + "\n"
@@ -403,27 +557,95 @@ def format_for(out: Path | None, fmt: str | None) -> str:
     return "table"
 
 
-def check_output_path(out: Path, store_root: Path) -> None:
-    """Results go outside the store: a file under it would be an unexpected file in an
-    artifact (or a forged manifest)."""
-    resolved = out.resolve()
-    if resolved.is_relative_to(store_root.resolve()):
-        raise BadInput(f"-o {out}: inside the store {store_root}; write results outside it")
-    if out.exists() and out.is_dir():
-        raise BadInput(f"-o {out}: is a directory; name a file")
+def _what_it_is(st: os.stat_result) -> str:
+    mode = st.st_mode
+    for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _lstat(path: Path, flag: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise BadInput(f"{flag} {path}: {err.strerror}") from None
+
+
+def _check_outside_store(out: Path, store_root: Path, flag: str) -> None:
+    """`out` (symbolic links in its parents resolved) is not under the store: a file there
+    would be an unexpected file in an artifact (or a forged manifest), quarantined and
+    collected by the next execute and gc."""
+    try:
+        resolved, root = out.resolve(), store_root.resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python 3.11)
+        raise BadInput(f"{flag} {out}: cannot be resolved ({err})") from None
+    if resolved == root or resolved.is_relative_to(root):
+        raise BadInput(f"{flag} {out}: inside the store {store_root}; write results outside it")
+
+
+def _check_parents(out: Path, flag: str) -> None:
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
-            raise BadInput(f"-o {out}: {parent} is a file, not a directory")
+            raise BadInput(f"{flag} {out}: {parent} is a file, not a directory")
+
+
+def check_output_path(out: Path, store_root: Path, flag: str = "-o") -> None:
+    """A file a command is about to write, checked before any work: absent or a regular file
+    (a symbolic link, FIFO, device or directory is refused: the atomic write would replace it
+    with a regular file, or write through it), in a directory, and outside the store."""
+    st = _lstat(out, flag)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        what = _what_it_is(st)
+        raise BadInput(f"{flag} {out}: is {what}; name a new or regular file" if what != "a directory"
+                       else f"{flag} {out}: is a directory; name a file")
+    _check_parents(out, flag)
+    _check_outside_store(out, store_root, flag)
+
+
+def check_output_dir(out: Path, store_root: Path, flag: str) -> None:
+    """A directory a command writes into (--outdir, --logs), checked before any work: absent
+    or a directory (a symbolic link to one is followed, as the user named it), and outside
+    the store."""
+    st = _lstat(out, flag)
+    if st is not None and not out.is_dir():
+        what = ("a symbolic link to nothing" if stat.S_ISLNK(st.st_mode) else
+                "a file" if stat.S_ISREG(st.st_mode) else _what_it_is(st))
+        raise BadInput(f"{flag} {out}: is {what}, not a directory")
+    _check_parents(out, flag)
+    _check_outside_store(out, store_root, flag)
+
+
+@contextmanager
+def atomic_file(out: Path) -> Iterator[Any]:
+    """A new binary file that becomes `out` when the block ends without an error (and
+    nothing otherwise). The temporary file is created exclusively and never through a
+    symbolic link; `out` is checked again just before the rename, so what is replaced is
+    always a regular file (or nothing)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        st = _lstat(out, "output")
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise BadInput(f"{out}: became {_what_it_is(st)} while it was written; left as it is")
+        os.replace(tmp, out)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def write_atomic(out: Path, data: bytes) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(out) as f:
+        f.write(data)
 
 
 def parquet_bytes(table: Any) -> bytes:
@@ -438,14 +660,18 @@ def parquet_bytes(table: Any) -> bytes:
 # --------------------------------------------------------------------------- export
 
 
-def export_runs(store: Any, run_ids: list[str], out_path: Path) -> int:
+def export_runs(store: Any, run_ids: list[str], out_path: Path, damaged: list[tuple[str, str]] | None = None) -> int:
     """Write the given runs, in order, as the `runs` view shows them, to Parquet or CSV (by
     extension), from the manifests (the truth; no index lock involved), atomically. Returns
-    the number of rows (runs not complete in the store are left out)."""
+    the number of rows. Runs not in the store are left out; so are runs (and their targets'
+    columns) whose manifest does not check out on its content, and those are added to
+    `damaged` as (ID, why): an edited manifest is reported, never silently dropped."""
     import duckdb
 
-    runs = store.complete_manifests("run", run_ids)
-    targets = store.complete_manifests("target", sorted({m.spec.get("target_id") for m in runs}))
+    runs, bad = store.checked_manifests("run", run_ids)
+    targets, bad_targets = store.checked_manifests("target", sorted({m.spec.get("target_id") for m in runs}))
+    if damaged is not None:
+        damaged += bad + bad_targets
     con = duckdb.connect(":memory:")
     try:
         con.execute("SET enable_progress_bar = false")
@@ -459,7 +685,8 @@ def export_runs(store: Any, run_ids: list[str], out_path: Path) -> int:
         for sql in view_sql(INDEX_ALIAS).values():
             con.execute(sql)
         con.execute("CREATE TEMP TABLE wanted (pos INTEGER, run_id VARCHAR)")
-        con.executemany("INSERT INTO wanted VALUES (?, ?)", list(enumerate(run_ids)))
+        if run_ids:  # DuckDB's executemany refuses an empty list
+            con.executemany("INSERT INTO wanted VALUES (?, ?)", list(enumerate(run_ids)))
         rel = con.sql("SELECT r.* FROM wanted w JOIN runs r USING (run_id) ORDER BY w.pos")
         if out_path.suffix.lower() == ".csv":
             rows = rel.fetchall()
@@ -471,6 +698,12 @@ def export_runs(store: Any, run_ids: list[str], out_path: Path) -> int:
         con.close()
     write_atomic(out_path, data)
     return n
+
+
+def describe_damaged(damaged: list[tuple[str, str]], shown: int = 3) -> str:
+    """`run_x (why); run_y (why); … and N more` for a one-line report."""
+    parts = [f"{i} ({why})" for i, why in damaged[:shown]]
+    return "; ".join(parts) + (f"; and {len(damaged) - shown} more" if len(damaged) > shown else "")
 
 
 # --------------------------------------------------------------------------- lh status, lh show
@@ -512,6 +745,27 @@ def _last_line(path: Path, limit: int = 160) -> str:
     except OSError:
         return ""
     return (lines[-1] if lines else "")[:limit]
+
+
+# The last line a worker writes to a job's .log when the job finished (execute/apps.py): a
+# target's "wrote <store>/targets/<id>: ...", a run's "<id>: llc_mean=... status=...", a
+# batch's per-run lines, or "<id> already complete in the store".
+_JOB_FINISHED = re.compile(r"^(wrote \S|(run|tgt)_[0-9a-f]+: llc_mean=|\S+ already complete in the store)")
+
+
+def _failed_here(err: Path, kind: str, targets: set[str]) -> bool:
+    """Whether the job that left `err` failed, in this store. A logs folder may be shared by
+    several stores (the default `logs/`), and a log names only its artifact's ID, which two
+    stores hold alike when they run the same sweep. So a job counts as failed here only if
+    (1) it did not finish (its .log does not end with the worker's last line: a job that
+    finished, in this store or another, is nobody's failure), and (2) for a run, its target
+    is in this store: runs are submitted only once their target is built, in the store
+    they sample for, so a run log whose target this store lacks was written for another."""
+    if kind == "run":
+        target_id = err.stem.rsplit("_run_", 1)[0].rsplit("_", 1)[0]
+        if target_id not in targets:
+            return False
+    return not _JOB_FINISHED.match(_last_line(err.with_suffix(".log"), limit=400))
 
 
 @dataclass
@@ -560,6 +814,8 @@ def store_status(store: Any, logs: Path) -> StatusReport:
         for err in sorted(folder.glob("*.err")):
             artifact_id = err.stem if kind == "target" else "run_" + err.stem.rsplit("_run_", 1)[-1]
             if artifact_id in listing[kind] or artifact_id in claimed:
+                continue
+            if not _failed_here(err, kind, listing["target"]):
                 continue
             rep.failed_jobs.append((artifact_id, err, _last_line(err) or "(no error output: interrupted?)"))
     rep.temporary = sum(1 for _ in store.tmp_entries())

@@ -145,3 +145,28 @@ def test_lh_promote_command_with_a_sweep_and_plot_subset(tmp_path, sweep_store, 
     assert bad.exit_code == 2 and "unknown pie" in bad.stderr
     inside = runner.invoke(app, ["promote", str(sweep), "--outdir", str(st.root / "runs")])
     assert inside.exit_code == 2 and "inside the store" in inside.stderr
+    assert "--outdir" in inside.stderr and " -o " not in inside.stderr
+
+
+@pytest.mark.parametrize("how", ["0-byte zip", "flipped byte", "edited manifest"])
+def test_promote_names_a_damaged_run_in_one_line_and_draws_the_others(tmp_path, sweep_store, how):
+    """Issue 28, item 12: a corrupt run zip was a traceback (BadZipFile, or ZipStore's `_zf`)."""
+    st, ex = sweep_store
+    bad = ex.runs[1].run_id
+    d = st.layout.run_dir(bad)
+    if how == "0-byte zip":
+        (d / "arrays.zarr.zip").write_bytes(b"")
+    elif how == "flipped byte":
+        data = bytearray((d / "arrays.zarr.zip").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (d / "arrays.zarr.zip").write_bytes(bytes(data))
+    else:
+        text = (d / "manifest.json").read_text()
+        (d / "manifest.json").write_text(text.replace('"draws": 40', '"draws": 41', 1))
+    out = tmp_path / "gallery"
+    result = CliRunner().invoke(app, ["promote", "--store", str(st.root), "--outdir", str(out), "--plots", "trace"])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and bad in lines[0] and "damaged" in lines[0], result.stderr
+    drawn = sorted(p.parent.name for p in (out / "runs").glob("*/trace.png"))
+    assert drawn == sorted(r.run_id for r in ex.runs if r.run_id != bad)

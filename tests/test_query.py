@@ -66,7 +66,11 @@ ATTACKS = [
      "TO '{store}/runs/run_000000000001/manifest.json' (FORMAT csv, HEADER false, QUOTE '')", "refused: COPY is not run"),
     ("select 1; select 2", "2 statements"),
     ("select 1;;select 2", "2 statements"),
-    ("INSTALL httpfs", "refused: LOAD is not run"),
+    ("INSTALL httpfs", "refused: INSTALL is not run"),
+    ("CHECKPOINT", "refused: CHECKPOINT is not run"),  # DuckDB files it under CALL
+    ("/* x */ force checkpoint", "refused: FORCE CHECKPOINT is not run"),
+    ("USE memory", "refused: USE is not run"),  # ... and this under SET
+    ("WITH t AS (SELECT 1) DELETE FROM runs", "refused: DELETE is not run"),
     ("LOAD httpfs", "refused: LOAD is not run"),
     ("SET enable_external_access = true", "refused: SET is not run"),
     ("PRAGMA enable_profiling", "refused: PRAGMA is not run"),
@@ -309,3 +313,47 @@ def test_export_has_the_columns_of_runs_and_reads_in_pandas_and_polars(runner, t
     assert lh(runner, "export", "--store", str(root), "-o", str(csv_out)).exit_code == 0
     assert pd.read_csv(csv_out).shape == frame.shape and b"\r\n" not in csv_out.read_bytes()
     assert lh(runner, "export", "--store", str(root), "-o", str(tmp_path / "x.txt")).exit_code == 2
+
+
+def edit_keeping_size_and_mtime(path, old: bytes, new: bytes):
+    """What bit rot does: a few bytes change, the file's size and mtime do not."""
+    st = os.stat(path)
+    data = path.read_bytes()
+    assert len(old) == len(new) and data.count(old) >= 1
+    path.write_bytes(data.replace(old, new, 1))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size
+
+
+def test_export_reports_a_run_whose_manifest_was_edited_instead_of_dropping_it(runner, tmp_path, store):
+    """Issue 28, item 4: the results file is written from manifests checked on their content;
+    one that no longer checks out is named (exit 1), not silently left out."""
+    root, ex = store
+    rot = ex.runs[2].run_id
+    edit_keeping_size_and_mtime(root / "runs" / rot / "manifest.json", b'"llc_mean": 2.0', b'"llc_mean": 7.0')
+    out = tmp_path / "runs.csv"
+    result = lh(runner, "export", "--store", str(root), "-o", str(out))
+    assert result.exit_code == 1, result.output
+    assert "3 runs written" in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and rot in lines[0] and "checksum mismatch" in lines[0], result.stderr
+    assert sorted(r["run_id"] for r in csv.DictReader(io.StringIO(out.read_text()))) == sorted(
+        r.run_id for r in ex.runs if r.run_id != rot)
+
+
+def test_export_of_an_empty_store_writes_no_rows_and_of_a_missing_one_refuses(runner, tmp_path):
+    """Issue 28, item 12: `executemany requires a non-empty list` was a traceback."""
+    empty = tmp_path / "empty"
+    Store.open(empty, create=True)
+    out = tmp_path / "runs.csv"
+    result = lh(runner, "export", "--store", str(empty), "-o", str(out))
+    assert result.exit_code == 0 and "0 runs written" in result.stdout, result.output
+    assert out.read_text().startswith("run_id,target_id,") and out.read_text().count("\n") == 1
+    parquet = tmp_path / "runs.parquet"
+    assert lh(runner, "export", "--store", str(empty), "-o", str(parquet)).exit_code == 0
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(parquet).num_rows == 0
+    result = lh(runner, "export", "--store", str(tmp_path / "missing"), "-o", str(tmp_path / "m.csv"))
+    assert result.exit_code == 2 and "no such store" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "m.csv").exists()

@@ -124,3 +124,83 @@ def test_status_and_show_do_not_import_jax_parsl_or_zarr(store):
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _damage(root, run_id, how):
+    import os
+
+    d = root / "runs" / run_id
+    if how == "edited manifest":
+        text = (d / "manifest.json").read_text()
+        (d / "manifest.json").write_text(text.replace('"draws": 10', '"draws": 11', 1))
+        return run_id
+    if how == "deleted manifest":
+        (d / "manifest.json").unlink()
+        return run_id
+    if how == "renamed directory":
+        d.rename(d.with_name("run_ffffffffffff"))
+        return "run_ffffffffffff"
+    if how == "0-byte zip":
+        (d / "arrays.zarr.zip").write_bytes(b"")
+        return run_id
+    if how == "a symbolic link":
+        d.rename(root.parent / "moved")
+        os.symlink(root.parent / "moved", d)
+        return run_id
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["edited manifest", "deleted manifest", "renamed directory", "0-byte zip", "a symbolic link"])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_show_of_a_damaged_artifact_is_one_line_never_a_traceback(runner, store, how, as_json):
+    """Issue 28, item 12: these were tracebacks (exit 1)."""
+    root, ex, _ = store
+    shown = _damage(root, ex.runs[2].run_id, how)
+    result = lh(runner, "show", shown, "--store", str(root), *(["--json"] if as_json else []))
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1 and result.stdout == "", result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"run {shown} is damaged" in lines[0], result.stderr
+
+
+def _job_logs(logs, kind, target_id, sampler, artifact_id, log_lines, err_text):
+    if kind == "target":
+        base = logs / "build_target" / artifact_id
+    else:
+        base = logs / "run_sampler" / f"{target_id}_{sampler}_{artifact_id}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".log").write_text("".join(line + "\n" for line in log_lines))
+    base.with_suffix(".err").write_text(err_text)
+    return base.with_suffix(".err")
+
+
+def test_status_lists_only_this_stores_failed_jobs_from_a_shared_logs_folder(runner, tmp_path, store):
+    """Issue 28, item 14: with the default logs/ shared by two stores, another store's
+    finished jobs were listed as this store's failures. The worker's lines are those of
+    execute/apps.py."""
+    root, ex, _ = store
+    other_root = tmp_path / "other"
+    other = expand(sweep_from_dict({**SWEEP, "targets": [{**SWEEP["targets"][0], "grid": {"seed": [99]}}]}))
+    logs = tmp_path / "logs"
+    mine_t, theirs_t = ex.targets[0].target_id, other.targets[0].target_id
+    assert theirs_t not in {t.target_id for t in ex.targets}
+    warning = "UserWarning: something harmless\n"
+    # The other store's jobs: a target and a run that finished (warnings on stderr), a run that failed.
+    _job_logs(logs, "target", None, None, theirs_t, [f"building {theirs_t} on h (pid 1)",
+                                                     f"wrote {other_root}/targets/{theirs_t}: {{'L0': 0.1}} in 1.00s"], warning)
+    done, failed_there = other.runs[0], other.runs[1]
+    _job_logs(logs, "run", theirs_t, "hmc", done.run_id, [f"sampling {done.run_id} (hmc) on {theirs_t} on h",
+                                                         f"{done.run_id}: llc_mean=2.0 llc_std=0.1 r_hat=1.0 status=ok"], warning)
+    _job_logs(logs, "run", theirs_t, "sgld", failed_there.run_id, [f"sampling {failed_there.run_id} (sgld) on {theirs_t} on h"],
+              "Traceback (most recent call last):\nRuntimeError: theirs\n")
+    # This store's failures: a run of one of its targets, and a target build.
+    my_failed_run = _job_logs(logs, "run", mine_t, "hmc", "run_0123456789ab", ["sampling run_0123456789ab (hmc) on x on h"],
+                              "Traceback (most recent call last):\nRuntimeError: mine\n")
+    my_failed_target = _job_logs(logs, "target", None, None, "tgt_0123456789ab", ["building tgt_0123456789ab on h (pid 2)"],
+                                 "Traceback (most recent call last):\nRuntimeError: training diverged\n")
+    result = lh(runner, "status", "--store", str(root), "--logs", str(logs))
+    assert result.exit_code == 0, result.output
+    failed = result.stdout.split("failed jobs: ")[1]
+    assert failed.startswith("2 "), result.stdout
+    assert str(my_failed_run) in failed and str(my_failed_target) in failed
+    assert theirs_t not in failed and done.run_id not in failed and failed_there.run_id not in failed

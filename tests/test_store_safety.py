@@ -4,6 +4,7 @@ tampering, claims between processes, gc. Real files, real DuckDB, real processes
 import json
 import multiprocessing as mp
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -242,3 +243,61 @@ def test_open_refuses_paths_that_are_not_stores(tmp_path):
     assert not (odd / "targets").exists()
     result = lh("verify", "--store", str(tmp_path / "nonexistent"))
     assert result.exit_code == 2 and "no such store" in result.stderr
+
+
+@pytest.mark.parametrize("bad", ["-1h", "nanh", "1e400s", "inf", "-0.5"])
+def test_gc_refuses_a_duration_that_is_not_one(store, bad):
+    """Issue 28, item 15: these were accepted (a negative age removes everything at once)."""
+    st, _ = store
+    dead = st.layout.runs_dir / ".tmp-run_aaaaaaaaaaaa-otherhost-123-abcd1234"
+    dead.mkdir()
+    old = time.time() - 7200
+    os.utime(dead, (old, old))
+    result = lh("gc", "--store", str(st.root), f"--older-than={bad}")
+    assert result.exit_code == 2 and "--older-than" in result.stderr and result.stderr.count("\n") == 1, result.output
+    assert dead.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="runs the command as another user (setpriv)")
+def test_index_rebuild_on_a_read_only_store_is_one_line(tmp_path):
+    """Issue 28, item 12: a PermissionError traceback. Root writes through permissions, so the
+    command runs as `nobody` on a store root owns."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        root = os.path.join(tmp, "store")
+        fill_store(__import__("pathlib").Path(root))
+        Store(root).reconcile()
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                os.chmod(os.path.join(dirpath, name), 0o755 if name in dirnames else 0o644)
+        before = {p: os.stat(os.path.join(root, p)).st_mtime_ns for p in os.listdir(root)}
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        result = subprocess.run([*as_nobody, sys.executable, "-m", "lambda_hat.cli", "index", "rebuild", "--store", root],
+                                capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": tmp}, cwd=tmp)
+        assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "cannot write the index" in lines[0] and "Permission denied" in lines[0], result.stderr
+        assert {p: os.stat(os.path.join(root, p)).st_mtime_ns for p in os.listdir(root)} == before
+        shutil.rmtree(root)
+
+
+def test_a_busy_index_is_named_in_whole_sentences(store):
+    """Issue 28, item 15: `lh index rebuild` while a query held the index printed DuckDB's
+    message cut mid-sentence ("... However, you)")."""
+    st, _ = store
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, duckdb\n"
+        f"con = duckdb.connect({str(st.layout.index_path)!r}, read_only=True)\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(index.IndexBusy) as busy:
+            st.rebuild_index(timeout_s=0.5)
+    finally:
+        holder.communicate("", timeout=30)
+    message = str(busy.value)
+    assert message.startswith(f"{st.layout.index_path}: held by another process (PID {holder.pid}, "), message
+    assert message.endswith("try again when it is done (an lh query ends within its --timeout)"), message

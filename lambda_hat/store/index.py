@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 import typing
 from array import array
@@ -193,11 +194,34 @@ def _row(table: str, rec: Record) -> list[Any]:
     return values
 
 
+class IndexUnavailable(IndexBusy):
+    """The index cannot be opened as asked (permissions, a read-only file system): callers
+    that wait out a busy index treat it alike; it is never taken for a corrupt file."""
+
+    exit_code = 2
+
+
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
+
+
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """DuckDB's message up to its first sentence's end (what follows is advice for its own
+    shell), never cut in the middle of a word."""
+    sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    return sentence if len(sentence) <= limit else sentence[:limit].rsplit(" ", 1)[0] + " …"
+
+
 def _classify(err: Exception, path: Path) -> LhError:
     text = " ".join(str(err).split())
-    if "lock" in text.lower():
-        return IndexBusy(f"{path}: held by another process ({text[:160]})")
-    return IndexCorrupt(f"{path}: not a usable DuckDB index ({text[:160]}); `lh index rebuild` recreates it")
+    low = text.lower()
+    if "permission denied" in low or "read-only file system" in low:
+        return IndexUnavailable(f"{path}: cannot be opened ({_first_sentence(text)})")
+    if "lock" in low:
+        holder = _LOCK_HOLDER.search(text)
+        who = f"PID {holder.group(2)}, {holder.group(1)}" if holder else _first_sentence(text)
+        return IndexBusy(f"{path}: held by another process ({who}); try again when it is done "
+                         "(an lh query ends within its --timeout)")
+    return IndexCorrupt(f"{path}: not a usable DuckDB index ({_first_sentence(text)}); `lh index rebuild` recreates it")
 
 
 def _connect(path: Path, read_only: bool, timeout_s: float) -> Any:
@@ -212,7 +236,7 @@ def _connect(path: Path, read_only: bool, timeout_s: float) -> Any:
             return con
         except duckdb.Error as err:
             classified = _classify(err, path)
-            if isinstance(classified, IndexBusy) and time.monotonic() < deadline:
+            if type(classified) is IndexBusy and time.monotonic() < deadline:  # not IndexUnavailable: no wait helps
                 time.sleep(0.05)
                 continue
             raise classified from None
@@ -222,7 +246,10 @@ def _connect(path: Path, read_only: bool, timeout_s: float) -> Any:
 def _flock(path: Path, timeout_s: float) -> Iterator[None]:
     """Serialize this host's writers without busy-waiting on DuckDB's own lock. Where the
     file system has no flock (some NFS mounts), DuckDB's lock alone guards the file."""
-    with open(path, "a+") as f:
+    if os.path.islink(path):  # the store's own lock file, never one it points to
+        os.unlink(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "a+") as f:
         try:
             held = flock_within(f, timeout_s)
         except OSError:
@@ -239,6 +266,8 @@ def writer(layout: StoreLayout, timeout_s: float = 10.0) -> Iterator[Any]:
     layout.root.mkdir(parents=True, exist_ok=True)
     with _flock(layout.index_lock_path, timeout_s):
         forget_stats(layout)  # it would not count after this write anyway (identity changes); keep no stale file
+        if os.path.islink(layout.index_path):  # never written through: moved aside as the link it is
+            raise IndexCorrupt(f"{layout.index_path}: a symbolic link, not the store's own index; it is moved aside")
         con = _connect(layout.index_path, read_only=False, timeout_s=timeout_s)
         try:
             try:

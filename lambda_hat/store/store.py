@@ -13,13 +13,14 @@ import hashlib
 import os
 import shutil
 import socket
+import stat
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
-from lambda_hat.errors import StoreError
+from lambda_hat.errors import LhError, StoreError
 from lambda_hat.store import index
 from lambda_hat.store.artifacts import (
     TMP_PREFIX,
@@ -66,6 +67,12 @@ def check_manifest(artifact_dir: Path, kind: str) -> tuple[Manifest, os.stat_res
     return manifest, st
 
 
+class ArtifactDamaged(LhError):
+    """An artifact a command was asked to read does not check out (exit 1, as `lh verify`)."""
+
+    exit_code = 1
+
+
 @dataclass
 class ReconcileReport:
     quarantined: list[tuple[Path, str]] = field(default_factory=list)  # (where it went, why)
@@ -104,22 +111,65 @@ class GcReport:
     bytes_freed: int = 0
 
 
-def _tree_age_s(path: Path) -> float:
-    """Seconds since anything under `path` last changed."""
-    newest = path.lstat().st_mtime
-    if path.is_dir():
-        for p in path.rglob("*"):
+LINK = "a symbolic link in the store (never followed; lh gc removes the link, not what it points to)"
+
+
+def _real_dir(path: Path) -> bool:
+    """A directory itself, not a symbolic link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _walk(path: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """(path, lstat) of `path` and of everything under it, never through a symbolic link
+    (os.walk without followlinks lists a link but does not enter it)."""
+    try:
+        yield str(path), os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not _real_dir(path):
+        return
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
             try:
-                newest = max(newest, p.lstat().st_mtime)
+                yield p, os.lstat(p)
             except FileNotFoundError:
                 pass
+
+
+def _tree_age_s(path: Path) -> float:
+    """Seconds since anything under `path` last changed (links count as themselves)."""
+    newest = max((st.st_mtime for _, st in _walk(path)), default=None)
+    if newest is None:
+        raise FileNotFoundError(path)
     return time.time() - newest
 
 
 def _tree_size(path: Path) -> int:
-    if not path.is_dir():
-        return path.lstat().st_size if path.exists() else 0
-    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file())
+    """Bytes of the regular files under `path` (what a link points to is not ours)."""
+    return sum(st.st_size for _, st in _walk(path) if stat.S_ISREG(st.st_mode))
+
+
+def _remove(path: Path) -> str | None:
+    """Remove one entry of the store: a symbolic link as a link (never what it points to), a
+    directory with everything in it (shutil.rmtree unlinks the links inside, it does not
+    enter them), anything else as a file. Returns why it could not, or None."""
+    problems: list[str] = []
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, onerror=lambda fn, p, exc: problems.append(f"{p}: {exc[1].strerror or exc[1]}"))
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return err.strerror or str(err)
+    if os.path.lexists(path):
+        return problems[0] if problems else "still there"
+    return None
 
 
 STAT_THREADS = 8  # stat releases the GIL: on a network file system the calls overlap their latency
@@ -194,11 +244,36 @@ class Store:
     # ------------------------------------------------------------------ reading
 
     def _listing(self, kind: str) -> set[str]:
+        return self._scan(kind)[0]
+
+    def _scan(self, kind: str) -> tuple[set[str], set[str]]:
+        """The artifact entries of one kind (hidden ones left out), and those of them that are
+        symbolic links (from the directory listing itself: no stat per entry)."""
         parent = self.layout.targets_dir if kind == "target" else self.layout.runs_dir
+        names: set[str] = set()
+        links: set[str] = set()
         try:
-            return {n for n in os.listdir(parent) if not n.startswith(".")}
-        except FileNotFoundError:
-            return set()
+            with os.scandir(parent) as entries:
+                for entry in entries:
+                    if not entry.name.startswith("."):
+                        names.add(entry.name)
+                        if entry.is_symlink():
+                            links.add(entry.name)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return names, links
+
+    def _scans_not_linked(self) -> dict[str, tuple[set[str], set[str]]]:
+        """`_scan` of each kind, empty for a kind whose directory is itself a link (gc and
+        verify never look through one)."""
+        return {k: (set(), set()) if os.path.islink(self.layout.targets_dir if k == "target" else self.layout.runs_dir)
+                else self._scan(k) for k in KINDS}
+
+    def _kind_dirs_linked(self) -> list[Path]:
+        """The store's own directories that are symbolic links: never listed by gc or verify."""
+        lay = self.layout
+        return [d for d in (lay.targets_dir, lay.runs_dir, lay.quarantine_dir, lay.work_root, lay.claims_dir)
+                if os.path.islink(d)]
 
     def snapshot(self, target_ids: Iterable[str], run_ids: Iterable[str],
                  complete: dict[str, dict[str, tuple[int, int]]] | None = None) -> StoreSnapshot:
@@ -312,13 +387,23 @@ class Store:
 
     def read_traces(self, run_id: str, names: Iterable[str] | None = None) -> dict[str, "np.ndarray"]:
         """A complete run's trace arrays (chains × draws) by name (`loss`, `llc`, ...): all of
-        them, or those of `names` that it has. Reads the run's Zarr group."""
+        them, or those of `names` that it has. The run is checked first as `lh verify` checks
+        it (manifest, and its files against their checksums); raises ArtifactError naming
+        what is damaged, never a decoder's error."""
         from lambda_hat.store.artifacts import read_arrays
 
+        d = self.layout.run_dir(run_id)
         manifest = self.read_manifest("run", run_id)
+        problems = verify(d, "run")
+        if problems:
+            raise ArtifactError(f"{run_id}: damaged ({'; '.join(problems)})")
         have = [k.removeprefix("traces/") for k in manifest.arrays if k.startswith("traces/")]
         wanted = have if names is None else [n for n in names if n in have]
-        arrays = read_arrays(self.layout.run_dir(run_id), [f"traces/{n}" for n in wanted])
+        try:
+            arrays = read_arrays(d, [f"traces/{n}" for n in wanted])
+        except Exception as err:  # the checksums held, yet zarr could not decode it: damaged all the same
+            why = " ".join(str(err).split())[:160]
+            raise ArtifactError(f"{run_id}: arrays not readable ({type(err).__name__}: {why})") from None
         return {k.removeprefix("traces/"): v for k, v in arrays.items()}
 
     def live_claims(self) -> list[tuple[str, object]]:
@@ -357,21 +442,51 @@ class Store:
     def read_manifest(self, kind: str, artifact_id: str) -> Manifest:
         return check_manifest(self.layout.artifact_dir(kind, artifact_id), kind)[0]
 
-    def complete_manifests(self, kind: str, ids: Iterable[str]) -> list[Manifest]:
-        out = []
-        for artifact_id in ids:
+    def read_verified(self, kind: str, artifact_id: str) -> Manifest:
+        """The manifest of an artifact checked whole, as `lh verify` checks it (manifest and
+        every file against its checksum), for a command that shows or reads it. Raises
+        ArtifactDamaged, one line naming what is wrong."""
+        d = self.layout.artifact_dir(kind, artifact_id)
+        problems = [LINK] if os.path.islink(d) else verify(d, kind) if d.is_dir() else ["not a directory"]
+        if not problems:
             try:
-                out.append(self.read_manifest(kind, artifact_id))
-            except (ArtifactError, ManifestError, OSError):
-                pass
-        return out
+                return self.read_manifest(kind, artifact_id)
+            except (ArtifactError, ManifestError, OSError) as err:
+                problems = [" ".join(str(err).split()).removeprefix(f"{d}: ")]
+        raise ArtifactDamaged(f"{kind} {artifact_id} is damaged: {'; '.join(problems)} ({d}; lh verify lists every "
+                              "damaged artifact)")
+
+    def complete_manifests(self, kind: str, ids: Iterable[str]) -> list[Manifest]:
+        return self.checked_manifests(kind, ids)[0]
+
+    def checked_manifests(self, kind: str, ids: Iterable[str]) -> tuple[list[Manifest], list[tuple[str, str]]]:
+        """The manifests of the complete artifacts among `ids`, each checked on its content
+        (`check_manifest`: its checksum, ID and spec hash, never trusted by size and mtime),
+        and the (ID, why) of those in place that do not check out: a result built from them
+        reports them instead of dropping them silently. An ID with nothing in the store is
+        neither (not made yet)."""
+        out, damaged = [], []
+        for artifact_id in ids:
+            d = self.layout.artifact_dir(kind, artifact_id)
+            if not os.path.lexists(d):
+                continue
+            if os.path.islink(d):
+                damaged.append((artifact_id, LINK))
+                continue
+            try:
+                out.append(check_manifest(d, kind)[0])
+            except (ArtifactError, ManifestError, OSError) as err:
+                damaged.append((artifact_id, " ".join(str(err).split()).removeprefix(f"{d}: ")))
+        return out, damaged
 
     def tmp_entries(self) -> Iterator[Path]:
         for parent in (self.layout.targets_dir, self.layout.runs_dir):
-            if parent.is_dir():
+            if _real_dir(parent):
                 yield from (p for p in parent.iterdir() if p.name.startswith(TMP_PREFIX))
 
     def _tmp_is_dead(self, path: Path, grace_s: float) -> bool:
+        if os.path.islink(path):
+            return True  # no writer makes a link: not a live writer's, whatever it is called
         owner = parse_tmp_name(path.name)
         if owner is not None and owner.host == socket.gethostname():
             return not pid_alive(owner.pid)
@@ -390,9 +505,9 @@ class Store:
         host = socket.gethostname()
         for p in list(self.tmp_entries()):
             owner = parse_tmp_name(p.name)
-            if owner is not None and owner.host == host and not pid_alive(owner.pid):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                report.removed_tmp.append(p)
+            if os.path.islink(p) or (owner is not None and owner.host == host and not pid_alive(owner.pid)):
+                if _remove(p) is None:
+                    report.removed_tmp.append(p)
             else:
                 report.foreign_tmp.append(p)
         read = None
@@ -409,8 +524,14 @@ class Store:
         for kind in KINDS:
             known = stats[kind]
             report.complete[kind] = present = {}
-            for name in sorted(self._listing(kind)):
+            names, links = self._scan(kind)
+            for name in sorted(names):
                 d = self.layout.artifact_dir(kind, name)
+                if name in links:  # never read through: moved aside as the link it is
+                    where = self._link_aside(d)
+                    if where is not None:
+                        report.quarantined.append((where, "a symbolic link (never followed)"))
+                    continue
                 try:
                     st = (d / MANIFEST).stat()
                     if known.get(name) == (st.st_size, st.st_mtime_ns):
@@ -445,6 +566,21 @@ class Store:
                 report.indexed = 0
         return report
 
+    def _link_aside(self, link: Path) -> Path | None:
+        """Move a symbolic link found among the artifacts into the quarantine, as a link (the
+        rename moves the link itself; nothing is written where it points). None if gone."""
+        q = self.layout.quarantine_dir
+        if not _real_dir(q):
+            if os.path.islink(q):
+                os.unlink(q)
+            q.mkdir(parents=True, exist_ok=True)
+        dest = q / f"{link.name}-link-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
+        try:
+            os.rename(link, dest)
+        except FileNotFoundError:
+            return None
+        return dest
+
     def record(self, records: list[index.Record], timeout_s: float = 2.0) -> None:
         """Put finished artifacts' manifests into the index. Raises IndexBusy (the caller
         keeps them and retries); a corrupt index is moved aside and rebuilt."""
@@ -465,16 +601,21 @@ class Store:
         next reconcile quarantines them). Returns (targets, runs) indexed."""
         records = []
         for kind in KINDS:
-            for name in sorted(self._listing(kind)):
+            names, links = self._scan(kind)
+            for name in sorted(names - links):  # a link is never read through
                 try:
                     records.append(self.record_manifest(kind, name))
                 except (ArtifactError, ManifestError, OSError):
                     continue
         try:
-            index.write(self.layout, records, replace_all=True, timeout_s=timeout_s)
-        except index.IndexCorrupt:
-            index.move_aside(self.layout)
-            index.write(self.layout, records, replace_all=True, timeout_s=timeout_s)
+            try:
+                index.write(self.layout, records, replace_all=True, timeout_s=timeout_s)
+            except index.IndexCorrupt:
+                index.move_aside(self.layout)
+                index.write(self.layout, records, replace_all=True, timeout_s=timeout_s)
+        except OSError as err:  # a read-only store, a full disk
+            raise StoreError(f"{self.root}: cannot write the index ({err.strerror or err}: "
+                             f"{getattr(err, 'filename', None) or self.layout.index_path})") from None
         return (sum(r.manifest.type == "target" for r in records), sum(r.manifest.type == "run" for r in records))
 
     def claims(self, owner: Owner | None = None) -> Claims:
@@ -485,21 +626,29 @@ class Store:
     def verify(self, ids: Iterable[str] | None = None, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Check every artifact (or those named): manifest, its checksum, ID against directory
         and stored spec, array checksums; report temporary directories, orphans (runs whose
-        target is gone), quarantined entries and index rows without an artifact."""
+        target is gone), quarantined entries, index rows without an artifact, and symbolic
+        links in the store (never followed)."""
         report = VerifyReport()
         wanted = set(ids) if ids is not None else None
-        listing = {k: self._listing(k) for k in KINDS}
+        linked_dirs = self._kind_dirs_linked()
+        report.findings += [Finding(d, LINK) for d in linked_dirs]
+        scans = self._scans_not_linked()
+        listing = {k: names for k, (names, _) in scans.items()}
         if wanted is not None:
             unknown = wanted - listing["target"] - listing["run"]
             report.findings += [Finding(self.root / i, "no such artifact in the store") for i in sorted(unknown)]
         for kind in KINDS:
-            for name in sorted(listing[kind]):
+            names, links = scans[kind]
+            for name in sorted(names):
                 if wanted is not None and name not in wanted:
                     continue
                 d = self.layout.artifact_dir(kind, name)
                 report.checked += 1
                 if progress:
                     progress(report.checked)
+                if name in links:
+                    report.findings.append(Finding(d, LINK))
+                    continue
                 if not d.is_dir():
                     report.findings.append(Finding(d, "not a directory"))
                     continue
@@ -514,11 +663,14 @@ class Store:
                         report.findings.append(Finding(d, f"orphan: its target {tid} is not in the store"))
         if wanted is None:
             for p in self.tmp_entries():
+                if os.path.islink(p):
+                    report.findings.append(Finding(p, LINK))
+                    continue
                 dead = self._tmp_is_dead(p, TMP_GRACE_S)
                 report.findings.append(Finding(p, "temporary directory of a dead writer (lh gc removes it)" if dead
                                                else "temporary directory of a writer that may be live", serious=dead))
             q = self.layout.quarantine_dir
-            if q.is_dir():
+            if _real_dir(q):
                 for p in sorted(q.iterdir()):
                     report.findings.append(Finding(p, "quarantined (lh gc removes it)", serious=False))
             try:
@@ -535,54 +687,78 @@ class Store:
            tmp_grace_s: float = TMP_GRACE_S) -> GcReport:
         """Remove temporary directories of dead writers (any host: after `tmp_grace_s` without
         a change and with no live claim), quarantined entries, orphaned runs, stale claim
-        files, and with `failed` the runs whose status is a failure, so they are redone."""
+        files, and with `failed` the runs whose status is a failure, so they are redone.
+
+        Never follows a symbolic link: one found where gc looks (the store's directories,
+        their entries) is removed as the link it is; directories are removed with
+        shutil.rmtree, which unlinks the links inside them without entering them."""
         report = GcReport()
         claims = self.claims()
         min_age = older_than_s or 0.0
+        lay = self.layout
 
         def old_enough(p: Path) -> bool:
-            return min_age <= 0 or _tree_age_s(p) > min_age
+            try:
+                return min_age <= 0 or _tree_age_s(p) > min_age
+            except FileNotFoundError:
+                return False
 
-        def remove(p: Path, why: str) -> None:
+        def remove(p: Path, why: str) -> bool:
             if not old_enough(p):
                 report.kept.append((p, f"{why}, but younger than --older-than"))
-                return
+                return False
             size = _tree_size(p)
             if not dry_run:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                problem = _remove(p)
+                if problem is not None:
+                    report.kept.append((p, f"{why}, but it could not be removed ({problem})"))
+                    return False
             report.removed.append((p, why))
             report.bytes_freed += size
+            return True
 
+        def entries(d: Path) -> list[Path]:
+            return sorted(d.iterdir()) if _real_dir(d) else []
+
+        for d in self._kind_dirs_linked():
+            remove(d, "a symbolic link in the store (removed as a link, not followed)")
         for p in list(self.tmp_entries()):
             owner = parse_tmp_name(p.name)
-            if owner is not None and claims.holder(owner.artifact_id) is not None:
+            if os.path.islink(p):
+                remove(p, "a symbolic link in the store (removed as a link, not followed)")
+            elif owner is not None and claims.holder(owner.artifact_id) is not None:
                 report.kept.append((p, "its artifact is claimed by a live driver"))
             elif self._tmp_is_dead(p, tmp_grace_s):
                 remove(p, "temporary directory of a dead writer")
             else:
                 report.kept.append((p, "temporary directory of a writer that may be live"))
-        if self.layout.quarantine_dir.is_dir():
-            for p in sorted(self.layout.quarantine_dir.iterdir()):
-                remove(p, "quarantined")
-        if self.layout.work_root.is_dir():
-            # A run's work dir holds the checkpoint its next execute resumes from: kept until
-            # the run is complete (the worker removes it then; a kill in between leaves it).
-            for p in sorted(self.layout.work_root.iterdir()):
-                if claims.holder(p.name) is not None:
-                    report.kept.append((p, "its run is claimed by a live driver"))
-                elif (self.layout.run_dir(p.name) / MANIFEST).is_file():
-                    remove(p, "work dir of a finished run")
-                else:
-                    report.kept.append((p, "checkpoint of an unfinished run (the next execute resumes from it)"))
-        if self.layout.claims_dir.is_dir():
-            for p in sorted(self.layout.claims_dir.iterdir()):
-                artifact_id = p.name.removesuffix(".lease")
-                if p.name.startswith(".") or (p.suffix == ".lease" and claims.holder(artifact_id) is None):
-                    remove(p, "stale claim")
-        targets = self._listing("target")
+        for p in entries(lay.quarantine_dir):
+            remove(p, "quarantined")
+        # A run's work dir holds the checkpoint its next execute resumes from: kept until
+        # the run is complete (the worker removes it then; a kill in between leaves it).
+        for p in entries(lay.work_root):
+            if os.path.islink(p):
+                remove(p, "a symbolic link in the store (removed as a link, not followed)")
+            elif claims.holder(p.name) is not None:
+                report.kept.append((p, "its run is claimed by a live driver"))
+            elif (lay.run_dir(p.name) / MANIFEST).is_file():
+                remove(p, "work dir of a finished run")
+            else:
+                report.kept.append((p, "checkpoint of an unfinished run (the next execute resumes from it)"))
+        for p in entries(lay.claims_dir):
+            artifact_id = p.name.removesuffix(".lease")
+            if os.path.islink(p):
+                remove(p, "a symbolic link in the store (removed as a link, not followed)")
+            elif p.name.startswith(".") or (p.suffix == ".lease" and claims.holder(artifact_id) is None):
+                remove(p, "stale claim")
+        scans = self._scans_not_linked()
+        for kind, (names, links) in scans.items():
+            for name in sorted(links):
+                remove(lay.artifact_dir(kind, name), "a symbolic link in the store (removed as a link, not followed)")
+        targets = scans["target"][0] - scans["target"][1]
         drop: list[tuple[str, Path, str]] = []
-        for name in sorted(self._listing("run")):
-            d = self.layout.run_dir(name)
+        for name in sorted(scans["run"][0] - scans["run"][1]):
+            d = lay.run_dir(name)
             try:
                 manifest = read_manifest_raw(d)[0]
             except (ArtifactError, ManifestError):
@@ -601,11 +777,18 @@ class Store:
                 continue
             if not dry_run:
                 # Out of runs/ first (one rename), so no reader ever sees half a deletion.
-                aside = self.layout.quarantine_dir / f"{name}-gc-{os.getpid()}"
-                self.layout.quarantine_dir.mkdir(parents=True, exist_ok=True)
-                os.rename(d, aside)
+                aside = lay.quarantine_dir / f"{name}-gc-{os.getpid()}"
+                try:
+                    if not _real_dir(lay.quarantine_dir):
+                        lay.quarantine_dir.mkdir(parents=True)
+                    os.rename(d, aside)
+                except OSError as err:
+                    report.kept.append((d, f"{why}, but it could not be removed ({err.strerror or err})"))
+                    continue
                 report.bytes_freed += _tree_size(aside)
-                shutil.rmtree(aside, ignore_errors=True)
+                problem = _remove(aside)
+                if problem is not None:
+                    report.kept.append((aside, f"{why}; moved to the quarantine, but it could not be removed ({problem})"))
             else:
                 report.bytes_freed += _tree_size(d)
             report.removed.append((d, why))
@@ -613,16 +796,18 @@ class Store:
         if gone and not dry_run and self.layout.index_path.exists():
             try:
                 index.write(self.layout, [], {"run": gone})
-            except (index.IndexBusy, index.IndexCorrupt):
+            except (index.IndexBusy, index.IndexCorrupt, OSError):
                 pass  # the next reconcile drops the rows
         return report
 
     # ------------------------------------------------------------------ results
 
-    def export_runs(self, run_ids: list[str], out_path: Path) -> int:
+    def export_runs(self, run_ids: list[str], out_path: Path, damaged: list[tuple[str, str]] | None = None) -> int:
         """Write the given runs to Parquet or CSV (by extension) with the columns of `lh
-        query`'s `runs` view, from the manifests (the truth; no index lock), atomically.
-        Returns rows. The view lives in `lambda_hat.results`, so the two never differ."""
+        query`'s `runs` view, from the manifests (the truth, each checked on its content; no
+        index lock), atomically. Returns rows; adds (ID, why) of runs in place whose manifest
+        does not check out to `damaged`. The view lives in `lambda_hat.results`, so the two
+        never differ."""
         from lambda_hat.results import export_runs
 
-        return export_runs(self, run_ids, out_path)
+        return export_runs(self, run_ids, out_path, damaged)
