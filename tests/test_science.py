@@ -27,30 +27,36 @@ def test_import_is_light():
 
 
 def test_hmc_matches_quadratic_theory(jax64):
+    """HMC with a trajectory of about a quarter period. The adapted diagonal mass matrix whitens
+    this Gaussian, so every direction turns by θ = arccos(1 − ε²/2) per leapfrog step, and λ̂ (a
+    quadratic form) has lag-one autocorrelation ≈ cos²(Lθ) (1 at a half period). At the adapted
+    ε ≈ 0.55-0.85, L = 10 put Lθ at 5.8-9 rad, near a multiple of π for some chains depending on
+    the CPU's rounding: bulk ESS 16 of 4,000 and R-hat 1.17 under AVX2, 486 and 1.012 under
+    AVX-512. L = 2 gives Lθ ≈ 1.1-1.8 ≈ π/2 (cos² ≤ 0.2): measured under SSE4.2, AVX2 and AVX-512,
+    run keys 0-3, R-hat ≤ 1.003, bulk ESS 2,060-2,350, |z| ≤ 1.04 (issue 21)."""
     from lambda_hat.science.samplers.hmc import build_hmc
 
     h, w_star, loss = _quadratic(jax64)
     expected = _theory(h)  # 3.669
     fn = build_hmc(loss_fn=loss, w_star=w_star, n_beta=N_BETA, gamma=GAMMA, draws=1000, warmup=300,
-                   num_integration_steps=10, step_size=0.01, target_acceptance=0.8,
+                   num_integration_steps=2, step_size=0.01, target_acceptance=0.8,
                    adapt_step_size=True, adapt_mass_matrix=True, chains=4)
     traces, s = _run(jax64, fn)
-    # HMC's fixed 10-step trajectories mix λ̂ slowly on this Gaussian: at 4 × 1000 draws R-hat is
-    # 1.012 and bulk ESS 486, so the run is flagged 'unconverged' by the 1.01 / 400 rule (llc.py).
-    # Accuracy is what is tested here.
-    assert s["status"] in ("ok", "unconverged") and s["r_hat"] < 1.05, s
-    assert s["llc_sem"] < 0.05 * expected  # the test has power
-    # tolerance: 3 Monte-Carlo standard errors (observed: 3.686 vs 3.669, sem 0.084, z = 0.2)
-    assert abs(s["llc_mean"] - expected) < 3 * s["llc_sem"]
+    assert s["status"] == "ok", s  # R-hat ≤ 1.01 and bulk ESS ≥ 400, with a margin of 5x on ESS
+    assert s["llc_sem"] < 0.05 * expected  # the test has power (sem ≈ 1.1 % of λ)
+    # tolerance: 3 Monte-Carlo standard errors of the exact value
+    assert abs(s["llc_mean"] - expected) < 3 * s["llc_sem"], (s["llc_mean"], expected, s["llc_sem"])
     assert not traces["diverging"].any()
-    assert 0.6 < np.mean(traces["accept_rate"]) < 0.95
+    assert 0.6 < np.mean(traces["accept_rate"]) < 0.95  # observed 0.86-0.89
 
 
 def test_sgld_matches_quadratic_theory(jax64):
     """SGLD with noisy gradients. Two checks: 20 % of the continuous-time value, and
     4 standard errors of the exact stationary value of the discretised chain, which per
     coordinate (a = nβh + γ, gradient-noise std s·nβ) has variance
-    (ε + ε²(nβ s)²/4) / (1 − (1 − εa/2)²)."""
+    (ε + ε²(nβ s)²/4) / (1 − (1 − εa/2)²). The slowest coordinate relaxes over ~600 steps, so
+    4 × 1,800 draws 10 steps apart left R-hat at 1.014 for run key 1 (status 'unconverged');
+    4 × 5,400 draws: R-hat ≤ 1.004, bulk ESS ≥ 1,600 and |z| ≤ 2.3 for keys 0-3, any ISA."""
     jnp = jax64.numpy
     from lambda_hat.science.samplers.sgld import build_sgld
 
@@ -62,7 +68,7 @@ def test_sgld_matches_quadratic_theory(jax64):
 
     eps = 0.05 / N_BETA
     fn = build_sgld(loss_fn=loss, stoch_loss_fn=stoch, w_star=w_star, n_beta=N_BETA, gamma=GAMMA,
-                    step_size=eps, warmup=2000, draws=1800, eval_every=10, chains=4, precond="none")
+                    step_size=eps, warmup=2000, draws=5400, eval_every=10, chains=4, precond="none")
     _, s = _run(jax64, fn)
     hn = np.asarray(h)
     a = N_BETA * hn + GAMMA
