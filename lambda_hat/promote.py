@@ -72,9 +72,9 @@ def parse_plots(text: str | None) -> tuple[str, ...]:
 
 
 def _refuse(outdir: Path, path: Path, st: os.stat_result, wanted: str) -> None:
-    from lambda_hat.results import _what_it_is
+    from lambda_hat.store.store import file_type
 
-    raise BadInput(f"--outdir {outdir}: {path} is {_what_it_is(st)}, not {wanted}; lh promote writes only "
+    raise BadInput(f"--outdir {outdir}: {path} is {file_type(st)}, not {wanted}; lh promote writes only "
                    "regular files and directories of its own (move it away)")
 
 
@@ -137,9 +137,8 @@ class Writer:
         if digest != new_digest:
             from lambda_hat.results import write_atomic
 
-            path.parent.mkdir(parents=True, exist_ok=True)
             self._check(path)
-            write_atomic(path, data)
+            write_atomic(path, data)  # makes the folders it needs
             self.report.written.append(path)
         else:
             self.report.unchanged.append(path)

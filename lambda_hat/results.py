@@ -41,6 +41,7 @@ from typing import Any, Iterator
 from lambda_hat.errors import BadInput
 from lambda_hat.store import index
 from lambda_hat.store.layout import StoreLayout
+from lambda_hat.store.store import file_type
 
 FORMATS = ("table", "csv", "json", "parquet")
 INDEX_ALIAS = "lh_index"
@@ -170,6 +171,9 @@ def _attach(con: Any, path: Path, timeout_s: float) -> None:
         try:
             con.execute(f"ATTACH '{quoted}' AS {INDEX_ALIAS} (READ_ONLY)")
             return
+        except duckdb.OutOfMemoryException as err:
+            raise QueryFailed(f"{path}: the index does not open within the query's --memory-limit "
+                              f"({index._first_sentence(one_line(err))})") from None
         except duckdb.Error as err:
             classified = index._classify(err, path)
             if "handle conflict" in str(err):  # this process holds it for writing (tests, notebooks)
@@ -557,16 +561,6 @@ def format_for(out: Path | None, fmt: str | None) -> str:
     return "table"
 
 
-def _what_it_is(st: os.stat_result) -> str:
-    mode = st.st_mode
-    for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return what
-    return "not a regular file"
-
-
 def _lstat(path: Path, flag: str) -> os.stat_result | None:
     try:
         return os.lstat(path)
@@ -600,7 +594,7 @@ def check_output_path(out: Path, store_root: Path, flag: str = "-o") -> None:
     with a regular file, or write through it), in a directory, and outside the store."""
     st = _lstat(out, flag)
     if st is not None and not stat.S_ISREG(st.st_mode):
-        what = _what_it_is(st)
+        what = file_type(st)
         raise BadInput(f"{flag} {out}: is {what}; name a new or regular file" if what != "a directory"
                        else f"{flag} {out}: is a directory; name a file")
     _check_parents(out, flag)
@@ -614,7 +608,7 @@ def check_output_dir(out: Path, store_root: Path, flag: str) -> None:
     st = _lstat(out, flag)
     if st is not None and not out.is_dir():
         what = ("a symbolic link to nothing" if stat.S_ISLNK(st.st_mode) else
-                "a file" if stat.S_ISREG(st.st_mode) else _what_it_is(st))
+                "a file" if stat.S_ISREG(st.st_mode) else file_type(st))
         raise BadInput(f"{flag} {out}: is {what}, not a directory")
     _check_parents(out, flag)
     _check_outside_store(out, store_root, flag)
@@ -625,17 +619,24 @@ def atomic_file(out: Path) -> Iterator[Any]:
     """A new binary file that becomes `out` when the block ends without an error (and
     nothing otherwise). The temporary file is created exclusively and never through a
     symbolic link; `out` is checked again just before the rename, so what is replaced is
-    always a regular file (or nothing)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    always a regular file (or nothing). A file system's refusal (permissions, a full disk) is
+    one line, BadInput: nothing was written."""
     tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}-{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        st = _lstat(out, "output")
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            raise BadInput(f"{out}: became {_what_it_is(st)} while it was written; left as it is")
-        os.replace(tmp, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as err:
+        raise BadInput(f"{out}: cannot be written ({err.strerror or err})") from None
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+            st = _lstat(out, "output")
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                raise BadInput(f"{out}: became {file_type(st)} while it was written; left as it is")
+            os.replace(tmp, out)
+        except OSError as err:
+            raise BadInput(f"{out}: cannot be written ({err.strerror or err}); nothing written") from None
     finally:
         try:
             os.unlink(tmp)
@@ -739,6 +740,8 @@ def log_paths(logs: Path, kind: str, artifact_id: str, target_id: str | None = N
 
 def _last_line(path: Path, limit: int = 160) -> str:
     try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # a FIFO would block, a link is not a log we wrote
+            return ""
         with open(path, "rb") as f:
             f.seek(max(0, path.stat().st_size - 8192))
             lines = [x.strip() for x in f.read().decode(errors="replace").splitlines() if x.strip()]

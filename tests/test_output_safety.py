@@ -10,6 +10,8 @@ to run as root (as in CI and on clusters), where nothing but our own checks stan
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import time
 
 import pytest
@@ -306,8 +308,51 @@ def test_index_rebuild_replaces_a_linked_index_and_lock_never_writes_through_the
     lay.index_path.symlink_to(theirs)  # another store's index: a rebuild must not rewrite it
     lay.index_lock_path.unlink()
     lay.index_lock_path.symlink_to(outside / "created-by-lock.txt")
+    (root / "index.duckdb.wal").symlink_to(outside / "created-by-wal.txt")
     before = state(outside, other)
     result = lh("index", "rebuild", "--store", root)
     assert result.exit_code == 0 and "2 targets, 4 runs" in result.stdout, result.output
     assert state(outside, other) == before
     assert stat.S_ISREG(os.lstat(lay.index_path).st_mode)
+
+
+def test_fifos_planted_in_the_store_and_logs_are_reported_never_read(tmp_path, store):
+    """A FIFO blocks whoever opens it to read: a manifest, an arrays file, a lease, the index's
+    stats sidecar or a job's log planted as one hung verify, show, gc, status, export, promote
+    and index rebuild for ever. In a process of its own, so the old code fails by its timeout."""
+    root, ex = store
+    lay = Store(root).layout
+    a, b = ex.runs[1].run_id, ex.runs[2].run_id
+    for path in (lay.run_dir(a) / "manifest.json", lay.run_dir(b) / "arrays.zarr.zip"):
+        path.unlink()
+        os.mkfifo(path)
+    lay.claims_dir.mkdir()
+    os.mkfifo(lay.claims_dir / "run_0123456789ab.lease")
+    os.mkfifo(root / ".index.stats")
+    logs = tmp_path / "logs" / "run_sampler"
+    logs.mkdir(parents=True)
+    os.mkfifo(logs / f"{ex.targets[0].target_id}_hmc_run_0123456789ab.err")
+    commands = [
+        (["verify"], 1), (["show", a], 1), (["show", b], 1), (["status", "--logs", tmp_path / "logs"], 0),
+        (["export", "-o", tmp_path / "e.csv"], 1), (["promote", "--outdir", tmp_path / "gallery"], 1),
+        (["gc", "--dry-run"], 0), (["index", "rebuild"], 0), (["gc"], 0),
+    ]
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from lambda_hat.cli import app\n"
+        f"for args, want in {[([str(x) for x in args], want) for args, want in commands]!r}:\n"
+        f"    r = CliRunner().invoke(app, args + ['--store', {str(root)!r}])\n"
+        "    print(args[0], r.exit_code, want, type(r.exception).__name__, (r.stderr or r.stdout).strip().splitlines()[-1:])\n"
+    )
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a command blocked reading a FIFO in the store")
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(commands), proc.stdout + proc.stderr[-3000:]
+    for line in lines:
+        name, got, want, exc = line.split()[:4]
+        assert got == want and exc == "SystemExit" or (want == "0" and exc == "NoneType"), line
+    assert "manifest.json is a FIFO" in proc.stdout and "arrays.zarr.zip is a FIFO" in proc.stdout
+    assert not os.path.lexists(lay.claims_dir / "run_0123456789ab.lease")  # gc removed it, as it is

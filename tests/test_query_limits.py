@@ -119,3 +119,10 @@ def test_streamed_csv_and_json_are_what_the_whole_result_makes(root, tmp_path):
     empty = results.run_query(layout, "select 1 as a where false")
     with results.open_query(layout, "select 1 as a where false") as q:
         assert "".join(results.text_chunks(q, "json")) == results.to_json(empty) == "[]\n"
+
+
+def test_a_memory_limit_too_small_to_open_the_index_says_so(root):
+    """DuckDB's "failed to pin block" was read as a lock ("held by another process")."""
+    result = lh("query", "select 1", "--store", root, "--memory-limit", "100000B")
+    one_error_line(result, "does not open within the query's --memory-limit")
+    assert "held by another process" not in result.stderr

@@ -214,9 +214,9 @@ def _first_sentence(text: str, limit: int = 200) -> str:
 def _classify(err: Exception, path: Path) -> LhError:
     text = " ".join(str(err).split())
     low = text.lower()
-    if "permission denied" in low or "read-only file system" in low:
+    if "permission denied" in low or "read-only file system" in low or "out of memory" in low:
         return IndexUnavailable(f"{path}: cannot be opened ({_first_sentence(text)})")
-    if "lock" in low:
+    if re.search(r"\block\b", low):  # DuckDB's "Could not set lock on file" (not "failed to pin block")
         holder = _LOCK_HOLDER.search(text)
         who = f"PID {holder.group(2)}, {holder.group(1)}" if holder else _first_sentence(text)
         return IndexBusy(f"{path}: held by another process ({who}); try again when it is done "
@@ -246,8 +246,8 @@ def _connect(path: Path, read_only: bool, timeout_s: float) -> Any:
 def _flock(path: Path, timeout_s: float) -> Iterator[None]:
     """Serialize this host's writers without busy-waiting on DuckDB's own lock. Where the
     file system has no flock (some NFS mounts), DuckDB's lock alone guards the file."""
-    if os.path.islink(path):  # the store's own lock file, never one it points to
-        os.unlink(path)
+    if os.path.lexists(path) and not (os.path.isfile(path) and not os.path.islink(path)):
+        os.unlink(path)  # the store's own lock file is a regular file, never one a link points to
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     with os.fdopen(fd, "a+") as f:
         try:
@@ -266,8 +266,10 @@ def writer(layout: StoreLayout, timeout_s: float = 10.0) -> Iterator[Any]:
     layout.root.mkdir(parents=True, exist_ok=True)
     with _flock(layout.index_lock_path, timeout_s):
         forget_stats(layout)  # it would not count after this write anyway (identity changes); keep no stale file
-        if os.path.islink(layout.index_path):  # never written through: moved aside as the link it is
-            raise IndexCorrupt(f"{layout.index_path}: a symbolic link, not the store's own index; it is moved aside")
+        wal = layout.index_path.with_name(layout.index_path.name + ".wal")
+        if os.path.islink(layout.index_path) or os.path.islink(wal):  # never written through: moved aside as links
+            raise IndexCorrupt(f"{layout.index_path}: a symbolic link (or its WAL is), not the store's own index; "
+                               "it is moved aside")
         con = _connect(layout.index_path, read_only=False, timeout_s=timeout_s)
         try:
             try:
@@ -663,6 +665,8 @@ def _identity(layout: StoreLayout) -> tuple[int, int, int, int] | None:
 
 def _read_sidecar(layout: StoreLayout, identity: tuple) -> dict | None:
     try:
+        if not os.path.isfile(_stats_sidecar(layout)) or os.path.islink(_stats_sidecar(layout)):
+            return None  # not the file remember_stats writes (a FIFO would block the read)
         raw = _stats_sidecar(layout).read_bytes()
         digest, _, payload = raw.partition(b"\n")
         if hashlib.sha256(payload).hexdigest().encode() != digest:
@@ -720,8 +724,9 @@ def move_aside(layout: StoreLayout) -> Path:
     forget_stats(layout)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     dest = layout.index_path.with_name(f"{layout.index_path.name}.corrupt-{stamp}-{os.getpid()}")
-    os.replace(layout.index_path, dest)
+    if os.path.lexists(layout.index_path):
+        os.replace(layout.index_path, dest)
     wal = layout.index_path.with_name(layout.index_path.name + ".wal")
-    if wal.exists():
+    if os.path.lexists(wal):
         os.replace(wal, dest.with_name(dest.name + ".wal"))
     return dest

@@ -52,8 +52,8 @@ def check_manifest(artifact_dir: Path, kind: str) -> tuple[Manifest, os.stat_res
     ManifestError with the reason it does not count as complete."""
     from lambda_hat.ids import id_of_stored_spec
 
+    st = _regular_manifest(artifact_dir)
     manifest, raw = read_manifest_raw(artifact_dir)
-    st = (artifact_dir / MANIFEST).stat()
     if manifest.manifest_version >= 2 and raw.get("manifest_sha256") != self_checksum(raw):
         raise ManifestError(f"{artifact_dir}: manifest checksum mismatch (edited after it was written)")
     if manifest.id != artifact_dir.name or manifest.type != kind:
@@ -65,6 +65,46 @@ def check_manifest(artifact_dir: Path, kind: str) -> tuple[Manifest, os.stat_res
     if hashed != manifest.id:
         raise ManifestError(f"{artifact_dir}: stored spec does not hash to {manifest.id}")
     return manifest, st
+
+
+def _regular_manifest(artifact_dir: Path) -> os.stat_result:
+    """The lstat of an artifact's manifest, which must be a regular file before it is read: a
+    FIFO would block the reader forever, a link would read another file."""
+    try:
+        st = os.lstat(artifact_dir / MANIFEST)
+    except FileNotFoundError:
+        raise ArtifactError(f"{artifact_dir}: incomplete artifact (no {MANIFEST})") from None
+    except OSError as err:
+        raise ArtifactError(f"{artifact_dir}: {MANIFEST} unreadable ({err.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ManifestError(f"{artifact_dir}: {MANIFEST} is {file_type(st)}, not a regular file")
+    return st
+
+
+def _manifest_raw(artifact_dir: Path) -> tuple[Manifest, dict]:
+    _regular_manifest(artifact_dir)
+    return read_manifest_raw(artifact_dir)
+
+
+def file_type(st: os.stat_result) -> str:
+    """What a path is, from its lstat, for a message: `a FIFO`, `a symbolic link`, ..."""
+    for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(st.st_mode):
+            return what
+    return "not a regular file"
+
+
+def odd_entries(artifact_dir: Path) -> list[str]:
+    """What in an artifact directory is neither a regular file nor a directory (a link, FIFO,
+    device), found without following or opening anything: such an entry is damage, reported
+    as it is and never read (reading a FIFO blocks, a link reads another file)."""
+    out = []
+    for p, st in _walk(artifact_dir):
+        if p != str(artifact_dir) and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            out.append(f"{os.path.relpath(p, artifact_dir)} is {file_type(st)} (not read)")
+    return out
 
 
 class ArtifactDamaged(LhError):
@@ -151,6 +191,13 @@ def _tree_age_s(path: Path) -> float:
 def _tree_size(path: Path) -> int:
     """Bytes of the regular files under `path` (what a link points to is not ours)."""
     return sum(st.st_size for _, st in _walk(path) if stat.S_ISREG(st.st_mode))
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _remove(path: Path) -> str | None:
@@ -394,9 +441,9 @@ class Store:
 
         d = self.layout.run_dir(run_id)
         manifest = self.read_manifest("run", run_id)
-        problems = verify(d, "run")
+        problems = odd_entries(d) or verify(d, "run")
         if problems:
-            raise ArtifactError(f"{run_id}: damaged ({'; '.join(problems)})")
+            raise ArtifactError(f"{run_id}: {'; '.join(problems)}")
         have = [k.removeprefix("traces/") for k in manifest.arrays if k.startswith("traces/")]
         wanted = have if names is None else [n for n in names if n in have]
         try:
@@ -410,8 +457,10 @@ class Store:
         """(artifact ID, Holder) of every claim a live driver holds now."""
         claims = self.claims()
         out = []
-        if self.layout.claims_dir.is_dir():
+        if _real_dir(self.layout.claims_dir):
             for p in sorted(self.layout.claims_dir.glob("*.lease")):
+                if not _regular(p):
+                    continue  # not a lease a driver wrote (a FIFO would block its read); lh gc removes it
                 holder = claims.holder(p.name.removesuffix(".lease"))
                 if holder is not None:
                     out.append((p.name.removesuffix(".lease"), holder))
@@ -447,7 +496,7 @@ class Store:
         every file against its checksum), for a command that shows or reads it. Raises
         ArtifactDamaged, one line naming what is wrong."""
         d = self.layout.artifact_dir(kind, artifact_id)
-        problems = [LINK] if os.path.islink(d) else verify(d, kind) if d.is_dir() else ["not a directory"]
+        problems = [LINK] if os.path.islink(d) else (odd_entries(d) or verify(d, kind)) if d.is_dir() else ["not a directory"]
         if not problems:
             try:
                 return self.read_manifest(kind, artifact_id)
@@ -652,9 +701,10 @@ class Store:
                 if not d.is_dir():
                     report.findings.append(Finding(d, "not a directory"))
                     continue
-                for problem in verify(d, kind):
+                odd = odd_entries(d)
+                for problem in odd or verify(d, kind):
                     report.findings.append(Finding(d, problem))
-                if kind == "run":
+                if kind == "run" and not odd:
                     try:
                         tid = read_manifest_raw(d)[0].spec.get("target_id")
                     except (ArtifactError, ManifestError):
@@ -720,13 +770,22 @@ class Store:
         def entries(d: Path) -> list[Path]:
             return sorted(d.iterdir()) if _real_dir(d) else []
 
+        def held(artifact_id: str) -> bool:
+            """A live driver's claim: only a regular lease file is read to judge it."""
+            return _regular(lay.claims_dir / f"{artifact_id}.lease") and claims.holder(artifact_id) is not None
+
         for d in self._kind_dirs_linked():
             remove(d, "a symbolic link in the store (removed as a link, not followed)")
+        # Leases are read to be judged: anything in .claims that is not a regular file (a FIFO
+        # would block the read, a link would read another file) is no driver's, and goes first.
+        for p in entries(lay.claims_dir):
+            if not _regular(p) and not _real_dir(p) and os.path.lexists(p):
+                remove(p, f"{file_type(os.lstat(p))} in the claims directory (not a lease; removed as it is, not followed)")
         for p in list(self.tmp_entries()):
             owner = parse_tmp_name(p.name)
             if os.path.islink(p):
                 remove(p, "a symbolic link in the store (removed as a link, not followed)")
-            elif owner is not None and claims.holder(owner.artifact_id) is not None:
+            elif owner is not None and held(owner.artifact_id):
                 report.kept.append((p, "its artifact is claimed by a live driver"))
             elif self._tmp_is_dead(p, tmp_grace_s):
                 remove(p, "temporary directory of a dead writer")
@@ -739,7 +798,7 @@ class Store:
         for p in entries(lay.work_root):
             if os.path.islink(p):
                 remove(p, "a symbolic link in the store (removed as a link, not followed)")
-            elif claims.holder(p.name) is not None:
+            elif held(p.name):
                 report.kept.append((p, "its run is claimed by a live driver"))
             elif (lay.run_dir(p.name) / MANIFEST).is_file():
                 remove(p, "work dir of a finished run")
@@ -747,9 +806,9 @@ class Store:
                 report.kept.append((p, "checkpoint of an unfinished run (the next execute resumes from it)"))
         for p in entries(lay.claims_dir):
             artifact_id = p.name.removesuffix(".lease")
-            if os.path.islink(p):
-                remove(p, "a symbolic link in the store (removed as a link, not followed)")
-            elif p.name.startswith(".") or (p.suffix == ".lease" and claims.holder(artifact_id) is None):
+            if not _regular(p) and not _real_dir(p):
+                continue  # removed above (or gone)
+            if p.name.startswith(".") or (p.suffix == ".lease" and not held(artifact_id)):
                 remove(p, "stale claim")
         scans = self._scans_not_linked()
         for kind, (names, links) in scans.items():
@@ -760,7 +819,7 @@ class Store:
         for name in sorted(scans["run"][0] - scans["run"][1]):
             d = lay.run_dir(name)
             try:
-                manifest = read_manifest_raw(d)[0]
+                manifest = _manifest_raw(d)[0]
             except (ArtifactError, ManifestError):
                 continue  # incomplete: reconcile quarantines it
             if manifest.spec.get("target_id") not in targets:
@@ -769,7 +828,7 @@ class Store:
                 drop.append((name, d, f"failed run (status {manifest.status})"))
         gone = []
         for name, d, why in drop:
-            if claims.holder(name) is not None:
+            if held(name):
                 report.kept.append((d, "claimed by a live driver"))
                 continue
             if not old_enough(d):
