@@ -51,7 +51,8 @@ class ExecuteRequest:
     profile: Path | None = None  # lh.toml-style [slurm] table (or the older YAML --slurm-config)
     slurm_flags: dict = field(default_factory=dict)  # SlurmSettings fields given on the command line
     parsl_config: Path | None = None  # a Python file defining `config` or `make_config()`
-    retries: int = 0
+    retries: int = 0  # more tries for a job that raised (its own error)
+    lost_retries: int = 2  # more tries for a job lost with its worker, manager or block (parsl_config.LOST_RETRIES)
     max_runs: int = 1_000_000
     parsl_run_dir: Path = Path("parsl_runinfo")
     verbose: bool = False  # a line per submitted job, and per completed job at any scale
@@ -67,6 +68,7 @@ class ExecuteResult:
     failed: list[tuple[str, str, Path]] = field(default_factory=list)  # (id, reason, err log)
     done_elsewhere: list[str] = field(default_factory=list)
     flagged: list[tuple[str, str, str]] = field(default_factory=list)  # (run id, status, reason)
+    retried: list[tuple[str, list[str]]] = field(default_factory=list)  # (id, what ended each earlier try)
     interrupted: str | None = None  # the signal's name
     # When each stage of the run ended (epoch seconds) and the driver's seconds spent recording;
     # written next to Parsl's log as STAGES_FILE, for benchmarks/startup.py and slow-start questions.
@@ -91,12 +93,28 @@ class Interrupted(BaseException):
         self.signame = signame
 
 
-def _check_output_paths(req: ExecuteRequest) -> None:
-    """Every path the command writes, checked before anything is submitted."""
+def _check_output_paths(req: ExecuteRequest, root: Path | None = None) -> None:
+    """Every path the command writes, checked before anything is submitted: --logs a
+    directory and --results a regular file (a link, FIFO or device is refused, never
+    replaced nor written through), both outside the store `root` (resolved from the request
+    when not given): a file there would be quarantined by the next execute, and gc deletes it."""
+    from lambda_hat import results as results_io
+
     logs, results = req.logs, req.results
+    if root is None:  # the sweep is read only when it names the store
+        sweep_root = None
+        if req.store is None and not os.environ.get("LH_STORE"):
+            from lambda_hat.sweep import SweepError, load_sweep
+
+            try:
+                sweep_root = load_sweep(req.sweep_path, max_runs=req.max_runs).store_root
+            except SweepError as err:
+                raise BadInput(str(err)) from None
+        root = resolve_store_root(req.store, sweep_root)
     for parent in [logs, *logs.parents]:
         if parent.exists() and not parent.is_dir():
             raise BadInput(f"--logs {logs}: {parent} is a file, not a directory")
+    results_io.check_output_dir(logs, root, "--logs")
     if results.exists() and results.is_dir():
         raise BadInput(f"--results {results}: is a directory; name a .parquet or .csv file")
     if results.suffix.lower() not in RESULT_SUFFIXES:
@@ -104,6 +122,7 @@ def _check_output_paths(req: ExecuteRequest) -> None:
     for parent in results.parents:
         if parent.exists() and not parent.is_dir():
             raise BadInput(f"--results {results}: {parent} is a file, not a directory")
+    results_io.check_output_path(results, root, "--results")
 
 
 def _load(req: ExecuteRequest):
@@ -274,6 +293,12 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
         f"\n{len(result.completed)} jobs completed, {len(result.failed)} failed{elsewhere}; "
         f"{n} rows in {req.results} ({time.perf_counter() - t_start:.1f}s)"
     )
+    if result.retried:
+        console.print(f"{len(result.retried)} jobs retried after a lost worker, manager or block (each recorded once):")
+        for job_id, causes in result.retried[:20]:
+            console.print(f"  {job_id}: retried after {', '.join(causes)}", soft_wrap=True, highlight=False)
+        if len(result.retried) > 20:
+            console.print(f"  ... and {len(result.retried) - 20} more")
     if result.flagged:
         console.print(f"[yellow]{len(result.flagged)} runs finished but are flagged[/yellow] (numbers kept; "
                       "lh query \"select run_id, status, status_reason from runs where status != 'ok'\"):")
@@ -336,6 +361,9 @@ def _backend_settings(req: ExecuteRequest):
     (None for local or a --parsl-config file)."""
     import shutil
 
+    from lambda_hat.execute.parsl_config import heartbeat
+
+    heartbeat()  # a bad LH_HEARTBEAT_* value is bad input now, not after the claims
     if req.parsl_config is not None:
         if not req.parsl_config.is_file():
             raise BadInput(f"--parsl-config {req.parsl_config}: no such file")
@@ -359,11 +387,15 @@ def _parsl_config(req: ExecuteRequest, settings):
     run_dir = req.parsl_run_dir.resolve()
     if req.parsl_config is not None:
         config = pc.load_parsl_config_file(req.parsl_config)
-        config.retries = max(config.retries, req.retries)
+        if config.retry_handler is None:  # theirs, if they wrote one; else lost jobs retried as ours are
+            policy = pc.RetryPolicy(lost=req.lost_retries, failed=max(config.retries, req.retries))
+            config.retries, config.retry_handler = policy.budget, policy
+        else:
+            config.retries = max(config.retries, req.retries)
         return config
     if req.backend == "local":
-        return pc.local_config(run_dir, req.workers, req.retries)
-    return pc.slurm_config(run_dir, settings, req.retries)
+        return pc.local_config(run_dir, req.workers, req.retries, req.lost_retries)
+    return pc.slurm_config(run_dir, settings, req.retries, req.lost_retries)
 
 
 def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result: ExecuteResult, pending: list,
@@ -395,7 +427,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
     recorder = Recorder(store, claims, console)
     for rec in pending:
         recorder.add(rec)
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def on_term(signum, frame):
         raise Interrupted(signal.Signals(signum).name)
@@ -407,6 +439,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
     try:
         if not mine_t and not mine_r and not jobs.foreign:
             return
+        from lambda_hat.execute.parsl_config import retried_after
         from lambda_hat.execute.reaper import Reaper
 
         reaper = Reaper()
@@ -490,11 +523,12 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                                                   return_when=concurrent.futures.FIRST_COMPLETED)
                 for fut in done:
                     kind, job_id, err = jobs.futures.pop(fut)
+                    retried = retried_after(fut)
                     per_job = _unbatch(fut, job_id) if kind == "batch" else [(kind, job_id, fut)]
                     for one_kind, one_id, one_fut in per_job:
                         k += 1
                         _finish(one_fut, one_kind, one_id, err, store, claims, recorder, result, progress, k, total,
-                                slurm_reasons, job_lines)
+                                slurm_reasons, job_lines, retried)
                         progress.advance(task)
                 if time.monotonic() - last_progress >= PROGRESS_PERIOD_S:
                     # Throttled, and over the oldest pending jobs only: once per finished job over
@@ -533,8 +567,9 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
     except (KeyboardInterrupt, Interrupted) as err:
         result.interrupted = err.signame if isinstance(err, Interrupted) else "SIGINT"
     finally:
-        # From here on a second signal must not cut the clean-up short.
+        # From here on a second signal (or Ctrl-C) must not cut the clean-up short.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if dfk is not None:
             _shutdown(dfk, force=result.interrupted is not None)
             stages["parsl_stopped"] = time.time()
@@ -613,8 +648,20 @@ def sampling_progress(layout, running) -> str:
     return f" · draws {done:,}/{total:,}" if total else ""
 
 
+def _note_failure(err: Path, reason: str) -> None:
+    """The driver's word on a job that failed other than by its own error, as the last line of
+    its error log: `lh status` lists failed jobs by their logs and shows that line (a job that
+    never reached a worker had no log at all)."""
+    try:
+        err.parent.mkdir(parents=True, exist_ok=True)
+        with open(err, "a") as f:
+            f.write(f"lh execute: {reason}\n")
+    except OSError:
+        pass  # the driver's own summary still says it
+
+
 def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k, total, slurm_reasons,
-            job_lines: bool = True) -> None:
+            job_lines: bool = True, retried: list[str] | tuple = ()) -> None:
     exc = fut.exception()
     result.stages.setdefault("job_done_at", {})[job_id] = time.time()
     if exc is None:
@@ -635,15 +682,28 @@ def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k
             extra = " " + describe_run(manifest)
             if manifest.status != "ok":
                 result.flagged.append((job_id, manifest.status, manifest.metrics.get("status_reason") or ""))
+        if retried:
+            result.retried.append((job_id, list(retried)))
+            extra += f" (retried after {', '.join(retried)})"
         if job_lines:
             progress.console.print(f"  [{k}/{total}] completed {job_id}{extra}")
     else:
         claims.release(job_id)
         reason = _reason(exc)
-        if "Dependency" in type(exc).__name__:
+        name = type(exc).__name__
+        own_error = False
+        if "Dependency" in name:
             reason = "its target failed to build"
-        elif type(exc).__name__ in LOST_WORKER_ERRORS:
+        elif name in GAVE_UP_ERRORS:  # no block could start: say why once, in the scheduler's words
+            reason = " ".join(str(getattr(exc, "reason", None) or exc).split())[:600]
+        elif name in LOST_WORKER_ERRORS:
             reason = slurm_reasons.explain(reason)
+        else:
+            own_error = True
+        if retried:
+            reason += f" (its earlier tries: {', '.join(retried)})"
+        if "Dependency" not in name and (not own_error or not err.is_file() or err.stat().st_size == 0):
+            _note_failure(err, reason)
         result.failed.append((job_id, reason, err))
         progress.console.print(f"  [{k}/{total}] [red]FAILED[/red] {job_id}: {reason}")
 
@@ -680,6 +740,8 @@ def _print_where(dfk, console: Console) -> None:
 
 # Parsl's exceptions for a task whose worker or whole block went away.
 LOST_WORKER_ERRORS = frozenset({"WorkerLost", "ManagerLost", "BadStateException", "ExecutorError"})
+# The executor gave up on its blocks (parsl_config.give_up_after_failed_blocks): the reason is the blocks'.
+GAVE_UP_ERRORS = frozenset({"BadStateException", "ExecutorGaveUp"})
 ABNORMAL_SLURM_STATES = ("TIMEOUT", "CANCELLED", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
 
 
