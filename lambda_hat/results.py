@@ -579,13 +579,16 @@ def _check_outside_store(out: Path, store_root: Path, flag: str) -> None:
     except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python 3.11)
         raise BadInput(f"{flag} {out}: cannot be resolved ({err})") from None
     if resolved == root or resolved.is_relative_to(root):
-        raise BadInput(f"{flag} {out}: inside the store {store_root}; write results outside it")
+        raise BadInput(f"{flag} {out}: inside the store {store_root}, which holds only what lh execute writes; "
+                       "name a path outside it")
 
 
 def _check_parents(out: Path, flag: str) -> None:
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise BadInput(f"{flag} {out}: {parent} is a file, not a directory")
+        if os.path.islink(parent) and not parent.exists():
+            raise BadInput(f"{flag} {out}: {parent} is a symbolic link to nothing, not a directory")
 
 
 def check_output_path(out: Path, store_root: Path, flag: str = "-o") -> None:
@@ -823,7 +826,7 @@ def store_status(store: Any, logs: Path) -> StatusReport:
             rep.failed_jobs.append((artifact_id, err, _last_line(err) or "(no error output: interrupted?)"))
     rep.temporary = sum(1 for _ in store.tmp_entries())
     q = store.layout.quarantine_dir
-    rep.quarantined = len(list(q.iterdir())) if q.is_dir() else 0
+    rep.quarantined = len(list(q.iterdir())) if q.is_dir() and not q.is_symlink() else 0
     rep.size_bytes = store.size_bytes()
     return rep
 
