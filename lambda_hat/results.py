@@ -289,6 +289,12 @@ def _query_errors(timeout_s: float, memory_limit: str, stopped: threading.Event)
         raise QueryRefused(f"refused: lh query reads only the store's index ({one_line(err)})") from None
     except duckdb.Error as err:
         raise QueryFailed(f"query failed: {one_line(err)}") from None
+    except Exception as err:  # Arrow's reader passes DuckDB's errors on as its own (ArrowInvalid, OSError)
+        if stopped.is_set():
+            raise QueryFailed(f"query stopped after {timeout_s:g} s (--timeout SECONDS sets the limit, 0: none)") from None
+        if type(err).__module__.startswith("pyarrow"):
+            raise QueryFailed(f"query failed: {one_line(err)}") from None
+        raise
 
 
 @contextmanager

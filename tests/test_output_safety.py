@@ -241,6 +241,21 @@ def test_gc_never_follows_a_symlinked_store_directory(store, outside):
         assert st.read_manifest("run", finished).id == finished  # the store itself is intact
 
 
+def test_gc_keeps_a_linked_targets_folder_and_deletes_no_run_because_of_it(store, tmp_path):
+    """targets/ moved elsewhere and linked back: gc neither follows nor removes the link, and
+    the runs do not become orphans (removing the link would have made gc delete every run)."""
+    root, ex = store
+    moved = tmp_path / "targets-elsewhere"
+    shutil.move(root / "targets", moved)
+    (root / "targets").symlink_to(moved)
+    before = state(moved, root / "runs")
+    result = lh("gc", "--store", root)
+    assert result.exit_code == 0 and f"kept {root / 'targets'} (a symbolic link" in result.stdout, result.output
+    assert state(moved, root / "runs") == before and os.path.islink(root / "targets")
+    verified = lh("verify", "--store", root)
+    assert verified.exit_code == 1 and "do not look through it" in verified.stdout
+
+
 def test_gc_removes_links_inside_the_store_as_links(store, outside):
     root, ex = store
     st = Store(root)

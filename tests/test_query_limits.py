@@ -55,6 +55,13 @@ def test_the_time_limit_is_on_by_default_and_covers_fetching(root):
     assert time.monotonic() - t0 < 15 and result.stdout.startswith("range\n0\n1\n")
 
 
+def test_a_file_output_stopped_at_the_time_limit_leaves_nothing(root, tmp_path):
+    for name in ("q.parquet", "q.csv", "q.json"):
+        result = lh("query", FOREVER.replace("count(*)", "*"), "--store", root, "-o", tmp_path / name, "--timeout", "1")
+        one_error_line(result, "query stopped after 1 s")  # not Arrow's word for it, nor "cannot be written"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_table_fetches_only_the_rows_it_shows(root):
     """In a process of its own, to measure it: old code held every row (6 GB) for minutes."""
     code = (

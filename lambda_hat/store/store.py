@@ -680,7 +680,9 @@ class Store:
         report = VerifyReport()
         wanted = set(ids) if ids is not None else None
         linked_dirs = self._kind_dirs_linked()
-        report.findings += [Finding(d, LINK) for d in linked_dirs]
+        report.findings += [Finding(d, LINK if d not in (self.layout.targets_dir, self.layout.runs_dir) else
+                                    "a symbolic link in the store: lh verify and lh gc do not look through it "
+                                    "(nothing under it checked or collected)") for d in linked_dirs]
         scans = self._scans_not_linked()
         listing = {k: names for k, (names, _) in scans.items()}
         if wanted is not None:
@@ -775,7 +777,11 @@ class Store:
             return _regular(lay.claims_dir / f"{artifact_id}.lease") and claims.holder(artifact_id) is not None
 
         for d in self._kind_dirs_linked():
-            remove(d, "a symbolic link in the store (removed as a link, not followed)")
+            if d in (lay.targets_dir, lay.runs_dir):
+                # Not removed: without it every artifact of the other kind would look orphaned.
+                report.kept.append((d, "a symbolic link in the store: not followed, nothing under it collected"))
+            else:
+                remove(d, "a symbolic link in the store (removed as a link, not followed)")
         # Leases are read to be judged: anything in .claims that is not a regular file (a FIFO
         # would block the read, a link would read another file) is no driver's, and goes first.
         for p in entries(lay.claims_dir):
@@ -816,7 +822,8 @@ class Store:
                 remove(lay.artifact_dir(kind, name), "a symbolic link in the store (removed as a link, not followed)")
         targets = scans["target"][0] - scans["target"][1]
         drop: list[tuple[str, Path, str]] = []
-        for name in sorted(scans["run"][0] - scans["run"][1]):
+        # Orphans are judged against targets/ as it is: never when it is a link gc does not look through.
+        for name in sorted(scans["run"][0] - scans["run"][1]) if not os.path.islink(lay.targets_dir) else []:
             d = lay.run_dir(name)
             try:
                 manifest = _manifest_raw(d)[0]
