@@ -185,10 +185,11 @@ def test_checkpoint_names_its_run(tmp_path):
         assert set(json.loads(str(f["traces_sha256"]))) == {"llc", "loss"}
 
 
-@pytest.mark.slow  # three `lh execute` (~20 s each on 2 busy cores)
-def test_a_damaged_target_is_rebuilt_by_the_next_execute(tmp_path):
-    """Through the real CLI: the execute that finds the damage says so and quarantines it; the
-    next one rebuilds the target and samples its runs; the store verifies clean."""
+@pytest.mark.slow  # two `lh execute` (~20-40 s each on 2 busy cores)
+def test_a_damaged_target_is_rebuilt_within_the_execute_that_finds_it(tmp_path):
+    """Through the real CLI: the run that reads the damaged target quarantines it; the same
+    execute rebuilds the target, runs that run again on the new build, and ends with every run
+    done (exit 0); the store verifies clean."""
     from lhproc import lh, sgld_sweep
 
     (tmp_path / "s1.yaml").write_text(sgld_sweep([1]))
@@ -196,13 +197,15 @@ def test_a_damaged_target_is_rebuilt_by_the_next_execute(tmp_path):
     [target] = (tmp_path / "store" / "targets").iterdir()
     _flip_a_byte(target / ARRAYS_ZIP)
     (tmp_path / "s2.yaml").write_text(sgld_sweep([1, 2]))
-    found = lh(tmp_path, "execute", "s2.yaml", "--workers", "1", check=False)
-    assert found.returncode != 0 and f"target {target.name} was damaged" in found.stdout, found.stdout
-    assert "quarantined; it is rebuilt on the next execute" in found.stdout, found.stdout
-    assert not target.exists()
-    again = lh(tmp_path, "execute", "s2.yaml", "--workers", "1")
-    assert "2 jobs completed, 0 failed" in again.stdout, again.stdout  # the target, and the run that failed on it
+    found = lh(tmp_path, "execute", "s2.yaml", "--workers", "1")  # exit 0
+    out = found.stdout
+    assert f"target {target.name} was damaged (checksum mismatch {ARRAYS_ZIP}): quarantined; rebuilding it now" in out, out
+    assert "2 jobs completed, 0 failed" in out, out  # the target, and the run that found it damaged
+    assert f"1 damaged targets found by their runs, quarantined and rebuilt in this execute:\n  {target.name}" in out, out
+    assert "FAILED" not in out, out
     assert (target / "manifest.json").is_file()
+    quarantined = [q for q in (tmp_path / "store" / ".quarantine").iterdir() if q.name.startswith(target.name)]
+    assert len(quarantined) == 1, quarantined  # rebuilt once, not in a loop
     plan = json.loads(lh(tmp_path, "plan", "s2.yaml", "--json").stdout)
     assert plan["targets_to_build"] == [] and plan["runs_to_sample"] == [], plan
     assert lh(tmp_path, "verify", "--store", "store", check=False).returncode == 0

@@ -160,3 +160,34 @@ def test_worker_that_cannot_see_the_store_says_so(tmp_path):
     log.parent.mkdir(parents=True)
     with pytest.raises(RuntimeError, match="not visible on .*file system the compute nodes share"):
         build_target_job({}, str(tmp_path / "node-local" / "store"), str(log), str(log.with_suffix(".err")))
+
+
+@pytest.mark.slow  # a real worker pool: ~25 s at load 4 on 2 cores
+def test_more_workers_than_cores_all_start(tmp_path):
+    """`--workers` above the core count is honoured: Parsl's pool started floor(cores / cores per
+    worker) workers, 2 for `--workers 4` on 2 cores. A real pool, as many jobs as workers, each
+    waiting until all have started: each names its worker process (the shell's parent)."""
+    import os
+    import subprocess
+    import time
+
+    import parsl
+    from parsl import python_app
+
+    workers = 2 * (os.cpu_count() or 1)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    wait_all = (f'touch {seen}/$PPID; for i in $(seq 200); do [ $(ls {seen} | wc -l) -ge {workers} ] && exit 0; '
+                'sleep 0.1; done; exit 1')
+    dfk = parsl.load(local_config(tmp_path / "ri", workers=workers))
+    try:
+        t0 = time.monotonic()
+        job = python_app(subprocess.call, data_flow_kernel=dfk)
+        codes = [f.result(timeout=120) for f in [job(["sh", "-c", wait_all]) for _ in range(workers)]]
+        assert len(list(seen.iterdir())) == workers and codes == [0] * workers, (codes, list(seen.iterdir()))
+        assert time.monotonic() - t0 < 60
+        (manager,) = dfk.executors["local"].connected_managers()
+        assert manager["worker_count"] == workers, manager
+    finally:
+        dfk.cleanup()
+        parsl.clear()

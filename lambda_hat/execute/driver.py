@@ -69,6 +69,9 @@ class ExecuteResult:
     done_elsewhere: list[str] = field(default_factory=list)
     flagged: list[tuple[str, str, str]] = field(default_factory=list)  # (run id, status, reason)
     retried: list[tuple[str, list[str]]] = field(default_factory=list)  # (id, what ended each earlier try)
+    rebuilt: list[tuple[str, str]] = field(default_factory=list)  # (damaged target rebuilt here, the run that found it)
+    # (id, why): held by another lh execute past the wait's bound (claims.wait_bound_s), not done here
+    not_waited: list[tuple[str, str]] = field(default_factory=list)
     interrupted: str | None = None  # the signal's name
     # When each stage of the run ended (epoch seconds) and the driver's seconds spent recording;
     # written next to Parsl's log as STAGES_FILE, for benchmarks/startup.py and slow-start questions.
@@ -243,6 +246,7 @@ class _Jobs:
         self.target_futures: dict[str, Any] = {}
         self.foreign: dict[str, tuple[str, Any]] = {}  # id -> (kind, planned item)
         self.runs_waiting_on: dict[str, list[PlannedRun]] = {}  # foreign target -> runs
+        self.rebuilt: set[str] = set()  # targets found damaged by a run and rebuilt in this execute
 
 
 def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
@@ -299,6 +303,10 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
             console.print(f"  {job_id}: retried after {', '.join(causes)}", soft_wrap=True, highlight=False)
         if len(result.retried) > 20:
             console.print(f"  ... and {len(result.retried) - 20} more")
+    if result.rebuilt:
+        console.print(f"{len(result.rebuilt)} damaged targets found by their runs, quarantined and rebuilt in this execute:")
+        for tid, found_by in result.rebuilt:
+            console.print(f"  {tid} (found by {found_by})", soft_wrap=True, highlight=False)
     if result.flagged:
         console.print(f"[yellow]{len(result.flagged)} runs finished but are flagged[/yellow] (numbers kept; "
                       "lh query \"select run_id, status, status_reason from runs where status != 'ok'\"):")
@@ -306,6 +314,14 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
             console.print(f"  {job_id}: {status}" + (f" ({why})" if why else ""), soft_wrap=True, highlight=False)
         if len(result.flagged) > 20:
             console.print(f"  ... and {len(result.flagged) - 20} more")
+    if result.not_waited:
+        console.print(f"[red]{len(result.not_waited)} jobs not done[/red]: another lh execute held them past the wait's "
+                      "bound (LH_CLAIM_WAIT_S); run lh execute again once it is done:")
+        for job_id, why in result.not_waited[:20]:
+            console.print(f"  {job_id}: {why}", soft_wrap=True, highlight=False)
+        if len(result.not_waited) > 20:
+            console.print(f"  ... and {len(result.not_waited) - 20} more")
+        result.exit_code = 1
     if result.failed:
         console.print("[red]failed jobs[/red] (see their logs):")
         for job_id, reason, err in result.failed:
@@ -408,11 +424,13 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
     jobs = _Jobs()
     mine_t: list[PlannedTarget] = []
     mine_r: list[PlannedRun] = []
+    waiting_since: dict[str, float] = {}  # foreign job -> when we began to wait on it (time.monotonic())
     for kind, items, mine in (("target", p.targets_to_build, mine_t), ("run", p.runs_to_sample, mine_r)):
         for item in items:
             job_id = item.target_id if kind == "target" else item.run_id
             if claims.acquire(job_id) is not None:
                 jobs.foreign[job_id] = (kind, item)
+                waiting_since[job_id] = time.monotonic()
             elif store.is_complete(kind, job_id):
                 # Finished by another driver between our plan and our claim.
                 claims.release(job_id)
@@ -420,9 +438,12 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
             else:
                 mine.append(item)
     if jobs.foreign:
-        holders = {claims.holder(i) for i in jobs.foreign}
-        who = ", ".join(sorted({h.owner.describe() for h in holders if h is not None})) or "another driver"
-        console.print(f"  {len(jobs.foreign)} jobs are in progress in another lh execute ({who}): waiting for them")
+        from lambda_hat.store.claims import wait_bound_s
+
+        holders = {h.owner.token: h for h in map(claims.holder, jobs.foreign) if h is not None}
+        who = "; ".join(sorted(h.describe() for h in holders.values())) or "another driver"
+        console.print(f"  {len(jobs.foreign)} jobs are in progress in another lh execute ({who}): "
+                      f"waiting for them, at most {wait_bound_s():.0f}s", soft_wrap=True, highlight=False)
 
     recorder = Recorder(store, claims, console)
     for rec in pending:
@@ -509,6 +530,47 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
             console.print(f"  submitted {len(mine_r) - waiting} sampler runs"
                           + (f" ({waiting} more once another lh execute has built their targets)" if waiting else ""))
 
+        planned_targets = {t.target_id: t for t in [*p.targets_cached, *p.targets_to_build]}
+        planned_runs = {r.run_id: r for r in p.runs_to_sample}
+        resubmitted: set[str] = set()  # runs resubmitted once after their target was found damaged
+
+        def rebuild_damaged(kind: str, job_id, exc: BaseException) -> bool:
+            """A run (or batch) that found its target damaged (the worker quarantined it): its
+            target rebuilt here, once per execute, and the run resubmitted once, on the new build;
+            the run keeps its claim. False where that is not done (the run fails as usual)."""
+            from lambda_hat.execute.apps import TargetDamaged
+
+            nonlocal total
+            tid = getattr(exc, "target_id", None)
+            run_ids = job_id if kind == "batch" else [job_id]
+            if (not isinstance(exc, TargetDamaged) or tid not in planned_targets
+                    or any(rid in resubmitted or rid not in planned_runs for rid in run_ids)):
+                return False
+            if tid not in jobs.rebuilt:
+                jobs.rebuilt.add(tid)
+                progress.console.print(f"  {run_ids[0]}: {str(exc).removesuffix('; it is rebuilt on the next execute')}; "
+                                       "rebuilding it now and running its runs again", soft_wrap=True, highlight=False)
+                result.rebuilt.append((tid, run_ids[0]))
+                if claims.acquire(tid) is not None:  # another driver rebuilds it: wait for it as for any foreign job
+                    jobs.foreign[tid] = ("target", planned_targets[tid])
+                    waiting_since[tid] = time.monotonic()
+                    total += 1
+                elif store.is_complete("target", tid):  # rebuilt elsewhere already
+                    claims.release(tid)
+                else:
+                    submit_target(planned_targets[tid])
+                    total += 1
+                progress.update(task, total=total)
+            resubmitted.update(run_ids)
+            group = [planned_runs[rid] for rid in run_ids]
+            if tid in jobs.foreign:
+                jobs.runs_waiting_on.setdefault(tid, []).extend(group)
+            elif len(group) == 1:
+                submit_run(group[0])
+            else:
+                submit_batch(group)
+            return True
+
         stages["submitted"] = time.time()
         total = len(mine_t) + len(mine_r) + len(jobs.foreign)
         job_lines = verbose or total <= JOB_LINES_MAX
@@ -523,6 +585,8 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                                                   return_when=concurrent.futures.FIRST_COMPLETED)
                 for fut in done:
                     kind, job_id, err = jobs.futures.pop(fut)
+                    if kind != "target" and fut.exception() is not None and rebuild_damaged(kind, job_id, fut.exception()):
+                        continue
                     retried = retried_after(fut)
                     per_job = _unbatch(fut, job_id) if kind == "batch" else [(kind, job_id, fut)]
                     for one_kind, one_id, one_fut in per_job:
@@ -540,6 +604,19 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                     last_poll = time.monotonic()
                     for job_id, (kind, item) in list(jobs.foreign.items()):
                         if claims.holder(job_id) is not None:
+                            late = claims.overdue(job_id, waiting_since[job_id])
+                            if late is not None:  # not waited for any longer: not done here, and said why
+                                del jobs.foreign[job_id]
+                                progress.console.print(f"  [red]not waited for[/red]: {late}", soft_wrap=True,
+                                                       highlight=False)
+                                result.not_waited.append((job_id, late))
+                                for r in jobs.runs_waiting_on.pop(job_id, []):
+                                    result.not_waited.append((r.run_id, f"its target {job_id} was not waited for"))
+                                    claims.release(r.run_id)
+                                    k += 1
+                                    progress.advance(task)
+                                k += 1
+                                progress.advance(task)
                             continue
                         if store.is_complete(kind, job_id):
                             del jobs.foreign[job_id]

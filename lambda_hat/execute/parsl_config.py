@@ -18,6 +18,7 @@ the last block's own error (`give_up_after_failed_blocks`) instead of waiting fo
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -49,6 +50,19 @@ RETRIED_KEY = "lh_retried_after"  # in Parsl's task record: why each earlier try
 
 def default_workers() -> int:
     return min(os.cpu_count() or 1, 8)
+
+
+def cores_per_worker(workers: int, cpus: int | None = None) -> float:
+    """The share of a core each of `workers` local workers gets. Parsl's worker pool starts at most
+    floor(cores / cores_per_worker) workers, so `--workers 4` on 2 cores with a whole core each was
+    silently 2 workers: more workers than cores get a fraction of a core each (Parsl allows it)."""
+    cpus = cpus or os.cpu_count() or 1
+    if workers <= cpus:
+        return 1.0
+    share = cpus / workers
+    while math.floor(cpus / share) < workers:  # a share rounded up would cost a worker
+        share = math.nextafter(share, 0.0)
+    return share
 
 
 def _this_interpreter_launch_cmd() -> tuple[str, list[str]]:
@@ -165,12 +179,13 @@ def local_config(run_dir: Path, workers: int | None = None, retries: int = 0, lo
     from parsl.providers import LocalProvider
 
     policy = RetryPolicy(lost=lost_retries, failed=retries)
+    workers = workers or default_workers()
     return Config(
         executors=[
             HighThroughputExecutor(
                 label="local",
-                max_workers_per_node=workers or default_workers(),
-                cores_per_worker=1,
+                max_workers_per_node=workers,
+                cores_per_worker=cores_per_worker(workers),
                 provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
                 **_executor_kw(),
             )
