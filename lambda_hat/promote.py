@@ -486,8 +486,7 @@ class _Page:
         return Path(os.path.relpath(target, self.outdir.resolve())).as_posix()
 
     def _caption(self, m, row: dict, target_true: float | None) -> tuple[str, list[str]]:
-        flags = self.run_flags({**row, "chains": m.spec.get("sampler", {}).get("chains"),
-                                "divergences": m.metrics.get("divergences")})
+        flags = self.run_flags({**row, "status_reason": m.metrics.get("status_reason")})
         mean = f"λ̂ = {_fmt(row['llc_mean'])} ± {_fmt(row['llc_sem'], 2)}" if row["llc_mean"] is not None else "λ̂: none"
         true = _finite(m.metrics.get("llc_true"))
         true = true if true is not None else target_true

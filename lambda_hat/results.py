@@ -718,23 +718,16 @@ def describe_damaged(damaged: list[tuple[str, str]], shown: int = 3) -> str:
 
 # --------------------------------------------------------------------------- lh status, lh show
 
-from lambda_hat.specs import R_HAT_MAX  # noqa: E402  Vehtari et al. (2021): above it the chains disagree
-ESS_PER_CHAIN_MIN = 100  # ... and fewer than 100 effective draws per chain is too few to trust R-hat
-
-
 def run_flags(row: dict) -> list[str]:
-    """Why a run's numbers should not be taken as they are (empty: nothing flagged)."""
-    flags = []
-    if row.get("status") not in (None, "ok"):
-        flags.append(f"status {row['status']}")
-    r_hat, ess, chains = row.get("r_hat"), row.get("ess_bulk"), row.get("chains") or 1
-    if r_hat is not None and r_hat > R_HAT_MAX:
-        flags.append(f"R-hat {r_hat:.3f} > {R_HAT_MAX}")
-    if ess is not None and ess < ESS_PER_CHAIN_MIN * chains:
-        flags.append(f"bulk ESS {ess:.0f} < {ESS_PER_CHAIN_MIN * chains}")
-    if (row.get("divergences") or 0) > 0 and row.get("status") == "ok":
-        flags.append(f"{row['divergences']} divergences")
-    return flags
+    """Why a run's numbers should not be taken as they are (empty: nothing flagged): the status
+    its sampling job decided, with the thresholds of the sweep that sampled it, and the reasons
+    stored beside it. Displayed, never recomputed: a view with rules of its own would disagree
+    with the run's stored status under a sweep's `diagnostics:` (ARCHITECTURE.md, invariant 9)."""
+    status = row.get("status")
+    if status in (None, "ok"):
+        return []
+    reason = row.get("status_reason")
+    return [f"{status} ({reason})" if reason else str(status)]
 
 
 def log_paths(logs: Path, kind: str, artifact_id: str, target_id: str | None = None,
@@ -805,7 +798,7 @@ def store_status(store: Any, logs: Path) -> StatusReport:
             rep.runs_by_status = dict(con.execute("SELECT status, count(*) FROM runs GROUP BY 1 ORDER BY 2 DESC").fetchall())
             indexed = {"target": {r[0] for r in con.execute("SELECT target_id FROM targets").fetchall()},
                        "run": {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}}
-            cur = con.execute("SELECT run_id, sampler, status, r_hat, ess_bulk, chains, divergences FROM runs ORDER BY run_id")
+            cur = con.execute("SELECT run_id, sampler, status, status_reason FROM runs ORDER BY run_id")
             names = [d[0] for d in cur.description]
             for values in cur.fetchall():
                 row = dict(zip(names, values))
@@ -860,8 +853,8 @@ def format_status(rep: StatusReport, logs: Path, limit: int = 20) -> str:
     if rep.claims:
         lines.append(f"in flight: {len(rep.claims)} jobs claimed by running lh execute")
         lines += [f"  {i}  {who}, heartbeat {age:.0f}s ago" for i, who, age in rep.claims[:limit]]
-    lines.append(f"flagged runs: {len(rep.flagged)}" + (f" (R-hat > {R_HAT_MAX}, ESS < {ESS_PER_CHAIN_MIN} per chain, "
-                                                         "divergences, status not ok)" if rep.flagged else ""))
+    lines.append(f"flagged runs: {len(rep.flagged)}" + (" (status not ok, by the thresholds they were sampled with)"
+                                                         if rep.flagged else ""))
     prefixes = unique_prefixes([i for i, _, _ in rep.flagged])
     lines += [f"  {prefixes[i]}  {sampler:<6} {'; '.join(reasons)}" for i, sampler, reasons in rep.flagged[:limit]]
     if len(rep.flagged) > limit:
@@ -900,7 +893,7 @@ def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: 
                      + (f", acceptance {num('accept_rate_mean')}" if metrics.get("accept_rate_mean") is not None else ""))
         lines.append(f"cost       {num('total_fge')} gradient evaluations, {num('walltime_sec')} s "
                      f"(compile {num('compile_sec')} s, sample {num('sample_sec')} s)")
-        flags = run_flags({**metrics, "status": manifest.status, "chains": spec.get("sampler", {}).get("chains")})
+        flags = run_flags({**metrics, "status": manifest.status})
         if flags:
             lines.append(f"flagged    {'; '.join(flags)}")
     else:

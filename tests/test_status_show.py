@@ -27,17 +27,22 @@ def lh(runner, *args):
 
 @pytest.fixture
 def store(tmp_path):
-    """Two targets × (hmc, sgld); one run with a bad R-hat, one more not yet indexed."""
+    """Two targets × (hmc, sgld); one run stored unconverged, one stored ok under lenient
+    thresholds (R-hat 1.03, bulk ESS 150: flagged by the default rules, not by its sweep's),
+    one more not yet indexed."""
     root = tmp_path / "store"
     ex, _ = fill_store(root)
     st = Store(root)
-    bad = ex.runs[1]
-    d = st.layout.run_dir(bad.run_id)
     import shutil
 
-    shutil.rmtree(d)
-    m = fake_manifest("run", bad.run_id, resolved_spec(bad.spec), r_hat=1.2, ess_bulk=900.0)
-    write_artifact(d, {"traces/llc": [[0.0, 1.0]]}, m)
+    bad, lenient = ex.runs[1], ex.runs[3]
+    shutil.rmtree(st.layout.run_dir(bad.run_id))
+    m = fake_manifest("run", bad.run_id, resolved_spec(bad.spec), r_hat=1.2, ess_bulk=900.0,
+                      status_reason="r_hat 1.200 > 1.01")
+    write_artifact(st.layout.run_dir(bad.run_id), {"traces/llc": [[0.0, 1.0]]}, m.model_copy(update={"status": "unconverged"}))
+    shutil.rmtree(st.layout.run_dir(lenient.run_id))
+    write_artifact(st.layout.run_dir(lenient.run_id), {"traces/llc": [[0.0, 1.0]]},
+                   fake_manifest("run", lenient.run_id, resolved_spec(lenient.spec), r_hat=1.03, ess_bulk=150.0))
     st.reconcile()
     more = expand(sweep_from_dict({**SWEEP, "samplers": [{"name": "nuts"}]}))
     late = more.runs[0]
@@ -60,10 +65,13 @@ def test_status_counts_flags_failures_and_claims(runner, tmp_path, store, monkey
     result = lh(runner, "status", "--store", str(root), "--logs", str(logs))
     out = result.stdout
     assert result.exit_code == 0, result.output
-    assert "targets  2 (2 ok)" in out and "runs     4 (4 ok)" in out
+    assert "targets  2 (2 ok)" in out and "runs     4 (3 ok, 1 unconverged)" in out
     assert "not in the index yet: 1 runs" in out
+    # The stored decisions, displayed: the unconverged run with its stored reason; the run its
+    # sweep judged ok is not re-flagged by other thresholds.
     flagged = out.split("flagged runs: ")[1].split("failed jobs")[0]
-    assert flagged.startswith("1 ") and f"{ex.runs[1].run_id[:8]}" in flagged and "R-hat 1.200 > 1.01" in flagged
+    assert flagged.startswith("1 ") and f"{ex.runs[1].run_id[:8]}" in flagged
+    assert "unconverged (r_hat 1.200 > 1.01)" in flagged and ex.runs[3].run_id[:8] not in flagged
     assert f"failed jobs: 1" in out and str(err) in out and "RuntimeError: training diverged" in out
     assert ex.runs[2].run_id not in out.split("failed jobs")[1]
     assert "in flight: 1 jobs" in out and "run_feedfeedfeed" in out
@@ -83,7 +91,7 @@ def test_show_by_unique_prefix(runner, store):
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert out.startswith(f"run {run.run_id}") and f"target     {run.spec.target_id}" in out
-    assert "flagged    R-hat 1.200 > 1.01" in out and "traces/llc" in out and "array 1 × 2" in out
+    assert "flagged    unconverged (r_hat 1.200 > 1.01)" in out and "traces/llc" in out and "array 1 × 2" in out
     assert json.loads(out.split("\nspec\n", 1)[1]) == resolved_spec(run.spec)
 
     target = ex.targets[0]
