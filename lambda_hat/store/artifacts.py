@@ -272,7 +272,9 @@ def quarantine(path: Path, quarantine_dir: Path, reason: str) -> Path | None:
     except FileNotFoundError:
         return None
     try:
-        (dest / ".quarantine-reason").write_text(reason + "\n") if dest.is_dir() else None
+        # A linked artifact directory moves aside as the link; never write through it.
+        if dest.is_dir() and not dest.is_symlink():
+            (dest / ".quarantine-reason").write_text(reason + "\n")
     except OSError:
         pass
     return dest

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import stat
 import socket
 import time
 import uuid
@@ -134,10 +135,13 @@ class Claims:
 
     def _read(self, path: Path) -> tuple[Owner, os.stat_result] | None:
         try:
-            st = path.stat()
+            st = path.lstat()
         except FileNotFoundError:
             return None
         try:
+            if not stat.S_ISREG(st.st_mode):
+                # A link, FIFO or device planted as a lease: never opened (a FIFO would block).
+                raise ValueError("not a regular file")
             data = json.loads(path.read_text())
             started = data.get("started")
             owner = Owner(str(data["host"]), int(data["pid"]), str(data["token"]),
