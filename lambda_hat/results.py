@@ -480,8 +480,32 @@ def _cell(value: Any, sql_type: str, prefixes: dict[str, str]) -> str:
         text = value if isinstance(value, str) else json.dumps(_plain(value, ""), separators=(",", ":"))
     else:
         text = str(value)
+    return _clip(_printable(text), MAX_CELL)
+
+
+def _printable(text: str) -> str:
+    """One line of text a terminal shows as it is: runs of white space (newlines too) become
+    one space, other control and format characters (escapes, bidi overrides) their code."""
     text = " ".join(text.split())
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+
+
+def _clip(text: str, cells: int) -> str:
+    """`text` cut to at most `cells` terminal columns (wide characters count 2), "…" marking a cut."""
+    from rich.cells import cell_len, set_cell_size
+
+    if cell_len(text) <= cells:
+        return text
+    return set_cell_size(text, cells - 1).rstrip() + "…"
+
+
+def _pad(text: str, cells: int, right: bool) -> str:
+    from rich.cells import cell_len
+
+    fill = " " * max(cells - cell_len(text), 0)
+    return fill + text if right else text + fill
 
 
 def _names(names: list[str], budget: int) -> str:
@@ -496,11 +520,14 @@ def to_table(res: Result, width: int, limit: int = 0) -> str:
     width = max(width, 40)
     prefixes = unique_prefixes(res.store_ids + [v for row in res.rows for v in row if isinstance(v, str) and _ID.match(v)])
     shown_rows = res.rows if limit <= 0 else res.rows[:limit]
+    from rich.cells import cell_len
+
     cells = [[_cell(v, t, prefixes) for v, t in zip(row, res.types)] for row in shown_rows]
-    n_cols = len(res.columns)
+    columns = [_clip(_printable(c), width) for c in res.columns]
+    n_cols = len(columns)
     all_null = [i for i in range(n_cols) if shown_rows and all(row[i] is None for row in shown_rows)]
     candidates = [i for i in range(n_cols) if i not in all_null]
-    widths = {i: max([len(res.columns[i])] + [len(r[i]) for r in cells]) for i in candidates}
+    widths = {i: max([cell_len(columns[i])] + [cell_len(r[i]) for r in cells]) for i in candidates}
     kept, used = [], 0
     for i in candidates:
         need = widths[i] + (2 if kept else 0)
@@ -512,18 +539,17 @@ def to_table(res: Result, width: int, limit: int = 0) -> str:
     lines: list[str] = []
     if len(cells) == 1 and no_room:
         # One row, many columns (`select * from runs where run_id = ...`): fold it.
-        label = min(max(len(res.columns[i]) for i in candidates), 24)
+        label = min(max(cell_len(columns[i]) for i in candidates), 24)
         for i in candidates:
-            value = cells[0][i]
-            lines.append(f"{res.columns[i][:label]:<{label}}  {value}"[:width])
+            lines.append(_clip(f"{_pad(_clip(columns[i], label), label, False)}  {cells[0][i]}", width))
         no_room = []
     else:
         numeric = {i: bool(_NUMERIC.match(res.types[i])) for i in kept}
 
         def fmt(i: int, text: str) -> str:
-            return text.rjust(widths[i]) if numeric[i] else text.ljust(widths[i])
+            return _pad(text, widths[i], right=numeric[i])
 
-        lines.append("  ".join(fmt(i, res.columns[i]) for i in kept).rstrip())
+        lines.append("  ".join(fmt(i, columns[i]) for i in kept).rstrip())
         lines.append("  ".join("-" * widths[i] for i in kept))
         lines += ["  ".join(fmt(i, r[i]) for i in kept).rstrip() for r in cells]
     footer = f"{len(res.rows)} row{'s' if len(res.rows) != 1 else ''}"
@@ -541,9 +567,9 @@ def to_table(res: Result, width: int, limit: int = 0) -> str:
     notes_at = len(lines)
     lines.append(footer)
     if no_room:
-        lines.append(f"not shown, no room for {len(no_room)}: " + _names([res.columns[i] for i in no_room], width - 30))
+        lines.append(f"not shown, no room for {len(no_room)}: " + _names([columns[i] for i in no_room], width - 30))
     if all_null:
-        lines.append("not shown, all NULL: " + _names([res.columns[i] for i in all_null], width - 22))
+        lines.append("not shown, all NULL: " + _names([columns[i] for i in all_null], width - 22))
     if no_room or all_null or notes or res.more or len(shown_rows) < len(res.rows):
         lines.append("everything in full: --format csv or json, or -o FILE (.csv .json .parquet)")
     lines[notes_at:] = [wrapped for note in lines[notes_at:] for wrapped in textwrap.wrap(note, width) or [""]]
