@@ -26,7 +26,10 @@ GRACE_S = 3.0
 TOKEN_ENV = "LH_DRIVER_TOKEN"
 
 
-def _alive_pgid(pgid: int) -> bool:
+# Not `store.artifacts.pid_alive` ("does this process exist?", where PermissionError means it
+# does): the reaper asks "can I still signal it?", and a process it may not signal is nothing it
+# can end or should wait for. (It also imports only the standard library, to start fast.)
+def _signalable_pgid(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
         return True
@@ -34,7 +37,7 @@ def _alive_pgid(pgid: int) -> bool:
         return False
 
 
-def _alive_pid(pid: int) -> bool:
+def _signalable_pid(pid: int) -> bool:
     try:
         os.kill(pid, 0)
         return True
@@ -81,16 +84,16 @@ def reap(pgids: set[int], pids: set[int], slurm_jobs: set[str], tokens: set[str]
     if slurm_jobs and shutil.which("scancel"):
         subprocess.run(["scancel", *sorted(slurm_jobs)], capture_output=True, timeout=60)
     deadline = time.monotonic() + GRACE_S
-    while time.monotonic() < deadline and (any(map(_alive_pgid, pgids)) or any(map(_alive_pid, pids))):
+    while time.monotonic() < deadline and (any(map(_signalable_pgid, pgids)) or any(map(_signalable_pid, pids))):
         time.sleep(0.1)
     for g in pgids:
-        if _alive_pgid(g):
+        if _signalable_pgid(g):
             try:
                 os.killpg(g, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
     for p in pids:
-        if _alive_pid(p):
+        if _signalable_pid(p):
             try:
                 os.kill(p, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
