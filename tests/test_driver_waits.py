@@ -67,3 +67,14 @@ def test_a_wait_on_a_foreign_claim_ends_at_its_bound_naming_the_holder(tmp_path)
     assert again["targets_to_build"] == [held] and len(again["runs_to_sample"]) == 1, again
     assert [c.name for c in (tmp_path / "store" / ".claims").iterdir() if c.suffix == ".lease"] == [lease.name]
     print(f"waited {waited:.1f}s with a {bound}s bound; the execute took {lines[-1][0]:.1f}s")
+
+
+@pytest.mark.parametrize("bound", ["soon", "-5", "0", "nan"])
+def test_a_bad_wait_bound_is_bad_input_before_anything_is_written(tmp_path, bound):
+    (tmp_path / "s.yaml").write_text(TWO_TARGETS)
+    proc = subprocess.run([sys.executable, "-m", "lambda_hat.cli", "execute", "s.yaml"], cwd=tmp_path,
+                          env=env(LH_CLAIM_WAIT_S=bound), capture_output=True, text=True, timeout=120)
+    said = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 2 and said.count("\n") == 0, said
+    assert f"LH_CLAIM_WAIT_S={bound!r}: must be a number of seconds above 0" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]

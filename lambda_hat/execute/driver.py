@@ -380,6 +380,7 @@ def _backend_settings(req: ExecuteRequest):
     from lambda_hat.execute.parsl_config import heartbeat
 
     heartbeat()  # a bad LH_HEARTBEAT_* value is bad input now, not after the claims
+    _claim_wait_bound()
     if req.parsl_config is not None:
         if not req.parsl_config.is_file():
             raise BadInput(f"--parsl-config {req.parsl_config}: no such file")
@@ -395,6 +396,20 @@ def _backend_settings(req: ExecuteRequest):
     if shutil.which("sbatch") is None:
         raise BadInput("--backend slurm: sbatch not found on PATH (run lh execute on a SLURM login node)")
     return settings
+
+
+def _claim_wait_bound() -> float:
+    """How long to wait on another driver's claim (claims.wait_bound_s); a bad LH_CLAIM_WAIT_S
+    is bad input before anything is written, not a traceback once a wait begins."""
+    from lambda_hat.store.claims import WAIT_BOUND_ENV, wait_bound_s
+
+    try:
+        bound = wait_bound_s()
+        if not 0 < bound < float("inf"):
+            raise ValueError
+    except ValueError:
+        raise BadInput(f"{WAIT_BOUND_ENV}={os.environ.get(WAIT_BOUND_ENV)!r}: must be a number of seconds above 0") from None
+    return bound
 
 
 def _parsl_config(req: ExecuteRequest, settings):
