@@ -8,7 +8,7 @@ killed as a machine dies (SIGKILL to its namespace's init kills every process in
 interchange, workers, reaper). B must take over A's abandoned claims once their lease expires
 (not before), and every job must end done exactly once. A quick check: two hosts that share a
 host name (containers with the host's name, nodes named alike) must not take each other's live
-claims.
+claims. And the reaper, which reads /proc, must work in a host's own PID namespace.
 
 The lease TTL is 120 s in claims.py with no setting for it, so the hosts run `lh` through
 tests/lh_short_lease.py, which sets it to LEASE_TTL_S."""
@@ -188,9 +188,9 @@ def test_host_killed_mid_sweep_is_taken_over_after_its_lease_expires(tmp_path):
     takeover_s = took_over - killed_at
     print(f"\ntakeover: {takeover_s:.1f}s from the kill to host B claiming ({LEASE_TTL_S:.0f}s lease); "
           f"B's first job started {b_started - killed_at:.1f}s after the kill; abandoned {len(abandoned)} of {len(runs)} runs")
-    # Not before the lease expired (A's last heartbeat was at most HEARTBEAT_S before the kill;
-    # B polls every 2 s), and not long after.
-    assert LEASE_TTL_S - HEARTBEAT_S - 1 <= takeover_s <= LEASE_TTL_S + 30, takeover_s
+    # Not before the lease expired (A's last heartbeat was about HEARTBEAT_S at most before the
+    # kill, its recorder's tick on a busy machine aside; B polls every 2 s), and not long after.
+    assert LEASE_TTL_S - HEARTBEAT_S - 3 <= takeover_s <= LEASE_TTL_S + 30, takeover_s
     taken = {line.split(":")[0].split()[-1] for _, line in b.lines if "running it here" in line}
     assert taken == abandoned, (taken, abandoned, out_b)
 
@@ -276,3 +276,47 @@ def test_same_host_name_other_pids_does_not_take_a_live_claim(tmp_path):
     finally:
         stop.touch()
         a.communicate(timeout=30)
+
+
+@pytest.mark.slow
+def test_reaper_ends_the_workers_of_a_killed_driver_inside_a_pid_namespace(tmp_path):
+    """The reaper reads /proc; in a host's own PID namespace (its own /proc) it must still end
+    the interchange and workers of a driver killed with SIGKILL while the host lives on."""
+    require_namespaces()
+    (tmp_path / "sweep.yaml").write_text(SWEEP)
+    cmd = " ".join([sys.executable, "-m", "lambda_hat.cli", "execute", "sweep.yaml", "--store", "store",
+                    "--workers", "1"])
+    # sh is the namespace's init and outlives the driver (`sleep`), so the namespace stays up.
+    proc = subprocess.Popen([*UNSHARE, "sh", "-c", f"hostname hostR; {cmd} >out.txt 2>&1; sleep 120"],
+                            cwd=tmp_path, env=env(), start_new_session=True)
+    try:
+        wait_for(lambda: any("sampling " in p.read_text() for p in tmp_path.glob("logs/run_sampler/*.log")), 180,
+                 "sampling to start")
+        init = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+        ns = os.readlink(f"/proc/{init}/ns/pid")
+
+        def in_namespace() -> dict[int, bytes]:
+            found = {}
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                    if os.readlink(f"/proc/{pid}/ns/pid") == ns and stat[stat.rindex(")") + 2] != "Z":
+                        found[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes()[:100]
+                except OSError:
+                    pass
+            return found
+
+        (driver,) = [pid for pid, cmdline in in_namespace().items() if b"lambda_hat.cli\0execute" in cmdline]
+        assert len(in_namespace()) > 3  # sh, the driver, the reaper, the interchange, the pool, its workers
+        os.kill(driver, signal.SIGKILL)
+        # What may stay: the namespace's init (sh) and its `sleep`; zombies are dead already.
+        rest = lambda: {p: c for p, c in in_namespace().items() if p != init and not c.startswith(b"sleep")}  # noqa: E731
+        deadline = time.monotonic() + 15
+        while rest() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not rest(), rest()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None and 'init' in locals():
+            os.kill(init, signal.SIGKILL)
+        proc.wait(timeout=30)
