@@ -1,6 +1,7 @@
 """A live lease is never broken, and no wait on one is endless. Real lease files, real
 processes (stopped with SIGSTOP, exited, zombies), mtimes set as a skewed clock would."""
 
+import json
 import os
 import signal
 import socket
@@ -9,9 +10,11 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from lambda_hat.errors import BadInput
 from lambda_hat.store.claims import ClaimTimeout, Claims, Owner, process_start
 
 HOLD = textwrap.dedent("""
@@ -148,3 +151,48 @@ def test_overdue_is_silent_within_the_bound_and_for_free_claims(tmp_path, holder
     late = me.overdue("run_aaaaaaaaaaaa", time.monotonic() - 61.0, bound_s=60.0)
     assert late is not None and f"pid {holder_process.pid}" in late and socket.gethostname() in late
     assert me.overdue("run_nothingheld", time.monotonic() - 61.0, bound_s=60.0) is None
+
+
+def test_a_lease_that_does_not_say_its_pid_space_is_judged_by_its_heartbeat(tmp_path):
+    """A lease from before boot ID and PID namespace were recorded, naming this host and a pid
+    dead here: its pid may be another namespace's, so it holds until its heartbeat stops."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lease = tmp_path / "run_gggggggggggg.lease"
+    lease.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "token": "old",
+                                 "started": 1, "created": time.time()}))
+    me = Claims(tmp_path, ttl_s=1.0)
+    current = me.acquire("run_gggggggggggg")
+    assert current is not None and current.owner.pid == dead.pid and current.owner.boot_id is None
+    old = me.store_now() - 2.5
+    os.utime(lease, (old, old))
+    assert me.acquire("run_gggggggggggg") is None  # its heartbeat stopped: taken over
+
+
+def test_a_lease_records_where_its_pid_is_a_pid(tmp_path):
+    """Boot ID and PID namespace as /proc says; another boot's lease on this host, pid alive
+    here, is judged by its heartbeat, not by our /proc."""
+    me = Claims(tmp_path, ttl_s=1.0)
+    assert me.acquire("run_hhhhhhhhhhhh") is None
+    data = json.loads((tmp_path / "run_hhhhhhhhhhhh.lease").read_text())
+    assert data["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert data["pid_ns"] == os.readlink("/proc/self/ns/pid") and data["pid_ns"].startswith("pid:[")
+    # The same host and a live pid (ours), but written before a reboot: not ours to judge.
+    data.update(token="lastboot", boot_id="00000000-0000-0000-0000-000000000000", pid=os.getpid(),
+                started=process_start(os.getpid()))
+    (tmp_path / "run_iiiiiiiiiiii.lease").write_text(json.dumps(data))
+    old = me.store_now() - 2.5
+    os.utime(tmp_path / "run_iiiiiiiiiiii.lease", (old, old))
+    assert me.holder("run_iiiiiiiiiiii") is None
+
+
+def test_the_lease_length_is_a_setting(tmp_path, monkeypatch):
+    monkeypatch.delenv("LH_CLAIM_TTL_S", raising=False)
+    assert Claims(tmp_path).ttl_s == 120.0
+    monkeypatch.setenv("LH_CLAIM_TTL_S", "20")
+    assert Claims(tmp_path).ttl_s == 20.0 and Claims(tmp_path, ttl_s=1.0).ttl_s == 1.0
+    for bad in ("14", "0", "-30", "nan", "inf", "twenty", ""):
+        monkeypatch.setenv("LH_CLAIM_TTL_S", bad)
+        with pytest.raises(BadInput) as caught:
+            Claims(tmp_path)
+        assert str(caught.value).startswith(f"LH_CLAIM_TTL_S={bad!r}:") and "\n" not in str(caught.value)

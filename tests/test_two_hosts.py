@@ -10,14 +10,14 @@ interchange, workers, reaper). B must take over A's abandoned claims once their 
 host name (containers with the host's name, nodes named alike) must not take each other's live
 claims. And the reaper, which reads /proc, must work in a host's own PID namespace.
 
-The lease TTL is 120 s in claims.py with no setting for it, so the hosts run `lh` through
-tests/lh_short_lease.py, which sets it to LEASE_TTL_S."""
+The hosts run with a short lease (LH_CLAIM_TTL_S=LEASE_TTL_S; 120 s by default)."""
 
 import datetime as dt
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,8 +27,7 @@ from pathlib import Path
 import pytest
 from lhproc import env, lh
 
-REPO = Path(__file__).resolve().parents[1]
-LH = [sys.executable, str(REPO / "tests" / "lh_short_lease.py")]
+LH = [sys.executable, "-m", "lambda_hat.cli"]
 LEASE_TTL_S = 20.0  # > the 5 s heartbeat with room for a busy machine; takeover waits ~this long
 HEARTBEAT_S = 5.0
 SWEEP = (
@@ -60,7 +59,7 @@ class Host:
         shutil.copy(root / "sweep.yaml", self.cwd / "sweep.yaml")
         cmd = " ".join([*LH, "execute", "sweep.yaml", "--store", str(store), "--workers", "1"])
         self.proc = subprocess.Popen([*UNSHARE, "sh", "-c", f"hostname {name} && exec {cmd}"], cwd=self.cwd,
-                                     env=env(LH_TEST_CLAIM_TTL_S=str(LEASE_TTL_S)), stdout=subprocess.PIPE,
+                                     env=env(LH_CLAIM_TTL_S=str(LEASE_TTL_S)), stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.lines: list[tuple[float, str]] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -249,13 +248,11 @@ print("taken" if holder is None else "held by " + holder.owner.describe(), flush
 """
 
 
-@pytest.mark.xfail(strict=True, reason="claims.py judges a lease 'on this host' by host name alone: a host with "
-                   "the same name but other PIDs (another PID namespace or machine) reads the holder's pid as its "
-                   "own, finds it dead or started at another time, and breaks a live claim at once")
 def test_same_host_name_other_pids_does_not_take_a_live_claim(tmp_path):
     """Two hosts named alike (containers given the host's name, nodes of two clusters called
     alike): A holds a claim and heartbeats; B, in other PID namespace under the same name,
-    must see it held, not stale."""
+    must see it held, not stale. (Before leases recorded the boot ID and PID namespace, B
+    judged A's pid by its own /proc, found it dead, and took the claim at once.)"""
     require_namespaces()
     claims_dir = tmp_path / ".claims"
     claims_dir.mkdir()
@@ -320,3 +317,51 @@ def test_reaper_ends_the_workers_of_a_killed_driver_inside_a_pid_namespace(tmp_p
         if proc.poll() is None and 'init' in locals():
             os.kill(init, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from lambda_hat.store.artifacts import tmp_name
+tmp = Path(sys.argv[1]) / tmp_name("run_aaaaaaaaaaaa")
+tmp.mkdir()
+print(tmp.name, flush=True)
+sys.stdin.read()  # a writer at work until told to stop
+"""
+
+
+def test_a_writer_in_another_pid_namespace_under_this_host_name_keeps_its_temporary_directory(tmp_path):
+    """A writer in a container sharing this host's name (other PIDs) names its temporary
+    directory with a pid that is dead here: reconcile must not take it for a dead writer's.
+    (Before the name recorded the boot and PID namespace, it was removed at once.)"""
+    require_namespaces()
+    from lambda_hat.store.store import Store
+
+    st = Store.open(tmp_path / "store", create=True)
+    st.layout.runs_dir.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    # The writer gets the number of a pid dead here: the namespace's next pid is set just below it.
+    script = (f'echo {dead.pid - 1} > /proc/sys/kernel/ns_last_pid && "$0" -c "$1" "$2"; true')
+    writer = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script, sys.executable,
+                               WRITER, str(st.layout.runs_dir)], env=env(), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        name = writer.stdout.readline().strip()
+        assert f"-{socket.gethostname()}-{dead.pid}-" in name, name  # this host's name, a pid dead here
+        report = st.reconcile()
+        assert (st.layout.runs_dir / name).is_dir() and report.foreign_tmp == [st.layout.runs_dir / name]
+        assert writer.poll() is None
+    finally:
+        writer.communicate("", timeout=30)
+    # Our own dead writer's directory, named as ours are, is still removed at once.
+    mine = st.layout.runs_dir / tmp_name_of(dead.pid)
+    mine.mkdir()
+    assert st.reconcile().removed_tmp == [mine] and not mine.exists()
+
+
+def tmp_name_of(pid: int) -> str:
+    """The temporary directory name a writer with `pid` in this process's pid space would use."""
+    from lambda_hat.store.artifacts import tmp_name
+
+    return tmp_name("run_bbbbbbbbbbbb").replace(f"-{os.getpid()}-", f"-{pid}-", 1)

@@ -241,24 +241,61 @@ def sizes_by_array(artifact_dir: Path, arrays: list[str]) -> dict[str, int]:
     return sizes
 
 
+def pid_space() -> tuple[str | None, str | None]:
+    """(boot ID, PID namespace) of this process: where a pid means what it means to us. A host
+    name alone does not say it: containers share their host's name but not its PIDs, and a
+    rebooted machine reuses them. None for what cannot be read (no /proc)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot_id: str | None = f.read().strip() or None
+    except OSError:
+        boot_id = None
+    try:
+        pid_ns: str | None = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pid_ns = None
+    return boot_id, pid_ns
+
+
+def pid_space_tag() -> str:
+    """A short digest of `pid_space()` for names: 'n' and 8 hex digits."""
+    boot_id, pid_ns = pid_space()
+    return "n" + hashlib.sha256(f"{boot_id}|{pid_ns}".encode()).hexdigest()[:8]
+
+
 def tmp_name(artifact_id: str) -> str:
-    return f"{TMP_PREFIX}{artifact_id}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return f"{TMP_PREFIX}{artifact_id}-{socket.gethostname()}-{os.getpid()}-{pid_space_tag()}-{uuid.uuid4().hex[:8]}"
 
 
 class TmpOwner(NamedTuple):
     artifact_id: str
     host: str
     pid: int
+    space: str | None = None  # pid_space_tag() of the writer; None in names from before it was recorded
+
+    def is_this_pid_space(self) -> bool:
+        """Whether `pid` is a pid as this process sees them: same host name and, where the name
+        records it, same boot and PID namespace (names from before that are trusted by host
+        name, as they always were)."""
+        return self.host == socket.gethostname() and (self.space is None or self.space == pid_space_tag())
 
 
 def parse_tmp_name(name: str) -> TmpOwner | None:
-    """`.tmp-<id>-<host>-<pid>-<rand>` (host names may contain '-'); None if not ours."""
+    """`.tmp-<id>-<host>-<pid>-n<tag>-<rand>`, or `.tmp-<id>-<host>-<pid>-<rand>` as written
+    before the tag (host names may contain '-'); None if not ours."""
     if not name.startswith(TMP_PREFIX):
         return None
     parts = name[len(TMP_PREFIX):].split("-")
+    space = None
+    if len(parts) >= 5 and parts[-3].isdigit() and _is_space_tag(parts[-2]):
+        space = parts.pop(-2)
     if len(parts) < 4 or not parts[-2].isdigit():
         return None
-    return TmpOwner(parts[0], "-".join(parts[1:-2]), int(parts[-2]))
+    return TmpOwner(parts[0], "-".join(parts[1:-2]), int(parts[-2]), space)
+
+
+def _is_space_tag(part: str) -> bool:
+    return len(part) == 9 and part[0] == "n" and all(c in "0123456789abcdef" for c in part[1:])
 
 
 def quarantine(path: Path, quarantine_dir: Path, reason: str) -> Path | None:

@@ -1,15 +1,17 @@
 """Claims: which driver is working on which artifact, across processes and hosts.
 
 A claim is a lease file `<store>/.claims/<id>.lease` holding its owner (host, pid, the pid's
-start time, a random token, when it was taken). It is created atomically with `link(2)` from
+start time, the boot ID and PID namespace the pid belongs to, a random token, when it was taken). It is created atomically with `link(2)` from
 a private temporary file, which is atomic on NFS and Lustre where `flock` often is not. The
 owner refreshes the lease's mtime (its heartbeat) every few seconds. A stale lease is broken
 by renaming it away (only one breaker can win the rename), then claimed anew. Staleness:
 
-- on this host, the holder's process decides alone: a lease whose pid is alive and started
+- in this pid space (same host name, boot ID and PID namespace: a container given its host's
+  name, or a rebooted machine, is another), the holder's process decides alone: a lease whose pid is alive and started
   when the lease says (not a recycled pid) is live however long its heartbeat pauses
   (SIGSTOP, a suspended laptop, a swapping node); a dead or recycled pid's lease is stale;
-- from another host, the heartbeat decides, judged by the store's own clock (the mtime of a
+- from anywhere else (and for leases from before boot ID and namespace were recorded), the
+  heartbeat decides, judged by the store's own clock (the mtime of a
   file we touch in the store), never ours: a heartbeat older than `ttl_s` by that clock is
   stale, and so is one seen unchanged for `ttl_s` by this process (a lease stamped in the
   future by a skewed clock is therefore neither live forever nor broken early).
@@ -27,15 +29,17 @@ import stat
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lambda_hat.store.artifacts import pid_alive
+from lambda_hat.errors import BadInput
+from lambda_hat.store.artifacts import pid_alive, pid_space
 
 HEARTBEAT_S = 5.0
 # A heartbeat this old (by the store's clock, or unchanged for this long as we watch it) is a
 # driver on another host that stopped: its claim may be taken over.
 TTL_S = 120.0
+TTL_ENV = "LH_CLAIM_TTL_S"
 # How long a driver waits on another's claim before it tells the user what holds the work.
 WAIT_BOUND_S = 600.0
 WAIT_BOUND_ENV = "LH_CLAIM_WAIT_S"
@@ -45,6 +49,22 @@ CLOCK_REFRESH_S = 30.0
 
 def wait_bound_s() -> float:
     return float(os.environ.get(WAIT_BOUND_ENV, WAIT_BOUND_S))
+
+
+def lease_ttl_s() -> float:
+    """The lease length: $LH_CLAIM_TTL_S seconds, else TTL_S. BadInput unless it is a number of
+    at least three heartbeats (a shorter lease breaks live claims whenever a heartbeat is late)."""
+    raw = os.environ.get(TTL_ENV)
+    if raw is None:
+        return TTL_S
+    try:
+        ttl_s = float(raw)
+    except ValueError:
+        ttl_s = float("nan")
+    if not 3 * HEARTBEAT_S <= ttl_s < float("inf"):
+        raise BadInput(f"{TTL_ENV}={raw!r}: must be a number of seconds, at least {3 * HEARTBEAT_S:.0f} "
+                       f"(three {HEARTBEAT_S:.0f}s heartbeats)")
+    return ttl_s
 
 
 def process_state(pid: int) -> tuple[str, int] | None:
@@ -72,6 +92,14 @@ class Owner:
     token: str
     started: int | None = None  # the pid's start time (/proc/<pid>/stat field 22): tells a recycled pid
     since: float | None = None  # when the claim was taken (epoch seconds, the holder's clock)
+    # Where `pid` is a pid (artifacts.pid_space): this process's unless given; None in a lease
+    # from before they were recorded, or where they could not be read.
+    boot_id: str | None = field(default_factory=lambda: pid_space()[0])
+    pid_ns: str | None = field(default_factory=lambda: pid_space()[1])
+
+    def in_this_pid_space(self) -> bool:
+        """Whether `pid` is a pid as this process sees them, so that /proc may judge it."""
+        return self.pid > 0 and (self.host, self.boot_id, self.pid_ns) == (socket.gethostname(), *pid_space())
 
     @classmethod
     def this_process(cls) -> "Owner":
@@ -101,10 +129,10 @@ class Holder:
 
 
 class Claims:
-    def __init__(self, claims_dir: Path, owner: Owner | None = None, ttl_s: float = TTL_S):
+    def __init__(self, claims_dir: Path, owner: Owner | None = None, ttl_s: float | None = None):
         self.dir = claims_dir
         self.owner = owner or Owner.this_process()
-        self.ttl_s = ttl_s
+        self.ttl_s = lease_ttl_s() if ttl_s is None else ttl_s
         self.held: set[str] = set()
         # Other hosts' leases as this process last saw them: {id: (stat key, monotonic time first seen)}
         self._seen: dict[str, tuple[tuple, float]] = {}
@@ -146,13 +174,15 @@ class Claims:
             started = data.get("started")
             owner = Owner(str(data["host"]), int(data["pid"]), str(data["token"]),
                           None if started is None else int(started),
-                          None if data.get("created") is None else float(data["created"]))
+                          None if data.get("created") is None else float(data["created"]),
+                          None if data.get("boot_id") is None else str(data["boot_id"]),
+                          None if data.get("pid_ns") is None else str(data["pid_ns"]))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             # Unreadable lease: a writer died between create and write (cannot happen with
             # link(2)) or someone edited it. Judged by its heartbeat alone.
-            owner = Owner("?", -1, "?")
+            owner = Owner("?", -1, "?", boot_id=None, pid_ns=None)
         return owner, st
 
     def holder(self, artifact_id: str) -> Holder | None:
@@ -171,15 +201,15 @@ class Claims:
     def _live(self, artifact_id: str, owner: Owner, st: os.stat_result) -> Holder | None:
         age = self.store_now() - st.st_mtime
         holder = Holder(owner, max(age, 0.0), max(-age, 0.0))
-        if owner.host == socket.gethostname() and owner.pid > 0:
-            # This host: the process alone decides, however old its heartbeat.
+        if owner.in_this_pid_space():
+            # Our pid space: the process alone decides, however old its heartbeat.
             if not pid_alive(owner.pid):
                 return None
             state = process_state(owner.pid)
             if state is not None and (state[0] in "ZX" or (owner.started is not None and state[1] != owner.started)):
                 return None  # a zombie, or the pid now names another process
             return holder
-        # Another host: its heartbeat, by the store's clock and by how long we have seen it unchanged.
+        # Another host, boot or PID namespace (or a lease that does not say): its heartbeat, by the store's clock and by how long we have seen it unchanged.
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         seen = self._seen.get(artifact_id)
         if seen is None or seen[0] != key:
@@ -197,7 +227,8 @@ class Claims:
         for _ in range(5):
             tmp = self.dir / f".new-{artifact_id}-{self.owner.token}-{uuid.uuid4().hex[:6]}"
             tmp.write_text(json.dumps({"host": self.owner.host, "pid": self.owner.pid, "token": self.owner.token,
-                                       "started": self.owner.started, "created": time.time()}))
+                                       "started": self.owner.started, "created": time.time(),
+                                       "boot_id": self.owner.boot_id, "pid_ns": self.owner.pid_ns}))
             try:
                 os.link(tmp, path)
                 self.held.add(artifact_id)

@@ -537,7 +537,7 @@ class Store:
         if os.path.islink(path):
             return True  # no writer makes a link: not a live writer's, whatever it is called
         owner = parse_tmp_name(path.name)
-        if owner is not None and owner.host == socket.gethostname():
+        if owner is not None and owner.is_this_pid_space():
             return not pid_alive(owner.pid)
         try:
             return _tree_age_s(path) > grace_s
@@ -551,10 +551,11 @@ class Store:
         directories, remove this host's dead writers' temporary directories, and bring the
         index in line with the manifests (a corrupt index is moved aside and rebuilt)."""
         report = ReconcileReport()
-        host = socket.gethostname()
         for p in list(self.tmp_entries()):
             owner = parse_tmp_name(p.name)
-            if os.path.islink(p) or (owner is not None and owner.host == host and not pid_alive(owner.pid)):
+            # Its pid is judged only where it is a pid as we see them (this host, boot and PID
+            # namespace): a container named like this host is another writer, maybe live.
+            if os.path.islink(p) or (owner is not None and owner.is_this_pid_space() and not pid_alive(owner.pid)):
                 if _remove(p) is None:
                     report.removed_tmp.append(p)
             else:
