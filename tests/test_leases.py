@@ -1,6 +1,7 @@
 """A live lease is never broken, and no wait on one is endless. Real lease files, real
 processes (stopped with SIGSTOP, exited, zombies), mtimes set as a skewed clock would."""
 
+import errno
 import json
 import os
 import signal
@@ -196,3 +197,37 @@ def test_the_lease_length_is_a_setting(tmp_path, monkeypatch):
         with pytest.raises(BadInput) as caught:
             Claims(tmp_path)
         assert str(caught.value).startswith(f"LH_CLAIM_TTL_S={bad!r}:") and "\n" not in str(caught.value)
+
+
+def test_claims_work_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
+    """SMB/CIFS and s3fs refuse link(2) (EPERM): claims are created with O_CREAT|O_EXCL instead,
+    as exclusive: racing claimants each win different claims, none twice, and a stale lease
+    is still taken over."""
+    def refused(src, dst, **kw):
+        raise OSError(errno.EPERM, "Operation not permitted", str(src))
+
+    monkeypatch.setattr(os, "link", refused)
+    ids = [f"run_{i:012x}" for i in range(40)]
+    rivals = [Claims(tmp_path, Owner("otherhost", 4242 + i, f"rival{i}")) for i in range(4)]
+    start = threading.Barrier(len(rivals))
+    won: dict[int, list[str]] = {}
+
+    def claim_all(i: int) -> None:
+        start.wait()
+        won[i] = [a for a in ids if rivals[i].acquire(a) is None]
+
+    threads = [threading.Thread(target=claim_all, args=(i,)) for i in range(len(rivals))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    flat = sorted(a for w in won.values() for a in w)
+    assert flat == ids, [len(w) for w in won.values()]
+    for i, w in won.items():  # each lease says who won it
+        assert all(json.loads((tmp_path / f"{a}.lease").read_text())["token"] == f"rival{i}" for a in w)
+    me = Claims(tmp_path, ttl_s=1.0)
+    assert me.acquire(ids[0]) is not None  # held, heartbeat fresh
+    old = me.store_now() - 2.5
+    os.utime(tmp_path / f"{ids[0]}.lease", (old, old))
+    assert me.acquire(ids[0]) is None and json.loads((tmp_path / f"{ids[0]}.lease").read_text())["token"] == me.owner.token
+    assert not [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lease")]  # no .new- or .stale- left

@@ -1,20 +1,24 @@
 """Claims: which driver is working on which artifact, across processes and hosts.
 
 A claim is a lease file `<store>/.claims/<id>.lease` holding its owner (host, pid, the pid's
-start time, the boot ID and PID namespace the pid belongs to, a random token, when it was taken). It is created atomically with `link(2)` from
-a private temporary file, which is atomic on NFS and Lustre where `flock` often is not. The
-owner refreshes the lease's mtime (its heartbeat) every few seconds. A stale lease is broken
-by renaming it away (only one breaker can win the rename), then claimed anew. Staleness:
+start time, the boot ID and PID namespace the pid belongs to, a random token, when it was
+taken). It is created atomically with `link(2)` from a private temporary file, which is
+atomic on NFS and Lustre where `flock` often is not (on file systems without hard links, an
+O_CREAT|O_EXCL create: `create_as`). The owner refreshes the lease's mtime (its heartbeat)
+every few seconds. A stale lease is broken by renaming it away (only one breaker can win the
+rename), then claimed anew. Staleness:
 
-- in this pid space (same host name, boot ID and PID namespace: a container given its host's
-  name, or a rebooted machine, is another), the holder's process decides alone: a lease whose pid is alive and started
-  when the lease says (not a recycled pid) is live however long its heartbeat pauses
-  (SIGSTOP, a suspended laptop, a swapping node); a dead or recycled pid's lease is stale;
+- in this pid space (same host name, boot ID and PID namespace: a container given its
+  host's name, or a rebooted machine, is another), the holder's process decides alone: a
+  lease whose pid is alive and started when the lease says (not a recycled pid) is live
+  however long its heartbeat pauses (SIGSTOP, a suspended laptop, a swapping node); a dead
+  or recycled pid's lease is stale;
 - from anywhere else (and for leases from before boot ID and namespace were recorded), the
-  heartbeat decides, judged by the store's own clock (the mtime of a
-  file we touch in the store), never ours: a heartbeat older than `ttl_s` by that clock is
-  stale, and so is one seen unchanged for `ttl_s` by this process (a lease stamped in the
-  future by a skewed clock is therefore neither live forever nor broken early).
+  heartbeat decides, judged by the store's own clock (the mtime of a file we touch in the
+  store), never ours: a heartbeat older than `ttl_s` ($LH_CLAIM_TTL_S, default TTL_S) by
+  that clock is stale, and so is one seen unchanged for `ttl_s` by this process (a lease
+  stamped in the future by a skewed clock is therefore neither live forever nor broken
+  early).
 
 A driver waits on another's claim for at most a bound (`overdue`), then tells the user who
 holds the work (host, pid, since when).
@@ -23,6 +27,7 @@ holds the work (host, pid, since when).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import stat
@@ -45,6 +50,8 @@ WAIT_BOUND_S = 600.0
 WAIT_BOUND_ENV = "LH_CLAIM_WAIT_S"
 # The store's clock is read again after this many seconds (one create, stat and unlink).
 CLOCK_REFRESH_S = 30.0
+# What link(2) answers on file systems without hard links (SMB/CIFS, s3fs, gcsfuse).
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
 
 
 def wait_bound_s() -> float:
@@ -65,6 +72,26 @@ def lease_ttl_s() -> float:
         raise BadInput(f"{TTL_ENV}={raw!r}: must be a number of seconds, at least {3 * HEARTBEAT_S:.0f} "
                        f"(three {HEARTBEAT_S:.0f}s heartbeats)")
     return ttl_s
+
+
+def create_as(src: Path, dst: Path) -> None:
+    """Create `dst` holding what `src` holds, or FileExistsError if it exists: with link(2),
+    atomic on NFS and Lustre; where the file system has no hard links, with an
+    O_CREAT|O_EXCL create and a write (the create is as exclusive; a reader in between sees
+    an empty lease, which it judges by its fresh heartbeat: held)."""
+    try:
+        os.link(src, dst)
+        return
+    except OSError as err:
+        if err.errno not in NO_HARD_LINKS:
+            raise
+    data = src.read_bytes()
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
 
 
 def process_state(pid: int) -> tuple[str, int] | None:
@@ -230,7 +257,7 @@ class Claims:
                                        "started": self.owner.started, "created": time.time(),
                                        "boot_id": self.owner.boot_id, "pid_ns": self.owner.pid_ns}))
             try:
-                os.link(tmp, path)
+                create_as(tmp, path)
                 self.held.add(artifact_id)
                 return None
             except FileExistsError:
@@ -281,7 +308,7 @@ class Claims:
             if graveyard.stat().st_ino != judged_inode:
                 # A new claim replaced the stale lease between our look and the rename: put it back.
                 try:
-                    os.link(graveyard, path)
+                    create_as(graveyard, path)
                 except FileExistsError:
                     pass
         finally:
