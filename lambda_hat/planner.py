@@ -67,10 +67,8 @@ class Plan:
 
 
 def describe_target(t: PlannedTarget) -> str:
-    m, d = t.spec.model, t.spec.data
-    # A polynomial's shape is its powers (its layer dims are always [1, 1]).
-    shape = f" powers={m.powers}" if m.kind == "polynomial" else str(m.layer_dims)
-    return f"model={m.kind}{shape}, data=n{d.n_data}/{d.x_dist}, seed={t.spec.seed}"
+    d = t.spec.data
+    return f"model={t.spec.model.describe()}, data=n{d.n_data}/{d.x_dist}, seed={t.spec.seed}"
 
 
 def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:

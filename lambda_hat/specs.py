@@ -6,12 +6,19 @@ floats, so a typo (`stepsize`) or a `.nan` never reaches a worker; integers lie 
 `memory_needs` gives each job's least memory, which the sweep loader bounds (MAX_JOB_BYTES).
 A spec is *resolved* when every default and preset is written out; IDs (see `ids.py`) hash
 resolved specs.
+
+A target's model is one of the registered model kinds and a run's sampler one of the registered
+samplers (`registry.py`): each kind's spec is a `ModelSpecBase`, each sampler's a
+`SamplerSpecBase`; the built-in ones are defined and registered here, a plugin's in its own
+module. The unions `ModelSpec` and `SamplerSpec` (and the models that hold them: TargetSpec,
+RunSpec, SamplerRun, Sweep) are rebuilt whenever one is registered.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Hashable
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union
 
 from pydantic import (
@@ -25,7 +32,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
+
+from lambda_hat import registry
+from lambda_hat.registry import ModelKind, Sampler
 
 Dtype = Literal["float32", "float64"]
 
@@ -171,7 +182,86 @@ def widths_for_target_params(in_dim: int, out_dim: int, depth: int, target_param
     return [min(candidates, key=distance)] * depth
 
 
-class MLPSpec(_Spec):
+class ModelSpecBase(_Spec):
+    """What every model kind's spec provides (`registry.ModelKind`). A subclass declares
+    `kind: Literal["<name>"]` and `in_dim`, `out_dim`, `layer_dims` (input, every layer's
+    outputs) and `n_params`; the methods below have defaults it may override."""
+
+    @property
+    def row_width(self) -> int:
+        """Numbers per data row (inputs and outputs): what the data arrays hold per row."""
+        return self.in_dim + self.out_dim
+
+    @property
+    def activation_width(self) -> int:
+        """Outputs of all layers per data row: what one forward pass holds per row."""
+        return sum(self.layer_dims[1:])
+
+    @property
+    def shape(self) -> str:
+        """The architecture as the user wrote it (error messages, `lh plan`)."""
+        return str(self.layer_dims)
+
+    def describe(self) -> str:
+        """The model in `lh plan`'s table."""
+        return f"{self.kind}{self.shape}"
+
+    def forward_key(self) -> Hashable:
+        """A hashable value saying everything the forward pass depends on (what
+        `science.models.forward`, training and the compiled programs are keyed on): a string is
+        the built-in network pass with that activation; else a tuple whose first item is the kind."""
+        raise NotImplementedError(f"model kind {self.kind!r} has no forward_key")
+
+    def resolve_teacher(self, teacher: "TeacherSpec", w_star: str | None) -> tuple["TeacherSpec", str]:
+        """The target's teacher and w_star written out for this model (so that defaults and the same
+        choice spelled out hash alike); ValueError for a combination it cannot honour. Default: a
+        kind without a teacher, measured at its trained w*."""
+        for name in ("rank", "depth", "widths", "activation"):
+            if getattr(teacher, name) is not None:
+                raise ValueError(f"teacher.{name} is set, but a {self.kind} model has no teacher")
+        if w_star not in (None, "trained"):
+            raise ValueError(f"a {self.kind} model is measured at its trained w* (w_star: trained)")
+        return teacher, "trained"
+
+    def memory_fields(self) -> tuple[str, str, str]:
+        """The fields that size a target's data rows, its parameters and its activations (what a
+        memory error names)."""
+        return "model", "model", "model"
+
+    def teacher_memory_needs(self, target: "TargetSpec", rows: int, rows_field: str, usual_outputs: int
+                             ) -> list[MemoryNeed]:
+        """What labelling `rows` rows with this model's teacher holds besides the student's arrays."""
+        return []
+
+    def target_memory_needs(self, target: "TargetSpec") -> list[MemoryNeed]:
+        """A lower bound on the memory building `target` takes: the arrays that must be resident at
+        once (data, parameters with their gradients and Adam moments, one training step's
+        activations), not what XLA adds on top. Compared with MAX_JOB_BYTES."""
+        m, d, item = self, target.data, ITEMSIZE[target.dtype]
+        usual = _default_spec(TargetSpec)
+        rows = max(d.n_data, d.n_test)  # train and test sets are drawn (and labelled) one after the other
+        rows_field = "data.n_data" if d.n_data >= d.n_test else "data.n_test"
+        batch = min(target.training.batch_size or d.n_data, d.n_data)
+        batch_field = "training.batch_size" if target.training.batch_size else "data.n_data"
+        io_field, params_field, outputs_field = m.memory_fields()
+        outputs, usual_outputs = m.activation_width, usual.model.activation_width
+        needs = [
+            MemoryNeed(_at_fault((rows_field, rows, usual.data.n_data),
+                                 (io_field, m.row_width, usual.model.row_width)),
+                       "data arrays", (d.n_data + d.n_test) * m.row_width * item),
+            MemoryNeed(params_field, "parameters, gradients and optimizer moments", 4 * m.n_params * item),
+            MemoryNeed(_at_fault((batch_field, batch, usual.data.n_data), (outputs_field, outputs, usual_outputs)),
+                       "activations of a training step", batch * outputs * item),
+        ]
+        needs += m.teacher_memory_needs(target, rows, rows_field, usual_outputs)
+        if d.x_dist == "mixture":
+            needs.append(MemoryNeed("data.mixture_k", "mixture centers", d.mixture_k * m.in_dim * item))
+        elif d.x_dist == "lowdim_manifold":
+            needs.append(MemoryNeed("data.x_dim_latent", "latent inputs", (rows + m.in_dim) * d.x_dim_latent * item))
+        return needs
+
+
+class MLPSpec(ModelSpecBase):
     """A fully connected student network. `depth` counts hidden layers."""
 
     kind: Literal["mlp"] = "mlp"
@@ -205,8 +295,48 @@ class MLPSpec(_Spec):
     def n_params(self) -> int:
         return mlp_param_count(self.in_dim, self.out_dim, self.widths, self.bias)
 
+    def forward_key(self) -> str:
+        return self.activation
 
-class DLNSpec(_Spec):
+    def resolve_teacher(self, teacher, w_star):
+        t, m = teacher, self
+        if t.rank is not None:
+            raise ValueError("teacher.rank applies to dln models only")
+        if w_star == "refined":
+            raise ValueError("w_star: refined applies to dln models only (an mlp's w* is trained: set training.grad_tol)")
+        depth = t.depth if t.depth is not None else m.depth
+        widths = t.widths
+        if widths is None:
+            widths = list(m.widths) if depth == m.depth else widths_for_target_params(
+                m.in_dim, m.out_dim, depth, m.n_params, m.bias
+            )
+        elif len(widths) != depth:
+            raise ValueError(f"teacher.widths has {len(widths)} entries but teacher.depth is {depth}")
+        resolved = t.model_copy(update={"depth": depth, "widths": widths, "activation": t.activation or m.activation})
+        if w_star == "teacher" and (resolved.widths != m.widths or resolved.activation != m.activation):
+            raise ValueError("w_star: teacher needs the teacher's architecture to equal the student's")
+        return resolved, w_star or "trained"
+
+    def memory_fields(self) -> tuple[str, str, str]:
+        return ("model.in_dim" if self.in_dim >= self.out_dim else "model.out_dim",
+                _largest_layer_field(self.layer_dims, "model.widths"),
+                "model.out_dim" if self.out_dim > max(self.widths) else "model.widths")
+
+    def teacher_memory_needs(self, target, rows, rows_field, usual_outputs):
+        m, t, item = self, target.teacher, ITEMSIZE[target.dtype]
+        usual = _default_spec(TargetSpec)
+        teacher_params = mlp_param_count(m.in_dim, m.out_dim, t.widths, m.bias)
+        t_outputs = sum(t.widths) + m.out_dim
+        t_field = "model.out_dim" if m.out_dim > max(t.widths) else "teacher.widths"
+        return [
+            MemoryNeed(_largest_layer_field([m.in_dim, *t.widths, m.out_dim], "teacher.widths"),
+                       "teacher parameters", teacher_params * item),
+            MemoryNeed(_at_fault((rows_field, rows, usual.data.n_data), (t_field, t_outputs, usual_outputs)),
+                       "teacher activations", rows * t_outputs * item),
+        ]
+
+
+class DLNSpec(ModelSpecBase):
     """A deep linear network x -> W_L ... W_1 x. `widths` lists every layer's size, input and
     output included: [5, 3, 5] is 5 -> 3 -> 5. No biases. Its learning coefficient is known
     exactly (Aoyagi 2024), which makes it the calibration target of the samplers."""
@@ -231,8 +361,25 @@ class DLNSpec(_Spec):
     def n_params(self) -> int:
         return sum(a * b for a, b in zip(self.widths[:-1], self.widths[1:]))
 
+    def forward_key(self) -> str:
+        return "identity"  # the MLP pass without biases or nonlinearity
 
-class PolynomialSpec(_Spec):
+    def resolve_teacher(self, teacher, w_star):
+        # Its teacher has the student's architecture and rank `rank` (full rank: the smallest width).
+        for name in ("depth", "widths", "activation"):
+            if getattr(teacher, name) is not None:
+                raise ValueError(f"teacher.{name} is set, but a dln teacher takes only `rank` (its architecture is the student's)")
+        full = min(self.widths)
+        if teacher.rank is not None and teacher.rank > full:
+            raise ValueError(f"teacher.rank {teacher.rank} exceeds the smallest width {full}")
+        rank = full if teacher.rank is None else teacher.rank
+        return teacher.model_copy(update={"rank": rank}), w_star or "teacher"
+
+    def memory_fields(self) -> tuple[str, str, str]:
+        return "model.widths", "model.widths", "model.widths"  # its in and out dimensions are its widths
+
+
+class PolynomialSpec(ModelSpecBase):
     """A normal-crossing model y = x·∏ wᵢ^pᵢ (scalar x and y, one parameter per power), measured
     at w* = 0 on data from the zero function plus noise: its λ = 1/(2·max p) and multiplicity are
     known exactly (`theory.normal_crossing_lambda`; devinterp's test cases). Powers of 0 make
@@ -259,15 +406,50 @@ class PolynomialSpec(_Spec):
     def n_params(self) -> int:
         return len(self.powers)
 
+    @property
+    def shape(self) -> str:
+        return f"powers={self.powers}"  # its layer dims are always [1, 1]
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.shape}"
+
+    def forward_key(self) -> tuple:
+        return ("polynomial", tuple(int(p) for p in self.powers))
+
+    def resolve_teacher(self, teacher, w_star):
+        # The truth is the zero function, w* its point at the origin: nothing to resolve.
+        for name in ("rank", "depth", "widths", "activation"):
+            if getattr(teacher, name) is not None:
+                raise ValueError(f"teacher.{name} is set, but a polynomial model's teacher is fixed (the zero function)")
+        if w_star not in (None, "teacher"):
+            raise ValueError("a polynomial model is measured at its true parameter w* = 0 (w_star: teacher)")
+        return teacher, "teacher"
+
+    def memory_fields(self) -> tuple[str, str, str]:
+        return "model.powers", "model.powers", "model.powers"
+
+
+for _kind in (
+    ModelKind(MLPSpec, build="lambda_hat.science.mlp:build_mlp_target", forward="lambda_hat.science.models:mlp_forward"),
+    ModelKind(DLNSpec, build="lambda_hat.science.dln:build_dln_target", forward="lambda_hat.science.models:mlp_forward",
+              exact_lambda="lambda_hat.science.dln:llc_true"),
+    ModelKind(PolynomialSpec, build="lambda_hat.science.polynomial:build_polynomial_target",
+              forward="lambda_hat.science.polynomial:forward", exact_lambda="lambda_hat.science.polynomial:exact_lambda"),
+):
+    registry.register_model_kind(_kind)
+
 
 def _model_kind(v) -> str:
     return (v.get("kind", "mlp") if isinstance(v, dict) else getattr(v, "kind", "mlp")) or "mlp"
 
 
-ModelSpec = Annotated[
-    Union[Annotated[MLPSpec, Tag("mlp")], Annotated[DLNSpec, Tag("dln")], Annotated[PolynomialSpec, Tag("polynomial")]],
-    Discriminator(_model_kind),
-]
+def _model_union() -> Any:
+    """The model spec of a target: one of the registered kinds, told apart by `kind` (default mlp)."""
+    kinds = registry.model_kinds().values()
+    return Annotated[Union[tuple(Annotated[k.spec, Tag(k.name)] for k in kinds)], Discriminator(_model_kind)]
+
+
+ModelSpec = _model_union()
 
 
 class DataSpec(_Spec):
@@ -345,98 +527,35 @@ class TargetSpec(_Spec):
 
     @model_validator(mode="after")
     def _resolve_teacher(self) -> "TargetSpec":
-        # Write the teacher out in full so `teacher: _null` and the same network spelled
-        # out hash alike.
-        t, m = self.teacher, self.model
-        if isinstance(m, PolynomialSpec):
-            # The truth is the zero function, w* its point at the origin: nothing to resolve.
-            for name in ("rank", "depth", "widths", "activation"):
-                if getattr(t, name) is not None:
-                    raise ValueError(f"teacher.{name} is set, but a polynomial model's teacher is fixed (the zero function)")
-            if self.w_star not in (None, "teacher"):
-                raise ValueError("a polynomial model is measured at its true parameter w* = 0 (w_star: teacher)")
-            object.__setattr__(self, "w_star", "teacher")
-            return self
-        if isinstance(m, DLNSpec):
-            for name in ("depth", "widths", "activation"):
-                if getattr(t, name) is not None:
-                    raise ValueError(f"teacher.{name} is set, but a dln teacher takes only `rank` (its architecture is the student's)")
-            full = min(m.widths)
-            if t.rank is not None and t.rank > full:
-                raise ValueError(f"teacher.rank {t.rank} exceeds the smallest width {full}")
-            rank = full if t.rank is None else t.rank
-            object.__setattr__(self, "teacher", t.model_copy(update={"rank": rank}))
-            object.__setattr__(self, "w_star", self.w_star or "teacher")
-            return self
-        if t.rank is not None:
-            raise ValueError("teacher.rank applies to dln models only")
-        if self.w_star == "refined":
-            raise ValueError("w_star: refined applies to dln models only (an mlp's w* is trained: set training.grad_tol)")
-        object.__setattr__(self, "w_star", self.w_star or "trained")
-        depth = t.depth if t.depth is not None else m.depth
-        widths = t.widths
-        if widths is None:
-            widths = list(m.widths) if depth == m.depth else widths_for_target_params(
-                m.in_dim, m.out_dim, depth, m.n_params, m.bias
-            )
-        elif len(widths) != depth:
-            raise ValueError(f"teacher.widths has {len(widths)} entries but teacher.depth is {depth}")
-        resolved = t.model_copy(update={"depth": depth, "widths": widths, "activation": t.activation or m.activation})
-        object.__setattr__(self, "teacher", resolved)
-        if self.w_star == "teacher" and (resolved.widths != m.widths or resolved.activation != m.activation):
-            raise ValueError("w_star: teacher needs the teacher's architecture to equal the student's")
+        # Written out in full (the model kind's rules) so that `teacher: _null` and the same
+        # network spelled out hash alike.
+        teacher, w_star = self.model.resolve_teacher(self.teacher, self.w_star)
+        object.__setattr__(self, "teacher", teacher)
+        object.__setattr__(self, "w_star", w_star)
         return self
 
     def memory_needs(self) -> list[MemoryNeed]:
-        """A lower bound on the memory building this target takes: the arrays that must be
-        resident at once (data, parameters with their gradients and Adam moments, one training
-        step's activations), not what XLA adds on top. Compared with MAX_JOB_BYTES."""
-        m, d, item = self.model, self.data, ITEMSIZE[self.dtype]
-        usual = _default_spec(TargetSpec)
-        rows = max(d.n_data, d.n_test)  # train and test sets are drawn (and labelled) one after the other
-        rows_field = "data.n_data" if d.n_data >= d.n_test else "data.n_test"
-        batch = min(self.training.batch_size or d.n_data, d.n_data)
-        batch_field = "training.batch_size" if self.training.batch_size else "data.n_data"
-        if isinstance(m, MLPSpec):
-            io_field = "model.in_dim" if m.in_dim >= m.out_dim else "model.out_dim"
-            params_field = _largest_layer_field(m.layer_dims, "model.widths")
-            outputs_field = "model.out_dim" if m.out_dim > max(m.widths) else "model.widths"
-        else:  # a dln's in and out dimensions are its widths; a polynomial's are 1
-            io_field = "model.powers" if isinstance(m, PolynomialSpec) else "model.widths"
-            params_field = outputs_field = io_field
-        outputs, usual_outputs = sum(m.layer_dims[1:]), sum(usual.model.layer_dims[1:])
-        needs = [
-            MemoryNeed(_at_fault((rows_field, rows, usual.data.n_data),
-                                 (io_field, m.in_dim + m.out_dim, usual.model.in_dim + usual.model.out_dim)),
-                       "data arrays", (d.n_data + d.n_test) * (m.in_dim + m.out_dim) * item),
-            MemoryNeed(params_field, "parameters, gradients and optimizer moments", 4 * m.n_params * item),
-            MemoryNeed(_at_fault((batch_field, batch, usual.data.n_data), (outputs_field, outputs, usual_outputs)),
-                       "activations of a training step", batch * outputs * item),
-        ]
-        if isinstance(m, MLPSpec):
-            t = self.teacher
-            teacher_params = mlp_param_count(m.in_dim, m.out_dim, t.widths, m.bias)
-            needs.append(MemoryNeed(_largest_layer_field([m.in_dim, *t.widths, m.out_dim], "teacher.widths"),
-                                    "teacher parameters", teacher_params * item))
-            t_outputs = sum(t.widths) + m.out_dim
-            t_field = "model.out_dim" if m.out_dim > max(t.widths) else "teacher.widths"
-            t_activations_field = _at_fault((rows_field, rows, usual.data.n_data), (t_field, t_outputs, usual_outputs))
-            needs.append(MemoryNeed(t_activations_field, "teacher activations", rows * t_outputs * item))
-        if d.x_dist == "mixture":
-            needs.append(MemoryNeed("data.mixture_k", "mixture centers", d.mixture_k * m.in_dim * item))
-        elif d.x_dist == "lowdim_manifold":
-            needs.append(MemoryNeed("data.x_dim_latent", "latent inputs", (rows + m.in_dim) * d.x_dim_latent * item))
-        return needs
+        """A lower bound on the memory building this target takes (`ModelSpecBase.target_memory_needs`)."""
+        return self.model.target_memory_needs(self)
 
 
 # --------------------------------------------------------------------------- samplers
 
 
-class _SamplerBase(_Spec):
+class SamplerSpecBase(_Spec):
+    """What every sampler's spec provides (`registry.Sampler`). A subclass declares
+    `name: Literal["<name>"]` and `draws` (a field or a property: the draws a run records)."""
+
     chains: PositiveInt = 4
     dtype: Dtype = "float64"
     # The fewest parameters a target must have for this sampler to run on it.
     min_params: ClassVar[int] = 1
+    # The field that sets the number of draws (what a memory error names).
+    draws_field: ClassVar[str] = "draws"
+
+    def step_batch(self, n_data: int) -> tuple[int, str]:
+        """(data rows one step evaluates, the field that sets them, "" for none): the full batch by default."""
+        return n_data, ""
 
     def memory_needs(self, target: TargetSpec) -> list[MemoryNeed]:
         """A lower bound on the memory a run of this sampler on `target` takes: the target's
@@ -445,21 +564,19 @@ class _SamplerBase(_Spec):
         m, d, item = target.model, target.data, ITEMSIZE[self.dtype]
         usual = _default_spec(type(self))
         chains = ("chains", self.chains, usual.chains)
-        if isinstance(self, SGLDSpec):  # its minibatch, else the full batch (the target's n_data)
-            batch = min(self.batch_size, d.n_data)
-            batch_field = _at_fault(chains, ("batch_size", batch, usual.batch_size))
-        else:
-            batch, batch_field = d.n_data, "chains"
-        draws_field = _at_fault(chains, ("steps" if self.name == "sgld" else "draws", self.draws, usual.draws))
+        batch, field = self.step_batch(d.n_data)
+        # a minibatch's field shares the blame with the chains; the full batch is the chains' alone
+        batch_field = _at_fault(chains, (field, batch, getattr(usual, field))) if field else "chains"
+        draws_field = _at_fault(chains, (self.draws_field, self.draws, usual.draws))
         return [
-            MemoryNeed("", "the target's data", d.n_data * (m.in_dim + m.out_dim) * ITEMSIZE[target.dtype]),
+            MemoryNeed("", "the target's data", d.n_data * m.row_width * ITEMSIZE[target.dtype]),
             MemoryNeed("chains", "chain states", self.chains * STATE_COPIES * m.n_params * item),
-            MemoryNeed(batch_field, "activations of a step", self.chains * batch * sum(m.layer_dims[1:]) * item),
+            MemoryNeed(batch_field, "activations of a step", self.chains * batch * m.activation_width * item),
             MemoryNeed(draws_field, "traces", self.chains * self.draws * TRACES_PER_DRAW * item),
         ]
 
 
-class SGLDSpec(_SamplerBase):
+class SGLDSpec(SamplerSpecBase):
     """Minibatch SGLD around w*.
 
     `step_size: null` picks ε = `step_size_nbeta` / (nβ): SGLD's bias and mixing depend on
@@ -469,6 +586,7 @@ class SGLDSpec(_SamplerBase):
     """
 
     name: Literal["sgld"] = "sgld"
+    draws_field: ClassVar[str] = "steps"
     steps: PositiveInt = 30000
     warmup: Annotated[Int, Field(ge=0)] = 5000
     batch_size: PositiveInt = 256
@@ -494,8 +612,11 @@ class SGLDSpec(_SamplerBase):
     def draws(self) -> int:
         return (self.steps - self.warmup) // self.eval_every
 
+    def step_batch(self, n_data: int) -> tuple[int, str]:
+        return min(self.batch_size, n_data), "batch_size"
 
-class HMCSpec(_SamplerBase):
+
+class HMCSpec(SamplerSpecBase):
     """HMC after BlackJAX window adaptation of step size and diagonal mass matrix (per chain)."""
 
     name: Literal["hmc"] = "hmc"
@@ -511,7 +632,7 @@ class HMCSpec(_SamplerBase):
     adapt_mass_matrix: Bool = True
 
 
-class NUTSSpec(_SamplerBase):
+class NUTSSpec(SamplerSpecBase):
     """NUTS after BlackJAX window adaptation of step size and diagonal mass matrix (per chain).
 
     `max_num_doublings` defaults to 6, not BlackJAX's 10: on near-singular LLC posteriors
@@ -530,7 +651,7 @@ class NUTSSpec(_SamplerBase):
     adapt_mass_matrix: Bool = True
 
 
-class MCLMCSpec(_SamplerBase):
+class MCLMCSpec(SamplerSpecBase):
     """Microcanonical Langevin MC. With `tune` (default), L and step_size are found by
     `blackjax.mclmc_find_L_and_step_size`, starting from the given values; as in BlackJAX,
     its three phases take round(num_steps × frac_tune1/2/3) steps (600 with the defaults).
@@ -556,8 +677,26 @@ class MCLMCSpec(_SamplerBase):
     integrator: Literal["isokinetic_mclachlan", "isokinetic_leapfrog", "isokinetic_yoshida"] = "isokinetic_mclachlan"
 
 
-SamplerSpec = Annotated[Union[SGLDSpec, HMCSpec, NUTSSpec, MCLMCSpec], Field(discriminator="name")]
-SAMPLER_NAMES = ("sgld", "hmc", "nuts", "mclmc")
+_PER_DRAW = {"loss": "float", "step_size": "float"}
+_HMC_PER_DRAW = {**_PER_DRAW, "accept_rate": "float", "energy": "float", "diverging": "bool", "num_grad_evals": "int"}
+for _sampler in (
+    Sampler(SGLDSpec, "lambda_hat.science.samplers.sgld", scalars=("step_size",),
+            scalar_fields=frozenset({"step_size", "step_size_nbeta"}), report=True, traces=_PER_DRAW, color="#1b9e77"),
+    Sampler(HMCSpec, "lambda_hat.science.samplers.hmc", report=True, traces=_HMC_PER_DRAW, color="#d95f02"),
+    Sampler(NUTSSpec, "lambda_hat.science.samplers.nuts", report=True, traces=_HMC_PER_DRAW, color="#7570b3"),
+    Sampler(MCLMCSpec, "lambda_hat.science.samplers.mclmc", report=True,
+            traces={**_PER_DRAW, "energy_change": "float", "L": "float"}, color="#e7298a"),
+):
+    registry.register_sampler(_sampler)
+
+
+def _sampler_union() -> Any:
+    """The sampler spec of a run: one of the registered samplers, told apart by `name`."""
+    return Annotated[Union[tuple(s.spec for s in registry.samplers().values())], Field(discriminator="name")]
+
+
+SamplerSpec = _sampler_union()
+SAMPLER_NAMES = tuple(registry.samplers())
 
 
 # --------------------------------------------------------------------------- posterior and run
@@ -625,3 +764,21 @@ class SamplerRun(_Spec):
 
 
 Sweep.model_rebuild()
+
+
+def _rebuild() -> None:
+    """Rebuild the spec unions from the registries (after a registration): pydantic builds a
+    union into a model's validator when the class is defined, and into every model that holds it."""
+    global ModelSpec, SamplerSpec, SAMPLER_NAMES
+    ModelSpec, SamplerSpec, SAMPLER_NAMES = _model_union(), _sampler_union(), tuple(registry.samplers())
+    for cls, name, union in ((TargetSpec, "model", ModelSpec), (RunSpec, "sampler", SamplerSpec),
+                             (SamplerRun, "sampler", SamplerSpec)):
+        default = cls.model_fields[name].default
+        cls.model_fields[name] = FieldInfo.from_annotated_attribute(union, default)
+        cls.model_rebuild(force=True)
+    Sweep.model_rebuild(force=True)
+
+
+registry.on_change(_rebuild)
+# $LH_PLUGINS: their kinds and samplers are registered (and the unions rebuilt) before any spec is read.
+registry.load_plugins()

@@ -27,31 +27,45 @@ import math
 import os
 import reprlib
 import stat
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from lambda_hat import registry
 from lambda_hat.presets import PRESETS
 from lambda_hat.specs import (
     MAX_JOB_BYTES,
-    SAMPLER_NAMES,
     DiagnosticsSpec,
-    HMCSpec,
-    MCLMCSpec,
     MemoryNeed,
-    NUTSSpec,
     PosteriorSpec,
     SamplerRun,
-    SGLDSpec,
     Sweep,
     TargetSpec,
     seed_problem,
 )
 
-SAMPLER_CLASSES: dict[str, type[BaseModel]] = {"sgld": SGLDSpec, "hmc": HMCSpec, "nuts": NUTSSpec, "mclmc": MCLMCSpec}
-assert tuple(SAMPLER_CLASSES) == SAMPLER_NAMES
+
+# What an unknown name may mean: a plugin's kind or sampler, not loaded in this process.
+_PLUGIN_HINT = f"a plugin's are known once ${registry.PLUGINS_ENV} names its module"
+
+
+class _SamplerClasses(Mapping):
+    """Sampler name -> spec class, read from the registry (a plugin's sampler appears once registered)."""
+
+    def __getitem__(self, name: str) -> type:
+        return registry.samplers()[name].spec
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.samplers())
+
+    def __len__(self) -> int:
+        return len(registry.samplers())
+
+
+SAMPLER_CLASSES: Mapping[str, type] = _SamplerClasses()
 
 SWEEP_KEYS = {"store_root", "jax_enable_x64", "diagnostics", "targets", "samplers"}
 TARGET_ENTRY_KEYS = {"model", "data", "teacher", "training", "seed", "dtype", "w_star", "overrides", "grid"}
@@ -104,8 +118,10 @@ def _fail(source: str, entry: str, field: str, problem: str) -> SweepError:
 def _first_error(err: ValidationError, source: str, entry: str, prefix: str = "") -> SweepError:
     e = err.errors(include_url=False)[0]
     loc = [str(p) for p in e["loc"]]
+    if e["type"] == "union_tag_invalid" and loc == ["model"]:  # an unknown model kind
+        e = {**e, "msg": f"{e['msg']} ({_PLUGIN_HINT})"}
     # Pydantic puts the model's union tag in the location (`model.mlp.depth`); the file says `model.depth`.
-    if len(loc) >= 2 and loc[0] == "model" and loc[1] in ("mlp", "dln", "polynomial"):
+    if len(loc) >= 2 and loc[0] == "model" and loc[1] in registry.model_kinds():
         del loc[1]
     field = ".".join(loc)
     if prefix:
@@ -395,13 +411,15 @@ def _check_sampler_entry(raw: dict, source: str, entry: str) -> list[tuple[str, 
 
 def _resolve_sampler(raw: dict, source: str, entry: str, default_dtype: str) -> SamplerRun:
     name = raw.get("name")
-    if not isinstance(name, str) or name not in SAMPLER_CLASSES:
-        raise _fail(source, entry, "name", f"unknown sampler {_short(name)} (known: {', '.join(SAMPLER_NAMES)})")
+    known = registry.samplers()
+    if not isinstance(name, str) or name not in known:
+        raise _fail(source, entry, "name",
+                    f"unknown sampler {_short(name)} (known: {', '.join(known)}; {_PLUGIN_HINT})")
     fields = {k: v for k, v in raw.items() if k not in SAMPLER_ENTRY_META}
     fields.update(raw.get("overrides") or {})
     fields.setdefault("dtype", default_dtype)
     try:
-        sampler = SAMPLER_CLASSES[name].model_validate({**fields, "name": name})
+        sampler = known[name].spec.model_validate({**fields, "name": name})
     except ValidationError as err:
         raise _first_error(err, source, entry) from None
     try:
@@ -490,14 +508,14 @@ def _check_resources(targets: list[tuple[str, TargetSpec]], samplers: list[tuple
     shapes: dict[tuple, tuple[str, TargetSpec]] = {}
     for label, t in targets:
         m, d = t.model, t.data
-        shapes.setdefault((m.n_params, sum(m.layer_dims[1:]), m.in_dim + m.out_dim, d.n_data, t.dtype), (label, t))
+        shapes.setdefault((m.n_params, m.activation_width, m.row_width, d.n_data, t.dtype), (label, t))
     fewest_label, fewest = min(targets, key=lambda lt: lt[1].model.n_params)
     for s_label, s in samplers:
         spec = s.sampler
         if fewest.model.n_params < spec.min_params:
             raise _fail(source, s_label, "name",
                         f"{spec.name} needs targets of at least {spec.min_params} parameters, but {fewest_label} "
-                        f"has {fewest.model.n_params} (model {fewest.model.kind} {fewest.model.layer_dims})")
+                        f"has {fewest.model.n_params} (model {fewest.model.kind} {fewest.model.shape})")
         for t_label, t in shapes.values():
             err = _too_big(spec.memory_needs(t), source, s_label, f"a run on {t_label}")
             if err:

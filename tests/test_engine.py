@@ -10,9 +10,19 @@ from typing import Literal
 
 import numpy as np
 import pytest
-from pydantic import BaseModel, ConfigDict
-
-from lambda_hat.specs import DataSpec, HMCSpec, MCLMCSpec, MLPSpec, NUTSSpec, RunSpec, SGLDSpec, TargetSpec, TrainingSpec
+from lambda_hat import registry
+from lambda_hat.specs import (
+    DataSpec,
+    HMCSpec,
+    MCLMCSpec,
+    MLPSpec,
+    NUTSSpec,
+    RunSpec,
+    SamplerSpecBase,
+    SGLDSpec,
+    TargetSpec,
+    TrainingSpec,
+)
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from quadratic import D, GAMMA, L0, N_BETA, _quadratic, _theory  # noqa: E402
@@ -118,28 +128,35 @@ def _langevin_module():
     return mod
 
 
-class LangevinSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class LangevinSpec(SamplerSpecBase):
     name: Literal["langevin"] = "langevin"
-    chains: int = 4
     draws: int = 2000
     step_size: float = 0.002
-    dtype: Literal["float64"] = "float64"
 
 
-def test_a_fifth_sampler_is_one_module_and_one_spec(tiny, jax64):
-    """Registered under its spec's name, the toy runs through `sample_run` unchanged, and on a
-    quadratic loss its λ̂ matches the exact stationary law of the discretised chain: per
-    coordinate (a = nβh + γ) the variance is ε / (1 − (1 − εa/2)²)."""
-    from lambda_hat.science import engine, samplers, sample_run
+@pytest.fixture
+def langevin():
+    """The toy registered as a sampler (spec class and module) for the test, removed after it."""
+    toy = _langevin_module()
+    registry.register_sampler(registry.Sampler(LangevinSpec, module=toy))
+    yield toy
+    registry.unregister_sampler("langevin")
+
+
+def test_a_fifth_sampler_is_one_module_and_one_spec(tiny, jax64, langevin):
+    """Registered with its spec class, the toy's runs pass full validation and run through
+    `sample_run` unchanged, and on a quadratic loss its λ̂ matches the exact stationary law of the
+    discretised chain: per coordinate (a = nβh + γ) the variance is ε / (1 − (1 − εa/2)²)."""
+    from lambda_hat.science import engine, sample_run
     from lambda_hat.science.llc import llc_from_loss, summarize
     from lambda_hat.science.pipeline import LOSS_EVAL_FGE
     from lambda_hat.science.posterior import INIT_FGE
 
-    toy = _langevin_module()
-    samplers.register("langevin", toy)
-    spec = LangevinSpec(chains=2, draws=30)
-    run = RunSpec(target_id="t", sampler=HMCSpec(), seed=1).model_copy(update={"sampler": spec})
+    toy = langevin
+    run = RunSpec.model_validate({"target_id": "t", "sampler": {"name": "langevin", "chains": 2, "draws": 30},
+                                  "seed": 1})
+    spec = run.sampler
+    assert isinstance(spec, LangevinSpec)
     r = sample_run(run, TINY, tiny, segment_draws=8)
     assert r.traces["loss"].shape == (2, 30) and np.isfinite(r.traces["llc"]).all()
     assert r.metrics["sampler"] == "langevin"

@@ -32,16 +32,17 @@ class TargetArrays:
 
 @dataclass
 class RunResult:
-    """Sampler traces, each (chains, draws): "loss" and "llc" always; HMC and NUTS add
-    "accept_rate", "energy", "diverging", "step_size" (NUTS also "num_grad_evals"); MCLMC adds
-    "energy_change", "L", "step_size". Summary metrics: see `llc.py` and `pipeline.sample_run`."""
+    """Sampler traces, each (chains, draws): the sampler's own, as its registration declares them
+    (`registry.Sampler.traces`: "loss" always, HMC and NUTS add "accept_rate", "energy",
+    "diverging", "step_size", "num_grad_evals", ...), and "llc", "cumulative_fge", "walltime".
+    Summary metrics: see `llc.py` and `pipeline.sample_run`."""
 
     traces: dict[str, np.ndarray]
     metrics: dict[str, float | int | str] = field(default_factory=dict)
 
 
 def build_target(spec: "TargetSpec") -> TargetArrays:
-    """Generate teacher-student data and train the student to w*."""
+    """Build the target with its model kind's `build` (`registry.ModelKind`): data and w*."""
     from .pipeline import build_target as _impl
 
     return _impl(spec)

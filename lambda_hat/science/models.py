@@ -73,38 +73,23 @@ def n_layers(params: dict) -> int:
 
 def model_key(model) -> str | tuple:
     """The hashable key of a model spec's forward pass (what `forward`, `train.train` and
-    `posterior.flat_model` take): an MLP's activation name; "identity" for a deep linear
-    network (the MLP pass without biases or nonlinearity)."""
-    if model.kind == "dln":
-        return "identity"
-    if model.kind == "mlp":
-        return model.activation
-    if model.kind == "polynomial":
-        return ("polynomial", tuple(int(p) for p in model.powers))
-    raise NotImplementedError(f"model.kind={model.kind!r} is not implemented")
+    `posterior.flat_model` take): its kind's `forward_key()`, e.g. an MLP's activation name,
+    "identity" for a deep linear network (the MLP pass without biases or nonlinearity)."""
+    return model.forward_key()
 
 
 def forward(model):
-    """``apply(params, X) -> Y`` for a `model_key` (an activation name is an MLP)."""
-    if isinstance(model, str):
-        ACTIVATIONS[model]  # refuse an unknown name here, not at trace time
-        return lambda params, x: mlp_apply(params, x, model)
-    if isinstance(model, tuple) and model[0] == "polynomial":
-        powers = tuple(int(p) for p in model[1])
-        return lambda params, x: polynomial_apply(params, x, powers)
-    raise NotImplementedError(f"no forward pass for model key {model!r}")
+    """``apply(params, X) -> Y`` for a `model_key`: a string is the MLP pass with that activation,
+    a tuple names its model kind first, whose registered `forward` builds the pass."""
+    from lambda_hat import registry
+
+    return registry.model_kind("mlp" if isinstance(model, str) else model[0]).apply(model)
 
 
-def polynomial_apply(params: dict, x, powers: tuple[int, ...]):
-    """Normal-crossing model: x (..., 1) -> x·∏ wᵢ^pᵢ with params {"w": (len(powers),)}.
-    Integer powers (`lax.integer_pow`), and pᵢ = 0 factors left out, so the gradient is exact
-    at w = 0 (a float power 0 would give 0·w⁻¹ = NaN there)."""
-    w = params["w"]
-    prod = jnp.ones((), w.dtype)
-    for i, p in enumerate(powers):
-        if p:
-            prod = prod * w[i] ** p
-    return x * prod
+def mlp_forward(activation: str):
+    """The MLP pass with `activation` (the mlp and dln kinds' `forward`)."""
+    ACTIVATIONS[activation]  # refuse an unknown name here, not at trace time
+    return lambda params, x: mlp_apply(params, x, activation)
 
 
 def mlp_apply(params: dict, x, activation: str):

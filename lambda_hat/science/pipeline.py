@@ -24,61 +24,13 @@ import numpy as np
 
 
 def build_target(spec):
+    """The target's model kind builds it (`registry.ModelKind.build`), in its dtype's precision."""
+    from lambda_hat import registry
+
     from .models import precision
 
     with precision(spec.dtype):
-        return _build_target(spec)
-
-
-def _build_target(spec):
-    import jax
-
-    from . import TargetArrays
-    from .data import make_dataset
-    from .losses import mean_loss
-    from .models import init_mlp, jnp_dtype, mlp_apply, model_key
-    from .train import train
-    from .wstar import quality
-
-    m = spec.model
-    if m.kind == "dln":
-        from .dln import build_dln_target
-
-        return build_dln_target(spec)
-    if m.kind == "polynomial":
-        from .polynomial import build_polynomial_target
-
-        return build_polynomial_target(spec)
-    if m.kind != "mlp":
-        raise NotImplementedError(f"model.kind={m.kind!r} is not implemented")
-    dtype = jnp_dtype(spec.dtype)
-    k_data, k_init, k_train = jax.random.split(jax.random.PRNGKey(spec.seed), 3)
-    X, Y, X_test, Y_test, teacher = make_dataset(k_data, spec, dtype, return_teacher=True)
-    if spec.w_star == "teacher":
-        # A true parameter (the spec checked that the architectures match): no training.
-        params, info = teacher, {"train_steps": 0, "final_train_loss": float(mean_loss(mlp_apply(teacher, X, m.activation), Y))}
-    else:
-        params0 = init_mlp(k_init, m.layer_dims, init=m.init, bias=m.bias, dtype=dtype)
-        params, info = train(k_train, params0, X, Y, spec.training, model_key(m))
-    params = jax.tree.map(lambda a: a.astype(dtype), params)
-    L0 = float(mean_loss(mlp_apply(params, X, m.activation), Y))
-    test_loss = float(mean_loss(mlp_apply(params, X_test, m.activation), Y_test))
-    metrics = {
-        "L0": L0,
-        "train_steps": int(info["train_steps"]),
-        "final_train_loss": float(info["final_train_loss"]),
-        "test_loss": test_loss,
-        "n_params": int(m.n_params),
-        "n_data": int(spec.data.n_data),
-        "n_test": int(spec.data.n_test),
-    }
-    metrics.update(quality(params, X, Y, model_key(m)))
-    return TargetArrays(
-        params={k: np.asarray(v) for k, v in params.items()},
-        X=np.asarray(X),
-        Y=np.asarray(Y),
-        metrics=metrics,
-    )
+        return registry.model_kind(spec.model.kind).build_target(spec)
 
 
 # In-process cache of compiled executables (a run's start and its segment function), keyed on
@@ -174,7 +126,7 @@ def sample_run(run, target, arrays, *, resume=None, on_segment=None, segment_dra
                diagnostics=None):
     """Sample the localized tempered posterior; see the module doc and `RunResult`.
 
-    The sampler (`samplers.get(run.sampler.name)`) runs in the engine (`engine.py`): one compiled
+    The sampler (`registry.sampler(run.sampler.name)`) runs in the engine (`engine.py`): one compiled
     call for init + warmup, then segments of `segment_draws` draws (default `segment_length`),
     one compiled function reused for all of them. After each segment `on_segment(checkpoint,
     traces)` is called with a `Checkpoint` and that segment's traces {name: (chains, n)}; a run
@@ -228,9 +180,9 @@ def sample_runs(runs, target, arrays, *, diagnostics=None):
 def batch_key(run) -> str:
     """What runs must share to be sampled in one batch (`sample_runs`): the run spec less its seed,
     its posterior's beta0 and gamma, and the sampler's runtime scalars."""
-    from . import samplers
+    from lambda_hat import registry
 
-    exclude = set(getattr(samplers.get(run.sampler.name), "COMPILE_KEY_EXCLUDE", ()) or ())
+    exclude = set(registry.sampler(run.sampler.name).scalar_fields)
     return "|".join((run.target_id, run.sampler.model_dump_json(exclude=exclude),
                      run.posterior.model_dump_json(exclude={"beta0", "gamma"})))
 
@@ -246,14 +198,17 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     import jax
     import jax.numpy as jnp
 
-    from . import engine, samplers
+    from lambda_hat import registry
+
+    from . import engine
     from .models import jnp_dtype, model_key
     from .posterior import flat_model, make_full_loss, make_minibatch_loss, start_rows
 
     s, post = run.sampler, run.posterior
     if post.loss != "mse":
         raise NotImplementedError(f"posterior.loss={post.loss!r} is not implemented")
-    sampler = samplers.get(s.name)
+    entry = registry.sampler(s.name)
+    sampler = entry.load()
     dtype = jnp_dtype(s.dtype)
     n = int(arrays.X.shape[0])
     if n != target.data.n_data:
@@ -270,8 +225,8 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     if int(w_star.size) != target.model.n_params:
         raise ValueError(f"params have {w_star.size} entries but the model has {target.model.n_params}")
     alg = sampler.from_spec(s)
-    scalars = sampler.scalars(s, n_beta) if hasattr(sampler, "scalars") else {}
-    names = sorted(scalars)
+    scalars = entry.runtime_scalars(s, n_beta)
+    names = sorted(entry.scalars)
     draws = int(s.draws)
     K = max(2, min(int(segment_draws), draws)) if segment_draws else segment_length(draws)
 
@@ -297,7 +252,7 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
         return fn
 
     # nβ, γ and the runtime scalars (SGLD's ε) are arguments: a β, γ or ε sweep reuses one executable.
-    exclude = getattr(sampler, "COMPILE_KEY_EXCLUDE", None) or None
+    exclude = set(entry.scalar_fields) or None
     cache_key = (
         sampler.__name__, s.model_dump_json(exclude=exclude), activation, bool(jax.config.jax_enable_x64),
         tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())), X.shape, Y.shape, str(X.dtype), rows,
@@ -306,7 +261,7 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
         # one program over the runs: keys, nβ, γ and the runtime scalars get a leading run axis
         B = len(batch)
         nbs = [n * float(r.posterior.beta(n)) for r in batch]
-        vals = [sampler.scalars(r.sampler, nb) if hasattr(sampler, "scalars") else {} for r, nb in zip(batch, nbs)]
+        vals = [entry.runtime_scalars(r.sampler, nb) for r, nb in zip(batch, nbs)]
         data = (w_star, X, Y, jnp.asarray(nbs, dtype), jnp.asarray([float(r.posterior.gamma) for r in batch], dtype),
                 [jnp.asarray([v[k] for v in vals], dtype) for k in names])
         key = jnp.stack([jax.random.PRNGKey(r.seed) for r in batch])
@@ -341,15 +296,16 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     traces = {k: np.concatenate(v, axis=-1) for k, v in traces.items()}
     if batch is None:
         return _finish(run, traces, np.asarray(chains.warmup_grad_evals), L0, t_compile, t_run, hit,
-                       target, arrays, sampler, n, rows, int(w_star.size), diagnostics)
+                       target, arrays, entry, n, rows, int(w_star.size), diagnostics)
     return [_finish(r, {k: v[i] for k, v in traces.items()}, np.asarray(chains.warmup_grad_evals)[i], float(L0[i]),
-                    t_compile, t_run, hit, target, arrays, sampler, n, rows, int(w_star.size), diagnostics)
+                    t_compile, t_run, hit, target, arrays, entry, n, rows, int(w_star.size), diagnostics)
             for i, r in enumerate(batch)]
 
 
 def _finish(run, traces, warmup_grad_evals, L0, t_compile, t_run, hit, target, arrays, sampler, n, rows, d,
             diagnostics):
-    """One run's costs, λ̂ trace, summary and flags from its raw traces {name: (chains, draws)}."""
+    """One run's costs, λ̂ trace, summary and flags from its raw traces {name: (chains, draws)};
+    `sampler` is its `registry.Sampler`."""
     from lambda_hat.specs import DiagnosticsSpec
 
     from . import RunResult
@@ -360,10 +316,10 @@ def _finish(run, traces, warmup_grad_evals, L0, t_compile, t_run, hit, target, a
     beta = float(run.posterior.beta(n))
     n_beta = n * beta
     gamma = float(run.posterior.gamma)
-    scalars = sampler.scalars(s, n_beta) if hasattr(sampler, "scalars") else {}
+    scalars = sampler.runtime_scalars(s, n_beta)
     draws = int(s.draws)
     traces["warmup_grad_evals"] = warmup_grad_evals
-    warm_fge, draw_fge = sampler.costs(s, traces, n, LOSS_EVAL_FGE)
+    warm_fge, draw_fge = sampler.load().costs(s, traces, n, LOSS_EVAL_FGE)
     del traces["warmup_grad_evals"]
     # each chain's dispersed start (on a subset of `rows` rows past START_MAX_WORK)
     warm_fge = np.asarray(warm_fge, np.float64) + INIT_FGE * (1.0 if rows is None else rows / n)
@@ -395,8 +351,8 @@ def _finish(run, traces, warmup_grad_evals, L0, t_compile, t_run, hit, target, a
         "sample_sec": t_run,
         "compile_cache_hit": int(hit),
     })
-    if hasattr(sampler, "report"):
-        sampler.report(s, traces, metrics, scalars, LOSS_EVAL_FGE)
+    if sampler.report:
+        sampler.load().report(s, traces, metrics, scalars, LOSS_EVAL_FGE)
     rate = metrics.get("divergence_rate")
     if rate is not None and rate > diag.divergence_max and metrics["status"] != "nonfinite":
         # The estimate is kept, but the integrator fails in a region the chains keep visiting,

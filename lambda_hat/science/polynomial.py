@@ -1,6 +1,6 @@
 """Normal-crossing targets: y = x·∏ wᵢ^pᵢ + noise at the true parameter w* = 0.
 
-Model (`models.polynomial_apply`): one scalar input x, params {"w": (len(powers),)}. The truth
+Model (`polynomial_apply`): one scalar input x, params {"w": (len(powers),)}. The truth
 is the zero function (every w with some wᵢ = 0, pᵢ > 0, is a true parameter); the data are
 X from `data.make_x_sampler` with in_dim 1 and Y = noise (`data.sample_noise`, every noise
 model). w* = 0, the point where the coordinate hyperplanes of true parameters cross, where
@@ -22,6 +22,34 @@ import numpy as np
 # L-BFGS for the loss test starts this far from 0 along every coordinate (0 is a critical point
 # when every positive power is ≥ 2).
 REFINE_START = 1e-3
+
+
+def polynomial_apply(params: dict, x, powers: tuple[int, ...]):
+    """Normal-crossing model: x (..., 1) -> x·∏ wᵢ^pᵢ with params {"w": (len(powers),)}.
+    Integer powers (`lax.integer_pow`), and pᵢ = 0 factors left out, so the gradient is exact
+    at w = 0 (a float power 0 would give 0·w⁻¹ = NaN there)."""
+    import jax.numpy as jnp
+
+    w = params["w"]
+    prod = jnp.ones((), w.dtype)
+    for i, p in enumerate(powers):
+        if p:
+            prod = prod * w[i] ** p
+    return x * prod
+
+
+def forward(key: tuple):
+    """The pass for a model key ("polynomial", powers) (the kind's `forward`)."""
+    powers = tuple(int(p) for p in key[1])
+    return lambda params, x: polynomial_apply(params, x, powers)
+
+
+def exact_lambda(spec) -> float:
+    """λ = 1/(2·max p) at w* = 0 (the kind's `exact_lambda`; a build attaches it only after the
+    loss test of the module doc)."""
+    from .theory import normal_crossing_lambda
+
+    return normal_crossing_lambda(spec.model.powers)[0]
 
 
 def build_polynomial_target(spec):

@@ -43,7 +43,6 @@ ADAM_BETA1 = 0.9
 ADAM_BETA2 = 0.999
 ADAM_LAMBDA = 1.0
 PRECONDS = ("none", "rmsprop", "adam")
-COMPILE_KEY_EXCLUDE = {"step_size", "step_size_nbeta"}  # ε is a runtime scalar: an ε sweep reuses one executable
 
 
 def _preconditioner(precond: str):
@@ -172,6 +171,7 @@ def from_spec(s) -> Algorithm:
 
 
 def scalars(s, n_beta: float) -> dict:
+    # ε is a runtime scalar (its registration: scalar_fields), so an ε sweep reuses one executable
     return {"step_size": float(s.step_size) if s.step_size is not None else float(s.step_size_nbeta) / n_beta}
 
 
