@@ -1,5 +1,8 @@
-"""The two worker entry points. They receive specs (as JSON) and paths, write one artifact
-into the store, and return its small manifest. They never open the index."""
+"""The worker entry points (`build_target_job`, `run_sampler_job`, `run_sampler_batch_job`).
+They receive specs (as JSON) and paths, write their artifacts into the store, and return the
+small manifests. They never open the index. Validating the specs imports `lambda_hat.specs`,
+which loads the plugins named in $LH_PLUGINS (`registry.py`): a worker knows the model kinds and
+samplers its driver knew, through the environment it inherits."""
 
 from __future__ import annotations
 
