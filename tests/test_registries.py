@@ -91,6 +91,10 @@ def test_a_plugins_kind_and_sampler_pass_full_validation(toy):
     again = RunSpec.model_validate(json.loads(run.model_dump_json()))
     assert again == run and run_id(again) == run_id(run)
     assert "toy_langevin" in SAMPLER_CLASSES and SAMPLER_CLASSES["toy_langevin"] is toy.ToyLangevinSpec
+    # the rebuilt unions keep the fields' defaults and requirements
+    assert TargetSpec().model == MLPSpec()
+    with pytest.raises(ValueError, match="sampler\n  Field required"):
+        RunSpec.model_validate({"target_id": "tgt_x"})
 
     def refused(change: dict) -> str:
         with pytest.raises(SweepError) as err:
