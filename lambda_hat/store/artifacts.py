@@ -414,6 +414,11 @@ def verify(artifact_dir: Path, kind: str | None = None) -> list[str]:
     return problems
 
 
+# How verify words an artifact of a plugin that is not loaded: not damage (its spec is checked
+# where the plugin is loaded).
+NEEDS_PLUGIN = "its spec names a plugin's"
+
+
 @functools.lru_cache(maxsize=256)
 def _manifest_problems(text: bytes, where: str, dir_name: str, kind: str | None
                        ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...] | None]:
@@ -440,7 +445,11 @@ def _manifest_problems(text: bytes, where: str, dir_name: str, kind: str | None
         if hashed != dir_name:
             problems.append(f"stored spec hashes to {hashed}, not {dir_name}")
     except ValueError as err:
-        problems.append(f"stored spec does not validate: {' '.join(str(err).split())[:200]}")
+        from lambda_hat.registry import unregistered
+
+        missing = unregistered(manifest.type, manifest.spec)
+        problems.append(f"{NEEDS_PLUGIN} {missing} (set $LH_PLUGINS to the module that registers it)" if missing
+                        else f"stored spec does not validate: {' '.join(str(err).split())[:200]}")
     return tuple(problems), tuple(manifest.checksums.items())
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 from lambda_hat.errors import LhError, StoreError
 from lambda_hat.store import index
 from lambda_hat.store.artifacts import (
+    NEEDS_PLUGIN,
     TMP_PREFIX,
     ArtifactError,
     parse_tmp_name,
@@ -47,10 +48,16 @@ FAILED_STATUSES = frozenset({"nonfinite", "failed"})
 LISTING_ABOVE = 256  # a snapshot lists a kind's directory when more requested IDs than this are not indexed
 
 
+class NeedsPlugin(ManifestError):
+    """A complete artifact of a plugin's model kind or sampler, read where the plugin is not
+    loaded: not damaged, so never quarantined nor collected; not indexed until it is loaded."""
+
+
 def check_manifest(artifact_dir: Path, kind: str) -> tuple[Manifest, os.stat_result]:
     """A complete artifact's manifest and its file's stat. Raises ArtifactError or
     ManifestError with the reason it does not count as complete."""
     from lambda_hat.ids import id_of_stored_spec
+    from lambda_hat.registry import unregistered
 
     st = _regular_manifest(artifact_dir)
     manifest, raw = read_manifest_raw(artifact_dir)
@@ -62,6 +69,10 @@ def check_manifest(artifact_dir: Path, kind: str) -> tuple[Manifest, os.stat_res
         hashed = id_of_stored_spec(kind, manifest.spec)
     except ValueError:
         hashed = None
+        missing = unregistered(kind, manifest.spec)
+        if missing is not None:
+            raise NeedsPlugin(f"{artifact_dir}: its spec names {missing}, which no loaded plugin registers "
+                              f"(set $LH_PLUGINS to the module that does); left in place")
     if hashed != manifest.id:
         raise ManifestError(f"{artifact_dir}: stored spec does not hash to {manifest.id}")
     return manifest, st
@@ -121,6 +132,7 @@ class ReconcileReport:
     removed_tmp: list[Path] = field(default_factory=list)
     foreign_tmp: list[Path] = field(default_factory=list)
     index_moved_aside: Path | None = None
+    needs_plugin: list[tuple[Path, str]] = field(default_factory=list)  # (artifact, why): left in place
     pending: list[index.Record] = field(default_factory=list)  # records the busy index did not take
     # {kind: {id: (manifest size, mtime_ns)}} of every complete artifact, as this reconcile saw it
     # (for `Store.snapshot(complete=...)`: no second index read or stat per artifact).
@@ -588,6 +600,9 @@ class Store:
                         present[name] = (st.st_size, st.st_mtime_ns)
                         continue
                     manifest, st = check_manifest(d, kind)
+                except NeedsPlugin as err:
+                    report.needs_plugin.append((d, str(err).removeprefix(f"{d}: ")))
+                    continue
                 except (ArtifactError, ManifestError, OSError) as err:
                     reason = " ".join(str(err).split()).removeprefix(f"{d}: ")
                     if not d.is_dir():
@@ -706,7 +721,7 @@ class Store:
                     continue
                 odd = odd_entries(d)
                 for problem in odd or verify(d, kind):
-                    report.findings.append(Finding(d, problem))
+                    report.findings.append(Finding(d, problem, serious=not problem.startswith(NEEDS_PLUGIN)))
                 if kind == "run" and not odd:
                     try:
                         tid = read_manifest_raw(d)[0].spec.get("target_id")
