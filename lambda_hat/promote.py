@@ -44,7 +44,14 @@ TARGET_PLOTS = ("compare",)
 ALL_PLOTS = RUN_PLOTS + TARGET_PLOTS
 DISAGREE_SIGMAS = 3.0  # two estimates disagree when they differ by more than this many combined SEMs
 STATE_FILE = ".promote.json"
-SAMPLER_COLORS = {"sgld": "#1b9e77", "hmc": "#d95f02", "nuts": "#7570b3", "mclmc": "#e7298a"}
+
+
+def _sampler_color(name: str) -> str:
+    """The colour the sampler's registration declares (matplotlib's first colour if none)."""
+    from lambda_hat import registry
+
+    entry = registry.samplers().get(name)
+    return (entry.color if entry is not None else None) or "C0"
 
 
 @dataclass
@@ -339,7 +346,7 @@ def plot_compare(target_id: str, rows: list[dict], llc_true: float | None, label
     clash = disagreements(rows)
     fig, ax = plt.subplots(figsize=(5.2, 1.4 + 0.45 * max(1, len(shown))))
     for y, r in enumerate(shown):
-        color = SAMPLER_COLORS.get(r["sampler"], "C0")
+        color = _sampler_color(r["sampler"])
         marker = "X" if r["run_id"] in clash else "o"
         ax.errorbar(r["llc_mean"], y, xerr=r["llc_sem"] or 0.0, fmt=marker, color=color, ms=7 if marker == "X" else 5,
                     capsize=3, lw=1.2)

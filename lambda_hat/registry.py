@@ -182,6 +182,7 @@ def unregister_sampler(name: str) -> None:
 
 
 def model_kind(name: str) -> ModelKind:
+    _builtins()
     try:
         return _MODEL_KINDS[name]
     except KeyError:
@@ -189,6 +190,7 @@ def model_kind(name: str) -> ModelKind:
 
 
 def sampler(name: str) -> Sampler:
+    _builtins()
     try:
         return _SAMPLERS[name]
     except KeyError:
@@ -197,18 +199,28 @@ def sampler(name: str) -> Sampler:
 
 def model_kinds() -> dict[str, ModelKind]:
     """Every registered model kind by name, in registration order (built-ins first)."""
+    _builtins()
     return dict(_MODEL_KINDS)
 
 
 def samplers() -> dict[str, Sampler]:
     """Every registered sampler by name, in registration order (built-ins first)."""
+    _builtins()
     return dict(_SAMPLERS)
+
+
+def _builtins() -> None:
+    # The built-in kinds and samplers register when `lambda_hat.specs` is imported (their spec
+    # classes live there); a reader of the registry must not see it empty because nothing
+    # imported specs yet. Mid-import (specs registering), this returns the partial module.
+    importlib.import_module("lambda_hat.specs")
 
 
 def unregistered(kind: str, spec: Any) -> str | None:
     """What a stored spec (of a "target" or a "run", as JSON) names that is not registered in this
     process ("model kind 'line'", "sampler 'x'"), else None. Such an artifact is a plugin's, and
     reads back where the plugin is loaded ($LH_PLUGINS): not damaged."""
+    _builtins()
     section, field, table, what = (("model", "kind", _MODEL_KINDS, "model kind") if kind == "target"
                                    else ("sampler", "name", _SAMPLERS, "sampler"))
     part = spec.get(section) if isinstance(spec, dict) else None

@@ -88,11 +88,11 @@ def sampler_hyperparameters() -> list[tuple[str, str, str]]:
     """(column, spec field, SQL type) for every field of every sampler spec, in declaration
     order. A field whose name is already a `runs` column (`step_size` is also the adapted
     step size the sampler used, `draws` the draws it made) gets the prefix `spec_`."""
-    from lambda_hat.specs import HMCSpec, MCLMCSpec, NUTSSpec, SGLDSpec
+    from lambda_hat import registry
 
     taken = {c.name.lower() for c in index.TABLES["runs"]}
     out, seen = [], set()
-    for model in (SGLDSpec, HMCSpec, NUTSSpec, MCLMCSpec):
+    for model in (s.spec for s in registry.samplers().values()):
         for name, info in model.model_fields.items():
             if name in ("name", "chains", "dtype") or name in seen:
                 continue
