@@ -26,6 +26,15 @@ def test_thresholds_from_the_sweep_reach_the_worker(tmp_path):
     assert (s["r_hat"], s["ess_bulk"]) == pytest.approx((x["r_hat"], x["ess_bulk"]))  # same numbers
     assert s["status"] == "unconverged" and "< 400" in s["status_reason"], s
     assert x["status"] == "ok" and x["status_reason"] == "", x
+    # The thresholds are stored beside the decision, and lh status displays it: the lax run,
+    # bulk ESS far under 400, is not flagged there.
+    stored = lh(tmp_path, "query", "select metrics->>'$.r_hat_max' as r, metrics->>'$.ess_bulk_min' as e from runs",
+                "--format", "json", "--store", str(tmp_path / "lax"))
+    assert json.loads(stored.stdout) == [{"r": "10.0", "e": "0.0"}], stored.stdout
+    status = lh(tmp_path, "status", "--store", str(tmp_path / "lax"), "--logs", str(tmp_path / "nologs")).stdout
+    assert "flagged runs: 0" in status, status
+    strict_status = lh(tmp_path, "status", "--store", str(tmp_path / "strict"), "--logs", str(tmp_path / "nologs")).stdout
+    assert "flagged runs: 1" in strict_status and "unconverged (" in strict_status, strict_status
 
 
 def test_bad_thresholds_are_refused_with_the_field(tmp_path):

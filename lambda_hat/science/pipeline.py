@@ -350,6 +350,11 @@ def _finish(run, traces, warmup_grad_evals, L0, t_compile, t_run, hit, target, a
         "compile_sec": t_compile,
         "sample_sec": t_run,
         "compile_cache_hit": int(hit),
+        # The thresholds this status was decided with, stored beside it: every view displays
+        # the decision, none recomputes it (ARCHITECTURE.md, invariant 9).
+        "r_hat_max": float(diag.r_hat_max),
+        "ess_bulk_min": float(diag.ess_bulk_min),
+        "divergence_max": float(diag.divergence_max),
     })
     if sampler.report:
         sampler.load().report(s, traces, metrics, scalars, LOSS_EVAL_FGE)
