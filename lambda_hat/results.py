@@ -807,7 +807,7 @@ class StatusReport:
     not_indexed: dict[str, int] = field(default_factory=dict)  # kind -> artifact dirs not in the index yet
     flagged: list[tuple[str, str, list[str]]] = field(default_factory=list)  # (run_id, sampler, reasons)
     failed_jobs: list[tuple[str, Path, str]] = field(default_factory=list)  # (id, .err path, its last line)
-    claims: list[tuple[str, str, float]] = field(default_factory=list)  # (id, holder, heartbeat age)
+    claims: list[tuple[str, str, str]] = field(default_factory=list)  # (id, holder, its heartbeat in words)
     temporary: int = 0
     quarantined: int = 0
     size_bytes: int = 0
@@ -837,7 +837,9 @@ def store_status(store: Any, logs: Path) -> StatusReport:
     claimed = {}
     for artifact_id, holder in store.live_claims():
         claimed[artifact_id] = holder
-        rep.claims.append((artifact_id, holder.owner.describe(), holder.heartbeat_age_s))
+        beat = (f"heartbeat stamped {holder.ahead_s:.0f}s ahead (clock skew)" if holder.ahead_s > 1.0
+                else f"heartbeat {holder.heartbeat_age_s:.0f}s ago")
+        rep.claims.append((artifact_id, holder.owner.describe(), beat))
     for sub, kind in (("build_target", "target"), ("run_sampler", "run")):
         folder = logs / sub
         if not folder.is_dir():
@@ -878,7 +880,7 @@ def format_status(rep: StatusReport, logs: Path, limit: int = 20) -> str:
                      + " (lh execute records them; lh index rebuild now)")
     if rep.claims:
         lines.append(f"in flight: {len(rep.claims)} jobs claimed by running lh execute")
-        lines += [f"  {i}  {who}, heartbeat {age:.0f}s ago" for i, who, age in rep.claims[:limit]]
+        lines += [f"  {i}  {who}, {beat}" for i, who, beat in rep.claims[:limit]]
     lines.append(f"flagged runs: {len(rep.flagged)}" + (" (status not ok, by the thresholds they were sampled with)"
                                                          if rep.flagged else ""))
     prefixes = unique_prefixes([i for i, _, _ in rep.flagged])

@@ -212,3 +212,20 @@ def test_status_lists_only_this_stores_failed_jobs_from_a_shared_logs_folder(run
     assert failed.startswith("2 "), result.stdout
     assert str(my_failed_run) in failed and str(my_failed_target) in failed
     assert theirs_t not in failed and done.run_id not in failed and failed_there.run_id not in failed
+
+
+def test_status_names_a_skewed_heartbeat_instead_of_a_negative_age(runner, tmp_path, store):
+    """A lease of another host stamped a day ahead (clock skew): never "heartbeat -86336s ago"."""
+    import os
+    import time
+
+    from lambda_hat.store.claims import Claims, Owner
+
+    root, ex, late = store
+    other = Claims(Store(root).layout.claims_dir, Owner("otherhost", 4242, "tok", boot_id="b", pid_ns="n"))
+    assert other.acquire("run_feedfeedfeed") is None
+    ahead = time.time() + 86400
+    os.utime(Store(root).layout.claims_dir / "run_feedfeedfeed.lease", (ahead, ahead))
+    out = lh(runner, "status", "--store", str(root), "--logs", str(tmp_path / "nologs")).stdout
+    line = next(x for x in out.splitlines() if "run_feedfeedfeed" in x)
+    assert "otherhost pid 4242" in line and "ahead (clock skew)" in line and "-" not in line.split("pid")[1], line
