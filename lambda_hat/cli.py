@@ -152,7 +152,7 @@ def execute_cmd(
     results: Annotated[Path, typer.Option(help="One row per run of the sweep: .parquet or .csv.")] = Path(
         "results/llc_runs.parquet"
     ),
-    retries: Annotated[int, typer.Option(min=0, help="Retry a failed job this many times (Parsl retries).")] = 0,
+    retries: Annotated[int, typer.Option(min=0, help="Retry a job that raised (its own error) this many times; a job lost with its worker, node or block is retried up to 2 times anyway.")] = 0,
     max_runs: MaxRunsOpt = 1_000_000,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A line for every job submitted and completed (by default: one line per stage, the progress bar, failures; completions too up to 50 jobs).")] = False,
     batch_runs: Annotated[bool, typer.Option("--batch-runs", help="Sample the runs of one target that differ only in seed, beta, gamma or SGLD step size as one vmapped job each (numbers equal in law, not bit for bit, to runs sampled alone).")] = False,
