@@ -1,6 +1,7 @@
 """Content IDs: sha256 of RFC 8785 canonical JSON of a resolved spec, tagged with type and schema.
 
-An ID depends on the resolved spec alone: never on paths, times, code or package versions
+An ID depends on the resolved spec alone (for a user's model, `kind: python`, that spec holds
+the digests of its code and data: `user_models.py`): never on paths, times, code or package versions
 (those go in the manifest). Bump a schema version only when the meaning of a resolved
 spec changes; doing so deliberately invalidates every cached artifact of that type.
 
@@ -21,7 +22,7 @@ from typing import Any
 import rfc8785
 from pydantic import BaseModel
 
-from lambda_hat.specs import ID_NEUTRAL, PosteriorSpec, RunSpec, SamplerRun, TargetSpec
+from lambda_hat.specs import ID_NEUTRAL, NOT_HASHED, PosteriorSpec, RunSpec, SamplerRun, TargetSpec
 
 TARGET_SCHEMA = "lambda_hat.target/1"
 RUN_SCHEMA = "lambda_hat.run/1"
@@ -44,7 +45,7 @@ def _drop_neutral(model: BaseModel, data: dict) -> dict:
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        if ID_NEUTRAL in extra and value == extra[ID_NEUTRAL]:
+        if extra.get(NOT_HASHED) or (ID_NEUTRAL in extra and value == extra[ID_NEUTRAL]):
             data.pop(name, None)
         elif isinstance(value, BaseModel) and isinstance(data.get(name), dict):
             _drop_neutral(value, data[name])

@@ -429,12 +429,60 @@ class PolynomialSpec(ModelSpecBase):
         return "model.powers", "model.powers", "model.powers"
 
 
+# Key in a field's json_schema_extra: the field is never hashed (where a user's code lives: the
+# worker needs it, the ID must not depend on it).
+NOT_HASHED = "not_hashed"
+
+
+class PythonModelSpec(ModelSpecBase):
+    """A user's own model: `factory` ("module:function") is called as `make(seed=..., **kwargs)`
+    and returns params, predict, loss ("mse" or "cross_entropy") and data (`user_models.py`).
+    The user writes `factory` and `kwargs`; the sweep loader fills in the rest from the factory
+    (its code and data digests, which the ID covers; its shapes; where its module lives)."""
+
+    kind: Literal["python"]
+    factory: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
+    kwargs: dict[str, Any] = {}
+    # filled in by `user_models.resolve` when the sweep is loaded
+    loss: Literal["mse", "cross_entropy"] | None = None
+    trained: Bool = False
+    code_digest: str = ""
+    data_digest: str = ""
+    factory_seed: Int = 0
+    n_params: Annotated[Int, Field(ge=0)] = 0
+    in_dim: Annotated[Int, Field(ge=0)] = 0
+    out_dim: Annotated[Int, Field(ge=0)] = 0
+    source_dir: str | None = Field(None, json_schema_extra={NOT_HASHED: True})
+
+    @property
+    def layer_dims(self) -> list[int]:
+        return [self.in_dim, self.out_dim]
+
+    @property
+    def shape(self) -> str:
+        return f"{self.factory} ({self.n_params} params)"
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.shape}"
+
+    def forward_key(self) -> tuple:
+        import json
+
+        return ("python", self.factory, json.dumps(self.kwargs, sort_keys=True), self.factory_seed, self.loss,
+                self.code_digest, self.source_dir)
+
+    def memory_fields(self) -> tuple[str, str, str]:
+        return "model.factory", "model.factory", "model.factory"
+
+
 for _kind in (
     ModelKind(MLPSpec, build="lambda_hat.science.mlp:build_mlp_target", forward="lambda_hat.science.models:mlp_forward"),
     ModelKind(DLNSpec, build="lambda_hat.science.dln:build_dln_target", forward="lambda_hat.science.models:mlp_forward",
               exact_lambda="lambda_hat.science.dln:llc_true"),
     ModelKind(PolynomialSpec, build="lambda_hat.science.polynomial:build_polynomial_target",
               forward="lambda_hat.science.polynomial:forward", exact_lambda="lambda_hat.science.polynomial:exact_lambda"),
+
+    ModelKind(PythonModelSpec, build="lambda_hat.user_models:build", forward="lambda_hat.user_models:forward"),
 ):
     registry.register_model_kind(_kind)
 

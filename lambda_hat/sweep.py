@@ -349,7 +349,8 @@ def _check_target_entry(raw: dict, source: str, entry: str) -> list[tuple[str, l
     return _grid_axes(raw, source, entry)
 
 
-def _resolve_target(raw: dict, source: str, entry: str, default_dtype: str) -> TargetSpec:
+def _resolve_target(raw: dict, source: str, entry: str, default_dtype: str, base_dir: str | None = None
+                    ) -> TargetSpec:
     fields: dict[str, Any] = {}
     for kind in TARGET_SECTIONS:
         if kind in raw or kind == "teacher":
@@ -371,10 +372,19 @@ def _resolve_target(raw: dict, source: str, entry: str, default_dtype: str) -> T
     problem = seed_problem(spec.seed, spec.dtype)
     if problem:
         raise _fail(source, entry, "seed", problem)
+    if spec.model.kind == "python":
+        # A user's model is hashed by what its factory computes: import and call it (only here).
+        from lambda_hat import user_models
+
+        try:
+            spec = user_models.resolve(spec, base_dir)
+        except user_models.FactoryError as err:
+            raise _fail(source, entry, f"model.{err.field}", str(err)) from None
     return spec
 
 
-def _target_entries(raw: dict, axes: list, source: str, entry: str, default_dtype: str) -> list[tuple[str, TargetSpec]]:
+def _target_entries(raw: dict, axes: list, source: str, entry: str, default_dtype: str, base_dir: str | None = None
+                    ) -> list[tuple[str, TargetSpec]]:
     base = {k: v for k, v in raw.items() if k != "grid"}
     if base.get("overrides") is None:
         base["overrides"] = {}
@@ -391,7 +401,7 @@ def _target_entries(raw: dict, axes: list, source: str, entry: str, default_dtyp
                 r = {**r, key: value}
             else:
                 raise _fail(source, entry, f"grid.{key}", "does not name a field of this target entry")
-        specs.append((label, _resolve_target(r, source, label, default_dtype)))
+        specs.append((label, _resolve_target(r, source, label, default_dtype, base_dir)))
     return specs
 
 
@@ -538,7 +548,10 @@ def _check_run_count(target_counts: list[tuple[str, int]], sampler_counts: list[
                 f"more than the limit of {max_runs:,} (max_runs)")
 
 
-def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAULT_MAX_RUNS) -> Sweep:
+def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAULT_MAX_RUNS,
+                    base_dir: str | None = None) -> Sweep:
+    """The sweep in `data`; `base_dir` (the sweep file's directory) is where a python model's
+    factory module is looked up first."""
     if not isinstance(data, dict):
         raise _fail(source, "", "", "top level must be a mapping with `targets` and `samplers`")
     unknown = set(data) - SWEEP_KEYS
@@ -582,7 +595,7 @@ def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAU
 
     targets: list[tuple[str, TargetSpec]] = []
     for (entry, raw), axes in zip(target_entries, target_axes):
-        targets += _target_entries(raw, axes, source, entry, default_dtype)
+        targets += _target_entries(raw, axes, source, entry, default_dtype, base_dir)
     samplers: list[tuple[str, SamplerRun]] = []
     for (entry, raw), axes in zip(sampler_entries, sampler_axes):
         samplers += _sampler_entries(raw, axes, source, entry, default_dtype)
@@ -603,4 +616,5 @@ def load_sweep(path: str | Path, *, max_runs: int = DEFAULT_MAX_RUNS) -> Sweep:
     `max_runs` bounds the number of runs (targets x sampler settings) the grids may expand to."""
     path = Path(path)
     source = str(path)
-    return sweep_from_dict(_parse_yaml(_read_text(path, source), source), source, max_runs=max_runs)
+    return sweep_from_dict(_parse_yaml(_read_text(path, source), source), source, max_runs=max_runs,
+                           base_dir=str(path.resolve().parent))

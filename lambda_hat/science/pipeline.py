@@ -232,10 +232,14 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
 
     rows = start_rows(n, int(w_star.size))
 
+    # the per-example loss (`losses.per_example`): "mse" for every built-in model
+    loss_name = getattr(target.model, "loss", None) or "mse"
+
     def problem(w_star, X, Y, n_beta, gamma, values):
         start_loss = None if rows is None else (
-            lambda key: (lambda w: make_minibatch_loss(predict, X, Y, rows)(w, key)))
-        return engine.Problem(make_full_loss(predict, X, Y), lambda b: make_minibatch_loss(predict, X, Y, b),
+            lambda key: (lambda w: make_minibatch_loss(predict, X, Y, rows, loss_name)(w, key)))
+        return engine.Problem(make_full_loss(predict, X, Y, loss_name=loss_name),
+                              lambda b: make_minibatch_loss(predict, X, Y, b, loss_name),
                               w_star, n_beta, gamma, dict(zip(names, values)), start_loss)
 
     def make_start():
@@ -256,7 +260,7 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     cache_key = (
         sampler.__name__, s.model_dump_json(exclude=exclude), activation, bool(jax.config.jax_enable_x64),
         tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())), X.shape, Y.shape, str(X.dtype), rows,
-    )
+    ) + (() if loss_name == "mse" else (loss_name,))  # built-in models' keys as before
     if batch is not None:
         # one program over the runs: keys, nβ, γ and the runtime scalars get a leading run axis
         B = len(batch)

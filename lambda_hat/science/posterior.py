@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from .losses import per_example_loss
+from .losses import per_example
 from .models import forward
 
 CHUNK = 4096
@@ -47,8 +47,10 @@ def chunk_rows(X, Y, chunk: int = CHUNK):
     return Xc, Yc, mask
 
 
-def make_full_loss(predict, X, Y, chunk: int = CHUNK):
-    """L_n(w) over all rows of (X, Y), in chunks of ≤ `chunk` rows."""
+def make_full_loss(predict, X, Y, chunk: int = CHUNK, loss_name: str = "mse"):
+    """L_n(w) over all rows of (X, Y), in chunks of ≤ `chunk` rows, with the per-example loss
+    called `loss_name` (`losses.per_example`)."""
+    per_example_loss = per_example(loss_name)
     n = X.shape[0]
     if n <= chunk:
         return lambda w: jnp.mean(per_example_loss(predict(w, X), Y))
@@ -61,12 +63,13 @@ def make_full_loss(predict, X, Y, chunk: int = CHUNK):
     return loss
 
 
-def make_minibatch_loss(predict, X, Y, batch_size: int):
+def make_minibatch_loss(predict, X, Y, batch_size: int, loss_name: str = "mse"):
     """stoch_loss(w, key): unbiased estimate of L_n(w) from `batch_size` rows drawn
     uniformly with replacement (the full data when batch_size ≥ n)."""
+    per_example_loss = per_example(loss_name)
     n = X.shape[0]
     if batch_size >= n:
-        full = make_full_loss(predict, X, Y)
+        full = make_full_loss(predict, X, Y, loss_name=loss_name)
         return lambda w, key: full(w)
 
     def loss(w, key):

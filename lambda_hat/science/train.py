@@ -46,7 +46,7 @@ def _grad_norm(g) -> jax.Array:
 
 
 @lru_cache(maxsize=64)
-def _chunk_fn(training, model, length: int):
+def _chunk_fn(training, model, length: int, loss_name: str = "mse"):
     """The jitted `length`-step chunk for (training config, model forward): a pure function of
     (carry, key, X, Y), so one compile serves every dataset of the same shapes."""
     apply = forward(model)
@@ -54,7 +54,7 @@ def _chunk_fn(training, model, length: int):
     bs = training.batch_size
 
     def loss_fn(p, xb, yb):
-        return mean_loss(apply(p, xb), yb)
+        return mean_loss(apply(p, xb), yb, loss_name)
 
     def chunk(carry, key, X, Y):
         n = X.shape[0]
@@ -78,12 +78,13 @@ def _chunk_fn(training, model, length: int):
     return jax.jit(chunk), jax.jit(lambda p, X, Y: loss_fn(p, X, Y)), opt
 
 
-def train(key, params, X, Y, training, model):
+def train(key, params, X, Y, training, model, loss_name: str = "mse"):
     """Return (trained params, info dict with train_steps, final_train_loss and
-    final_grad_norm). `model`: an MLP activation name or a `models.forward` key."""
+    final_grad_norm). `model`: an MLP activation name or a `models.forward` key; `loss_name`: the
+    per-example loss's name (`losses.per_example`)."""
     tol = training.early_stop_tol
     grad_tol = getattr(training, "grad_tol", None)
-    _, loss0_fn, opt = _chunk_fn(training, model, CHECK_EVERY)
+    _, loss0_fn, opt = _chunk_fn(training, model, CHECK_EVERY, loss_name)
     carry = (params, opt.init(params))
     done = 0
     prev = float(loss0_fn(params, X, Y))
@@ -91,7 +92,7 @@ def train(key, params, X, Y, training, model):
     while done < training.steps:
         length = min(CHECK_EVERY, training.steps - done)
         key, sub = jax.random.split(key)
-        carry, loss_arr, gnorm_arr = _chunk_fn(training, model, length)[0](carry, sub, X, Y)
+        carry, loss_arr, gnorm_arr = _chunk_fn(training, model, length, loss_name)[0](carry, sub, X, Y)
         loss, gnorm = float(loss_arr), float(gnorm_arr)
         done += length
         if grad_tol is not None:
@@ -104,12 +105,12 @@ def train(key, params, X, Y, training, model):
 
 
 @lru_cache(maxsize=32)
-def _refine_fn(model, max_iters: int):
+def _refine_fn(model, max_iters: int, loss_name: str = "mse"):
     apply = forward(model)
 
     def run(w0, X, Y, grad_tol):
         def fun(p):
-            return mean_loss(apply(p, X), Y)
+            return mean_loss(apply(p, X), Y, loss_name)
 
         opt = optax.lbfgs()
         value_and_grad = optax.value_and_grad_from_state(fun)
@@ -131,12 +132,13 @@ def _refine_fn(model, max_iters: int):
     return jax.jit(run)
 
 
-def refine(params, X, Y, model, *, grad_tol: float = 0.0, max_iters: int = REFINE_MAX_ITERS):
+def refine(params, X, Y, model, *, grad_tol: float = 0.0, max_iters: int = REFINE_MAX_ITERS,
+           loss_name: str = "mse"):
     """Full-batch L-BFGS (optax, zoom line search) from `params` down to the nearest minimum
     of L_n: stops when ‖∇L_n‖ ≤ grad_tol or after `max_iters` iterations. A descent method
     never climbs, so it stays in the basin it starts in. Returns (params, info) with
     refine_iters, refined_loss and refined_grad_norm. An exact saddle (zero gradient) is not
     left: callers test curvature separately (`wstar.quality`)."""
     dtype = jax.tree.leaves(params)[0].dtype
-    p, loss, gnorm, iters = _refine_fn(model, int(max_iters))(params, X, Y, jnp.asarray(grad_tol, dtype))
+    p, loss, gnorm, iters = _refine_fn(model, int(max_iters), loss_name)(params, X, Y, jnp.asarray(grad_tol, dtype))
     return p, {"refine_iters": int(iters), "refined_loss": float(loss), "refined_grad_norm": float(gnorm)}

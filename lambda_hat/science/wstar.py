@@ -77,14 +77,16 @@ def too_large(n: int, d: int) -> bool:
 
 
 @lru_cache(maxsize=8)
-def _chunked_value_and_grad(model, layout: tuple):
+def _chunked_value_and_grad(model, layout: tuple, loss_name: str = "mse"):
     """Jitted (L_n, ∇L_n) summed over chunks of rows (`lax.scan`), so no pass holds more than one
     chunk's activations: the gradient of `lax.map` would keep every chunk's for the backward pass."""
     import jax
     import jax.numpy as jnp
 
-    from .losses import per_example_loss
+    from .losses import per_example
     from .posterior import chunk_rows, flat_model
+
+    per_example_loss = per_example(loss_name)
 
     _, predict = flat_model({k: jnp.zeros(shape, dtype) for k, shape, dtype in layout}, model)
 
@@ -103,7 +105,7 @@ def _chunked_value_and_grad(model, layout: tuple):
 
 
 @lru_cache(maxsize=32)
-def _jitted(model, layout: tuple):
+def _jitted(model, layout: tuple, loss_name: str = "mse"):
     """Jitted (value_and_grad, hessian, hvp) of the flat L_n(w, X, Y) for a model key and a
     parameter layout ((name, shape, dtype), ...): data are arguments, so targets of the same
     shapes share the executables."""
@@ -115,7 +117,7 @@ def _jitted(model, layout: tuple):
     _, predict = flat_model({k: jnp.zeros(shape, dtype) for k, shape, dtype in layout}, model)
 
     def loss(w, X, Y):
-        return make_full_loss(predict, X, Y)(w)
+        return make_full_loss(predict, X, Y, loss_name=loss_name)(w)
 
     def hvp(w, v, X, Y):
         return jax.jvp(lambda u: jax.grad(loss)(u, X, Y), (w,), (v,))[1]
@@ -138,9 +140,9 @@ def _extreme_eigs(hvp, d: int, dtype) -> tuple[float, float, str]:
     return out[0], out[1], method
 
 
-def quality(params, X, Y, model, *, n_beta: float | None = None) -> dict:
+def quality(params, X, Y, model, *, n_beta: float | None = None, loss_name: str = "mse") -> dict:
     """The w* quality metrics of the module doc for `params` on (X, Y). `model`: a
-    `models.model_key`. `n_beta` defaults to n/log n (β₀ = 1/log n)."""
+    `models.model_key`; `loss_name`: the per-example loss's name. `n_beta` defaults to n/log n (β₀ = 1/log n)."""
     import jax.numpy as jnp
 
     from .train import refine
@@ -153,14 +155,14 @@ def quality(params, X, Y, model, *, n_beta: float | None = None) -> dict:
     d, dtype = int(w.size), w.dtype
     layout = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(params.items()))
     if too_large(n, d):
-        L0, g = _chunked_value_and_grad(model, layout)(w, X, Y)
+        L0, g = _chunked_value_and_grad(model, layout, loss_name)(w, X, Y)
         grad_norm, nan = float(jnp.linalg.norm(g)), float("nan")
         finite = math.isfinite(float(L0)) and math.isfinite(grad_norm)
         return {"grad_norm": grad_norm, "hess_min_eig": nan, "hess_max_eig": nan, "hess_method": "skipped",
                 "descent_gap": nan, "refine_iters": 0, "w_star_status": "unchecked" if finite else "nonfinite",
                 "w_star_reason": (f"n·d = {n * d:.3g} > {QUALITY_MAX_WORK:.3g}: Hessian and descent tests skipped"
                                   if finite else f"L0 = {float(L0)}, gradient norm {grad_norm}")}
-    value_and_grad, hessian, hvp = _jitted(model, layout)
+    value_and_grad, hessian, hvp = _jitted(model, layout, loss_name)
     L0, g = value_and_grad(w, X, Y)
     grad_norm = float(jnp.linalg.norm(g))
     if not (math.isfinite(float(L0)) and math.isfinite(grad_norm)):
@@ -175,7 +177,7 @@ def quality(params, X, Y, model, *, n_beta: float | None = None) -> dict:
         hmin, hmax, method = float(eigs[0]), float(eigs[-1]), "dense"
     else:
         hmin, hmax, method = _extreme_eigs(lambda v: hvp(w, jnp.asarray(v, dtype), X, Y), d, dtype)
-    _, info = refine(params, X, Y, model)
+    _, info = refine(params, X, Y, model, loss_name=loss_name)
     gap = max(float(L0) - info["refined_loss"], 0.0)
     reasons, status = [], "ok"
     if n_beta * gap > shift_tol(d):
