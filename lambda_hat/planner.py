@@ -68,7 +68,9 @@ class Plan:
 
 def describe_target(t: PlannedTarget) -> str:
     d = t.spec.data
-    return f"model={t.spec.model.describe()}, data=n{d.n_data}/{d.x_dist}, seed={t.spec.seed}"
+    # a user's model brings its own data: only its size is lambda-hat's to show
+    data = f"n{d.n_data}" if t.spec.model.kind == "python" else f"n{d.n_data}/{d.x_dist}"
+    return f"model={t.spec.model.describe()}, data={data}, seed={t.spec.seed}"
 
 
 def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:

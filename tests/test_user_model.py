@@ -56,6 +56,13 @@ def planned_target(sweep_path, cwd):
     return json.loads(out.stdout)["targets_to_build"][0]
 
 
+def in_process_id(root, factory=FACTORY, sweep=SWEEP):
+    from lambda_hat.ids import target_id
+    from lambda_hat.sweep import load_sweep
+
+    return target_id(load_sweep(project(root, factory, sweep)).targets[0])
+
+
 def test_the_id_follows_the_code_and_the_data_never_the_path(tmp_path):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
@@ -63,16 +70,17 @@ def test_the_id_follows_the_code_and_the_data_never_the_path(tmp_path):
     assert base.startswith("tgt_")
     # the same code in another directory, planned by another process: the same ID
     assert planned_target(project(tmp_path / "b"), cwd) == base
+    assert in_process_id(tmp_path / "b2") == base
     # comments, docstrings and formatting do not count
     reformatted = FACTORY.replace("  # hidden layer", "").replace('"""A two-layer', '"""Another').replace(
         "0.5 * jax", "0.5*jax")
-    assert planned_target(project(tmp_path / "c", reformatted), cwd) == base
+    assert reformatted != FACTORY and in_process_id(tmp_path / "c", reformatted) == base
     # one character of code: another ID
-    assert planned_target(project(tmp_path / "d", FACTORY.replace("jnp.tanh", "jnp.sinh")), cwd) != base
+    assert in_process_id(tmp_path / "d", FACTORY.replace("jnp.tanh", "jnp.sinh")) != base
     # one data value: another ID
-    assert planned_target(project(tmp_path / "e", FACTORY.replace("[0.0, 2.0]", "[0.0, 2.5]")), cwd) != base
+    assert in_process_id(tmp_path / "e", FACTORY.replace("[0.0, 2.0]", "[0.0, 2.5]")) != base
     # kwargs are part of the spec
-    assert planned_target(project(tmp_path / "f", sweep=SWEEP.replace("n: 200", "n: 201")), cwd) != base
+    assert in_process_id(tmp_path / "f", sweep=SWEEP.replace("n: 200", "n: 201")) != base
 
 
 BAD = [
@@ -113,7 +121,7 @@ def test_execute_samples_a_user_classifier_and_query_shows_the_run(tmp_path):
     rows = json.loads(out.stdout)
     assert len(rows) == 1, rows
     row = rows[0]
-    assert row["model"] == "python" and row["n_params"] == 3 * 3 + 3 + 3 * 3 + 3
+    assert row["model"] == "python" and row["n_params"] == 2 * 3 + 3 + 3 * 3 + 3
     assert math.isfinite(row["llc_mean"]) and 0 < row["llc_mean"] < row["n_params"], row
     assert 0 < row["L0"] < math.log(3), row  # trained below chance level
 
