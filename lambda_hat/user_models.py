@@ -220,13 +220,15 @@ def resolve(target, source_dir: str | Path | None):
 
 
 @lru_cache(maxsize=16)
-def _factory_output(factory: str, kwargs_json: str, seed: int, source_dir: str | None) -> dict:
+def _factory_output(factory: str, kwargs_json: str, seed: int, source_dir: str | None, code: str) -> dict:
+    # `code` (the planned code digest) only keys the cache: a re-planned, edited factory is called again
     return call_factory(factory, json.loads(kwargs_json), seed, source_dir)
 
 
 def _output_of(m) -> dict:
     try:
-        return _factory_output(m.factory, json.dumps(m.kwargs, sort_keys=True), m.factory_seed, m.source_dir)
+        return _factory_output(m.factory, json.dumps(m.kwargs, sort_keys=True), m.factory_seed, m.source_dir,
+                               m.code_digest)
     except FactoryError as err:
         raise BadInput(f"model.{err.field}: {err}") from None
 
@@ -236,8 +238,8 @@ def forward(key):
     params rebuilt from their '/'-joined names; mse outputs as (rows, outputs) like Y."""
     import jax
 
-    _, factory, kwargs_json, seed, loss, _, source_dir = key
-    got = _factory_output(factory, kwargs_json, seed, source_dir)
+    _, factory, kwargs_json, seed, loss, code, source_dir = key
+    got = _factory_output(factory, kwargs_json, seed, source_dir, code)
     treedef, names, predict = got["treedef"], got["names"], got["predict"]
 
     def apply(params, x):

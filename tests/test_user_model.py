@@ -180,3 +180,22 @@ def test_a_regular_user_model_gives_half_its_dimension(tmp_path):
     (row,) = json.loads(out.stdout)
     assert row["w_star_status"] == "ok", row
     assert abs(row["llc_mean"] - 3.0) < max(4 * row["llc_sem"], 0.3), row
+
+
+def test_trained_params_are_w_star_and_an_edited_factory_is_not_built(tmp_path):
+    from lambda_hat.science import build_target
+    from lambda_hat.sweep import load_sweep
+
+    trained = LOGISTIC.replace('"data": {"x": x, "y": y}}', '"data": {"x": x, "y": y}, "trained": True}').replace(
+        'np.zeros((features, classes - 1))', 'np.full((features, classes - 1), 0.25)')
+    sweep = project(tmp_path, trained, LOGISTIC_SWEEP.replace("n: 1000", "n: 50"))
+    spec = load_sweep(sweep).targets[0]
+    assert spec.model.trained and spec.model.loss == "cross_entropy" and spec.data.n_data == 50
+    arrays = build_target(spec)
+    assert arrays.metrics["train_steps"] == 0
+    assert set(arrays.params) == {"W", "b"} and (arrays.params["W"] == 0.25).all() and (arrays.params["b"] == 0).all()
+    assert arrays.Y.shape == (50, 1) and 0 < arrays.metrics["L0"] < 10
+    # the code changes after the plan: the worker refuses to build something else under the planned ID
+    (tmp_path / "mymodel.py").write_text(trained.replace("0.25", "0.5"))
+    with pytest.raises(RuntimeError, match="code changed since the sweep was planned"):
+        build_target(spec)
