@@ -31,7 +31,15 @@ def lh(cwd, *args, check=True, timeout=600):
     return proc
 
 
+# A terminal's foreground command gets Ctrl-C. A test runner started in the background by a
+# non-interactive shell (a CI script's `cmd &`) has SIGINT ignored, which its children inherit
+# and Python then honours (no KeyboardInterrupt): restore the default, as a terminal would.
+AS_FOREGROUND = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "runpy.run_module('lambda_hat.cli', run_name='__main__', alter_sys=True)")
+
+
 def start(cwd, *args, **extra_env) -> subprocess.Popen:
-    """`lh *args` in the background, in its own session (signals reach only it)."""
-    return subprocess.Popen([sys.executable, "-m", "lambda_hat.cli", *args], cwd=cwd, env=env(**extra_env),
+    """`lh *args` in the background, in its own session (signals reach only it), with SIGINT
+    delivered as in a terminal whatever this process inherited."""
+    return subprocess.Popen([sys.executable, "-c", AS_FOREGROUND, *args], cwd=cwd, env=env(**extra_env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -126,7 +126,7 @@ def test_unregistered_again_the_names_are_refused_and_builtin_ids_never_move():
         sys.modules.pop("toy_plugin", None)
         sys.path.remove(str(PLUGINS))
     with pytest.raises(SweepError, match=r"targets\[0\]: model: Input tag 'line' .* expected tags: 'mlp', 'dln', "
-                                         r"'polynomial' \(a plugin's are known once \$LH_PLUGINS names its module\)"):
+                                         r"'polynomial', 'python' \(a plugin's are known once \$LH_PLUGINS names its module\)"):
         sweep_from_dict(SWEEP)
     with pytest.raises(SweepError, match=r"samplers\[0\] \(toy_langevin\): name: unknown sampler 'toy_langevin'"):
         sweep_from_dict({**SWEEP, "targets": [{"model": "small"}]})
