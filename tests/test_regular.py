@@ -41,11 +41,13 @@ def test_exact_finite_n_value_is_near_d_over_2(regular):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler,statuses", [
-    # HMC's fixed 10-step trajectories mix λ̂ slowly: 4 × 500 draws fall short of the 1.01 / 400
-    # convergence rule (llc.py; observed R-hat 1.006, bulk ESS 269), so the run is 'unconverged';
-    # its accuracy is still tested. Observed from dispersed starts: HMC 50.08 ± 0.43 (z = +0.5)
-    # against the exact 49.86.
-    ({"name": "hmc", "draws": 500, "warmup": 300}, ("ok", "unconverged")),
+    # HMC with 3 integration steps: at the adapted ε ≈ 0.37-0.42 a transition turns the (nearly
+    # whitened) posterior by about π/2 (test_science.test_hmc_matches_quadratic_theory says why).
+    # The default 10 steps land near a whole number of half periods for some chains, depending on
+    # the CPU's rounding: 4 × 500 draws gave R-hat 1.006 / 1.011 / 1.023 and bulk ESS 269 / 248 / 220
+    # under AVX-512 / AVX2 / SSE4.2 ('unconverged'; 2,000 draws under SSE4.2 still ESS 313). With 3
+    # steps, seeds 1-3 under all three: status ok, R-hat ≤ 1.0035, ESS 821-994, |z| ≤ 0.8 (issue 21).
+    ({"name": "hmc", "draws": 500, "warmup": 300, "num_integration_steps": 3}, ("ok",)),
     ({"name": "nuts", "draws": 500, "warmup": 300}, ("ok",)),
 ])
 def test_adjusted_samplers_within_3_sem_of_exact(regular, sampler, statuses):
