@@ -819,13 +819,20 @@ def _start_parsl(req: ExecuteRequest, config):
             python_app(apps.run_sampler_batch_job, data_flow_kernel=dfk))
 
 
+def _is_slurm(provider) -> bool:
+    # A subclass too (parsl_config's LhSlurmProvider): its name is not "SlurmProvider".
+    from parsl.providers import SlurmProvider
+
+    return isinstance(provider, SlurmProvider)
+
+
 def _print_where(dfk, console: Console) -> None:
     """Where a cluster user looks when something goes wrong (as in Lambda-Hat's guide)."""
     run_dir = Path(dfk.run_dir)
     console.print(f"  Parsl run directory: {run_dir} (parsl.log)")
     for ex in dfk.executors.values():
         provider = getattr(ex, "provider", None)
-        if type(provider).__name__ == "SlurmProvider":
+        if _is_slurm(provider):
             console.print(f"  SLURM submit scripts and job stdout/stderr: {provider.script_dir}")
             console.print(f"  worker pool logs: {run_dir / ex.label}  (watch the jobs with: squeue -u $USER)")
 
@@ -847,7 +854,7 @@ class SlurmJobReasons:
     def _job_ids(self) -> list[str]:
         ids = []
         for ex in self.dfk.executors.values():
-            if type(getattr(ex, "provider", None)).__name__ == "SlurmProvider":
+            if _is_slurm(getattr(ex, "provider", None)):
                 ids += [str(j) for j in getattr(ex, "blocks_to_job_id", {}).values() if j is not None]
         return ids
 
