@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 TARGET = "  - {model: small, data: small, seed: 7, overrides: {training: {steps: 200, learning_rate: 0.01}}}\n"
 
@@ -43,3 +45,27 @@ def start(cwd, *args, **extra_env) -> subprocess.Popen:
     delivered as in a terminal whatever this process inherited."""
     return subprocess.Popen([sys.executable, "-c", AS_FOREGROUND, *args], cwd=cwd, env=env(**extra_env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def processes_in(cwd) -> list[str]:
+    """Processes other than this one whose working directory is `cwd`, as "pid: cmdline": an
+    `lh execute` started there, its interchange, worker pools and reaper all inherit it."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == str(cwd):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120].decode(errors="replace")
+                found.append(f"{pid}: {cmdline}")
+        except OSError:
+            pass
+    return found
+
+
+def processes_left(cwd, within_s: float) -> list[str]:
+    """`processes_in(cwd)` once none is left, or after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while (left := processes_in(cwd)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lhproc import lh, sgld_sweep
+from lhproc import lh, processes_left, sgld_sweep
 from lhproc import start as start_lh
 
 pytestmark = pytest.mark.slow
@@ -25,32 +25,6 @@ def sweep_text(seeds) -> str:
 
 def start(cwd, sweep, *args, **extra_env):
     return start_lh(cwd, "execute", sweep, "--workers", "2", *args, **extra_env)
-
-
-def our_processes(cwd: Path) -> list[str]:
-    """Processes (other than this test's) whose working directory is the test's: the driver,
-    the interchange, worker pools and the reaper all inherit it."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            if os.readlink(f"/proc/{pid}/cwd") == str(cwd):
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120].decode()
-                found.append(f"{pid}: {cmdline}")
-        except OSError:
-            pass
-    return found
-
-
-def wait_no_processes(cwd: Path, within_s: float) -> list[str]:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        left = our_processes(cwd)
-        if not left:
-            return []
-        time.sleep(0.2)
-    return our_processes(cwd)
 
 
 def assert_store_exact(cwd: Path, sweeps: list[str]) -> None:
@@ -96,7 +70,7 @@ def crash_at(tmp_path: Path, name: str, how: str) -> None:
         assert "retried after WorkerLost" in out and "0 failed" in out, out
         plan = json.loads(lh(tmp_path, "plan", name, "--json").stdout)
         assert plan["runs_to_sample"] == [] and plan["targets_to_build"] == [], plan
-    left = wait_no_processes(tmp_path, within_s=20)
+    left = processes_left(tmp_path, within_s=20)
     assert not left, (how, left)  # no worker outlives a dead driver
 
 
@@ -142,7 +116,7 @@ def test_kill_at_random_moments(tmp_path):
             upper = max(1.0, 0.9 * (time.monotonic() - t_start))
         proc.wait(timeout=60)  # not its stdout: a leaked child could hold that open
         proc.stdout.close()
-        left = wait_no_processes(tmp_path, within_s=20)
+        left = processes_left(tmp_path, within_s=20)
         assert not left, (delay, left)  # no worker outlives a dead driver
         lh(tmp_path, "execute", name, "--workers", "2")
         bad = lh(tmp_path, "verify", "--store", "store", check=False)
@@ -163,7 +137,7 @@ def test_sigterm_cancels_workers_and_rerun_finishes(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 143, out
     assert "interrupted (SIGTERM)" in out
-    assert not wait_no_processes(tmp_path, within_s=15)
+    assert not processes_left(tmp_path, within_s=15)
     lh(tmp_path, "execute", "s.yaml", "--workers", "2")
     assert_store_exact(tmp_path, ["s.yaml"])
 
@@ -184,7 +158,7 @@ def test_two_drivers_on_one_store_do_each_job_once(tmp_path):
         text = log.read_text()
         assert text.count("sampling ") + text.count("building ") == 1, (log, text)  # no clobbered logs
     assert_store_exact(tmp_path, ["a.yaml", "b.yaml"])
-    assert not wait_no_processes(tmp_path, within_s=15)
+    assert not processes_left(tmp_path, within_s=15)
 
 
 HOLD = (

@@ -5,9 +5,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from lhproc import processes_left
 
 TINY = """\
 store_root: store
@@ -38,24 +38,6 @@ def lh(*args, cwd, timeout=600, check=True):
     return proc
 
 
-def processes_in(cwd: Path, within_s: float) -> list[str]:
-    """Processes other than this test's whose working directory is `cwd` (the driver, the
-    interchange, the worker pool and the reaper inherit it), once they are all gone or after `within_s`."""
-    deadline = time.monotonic() + within_s
-    while True:
-        found = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit() and int(pid) != os.getpid():
-                try:
-                    if os.readlink(f"/proc/{pid}/cwd") == str(cwd):
-                        found.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:120]!r}")
-                except OSError:
-                    pass
-        if not found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
-
-
 def test_execute_twice_then_query(tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY)
     first = lh("execute", "tiny.yaml", "--workers", "2", "--promote", cwd=tmp_path)
@@ -82,7 +64,7 @@ def test_execute_twice_then_query(tmp_path):
         assert row["status"] == "unconverged" and 0 < row["llc_mean"] <= row["n_params"] / 2 + 5, row
 
     # A clean exit does not wait for the worker pool to go; the reaper (its own session) sees it out.
-    left = processes_in(tmp_path, within_s=15)
+    left = processes_left(tmp_path, within_s=15)
     assert not left, left
 
     runinfo_before = sorted(os.listdir(tmp_path / "parsl_runinfo"))

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lhproc import lh, sgld_sweep, start
+from lhproc import lh, processes_in, processes_left, sgld_sweep, start
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the pool's processes through /proc")
 
@@ -95,28 +95,6 @@ def signal_all(pids, sig) -> None:
             pass  # a short-lived helper (a shell) already gone
 
 
-def our_processes(cwd: Path) -> list[str]:
-    """Processes (other than this test's) working in the test's directory: the driver, the
-    interchange, worker pools and the reaper all inherit it."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                if os.readlink(f"/proc/{pid}/cwd") == str(cwd):
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120].decode()
-                    found.append(f"{pid}: {cmdline}")
-            except OSError:
-                pass
-    return found
-
-
-def none_left(cwd: Path, within_s: float = 20) -> list[str]:
-    deadline = time.monotonic() + within_s
-    while our_processes(cwd) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return our_processes(cwd)
-
-
 def assert_each_job_once(cwd: Path, out: str, jobs: int) -> None:
     """All `jobs` completed, each reported once, none failed; the store complete and sound."""
     assert f"{jobs} jobs completed, 0 failed" in out, out
@@ -127,7 +105,7 @@ def assert_each_job_once(cwd: Path, out: str, jobs: int) -> None:
     assert sorted(os.listdir(cwd / "store" / "runs")) == sorted(c for c in completed if c.startswith("run_"))
     verify = lh(cwd, "verify", "--store", "store", check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert not none_left(cwd)
+    assert not processes_left(cwd, 20)
 
 
 def execute(cwd: Path, seeds=(1,)):
@@ -161,7 +139,7 @@ def test_machine_paused_past_the_heartbeat_threshold(tmp_path):
     first, the build must be done once and the sweep finish (the failure seen in issue 21)."""
     proc = execute(tmp_path)
     running_job(tmp_path, "logs/build_target/*.log", proc)
-    everything = [int(p.split(":")[0]) for p in our_processes(tmp_path)]
+    everything = [int(p.split(":")[0]) for p in processes_in(tmp_path)]
     assert proc.pid in everything and len(everything) >= 5  # driver, reaper, interchange, manager, workers
     signal_all(everything, signal.SIGSTOP)
     time.sleep(3 * int(FAST_HEARTBEAT["LH_HEARTBEAT_THRESHOLD_S"]))
@@ -206,7 +184,7 @@ def test_ctrl_c_and_sigterm_print_one_line_and_no_traceback(tmp_path, sig, code)
     assert proc.returncode == code, out
     assert "Traceback" not in out and "Error" not in out, out
     assert out.count(f"interrupted ({sig.name})") == 1, out
-    assert not none_left(tmp_path)
+    assert not processes_left(tmp_path, 20)
 
 
 FAKE_SBATCH = "#!/bin/sh\necho 'sbatch: error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n"
@@ -233,7 +211,7 @@ def test_failed_sbatch_says_why_where_and_what_and_status_counts_the_jobs(tmp_pa
     status = lh(tmp_path, "status", "--store", "store").stdout
     assert "failed jobs: 1" in status, status  # the target (its runs wait for it, they did not fail)
     assert "Unable to contact slurm controller" in status, status
-    assert not none_left(tmp_path)
+    assert not processes_left(tmp_path, 20)
 
 
 BLOCKS_THAT_CANNOT_START = """
@@ -256,4 +234,4 @@ def test_blocks_that_cannot_start_end_the_execute_with_their_error(tmp_path):
     flat = " ".join(out.split())
     assert "3 blocks failed in a row, giving up; the last: exit code 3: no worker pool here" in flat, out
     assert "0 jobs completed, 2 failed" in out and "Traceback" not in out, out
-    assert not none_left(tmp_path)
+    assert not processes_left(tmp_path, 20)

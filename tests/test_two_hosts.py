@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lhproc import env, lh
+from lhproc import env, lh, processes_left
 
 LH = [sys.executable, "-m", "lambda_hat.cli"]
 LEASE_TTL_S = 20.0  # > the 5 s heartbeat with room for a busy machine; takeover waits ~this long
@@ -89,26 +89,6 @@ class Host:
         rc = self.proc.wait(timeout=timeout)
         self.reader.join(timeout=10)
         return rc
-
-
-def processes_in(cwd: Path) -> list[str]:
-    """Processes whose working directory is `cwd`: a host's driver, interchange, workers and
-    reaper all inherit it (seen from this, the parent, PID namespace)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.readlink(f"/proc/{pid}/cwd") == str(cwd):
-                found.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:100]!r}")
-        except OSError:
-            pass
-    return found
-
-
-def processes_left(cwd: Path, within_s: float) -> list[str]:
-    deadline = time.monotonic() + within_s
-    while (left := processes_in(cwd)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
 
 
 def wait_for(what, within_s: float, why: str, hosts=()):

@@ -4,6 +4,7 @@ through the real CLI in child processes: plan, IDs, refusals, and (slow) execute
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -137,27 +138,8 @@ def test_the_factory_directory_is_not_in_the_id_but_reaches_the_worker(tmp_path)
     shutil.rmtree(tmp_path / "b")
 
 
-LOGISTIC = '''\
-import jax.numpy as jnp
-import numpy as np
-
-
-def predict(params, x):
-    z = x @ params["W"] + params["b"]  # logits of classes 1..K-1; class 0 fixed at 0 (identifiable)
-    return jnp.concatenate([jnp.zeros((x.shape[0], 1), z.dtype), z], axis=1)
-
-
-def make(seed, n=1000, classes=3, features=2):
-    rng = np.random.default_rng(seed)
-    W = rng.normal(size=(features, classes - 1))
-    x = rng.normal(size=(n, features))
-    logits = np.concatenate([np.zeros((n, 1)), x @ W], axis=1)
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    y = np.array([rng.choice(classes, p=row) for row in p], dtype=np.int32)
-    return {"params": {"W": np.zeros((features, classes - 1)), "b": np.zeros(classes - 1)},
-            "predict": predict, "loss": "cross_entropy", "data": {"x": x, "y": y}}
-'''
+# The example's regular model (examples/user_model/logistic.py), written beside a test sweep.
+LOGISTIC = (Path(__file__).resolve().parents[1] / "examples" / "user_model" / "logistic.py").read_text()
 
 LOGISTIC_SWEEP = """\
 targets:

@@ -363,12 +363,13 @@ def _results_rows_in_step(out_path: Path, source: str) -> int | None:
 
 
 def _remember_results(out_path: Path, source: str, rows: int) -> None:
+    from lambda_hat.results import write_atomic
+
     try:
         st = out_path.stat()
-        tmp = _sidecar(out_path).with_name(f"{_sidecar(out_path).name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"source": source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "rows": rows}))
-        os.replace(tmp, _sidecar(out_path))
-    except OSError:
+        write_atomic(_sidecar(out_path), json.dumps(
+            {"source": source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "rows": rows}).encode())
+    except (OSError, LhError):
         pass  # only a cache: the next no-op execute writes the results again
 
 
