@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from lambda_hat.errors import BadInput
 
-PLOTS_VERSION = "3"  # bump when a plot's code changes, so existing galleries are redrawn
+PLOTS_VERSION = "4"  # bump when a plot's code changes, so existing galleries are redrawn
 RUN_PLOTS = ("trace", "running_mean", "rank", "energy")
 TARGET_PLOTS = ("compare",)
 ALL_PLOTS = RUN_PLOTS + TARGET_PLOTS
@@ -218,22 +218,153 @@ def _title(m) -> str:
     return f"{s.get('name', '?')} · {m.id}"
 
 
-def plot_trace(m, traces: dict) -> bytes:
+# --------------------------------------------------------------------------- what λ̂ is judged against
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a run's λ̂ is compared with: the finite-n reference where the project computes one
+    (`llc_ref`: the expectation of λ̂ under the exact posterior at this n, with its numerical
+    error `llc_ref_se`), else the asymptotic learning coefficient (`llc_true`), which a finite-n
+    estimate can miss by many standard errors (multiplicity-2 normal crossings: ~0.14 vs 0.25)."""
+
+    value: float
+    se: float | None = None
+    finite_n: bool = False
+    method: str | None = None
+    asymptote: float | None = None  # the asymptotic λ beside a finite-n reference, drawn dotted
+
+    @property
+    def name(self) -> str:
+        return "finite-n reference" if self.finite_n else "asymptotic λ"
+
+    def z(self, mean: float | None, sem: float | None) -> float | None:
+        """How many standard errors (λ̂'s and the reference's combined) λ̂ lies above the reference."""
+        if mean is None or not sem:
+            return None
+        return (mean - self.value) / math.hypot(sem, self.se or 0.0)
+
+    def key(self) -> tuple:
+        return (self.value, self.se, self.finite_n, self.method, self.asymptote)
+
+
+def reference_of(run_metrics: dict | None, target_metrics: dict | None) -> Reference | None:
+    """The run's own reference first (a reference that depends on the run's posterior belongs
+    to the run), then its target's."""
+    sources = [x for x in (run_metrics, target_metrics) if x]
+
+    def first(name: str) -> tuple[float | None, dict | None]:
+        for metrics in sources:
+            v = _finite(metrics.get(name))
+            if v is not None:
+                return v, metrics
+        return None, None
+
+    true, _ = first("llc_true")
+    ref, where = first("llc_ref")
+    if ref is not None:
+        method = where.get("llc_ref_method")
+        return Reference(ref, _finite(where.get("llc_ref_se")), True, str(method) if method else None, true)
+    return Reference(true) if true is not None else None
+
+
+def _ref_lines(ax, ref: Reference | None, vertical: bool = False, label: bool = True) -> None:
+    if ref is None:
+        return
+    line = ax.axvline if vertical else ax.axhline
+    line(ref.value, color="k", ls="--", lw=1.1, label=ref.name if label else None)
+    if ref.asymptote is not None and ref.asymptote != ref.value:
+        line(ref.asymptote, color="0.45", ls=":", lw=1.1, label="asymptotic λ" if label else None)
+
+
+# --------------------------------------------------------------------------- robust axis ranges
+
+
+FENCE = 3.0  # energy axes span the quartiles ± 3 interquartile ranges
+# λ̂'s right tail is real (a normal crossing's draws sit near 0 with spikes 500x the median):
+# a trace's axis spans its 1-99 % quantiles ± 10 times their distance, clipping only escapes.
+TRACE_FENCE, TRACE_QUANTILES = 10.0, (1.0, 99.0)
+TRACE_POINTS = 600  # draws drawn per chain at most: more only blacken the panel
+
+
+def robust_range(values, fence: float = FENCE, quantiles: tuple[float, float] = (25.0, 75.0)
+                 ) -> tuple[float, float, int]:
+    """(low, high, how many finite values lie outside): the two quantiles (percent) widened by
+    `fence` times their distance, narrowed to the finite values' own extent. Robust to outliers
+    fewer than the lower quantile's share (a divergent transition's energy of 1e9 next to a bulk
+    of width 10)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float).reshape(-1)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return -1.0, 1.0, 0
+    q1, q3 = np.percentile(v, quantiles)
+    iqr = q3 - q1
+    if iqr <= 0:  # a bulk of equal values: fall back on the central 98 %
+        q1, q3 = np.percentile(v, [1, 99])
+        iqr = q3 - q1
+    lo, hi = max(float(v.min()), q1 - fence * iqr), min(float(v.max()), q3 + fence * iqr)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    outside = int(np.count_nonzero((v < lo) | (v > hi)))
+    return float(lo), float(hi), outside
+
+
+def _count(n: int, total: int) -> str:
+    return f"{n:,} of {total:,} ({100 * n / total:.2g} %)" if total else "0"
+
+
+def trace_figure(m, traces: dict, ref: Reference | None = None):
+    """One small panel per chain (so that no chain hides another), shared axes, the draws
+    thinned to at most TRACE_POINTS per chain, each chain's running mean over all its draws on
+    top, and the reference λ dashed."""
     import numpy as np
 
     plt = _pyplot()
     llc = np.asarray(traces["llc"], dtype=float)
-    fig, ax = plt.subplots(figsize=(5.6, 3.4))
-    for c in range(llc.shape[0]):
-        ax.plot(np.arange(llc.shape[1]), llc[c], lw=0.7, alpha=0.8, label=f"chain {c}")
-    if m.metrics.get("llc_true") is not None:
-        ax.axhline(m.metrics["llc_true"], color="k", ls="--", lw=1.2, label="exact λ")
-    ax.set_xlabel("draw")
-    ax.set_ylabel("λ̂ of the draw")
-    ax.set_title(f"λ̂ per chain — {_title(m)}", pad=22)
-    ax.legend(ncol=min(5, llc.shape[0] + 1), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False,
-              handlelength=1.2, columnspacing=1.0, borderaxespad=0.2)
-    return _png(fig)
+    chains, draws = llc.shape
+    shown = min(chains, 16)
+    cols = 1 if shown <= 4 else 2
+    rows = math.ceil(shown / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 if cols == 1 else 7.4, 0.95 * rows + 1.3), sharex=True,
+                             sharey=True, squeeze=False)
+    stride = max(1, math.ceil(draws / TRACE_POINTS))
+    x = np.arange(draws)
+    with np.errstate(invalid="ignore"):
+        running = np.cumsum(np.where(np.isfinite(llc), llc, np.nan), axis=1) / (x + 1)
+    lo, hi, outside = robust_range(llc, TRACE_FENCE, TRACE_QUANTILES)
+    if ref is not None:
+        lo, hi = min(lo, ref.value), max(hi, ref.value)
+    pad = 0.05 * (hi - lo)
+    for c, ax in enumerate(axes.reshape(-1)):
+        if c >= shown:
+            ax.set_visible(False)
+            continue
+        ax.plot(x[::stride], llc[c, ::stride], lw=0.6, color=f"C{c % 10}", alpha=0.75)
+        ax.plot(x, running[c], lw=1.4, color="k", label="running mean of the chain")
+        _ref_lines(ax, ref)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_ylabel(f"chain {c}", color=f"C{c % 10}", fontsize=9, fontweight="bold")
+    for ax in axes[-1]:
+        ax.set_xlabel("draw" + (f" (1 in {stride} drawn; running means use all)" if stride > 1 else ""))
+    fig.supylabel("λ̂ of the draw", fontsize=10, x=0.0)
+    notes = []
+    if shown < chains:
+        notes.append(f"first {shown} of {chains} chains")
+    if outside:
+        q_lo, q_hi = TRACE_QUANTILES
+        notes.append(f"y clipped to the {q_lo:g}-{q_hi:g} % quantiles ± {TRACE_FENCE:g}× their distance: "
+                     f"{_count(outside, llc.size)} draws beyond")
+    fig.suptitle(f"λ̂ per chain — {_title(m)}" + ("\n" + "; ".join(notes) if notes else ""), fontsize=10)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(handles, names, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    return fig
+
+
+def plot_trace(m, traces: dict, ref: Reference | None = None) -> bytes:
+    return _png(trace_figure(m, traces, ref))
 
 
 def _running_mean_band(llc):
@@ -249,7 +380,7 @@ def _running_mean_band(llc):
     return pooled, half
 
 
-def plot_running_mean(m, traces: dict) -> bytes:
+def plot_running_mean(m, traces: dict, ref: Reference | None = None) -> bytes:
     import numpy as np
 
     plt = _pyplot()
@@ -266,19 +397,18 @@ def plot_running_mean(m, traces: dict) -> bytes:
     for ax, (label, x) in zip(axes[0], axes_x):
         ax.fill_between(x, pooled - half, pooled + half, alpha=0.25, color="C0", lw=0, label="95 % band (chains)")
         ax.plot(x, pooled, color="C0", lw=1.2, label="mean over chains")
-        if m.metrics.get("llc_true") is not None:
-            ax.axhline(m.metrics["llc_true"], color="k", ls="--", lw=1, label="exact λ")
+        _ref_lines(ax, ref)
         ax.set_xlabel(label)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
     axes[0][0].set_ylabel("running mean of λ̂")
     handles, names = axes[0][0].get_legend_handles_labels()
     axes[0][0].set_title(f"Running mean of λ̂ — {_title(m)}", loc="left", pad=8)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.legend(handles, names, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
+    fig.legend(handles, names, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False)
     return _png(fig)
 
 
-def plot_rank(m, traces: dict) -> bytes:
+def plot_rank(m, traces: dict, ref: Reference | None = None) -> bytes:
     import numpy as np
 
     plt = _pyplot()
@@ -302,29 +432,69 @@ def plot_rank(m, traces: dict) -> bytes:
     return _png(fig)
 
 
-def plot_energy(m, traces: dict) -> bytes:
+def energy_figure(m, traces: dict):
+    """HMC/NUTS: the energy (centred per chain) and energy-transition histograms, without the
+    divergent transitions (a rejected proposal's energy, up to 1e9 or inf, is no draw's) and on
+    an axis clipped to the quartiles ± FENCE interquartile ranges, both stated on the plot with the count of
+    divergences. E-BFMI per chain from the same draws. MCLMC: the energy change per step, clipped
+    the same way. (ArviZ's plot_energy draws the same two histograms, unclipped.)"""
     import numpy as np
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    notes = []
     if "energy" in traces:
         energy = np.asarray(traces["energy"], dtype=float)
-        centred = energy - energy.mean(axis=1, keepdims=True)
-        transitions = np.diff(energy, axis=1)
-        bfmi = (transitions ** 2).mean(axis=1) / energy.var(axis=1)
-        ax.hist(centred.reshape(-1), bins=40, alpha=0.5, density=True, label="energy (centred per chain)")
-        ax.hist(transitions.reshape(-1), bins=40, alpha=0.5, density=True, label="energy transition")
+        total = energy.size
+        diverging = np.asarray(traces.get("diverging", np.zeros(energy.shape, bool)), dtype=bool)
+        kept = np.where(diverging | ~np.isfinite(energy), np.nan, energy)
+        centre = np.nanmedian(kept, axis=1, keepdims=True) if np.isfinite(kept).any() else np.zeros((energy.shape[0], 1))
+        centred = kept - centre
+        transitions = np.diff(kept, axis=1)  # NaN where either draw was left out
+        bfmi = [np.nanmean(t ** 2) / np.nanvar(e) if np.isfinite(t).sum() > 1 and np.nanvar(e) > 0 else math.nan
+                for t, e in zip(transitions, kept)]
+        both = np.concatenate([centred.reshape(-1), transitions.reshape(-1)])
+        lo, hi, outside = robust_range(both)
+        edges = np.linspace(lo, hi, 41)
+        for values, label in ((centred, "energy (centred per chain)"), (transitions, "energy transition")):
+            v = values.reshape(-1)
+            v = v[np.isfinite(v)]
+            if v.size:
+                ax.hist(v[(v >= lo) & (v <= hi)], bins=edges, alpha=0.5, density=True, label=label)
+        ax.set_xlim(lo, hi)
+        n_div = int(diverging.sum())
+        nonfinite = int(np.count_nonzero(~np.isfinite(energy) & ~diverging))
+        div_text = (f"divergent transitions: {_count(n_div, total)}, left out" if n_div
+                    else "no divergent transitions")
+        if nonfinite:
+            div_text += f"; {nonfinite:,} non-finite energies left out"
         ax.set_xlabel("energy")
-        ax.set_title(f"Energy — {_title(m)}\nE-BFMI per chain " + ", ".join(f"{b:.2f}" for b in bfmi)
-                     + " (below 0.3: poor exploration)", fontsize=9)
+        ax.set_title(f"Energy — {_title(m)}\n{div_text}\nE-BFMI per chain "
+                     + ", ".join("–" if not math.isfinite(b) else f"{b:.2f}" for b in bfmi)
+                     + " (below 0.3: poor exploration)", fontsize=9,
+                     color="#b3261e" if n_div else "k")
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.2)  # room for the legend above the bars
+        ax.legend(fontsize=7, frameon=False, loc="upper left")
     else:
         change = np.asarray(traces["energy_change"], dtype=float)
-        ax.hist(change.reshape(-1), bins=40, density=True, color="C4")
+        finite = change[np.isfinite(change)]
+        lo, hi, outside = robust_range(finite)
+        ax.hist(finite[(finite >= lo) & (finite <= hi)], bins=np.linspace(lo, hi, 41), density=True, color="C4")
+        ax.set_xlim(lo, hi)
         ax.set_xlabel("energy change per step")
-        ax.set_title(f"Energy change per step — {_title(m)}\nvariance {np.var(change):.2g}", fontsize=9)
+        bad = change.size - finite.size
+        ax.set_title(f"Energy change per step — {_title(m)}\nvariance {np.var(finite) if finite.size else math.nan:.2g}"
+                     + (f"; {bad:,} non-finite left out" if bad else ""), fontsize=9)
+        total = change.size
+    if outside:
+        notes.append(f"axis clipped to quartiles ± {FENCE:g} IQR:\n{outside:,} values beyond, not drawn")
+        ax.text(0.99, 0.98, notes[-1], transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.3")
     ax.set_ylabel("density")
-    ax.legend(fontsize=7, frameon=False) if "energy" in traces else None
-    return _png(fig)
+    return fig
+
+
+def plot_energy(m, traces: dict, ref: Reference | None = None) -> bytes:
+    return _png(energy_figure(m, traces))
 
 
 def disagreements(rows: list[dict]) -> dict[str, list[str]]:
@@ -340,31 +510,78 @@ def disagreements(rows: list[dict]) -> dict[str, list[str]]:
     return out
 
 
-def plot_compare(target_id: str, rows: list[dict], llc_true: float | None, labels: dict[str, str]) -> bytes:
+def compare_note(rows: list[dict]) -> str:
+    """What the comparison says about agreement: nothing with fewer than two estimates."""
+    estimates = [r for r in rows if r["llc_mean"] is not None and r["llc_sem"] is not None]
+    if len(estimates) < 2:
+        return ""
+    if disagreements(rows):
+        return f"✕: differs from another run by > {DISAGREE_SIGMAS:g} combined SEMs"
+    return f"the {len(estimates)} runs agree within {DISAGREE_SIGMAS:g} combined SEMs"
+
+
+def compare_figure(target_id: str, rows: list[dict], refs: dict[str, Reference | None], labels: dict[str, str]):
+    """λ̂ ± SEM per run; ✕ for a run that disagrees with another, a hollow marker and the status
+    for a flagged one (status not ok), the reference dashed (one line when the runs share it,
+    else a tick on each run's row)."""
+    from lambda_hat.results import run_flags
+
     plt = _pyplot()
     shown = [r for r in rows if r["llc_mean"] is not None]
     clash = disagreements(rows)
-    fig, ax = plt.subplots(figsize=(5.2, 1.4 + 0.45 * max(1, len(shown))))
+    fig, ax = plt.subplots(figsize=(5.6, 1.6 + 0.45 * max(1, len(shown))))
+    flagged = {r["run_id"] for r in shown if run_flags(r)}
     for y, r in enumerate(shown):
         color = _sampler_color(r["sampler"])
         marker = "X" if r["run_id"] in clash else "o"
-        ax.errorbar(r["llc_mean"], y, xerr=r["llc_sem"] or 0.0, fmt=marker, color=color, ms=7 if marker == "X" else 5,
-                    capsize=3, lw=1.2)
-    if llc_true is not None:
-        ax.axvline(llc_true, color="k", ls="--", lw=1.2)
-    ax.set_yticks(range(len(shown)), [labels[r["run_id"]] + ("  ✕ disagrees" if r["run_id"] in clash else "")
-                                      for r in shown])
+        ax.errorbar(r["llc_mean"], y, xerr=r["llc_sem"] or 0.0, fmt=marker, color=color,
+                    mfc="white" if r["run_id"] in flagged else color, mew=1.5,
+                    ms=7 if marker == "X" else 6, capsize=3, lw=1.2)
+    distinct = {ref.key(): ref for ref in (refs.get(r["run_id"]) for r in shown) if ref is not None}
+    shared = next(iter(distinct.values())) if len(distinct) == 1 else None
+    if shared is not None:
+        _ref_lines(ax, shared, vertical=True, label=False)
+    else:
+        for y, r in enumerate(shown):
+            ref = refs.get(r["run_id"])
+            if ref is not None:
+                ax.plot([ref.value] * 2, [y - 0.35, y + 0.35], color="k", ls="--", lw=1.1)
+    ticks = []
+    for r in shown:
+        text = labels[r["run_id"]]
+        if r["run_id"] in flagged:
+            text += f"  ({r['status']})"
+        if r["run_id"] in clash:
+            text += "  ✕"
+        ticks.append(text)
+    ax.set_yticks(range(len(shown)), ticks)
+    for tick, r in zip(ax.get_yticklabels(), shown):
+        if r["run_id"] in flagged:
+            tick.set_color("#b3261e")
     ax.invert_yaxis()
     ax.set_xlabel("λ̂ ± SEM")
-    note = f"✕: differs from another run by > {DISAGREE_SIGMAS:g} combined SEMs" if clash else \
-        f"all runs agree within {DISAGREE_SIGMAS:g} combined SEMs"
-    true = f"; dashed: exact λ = {llc_true:.4g}" if llc_true is not None else ""
-    ax.set_title(f"{target_id}: λ̂ ± SEM per run{true}\n{note}", fontsize=9)
+    lines = []
+    if shared is not None:
+        lines.append(f"dashed: {shared.name} = {_fmt(shared.value)}"
+                     + (f" ± {_fmt(shared.se, 2)}" if shared.finite_n and shared.se else "")
+                     + (f"; dotted: asymptotic λ = {_fmt(shared.asymptote)}" if shared.asymptote is not None else ""))
+    elif distinct:
+        lines.append("dashed ticks: each run's own reference λ")
+    note = compare_note(rows)
+    if note:
+        lines.append(note)
+    if flagged:
+        lines.append(f"hollow, red: flagged ({len(flagged)} run{'s' if len(flagged) > 1 else ''}), check before trusting")
+    ax.set_title(f"{target_id}: λ̂ ± SEM per run" + "".join("\n" + x for x in lines), fontsize=9)
     missing = len(rows) - len(shown)
     if missing:
         ax.text(1.0, -0.02, f"{missing} run(s) without λ̂ (status not ok)", transform=ax.transAxes, ha="right",
                 va="top", fontsize=7)
-    return _png(fig)
+    return fig
+
+
+def plot_compare(target_id: str, rows: list[dict], refs: dict[str, Reference | None], labels: dict[str, str]) -> bytes:
+    return _png(compare_figure(target_id, rows, refs, labels))
 
 
 RUN_PLOT_FNS = {"trace": plot_trace, "running_mean": plot_running_mean, "rank": plot_rank, "energy": plot_energy}
@@ -388,16 +605,66 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def fmt_estimate(mean: float | None, sem: float | None) -> str:
+    """λ̂ ± SEM with the SEM to two significant digits and λ̂ to the same decimal place
+    ("3.203 ± 0.038", "2.000 ± 0.050"), as one reads a measurement."""
+    if mean is None:
+        return "–"
+    if not sem:
+        return _fmt(mean)
+    decimals = min(8, max(0, 1 - math.floor(math.log10(abs(sem)))))
+    return f"{mean:.{decimals}f} ± {sem:.{decimals}f}"
+
+
+def fmt_r_hat(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"  # 3 decimals: "1.01" beside "r_hat 1.014 > 1.01" read as a contradiction
+
+
+def fmt_ess(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f}"
+
+
+_SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def describe_model(model: dict, teacher: dict | None = None) -> str:
+    """What defines a target's model, in words: a polynomial's powers, a network's widths, a
+    user model's factory."""
+    kind = model.get("kind", "?")
+    if kind == "polynomial":
+        powers = list(model.get("powers") or [])
+        text = f"polynomial, powers {powers}"
+        if 0 < len(powers) <= 8:
+            monomial = "·".join(f"w{str(i + 1).translate(_SUBSCRIPT)}" + (str(p).translate(_SUPERSCRIPT) if p != 1 else "")
+                                for i, p in enumerate(powers) if p)
+            text += f" (y = x·{monomial})"
+        return text
+    if kind == "python":
+        kwargs = model.get("kwargs") or {}
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
+        return f"python model from {model.get('factory', '?')}({args})"
+    widths = model.get("widths")
+    if kind == "dln":
+        text = f"deep linear network, widths {'-'.join(map(str, widths or []))}"
+        rank = (teacher or {}).get("rank")
+        return text + (f", teacher rank {rank}" if rank is not None else "")
+    if kind == "mlp":
+        dims = [model.get("in_dim"), *(widths or []), model.get("out_dim")]
+        return f"MLP {'-'.join(map(str, dims))}, {model.get('activation', 'relu')}"
+    shown = {k: v for k, v in model.items() if k != "kind" and isinstance(v, (int, float, str, list)) and v not in ("", [])}
+    return f"{kind} " + ", ".join(f"{k} {v}" for k, v in sorted(shown.items())) if shown else kind
+
+
 def _describe_target(m) -> str:
     model, data = m.spec.get("model", {}), m.spec.get("data", {})
-    arch = "-".join(map(str, model.get("widths") or [])) or f"depth {model.get('depth')}"
-    rank = m.spec.get("teacher", {}).get("rank")
-    return (f"{model.get('kind', '?')} {arch}" + (f", teacher rank {rank}" if rank is not None else "")
-            + f", n = {data.get('n_data')}, {m.metrics.get('n_params', '?')} parameters")
+    n = m.metrics.get("n_data", data.get("n_data"))
+    return f"{describe_model(model, m.spec.get('teacher'))}, n = {n}, {m.metrics.get('n_params', '?')} parameters"
 
 
 def _row(m) -> dict:
     return {"run_id": m.id, "sampler": m.spec.get("sampler", {}).get("name", "?"), "status": m.status,
+            "status_reason": m.metrics.get("status_reason"),
             "llc_mean": _finite(m.metrics.get("llc_mean")), "llc_sem": _finite(m.metrics.get("llc_sem")),
             "r_hat": _finite(m.metrics.get("r_hat")), "ess_bulk": _finite(m.metrics.get("ess_bulk"))}
 
@@ -433,13 +700,17 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
     writer = Writer(outdir, report)
     labels = unique_prefixes([m.id for m in runs] + list(by_target))
     run_files: dict[str, list[tuple[str, str]]] = {}
+    refs: dict[str, Reference | None] = {}
     for m in runs:
         names = {k.removeprefix("traces/") for k in m.arrays if k.startswith("traces/")}
         cache: dict[str, Any] = {}
+        t = targets.get(m.spec.get("target_id"))
+        ref = refs[m.id] = reference_of(m.metrics, t.metrics if t else None)
 
         def traces(m=m, names=names, cache=cache):
             if not cache:
-                cache.update(store.read_traces(m.id, ["llc", "cumulative_fge", "walltime", "energy", "energy_change"]))
+                cache.update(store.read_traces(m.id, ["llc", "cumulative_fge", "walltime", "energy", "energy_change",
+                                                      "diverging"]))
             return cache
 
         made = []
@@ -448,7 +719,8 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
                 if plot not in plots or not _applies(plot, names):
                     continue
                 rel = f"runs/{m.id}/{plot}.png"
-                writer.file(rel, _key(plot, m.manifest_sha256 or m.id), lambda p=plot, m=m, t=traces: RUN_PLOT_FNS[p](m, t()))
+                writer.file(rel, _key(plot, m.manifest_sha256 or m.id, ref and ref.key()),
+                            lambda p=plot, m=m, t=traces, ref=ref: RUN_PLOT_FNS[p](m, t(), ref))
                 made.append((plot, rel))
         except ArtifactError as err:  # its traces do not check out: the card stays, without plots
             report.damaged.append((m.id, str(err).removeprefix(f"{m.id}: ")))
@@ -460,13 +732,14 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
         rows_of[tid] = [_row(m) for m in rs]
         if "compare" in plots:
             rel = f"targets/{tid}/compare.png"
-            t = targets.get(tid)
-            llc_true = _finite(t.metrics.get("llc_true")) if t else None
             run_labels = {r["run_id"]: f"{r['sampler']} {labels[r['run_id']]}" for r in rows_of[tid]}
-            writer.file(rel, _key("compare", [m.manifest_sha256 or m.id for m in rs], llc_true),
-                        lambda tid=tid, llc_true=llc_true, rl=run_labels: plot_compare(tid, rows_of[tid], llc_true, rl))
+            mine = {m.id: refs[m.id] for m in rs}
+            writer.file(rel, _key("compare", [m.manifest_sha256 or m.id for m in rs],
+                                  [r and r.key() for r in mine.values()]),
+                        lambda tid=tid, mine=mine, rl=run_labels: plot_compare(tid, rows_of[tid], mine, rl))
             compare_files[tid] = rel
-    page = _Page(store, outdir, title, by_target, targets, rows_of, run_files, compare_files, labels, report, run_flags)
+    page = _Page(store, outdir, title, by_target, targets, rows_of, run_files, compare_files, labels, report, run_flags,
+                 refs)
     writer.file("index.html", _key("html", hashlib.sha256(page.html().encode()).hexdigest()), lambda: page.html().encode())
     writer.file("gallery.md", _key("md", hashlib.sha256(page.markdown().encode()).hexdigest()), lambda: page.markdown().encode())
     writer.close()
@@ -486,23 +759,38 @@ class _Page:
     labels: dict
     report: PromoteReport
     run_flags: Callable
+    refs: dict
 
     def _rel_store(self, kind: str, artifact_id: str) -> str:
         """A link from the gallery to an artifact's directory in the store."""
         target = self.store.layout.artifact_dir(kind, artifact_id).resolve()
         return Path(os.path.relpath(target, self.outdir.resolve())).as_posix()
 
-    def _caption(self, m, row: dict, target_true: float | None) -> tuple[str, list[str]]:
-        flags = self.run_flags({**row, "status_reason": m.metrics.get("status_reason")})
-        mean = f"λ̂ = {_fmt(row['llc_mean'])} ± {_fmt(row['llc_sem'], 2)}" if row["llc_mean"] is not None else "λ̂: none"
-        true = _finite(m.metrics.get("llc_true"))
-        true = true if true is not None else target_true
-        if true is not None and row["llc_mean"] is not None and row["llc_sem"]:
-            z = (row["llc_mean"] - true) / row["llc_sem"]
-            mean += f" ({abs(z):.1f} SEM {'above' if z > 0 else 'below'} exact λ)"
-        r_hat = f"{row['r_hat']:.3f}" if row["r_hat"] is not None else "–"
-        ess = f"{row['ess_bulk']:.0f}" if row["ess_bulk"] is not None else "–"
-        return (f"{mean} · R-hat {r_hat} · bulk ESS {ess} · {row['status']}", flags)
+    def _caption(self, m, row: dict) -> tuple[str, list[str]]:
+        flags = self.run_flags(row)
+        mean = f"λ̂ = {fmt_estimate(row['llc_mean'], row['llc_sem'])}" if row["llc_mean"] is not None else "λ̂: none"
+        ref = self.refs.get(m.id)
+        z = ref.z(row["llc_mean"], row["llc_sem"]) if ref is not None else None
+        if z is not None:
+            mean += f" ({abs(z):.1f} SE {'above' if z > 0 else 'below'} the {ref.name})"
+        return (f"{mean} · R-hat {fmt_r_hat(row['r_hat'])} · bulk ESS {fmt_ess(row['ess_bulk'])} · {row['status']}",
+                flags)
+
+    def _target_line(self, tid: str) -> str:
+        """The target in words and what its runs are judged against."""
+        t = self.targets.get(tid)
+        if t is None:
+            return "target not in the store"
+        text = _describe_target(t)
+        ref = reference_of(None, t.metrics)
+        mult = t.metrics.get("llc_multiplicity")
+        if ref is not None and ref.finite_n:
+            text += (f" · finite-n reference λ = {_fmt(ref.value)}" + (f" ± {_fmt(ref.se, 2)}" if ref.se else "")
+                     + (f" ({ref.method})" if ref.method else ""))
+        true = ref.asymptote if ref is not None and ref.finite_n else (ref.value if ref is not None else None)
+        if true is not None:
+            text += f" · asymptotic λ = {_fmt(true)}" + (f" (multiplicity {mult})" if mult is not None else "")
+        return text
 
     def _summary(self) -> str:
         r = self.report
@@ -529,10 +817,8 @@ class _Page:
         for tid, rs in self.by_target.items():
             t = self.targets.get(tid)
             clash = disagreements(self.rows_of[tid])
-            true = _finite(t.metrics.get("llc_true")) if t else None
             parts.append(f'<section id="{tid}"><h2>{e(tid)}</h2>')
-            parts.append(f"<p class=\"target\">{e(_describe_target(t)) if t else 'target not in the store'}"
-                         + (f" · exact λ = {_fmt(true)}" if true is not None else "")
+            parts.append(f"<p class=\"target\">{e(self._target_line(tid))}"
                          + (f' · <a href="{e(self._rel_store("target", tid))}/manifest.json">manifest</a>' if t else "")
                          + "</p>")
             if tid in self.compare_files:
@@ -540,7 +826,7 @@ class _Page:
                 parts.append(f'<a href="{rel}"><img class="compare" src="{rel}" alt="λ̂ ± SEM per run on {tid}"></a>')
             parts.append('<div class="runs">')
             for m, row in zip(rs, self.rows_of[tid]):
-                caption, flags = self._caption(m, row, true)
+                caption, flags = self._caption(m, row)
                 cls = "run flagged" if flags or m.id in clash else "run"
                 parts.append(f'<article class="{cls}" id="{m.id}">')
                 parts.append(f"<h3>{e(row['sampler'])} <code>{e(m.id)}</code>"
@@ -566,19 +852,17 @@ class _Page:
         lines = [f"# {self.title}", "", f"{self._summary()}. λ̂ ± SEM; ✕ marks a run whose λ̂ differs from another "
                  f"run's on the same target by more than {DISAGREE_SIGMAS:g} combined standard errors.", ""]
         for tid, rs in self.by_target.items():
-            t = self.targets.get(tid)
-            true = _finite(t.metrics.get("llc_true")) if t else None
-            lines += [f"## {tid}", "", (_describe_target(t) if t else "target not in the store")
-                      + (f" · exact λ = {_fmt(true)}" if true is not None else ""), ""]
+            lines += [f"## {tid}", "", self._target_line(tid), ""]
             if tid in self.compare_files:
                 lines += [f"![λ̂ ± SEM per run on {tid}]({self.compare_files[tid]})", ""]
             clash = disagreements(self.rows_of[tid])
-            lines += ["| sampler | run | λ̂ ± SEM | R-hat | ESS | status | plots |", "|---|---|---|---|---|---|---|"]
+            lines += ["| sampler | run | λ̂ ± SEM | R-hat | bulk ESS | status | plots |", "|---|---|---|---|---:|---|---|"]
             for m, row in zip(rs, self.rows_of[tid]):
                 plots = " ".join(f"[{PLOT_TITLES[p]}]({rel})" for p, rel in self.run_files.get(m.id, []))
-                mean = f"{_fmt(row['llc_mean'])} ± {_fmt(row['llc_sem'], 2)}" if row["llc_mean"] is not None else "–"
-                lines.append(f"| {row['sampler']} | `{m.id}`{' ✕' if m.id in clash else ''} | {mean} | "
-                             f"{_fmt(row['r_hat'], 3)} | {_fmt(row['ess_bulk'], 3)} | {row['status']} | {plots} |")
+                status = row["status"] + (f" ({row['status_reason']})" if self.run_flags(row) and row["status_reason"] else "")
+                lines.append(f"| {row['sampler']} | `{m.id}`{' ✕' if m.id in clash else ''} | "
+                             f"{fmt_estimate(row['llc_mean'], row['llc_sem'])} | {fmt_r_hat(row['r_hat'])} | "
+                             f"{fmt_ess(row['ess_bulk'])} | {status} | {plots} |")
             lines.append("")
         return "\n".join(lines)
 

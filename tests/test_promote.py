@@ -91,7 +91,7 @@ def test_two_targets_two_samplers_make_exactly_the_expected_files_once(tmp_path,
     assert st.verify().ok
 
 
-def test_page_marks_disagreement_links_files_and_names_the_exact_lambda(tmp_path, sweep_store):
+def test_page_marks_disagreement_links_files_and_names_the_asymptotic_lambda(tmp_path, sweep_store):
     st, ex = sweep_store
     out = tmp_path / "gallery"
     promote(st, out, run_ids=[r.run_id for r in ex.runs], target_ids=[t.target_id for t in ex.targets])
@@ -100,10 +100,11 @@ def test_page_marks_disagreement_links_files_and_names_the_exact_lambda(tmp_path
         assert (out / ref).exists(), ref  # every plot and every link to the store resolves
     sections = {t.target_id: page.split(f'<section id="{t.target_id}">')[1].split("</section>")[0] for t in ex.targets}
     first, second = ex.targets
-    assert sections[first.target_id].count("✕ disagrees") == 2 and "exact λ = 2.5" in sections[first.target_id]
-    assert "✕ disagrees" not in sections[second.target_id] and "exact λ" not in sections[second.target_id]
+    assert sections[first.target_id].count("✕ disagrees") == 2 and "asymptotic λ = 2.5" in sections[first.target_id]
+    assert "✕ disagrees" not in sections[second.target_id] and "asymptotic λ" not in sections[second.target_id]
+    assert "deep linear network, widths 3-2-3, teacher rank 0, n = 200" in sections[first.target_id]
     hmc0 = next(r for r in ex.runs if r.spec.target_id == first.target_id and r.spec.sampler.name == "hmc")
-    assert "λ̂ = 2 ± 0.05 (10.0 SEM below exact λ)" in page.split(f'id="{hmc0.run_id}"')[1]
+    assert "λ̂ = 2.000 ± 0.050 (10.0 SE below the asymptotic λ)" in page.split(f'id="{hmc0.run_id}"')[1]
     md = (out / "gallery.md").read_text()
     assert md.count("| hmc |") == 2 and f"(targets/{first.target_id}/compare.png)" in md
     assert md.count(" ✕ |") == 2
@@ -170,3 +171,46 @@ def test_promote_names_a_damaged_run_in_one_line_and_draws_the_others(tmp_path, 
     assert len(lines) == 1 and bad in lines[0] and "damaged" in lines[0], result.stderr
     drawn = sorted(p.parent.name for p in (out / "runs").glob("*/trace.png"))
     assert drawn == sorted(r.run_id for r in ex.runs if r.run_id != bad)
+
+
+POLY_SWEEP = {
+    "targets": [{"model": {"kind": "polynomial", "powers": [2, 2]}, "data": {"n_data": 1000}}],
+    "samplers": [{"name": "hmc", "overrides": {"draws": 40, "warmup": 10}},
+                 {"name": "nuts", "overrides": {"draws": 40, "warmup": 10}}],
+}
+
+
+def test_polynomial_target_is_judged_against_its_finite_n_reference_and_numbers_read_as_promised(tmp_path):
+    """A multiplicity-2 normal crossing (λ = 0.25, finite-n reference 0.137): captions measure λ̂
+    against the reference, the target line names its powers and both λs, a flagged run says so,
+    and gallery.md writes R-hat with 3 decimals and ESS as an integer (was "1" and "3.1e+03")."""
+    ex = expand(sweep_from_dict(POLY_SWEEP))
+    st = Store.open(tmp_path / "store", create=True)
+    (t,) = ex.targets
+    write_artifact(st.layout.target_dir(t.target_id), {"X": np.zeros((3, 3))},
+                   Manifest(id=t.target_id, type="target", spec=resolved_spec(t.spec),
+                            metrics={"n_params": 2, "n_data": 1000, "llc_true": 0.25, "llc_multiplicity": 2,
+                                     "llc_ref": 0.137, "llc_ref_se": 0.001, "llc_ref_method": "quadrature"}))
+    rng = np.random.default_rng(0)
+    hmc, nuts = sorted(ex.runs, key=lambda r: r.spec.sampler.name)
+    for r, status, metrics in (
+            (hmc, "ok", {"llc_mean": 0.141, "llc_sem": 0.004, "r_hat": 1.0, "ess_bulk": 3123.4}),
+            (nuts, "divergent", {"llc_mean": 0.139, "llc_sem": 0.005, "r_hat": 1.01, "ess_bulk": 812.0,
+                                 "status_reason": "divergence_rate 0.024 > 0.01"})):
+        write_artifact(st.layout.run_dir(r.run_id), traces(rng, "hmc", centre=metrics["llc_mean"]),
+                       Manifest(id=r.run_id, type="run", spec=resolved_spec(r.spec), status=status,
+                                metrics={**metrics, "llc_true": 0.25, "draws": 40}))
+    out = tmp_path / "gallery"
+    promote(st, out, run_ids=[r.run_id for r in ex.runs])
+    page = (out / "index.html").read_text()
+    assert "polynomial, powers [2, 2] (y = x·w₁²·w₂²), n = 1000, 2 parameters" in page
+    assert "depth None" not in page
+    assert "finite-n reference λ = 0.137 ± 0.001 (quadrature) · asymptotic λ = 0.25 (multiplicity 2)" in page
+    card = page.split(f'id="{hmc.run_id}"')[1].split("</article>")[0]
+    assert "λ̂ = 0.1410 ± 0.0040 (1.0 SE above the finite-n reference)" in card and "SEM below" not in card
+    flagged = page.split(f'id="{nuts.run_id}"')[1].split("</article>")[0]
+    assert "check before trusting: divergent (divergence_rate 0.024 &gt; 0.01)" in flagged
+    md = (out / "gallery.md").read_text()
+    assert f"| hmc | `{hmc.run_id}` | 0.1410 ± 0.0040 | 1.000 | 3123 | ok |" in md
+    assert f"| nuts | `{nuts.run_id}` | 0.1390 ± 0.0050 | 1.010 | 812 | divergent (divergence_rate 0.024 > 0.01) |" in md
+    assert "e+0" not in md
