@@ -436,7 +436,8 @@ NOT_HASHED = "not_hashed"
 
 class PythonModelSpec(ModelSpecBase):
     """A user's own model: `factory` ("module:function") is called as `make(seed=..., **kwargs)`
-    and returns params, predict, loss ("mse" or "cross_entropy") and data (`user_models.py`).
+    and returns params, a loss (a function, or "mse"/"cross_entropy" with predict) and data
+    (`user_models.py`).
     The user writes `factory` and `kwargs`; the sweep loader fills in the rest from the factory
     (its code and data digests, which the ID covers; its shapes; where its module lives)."""
 
@@ -444,9 +445,11 @@ class PythonModelSpec(ModelSpecBase):
     factory: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
     kwargs: dict[str, Any] = {}
     # filled in by `user_models.resolve` when the sweep is loaded
-    loss: Literal["mse", "cross_entropy"] | None = None
+    loss: Literal["mse", "cross_entropy", "callable"] | None = None
     trained: Bool = False
     code_digest: str = ""
+    # {module: digest} of the files code_digest covers: what `lh plan` names when code changed
+    code_files: dict[str, str] = Field({}, json_schema_extra={NOT_HASHED: True})
     data_digest: str = ""
     factory_seed: Int = 0
     n_params: Annotated[Int, Field(ge=0)] = 0

@@ -3,26 +3,35 @@
 The factory is called as `make(seed=<target seed>, **kwargs)` and returns a plain dict:
 
 * "params": a pytree of arrays (the initial parameters; w* itself when "trained" is True);
-* "predict": `predict(params, x) -> outputs` (logits for cross-entropy), pure and jittable;
-* "loss": "mse" or "cross_entropy" (`science/losses.py`), over data {"x", "y"}: x (n, features),
-  y (n,) or (n, k) targets for mse, (n,) integer class labels for cross-entropy;
-* "data": a dict of arrays sharing a leading axis n (at least "x" and "y");
+* "data": a dict of arrays sharing a leading axis n;
+* "loss": either
+  - a function `loss(params, batch) -> (B,)`, the per-example loss, pure and jittable, where
+    `batch` is a dict of arrays sliced from "data" along the leading axis (any keys, any dtypes:
+    token ids stay integers, floating arrays take the target's dtype); or
+  - "mse" or "cross_entropy" (`science/losses.py`) together with "predict": `predict(params, x)
+    -> outputs` (logits for cross-entropy), over data {"x", "y"}: x (n, features), y (n,) or
+    (n, k) targets for mse, (n,) integer class labels for cross-entropy;
 * optional "trained" (default False): False trains params to w* with the target's `training:`
   settings; True takes them as w*. Either way w* gets the built-in targets' checks (`wstar.quality`).
 
-The module is imported from the sweep file's directory first, then `sys.path`, when the sweep is
-loaded (`resolve`, which fills in the spec) and again in the worker (`build`, `forward`), which
-finds that directory in the spec's `source_dir`. The target's ID covers the spec (factory name,
-kwargs, seed, training, dtype) and two digests `resolve` writes into it, never the directory:
+L_n(w) is the mean of the per-example loss over the data. The module is imported from the sweep
+file's directory first, then `sys.path`, when the sweep is loaded (`resolve`, which fills in the
+spec) and again in the worker (`build`, `forward`), which finds that directory in the spec's
+`source_dir`. The target's ID covers the spec (factory name, kwargs, seed, training, dtype) and
+two digests `resolve` writes into it, never the directory:
 
-* code_digest: sha256 of the factory module's normalised source, its AST (`ast.dump`) with
-  docstrings removed, so comments, docstrings and formatting do not count. Only the factory's own
-  module is hashed, not modules it imports (out of scope for now: a helper in another module of
-  the user's package can change without changing the ID).
+* code_digest: over the normalised source (the AST, `ast.dump`, docstrings removed, so comments,
+  docstrings and formatting do not count) of the factory's module and of every module of the
+  user's own code it imports, transitively: a module found under the sweep file's directory or
+  under the factory module's top-level package. Installed packages are not hashed; their versions
+  are recorded in the target's metrics ("packages"). A factory whose module imports none of the
+  user's own modules has the digest of its module alone.
 * data_digest: sha256 over the data arrays' names, dtypes, shapes and bytes.
 
-The worker recomputes both and refuses to build a target whose code or data changed since the plan.
-Parameter trees are stored flattened, leaf names the '/'-joined key path ("layer1/W").
+The per-file digests are kept in the spec unhashed (`code_files`), so `lh plan` can say which file
+changed. The worker recomputes both digests and refuses to build a target whose code or data
+changed since the plan. Parameter trees are stored flattened, leaf names the '/'-joined key path
+("layer1/W").
 """
 
 from __future__ import annotations
@@ -40,7 +49,6 @@ import numpy as np
 
 from lambda_hat.errors import BadInput
 
-LOSSES = ("mse", "cross_entropy")
 
 
 class FactoryError(ValueError):
@@ -100,15 +108,123 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def code_digest(module) -> str:
-    """sha256 of the module's source, normalised: its AST without docstrings (so comments,
-    docstrings and formatting do not count)."""
+def _normalised(tree: ast.AST) -> str:
+    return ast.dump(_strip_docstrings(tree), annotate_fields=True, include_attributes=False)
+
+
+def _file_of(name: str, roots: list[tuple[Path, str | None]]) -> Path | None:
+    """The source file of module `name` under one of `roots` ((directory, required top-level name
+    or None)), found on disk without importing anything; None when it is not the user's own."""
+    parts = name.split(".")
+    for root, top in roots:
+        if top is not None and parts[0] != top:
+            continue
+        base = root.joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _imported_names(tree: ast.AST, name: str, is_package: bool) -> set[str]:
+    """Absolute names of the modules (and maybe-submodules) a module's source imports."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = name if is_package else name.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    package = package.rpartition(".")[0]
+                base = ".".join(p for p in (package, node.module) if p)
+            else:
+                base = node.module or ""
+            if base:
+                out.add(base)
+            out.update(f"{base}.{a.name}" if base else a.name for a in node.names if a.name != "*")
+    return out
+
+
+def own_modules(module, source_dir: str | None) -> dict[str, Path]:
+    """{module name: source file} of the factory's module and the user's own modules it imports,
+    transitively: those found under `source_dir` (the sweep file's directory) or under the
+    factory module's top-level package. Installed packages are left out."""
     path = getattr(module, "__file__", None)
     if not path:
         raise FactoryError("factory", f"module {module.__name__!r} has no source file to hash")
-    source = Path(path).read_text()
-    normalised = ast.dump(_strip_docstrings(ast.parse(source)), annotate_fields=True, include_attributes=False)
-    return hashlib.sha256(normalised.encode()).hexdigest()
+    name = module.__name__
+    top_dir = Path(path).resolve().parents[name.count(".") + (Path(path).name == "__init__.py")]
+    roots = [(Path(source_dir), None)] if source_dir else []
+    roots.append((top_dir, name.split(".")[0]))
+    found: dict[str, Path] = {}
+    todo = [(name, Path(path))]
+    while todo:
+        mod, file = todo.pop()
+        if mod in found:
+            continue
+        found[mod] = file
+        try:
+            tree = ast.parse(file.read_text())
+        except (OSError, SyntaxError, ValueError) as err:
+            raise FactoryError("factory", f"cannot read {file}: {err}") from None
+        for imported in sorted(_imported_names(tree, mod, file.name == "__init__.py")):
+            if imported not in found:
+                other = _file_of(imported, roots)
+                if other is not None:
+                    todo.append((imported, other))
+    return found
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of one source file's normalised AST (docstrings removed)."""
+    try:
+        return hashlib.sha256(_normalised(ast.parse(Path(path).read_text())).encode()).hexdigest()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise FactoryError("factory", f"cannot read {path}: {err}") from None
+
+
+def code_digests(module, source_dir: str | None = None) -> tuple[str, dict[str, str]]:
+    """(code digest, {module name: its file's digest}) of the factory's module and the user's
+    modules it imports (`own_modules`). A module that imports none of them has its own file's
+    digest, as before transitive hashing existed."""
+    files = {name: file_digest(path) for name, path in own_modules(module, source_dir).items()}
+    if len(files) == 1:
+        return next(iter(files.values())), files
+    joined = json.dumps(sorted(files.items()), separators=(",", ":"))
+    return hashlib.sha256(joined.encode()).hexdigest(), files
+
+
+def code_digest(module, source_dir: str | None = None) -> str:
+    """The code digest of `code_digests`."""
+    return code_digests(module, source_dir)[0]
+
+
+def third_party_versions(modules) -> str:
+    """"name==version, ..." of the installed distributions the user's modules import at top level
+    (recorded, not hashed: an upgrade does not change the ID)."""
+    from importlib import metadata
+
+    tops: set[str] = set()
+    for file in modules.values():
+        try:
+            tree = ast.parse(Path(file).read_text())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                tops.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                tops.add(node.module.split(".")[0])
+    dists = metadata.packages_distributions()
+    out = set()
+    for top in tops - {m.split(".")[0] for m in modules}:
+        for dist in dists.get(top, []):
+            try:
+                out.add(f"{dist}=={metadata.version(dist)}")
+            except metadata.PackageNotFoundError:
+                pass
+    return ", ".join(sorted(out))
 
 
 def data_digest(data: dict[str, np.ndarray]) -> str:
@@ -137,9 +253,71 @@ def flatten_params(params) -> tuple[dict[str, np.ndarray], Any, list[str]]:
     return {n: np.asarray(v) for n, (_, v) in zip(names, leaves)}, treedef, names
 
 
+def _check_data(data) -> dict[str, np.ndarray]:
+    if not isinstance(data, dict) or not data:
+        raise FactoryError("factory", "'data' must be a non-empty dict of arrays")
+    out = {}
+    for k, v in data.items():
+        if not isinstance(k, str) or not k or "/" in k:
+            raise FactoryError("factory", f"'data' keys must be non-empty strings without '/', got {k!r}")
+        try:
+            a = np.asarray(v)
+        except Exception as err:
+            raise FactoryError("factory", f"data {k!r} is not an array: {err}") from None
+        if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise FactoryError("factory", f"data {k!r} is not a numeric array (dtype {a.dtype})")
+        out[k] = a
+    lengths = {k: (v.shape[0] if v.ndim else None) for k, v in out.items()}
+    if len(set(lengths.values())) != 1 or None in lengths.values():
+        raise FactoryError("factory", f"'data' arrays must share a leading axis n, got {lengths}")
+    if next(iter(lengths.values())) < 2:
+        raise FactoryError("factory", "data needs at least 2 rows")
+    return out
+
+
+def _check_params(params):
+    try:
+        flat, treedef, names = flatten_params(params)
+    except FactoryError:
+        raise
+    except Exception as err:
+        raise FactoryError("factory", f"'params' is not a pytree of arrays: {err}") from None
+    if not flat or not all(np.issubdtype(v.dtype, np.floating) for v in flat.values()):
+        raise FactoryError("factory", "'params' must be a non-empty pytree of floating-point arrays")
+    return flat, treedef, names
+
+
+def _check_callable_loss(loss, params, data) -> None:
+    """loss(params, batch) gives one finite value per row: on a 2-row batch and over all the data
+    at the initial params (in chunks, as L_n is computed)."""
+    import jax
+    import jax.numpy as jnp
+
+    from lambda_hat.science.posterior import chunk_rows
+
+    try:
+        out = jax.eval_shape(loss, params, {k: v[:2] for k, v in data.items()})
+    except Exception as err:
+        raise FactoryError("factory", f"loss(params, batch) raised {type(err).__name__}: {err}") from None
+    if not hasattr(out, "shape") or tuple(out.shape) != (2,):
+        shape = getattr(out, "shape", type(out).__name__)
+        raise FactoryError("factory", f"loss(params, batch) must return one value per row, shape (B,); on a batch "
+                                      f"of 2 rows it returned {shape}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise FactoryError("factory", f"loss(params, batch) must return floats, got {out.dtype}")
+    X = {k: jnp.asarray(v) for k, v in data.items()}
+    Xc, _, mask = chunk_rows(X, jnp.zeros((len(next(iter(data.values()))), 0), out.dtype))
+    total = jax.jit(lambda p: jnp.sum(jax.lax.map(lambda c: jnp.sum(c[1] * loss(p, c[0])), (Xc, mask))))(params)
+    if not bool(jnp.isfinite(total)):
+        raise FactoryError("factory", f"the loss at the initial params is not finite ({float(total)})")
+
+
 def call_factory(factory: str, kwargs: dict, seed: int, source_dir: str | None) -> dict:
     """Call the factory and check what it returns; FactoryError names what is wrong. Returns
-    {"module", "params" (flat dict), "treedef", "names", "predict", "loss", "X", "Y", "data", "trained"}."""
+    {"module", "params" (flat dict), "treedef", "names", "predict", "loss" (a name: "mse",
+    "cross_entropy" or "callable"), "loss_fn" (the callable or None), "X", "Y", "data", "trained"}:
+    X (n, features) and Y (n, k) for a named loss; X the data dict and Y an empty (n, 0) column for
+    a callable one."""
     module, make = load_factory(factory, source_dir)
     try:
         out = make(seed=seed, **kwargs)
@@ -147,30 +325,36 @@ def call_factory(factory: str, kwargs: dict, seed: int, source_dir: str | None) 
         raise FactoryError("factory", f"make(seed={seed}, **kwargs) raised {type(err).__name__}: {err}") from None
     if not isinstance(out, dict):
         raise FactoryError("factory", f"must return a dict, got {type(out).__name__}")
-    missing = [k for k in ("params", "predict", "loss", "data") if k not in out]
+    missing = [k for k in ("params", "loss", "data") if k not in out]
     if missing:
         raise FactoryError("factory", f"returned dict lacks {', '.join(repr(k) for k in missing)}")
-    loss = out["loss"]
-    if not isinstance(loss, str):
-        raise FactoryError("factory", "'loss' must be \"mse\" or \"cross_entropy\" (a custom loss callable is not "
-                                      "supported yet)")
-    if loss not in LOSSES:
-        raise FactoryError("factory", f"'loss' must be \"mse\" or \"cross_entropy\", got {loss!r}")
-    if not callable(out["predict"]):
-        raise FactoryError("factory", "'predict' must be a function predict(params, x)")
+    unknown = sorted(set(out) - {"params", "loss", "data", "predict", "trained"})
+    if unknown:
+        raise FactoryError("factory", f"returned dict has unknown keys {', '.join(map(repr, unknown))} (known: "
+                                      "params, loss, data, predict, trained)")
     trained = out.get("trained", False)
     if not isinstance(trained, bool):
         raise FactoryError("factory", "'trained' must be true or false")
-    data = out["data"]
-    if not isinstance(data, dict) or "x" not in data or "y" not in data:
-        raise FactoryError("factory", "'data' must be a dict with arrays 'x' and 'y'")
-    try:
-        data = {str(k): np.asarray(v) for k, v in data.items()}
-    except Exception as err:
-        raise FactoryError("factory", f"'data' holds a value that is not an array: {err}") from None
-    lengths = {k: (v.shape[0] if v.ndim else None) for k, v in data.items()}
-    if len(set(lengths.values())) != 1 or None in lengths.values():
-        raise FactoryError("factory", f"'data' arrays must share a leading axis n, got {lengths}")
+    data = _check_data(out["data"])
+    flat, treedef, names = _check_params(out["params"])
+    loss = out["loss"]
+    n = len(next(iter(data.values())))
+    common = {"module": module, "params": flat, "treedef": treedef, "names": names, "data": data, "trained": trained}
+    if callable(loss):
+        if out.get("predict") is not None:
+            raise FactoryError("factory", "'predict' goes with a named loss (\"mse\" or \"cross_entropy\"); a loss "
+                                          "function computes everything itself")
+        _check_callable_loss(loss, out["params"], data)
+        return {**common, "predict": None, "loss": "callable", "loss_fn": loss, "X": data,
+                "Y": np.zeros((n, 0), np.float32)}
+    if not isinstance(loss, str) or loss not in ("mse", "cross_entropy"):
+        raise FactoryError("factory", f"'loss' must be a function loss(params, batch) -> (B,), \"mse\" or "
+                                      f"\"cross_entropy\"; got {loss!r}")
+    if not callable(out.get("predict")):
+        raise FactoryError("factory", f"'loss': {loss!r} needs 'predict', a function predict(params, x)")
+    if "x" not in data or "y" not in data:
+        raise FactoryError("factory", f"'loss': {loss!r} needs data arrays 'x' and 'y' (a loss function takes "
+                                      "any data)")
     X, Y = data["x"], data["y"]
     if X.ndim == 1:
         X = X[:, None]
@@ -184,18 +368,7 @@ def call_factory(factory: str, kwargs: dict, seed: int, source_dir: str | None) 
         Y = Y[:, None]
     if Y.ndim != 2:
         raise FactoryError("factory", f"data 'y' must be (n,) or (n, k), got shape {Y.shape}")
-    if X.shape[0] < 2:
-        raise FactoryError("factory", "data needs at least 2 rows")
-    try:
-        flat, treedef, names = flatten_params(out["params"])
-    except FactoryError:
-        raise
-    except Exception as err:
-        raise FactoryError("factory", f"'params' is not a pytree of arrays: {err}") from None
-    if not flat or not all(np.issubdtype(v.dtype, np.floating) for v in flat.values()):
-        raise FactoryError("factory", "'params' must be a non-empty pytree of floating-point arrays")
-    return {"module": module, "params": flat, "treedef": treedef, "names": names, "predict": out["predict"],
-            "loss": loss, "X": X, "Y": Y, "data": data, "trained": trained}
+    return {**common, "predict": out["predict"], "loss": loss, "loss_fn": None, "X": X, "Y": Y}
 
 
 def resolve(target, source_dir: str | Path | None):
@@ -209,14 +382,39 @@ def resolve(target, source_dir: str | Path | None):
     except (TypeError, ValueError) as err:
         raise FactoryError("kwargs", f"must be JSON-able: {err}") from None
     X, Y = got["X"], got["Y"]
-    out_dim = int(Y.shape[1]) if got["loss"] == "mse" else int(Y.max()) + 1
+    if got["loss"] == "callable":
+        in_dim = out_dim = 0
+    else:
+        in_dim, out_dim = int(X.shape[1]), int(Y.shape[1]) if got["loss"] == "mse" else int(Y.max()) + 1
+    digest, files = code_digests(got["module"], where)
     model = m.model_copy(update={
-        "loss": got["loss"], "trained": got["trained"], "code_digest": code_digest(got["module"]),
+        "loss": got["loss"], "trained": got["trained"], "code_digest": digest, "code_files": files,
         "data_digest": data_digest(got["data"]), "factory_seed": target.seed,
-        "n_params": int(sum(v.size for v in got["params"].values())), "in_dim": int(X.shape[1]),
+        "n_params": int(sum(v.size for v in got["params"].values())), "in_dim": in_dim,
         "out_dim": out_dim, "source_dir": where})
-    data = target.data.model_copy(update={"n_data": int(X.shape[0])})
+    data = target.data.model_copy(update={"n_data": len(next(iter(got["data"].values())))})
     return target.model_copy(update={"model": model, "data": data})
+
+
+def differences(planned, stored) -> list[str]:
+    """What makes a planned python target differ from a stored one of the same factory: kwargs,
+    seed, each changed, added or removed code module, the data; other settings as one item."""
+    a, b = planned.model, stored.model
+    out = []
+    if a.kwargs != b.kwargs:
+        keys = sorted(k for k in set(a.kwargs) | set(b.kwargs) if a.kwargs.get(k, ...) != b.kwargs.get(k, ...))
+        out.append("kwargs " + ", ".join(keys))
+    if planned.seed != stored.seed:
+        out.append("seed")
+    if a.code_digest != b.code_digest:
+        fa, fb = a.code_files or {}, b.code_files or {}
+        changed = [f"code {name}" for name in sorted(set(fa) | set(fb)) if fa.get(name) != fb.get(name)]
+        out.extend(changed or ["code"])
+    if a.data_digest != b.data_digest:
+        out.append("data")
+    out.extend(name for name in ("training", "dtype") if getattr(planned, name) != getattr(stored, name))
+    out.extend(name for name in ("trained", "loss") if getattr(a, name) != getattr(b, name))
+    return out
 
 
 @lru_cache(maxsize=16)
@@ -234,16 +432,18 @@ def _output_of(m) -> dict:
 
 
 def forward(key):
-    """`apply(flat params, X)` for a python model's forward key: the factory's predict on the
-    params rebuilt from their '/'-joined names; mse outputs as (rows, outputs) like Y."""
+    """`apply(flat params, X)` for a python model's forward key: the params rebuilt from their
+    '/'-joined names, then the factory's predict (mse outputs as (rows, outputs) like Y) or, for
+    a loss function, its per-example losses (rows,) (`losses.given`)."""
     import jax
 
     _, factory, kwargs_json, seed, loss, code, source_dir = key
     got = _factory_output(factory, kwargs_json, seed, source_dir, code)
-    treedef, names, predict = got["treedef"], got["names"], got["predict"]
+    treedef, names = got["treedef"], got["names"]
+    fn = got["loss_fn"] if loss == "callable" else got["predict"]
 
     def apply(params, x):
-        out = predict(jax.tree_util.tree_unflatten(treedef, [params[n] for n in names]), x)
+        out = fn(jax.tree_util.tree_unflatten(treedef, [params[n] for n in names]), x)
         return out.reshape(out.shape[0], -1) if loss == "mse" else out
 
     return apply
@@ -262,22 +462,21 @@ def _build(target):
     import jax.numpy as jnp
 
     from lambda_hat.science import TargetArrays
-    from lambda_hat.science.losses import mean_loss
-    from lambda_hat.science.models import forward as model_forward
     from lambda_hat.science.models import jnp_dtype, model_key
+    from lambda_hat.science.posterior import as_inputs, flat_model, make_full_loss
     from lambda_hat.science.train import train
     from lambda_hat.science.wstar import quality
 
     m = target.model
     got = _output_of(m)
     # The plan's digests are the ID's promise: never build something else under it.
-    if code_digest(got["module"]) != m.code_digest:
+    if code_digest(got["module"], m.source_dir) != m.code_digest:
         raise RuntimeError(f"{m.factory}: the factory's code changed since the sweep was planned; plan again")
     if data_digest(got["data"]) != m.data_digest:
         raise RuntimeError(f"{m.factory}: the factory's data changed since the sweep was planned; plan again")
     dtype = jnp_dtype(target.dtype)
     key = model_key(m)
-    X, Y = jnp.asarray(got["X"], dtype), jnp.asarray(got["Y"], dtype)
+    X, Y = as_inputs(got["X"], dtype), jnp.asarray(got["Y"], dtype)
     params = {k: jnp.asarray(v, dtype) for k, v in got["params"].items()}
     if got["trained"]:
         info = {"train_steps": 0, "final_train_loss": float("nan")}
@@ -285,11 +484,13 @@ def _build(target):
         k_train = jax.random.split(jax.random.PRNGKey(target.seed), 3)[2]  # as the built-in kinds' training key
         params, info = train(k_train, params, X, Y, target.training, key, loss_name=m.loss)
         params = {k: v.astype(dtype) for k, v in params.items()}
-    L0 = float(mean_loss(model_forward(key)(params, X), Y, m.loss))
+    w, predict = flat_model(params, key)
+    L0 = float(jax.jit(make_full_loss(predict, X, Y, loss_name=m.loss))(w))
     if got["trained"]:
         info["final_train_loss"] = L0
     metrics = {"L0": L0, "train_steps": int(info["train_steps"]), "final_train_loss": float(info["final_train_loss"]),
-               "n_params": int(m.n_params), "n_data": int(X.shape[0])}
+               "n_params": int(m.n_params), "n_data": int(target.data.n_data),
+               "packages": third_party_versions(own_modules(got["module"], m.source_dir))}
     metrics.update(quality(params, X, Y, key, loss_name=m.loss))
-    return TargetArrays(params={k: np.asarray(v) for k, v in params.items()}, X=np.asarray(X), Y=np.asarray(Y),
-                        metrics=metrics)
+    return TargetArrays(params={k: np.asarray(v) for k, v in params.items()}, X=jax.tree.map(np.asarray, X),
+                        Y=np.asarray(Y), metrics=metrics)

@@ -93,7 +93,7 @@ BAD = [
     ("mymodel:make", FACTORY.replace('"loss": "cross_entropy",', ""), "lacks 'loss'"),
     ("mymodel:make", FACTORY.replace('"y": y.astype(np.int32)', '"y": y[:-1].astype(np.int32)'),
      "must share a leading axis"),
-    ("mymodel:make", FACTORY.replace('"cross_entropy"', '"hinge"'), "'loss' must be \"mse\" or \"cross_entropy\""),
+    ("mymodel:make", FACTORY.replace('"cross_entropy"', '"hinge"'), "'loss' must be a function loss(params, batch)"),
     ("mymodel:make", FACTORY.replace("rng = np", "raise RuntimeError('boom')\n    rng = np"), "raised RuntimeError: boom"),
 ]
 

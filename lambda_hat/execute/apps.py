@@ -238,8 +238,7 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
                              metrics=dict(arrays.metrics),
                              timings={"build_sec": build_sec, "import_sec": import_sec, **clock,
                                       "write_started_at": time.time()})
-        payload = {f"params/{k}": v for k, v in arrays.params.items()}
-        payload.update(X=arrays.X, Y=arrays.Y)
+        payload = arrays.to_payload()
         manifest = write_artifact(layout.target_dir(tid), payload, manifest, quarantine_dir=layout.quarantine_dir)
         print(f"wrote {layout.target_dir(tid)}: {arrays.metrics} in {build_sec:.2f}s", flush=True)
         return manifest.to_json_dict()
@@ -272,8 +271,7 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
         _setup_jax(str(layout.jax_cache_dir))
         from lambda_hat.science import TargetArrays, sample_run
 
-        params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
-        arrays = TargetArrays(params=params, X=loaded["X"], Y=loaded["Y"], metrics=dict(tman.metrics))
+        arrays = TargetArrays.from_payload(loaded, tman.metrics)
         t0 = time.perf_counter()
         work = SegmentStore(layout.work_dir(rid), checkpoint_interval_s(), draws=spec.sampler.draws, run_id=rid)
         resume = work.load()
@@ -339,7 +337,8 @@ def _write_run(layout, spec, rid: str, result, tman, timings: dict) -> dict:
     if llc_true is not None:
         # Targets with a known λ carry it into their runs' results.
         metrics["llc_true"] = llc_true
-        metrics["rel_error"] = (metrics["llc_mean"] - llc_true) / llc_true if llc_true else math.nan
+        if metrics.get("llc_ref") is None:  # a run with an exact finite-n reference is judged against that
+            metrics["rel_error"] = (metrics["llc_mean"] - llc_true) / llc_true if llc_true else math.nan
     manifest = _manifest("run", rid, RUN_SCHEMA, resolved_spec(spec), status=status, metrics=metrics,
                          timings={**timings, "write_started_at": time.time()})
     manifest = write_artifact(layout.run_dir(rid), {f"traces/{k}": v for k, v in result.traces.items()}, manifest,
@@ -385,8 +384,7 @@ def run_sampler_batch_job(run_jsons: list, store_root: str, log_path: str, err_p
             from lambda_hat.science import TargetArrays
             from lambda_hat.science.pipeline import sample_runs
 
-            params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
-            arrays = TargetArrays(params=params, X=loaded["X"], Y=loaded["Y"], metrics=dict(tman.metrics))
+            arrays = TargetArrays.from_payload(loaded, tman.metrics)
             t0 = time.perf_counter()
             results = sample_runs([s for s, _ in todo], target, arrays,
                                   diagnostics=DiagnosticsSpec.model_validate(diagnostics or {}))

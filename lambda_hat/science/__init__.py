@@ -21,13 +21,33 @@ __all__ = ["TargetArrays", "RunResult", "build_target", "sample_run"]
 
 @dataclass
 class TargetArrays:
-    """A trained target: params {"W_i": (fan_in, fan_out), "b_i": (fan_out,)}, training data,
-    and metrics (L0 = L_n(w*), train_steps, final_train_loss, test_loss, n_params, ...)."""
+    """A trained target: params {"W_i": (fan_in, fan_out), "b_i": (fan_out,)} (a user model's
+    '/'-joined leaf paths), training data, and metrics (L0 = L_n(w*), train_steps,
+    final_train_loss, test_loss, n_params, ...). X is an (n, features) array, or a user's data
+    dict {name: (n, ...)} when its model brings its own loss (Y is then an empty (n, 0) column)."""
 
     params: dict[str, np.ndarray]
-    X: np.ndarray
+    X: np.ndarray | dict[str, np.ndarray]
     Y: np.ndarray
     metrics: dict[str, float | int] = field(default_factory=dict)
+
+    def to_payload(self) -> dict[str, np.ndarray]:
+        """The arrays by their stored names: "params/<name>", "Y", and "X" (a data dict's arrays
+        as "X/<name>")."""
+        payload = {f"params/{k}": v for k, v in self.params.items()}
+        if isinstance(self.X, dict):
+            payload.update({f"X/{k}": v for k, v in self.X.items()})
+        else:
+            payload["X"] = self.X
+        payload["Y"] = self.Y
+        return payload
+
+    @classmethod
+    def from_payload(cls, loaded: dict[str, np.ndarray], metrics: dict) -> "TargetArrays":
+        """The inverse of `to_payload`."""
+        params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
+        X = loaded["X"] if "X" in loaded else {k.removeprefix("X/"): v for k, v in loaded.items() if k.startswith("X/")}
+        return cls(params=params, X=X, Y=loaded["Y"], metrics=dict(metrics))
 
 
 @dataclass

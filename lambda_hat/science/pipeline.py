@@ -202,7 +202,7 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
 
     from . import engine
     from .models import jnp_dtype, model_key
-    from .posterior import flat_model, make_full_loss, make_minibatch_loss, start_rows
+    from .posterior import as_inputs, flat_model, make_full_loss, make_minibatch_loss, n_rows, start_rows
 
     s, post = run.sampler, run.posterior
     if post.loss != "mse":
@@ -210,14 +210,14 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     entry = registry.sampler(s.name)
     sampler = entry.load()
     dtype = jnp_dtype(s.dtype)
-    n = int(arrays.X.shape[0])
+    n = n_rows(arrays.X)
     if n != target.data.n_data:
         raise ValueError(f"arrays hold {n} rows but target.data.n_data is {target.data.n_data}")
     beta = float(post.beta(n))
     n_beta = n * beta
     gamma = float(post.gamma)
     params = {k: jnp.asarray(v, dtype) for k, v in arrays.params.items()}
-    X, Y = jnp.asarray(arrays.X, dtype), jnp.asarray(arrays.Y, dtype)
+    X, Y = as_inputs(arrays.X, dtype), jnp.asarray(arrays.Y, dtype)
     # the forward pass's key: an MLP's activation; "identity" for a deep linear network (no
     # biases); ("polynomial", powers) for a normal-crossing model
     activation = model_key(target.model)
@@ -259,7 +259,7 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     exclude = set(entry.scalar_fields) or None
     cache_key = (
         sampler.__name__, s.model_dump_json(exclude=exclude), activation, bool(jax.config.jax_enable_x64),
-        tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())), X.shape, Y.shape, str(X.dtype), rows,
+        tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())), _layout(X), Y.shape, str(Y.dtype), rows,
     ) + (() if loss_name == "mse" else (loss_name,))  # built-in models' keys as before
     if batch is not None:
         # one program over the runs: keys, nβ, γ and the runtime scalars get a leading run axis
@@ -304,6 +304,15 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     return [_finish(r, {k: v[i] for k, v in traces.items()}, np.asarray(chains.warmup_grad_evals)[i], float(L0[i]),
                     t_compile, t_run, hit, target, arrays, entry, n, rows, int(w_star.size), diagnostics)
             for i, r in enumerate(batch)]
+
+
+def _layout(X):
+    """X's shapes and dtypes for a cache key: an array's shape, a pytree's (path, shape, dtype) leaves."""
+    import jax
+
+    if hasattr(X, "shape"):
+        return X.shape
+    return tuple((jax.tree_util.keystr(p), a.shape, str(a.dtype)) for p, a in jax.tree_util.tree_leaves_with_path(X))
 
 
 def _finish(run, traces, warmup_grad_evals, L0, t_compile, t_run, hit, target, arrays, sampler, n, rows, d,

@@ -4,6 +4,10 @@
 
 with L_n the loss of `losses.py`. The full-data loss is evaluated in equal chunks of at
 most `CHUNK` rows (`lax.map`, the few zero-padded rows masked out) so memory stays bounded in n.
+
+Inputs X are an (n, features) array for lambda-hat's own models, or any pytree of arrays sharing a
+leading axis n (a user's data dict, `user_models.py`): rows are counted, drawn and chunked leaf by
+leaf (`n_rows`, `take_rows`, `chunk_rows`), so a batch is always a slice of every leaf.
 """
 
 from __future__ import annotations
@@ -34,24 +38,47 @@ def flat_model(params: dict, model):
     return w_star, predict
 
 
+def n_rows(X) -> int:
+    """Rows of inputs X: an array's leading axis, or the one every leaf of a pytree shares."""
+    return int(jax.tree.leaves(X)[0].shape[0])
+
+
+def take_rows(X, idx):
+    """The rows `idx` of every leaf of X."""
+    return jax.tree.map(lambda a: a[idx], X)
+
+
+def as_inputs(X, dtype):
+    """X on the device with its floating leaves in `dtype`; integer leaves (class labels, token ids)
+    keep their integer type."""
+    def cast(a):
+        a = jnp.asarray(a)
+        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+    return jax.tree.map(cast, X)
+
+
 def chunk_rows(X, Y, chunk: int = CHUNK):
-    """(Xc, Yc, mask): X and Y cut into equal chunks of at most `chunk` rows (leading axis: chunk),
-    the few zero-padded rows masked out (mask 0)."""
-    n = X.shape[0]
+    """(Xc, Yc, mask): X (an array or pytree) and Y cut into equal chunks of at most `chunk` rows
+    (leading axis: chunk), the few zero-padded rows masked out (mask 0, in Y's dtype)."""
+    n = n_rows(X)
     n_chunks = -(-n // chunk)
     chunk = -(-n // n_chunks)  # balanced chunks: n = 10,000 pads 2 rows, not 2,288
     pad = n_chunks * chunk - n
-    Xc = jnp.concatenate([X, jnp.zeros((pad, X.shape[1]), X.dtype)]).reshape(n_chunks, chunk, -1)
-    Yc = jnp.concatenate([Y, jnp.zeros((pad, Y.shape[1]), Y.dtype)]).reshape(n_chunks, chunk, -1)
-    mask = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk).astype(X.dtype)
-    return Xc, Yc, mask
+
+    def cut(a):
+        padded = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
+        return padded.reshape((n_chunks, chunk) + a.shape[1:])
+
+    mask = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk).astype(Y.dtype)
+    return jax.tree.map(cut, X), cut(Y), mask
 
 
 def make_full_loss(predict, X, Y, chunk: int = CHUNK, loss_name: str = "mse"):
     """L_n(w) over all rows of (X, Y), in chunks of ≤ `chunk` rows, with the per-example loss
     called `loss_name` (`losses.per_example`)."""
     per_example_loss = per_example(loss_name)
-    n = X.shape[0]
+    n = n_rows(X)
     if n <= chunk:
         return lambda w: jnp.mean(per_example_loss(predict(w, X), Y))
     Xc, Yc, mask = chunk_rows(X, Y, chunk)
@@ -67,14 +94,14 @@ def make_minibatch_loss(predict, X, Y, batch_size: int, loss_name: str = "mse"):
     """stoch_loss(w, key): unbiased estimate of L_n(w) from `batch_size` rows drawn
     uniformly with replacement (the full data when batch_size ≥ n)."""
     per_example_loss = per_example(loss_name)
-    n = X.shape[0]
+    n = n_rows(X)
     if batch_size >= n:
         full = make_full_loss(predict, X, Y, loss_name=loss_name)
         return lambda w, key: full(w)
 
     def loss(w, key):
         idx = jax.random.randint(key, (batch_size,), 0, n)
-        return jnp.mean(per_example_loss(predict(w, X[idx]), Y[idx]))
+        return jnp.mean(per_example_loss(predict(w, take_rows(X, idx)), Y[idx]))
 
     return loss
 

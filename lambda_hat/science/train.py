@@ -25,6 +25,7 @@ import optax
 
 from .losses import mean_loss
 from .models import forward
+from .posterior import n_rows, take_rows
 
 CHECK_EVERY = 100
 # L-BFGS iterations `refine` allows; each takes one gradient plus its line search's evaluations.
@@ -57,7 +58,7 @@ def _chunk_fn(training, model, length: int, loss_name: str = "mse"):
         return mean_loss(apply(p, xb), yb, loss_name)
 
     def chunk(carry, key, X, Y):
-        n = X.shape[0]
+        n = n_rows(X)
         full_batch = bs is None or bs >= n
 
         def step(carry, k):
@@ -66,7 +67,7 @@ def _chunk_fn(training, model, length: int, loss_name: str = "mse"):
                 xb, yb = X, Y
             else:
                 idx = jax.random.randint(k, (bs,), 0, n)
-                xb, yb = X[idx], Y[idx]
+                xb, yb = take_rows(X, idx), Y[idx]
             g = jax.grad(loss_fn)(p, xb, yb)
             upd, s = opt.update(g, s, p)
             return (optax.apply_updates(p, upd), s), None

@@ -84,14 +84,14 @@ def _chunked_value_and_grad(model, layout: tuple, loss_name: str = "mse"):
     import jax.numpy as jnp
 
     from .losses import per_example
-    from .posterior import chunk_rows, flat_model
+    from .posterior import chunk_rows, flat_model, n_rows
 
     per_example_loss = per_example(loss_name)
 
     _, predict = flat_model({k: jnp.zeros(shape, dtype) for k, shape, dtype in layout}, model)
 
     def value_and_grad(w, X, Y):
-        n = X.shape[0]
+        n = n_rows(X)
         Xc, Yc, mask = chunk_rows(X, Y)
 
         def body(acc, c):
@@ -145,9 +145,10 @@ def quality(params, X, Y, model, *, n_beta: float | None = None, loss_name: str 
     `models.model_key`; `loss_name`: the per-example loss's name. `n_beta` defaults to n/log n (β₀ = 1/log n)."""
     import jax.numpy as jnp
 
+    from .posterior import n_rows
     from .train import refine
 
-    n = int(X.shape[0])
+    n = n_rows(X)
     n_beta = n / math.log(n) if n_beta is None else float(n_beta)
     from jax.flatten_util import ravel_pytree
 
