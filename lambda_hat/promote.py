@@ -782,12 +782,18 @@ class _Page:
         if t is None:
             return "target not in the store"
         text = _describe_target(t)
-        ref = reference_of(None, t.metrics)
-        mult = t.metrics.get("llc_multiplicity")
-        if ref is not None and ref.finite_n:
+        finite = {r.key(): r for r in (self.refs.get(m.id) for m in self.by_target.get(tid, [])) if r and r.finite_n}
+        own = reference_of(None, t.metrics)
+        if own is not None and own.finite_n:
+            finite.setdefault(own.key(), own)
+        if len(finite) == 1:
+            (ref,) = finite.values()
             text += (f" · finite-n reference λ = {_fmt(ref.value)}" + (f" ± {_fmt(ref.se, 2)}" if ref.se else "")
                      + (f" ({ref.method})" if ref.method else ""))
-        true = ref.asymptote if ref is not None and ref.finite_n else (ref.value if ref is not None else None)
+        elif finite:  # it depends on the run's posterior (nβ, γ)
+            text += " · finite-n reference per run: " + ", ".join(sorted(_fmt(r.value) for r in finite.values()))
+        true = _finite(t.metrics.get("llc_true"))
+        mult = t.metrics.get("llc_multiplicity")
         if true is not None:
             text += f" · asymptotic λ = {_fmt(true)}" + (f" (multiplicity {mult})" if mult is not None else "")
         return text
