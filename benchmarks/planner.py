@@ -8,10 +8,10 @@ Times, each as a fresh `lh` process (what a user waits for) with its peak RSS:
 * plan, empty store     `lh plan SWEEP` for 1k, 10k, 100k and 1M runs (10, 100, 1,000 and 1,000
                         targets × 100, 100, 100 and 1,000 SGLD seeds via `grid:`), no store yet
 * plan, full store      the same against a store holding every target and run of the sweep. The
-                        store is faked, not sampled: a directory per artifact with one (hard-linked)
-                        manifest file, and index rows carrying that file's size and mtime, so the
-                        snapshot takes the index's word for each (one stat per ID), as it does for
-                        real manifests that have not changed since they were indexed
+                        store is faked, not sampled: a directory per artifact with a (hard-linked)
+                        manifest and arrays file, and index rows carrying their files' stamp, so the
+                        snapshot takes the index's word for each (two stats per ID), as it does for
+                        real artifacts whose files have not changed since they were indexed
 * in-process phases     load (YAML → Sweep), expand (IDs), snapshot, plan, for the same sweeps
 * no-op execute         `lh execute` of a completed 1,000-run store (real artifacts, built as
                         benchmarks/store.py builds them): later calls, with the index's stats
@@ -129,40 +129,43 @@ def fake_full_store(root: Path, sweep_path: Path) -> tuple[int, int]:
 
     from lambda_hat.planner import expand
     from lambda_hat.store import index
-    from lambda_hat.store.layout import MANIFEST
-    from lambda_hat.store.store import Store
+    from lambda_hat.store.layout import ARRAYS_ZIP, MANIFEST
+    from lambda_hat.store.store import Store, files_stamp
     from lambda_hat.sweep import load_sweep
 
     ex = expand(load_sweep(sweep_path))
     st = Store.open(root, create=True)
-    protos: list[tuple[str, os.stat_result]] = []
+    protos: list[tuple[str, str]] = []
 
-    def manifest_for(i: int) -> tuple[str, os.stat_result]:
-        # ext4 allows 65,000 links to a file: one prototype per 50,000 artifacts.
+    def protos_for(i: int) -> tuple[str, str]:
+        # ext4 allows 65,000 links to a file: one prototype (manifest, arrays) per 50,000 artifacts.
         while len(protos) <= i // 50_000:
-            proto = root / f"manifest.proto{len(protos)}"
-            proto.write_text('{"placeholder": "benchmarks/planner.py: indexed, never read"}\n')
-            protos.append((str(proto), proto.stat()))
+            manifest, arrays = root / f"manifest.proto{len(protos)}", root / f"arrays.proto{len(protos)}"
+            manifest.write_text('{"placeholder": "benchmarks/planner.py: indexed, never read"}\n')
+            arrays.write_bytes(b"arrays: indexed, never read\n")
+            protos.append((str(manifest), str(arrays)))
         return protos[i // 50_000]
 
     count = 0
     for kind, ids, parent in (("target", [t.target_id for t in ex.targets], st.layout.targets_dir),
                               ("run", [r.run_id for r in ex.runs], st.layout.runs_dir)):
-        sizes, mtimes = [], []
         for artifact_id in ids:
-            proto, info = manifest_for(count)
+            manifest, arrays = protos_for(count)
             count += 1
             d = f"{parent}/{artifact_id}"
             os.mkdir(d)
-            os.link(proto, f"{d}/{MANIFEST}")
-            sizes.append(info.st_size)
-            mtimes.append(info.st_mtime_ns)
+            os.link(manifest, f"{d}/{MANIFEST}")
+            os.link(arrays, f"{d}/{ARRAYS_ZIP}")
+    for kind, ids, parent in (("target", [t.target_id for t in ex.targets], st.layout.targets_dir),
+                              ("run", [r.run_id for r in ex.runs], st.layout.runs_dir)):
+        # Stamped once every link is made: a new link to a file changes its ctime.
+        sizes, stamps = zip(*(files_stamp(parent, artifact_id) for artifact_id in ids)) if ids else ((), ())
         key = "target_id" if kind == "target" else "run_id"
-        batch = pa.table({key: ids, "status": ["ok"] * len(ids), "manifest_size": sizes, "manifest_mtime_ns": mtimes})
+        batch = pa.table({key: ids, "status": ["ok"] * len(ids), "manifest_size": list(sizes), "files_stamp": list(stamps)})
         with index.writer(st.layout) as (con, _):
             con.register("lh_fake", batch)
-            con.execute(f"INSERT INTO {index.TABLE_OF[kind]} ({key}, status, manifest_size, manifest_mtime_ns) "
-                        f"SELECT {key}, status, manifest_size, manifest_mtime_ns FROM lh_fake")
+            con.execute(f"INSERT INTO {index.TABLE_OF[kind]} ({key}, status, manifest_size, files_stamp) "
+                        f"SELECT {key}, status, manifest_size, files_stamp FROM lh_fake")
             con.unregister("lh_fake")
     return len(ex.targets), len(ex.runs)
 

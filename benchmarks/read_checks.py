@@ -21,6 +21,11 @@ worker finds a target other runs just read):
 * checked, cold  the same with its memo of parsed manifests cleared: an artifact read for the
                  first time in this process (a worker's first run on a target)
 
+and what the planner would pay per cached artifact on every `lh plan` and no-op `lh execute`:
+
+* plan: stamp    `store.files_stamp`: two stats (what it pays: files unchanged since indexed)
+* plan: hash     the sha256 of every file the manifest lists (what hashing on every plan would cost)
+
 Checkpoints (`SegmentStore` of `execute/apps.py`, 6 traces of 4 chains, a 6-leaf state):
 `load` as it was at 04cde7e (no run ID, no checksums) against `load` now (run ID, the state's
 sha256, each trace's sha256 over the draws the checkpoint counts), and the sha256 each `flush`
@@ -50,6 +55,7 @@ from lambda_hat.store import artifacts
 from lambda_hat.store.artifacts import load_verified, read_arrays, read_manifest, write_artifact
 from lambda_hat.store.layout import StoreLayout
 from lambda_hat.store.manifest import Manifest
+from lambda_hat.store.store import files_stamp
 from lambda_hat.sweep import sweep_from_dict
 
 TRACES = ("loss", "llc", "cumulative_fge", "walltime", "step_size", "accept_rate")
@@ -98,6 +104,14 @@ def checked_cold(kind: str, d: Path):
     return load_verified(d, kind)
 
 
+def plan_stamp(kind: str, d: Path):
+    return files_stamp(d.parent, d.name)
+
+
+def plan_hash(kind: str, d: Path):
+    return artifacts.file_problems(d, read_manifest(d).checksums)
+
+
 def load_unchecked(seg: SegmentStore):
     """`SegmentStore.load` as at 04cde7e: the checkpoint's fields and the traces, unchecked."""
     with np.load(seg.dir / seg.CHECKPOINT) as f:
@@ -137,7 +151,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
         root = Path(tmp) / "store"
         made = make_store(root)
-        variants = {"unchecked": unchecked, "checked": checked, "checked, cold": checked_cold}
+        variants = {"unchecked": unchecked, "checked": checked, "checked, cold": checked_cold,
+                    "plan: stamp": plan_stamp, "plan: hash": plan_hash}
         for label, (kind, d) in made.items():
             size = sum(p.stat().st_size for p in d.iterdir())
             times: dict[str, list[float]] = {v: [] for v in variants}
@@ -177,7 +192,7 @@ def main() -> None:
     report["load_avg_at_end"] = os.getloadavg()
     print(f"{args.reps} alternating repetitions, median (p90) ms; load average {report['load_avg_at_start'][0]:.1f} "
           f"at the start, {report['load_avg_at_end'][0]:.1f} at the end")
-    print(f"{'artifact':<12} {'MB':>7} {'unchecked':>16} {'checked':>16} {'checked, cold':>16}")
+    print(f"{'artifact':<12} {'MB':>7} " + " ".join(f"{v:>16}" for v in variants))
     for label, row in report["artifacts"].items():
         cells = [f"{row[v]['median_ms']:7.2f} ({row[v]['p90_ms']:6.2f})" for v in variants]
         print(f"{label:<12} {row['bytes'] / 1e6:7.2f} " + " ".join(f"{c:>16}" for c in cells))

@@ -12,7 +12,7 @@ with real specs), then times, side by side in one process:
 * reconcile      `Store.reconcile()` with an empty index (first execute after an upgrade or a
                  deleted index) and again with the index in step (every later execute)
 * snapshot       `Store.snapshot()` of every ID (what `lh plan` and `lh execute` ask)
-* export         `Store.export_runs()` to Parquet from the manifests
+* export         `results.export_runs()` to Parquet from the manifests
 * traces         `lh query`'s sandboxed `select ... from traces where run_id = ...` (one run's
                  4,000 rows out of the index's 4 million)
 * record         the driver's `Store.record` of finished runs into that index (each run's
@@ -236,9 +236,10 @@ def main() -> None:
         assert len(snap.run_ids) == len(rids)
         rows["verify (everything)"], report = timed(st.verify)
         assert report.ok and report.checked == n, report.findings[:3]
-        rows["export runs to parquet"], rows_out = timed(lambda: st.export_runs(rids, Path(tmp) / "r.parquet"))
-        assert rows_out == len(rids)
         from lambda_hat import results
+
+        rows["export runs to parquet"], written = timed(lambda: results.export_runs(st, rids, Path(tmp) / "r.parquet"))
+        assert written.rows == len(rids)
 
         one = f"select chain, draw, loss, llc from traces where run_id = '{rids[len(rids) // 2]}'"
         results.run_query(st.layout, one)  # the first query pays for cold file caches

@@ -316,7 +316,7 @@ def export_cmd(
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
     results.check_output_path(out, st.root)
     damaged: list[tuple[str, str]] = []
-    n = st.export_runs(run_ids, out, damaged)
+    n = results.export_runs(st, run_ids, out, damaged).rows
     missing = len(run_ids) - n - len(damaged)
     console.print(f"{n} runs written to {out}" + (f" ({missing} of the sweep's runs are not finished)"
                                                    if missing and sweep is not None else ""),

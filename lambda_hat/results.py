@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import decimal
+import hashlib
 import io
 import json
 import math
@@ -50,7 +51,7 @@ _INTERNAL = ("manifest_size", "manifest_mtime_ns")
 _PROVENANCE = ("code_sha", "host", "created_at", "manifest_version", "spec", "metrics")
 # What a reader looks for first in a run; the other columns follow in index order.
 _RUN_LEAD = ("run_id", "target_id", "sampler", "status", "llc_mean", "llc_sem", "llc_std", "r_hat", "ess_bulk",
-             "ess_tail", "llc_true", "rel_error")
+             "ess_tail", "llc_true", "llc_ref", "rel_error")
 # Target columns already in `runs` under their own name, or not about the target as built.
 _TARGET_SKIP = {"target_id", "spec", "status", "created_at", "code_sha", "host", "n_data", "n_params", "L0",
                 "llc_true", "manifest_version", "metrics", *_INTERNAL}
@@ -696,12 +697,21 @@ def parquet_bytes(table: Any) -> bytes:
 # --------------------------------------------------------------------------- export
 
 
-def export_runs(store: Any, run_ids: list[str], out_path: Path, damaged: list[tuple[str, str]] | None = None) -> int:
+@dataclass(frozen=True)
+class Exported:
+    """What `export_runs` wrote: its rows, and the sha256 of the file's bytes (what a later
+    reader checks the file against before trusting it is still what was written)."""
+
+    rows: int
+    sha256: str
+
+
+def export_runs(store: Any, run_ids: list[str], out_path: Path, damaged: list[tuple[str, str]] | None = None) -> Exported:
     """Write the given runs, in order, as the `runs` view shows them, to Parquet or CSV (by
-    extension), from the manifests (the truth; no index lock involved), atomically. Returns
-    the number of rows. Runs not in the store are left out; so are runs (and their targets'
-    columns) whose manifest does not check out on its content, and those are added to
-    `damaged` as (ID, why): an edited manifest is reported, never silently dropped."""
+    extension), from the manifests (the truth; no index lock involved), atomically. Runs not
+    in the store are left out; so are runs (and their targets' columns) whose manifest does
+    not check out on its content, and those are added to `damaged` as (ID, why): an edited
+    manifest is reported, never silently dropped."""
     import duckdb
 
     runs, bad = store.checked_manifests("run", run_ids)
@@ -733,7 +743,7 @@ def export_runs(store: Any, run_ids: list[str], out_path: Path, damaged: list[tu
     finally:
         con.close()
     write_atomic(out_path, data)
-    return n
+    return Exported(n, hashlib.sha256(data).hexdigest())
 
 
 def describe_damaged(damaged: list[tuple[str, str]], shown: int = 3) -> str:
@@ -915,7 +925,9 @@ def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: 
         lines.append(f"posterior  " + ", ".join(f"{k}={v}" for k, v in spec.get("posterior", {}).items()) + f", seed={spec.get('seed')}")
         lines.append(f"target     {spec.get('target_id')}")
         lines.append(f"λ̂          {num('llc_mean')} ± {num('llc_sem')} (SEM), std over chains {num('llc_std')}"
-                     + (f"; exact λ {num('llc_true')}, rel. error {num('rel_error')}" if metrics.get("llc_true") is not None else ""))
+                     + (f"; exact λ {num('llc_true')}" if metrics.get("llc_true") is not None else "")
+                     + (f"; finite-n reference {num('llc_ref')} ± {num('llc_ref_se')}" if metrics.get("llc_ref") is not None else "")
+                     + (f", rel. error {num('rel_error')}" if metrics.get("rel_error") is not None else ""))
         lines.append(f"diagnostics R-hat {num('r_hat')}, ESS bulk {num('ess_bulk')}, tail {num('ess_tail')}"
                      + (f", divergences {num('divergences')}" if metrics.get("divergences") is not None else "")
                      + (f", acceptance {num('accept_rate_mean')}" if metrics.get("accept_rate_mean") is not None else ""))

@@ -87,3 +87,31 @@ def test_another_sweep_into_the_same_results_file_is_written(done, tmp_path):
     noop(req2)
     assert stamp(req.results) != kept
     assert len(rows(req.results)) == len(ex.runs) // 2
+
+
+def test_a_results_file_edited_with_its_size_and_mtime_kept_is_written_again(done):
+    """Issue 28: the no-op trusts the results file only by the sha256 of the bytes it wrote,
+    never by size and mtime (what an edit can keep, and bit rot always does)."""
+    req, ex = done
+    noop(req)
+    first = rows(req.results)
+    data = bytearray(req.results.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    kept = stamp(req.results)
+    req.results.write_bytes(bytes(data))
+    os.utime(req.results, ns=(kept[1], kept[1]))
+    assert stamp(req.results) == kept
+    noop(req)
+    assert req.results.read_bytes() != bytes(data) and rows(req.results) == first
+
+
+def test_a_fifo_in_place_of_the_results_file_is_refused_not_read(done):
+    req, _ = done
+    noop(req)
+    req.results.unlink()
+    os.mkfifo(req.results)
+    out = Console(record=True, width=300)
+    from lambda_hat.errors import BadInput
+
+    with pytest.raises(BadInput, match="FIFO"):
+        execute(req, out)  # refused before anything is read (a FIFO would block the digest's read)

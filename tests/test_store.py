@@ -7,6 +7,7 @@ import pytest
 
 from lambda_hat.ids import resolved_spec
 from lambda_hat.planner import expand, plan
+from lambda_hat.results import export_runs
 from lambda_hat.store import StoreLayout, StoreSnapshot, index
 from lambda_hat.store.artifacts import read_arrays, read_manifest, verify, write_artifact
 from lambda_hat.store.layout import ARRAYS_ZIP
@@ -128,14 +129,14 @@ def test_index_write_query_rebuild_and_export(tmp_path):
     stats = index.indexed_stats(st.layout)
     assert set(stats["target"]) == {t.target_id for t in ex.targets} and set(stats["run"]) == {r.run_id for r in ex.runs}
     out = tmp_path / "res" / "llc_runs.parquet"
-    assert st.export_runs([r.run_id for r in ex.runs], out) == 4
+    assert export_runs(st, [r.run_id for r in ex.runs], out).rows == 4
     import pyarrow.parquet as pq
 
     table = pq.read_table(out)
     assert table.column("run_id").to_pylist() == [r.run_id for r in ex.runs]
     assert json.loads(table.column("spec").to_pylist()[0])["target_id"] == ex.runs[0].spec.target_id
     csv_out = tmp_path / "res" / "llc_runs.csv"
-    assert st.export_runs([r.run_id for r in ex.runs], csv_out) == 4
+    assert export_runs(st, [r.run_id for r in ex.runs], csv_out).rows == 4
     assert b"\r\n" not in csv_out.read_bytes() and csv_out.read_text().splitlines()[0].startswith("run_id,")
 
 

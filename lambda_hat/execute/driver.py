@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import signal
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -251,6 +252,7 @@ class _Jobs:
 
 def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     t_start = time.perf_counter()
+    from lambda_hat import results as results_io
     from lambda_hat.store.store import Store
 
     sweep, expanded, root = _load(req)
@@ -273,8 +275,9 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
         source = _results_source(snapshot, req.results)
         n = _results_rows_in_step(req.results, source)
         if n is None:
-            n = store.export_runs([r.run_id for r in expanded.runs], req.results)
-            _remember_results(req.results, source, n)
+            written = results_io.export_runs(store, [r.run_id for r in expanded.runs], req.results)
+            _remember_results(req.results, source, written)
+            n = written.rows
         console.print(
             f"nothing to do: {len(p.targets_cached)} targets and {len(p.runs_cached)} runs already in the store "
             f"({store.root}); {n} rows in {req.results} ({time.perf_counter() - t_start:.2f}s)"
@@ -284,7 +287,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     if rep.pending:
         console.print(f"  {len(rep.pending)} artifacts not yet indexed (index busy); they will be recorded")
     _run(req, settings, store, p, console, result, rep.pending, sweep.diagnostics.model_dump())
-    n = store.export_runs([r.run_id for r in expanded.runs], req.results)
+    n = results_io.export_runs(store, [r.run_id for r in expanded.runs], req.results).rows
     if result.interrupted:
         console.print(
             f"\n[yellow]interrupted[/yellow] ({result.interrupted}): {len(result.completed)} jobs completed and recorded; "
@@ -350,25 +353,33 @@ def _sidecar(out_path: Path) -> Path:
 
 def _results_rows_in_step(out_path: Path, source: str) -> int | None:
     """The row count of `out_path` if it is the file `lh execute` last wrote from `source`
-    (unchanged since: same size and mtime), else None. A no-op execute then writes nothing:
-    rewriting 1,000 rows from their manifests costs more than everything else it does."""
+    and its bytes are still the ones written (their sha256, recorded then: a size and mtime
+    kept by an edit or by bit rot prove nothing), else None. A no-op execute then writes
+    nothing: rewriting 1,000 rows from their manifests costs more than reading the file."""
     try:
         seen = json.loads(_sidecar(out_path).read_text())
-        st = out_path.stat()
-        if seen["source"] == source and seen["size"] == st.st_size and seen["mtime_ns"] == st.st_mtime_ns:
+        if seen["source"] != source:
+            return None
+        fd = os.open(out_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a FIFO or device is never our results
+                return None
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest == seen["sha256"]:
             return int(seen["rows"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return None
 
 
-def _remember_results(out_path: Path, source: str, rows: int) -> None:
+def _remember_results(out_path: Path, source: str, written) -> None:
+    """Beside `out_path`: where it came from and the sha256 of the bytes written (`written`,
+    results.Exported), for the next no-op execute to check it against."""
     from lambda_hat.results import write_atomic
 
     try:
-        st = out_path.stat()
         write_atomic(_sidecar(out_path), json.dumps(
-            {"source": source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "rows": rows}).encode())
+            {"source": source, "sha256": written.sha256, "rows": written.rows}).encode())
     except (OSError, LhError):
         pass  # only a cache: the next no-op execute writes the results again
 

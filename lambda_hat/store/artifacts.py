@@ -403,12 +403,16 @@ def verify(artifact_dir: Path, kind: str | None = None) -> list[str]:
     except OSError as err:
         return [f"unreadable ({err.strerror})"]
     manifest_problems, expected = _manifest_problems(text, str(path), artifact_dir.name, kind)
-    problems = list(manifest_problems)
     if expected is None:
-        return problems
-    expected = dict(expected)
+        return list(manifest_problems)
+    return [*manifest_problems, *file_problems(artifact_dir, dict(expected))]
+
+
+def file_problems(artifact_dir: Path, expected: dict[str, str]) -> list[str]:
+    """What differs between an artifact's files and the checksums its manifest lists (every
+    file is read and hashed): missing, unexpected (hidden ones aside) and changed files."""
     actual = _checksums(artifact_dir)
-    problems += [f"missing {p}" for p in expected if p not in actual]
+    problems = [f"missing {p}" for p in expected if p not in actual]
     problems += [f"unexpected {p}" for p in actual if p not in expected and not p.startswith(".")]
     problems += [f"checksum mismatch {p}" for p in expected if p in actual and actual[p] != expected[p]]
     return problems

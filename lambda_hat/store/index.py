@@ -2,8 +2,9 @@
 
 The filesystem is the truth; the index can always be rebuilt from the manifests. Its
 columns derive from `store.manifest`: a few spec fields, every declared metric and timing,
-provenance, and the manifest file's size and mtime (so the store can tell, with one stat,
-whether a manifest changed since it was indexed).
+provenance, and the artifact's file stamp when it was recorded: its manifest's size and a digest
+of the manifest's and arrays' stats (`store.files_stamp`), so that the store can tell, with two
+stats, whether anything in an artifact changed since it was indexed.
 
 The `traces` table holds every run's per-draw traces in long format (one row per run,
 chain and draw), read from the run's Zarr group when the run is recorded, so that a query
@@ -13,7 +14,7 @@ A writer that finds the file held by a reader (`lh query`, a notebook) gets `Ind
 after a bounded wait, never a crash: the driver keeps the records and retries. A file that
 is not a DuckDB database is `IndexCorrupt`: the store moves it aside and rebuilds.
 
-`.index.stats` beside the index is a copy of its (ID, manifest size, mtime) rows for small
+`.index.stats` beside the index is a copy of its (ID, manifest size, files stamp) rows for small
 stores, so that a no-op `lh execute` or `lh plan` need not load DuckDB (~0.1 s). It names the
 index file's identity (size, mtime, inode, ctime) it was read from, and counts only while the
 index file still has exactly that identity and no WAL: any write to the index changes it.
@@ -144,8 +145,8 @@ def _json_safe(v: Any) -> Any:
 def _columns(kind: str, key: str, spec_cols: list[Column]) -> list[Column]:
     head = [Column(key, "VARCHAR PRIMARY KEY", lambda m: m.id), Column("status", "VARCHAR", lambda m: m.status)]
     cols, seen = [], set()
-    # Manifest-file facts come from the writer of the row (see `_row`), not the manifest.
-    stat = [Column("manifest_size", "BIGINT", lambda m: None), Column("manifest_mtime_ns", "BIGINT", lambda m: None)]
+    # The artifact's file stamp comes from the writer of the row (see `_row`), not the manifest.
+    stat = [Column("manifest_size", "BIGINT", lambda m: None), Column("files_stamp", "BIGINT", lambda m: None)]
     for c in head + spec_cols + _derived("metrics", METRICS[kind]) + _derived("timings", TIMINGS[kind]) + _TAIL + stat:
         if c.name not in seen:  # a spec column wins over a metric of the same name
             seen.add(c.name)
@@ -181,16 +182,17 @@ TRACES_SCHEMA = [("run_id", "VARCHAR"), ("chain", "INTEGER"), ("draw", "INTEGER"
 
 @dataclass(frozen=True)
 class Record:
-    """A manifest to index, with the stat of the file it was read from (None: not known)."""
+    """A manifest to index, with its artifact's file stamp (`store.files_stamp`: the manifest's
+    size and a digest of its files' stats; None: not known)."""
 
     manifest: Manifest
     size: int | None = None
-    mtime_ns: int | None = None
+    stamp: int | None = None
 
 
 def _row(table: str, rec: Record) -> list[Any]:
     values = [c.get(rec.manifest) for c in TABLES[table]]
-    values[-2:] = [rec.size, rec.mtime_ns]
+    values[-2:] = [rec.size, rec.stamp]
     return values
 
 
@@ -485,8 +487,8 @@ def _stat_tables(con: Any) -> dict[str, str]:
     tables = _table_columns(con)
     if tables and TRACES_TABLE not in tables:
         return {}  # made before traces were indexed: nothing in it can be trusted by stat
-    # A table without manifest stats is from an older index: nothing in it can be trusted by stat.
-    return {kind: table for kind, table in TABLE_OF.items() if "manifest_size" in tables.get(table, ())}
+    # A table without files stamps is from an older index: nothing in it can be trusted by stat.
+    return {kind: table for kind, table in TABLE_OF.items() if "files_stamp" in tables.get(table, ())}
 
 
 @contextmanager
@@ -503,7 +505,7 @@ def _classified(layout: StoreLayout) -> Iterator[None]:
 
 
 def indexed_stats(layout: StoreLayout, timeout_s: float = 5.0) -> dict[str, dict[str, tuple[int | None, int | None]]]:
-    """{kind: {id: (manifest_size, manifest_mtime_ns)}} from one read per table. Raises
+    """{kind: {id: (manifest_size, files_stamp)}} from one read per table. Raises
     IndexBusy / IndexCorrupt; empty when there is no index yet."""
     out: dict[str, dict[str, tuple]] = {"target": {}, "run": {}}
     if not layout.index_path.exists():
@@ -511,7 +513,7 @@ def indexed_stats(layout: StoreLayout, timeout_s: float = 5.0) -> dict[str, dict
     with connect_readonly(layout, timeout_s) as con, _classified(layout):
         for kind, table in _stat_tables(con).items():
             key = TABLES[table][0].name
-            rows = con.execute(f"SELECT {key}, manifest_size, manifest_mtime_ns FROM {table}").fetchall()
+            rows = con.execute(f"SELECT {key}, manifest_size, files_stamp FROM {table}").fetchall()
             out[kind] = {r[0]: (r[1], r[2]) for r in rows}
     return out
 
@@ -521,10 +523,10 @@ NOT_INDEXED = -1  # in `aligned_stats`: no row for the ID, or a row without the 
 
 def aligned_stats(layout: StoreLayout, ids_by_kind: dict[str, list[str]],
                   timeout_s: float = 5.0) -> dict[str, tuple[array, array]]:
-    """For each kind, the index's manifest size and mtime_ns of each of its IDs, in the IDs'
+    """For each kind, the index's manifest size and files stamp of each of its IDs, in the IDs'
     order, as two int64 arrays (NOT_INDEXED where the index does not know). The answer of
     `read_stats` (sidecar when it describes the index, else DuckDB), without a Python object
-    per indexed ID: at a million IDs a {id: (size, mtime)} dict is some 300 MB, these 16 MB.
+    per indexed ID: at a million IDs a {id: (size, stamp)} dict is some 300 MB, these 16 MB.
     Raises IndexBusy / IndexCorrupt."""
     identity = _identity(layout)
     if identity is not None:
@@ -547,10 +549,10 @@ def aligned_stats(layout: StoreLayout, ids_by_kind: dict[str, list[str]],
                                   "id": _string_array(ids)})
             with _arrow_view(con, "lh_requested", requested):
                 rows = con.sql(f"SELECT COALESCE(manifest_size, {NOT_INDEXED}) AS size, "
-                               f"COALESCE(manifest_mtime_ns, {NOT_INDEXED}) AS mtime FROM lh_requested "
+                               f"COALESCE(files_stamp, {NOT_INDEXED}) AS stamp FROM lh_requested "
                                f"LEFT JOIN {table} ON {TABLES[table][0].name} = lh_requested.id "
                                f"ORDER BY lh_requested.pos").to_arrow_table()
-            out[kind] = (_int64s(rows["size"]), _int64s(rows["mtime"]))
+            out[kind] = (_int64s(rows["size"]), _int64s(rows["stamp"]))
     return out
 
 
@@ -562,12 +564,12 @@ def unknown_stats(n: int) -> tuple[array, array]:
 def _aligned_from(stats: dict[str, tuple], ids: list[str]) -> tuple[array, array]:
     if not stats:
         return unknown_stats(len(ids))
-    sizes, mtimes, missing = array("q"), array("q"), (NOT_INDEXED, NOT_INDEXED)
+    sizes, stamps, missing = array("q"), array("q"), (NOT_INDEXED, NOT_INDEXED)
     for artifact_id in ids:
-        size, mtime = stats.get(artifact_id, missing)
+        size, stamp = stats.get(artifact_id, missing)
         sizes.append(NOT_INDEXED if size is None else size)
-        mtimes.append(NOT_INDEXED if mtime is None else mtime)
-    return sizes, mtimes
+        stamps.append(NOT_INDEXED if stamp is None else stamp)
+    return sizes, stamps
 
 
 def _string_array(strings: list[str]) -> Any:
@@ -634,7 +636,7 @@ def _int64s(column: Any) -> array:
 
 STATS_SIDECAR_MAX_ROWS = 50_000  # above this DuckDB's columnar read beats parsing a text copy
 STATS_SIDECAR_MIN_AGE_S = 2.0  # a later write then always gets another mtime, even on coarse clocks
-STATS_SIDECAR_VERSION = 1
+STATS_SIDECAR_VERSION = 2  # 2: (size, files stamp) per ID, where 1 held (size, manifest mtime)
 
 
 @dataclass(frozen=True)

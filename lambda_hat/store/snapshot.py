@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class StoreSnapshot:
-    """IDs of complete artifacts in the store (those with a valid manifest), and a digest of
-    their manifests' identity (ID, size, mtime): equal states, same artifacts."""
+    """IDs of complete artifacts in the store (those that check out), and a digest of their
+    identity (ID, manifest size, files stamp): equal states, same artifacts."""
 
     target_ids: frozenset[str] = frozenset()
     run_ids: frozenset[str] = frozenset()

@@ -26,6 +26,7 @@ from lambda_hat.store.artifacts import (
     NEEDS_PLUGIN,
     TMP_PREFIX,
     ArtifactError,
+    file_problems,
     parse_tmp_name,
     pid_alive,
     quarantine,
@@ -33,7 +34,7 @@ from lambda_hat.store.artifacts import (
     verify,
 )
 from lambda_hat.store.claims import Claims, Owner
-from lambda_hat.store.layout import MANIFEST, StoreLayout
+from lambda_hat.store.layout import ARRAYS_ZIP, MANIFEST, StoreLayout
 from lambda_hat.store.manifest import Manifest, ManifestError, self_checksum
 from lambda_hat.store.snapshot import StoreSnapshot
 
@@ -76,6 +77,39 @@ def check_manifest(artifact_dir: Path, kind: str) -> tuple[Manifest, os.stat_res
     if hashed != manifest.id:
         raise ManifestError(f"{artifact_dir}: stored spec does not hash to {manifest.id}")
     return manifest, st
+
+
+def check_artifact(artifact_dir: Path, kind: str) -> Manifest:
+    """`check_manifest`, then every file of the artifact against the checksums its manifest
+    lists (each read and hashed): how an artifact whose files changed since the index recorded
+    them is judged before it counts as complete. Raises ArtifactError or ManifestError."""
+    manifest, _ = check_manifest(artifact_dir, kind)
+    problems = odd_entries(artifact_dir) or file_problems(artifact_dir, manifest.checksums)
+    if problems:
+        raise ArtifactError(f"{artifact_dir}: {'; '.join(problems)}")
+    return manifest
+
+
+def files_stamp(parent: Path, artifact_id: str, parent_fd: int | None = None) -> tuple[int, int]:
+    """(manifest size, stamp) of an artifact's files as they are now (`parent`: its kind's
+    directory, or `parent_fd` open on it). The stamp digests what a change to a file does not
+    keep: the mtime, ctime and inode of the manifest and of the arrays file (and its size), or
+    of every file in an older artifact's directory tree. Restoring an mtime (`touch -d`,
+    `os.utime`) sets the ctime, which no user can set; only damage below the file system (bit
+    rot) keeps them all, and `lh verify` hashes every file. Two stats: what the planner pays per
+    artifact to trust the index instead of hashing its arrays (benchmarks/read_checks.py).
+    Raises OSError when there is no manifest."""
+    where = artifact_id if parent_fd is not None else str(parent / artifact_id)
+    m = os.stat(f"{where}/{MANIFEST}", dir_fd=parent_fd)
+    try:
+        a = os.stat(f"{where}/{ARRAYS_ZIP}", dir_fd=parent_fd)
+        arrays: tuple = (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino)
+    except FileNotFoundError:  # an older artifact's tree of files (or its arrays are gone): each file
+        d = parent / artifact_id
+        arrays = tuple(sorted((os.path.relpath(p, d), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                              for p, st in _walk(d) if stat.S_ISREG(st.st_mode) and os.path.basename(p) != MANIFEST))
+    digest = hashlib.blake2b(repr((m.st_mtime_ns, m.st_ctime_ns, m.st_ino, arrays)).encode(), digest_size=8).digest()
+    return m.st_size, int.from_bytes(digest, "big") >> 1  # >= 0: never index.NOT_INDEXED
 
 
 def _regular_manifest(artifact_dir: Path) -> os.stat_result:
@@ -134,7 +168,7 @@ class ReconcileReport:
     index_moved_aside: Path | None = None
     needs_plugin: list[tuple[Path, str]] = field(default_factory=list)  # (artifact, why): left in place
     pending: list[index.Record] = field(default_factory=list)  # records the busy index did not take
-    # {kind: {id: (manifest size, mtime_ns)}} of every complete artifact, as this reconcile saw it
+    # {kind: {id: files_stamp}} of every complete artifact, as this reconcile saw it
     # (for `Store.snapshot(complete=...)`: no second index read or stat per artifact).
     complete: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
 
@@ -336,11 +370,12 @@ class Store:
 
     def snapshot(self, target_ids: Iterable[str], run_ids: Iterable[str],
                  complete: dict[str, dict[str, tuple[int, int]]] | None = None) -> StoreSnapshot:
-        """Which of these IDs are complete. The index answers, in one read, for manifests
-        unchanged since it recorded them (one stat each: at a million IDs most of the time, and
-        what catches a manifest edited or removed since); any other is read and checked.
-        `state` digests the complete IDs with their manifests' size and mtime: equal states,
-        nothing these IDs name has changed.
+        """Which of these IDs are complete. The index answers, in one read, for artifacts whose
+        files are unchanged since it recorded them (`files_stamp`, two stats each: at a million
+        IDs most of the time, and what catches a manifest or arrays file edited, truncated or
+        removed since); any other is checked whole (`check_artifact`: its manifest, and its
+        files hashed against their checksums). `state` digests the complete IDs with their
+        stamps: equal states, nothing these IDs name has changed.
 
         `complete`: a reconcile's `ReconcileReport.complete`, made moments ago in this process
         from a listing and a stat of every manifest; it answers instead of the index and the
@@ -355,7 +390,7 @@ class Store:
         done: dict[str, list[str]] = {}
         state = hashlib.sha256()
         for kind, ids in requested.items():
-            sizes, mtimes = known[kind]
+            sizes, stamps = known[kind]
             done[kind] = complete_ids = []
             # IDs the index knows are stat'ed directly; for the others one listing of the directory
             # saves a failing stat each, when there are many (a sweep new to this store).
@@ -368,32 +403,33 @@ class Store:
                 continue
             try:
                 for found, lines in _in_parts(len(ids), lambda start, stop, kind=kind: self._complete_among(
-                        kind, parent, ids[start:stop], sizes[start:stop], mtimes[start:stop], listing)):
+                        kind, parent, ids[start:stop], sizes[start:stop], stamps[start:stop], listing)):
                     complete_ids.extend(found)
                     state.update(lines)
             finally:
                 os.close(parent)
         return StoreSnapshot(frozenset(done["target"]), frozenset(done["run"]), state.hexdigest())
 
-    def _complete_among(self, kind: str, parent_fd: int, ids: list[str], sizes: Iterable[int], mtimes: Iterable[int],
+    def _complete_among(self, kind: str, parent_fd: int, ids: list[str], sizes: Iterable[int], stamps: Iterable[int],
                         listing: set[str] | None) -> tuple[list[str], bytes]:
-        """The complete ones of `ids` (index stats `sizes`, `mtimes`), and their lines of the
+        """The complete ones of `ids` (index stamps `sizes`, `stamps`), and their lines of the
         snapshot's state."""
         found, lines = [], []
-        for artifact_id, size, mtime in zip(ids, sizes, mtimes):
+        parent = self.layout.targets_dir if kind == "target" else self.layout.runs_dir
+        for artifact_id, size, stamp in zip(ids, sizes, stamps):
             if size == index.NOT_INDEXED and listing is not None and artifact_id not in listing:
                 continue
             try:
-                st = os.stat(f"{artifact_id}/{MANIFEST}", dir_fd=parent_fd)
+                now = files_stamp(parent, artifact_id, parent_fd)
             except OSError:
                 continue
-            if st.st_size != size or st.st_mtime_ns != mtime:
+            if now != (size, stamp):
                 try:
-                    check_manifest(self.layout.artifact_dir(kind, artifact_id), kind)
+                    check_artifact(parent / artifact_id, kind)
                 except (ArtifactError, ManifestError, OSError):
                     continue
             found.append(artifact_id)
-            lines.append(f"{kind} {artifact_id} {st.st_size} {st.st_mtime_ns}\n")
+            lines.append(f"{kind} {artifact_id} {now[0]} {now[1]}\n")
         return found, "".join(lines).encode()
 
     @staticmethod
@@ -595,11 +631,12 @@ class Store:
                         report.quarantined.append((where, "a symbolic link (never followed)"))
                     continue
                 try:
-                    st = (d / MANIFEST).stat()
-                    if known.get(name) == (st.st_size, st.st_mtime_ns):
-                        present[name] = (st.st_size, st.st_mtime_ns)
+                    now = files_stamp(d.parent, name)
+                    if known.get(name) == now:
+                        present[name] = now
                         continue
-                    manifest, st = check_manifest(d, kind)
+                    # New to the index, or its files changed since it was recorded: checked whole.
+                    manifest = check_artifact(d, kind)
                 except NeedsPlugin as err:
                     report.needs_plugin.append((d, str(err).removeprefix(f"{d}: ")))
                     continue
@@ -611,20 +648,23 @@ class Store:
                     if where is not None:
                         report.quarantined.append((where, reason))
                     continue
-                present[name] = (st.st_size, st.st_mtime_ns)
-                records.append(index.Record(manifest, st.st_size, st.st_mtime_ns))
+                present[name] = now
+                records.append(index.Record(manifest, *now))
             deleted[kind] = sorted(set(known) - set(present))
         report.indexed = len(records)
         in_step = not records and not any(deleted.values()) and self.layout.index_path.exists()
         if in_step and read is not None:
             index.remember_stats(self.layout, read)  # the next no-op reads these without DuckDB
+        # Every complete artifact was checked whole just now (a new or remade index): its records
+        # refill the tables, where a rebuild would check them all again.
+        whole = len(records) == sum(map(len, report.complete.values()))
         if not in_step:
             try:
                 if not index.write(self.layout, records, deleted):
-                    self.rebuild_index()
+                    self._refill(records) if whole else self.rebuild_index()
             except index.IndexCorrupt:
                 report.index_moved_aside = index.move_aside(self.layout)
-                self.rebuild_index()
+                self._refill(records) if whole else self.rebuild_index()
             except index.IndexBusy:
                 report.pending = records
                 report.unindexed = len(records)
@@ -657,27 +697,36 @@ class Store:
             self.rebuild_index()
 
     def record_manifest(self, kind: str, artifact_id: str) -> index.Record:
-        """The index record of a complete artifact, with its manifest file's stat."""
-        manifest, st = check_manifest(self.layout.artifact_dir(kind, artifact_id), kind)
-        return index.Record(manifest, st.st_size, st.st_mtime_ns)
+        """The index record of an artifact a job has just written, with its files' stamp as
+        they are now (its manifest checked; its arrays were hashed as they were written)."""
+        d = self.layout.artifact_dir(kind, artifact_id)
+        now = files_stamp(d.parent, artifact_id)
+        return index.Record(check_manifest(d, kind)[0], *now)
+
+    def _refill(self, records: list[index.Record], timeout_s: float = 10.0) -> None:
+        """The index made anew from `records` (every complete artifact's), one transaction."""
+        try:
+            index.write(self.layout, records, replace_all=True, timeout_s=timeout_s)
+        except index.IndexCorrupt:
+            index.move_aside(self.layout)
+            index.write(self.layout, records, replace_all=True, timeout_s=timeout_s)
 
     def rebuild_index(self, timeout_s: float = 10.0) -> tuple[int, int]:
-        """Recreate the index from the manifests on disk (unreadable ones are skipped; the
-        next reconcile quarantines them). Returns (targets, runs) indexed."""
+        """Recreate the index from the artifacts on disk, each checked whole (`check_artifact`:
+        a stamp recorded here is trusted by every later plan); damaged ones are skipped, and
+        the next reconcile quarantines them. Returns (targets, runs) indexed."""
         records = []
         for kind in KINDS:
             names, links = self._scan(kind)
             for name in sorted(names - links):  # a link is never read through
+                d = self.layout.artifact_dir(kind, name)
                 try:
-                    records.append(self.record_manifest(kind, name))
+                    now = files_stamp(d.parent, name)
+                    records.append(index.Record(check_artifact(d, kind), *now))
                 except (ArtifactError, ManifestError, OSError):
                     continue
         try:
-            try:
-                index.write(self.layout, records, replace_all=True, timeout_s=timeout_s)
-            except index.IndexCorrupt:
-                index.move_aside(self.layout)
-                index.write(self.layout, records, replace_all=True, timeout_s=timeout_s)
+            self._refill(records, timeout_s)
         except OSError as err:  # a read-only store, a full disk
             raise StoreError(f"{self.root}: cannot write the index ({err.strerror or err}: "
                              f"{getattr(err, 'filename', None) or self.layout.index_path})") from None
@@ -881,15 +930,3 @@ class Store:
             except (index.IndexBusy, index.IndexCorrupt, OSError):
                 pass  # the next reconcile drops the rows
         return report
-
-    # ------------------------------------------------------------------ results
-
-    def export_runs(self, run_ids: list[str], out_path: Path, damaged: list[tuple[str, str]] | None = None) -> int:
-        """Write the given runs to Parquet or CSV (by extension) with the columns of `lh
-        query`'s `runs` view, from the manifests (the truth, each checked on its content; no
-        index lock), atomically. Returns rows; adds (ID, why) of runs in place whose manifest
-        does not check out to `damaged`. The view lives in `lambda_hat.results`, so the two
-        never differ."""
-        from lambda_hat.results import export_runs
-
-        return export_runs(self, run_ids, out_path, damaged)
