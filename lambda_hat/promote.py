@@ -79,7 +79,7 @@ def parse_plots(text: str | None) -> tuple[str, ...]:
 
 
 def _refuse(outdir: Path, path: Path, st: os.stat_result, wanted: str) -> None:
-    from lambda_hat.store.store import file_type
+    from lambda_hat.files import file_type
 
     raise BadInput(f"--outdir {outdir}: {path} is {file_type(st)}, not {wanted}; lh promote writes only "
                    "regular files and directories of its own (move it away)")
@@ -142,7 +142,7 @@ class Writer:
         data = render()
         new_digest = hashlib.sha256(data).hexdigest()
         if digest != new_digest:
-            from lambda_hat.results import write_atomic
+            from lambda_hat.files import write_atomic
 
             self._check(path)
             write_atomic(path, data)  # makes the folders it needs
@@ -156,7 +156,7 @@ class Writer:
         data = (json.dumps(merged, indent=1, sort_keys=True) + "\n").encode()
         old = self.state_path.read_bytes() if os.path.isfile(self.state_path) and not os.path.islink(self.state_path) else None
         if old != data:
-            from lambda_hat.results import write_atomic
+            from lambda_hat.files import write_atomic
 
             self._check(self.state_path)
             write_atomic(self.state_path, data)
@@ -247,6 +247,11 @@ class Reference:
     def key(self) -> tuple:
         return (self.value, self.se, self.finite_n, self.method, self.asymptote)
 
+    def text(self) -> str:
+        """"0.1546", or "0.137 ± 0.001" when the numerical error shows at 4 significant digits."""
+        shown = self.se is not None and self.se >= 5e-5 * abs(self.value)
+        return _fmt(self.value) + (f" ± {_fmt(self.se, 2)}" if shown else "")
+
 
 def reference_of(run_metrics: dict | None, target_metrics: dict | None) -> Reference | None:
     """The run's own reference first (a reference that depends on the run's posterior belongs
@@ -280,14 +285,16 @@ def _ref_lines(ax, ref: Reference | None, vertical: bool = False, label: bool = 
 # --------------------------------------------------------------------------- robust axis ranges
 
 
-FENCE = 3.0  # energy axes span the quartiles ± 3 interquartile ranges
+# An energy axis spans the 1-99 % quantiles of the non-divergent draws widened by their distance
+# on each side (±7σ for a normal bulk): only outliers rarer than 1 % are clipped.
+FENCE, ENERGY_QUANTILES = 1.0, (1.0, 99.0)
 # λ̂'s right tail is real (a normal crossing's draws sit near 0 with spikes 500x the median):
 # a trace's axis spans its 1-99 % quantiles ± 10 times their distance, clipping only escapes.
 TRACE_FENCE, TRACE_QUANTILES = 10.0, (1.0, 99.0)
 TRACE_POINTS = 600  # draws drawn per chain at most: more only blacken the panel
 
 
-def robust_range(values, fence: float = FENCE, quantiles: tuple[float, float] = (25.0, 75.0)
+def robust_range(values, fence: float = FENCE, quantiles: tuple[float, float] = ENERGY_QUANTILES
                  ) -> tuple[float, float, int]:
     """(low, high, how many finite values lie outside): the two quantiles (percent) widened by
     `fence` times their distance, narrowed to the finite values' own extent. Robust to outliers
@@ -300,12 +307,9 @@ def robust_range(values, fence: float = FENCE, quantiles: tuple[float, float] = 
     if v.size == 0:
         return -1.0, 1.0, 0
     q1, q3 = np.percentile(v, quantiles)
-    iqr = q3 - q1
-    if iqr <= 0:  # a bulk of equal values: fall back on the central 98 %
-        q1, q3 = np.percentile(v, [1, 99])
-        iqr = q3 - q1
-    lo, hi = max(float(v.min()), q1 - fence * iqr), min(float(v.max()), q3 + fence * iqr)
-    if hi <= lo:
+    spread = q3 - q1
+    lo, hi = max(float(v.min()), q1 - fence * spread), min(float(v.max()), q3 + fence * spread)
+    if hi <= lo:  # most values equal: a unit-wide axis around them
         lo, hi = lo - 0.5, hi + 0.5
     outside = int(np.count_nonzero((v < lo) | (v > hi)))
     return float(lo), float(hi), outside
@@ -435,7 +439,7 @@ def plot_rank(m, traces: dict, ref: Reference | None = None) -> bytes:
 def energy_figure(m, traces: dict):
     """HMC/NUTS: the energy (centred per chain) and energy-transition histograms, without the
     divergent transitions (a rejected proposal's energy, up to 1e9 or inf, is no draw's) and on
-    an axis clipped to the quartiles ± FENCE interquartile ranges, both stated on the plot with the count of
+    an axis clipped to ENERGY_QUANTILES widened by FENCE times their distance, both stated on the plot with the count of
     divergences. E-BFMI per chain from the same draws. MCLMC: the energy change per step, clipped
     the same way. (ArviZ's plot_energy draws the same two histograms, unclipped.)"""
     import numpy as np
@@ -472,7 +476,7 @@ def energy_figure(m, traces: dict):
         ax.set_title(f"Energy — {_title(m)}\n{div_text}\nE-BFMI per chain "
                      + ", ".join("–" if not math.isfinite(b) else f"{b:.2f}" for b in bfmi)
                      + " (below 0.3: poor exploration)", fontsize=9,
-                     color="#b3261e" if n_div else "k")
+                     color="#b3261e" if m.status == "divergent" else "k")
         ax.set_ylim(top=ax.get_ylim()[1] * 1.2)  # room for the legend above the bars
         ax.legend(fontsize=7, frameon=False, loc="upper left")
     else:
@@ -487,7 +491,9 @@ def energy_figure(m, traces: dict):
                      + (f"; {bad:,} non-finite left out" if bad else ""), fontsize=9)
         total = change.size
     if outside:
-        notes.append(f"axis clipped to quartiles ± {FENCE:g} IQR:\n{outside:,} values beyond, not drawn")
+        q_lo, q_hi = ENERGY_QUANTILES
+        notes.append(f"axis clipped to the {q_lo:g}-{q_hi:g} % quantiles\n± {FENCE:g}× their distance: "
+                     f"{outside:,} values\nbeyond, not drawn")
         ax.text(0.99, 0.98, notes[-1], transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.3")
     ax.set_ylabel("density")
     return fig
@@ -562,8 +568,7 @@ def compare_figure(target_id: str, rows: list[dict], refs: dict[str, Reference |
     ax.set_xlabel("λ̂ ± SEM")
     lines = []
     if shared is not None:
-        lines.append(f"dashed: {shared.name} = {_fmt(shared.value)}"
-                     + (f" ± {_fmt(shared.se, 2)}" if shared.finite_n and shared.se else "")
+        lines.append(f"dashed: {shared.name} = {shared.text()}"
                      + (f"; dotted: asymptotic λ = {_fmt(shared.asymptote)}" if shared.asymptote is not None else ""))
     elif distinct:
         lines.append("dashed ticks: each run's own reference λ")
@@ -678,7 +683,7 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
     """Render what changed and write the gallery. `run_ids` (a sweep's, in order) or None for
     every run in the store."""
     from lambda_hat.results import run_flags, unique_prefixes
-    from lambda_hat.store.artifacts import ArtifactError
+    from lambda_hat.errors import ArtifactError
 
     check_gallery(outdir)
     report = PromoteReport(outdir)
@@ -788,8 +793,7 @@ class _Page:
             finite.setdefault(own.key(), own)
         if len(finite) == 1:
             (ref,) = finite.values()
-            text += (f" · finite-n reference λ = {_fmt(ref.value)}" + (f" ± {_fmt(ref.se, 2)}" if ref.se else "")
-                     + (f" ({ref.method})" if ref.method else ""))
+            text += f" · finite-n reference λ = {ref.text()}" + (f" ({ref.method})" if ref.method else "")
         elif finite:  # it depends on the run's posterior (nβ, γ)
             text += " · finite-n reference per run: " + ", ".join(sorted(_fmt(r.value) for r in finite.values()))
         true = _finite(t.metrics.get("llc_true"))
