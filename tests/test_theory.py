@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from fractions import Fraction
 
@@ -13,7 +14,9 @@ from lambda_hat.science.theory import (
     _rrr_fraction,
     dln_lambda,
     dln_subset,
+    normal_crossing_reference,
     quadratic_expected_llc,
+    quadratic_expected_llc_at,
     regular_lambda,
     rrr_lambda,
 )
@@ -184,3 +187,107 @@ def test_quadratic_expected_llc_at_reduces_and_matches_one_dimension():
         quadratic_expected_llc_at(np.diag(h), gv, 80.0, 1.0), rel=1e-10)
     with pytest.raises(ValueError):
         quadratic_expected_llc_at(np.eye(2), np.zeros(3), 1.0, 1.0)
+
+
+# --------------------------------------------------------------------------- normal-crossing finite-n reference
+# theory.normal_crossing_reference: E[nβ·(L_n(w) − L_n(0))] under exp(−nβ·(sxx·u² − 2·sxy·u) − (γ/2)‖w‖²),
+# u = ∏ wᵢ^pᵢ. Its stated error `err` must cover the difference from every independent value below
+# (they are themselves accurate to ~1e-12 relative: the 1e-12·|E| allowance).
+
+NB = 1000 / math.log(1000)  # the default β = 1/log n at n = 1,000
+
+
+def _within(value, err, exact, rel=1e-12):
+    return abs(value - exact) <= err + rel * abs(exact)
+
+
+@pytest.mark.parametrize("sxx,sxy,n_beta,gamma", [(1.3, 0.02, 150.0, 1.0), (4.0, -0.01, NB, 1.0), (1.0, 0.3, 50.0, 2.0),
+                                                  (2.0, 0.0, 1e6, 1e-3), (4.0, 0.05, 1e4, 100.0)])
+def test_reference_is_the_gaussian_closed_form_for_one_linear_coordinate(sxx, sxy, n_beta, gamma):
+    # One power of 1: L − L0 = sxx·w² − 2·sxy·w is exactly quadratic and the posterior Gaussian
+    # (quadratic_expected_llc_at); a power-0 coordinate is ignored by the model and integrates out.
+    exact = quadratic_expected_llc_at([[2 * sxx]], [-2 * sxy], n_beta, gamma)
+    for powers in ([1], [0, 1], [1, 0, 0]):
+        value, err = normal_crossing_reference(powers, n_beta, gamma, sxx, sxy)
+        assert _within(value, err, exact), (powers, value, exact, err)
+        assert err < 1e-8 * abs(exact)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 5, 8])
+def test_reference_without_localizer_is_one_over_2p(p):
+    # γ = 0, no noise: E[c·w^(2p)] under e^{−c·w^(2p)} is 1/(2p) for every c (a Gamma integral).
+    for n_beta in (10.0, NB, 1e6):
+        value, err = normal_crossing_reference([p], n_beta, 0.0, 0.7, 0.0)
+        assert _within(value, err, 1 / (2 * p)), (p, n_beta, value)
+
+
+@pytest.mark.parametrize("n_beta,gamma,sxx", [(NB, 1.0, 4.0), (1e4 / math.log(1e4), 1.0, 4.0), (50.0, 10.0, 1.0),
+                                              (1e6, 1.0, 1.0), (10.0, 30.0, 1.0)])
+def test_reference_of_two_linear_coordinates_is_the_bessel_closed_form(n_beta, gamma, sxx):
+    # Powers [1, 1], sxy = 0: integrating w₂ out (Gaussian given w₁) leaves a 1-D integral in closed form,
+    # E = ½ − (q/2)·(K₁(q/2)/K₀(q/2) − 1), q = γ²/(4nβ·sxx): the multiplicity-2 log correction below ½.
+    from scipy.special import k0e, k1e
+
+    q = gamma * gamma / (4 * n_beta * sxx)
+    exact = 0.5 - 0.5 * q * (k1e(q / 2) / k0e(q / 2) - 1)
+    value, err = normal_crossing_reference([1, 1], n_beta, gamma, sxx, 0.0)
+    assert _within(value, err, exact), (value, exact, err)
+
+
+def _brute_force(powers, n_beta, gamma, sxx, sxy, nodes=12):
+    """The same expectation as a plain 2-3-dimensional integral over w: a tensor grid of composite
+    Gauss-Legendre nodes, panels refined towards the coordinate planes where the posterior sits."""
+    import numpy as np
+
+    s = 1 / math.sqrt(gamma)
+    br = np.array([0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.2, 0.4, 0.7, 1.0, 1.5, 2.2, 3.0, 4.5, 6.5, 9.0]) * s
+    br = np.concatenate([-br[::-1], br[1:]])
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    xs = ((br[1:, None] - br[:-1, None]) * (x + 1) / 2 + br[:-1, None]).ravel()
+    ws = ((br[1:, None] - br[:-1, None]) / 2 * w).ravel() * np.exp(-0.5 * gamma * xs * xs)
+    num = den = 0.0
+    first = [(xs[i] ** powers[0], ws[i]) for i in range(len(xs))] if len(powers) == 3 else [(1.0, 1.0)]
+    a, b = powers[-2:]
+    for u0, w0 in first:
+        u = u0 * xs[:, None] ** a * xs[None, :] ** b
+        e = n_beta * (sxx * u * u - 2 * sxy * u)
+        p = np.exp(-e) * w0 * ws[:, None] * ws[None, :]
+        num, den = num + float((p * e).sum()), den + float(p.sum())
+    return num / den
+
+
+@pytest.mark.parametrize("powers,gamma,sxy", [([1, 1], 1.0, 0.01), ([1, 2], 1.0, -0.02), ([2, 2], 3.0, 0.01),
+                                              ([3, 3], 1.0, 0.0), ([1, 1, 1], 1.0, 0.01), ([1, 2, 3], 1.0, 0.02),
+                                              ([2, 2, 1], 0.5, -0.01)])
+def test_reference_matches_a_brute_force_integral_in_two_and_three_dimensions(powers, gamma, sxy):
+    # Measured: the two agree to 5e-12 relative (the grid's own error); 1e-9 leaves it room.
+    value, err = normal_crossing_reference(powers, NB, gamma, 4.0, sxy)
+    brute = _brute_force(powers, NB, gamma, 4.0, sxy)
+    assert abs(value - brute) <= err + 1e-9 * abs(brute), (value, brute, err)
+
+
+def test_reference_is_fast_for_any_number_of_powers():
+    import time
+
+    normal_crossing_reference([1], NB, 1.0, 4.0, 0.0)  # scipy's import, once
+    for powers in ([1, 2, 3, 4], [3] * 10, [1, 64], [64] * 64):
+        t0 = time.perf_counter()
+        value, err = normal_crossing_reference(powers, NB, 1.0, 4.0, 0.01)
+        assert time.perf_counter() - t0 < 1.0 and 0 < value < 1 / (2 * max(powers)) and err < 1e-6 * value
+    # more coordinates at the top power only lower it at fixed n (the multiplicity's log correction)
+    values = [normal_crossing_reference([2] * m, NB, 1.0, 4.0, 0.0)[0] for m in (1, 2, 3, 4)]
+    assert values == sorted(values, reverse=True) and values[0] < 0.25
+
+
+def test_reference_refuses_what_it_cannot_integrate():
+    with pytest.raises(ValueError, match="improper"):
+        normal_crossing_reference([1, 1], NB, 0.0, 4.0, 0.0)  # γ = 0: flat along the axes
+    with pytest.raises(ValueError, match="improper"):
+        normal_crossing_reference([0, 1], NB, 0.0, 4.0, 0.0)  # γ = 0: the ignored coordinate is flat
+    with pytest.raises(ValueError, match="positive"):
+        normal_crossing_reference([0, 0], NB, 1.0, 4.0, 0.0)
+    with pytest.raises(ValueError):
+        normal_crossing_reference([1], 0.0, 1.0, 4.0, 0.0)
+    with pytest.raises(ValueError):
+        normal_crossing_reference([1], NB, -1.0, 4.0, 0.0)
+    assert normal_crossing_reference([2], NB, 1.0, 0.0, 0.0) == (0.0, 0.0)  # x ≡ 0: a constant loss

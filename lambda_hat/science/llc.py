@@ -8,6 +8,8 @@ Per draw: llc = nβ·(L_n(w) − L0). Reported:
 * ess_bulk, ess_tail  BlackJAX rank-normalized split-chain bulk / tail ESS of the llc trace
 * r_hat          BlackJAX rank-normalized split R-hat (max of bulk and folded)
 * llc_sem        llc_std_draws / sqrt(ess_bulk): Monte-Carlo standard error of llc_mean
+* llc_ref, llc_ref_se, llc_ref_method, rel_error   the exact finite-n expectation of λ̂ under the
+                 run's posterior, where the target's kind has one (`finite_n_reference`)
 
 If any llc draw is non-finite, status = "nonfinite" and every statistic above is NaN.
 Otherwise the run is checked for convergence (Vehtari et al. 2021, "Rank-normalization,
@@ -110,6 +112,27 @@ def convergence_flags(r_hat: float, ess_bulk: float, r_hat_max: float = R_HAT_MA
     if not ess_bulk >= ess_bulk_min:
         flags.append(f"ess_bulk {ess_bulk:.0f} < {ess_bulk_min:g}")
     return flags
+
+
+# Model kinds whose targets have an exact finite-n expectation of λ̂ for a given posterior: the kind's
+# function (target spec, arrays, nβ, γ) -> {llc_ref, llc_ref_se, llc_ref_method}, or {} where none exists.
+FINITE_N_REFERENCES = {"polynomial": "lambda_hat.science.polynomial:finite_n_reference"}
+
+
+def finite_n_reference(target, arrays, n_beta: float, gamma: float, llc_mean: float) -> dict:
+    """A run's exact finite-n reference where its target's kind has one (`FINITE_N_REFERENCES`):
+    llc_ref (E[nβ·(L_n(w) − L0)] under the run's own posterior, what λ̂ estimates), llc_ref_se (its
+    numerical error), llc_ref_method, and rel_error = (λ̂ − llc_ref)/llc_ref. The asymptotic λ
+    (`llc_true`) stays what it is; a run with a reference is judged against the reference."""
+    ref = FINITE_N_REFERENCES.get(getattr(target.model, "kind", None))
+    if ref is None:
+        return {}
+    from lambda_hat.registry import resolve
+
+    out = dict(resolve(ref)(target, arrays, n_beta, gamma))
+    if out.get("llc_ref") is not None:
+        out["rel_error"] = (llc_mean - out["llc_ref"]) / out["llc_ref"] if out["llc_ref"] else math.nan
+    return out
 
 
 # A run's status, most severe first: its statistics are NaN ("nonfinite"); the integrator failed

@@ -322,7 +322,7 @@ def _finish(run, traces, warmup_grad_evals, L0, t_compile, t_run, hit, target, a
     from lambda_hat.specs import DiagnosticsSpec
 
     from . import RunResult
-    from .llc import flag_run, llc_from_loss, summarize
+    from .llc import finite_n_reference, flag_run, llc_from_loss, summarize
     from .posterior import INIT_FGE
 
     s = run.sampler
@@ -369,6 +369,7 @@ def _finish(run, traces, warmup_grad_evals, L0, t_compile, t_run, hit, target, a
         "ess_bulk_min": float(diag.ess_bulk_min),
         "divergence_max": float(diag.divergence_max),
     })
+    metrics.update(finite_n_reference(target, arrays, n_beta, gamma, metrics["llc_mean"]))  # llc_ref, rel_error
     if sampler.report:
         sampler.load().report(s, traces, metrics, scalars, LOSS_EVAL_FGE)
     rate = metrics.get("divergence_rate")

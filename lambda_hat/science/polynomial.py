@@ -7,6 +7,11 @@ model). w* = 0, the point where the coordinate hyperplanes of true parameters cr
 λ = 1/(2·max p) with multiplicity #{i: pᵢ = max p} (`theory.normal_crossing_lambda`).
 devinterp's accuracy tests use these with x ~ N(0, 2²), σ = 0.25, n = 1,000.
 
+A run on such a target also gets the exact finite-n expectation λ̂ estimates, `llc_ref` (with
+`llc_ref_se`, its numerical error, and `llc_ref_method`; `finite_n_reference`): it depends on the
+run's nβ and γ, so it belongs to the run, not to the target, and `rel_error` is measured against it.
+At n = 1,000-10,000 it lies 5-50 % below λ (more for multiplicity > 1), which is the asymptote.
+
 llc_true is attached by the llc_true rule of `dln.py`/docs/accuracy.md: w* = 0 is a true
 parameter, and it is attached when nβ₀·(L_n(0) − L_n(refined)) ≤ wstar.shift_tol(d), the refined
 point being L-BFGS from a point next to 0 (from 0 itself a power ≥ 2 has zero gradient). The
@@ -50,6 +55,26 @@ def exact_lambda(spec) -> float:
     from .theory import normal_crossing_lambda
 
     return normal_crossing_lambda(spec.model.powers)[0]
+
+
+def finite_n_reference(spec, arrays, n_beta: float, gamma: float) -> dict:
+    """{llc_ref, llc_ref_se, llc_ref_method} for a run with this nβ and γ on the target `spec` with
+    data `arrays`: E[nβ·(L_n(w) − L_n(0))] under the run's posterior exp(−nβ·L_n(w) − (γ/2)‖w‖²)
+    (`posterior.py` at w* = 0), computed exactly from the data's two moments
+    (`theory.normal_crossing_reference`). {} where it does not exist (γ = 0 with more than one
+    coordinate: an improper posterior) or the target is not at w* = 0."""
+    from .theory import NORMAL_CROSSING_REF_METHOD, normal_crossing_reference
+
+    if any(np.any(np.asarray(v) != 0) for v in arrays.params.values()):
+        return {}
+    x = np.asarray(arrays.X, np.float64).reshape(-1)
+    y = np.asarray(arrays.Y, np.float64).reshape(-1)
+    try:
+        value, err = normal_crossing_reference(spec.model.powers, n_beta, gamma, float(np.mean(x * x)),
+                                               float(np.mean(x * y)))
+    except ValueError:
+        return {}
+    return {"llc_ref": value, "llc_ref_se": err, "llc_ref_method": NORMAL_CROSSING_REF_METHOD}
 
 
 def build_polynomial_target(spec):

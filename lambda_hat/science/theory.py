@@ -1,8 +1,9 @@
 """Exact learning coefficients λ (real log canonical thresholds) where theory knows them.
 
-Pure Python (no JAX, no numpy): the values are computed in exact rational arithmetic with
+No JAX. The learning coefficients are computed in exact rational arithmetic with
 `fractions.Fraction` and returned as floats (all of them are multiples of 1/(4ℓ), so the
-float is exact for every practical size).
+float is exact for every practical size); the finite-n expectations use numpy (and scipy's
+complex log-Gamma), imported when called.
 
 Conventions. λ is the learning coefficient of the model at a true parameter, for the loss
 L_n(w) = (1/n) Σ‖y − f_w(x)‖² of `losses.py` (λ does not depend on the scale of the loss).
@@ -15,6 +16,7 @@ Functions
   rrr_lambda(M, H, N, r)          reduced rank regression y = B A x (Aoyagi & Watanabe 2005).
   dln_lambda(widths, r)           deep linear network with a rank-r true map (Aoyagi 2024).
   normal_crossing_lambda(powers)  y = x·∏ wᵢ^pᵢ at w = 0: (λ, multiplicity m).
+  normal_crossing_reference(...)  its exact finite-n E[nβ(L − L0)] (any powers) and numerical error.
   quadratic_expected_llc(...)     exact finite-n E[nβ(L − L0)] for an exactly quadratic loss.
 
 References
@@ -41,6 +43,7 @@ __all__ = [
     "dln_subset",
     "normal_crossing_lambda",
     "normal_crossing_expected_llc",
+    "normal_crossing_reference",
     "quadratic_expected_llc",
 ]
 
@@ -193,51 +196,125 @@ def normal_crossing_lambda(powers: Sequence[int]) -> tuple[float, int]:
     return float(Fraction(1, 2 * top)), sum(1 for p in ps if p == top)
 
 
-def normal_crossing_expected_llc(powers: Sequence[int], n_beta: float, gamma: float, sxx: float, sxy: float,
-                                 *, half_width: float = 8.0, points: int = 4001) -> float:
-    """Finite-n reference for the normal-crossing model: E[nβ·(L_n(w) − L_n(0))] under the
-    localized tempered posterior exp(−nβ·(L_n(w) − L_n(0)) − (γ/2)‖w‖²), by quadrature.
+# The finite-n reference: E[nβ·(L_n(w) − L_n(0))] under exp(−nβ·(L_n(w) − L_n(0)) − (γ/2)‖w‖²).
+#
+# With u = ∏ wᵢ^kᵢ over the positive powers kᵢ, L_n(w) − L_n(0) = sxx·u² − 2·sxy·u exactly, so the
+# d-dimensional integral is one over u, against the law of u under the localizer N(0, I/γ) (the
+# coordinates with power 0 integrate out). log|u| = Σ kᵢ·log|wᵢ| is a sum of independent terms, so its
+# density q is the convolution of theirs, and its characteristic function is a product of closed forms,
+#     E[|wᵢ|^{iω}] = (σ√2)^{iω}·Γ((1 + iω)/2)/Γ(1/2),   σ = 1/√γ,
+# inverted by one FFT on a grid in t = log|u|. The sign of u is independent of |u|: uniform ± when some
+# power is odd, + when all are even. The expectation is then a 1-D trapezoid sum in t,
+#     E = Σ_s π_s ∫ q(t)·E_s(t)·e^{−E_s(t)} dt / Σ_s π_s ∫ q(t)·e^{−E_s(t)} dt,
+#     E_s(t) = nβ·(sxx·e^{2t} − 2s·sxy·e^t),
+# which converges exponentially in the grid step (the integrands are analytic in a strip |Im t| < π/4);
+# the grid spans the localizer's bulk, the energy's cut-off and, below, enough of q's left tail (which
+# decays like |t|^{m−1}·e^{t/max k}) that what it leaves out is below 1e-16 of the normaliser.
+# With γ = 0 and a single coordinate the measure of t is Lebesgue's, e^{t/k}·dt (up to a constant); with
+# γ = 0 and more coordinates the posterior is improper (flat along the hyperplanes u = 0).
+NORMAL_CROSSING_REF_METHOD = "log|u| density by FFT, trapezoid in log|u|"
+_REF_STEP = 0.05  # grid step in t = log|u|; the error estimate compares it with twice this step
+_REF_ROUNDING = 1e-12  # relative floor of the stated error: rounding in the FFT and the sums
 
-    With u = ∏ wᵢ^pᵢ and the data's moments sxx = mean(x²), sxy = mean(x·y),
-    L_n(w) − L_n(0) = sxx·u² − 2·sxy·u exactly. Coordinates with pᵢ = 0 do not enter it and
-    integrate out; the others (at most 2) are integrated on a uniform grid of `points` per axis
-    over ±half_width/√γ (the localizer's tails beyond are below e^{-32}). This is what λ̂ at
-    w* = 0 estimates at this n; it approaches `normal_crossing_lambda` only as nβ → ∞, slowly when
-    the multiplicity is 2 (a −(m−1)/log(nβ)-type correction).
+
+def normal_crossing_reference(powers: Sequence[int], n_beta: float, gamma: float, sxx: float,
+                              sxy: float) -> tuple[float, float]:
+    """(E, err): the exact finite-n expectation E[nβ·(L_n(w) − L_n(0))] for the normal-crossing model
+    y = x·∏ wᵢ^pᵢ under the localized tempered posterior exp(−nβ·(L_n(w) − L_n(0)) − (γ/2)‖w‖²)
+    (`posterior.py`'s density at w* = 0), for any number of powers, and a bound on its numerical error.
+
+    sxx = mean(x²) and sxy = mean(x·y) of the data are all it depends on (L_n(w) − L_n(0) =
+    sxx·u² − 2·sxy·u, u = ∏ wᵢ^pᵢ). Method: the comment above; err is the change from halving the
+    grid step (the trapezoid converges exponentially, so this bounds the finer result's error), plus
+    the FFT's rounding as read off the grid, plus a floor of 1e-12·|E| for the sums. This is what λ̂ at w* = 0 estimates at this nβ and γ; it approaches
+    `normal_crossing_lambda` only as nβ → ∞, slowly when the multiplicity exceeds 1. Raises ValueError
+    when the posterior is improper (γ = 0 with more than one coordinate).
     """
+    ps = [_check_int("powers[i]", p, 0) for p in powers]
+    ks = [p for p in ps if p > 0]
+    if not ks:
+        raise ValueError(f"powers needs at least one positive entry, got {ps}")
+    n_beta, gamma, sxx, sxy = float(n_beta), float(gamma), float(sxx), float(sxy)
+    if not (n_beta > 0 and math.isfinite(n_beta)) or not (gamma >= 0 and math.isfinite(gamma)):
+        raise ValueError(f"need n_beta > 0 and gamma >= 0, got {n_beta}, {gamma}")
+    if not (sxx >= 0 and math.isfinite(sxx) and math.isfinite(sxy)) or sxy * sxy > sxx * 1e300:
+        raise ValueError(f"need sxx >= 0 and a finite sxy, got {sxx}, {sxy}")
+    if gamma == 0 and len(ps) > 1:
+        raise ValueError(f"with gamma = 0 the posterior of powers {ps} is improper (flat along u = 0)")
+    if sxx == 0:  # x ≡ 0: the loss does not depend on w
+        return 0.0, 0.0
+    fine, noise = _nc_expectation(ks, n_beta, gamma, sxx, sxy, _REF_STEP)
+    coarse, _ = _nc_expectation(ks, n_beta, gamma, sxx, sxy, 2 * _REF_STEP)
+    return fine, abs(fine - coarse) + (_REF_ROUNDING + noise) * abs(fine)
+
+
+def _nc_expectation(ks: list[int], n_beta: float, gamma: float, a: float, b: float,
+                    step: float) -> tuple[float, float]:
+    """(E, relative error from the FFT's rounding) on a grid of step about `step` in t = log|u|."""
     import numpy as np
 
-    ps = [int(p) for p in powers if int(p) > 0]
-    if not ps or len(ps) > 2:
-        raise ValueError(f"quadrature needs 1 or 2 positive powers, got {list(powers)}")
-    if n_beta <= 0 or gamma <= 0:
-        raise ValueError(f"need n_beta > 0 and gamma > 0, got {n_beta}, {gamma}")
-    w = np.linspace(-half_width, half_width, points) / math.sqrt(gamma)
-    prior = np.exp(-0.5 * gamma * w * w)
+    kmax, m = max(ks), len(ks)
+    # where the energy becomes O(1) going up in t, and where its well (u = b/a) lies
+    cut = -0.5 * math.log(n_beta * a)
+    if b != 0.0:
+        cut = min(cut, -math.log(2.0 * n_beta * abs(b)))
+    well = math.log(abs(b) / a) if b != 0.0 else cut
+    if gamma > 0:
+        # the localizer's log|u|: mean and sd of Σ kᵢ·log|wᵢ|, wᵢ ~ N(0, 1/γ)
+        e_log = -0.5 * math.log(gamma) - 0.5 * (0.5772156649015329 + math.log(2.0))
+        mean = sum(ks) * e_log
+        sd = math.sqrt(sum(k * k for k in ks) * math.pi ** 2 / 8)
+        # left: q's tail ~ |t|^{m−1}·e^{t/kmax} (a Gamma(m) tail in units of kmax) is below 1e-16 there;
+        # right: each |wᵢ|^{kᵢ} has a Gaussian tail in e^{t/kᵢ}, negligible 8 sd + 6·kmax above the mean
+        lo = min(mean, cut) - kmax * (40.0 + 3.0 * m) - 8.0 * sd
+        hi = max(mean + 8.0 * sd + 6.0 * kmax, cut, well) + 10.0
+    else:  # one coordinate, Lebesgue measure: weight e^{t/k}, negligible 40·k below the cut-off
+        lo = cut - 40.0 * kmax
+        hi = max(cut, well) + 10.0
+    N = 1 << max(8, math.ceil(math.log2((hi - lo) / step)))
+    dt = (hi - lo) / N
+    t = lo + dt * np.arange(N)
+    if gamma > 0:
+        from scipy.special import loggamma
 
-    def energy(u):  # nβ·(L_n(w) − L_n(0))
-        return n_beta * (sxx * u * u - 2.0 * sxy * u)
+        P = N * dt
+        omega = 2.0 * math.pi * np.arange(N // 2 + 1) / P
+        log_phi = np.zeros(N // 2 + 1, complex)
+        for k in set(ks):  # E[|w|^{ikω}] for each distinct power, to the power of its count
+            z = k * omega
+            log_phi += ks.count(k) * (1j * z * (0.5 * math.log(2.0 / gamma)) + loggamma(0.5 + 0.5j * z)
+                                      - 0.5 * math.log(math.pi))
+        coef = np.exp(log_phi - 1j * omega * lo)  # shift the grid's origin to lo
+        # q(t_j) = (1/P) Σ_ℓ φ(ω_ℓ) e^{−iω_ℓ t_j}, a real density: irfft of the conjugate
+        weight = np.fft.irfft(np.conj(coef), n=N) * (N / P)
+        # The FFT's rounding leaves an absolute error of about ε·max q at every point, which matters
+        # where the posterior sits far out in q's left tail (γ ≪ nβ·sxx). Its size is read off the grid:
+        # the last 10 units of t, where q is below 1e-300, and any negative value hold nothing else.
+        rounding = max(float(np.max(np.abs(weight[t > hi - 10.0]))), float(-np.min(weight)), 0.0)
+    else:
+        weight = np.exp((t - hi) / kmax)  # e^{t/k}, scaled (the ratio below does not see it)
+        rounding = 0.0
+    signs = (1.0, -1.0) if any(k % 2 for k in ks) else (1.0,)
+    eu = np.exp(np.minimum(t, 300.0))
+    low = -n_beta * b * b / a  # the energy's minimum: e^{−(E − low)} ≤ 1, no overflow
+    num = den = abs_num = abs_den = 0.0
+    for s in signs:
+        energy = n_beta * (a * eu * eu - 2.0 * s * b * eu)
+        kept = energy - low < 740.0  # beyond, e^{−E} is below double precision's range
+        boltz = np.where(kept, np.exp(-(np.where(kept, energy, low) - low)), 0.0)
+        num += float(np.sum(weight * np.where(kept, energy, 0.0) * boltz))
+        den += float(np.sum(weight * boltz))
+        abs_num += float(np.sum(np.abs(np.where(kept, energy, 0.0)) * boltz))
+        abs_den += float(np.sum(boltz))
+    # |δnum| ≤ rounding·Σ|E|e^{−E}, |δden| ≤ rounding·Σe^{−E}: the ratio's relative error is at most their sum
+    rel = rounding * (abs_num / abs(num) + abs_den / abs(den)) if num and den else 0.0
+    return num / den, rel
 
-    if len(ps) == 1:
-        e = energy(w ** ps[0])
-        logp = -e + np.log(prior)
-        p = np.exp(logp - logp.max())
-        return float(np.sum(p * e) / np.sum(p))
-    a, b = w ** ps[0], w ** ps[1]
-    num = den = 0.0
-    shift = None
-    for start in range(0, points, 256):  # rows in blocks: the full grid would not fit comfortably
-        e = energy(a[start:start + 256, None] * b[None, :])
-        logp = -e + np.log(prior[start:start + 256, None]) + np.log(prior[None, :])
-        top = float(logp.max())
-        if shift is None or top > shift:  # rescale what was summed so far to the new maximum
-            if shift is not None:
-                num, den = num * math.exp(shift - top), den * math.exp(shift - top)
-            shift = top
-        p = np.exp(logp - shift)
-        num += float(np.sum(p * e))
-        den += float(np.sum(p))
-    return num / den
+
+def normal_crossing_expected_llc(powers: Sequence[int], n_beta: float, gamma: float, sxx: float,
+                                 sxy: float) -> float:
+    """The value of `normal_crossing_reference` (the exact finite-n expectation), without its error."""
+    return normal_crossing_reference(powers, n_beta, gamma, sxx, sxy)[0]
 
 
 # --------------------------------------------------------------------------- quadratic

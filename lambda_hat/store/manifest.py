@@ -68,7 +68,10 @@ class RunMetrics(_Record):
     llc_std: float | None = None
     llc_sem: float | None = None
     llc_true: float | None = None
-    rel_error: float | None = None
+    llc_ref: float | None = None  # exact finite-n expectation of λ̂ under the run's posterior, where known
+    llc_ref_se: float | None = None  # its numerical error
+    llc_ref_method: str | None = None
+    rel_error: float | None = None  # against llc_ref where there is one, else llc_true
     ess_bulk: float | None = None
     ess_tail: float | None = None
     r_hat: float | None = None
