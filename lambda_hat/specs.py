@@ -451,6 +451,10 @@ class PythonModelSpec(ModelSpecBase):
     # {module: digest} of the files code_digest covers: what `lh plan` names when code changed
     code_files: dict[str, str] = Field({}, json_schema_extra={NOT_HASHED: True})
     data_digest: str = ""
+    # sha256 of w* when the factory hands it over ("trained": True): it comes from outside the code.
+    # Empty otherwise (initial params are the code's, from kwargs and seed), so untrained targets
+    # kept the IDs they had before the field existed.
+    params_digest: str = added_field("", since="0.1")
     factory_seed: Int = 0
     n_params: Annotated[Int, Field(ge=0)] = 0
     in_dim: Annotated[Int, Field(ge=0)] = 0

@@ -26,7 +26,10 @@ two digests `resolve` writes into it, never the directory:
   under the factory module's top-level package. Installed packages are not hashed; their versions
   are recorded in the target's metrics ("packages"). A factory whose module imports none of the
   user's own modules has the digest of its module alone.
-* data_digest: sha256 over the data arrays' names, dtypes, shapes and bytes.
+* data_digest: sha256 over the data arrays' names, dtypes, shapes and bytes; and, for a factory
+  that hands over w* ("trained": True), params_digest, the same over the flattened params (they
+  come from outside the code, e.g. a checkpoint file, so moving that file keeps the ID and editing
+  it does not). Untrained params are the code's own, from kwargs and seed: not hashed.
 
 The per-file digests are kept in the spec unhashed (`code_files`), so `lh plan` can say which file
 changed. The worker recomputes both digests and refuses to build a target whose code or data
@@ -376,7 +379,10 @@ def resolve(target, source_dir: str | Path | None):
     where the module lives) and data.n_data set to the factory's n. Raises FactoryError."""
     m = target.model
     where = None if source_dir is None else str(Path(source_dir).resolve())
-    got = call_factory(m.factory, m.kwargs, target.seed, where)
+    from lambda_hat.science.models import precision
+
+    with precision(target.dtype):  # as the worker calls it: the factory's arrays in the target's dtype
+        got = call_factory(m.factory, m.kwargs, target.seed, where)
     try:
         json.dumps(m.kwargs, allow_nan=False)
     except (TypeError, ValueError) as err:
@@ -390,6 +396,7 @@ def resolve(target, source_dir: str | Path | None):
     model = m.model_copy(update={
         "loss": got["loss"], "trained": got["trained"], "code_digest": digest, "code_files": files,
         "data_digest": data_digest(got["data"]), "factory_seed": target.seed,
+        "params_digest": data_digest(got["params"]) if got["trained"] else "",
         "n_params": int(sum(v.size for v in got["params"].values())), "in_dim": in_dim,
         "out_dim": out_dim, "source_dir": where})
     data = target.data.model_copy(update={"n_data": len(next(iter(got["data"].values())))})
@@ -412,21 +419,31 @@ def differences(planned, stored) -> list[str]:
         out.extend(changed or ["code"])
     if a.data_digest != b.data_digest:
         out.append("data")
+    if a.params_digest != b.params_digest:
+        out.append("trained params")
     out.extend(name for name in ("training", "dtype") if getattr(planned, name) != getattr(stored, name))
     out.extend(name for name in ("trained", "loss") if getattr(a, name) != getattr(b, name))
     return out
 
 
 @lru_cache(maxsize=16)
-def _factory_output(factory: str, kwargs_json: str, seed: int, source_dir: str | None, code: str) -> dict:
-    # `code` (the planned code digest) only keys the cache: a re-planned, edited factory is called again
-    return call_factory(factory, json.loads(kwargs_json), seed, source_dir)
+def _factory_output(factory: str, kwargs_json: str, seed: int, source_dir: str | None, code: str,
+                    dtype: str | None = None) -> dict:
+    """The factory's checked output, called in `dtype`'s precision (None: the caller's, for its
+    functions only). `code` (the planned code digest) only keys the cache: a re-planned, edited
+    factory is called again."""
+    if dtype is None:
+        return call_factory(factory, json.loads(kwargs_json), seed, source_dir)
+    from lambda_hat.science.models import precision
+
+    with precision(dtype):
+        return call_factory(factory, json.loads(kwargs_json), seed, source_dir)
 
 
-def _output_of(m) -> dict:
+def _output_of(m, dtype: str) -> dict:
     try:
         return _factory_output(m.factory, json.dumps(m.kwargs, sort_keys=True), m.factory_seed, m.source_dir,
-                               m.code_digest)
+                               m.code_digest, dtype)
     except FactoryError as err:
         raise BadInput(f"model.{err.field}: {err}") from None
 
@@ -468,12 +485,14 @@ def _build(target):
     from lambda_hat.science.wstar import quality
 
     m = target.model
-    got = _output_of(m)
+    got = _output_of(m, target.dtype)
     # The plan's digests are the ID's promise: never build something else under it.
     if code_digest(got["module"], m.source_dir) != m.code_digest:
         raise RuntimeError(f"{m.factory}: the factory's code changed since the sweep was planned; plan again")
     if data_digest(got["data"]) != m.data_digest:
         raise RuntimeError(f"{m.factory}: the factory's data changed since the sweep was planned; plan again")
+    if got["trained"] and data_digest(got["params"]) != m.params_digest:
+        raise RuntimeError(f"{m.factory}: the factory's trained params changed since the sweep was planned; plan again")
     dtype = jnp_dtype(target.dtype)
     key = model_key(m)
     X, Y = as_inputs(got["X"], dtype), jnp.asarray(got["Y"], dtype)
