@@ -29,7 +29,7 @@ import sys
 from PIL import Image
 
 tmp, out, crops = sys.argv[1], sys.argv[2], sys.argv[3:]
-small = lambda im: im.convert("RGB").quantize(256, dither=Image.Dither.NONE)
+small = lambda im: im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
 small(Image.open(f"{tmp}/top-1400.png")).save(f"{out}-1400.png", optimize=True)
 small(Image.open(f"{tmp}/top-390.png")).save(f"{out}-390.png", optimize=True)
 for rows, name in zip(crops[::2], crops[1::2]):
