@@ -48,3 +48,121 @@ def test_the_builtin_mlp_as_a_factory_samples_bit_identical_traces():
             assert np.isfinite(ra.traces["loss"]).all()
             assert np.array_equal(ra.traces["loss"], rb.traces["loss"]), (dtype, setting.sampler.name)
             assert ra.metrics["llc_mean"] == rb.metrics["llc_mean"]
+
+
+TOKENS = '''\
+"""Token classification with a helper module of the user's package."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from helpers import features
+
+
+def loss(params, batch):
+    logits = features(params, batch["tokens"]) @ params["out"]
+    return -jax.nn.log_softmax(logits)[jnp.arange(logits.shape[0]), batch["label"]]
+
+
+def make(seed, p=5, d=4):
+    a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    tokens = np.stack([a.ravel(), b.ravel()], 1).astype(np.int32)
+    label = ((a + b) % p).ravel().astype(np.int32)
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    params = {"embed": 0.5 * jax.random.normal(k1, (p, d)), "out": 0.5 * jax.random.normal(k2, (d, p))}
+    return {"params": params, "loss": loss, "data": {"tokens": tokens, "label": label}}
+'''
+
+HELPERS = '''\
+import jax.numpy as jnp
+
+
+def features(params, tokens):
+    # summed embeddings, squashed
+    return jnp.tanh(params["embed"][tokens].sum(1))
+'''
+
+TOKEN_SWEEP = {"targets": [{"model": {"kind": "python", "factory": "tokens:make"}, "seed": 0}],
+               "samplers": [{"name": "hmc"}]}
+
+
+def _project(root: Path, tokens=TOKENS, helpers=HELPERS) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tokens.py").write_text(tokens)
+    (root / "helpers.py").write_text(helpers)
+    return root
+
+
+def _tid(root: Path) -> str:
+    from lambda_hat.ids import target_id
+
+    return target_id(_targets(TOKEN_SWEEP, root).targets[0])
+
+
+def test_the_code_digest_follows_the_users_own_modules_transitively(tmp_path):
+    base = _tid(_project(tmp_path / "a"))
+    spec = _targets(TOKEN_SWEEP, tmp_path / "a").targets[0]
+    assert spec.model.loss == "callable" and set(spec.model.code_files) == {"tokens", "helpers"}
+    assert spec.data.n_data == 25
+    # the same files elsewhere: the same ID; a comment or docstring in the helper: the same ID
+    assert _tid(_project(tmp_path / "b")) == base
+    assert _tid(_project(tmp_path / "c", helpers=HELPERS.replace("    # summed embeddings, squashed\n", ""))) == base
+    # one operation in the helper the factory imports: another ID
+    assert _tid(_project(tmp_path / "d", helpers=HELPERS.replace("jnp.tanh", "jnp.sin"))) != base
+    # installed packages (jax, numpy) are not hashed, only recorded
+    assert "jax" not in spec.model.code_files
+
+
+def test_plan_differences_name_the_changed_file_and_the_data(tmp_path):
+    from lambda_hat.user_models import differences
+
+    a = _targets(TOKEN_SWEEP, _project(tmp_path / "a")).targets[0]
+    b = a.model_copy(update={"model": a.model.model_copy(update={
+        "code_digest": "x", "code_files": {**a.model.code_files, "helpers": "changed"}, "data_digest": "y"})})
+    assert differences(b, a) == ["code helpers", "data"]
+    c = a.model_copy(update={"seed": 1})
+    assert differences(c, a) == ["seed"]
+
+
+def test_a_handed_over_w_star_is_hashed_by_its_bytes_not_its_path(tmp_path):
+    from lambda_hat.ids import target_id
+
+    sweep = {"targets": [{"model": {"kind": "python", "factory": "from_checkpoint:make"}}], "samplers": [{"name": "hmc"}]}
+    here = target_id(_targets(sweep, BYO).targets[0])
+    moved = tmp_path / "moved"
+    shutil.copytree(BYO, moved, ignore=shutil.ignore_patterns("runs", "__pycache__"))
+    assert target_id(_targets(sweep, moved).targets[0]) == here
+    saved = dict(np.load(moved / "w_star.npz"))
+    np.savez(moved / "w_star.npz", w=saved["w"], b=saved["b"] + 1e-9)
+    edited = _targets(sweep, moved).targets[0]
+    assert edited.model.trained and target_id(edited) != here
+
+
+BAD_LOSSES = [
+    ("return -jax.nn.log_softmax(logits)[jnp.arange(logits.shape[0]), batch[\"label\"]]",
+     "return -jax.nn.log_softmax(logits)", "one value per row, shape (B,)"),
+    ("return -jax.nn.log_softmax(logits)[jnp.arange(logits.shape[0]), batch[\"label\"]]",
+     "return jnp.log(0.0 * logits[:, 0])", "not finite"),
+    ('"data": {"tokens": tokens, "label": label}', '"data": {"tokens": tokens, "label": label[:-1]}',
+     "share a leading axis"),
+    ('"data": {"tokens": tokens, "label": label}', '"data": {"tokens": tokens, "la/bel": label}',
+     "without '/'"),
+    ('"data": {"tokens": tokens, "label": label}', '"data": {"tokens": tokens, "label": label.astype(str)}',
+     "not a numeric array"),
+    ('"loss": loss,', '"loss": loss, "predict": loss,', "'predict' goes with a named loss"),
+]
+
+
+@pytest.mark.parametrize("old,new,problem", BAD_LOSSES, ids=[b[2][:24] for b in BAD_LOSSES])
+def test_a_bad_loss_or_data_is_refused_at_plan_time_with_exit_2(tmp_path, old, new, problem):
+    assert old in TOKENS
+    root = _project(tmp_path / "p", tokens=TOKENS.replace(old, new))
+    sweep = root / "sweep.yaml"
+    sweep.write_text('store_root: store\ntargets:\n  - model: {kind: python, factory: "tokens:make"}\n'
+                     'samplers:\n  - {name: hmc}\n')
+    out = lh(tmp_path, "plan", str(sweep), check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(sweep) in lines[0] and "targets[0]" in lines[0], out.stderr
+    assert "model.factory" in lines[0] and problem in lines[0], lines[0]
+    assert not (root / "store").exists()
