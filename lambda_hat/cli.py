@@ -118,6 +118,30 @@ def plan_cmd(
     if n_shown < n_rows:
         console.print(f"... and {n_rows - n_shown} more rows (--limit 0 shows all)")
     console.print(p.summary())
+    for line in _why_new(p, st):
+        console.print(line, markup=False, highlight=False)
+
+
+def _why_new(p, st) -> list[str]:
+    """What makes each user-model target to build differ from stored ones of the same factory."""
+    mine = [(t.target_id, t.spec) for t in p.targets_to_build if t.spec.model.kind == "python"]
+    if not mine:
+        return []
+    from pydantic import ValidationError
+
+    from lambda_hat.specs import TargetSpec
+    from lambda_hat.user_models import explain_new
+
+    factories = {spec.model.factory for _, spec in mine}
+    stored = []
+    for m in st.manifests("target"):
+        model = m.spec.get("model") or {}
+        if model.get("kind") == "python" and model.get("factory") in factories:
+            try:
+                stored.append((m.id, TargetSpec.model_validate(m.spec)))
+            except ValidationError:
+                continue
+    return explain_new(mine, stored)
 
 
 def _plan_rows(p):

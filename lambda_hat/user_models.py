@@ -426,6 +426,20 @@ def differences(planned, stored) -> list[str]:
     return out
 
 
+def explain_new(to_build, stored) -> list[str]:
+    """For each python target to build ((id, spec) pairs) whose factory a stored target shares,
+    one line saying what differs from the closest stored one: why this is a new target."""
+    lines = []
+    for tid, spec in to_build:
+        same = [(sid, old) for sid, old in stored
+                if getattr(old.model, "kind", None) == "python" and old.model.factory == spec.model.factory]
+        if not same:
+            continue
+        sid, diff = min(((sid, differences(spec, old)) for sid, old in same), key=lambda x: len(x[1]))
+        lines.append(f"{tid} ({spec.model.factory}): new, differs from stored {sid} in {', '.join(diff) or 'nothing'}")
+    return lines
+
+
 @lru_cache(maxsize=16)
 def _factory_output(factory: str, kwargs_json: str, seed: int, source_dir: str | None, code: str,
                     dtype: str | None = None) -> dict:

@@ -166,3 +166,20 @@ def test_a_bad_loss_or_data_is_refused_at_plan_time_with_exit_2(tmp_path, old, n
     assert len(lines) == 1 and str(sweep) in lines[0] and "targets[0]" in lines[0], out.stderr
     assert "model.factory" in lines[0] and problem in lines[0], lines[0]
     assert not (root / "store").exists()
+
+
+@pytest.mark.slow
+def test_plan_says_why_a_user_target_is_new(tmp_path):
+    # A stored target, then its helper module edited: `lh plan` names the module that changed.
+    root = _project(tmp_path / "p")
+    sweep = root / "sweep.yaml"
+    sweep.write_text('store_root: store\ntargets:\n  - model: {kind: python, factory: "tokens:make"}\n'
+                     '    training: {steps: 50}\nsamplers:\n'
+                     '  - {name: sgld, chains: 1, overrides: {steps: 100, warmup: 10}}\n')
+    store = str(tmp_path / "store")
+    lh(tmp_path, "execute", str(sweep), "--store", store, "--workers", "1", timeout=600)
+    (root / "helpers.py").write_text(HELPERS.replace("jnp.tanh", "jnp.sin"))
+    out = lh(tmp_path, "plan", str(sweep), "--store", store)
+    stored = json.loads(lh(tmp_path, "query", "--store", store, "--format", "json",
+                           "select target_id from targets").stdout)[0]["target_id"]
+    assert f"differs from stored {stored} in code helpers" in " ".join(out.stdout.split()), out.stdout
