@@ -65,7 +65,8 @@ def _scaled(spec: dict, factor: float) -> dict:
 
 
 def overhead(samplers, seconds: float, repeats: int) -> list[dict]:
-    from lambda_hat.execute.apps import CHECKPOINT_SEC, SegmentStore
+    from lambda_hat.execute.apps import CHECKPOINT_SEC
+    from lambda_hat.store.worker import SegmentStore
     from lambda_hat.science import build_target, sample_run
     from lambda_hat.specs import RunSpec
 
@@ -123,7 +124,8 @@ import json, resource, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from engine import _target
-from lambda_hat.execute.apps import SegmentStore, checkpoint_interval_s
+from lambda_hat.execute.apps import checkpoint_interval_s
+from lambda_hat.store.worker import SegmentStore
 from lambda_hat.science import build_target, sample_run
 from lambda_hat.specs import RunSpec
 steps, single, every = int(sys.argv[1]), sys.argv[2] == "single", int(sys.argv[4])

@@ -26,7 +26,7 @@ and what the planner would pay per cached artifact on every `lh plan` and no-op 
 * plan: stamp    `store.files_stamp`: two stats (what it pays: files unchanged since indexed)
 * plan: hash     the sha256 of every file the manifest lists (what hashing on every plan would cost)
 
-Checkpoints (`SegmentStore` of `execute/apps.py`, 6 traces of 4 chains, a 6-leaf state):
+Checkpoints (`SegmentStore` of `store/worker.py`, 6 traces of 4 chains, a 6-leaf state):
 `load` as it was at 04cde7e (no run ID, no checksums) against `load` now (run ID, the state's
 sha256, each trace's sha256 over the draws the checkpoint counts), and the sha256 each `flush`
 now adds for a 1,000-draw segment.
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lambda_hat.execute.apps import SegmentStore
+from lambda_hat.store.worker import SegmentStore
 from lambda_hat.ids import resolved_spec
 from lambda_hat.planner import expand
 from lambda_hat.science.pipeline import Checkpoint

@@ -242,8 +242,8 @@ def main() -> None:
         assert written.rows == len(rids)
 
         one = f"select chain, draw, loss, llc from traces where run_id = '{rids[len(rids) // 2]}'"
-        results.run_query(st.layout, one)  # the first query pays for cold file caches
-        rows["lh query: traces of one run"], res = timed(lambda: results.run_query(st.layout, one))
+        results.run_query(st, one)  # the first query pays for cold file caches
+        rows["lh query: traces of one run"], res = timed(lambda: results.run_query(st, one))
         assert len(res.rows) == 4 * 1000
         # Finished runs recorded into that index, as the driver's Recorder does.
         n_rec = args.record_runs

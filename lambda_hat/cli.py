@@ -22,6 +22,8 @@ from rich.console import Console
 from rich.markup import escape as rich_escape
 
 from lambda_hat.errors import BadInput, LhError
+from lambda_hat.files import atomic_file, write_atomic
+from lambda_hat.output_paths import check_output_path
 
 app = typer.Typer(
     name="lh",
@@ -63,22 +65,16 @@ def _domain_errors(fn):
 
 def _store_for_reading(store: str | None, sweep_store_root: str | None = None):
     """The store a read-only command looks at; it need not exist yet."""
-    from lambda_hat.store import resolve_store_root
-    from lambda_hat.store.store import Store
+    from lambda_hat.store import Store, resolve_store_root
 
     root = resolve_store_root(store, sweep_store_root)
     return Store.open(root) if root.exists() else Store(root)
 
 
 def _load(sweep_path: Path, store: str | None, max_runs: int = 1_000_000):
-    from lambda_hat.planner import expand
-    from lambda_hat.sweep import SweepError, load_sweep
+    from lambda_hat.planner import load
 
-    try:
-        sweep = load_sweep(sweep_path, max_runs=max_runs)
-        expanded = expand(sweep, max_runs=max_runs)
-    except SweepError as err:
-        raise BadInput(str(err)) from None
+    sweep, expanded = load(sweep_path, max_runs=max_runs)
     return sweep, expanded, _store_for_reading(store, sweep.store_root)
 
 
@@ -210,7 +206,7 @@ def execute_cmd(
         raise BadInput("--profile and --slurm-config: give one of them")
     if promote:  # the gallery is written after every run: its folder is checked before any
         from lambda_hat import promote as gallery
-        from lambda_hat.results import check_output_dir
+        from lambda_hat.output_paths import check_output_dir
 
         _, _, st = _load(sweep, store, max_runs)
         check_output_dir(promote_dir, st.root, "--promote-dir")
@@ -251,13 +247,9 @@ def _store_of(store: str | None, sweep: Path | None):
     $LH_STORE, else the sweep's store_root, else ./runs."""
     if sweep is None:
         return _store_for_reading(store)
-    from lambda_hat.sweep import SweepError, load_sweep
+    from lambda_hat.sweep import load_sweep
 
-    try:
-        loaded = load_sweep(sweep)
-    except SweepError as err:
-        raise BadInput(str(err)) from None
-    return _store_for_reading(store, loaded.store_root)
+    return _store_for_reading(store, load_sweep(sweep).store_root)
 
 
 @app.command("query")
@@ -286,28 +278,28 @@ def query_cmd(
     st = _store_of(store, sweep)
     kind = results.format_for(out, fmt.value if fmt else None)
     if out is not None:
-        results.check_output_path(out, st.root)
+        check_output_path(out, st.root)
     elif kind == "parquet":
         raise BadInput("--format parquet writes a binary file: add -o FILE.parquet")
     limits = dict(timeout_s=timeout_s, memory_limit=memory_limit)
     if kind == "table":
         # A table on the terminal fetches only the rows it shows (and one more, to say so).
         to_terminal = out is None and limit > 0
-        res = results.run_query(st.layout, sql, max_rows=limit if to_terminal else None, **limits)
+        res = results.run_query(st, sql, max_rows=limit if to_terminal else None, **limits)
         width = 10**6 if out is not None else shutil.get_terminal_size((80, 24)).columns
         text = results.to_table(res, width, limit=0 if out is not None else limit)
         if out is None:
             sys.stdout.write(text)
             return
-        results.write_atomic(out, text.encode())
+        write_atomic(out, text.encode())
         n = len(res.rows)
     else:  # csv, json, parquet: every row, streamed a batch at a time
-        with results.open_query(st.layout, sql, arrow=kind == "parquet", **limits) as q:
+        with results.open_query(st, sql, arrow=kind == "parquet", **limits) as q:
             if out is None:
                 for chunk in results.text_chunks(q, kind):
                     sys.stdout.write(chunk)
                 return
-            with results.atomic_file(out) as f:
+            with atomic_file(out) as f:
                 if kind == "parquet":
                     results.write_parquet(q, f)
                 else:
@@ -338,7 +330,7 @@ def export_cmd(
         run_ids = st.run_ids()
     if not st.root.is_dir():
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
-    results.check_output_path(out, st.root)
+    check_output_path(out, st.root)
     damaged: list[tuple[str, str]] = []
     n = results.export_runs(st, run_ids, out, damaged).rows
     missing = len(run_ids) - n - len(damaged)
@@ -351,7 +343,7 @@ def export_cmd(
 def _fail_if_damaged(damaged: list[tuple[str, str]], what: str) -> None:
     """After a command's own summary: damaged artifacts it met, as one error line (exit 1)."""
     from lambda_hat.results import describe_damaged
-    from lambda_hat.store.store import ArtifactDamaged
+    from lambda_hat.errors import ArtifactDamaged
 
     if damaged:
         raise ArtifactDamaged(f"{len(damaged)} damaged artifacts {what}: {describe_damaged(damaged)}; lh verify lists "
@@ -429,7 +421,7 @@ def _promote(sweep: Path | None, store: str | None, outdir: Path, plots: str | N
         title = title or "lambda-hat gallery"
     if not st.root.is_dir():
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
-    from lambda_hat.results import check_output_dir
+    from lambda_hat.output_paths import check_output_dir
 
     check_output_dir(outdir, st.root, "--outdir")
     promote.check_gallery(outdir)
@@ -449,7 +441,7 @@ def index_rebuild_cmd(store: StoreOpt = None) -> None:
     """Recreate index.duckdb from the manifests on disk (the filesystem is the truth); an
     unreadable index is moved aside first."""
     from lambda_hat.store import resolve_store_root
-    from lambda_hat.store.store import Store
+    from lambda_hat.store import Store
 
     st = Store.open(resolve_store_root(store))
     if not st.layout.targets_dir.is_dir() and not st.layout.runs_dir.is_dir():
@@ -460,7 +452,7 @@ def index_rebuild_cmd(store: StoreOpt = None) -> None:
 
 def _verify(ids: list[str] | None, store: str | None) -> None:
     from lambda_hat.store import resolve_store_root
-    from lambda_hat.store.store import Store
+    from lambda_hat.store import Store
 
     st = Store.open(resolve_store_root(store))
     t0 = time.perf_counter()
@@ -523,7 +515,7 @@ def gc_cmd(
     """Remove temporary directories of dead writers (any host), quarantined and orphaned
     artifacts, stale claims; with --failed, failed runs."""
     from lambda_hat.store import resolve_store_root
-    from lambda_hat.store.store import Store
+    from lambda_hat.store import Store
 
     st = Store.open(resolve_store_root(store))
     report = st.gc(dry_run=dry_run, failed=failed, older_than_s=_duration_s(older_than) if older_than else None)

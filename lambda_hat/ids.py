@@ -26,7 +26,6 @@ from lambda_hat.specs import ID_NEUTRAL, NOT_HASHED, PosteriorSpec, RunSpec, Sam
 
 TARGET_SCHEMA = "lambda_hat.target/1"
 RUN_SCHEMA = "lambda_hat.run/1"
-SCHEMAS = {"target": TARGET_SCHEMA, "run": RUN_SCHEMA}
 PREFIXES = {"target": "tgt_", "run": "run_"}
 HEX_CHARS = 12
 

@@ -7,8 +7,9 @@ from typing import NamedTuple
 
 from lambda_hat.ids import RunIds, canonical, target_id
 from lambda_hat.specs import RunSpec, SamplerRun, Sweep, TargetSpec
-from lambda_hat.store.snapshot import StoreSnapshot
-from lambda_hat.sweep import DEFAULT_MAX_RUNS, SweepError
+from lambda_hat.store import StoreSnapshot
+from lambda_hat.errors import SweepError
+from lambda_hat.sweep import DEFAULT_MAX_RUNS, load_sweep
 
 
 class PlannedRun(NamedTuple):
@@ -89,6 +90,13 @@ def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:
         tid, tid_json = t.target_id, canonical(t.target_id)
         runs.extend(PlannedRun(ids(tid_json), tid, s) for s, ids in settings)
     return Expanded(targets, runs)
+
+
+def load(sweep_path, *, max_runs: int = DEFAULT_MAX_RUNS) -> tuple[Sweep, Expanded]:
+    """A sweep file read, checked and expanded: what `lh plan` and `lh execute` start from.
+    Raises SweepError (bad input, one line)."""
+    sweep = load_sweep(sweep_path, max_runs=max_runs)
+    return sweep, expand(sweep, max_runs=max_runs)
 
 
 def plan(sweep: Sweep | Expanded, snapshot: StoreSnapshot) -> Plan:

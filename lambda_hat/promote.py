@@ -79,7 +79,7 @@ def parse_plots(text: str | None) -> tuple[str, ...]:
 
 
 def _refuse(outdir: Path, path: Path, st: os.stat_result, wanted: str) -> None:
-    from lambda_hat.store.store import file_type
+    from lambda_hat.files import file_type
 
     raise BadInput(f"--outdir {outdir}: {path} is {file_type(st)}, not {wanted}; lh promote writes only "
                    "regular files and directories of its own (move it away)")
@@ -142,7 +142,7 @@ class Writer:
         data = render()
         new_digest = hashlib.sha256(data).hexdigest()
         if digest != new_digest:
-            from lambda_hat.results import write_atomic
+            from lambda_hat.files import write_atomic
 
             self._check(path)
             write_atomic(path, data)  # makes the folders it needs
@@ -156,7 +156,7 @@ class Writer:
         data = (json.dumps(merged, indent=1, sort_keys=True) + "\n").encode()
         old = self.state_path.read_bytes() if os.path.isfile(self.state_path) and not os.path.islink(self.state_path) else None
         if old != data:
-            from lambda_hat.results import write_atomic
+            from lambda_hat.files import write_atomic
 
             self._check(self.state_path)
             write_atomic(self.state_path, data)

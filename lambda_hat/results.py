@@ -31,7 +31,6 @@ import re
 import stat
 import textwrap
 import threading
-import time
 import types
 import typing
 from contextlib import contextmanager
@@ -39,12 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from lambda_hat.errors import BadInput
-from lambda_hat.store import index
-from lambda_hat.store.layout import StoreLayout
-from lambda_hat.store.store import file_type
+from lambda_hat.errors import BadInput, QueryFailed, QueryRefused, first_sentence
+from lambda_hat.files import write_atomic
+from lambda_hat.logs import FOLDERS, job_logs, named_by
+from lambda_hat.store import Store
 
-FORMATS = ("table", "csv", "json", "parquet")
 INDEX_ALIAS = "lh_index"
 # Manifest-file facts the store keeps to notice edited manifests: not results.
 _INTERNAL = ("manifest_size", "manifest_mtime_ns")
@@ -55,14 +53,6 @@ _RUN_LEAD = ("run_id", "target_id", "sampler", "status", "llc_mean", "llc_sem", 
 # Target columns already in `runs` under their own name, or not about the target as built.
 _TARGET_SKIP = {"target_id", "spec", "status", "created_at", "code_sha", "host", "n_data", "n_params", "L0",
                 "llc_true", "manifest_version", "metrics", *_INTERNAL}
-
-
-class QueryRefused(BadInput):
-    """A statement `lh query` does not run (exit 2, nothing written)."""
-
-
-class QueryFailed(BadInput):
-    """DuckDB could not run the query (a typo, an unknown column)."""
 
 
 def one_line(err: BaseException) -> str:
@@ -91,7 +81,7 @@ def sampler_hyperparameters() -> list[tuple[str, str, str]]:
     step size the sampler used, `draws` the draws it made) gets the prefix `spec_`."""
     from lambda_hat import registry
 
-    taken = {c.name.lower() for c in index.TABLES["runs"]}
+    taken = {c.name.lower() for c in Store.TABLES["runs"]}
     out, seen = [], set()
     for model in (s.spec for s in registry.samplers().values()):
         for name, info in model.model_fields.items():
@@ -110,8 +100,8 @@ def _q(name: str) -> str:
 def view_sql(src: str) -> dict[str, str]:
     """CREATE VIEW statements for `targets`, `runs`, `traces` over the index tables in
     schema/catalog `src`."""
-    target_cols = [c.name for c in index.TABLES["targets"] if c.name not in _INTERNAL]
-    run_cols = [c.name for c in index.TABLES["runs"] if c.name not in _INTERNAL]
+    target_cols = [c.name for c in Store.TABLES["targets"] if c.name not in _INTERNAL]
+    run_cols = [c.name for c in Store.TABLES["runs"] if c.name not in _INTERNAL]
     middle = [c for c in run_cols if c not in _RUN_LEAD and c not in _PROVENANCE]
     select = [f"r.{_q(c)}" for c in (*_RUN_LEAD, *middle)]
     for column, name, sql_type in sampler_hyperparameters():
@@ -122,7 +112,7 @@ def view_sql(src: str) -> dict[str, str]:
         "targets": f"CREATE VIEW targets AS SELECT {', '.join(map(_q, target_cols))} FROM {src}.targets",
         "runs": f"CREATE VIEW runs AS SELECT {', '.join(select)} FROM {src}.runs r "
                 f"LEFT JOIN {src}.targets t ON t.target_id = r.target_id",
-        "traces": f"CREATE VIEW traces AS SELECT * FROM {src}.{index.TRACES_TABLE}",
+        "traces": f"CREATE VIEW traces AS SELECT * FROM {src}.{Store.TRACES_TABLE}",
     }
 
 
@@ -163,29 +153,6 @@ def _statement_name(text: str, kind: str) -> str:
     return " ".join(words) if words[0] == "FORCE" else words[0]
 
 
-def _attach(con: Any, path: Path, timeout_s: float) -> None:
-    import duckdb
-
-    quoted = str(path).replace("'", "''")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            con.execute(f"ATTACH '{quoted}' AS {INDEX_ALIAS} (READ_ONLY)")
-            return
-        except duckdb.OutOfMemoryException as err:
-            raise QueryFailed(f"{path}: the index does not open within the query's --memory-limit "
-                              f"({index._first_sentence(one_line(err))})") from None
-        except duckdb.Error as err:
-            classified = index._classify(err, path)
-            if "handle conflict" in str(err):  # this process holds it for writing (tests, notebooks)
-                classified = index.IndexBusy(f"{path}: held by another connection in this process "
-                                             f"({index._first_sentence(one_line(err))})")
-            if type(classified) is index.IndexBusy and time.monotonic() < deadline:  # not IndexUnavailable
-                time.sleep(0.05)  # a driver holds it for a few milliseconds each second
-                continue
-            raise classified from None
-
-
 QUERY_TIMEOUT_S = 120.0  # `lh query --timeout`: a recursive CTE would otherwise run forever
 QUERY_MEMORY_LIMIT = "2GB"  # `lh query --memory-limit`: DuckDB's, for everything the query holds
 _MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*$", re.IGNORECASE)
@@ -199,24 +166,24 @@ def check_memory_limit(text: str) -> str:
 
 
 @contextmanager
-def sandbox(layout: StoreLayout, timeout_s: float = 10.0, memory_limit: str = QUERY_MEMORY_LIMIT) -> Iterator[Any]:
+def sandbox(store: Store, timeout_s: float = 10.0, memory_limit: str = QUERY_MEMORY_LIMIT) -> Iterator[Any]:
     """A DuckDB connection that sees the store's index through the views and nothing else,
     and holds at most `memory_limit` (nothing spills to disk: a larger query fails)."""
     import duckdb
 
-    if not layout.index_path.is_file():
-        raise BadInput(f"{layout.index_path}: no index (run `lh execute` first, or `lh index rebuild`)")
+    if not store.index_path.is_file():
+        raise BadInput(f"{store.index_path}: no index (run `lh execute` first, or `lh index rebuild`)")
     con = duckdb.connect(":memory:", config={"temp_directory": "", "autoinstall_known_extensions": False,
                                              "autoload_known_extensions": False})
     try:
         con.execute("SET enable_progress_bar = false")
         con.execute(f"SET memory_limit = '{check_memory_limit(memory_limit)}'")
-        _attach(con, layout.index_path, timeout_s)
+        store.attach_index(con, INDEX_ALIAS, timeout_s)
         for name, sql in view_sql(INDEX_ALIAS).items():
             try:
                 con.execute(sql)
             except duckdb.Error as err:
-                raise BadInput(f"{layout.index_path}: made by another lambda-hat version ({name}: {one_line(err)[:120]}); "
+                raise BadInput(f"{store.index_path}: made by another lambda-hat version ({name}: {one_line(err)[:120]}); "
                                "`lh index rebuild` remakes it") from None
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -285,7 +252,7 @@ def _query_errors(timeout_s: float, memory_limit: str, stopped: threading.Event)
         raise
     except duckdb.OutOfMemoryException as err:
         raise QueryFailed(f"query needs more memory than --memory-limit {memory_limit} allows "
-                          f"({index._first_sentence(one_line(err))})") from None
+                          f"({first_sentence(one_line(err))})") from None
     except duckdb.PermissionException as err:
         raise QueryRefused(f"refused: lh query reads only the store's index ({one_line(err)})") from None
     except duckdb.Error as err:
@@ -299,7 +266,7 @@ def _query_errors(timeout_s: float, memory_limit: str, stopped: threading.Event)
 
 
 @contextmanager
-def open_query(layout: StoreLayout, sql: str, *, timeout_s: float = QUERY_TIMEOUT_S,
+def open_query(store: Store, sql: str, *, timeout_s: float = QUERY_TIMEOUT_S,
                memory_limit: str = QUERY_MEMORY_LIMIT, arrow: bool = False) -> Iterator[QueryStream]:
     """Run one SELECT in the sandbox and hand its rows out as they are fetched. After
     `timeout_s` (0: no limit) the query is interrupted, wherever it is (planning, running,
@@ -307,7 +274,7 @@ def open_query(layout: StoreLayout, sql: str, *, timeout_s: float = QUERY_TIMEOU
     record batches (a relation: no extra copy of each). Raises QueryRefused, QueryFailed,
     IndexBusy."""
     check_statement(sql)
-    with sandbox(layout, memory_limit=memory_limit) as con:
+    with sandbox(store, memory_limit=memory_limit) as con:
         stopped = threading.Event()
 
         def stop() -> None:
@@ -337,12 +304,12 @@ def open_query(layout: StoreLayout, sql: str, *, timeout_s: float = QUERY_TIMEOU
                 timer.cancel()
 
 
-def run_query(layout: StoreLayout, sql: str, *, as_arrow: bool = False, max_rows: int | None = None,
+def run_query(store: Store, sql: str, *, as_arrow: bool = False, max_rows: int | None = None,
               timeout_s: float = QUERY_TIMEOUT_S, memory_limit: str = QUERY_MEMORY_LIMIT) -> Result:
     """Run one SELECT in the sandbox; its rows (at most `max_rows`, with `more` set when there
     were others), or with `as_arrow` an Arrow table of all of them. Raises QueryRefused,
     QueryFailed, IndexBusy."""
-    with open_query(layout, sql, timeout_s=timeout_s, memory_limit=memory_limit, arrow=as_arrow) as q:
+    with open_query(store, sql, timeout_s=timeout_s, memory_limit=memory_limit, arrow=as_arrow) as q:
         if as_arrow:
             import pyarrow as pa
 
@@ -594,97 +561,6 @@ def format_for(out: Path | None, fmt: str | None) -> str:
     return "table"
 
 
-def _lstat(path: Path, flag: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise BadInput(f"{flag} {path}: {err.strerror}") from None
-
-
-def _check_outside_store(out: Path, store_root: Path, flag: str) -> None:
-    """`out` (symbolic links in its parents resolved) is not under the store: a file there
-    would be an unexpected file in an artifact (or a forged manifest), quarantined and
-    collected by the next execute and gc."""
-    try:
-        resolved, root = out.resolve(), store_root.resolve()
-    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python 3.11)
-        raise BadInput(f"{flag} {out}: cannot be resolved ({err})") from None
-    if resolved == root or resolved.is_relative_to(root):
-        raise BadInput(f"{flag} {out}: inside the store {store_root}, which holds only what lh execute writes; "
-                       "name a path outside it")
-
-
-def _check_parents(out: Path, flag: str) -> None:
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise BadInput(f"{flag} {out}: {parent} is a file, not a directory")
-        if os.path.islink(parent) and not parent.exists():
-            raise BadInput(f"{flag} {out}: {parent} is a symbolic link to nothing, not a directory")
-
-
-def check_output_path(out: Path, store_root: Path, flag: str = "-o") -> None:
-    """A file a command is about to write, checked before any work: absent or a regular file
-    (a symbolic link, FIFO, device or directory is refused: the atomic write would replace it
-    with a regular file, or write through it), in a directory, and outside the store."""
-    st = _lstat(out, flag)
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        what = file_type(st)
-        raise BadInput(f"{flag} {out}: is {what}; name a new or regular file" if what != "a directory"
-                       else f"{flag} {out}: is a directory; name a file")
-    _check_parents(out, flag)
-    _check_outside_store(out, store_root, flag)
-
-
-def check_output_dir(out: Path, store_root: Path, flag: str) -> None:
-    """A directory a command writes into (--outdir, --logs), checked before any work: absent
-    or a directory (a symbolic link to one is followed, as the user named it), and outside
-    the store."""
-    st = _lstat(out, flag)
-    if st is not None and not out.is_dir():
-        what = ("a symbolic link to nothing" if stat.S_ISLNK(st.st_mode) else
-                "a file" if stat.S_ISREG(st.st_mode) else file_type(st))
-        raise BadInput(f"{flag} {out}: is {what}, not a directory")
-    _check_parents(out, flag)
-    _check_outside_store(out, store_root, flag)
-
-
-@contextmanager
-def atomic_file(out: Path) -> Iterator[Any]:
-    """A new binary file that becomes `out` when the block ends without an error (and
-    nothing otherwise). The temporary file is created exclusively and never through a
-    symbolic link; `out` is checked again just before the rename, so what is replaced is
-    always a regular file (or nothing). A file system's refusal (permissions, a full disk) is
-    one line, BadInput: nothing was written."""
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    except OSError as err:
-        raise BadInput(f"{out}: cannot be written ({err.strerror or err})") from None
-    try:
-        try:
-            with os.fdopen(fd, "wb") as f:
-                yield f
-            st = _lstat(out, "output")
-            if st is not None and not stat.S_ISREG(st.st_mode):
-                raise BadInput(f"{out}: became {file_type(st)} while it was written; left as it is")
-            os.replace(tmp, out)
-        except OSError as err:
-            raise BadInput(f"{out}: cannot be written ({err.strerror or err}); nothing written") from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-
-
-def write_atomic(out: Path, data: bytes) -> None:
-    with atomic_file(out) as f:
-        f.write(data)
-
-
 def parquet_bytes(table: Any) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -723,10 +599,7 @@ def export_runs(store: Any, run_ids: list[str], out_path: Path, damaged: list[tu
         con.execute("SET enable_progress_bar = false")
         con.execute(f"ATTACH ':memory:' AS {INDEX_ALIAS}")
         con.execute(f"USE {INDEX_ALIAS}")
-        for table, cols in index.TABLES.items():
-            con.execute(f"CREATE TABLE {table} (" + ", ".join(f'{_q(c.name)} {c.sql_type}' for c in cols) + ")")
-        con.execute(f"CREATE TABLE {index.TRACES_TABLE} (" + ", ".join(f"{_q(n)} {t}" for n, t in index.TRACES_SCHEMA) + ")")
-        index.insert(con, [index.Record(m) for m in runs + targets])
+        store.tabulate(con, runs + targets)
         con.execute("USE memory")
         for sql in view_sql(INDEX_ALIAS).values():
             con.execute(sql)
@@ -766,16 +639,6 @@ def run_flags(row: dict) -> list[str]:
     return [f"{status} ({reason})" if reason else str(status)]
 
 
-def log_paths(logs: Path, kind: str, artifact_id: str, target_id: str | None = None,
-              sampler: str | None = None) -> list[Path]:
-    """Where `lh execute` writes a job's .log and .err (execute/driver.py's LogPaths)."""
-    if kind == "target":
-        base = logs / "build_target" / artifact_id
-    else:
-        base = logs / "run_sampler" / f"{target_id}_{sampler}_{artifact_id}"
-    return [base.with_suffix(".log"), base.with_suffix(".err")]
-
-
 def _last_line(path: Path, limit: int = 160) -> str:
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):  # a FIFO would block, a link is not a log we wrote
@@ -803,7 +666,7 @@ def _failed_here(err: Path, kind: str, targets: set[str]) -> bool:
     is in this store: runs are submitted only once their target is built, in the store
     they sample for, so a run log whose target this store lacks was written for another."""
     if kind == "run":
-        target_id = err.stem.rsplit("_run_", 1)[0].rsplit("_", 1)[0]
+        target_id = named_by(err, "run")[1]
         if target_id not in targets:
             return False
     return not _JOB_FINISHED.match(_last_line(err.with_suffix(".log"), limit=400))
@@ -828,8 +691,8 @@ def store_status(store: Any, logs: Path) -> StatusReport:
     the index (a query); artifacts finished since the last record are counted as not indexed."""
     rep = StatusReport(store.root)
     listing = {kind: set(store.ids(kind)) for kind in ("target", "run")}
-    if store.layout.index_path.is_file():
-        with sandbox(store.layout) as con:
+    if store.index_path.is_file():
+        with sandbox(store) as con:
             rep.targets_by_status = dict(con.execute("SELECT status, count(*) FROM targets GROUP BY 1 ORDER BY 2 DESC").fetchall())
             rep.runs_by_status = dict(con.execute("SELECT status, count(*) FROM runs GROUP BY 1 ORDER BY 2 DESC").fetchall())
             indexed = {"target": {r[0] for r in con.execute("SELECT target_id FROM targets").fetchall()},
@@ -850,12 +713,12 @@ def store_status(store: Any, logs: Path) -> StatusReport:
         beat = (f"heartbeat stamped {holder.ahead_s:.0f}s ahead (clock skew)" if holder.ahead_s > 1.0
                 else f"heartbeat {holder.heartbeat_age_s:.0f}s ago")
         rep.claims.append((artifact_id, holder.owner.describe(), beat))
-    for sub, kind in (("build_target", "target"), ("run_sampler", "run")):
+    for kind, sub in FOLDERS.items():
         folder = logs / sub
         if not folder.is_dir():
             continue
         for err in sorted(folder.glob("*.err")):
-            artifact_id = err.stem if kind == "target" else "run_" + err.stem.rsplit("_run_", 1)[-1]
+            artifact_id = named_by(err, kind)[0]
             if artifact_id in listing[kind] or artifact_id in claimed:
                 continue
             if not _failed_here(err, kind, listing["target"]):
@@ -945,16 +808,14 @@ def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: 
     lines.append(f"made       {manifest.created_at} on {manifest.host}, code {manifest.code.sha or '?'}"
                  + (" (dirty)" if manifest.code.dirty else ""))
     # One line per array (its Zarr metadata and chunks together), with its shape.
-    from lambda_hat.store.artifacts import sizes_by_array
-
-    sizes = sizes_by_array(d, list(manifest.arrays))
+    sizes = store.sizes_by_array(kind, artifact_id, list(manifest.arrays))
     lines.append(f"files      {human_bytes(sum(sizes.values()))} in {d}/")
     for name, size in sizes.items():
         shape = manifest.arrays.get(name)
         lines.append(f"  {name:<28} {human_bytes(size):>9}" + (f"  array {' × '.join(map(str, shape)) or 'scalar'}"
                                                                  if shape is not None else ""))
     s = spec.get("sampler", {})
-    logs_of = log_paths(logs, kind, artifact_id, spec.get("target_id"), s.get("name"))
+    logs_of = job_logs(logs, kind, artifact_id, spec.get("target_id"), s.get("name"))
     lines.append("logs" + ("" if any(p.exists() for p in logs_of) else f" (none under {logs}/; --logs DIR)"))
     lines += [f"  {p}" for p in logs_of if p.exists()]
     if plots_dir is not None and (plots_dir / artifact_id).is_dir():

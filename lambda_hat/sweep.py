@@ -35,6 +35,7 @@ import yaml
 from pydantic import ValidationError
 
 from lambda_hat import registry
+from lambda_hat.errors import SweepError
 from lambda_hat.presets import PRESETS
 from lambda_hat.specs import (
     MAX_JOB_BYTES,
@@ -88,9 +89,6 @@ _MAX_INT_CHARS = 1000
 # The libyaml parser when PyYAML has it (about 10x faster), else the pure-Python one.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-
-class SweepError(ValueError):
-    """Bad sweep input. `str(err)` is one line: `<file>: <entry>: <field>: <problem>`."""
 
 
 # Values quoted in messages are cut short: a message stays one readable line whatever the input.

@@ -77,7 +77,8 @@ def test_store_resolution_order(runner, tmp_path, monkeypatch):
 def test_query_without_index_and_bad_sql(runner, tmp_path):
     result = runner.invoke(app, ["query", "select 1", "--store", str(tmp_path)])
     assert result.exit_code == 2 and "no index" in result.stderr
-    from lambda_hat.store import StoreLayout, index
+    from lambda_hat.store import index
+    from lambda_hat.store.layout import StoreLayout
     from lambda_hat.store.manifest import Manifest
 
     index.write(StoreLayout(tmp_path), [index.Record(Manifest(id="tgt_x", type="target", spec={}))])

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lambda_hat.execute.apps import SegmentStore, TargetDamaged, run_sampler_job
+from lambda_hat.errors import TargetDamaged
+from lambda_hat.execute.apps import run_sampler_job
+from lambda_hat.store.worker import SegmentStore
 from lambda_hat.science.pipeline import Checkpoint
 from lambda_hat.store.layout import ARRAYS_ZIP
 from lambda_hat.store.store import Store

@@ -158,7 +158,9 @@ def test_worker_that_cannot_see_the_store_says_so(tmp_path):
 
     log = tmp_path / "logs" / "build_target" / "t.log"
     log.parent.mkdir(parents=True)
-    with pytest.raises(RuntimeError, match="not visible on .*file system the compute nodes share"):
+    from lambda_hat.errors import StoreError
+
+    with pytest.raises(StoreError, match="not visible on .*file system the compute nodes share"):
         build_target_job({}, str(tmp_path / "node-local" / "store"), str(log), str(log.with_suffix(".err")))
 
 

@@ -239,7 +239,7 @@ def test_index_rows_of_traces_follow_their_run(tmp_path):
 def results_count(st, sql):
     from lambda_hat import results
 
-    return results.run_query(st.layout, sql).rows[0][0]
+    return results.run_query(st, sql).rows[0][0]
 
 
 def test_an_index_without_traces_is_rebuilt_with_them(tmp_path):
@@ -278,7 +278,7 @@ def test_query_waits_for_a_writer_and_answers(runner, store):
     root, _ = store
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\n"
-        "from lambda_hat.store import StoreLayout, index\n"
+        "from lambda_hat.store import index\nfrom lambda_hat.store.layout import StoreLayout\n"
         f"with index.writer(StoreLayout(__import__('pathlib').Path({str(root)!r}))) as (con, _):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(1.5)\n")], stdout=subprocess.PIPE, text=True)

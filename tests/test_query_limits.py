@@ -48,7 +48,7 @@ def test_the_time_limit_is_on_by_default_and_covers_fetching(root):
     """The library's default is finite, and a deadline reached while rows stream out stops them."""
     assert 0 < results.QUERY_TIMEOUT_S <= 600
     with pytest.raises(results.QueryFailed, match="stopped after 0.5 s"):
-        results.run_query(Store(root).layout, FOREVER, timeout_s=0.5)
+        results.run_query(Store(root), FOREVER, timeout_s=0.5)
     t0 = time.monotonic()
     result = lh("query", "select * from range(1000000000)", "--store", root, "--format", "csv", "--timeout", "1")
     assert result.exit_code == 2 and "query stopped after 1 s" in result.stderr
@@ -115,7 +115,7 @@ def test_limits_that_are_not_limits_are_refused(root, args, flag):
 
 def test_streamed_csv_and_json_are_what_the_whole_result_makes(root, tmp_path):
     """Rows leave in batches; the text is the same as from all rows at once."""
-    layout = Store(root).layout
+    layout = Store(root)  # what the query functions take
     sql = "select i, i / 3 as third, 'x' || i as s, [i, i + 1] as l, {'a': i} as st from range(25000) t(i)"
     whole = results.run_query(layout, sql)
     for kind, made in (("csv", results.to_csv(whole.columns, whole.types, whole.rows)), ("json", results.to_json(whole))):

@@ -114,22 +114,25 @@ def test_gc_keeps_checkpoints_of_unfinished_runs_only(tmp_path):
 
 
 def test_driver_shows_draws_done_of_running_jobs(tmp_path, monkeypatch):
-    from lambda_hat.execute import apps
-    from lambda_hat.execute.apps import SegmentStore
+    from lambda_hat.store import worker as apps
+    from lambda_hat.store.worker import SegmentStore
     from lambda_hat.execute.driver import sampling_progress
     from lambda_hat.science.pipeline import Checkpoint
     from lambda_hat.store.layout import StoreLayout
 
+    from lambda_hat.store import Store
+
     layout = StoreLayout(tmp_path)
+    store = Store(tmp_path)
     running = [("run", "run_a", None), ("run", "run_b", None), ("target", "tgt_c", None)]
     # A run's first segments, within PROGRESS_SEC of its start, write nothing (short runs make no work dir).
     SegmentStore(layout.work_dir("run_a"), 3600, draws=8000).on_segment(Checkpoint(10, [], 0.0, 0.0, 0.0), {})
-    assert sampling_progress(layout, running) == "" and not layout.work_dir("run_a").exists()
+    assert sampling_progress(store, running) == "" and not layout.work_dir("run_a").exists()
     monkeypatch.setattr(apps, "PROGRESS_SEC", 0.0)  # as if the runs had sampled for a while
     SegmentStore(layout.work_dir("run_a"), 3600, draws=8000).on_segment(Checkpoint(1200, [], 0.0, 0.0, 0.0), {})
     SegmentStore(layout.work_dir("run_b"), 3600, draws=2000).on_segment(Checkpoint(40, [], 0.0, 0.0, 0.0), {})
-    assert sampling_progress(layout, running) == " · draws 1,240/10,000"
-    assert sampling_progress(layout, running[1:]) == " · draws 40/2,000"
+    assert sampling_progress(store, running) == " · draws 1,240/10,000"
+    assert sampling_progress(store, running[1:]) == " · draws 40/2,000"
 
 
 @pytest.mark.slow  # three worker processes (~25 s on 2 busy cores); the discard itself: test_damage_on_read

@@ -8,7 +8,8 @@ import pytest
 from lambda_hat.ids import resolved_spec
 from lambda_hat.planner import expand, plan
 from lambda_hat.results import export_runs
-from lambda_hat.store import StoreLayout, StoreSnapshot, index
+from lambda_hat.store import StoreSnapshot, index
+from lambda_hat.store.layout import StoreLayout
 from lambda_hat.store.artifacts import read_arrays, read_manifest, verify, write_artifact
 from lambda_hat.store.layout import ARRAYS_ZIP
 from lambda_hat.store.manifest import Manifest

@@ -29,15 +29,15 @@ from typing import Any
 
 from rich.console import Console
 
-from lambda_hat.errors import BadInput, LhError
-from lambda_hat.planner import Plan, PlannedRun, PlannedTarget, describe_target, expand, plan
-from lambda_hat.store import resolve_store_root
-from lambda_hat.store.manifest import Manifest
+from lambda_hat.errors import BadInput, ExecutorStartError, IndexBusy, LhError, TargetDamaged
+from lambda_hat.logs import FOLDERS, job_logs
+from lambda_hat.output_paths import check_execute_outputs
+from lambda_hat.planner import Plan, PlannedRun, PlannedTarget, describe_target, load, plan
+from lambda_hat.store import HEARTBEAT_S, Manifest, resolve_store_root
 
 # Above this many jobs a completed job gets no line of its own unless asked (-v): at 10^4 jobs
 # the terminal would be the bottleneck. The progress bar, failures and the summary stay.
 JOB_LINES_MAX = 50
-RESULT_SUFFIXES = (".parquet", ".csv")
 STAGES_FILE = "lh-stages.json"  # in the Parsl run directory (parsl_runinfo/NNN/)
 
 
@@ -79,64 +79,23 @@ class ExecuteResult:
     stages: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class LogPaths:
-    root: Path
-
-    def target(self, tid: str) -> tuple[Path, Path]:
-        base = self.root / "build_target" / tid
-        return base.with_suffix(".log"), base.with_suffix(".err")
-
-    def run(self, r: PlannedRun) -> tuple[Path, Path]:
-        base = self.root / "run_sampler" / f"{r.target_id}_{r.setting.sampler.name}_{r.run_id}"
-        return base.with_suffix(".log"), base.with_suffix(".err")
-
-
 class Interrupted(BaseException):
     def __init__(self, signame: str):
         self.signame = signame
 
 
-def _check_output_paths(req: ExecuteRequest, root: Path | None = None) -> None:
-    """Every path the command writes, checked before anything is submitted: --logs a
-    directory and --results a regular file (a link, FIFO or device is refused, never
-    replaced nor written through), both outside the store `root` (resolved from the request
-    when not given): a file there would be quarantined by the next execute, and gc deletes it."""
-    from lambda_hat import results as results_io
+def _check_output_paths(req: ExecuteRequest) -> None:
+    """Every path the command writes, checked before anything is submitted (output_paths.py)."""
+    sweep_root = None
+    if req.store is None and not os.environ.get("LH_STORE"):  # the sweep is read only when it names the store
+        from lambda_hat.sweep import load_sweep
 
-    logs, results = req.logs, req.results
-    if root is None:  # the sweep is read only when it names the store
-        sweep_root = None
-        if req.store is None and not os.environ.get("LH_STORE"):
-            from lambda_hat.sweep import SweepError, load_sweep
-
-            try:
-                sweep_root = load_sweep(req.sweep_path, max_runs=req.max_runs).store_root
-            except SweepError as err:
-                raise BadInput(str(err)) from None
-        root = resolve_store_root(req.store, sweep_root)
-    for parent in [logs, *logs.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise BadInput(f"--logs {logs}: {parent} is a file, not a directory")
-    results_io.check_output_dir(logs, root, "--logs")
-    if results.exists() and results.is_dir():
-        raise BadInput(f"--results {results}: is a directory; name a .parquet or .csv file")
-    if results.suffix.lower() not in RESULT_SUFFIXES:
-        raise BadInput(f"--results {results}: unknown format {results.suffix or '(no extension)'!r}; use .parquet or .csv")
-    for parent in results.parents:
-        if parent.exists() and not parent.is_dir():
-            raise BadInput(f"--results {results}: {parent} is a file, not a directory")
-    results_io.check_output_path(results, root, "--results")
+        sweep_root = load_sweep(req.sweep_path, max_runs=req.max_runs).store_root
+    check_execute_outputs(req.logs, req.results, resolve_store_root(req.store, sweep_root))
 
 
 def _load(req: ExecuteRequest):
-    from lambda_hat.sweep import SweepError, load_sweep
-
-    try:
-        sweep = load_sweep(req.sweep_path, max_runs=req.max_runs)
-        expanded = expand(sweep, max_runs=req.max_runs)
-    except SweepError as err:
-        raise BadInput(str(err)) from None
+    sweep, expanded = load(req.sweep_path, max_runs=req.max_runs)
     return sweep, expanded, resolve_store_root(req.store, sweep.store_root)
 
 
@@ -190,8 +149,6 @@ class Recorder:
             self.pending.append(record)
 
     def flush(self, timeout_s: float = 0.5) -> bool:
-        from lambda_hat.store.index import IndexBusy
-
         with self.lock:
             batch, self.pending = self.pending, []
         if not batch:
@@ -220,7 +177,7 @@ class Recorder:
         while not self.stop.wait(self.period_s):
             try:
                 self.flush()
-                if time.monotonic() - self.last_heartbeat > 5.0:
+                if time.monotonic() - self.last_heartbeat > HEARTBEAT_S:
                     self.claims.heartbeat()
                     self.last_heartbeat = time.monotonic()
             except Exception as err:  # the recorder must never die silently
@@ -253,7 +210,7 @@ class _Jobs:
 def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     t_start = time.perf_counter()
     from lambda_hat import results as results_io
-    from lambda_hat.store.store import Store
+    from lambda_hat.store import Store
 
     sweep, expanded, root = _load(req)
     _check_output_paths(req)
@@ -375,7 +332,7 @@ def _results_rows_in_step(out_path: Path, source: str) -> int | None:
 def _remember_results(out_path: Path, source: str, written) -> None:
     """Beside `out_path`: where it came from and the sha256 of the bytes written (`written`,
     results.Exported), for the next no-op execute to check it against."""
-    from lambda_hat.results import write_atomic
+    from lambda_hat.files import write_atomic
 
     try:
         write_atomic(_sidecar(out_path), json.dumps(
@@ -413,7 +370,7 @@ def _backend_settings(req: ExecuteRequest):
 def _claim_wait_bound() -> float:
     """How long to wait on another driver's claim (claims.wait_bound_s); a bad LH_CLAIM_WAIT_S
     is bad input before anything is written, not a traceback once a wait begins."""
-    from lambda_hat.store.claims import WAIT_BOUND_ENV, wait_bound_s
+    from lambda_hat.store import WAIT_BOUND_ENV, wait_bound_s
 
     try:
         bound = wait_bound_s()
@@ -465,7 +422,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
             else:
                 mine.append(item)
     if jobs.foreign:
-        from lambda_hat.store.claims import wait_bound_s
+        from lambda_hat.store import wait_bound_s
 
         holders = {h.owner.token: h for h in map(claims.holder, jobs.foreign) if h is not None}
         who = "; ".join(sorted(h.describe() for h in holders.values())) or "another driver"
@@ -499,14 +456,14 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
         stages["parsl_started"] = time.time()
         _print_where(dfk, console)
         slurm_reasons = SlurmJobReasons(dfk)
-        logs = LogPaths(req.logs.resolve())
-        for sub in ("build_target", "run_sampler"):
-            (logs.root / sub).mkdir(parents=True, exist_ok=True)
+        logs = req.logs.resolve()
+        for sub in FOLDERS.values():
+            (logs / sub).mkdir(parents=True, exist_ok=True)
         store_root = str(store.root.resolve())
         verbose = req.verbose
 
         def submit_target(t: PlannedTarget) -> None:
-            log, err = logs.target(t.target_id)
+            log, err = job_logs(logs, "target", t.target_id)
             if verbose:
                 console.print(f"  Submitting build for {t.target_id} ({describe_target(t)})")
             fut = build_app(t.spec.model_dump(mode="json"), store_root, str(log), str(err))
@@ -514,7 +471,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
             jobs.futures[fut] = ("target", t.target_id, err)
 
         def submit_run(r: PlannedRun) -> None:
-            log, err = logs.run(r)
+            log, err = job_logs(logs, "run", r.run_id, r.target_id, r.setting.sampler.name)
             dep = jobs.target_futures.get(r.target_id)
             if verbose:
                 console.print(f"  Submitting {r.setting.sampler.name} for {r.target_id} (run_id={r.run_id})")
@@ -523,7 +480,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
             jobs.futures[fut] = ("run", r.run_id, err)
 
         def submit_batch(group: list[PlannedRun]) -> None:
-            log, err = logs.run(group[0])
+            log, err = job_logs(logs, "run", group[0].run_id, group[0].target_id, group[0].setting.sampler.name)
             dep = jobs.target_futures.get(group[0].target_id)
             if verbose:
                 console.print(f"  Submitting {len(group)} {group[0].setting.sampler.name} runs as one batch for "
@@ -565,8 +522,6 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
             """A run (or batch) that found its target damaged (the worker quarantined it): its
             target rebuilt here, once per execute, and the run resubmitted once, on the new build;
             the run keeps its claim. False where that is not done (the run fails as usual)."""
-            from lambda_hat.execute.apps import TargetDamaged
-
             nonlocal total
             tid = getattr(exc, "target_id", None)
             run_ids = job_id if kind == "batch" else [job_id]
@@ -626,7 +581,7 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
                     # every pending one would be quadratic in the sweep (10⁴ jobs: ~10⁸ file reads).
                     last_progress = time.monotonic()
                     oldest = itertools.islice(jobs.futures.values(), PROGRESS_JOBS_MAX)
-                    progress.update(task, description=f"jobs{sampling_progress(store.layout, oldest)}")
+                    progress.update(task, description=f"jobs{sampling_progress(store, oldest)}")
                 if jobs.foreign and time.monotonic() - last_poll > 2.0:
                     last_poll = time.monotonic()
                     for job_id, (kind, item) in list(jobs.foreign.items()):
@@ -735,20 +690,14 @@ def _write_stages(run_dir: Path, stages: dict) -> None:
         pass  # a diagnostic only
 
 
-def sampling_progress(layout, running) -> str:
+def sampling_progress(store, running) -> str:
     """' · draws done/total' over the sampling jobs in `running` ((kind, job_id, _) tuples) that
-    have finished a segment (their work dir's progress.json); '' when none has."""
-    import json
-
+    have reported progress (`Store.sampling_progress`); '' when none has."""
     done = total = 0
     for kind, job_id, _ in running:
-        if kind != "run":
-            continue
-        try:
-            p = json.loads((layout.work_dir(job_id) / "progress.json").read_text())
-            done, total = done + int(p["draws_done"]), total + int(p["draws"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not started, finished, or mid-replace: nothing to show for it
+        seen = store.sampling_progress(job_id) if kind == "run" else None
+        if seen is not None:
+            done, total = done + seen[0], total + seen[1]
     return f" · draws {done:,}/{total:,}" if total else ""
 
 
@@ -810,10 +759,6 @@ def _finish(fut, kind, job_id, err, store, claims, recorder, result, progress, k
             _note_failure(err, reason)
         result.failed.append((job_id, reason, err))
         progress.console.print(f"  [{k}/{total}] [red]FAILED[/red] {job_id}: {reason}")
-
-
-class ExecutorStartError(LhError):
-    exit_code = 1
 
 
 def _start_parsl(req: ExecuteRequest, config):

@@ -1,18 +1,31 @@
 """The content-addressed store: `targets/<tgt_id>/`, `runs/<run_id>/`, `index.duckdb`.
 
-`Store` (store.py) is the one API every command uses. Importing this package is cheap: it
-pulls in neither JAX nor DuckDB (they load when a method needs them).
+This package is the one way into the store: code outside `lambda_hat/store/` imports from
+here, never its modules (tests/test_layering.py holds it). `Store` (store.py) is the API every
+command uses; `WorkerStore` (worker.py) the narrow handle a worker job gets. Importing this
+package is cheap: it pulls in neither JAX nor DuckDB, nor pydantic until a name needs it.
 """
 
-from lambda_hat.store.layout import StoreLayout, resolve_store_root
+from lambda_hat.store.layout import resolve_store_root
 from lambda_hat.store.snapshot import StoreSnapshot
 
-__all__ = ["Store", "StoreLayout", "StoreSnapshot", "resolve_store_root"]
+__all__ = ["HEARTBEAT_S", "WAIT_BOUND_ENV", "Manifest", "Store", "StoreSnapshot", "WorkerStore", "compile_guard",
+           "resolve_store_root", "wait_bound_s"]
+
+_LAZY = {
+    "Store": "lambda_hat.store.store",
+    "WorkerStore": "lambda_hat.store.worker",
+    "compile_guard": "lambda_hat.store.worker",
+    "Manifest": "lambda_hat.store.manifest",
+    "HEARTBEAT_S": "lambda_hat.store.claims",
+    "WAIT_BOUND_ENV": "lambda_hat.store.claims",
+    "wait_bound_s": "lambda_hat.store.claims",
+}
 
 
 def __getattr__(name):
-    if name == "Store":
-        from lambda_hat.store.store import Store
+    if name in _LAZY:
+        import importlib
 
-        return Store
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)

@@ -33,13 +33,10 @@ if TYPE_CHECKING:  # numpy is imported where arrays are written or read: `lh pla
 
 from lambda_hat.faults import crash_point
 from lambda_hat.store.layout import ARRAYS_ZIP, MANIFEST
-from lambda_hat.store.manifest import MANIFEST_VERSION, Manifest, ManifestError, parse_manifest, self_checksum
+from lambda_hat.errors import ArtifactError, ManifestError
+from lambda_hat.store.manifest import MANIFEST_VERSION, Manifest, parse_manifest, self_checksum
 
 TMP_PREFIX = ".tmp-"
-
-
-class ArtifactError(RuntimeError):
-    pass
 
 
 def _sha256(path: Path) -> str:
@@ -189,7 +186,7 @@ def load_verified(artifact_dir: Path, kind: str) -> tuple[Manifest, dict[str, np
         text = path.read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"incomplete artifact (no {MANIFEST})") from None
-    problems, expected = _manifest_problems(text, str(path), artifact_dir.name, kind)
+    _, problems, expected = _manifest_problems(text, str(path), artifact_dir.name, kind)
     if expected is None or problems:
         raise ArtifactError("; ".join(problems))
     manifest, _ = parse_manifest(text, str(path))
@@ -402,10 +399,10 @@ def verify(artifact_dir: Path, kind: str | None = None) -> list[str]:
         return [f"incomplete artifact (no {MANIFEST})"]
     except OSError as err:
         return [f"unreadable ({err.strerror})"]
-    manifest_problems, expected = _manifest_problems(text, str(path), artifact_dir.name, kind)
+    _, problems, expected = _manifest_problems(text, str(path), artifact_dir.name, kind)
     if expected is None:
-        return list(manifest_problems)
-    return [*manifest_problems, *file_problems(artifact_dir, dict(expected))]
+        return list(problems)
+    return [*problems, *file_problems(artifact_dir, dict(expected))]
 
 
 def file_problems(artifact_dir: Path, expected: dict[str, str]) -> list[str]:
@@ -423,19 +420,29 @@ def file_problems(artifact_dir: Path, expected: dict[str, str]) -> list[str]:
 NEEDS_PLUGIN = "its spec names a plugin's"
 
 
+def manifest_problems(text: bytes, where: str, dir_name: str, kind: str | None) -> tuple[Manifest | None, list[str]]:
+    """The one manifest validator: the manifest (None when it does not parse) and what is wrong
+    with its content: its own checksum (version 2 on), its ID against its directory's name,
+    its type against `kind`, its stored spec against its ID (a plugin's spec that no loaded
+    plugin registers is worded with NEEDS_PLUGIN: not damage). Every reader of a manifest, from
+    the planner's check to `lh verify`, judges it here."""
+    manifest, problems, _ = _manifest_problems(text, where, dir_name, kind)
+    return manifest, list(problems)
+
+
 @functools.lru_cache(maxsize=256)
 def _manifest_problems(text: bytes, where: str, dir_name: str, kind: str | None
-                       ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...] | None]:
-    """What is wrong with a manifest's own content, and the checksums it lists (None when it
-    does not parse). A pure function of its arguments, so memoized: a worker that verifies
-    the same target for run after run parses and re-hashes its spec (RFC 8785) once; the
-    array files are hashed on every call all the same."""
+                       ) -> tuple[Manifest | None, tuple[str, ...], tuple[tuple[str, str], ...] | None]:
+    """`manifest_problems`, and the checksums the manifest lists (None when it does not parse).
+    A pure function of its arguments, so memoized: a worker that verifies the same target for
+    run after run parses and re-hashes its spec (RFC 8785) once; the array files are hashed on
+    every call all the same."""
     from lambda_hat.ids import id_of_stored_spec
 
     try:
         manifest, raw = parse_manifest(text, where)
     except ManifestError as err:
-        return (str(err).removeprefix(f"{where}: "),), None
+        return None, (str(err).removeprefix(f"{where}: "),), None
     problems = []
     if manifest.manifest_version >= 2:
         if raw.get("manifest_sha256") != self_checksum(raw):
@@ -454,7 +461,7 @@ def _manifest_problems(text: bytes, where: str, dir_name: str, kind: str | None
         missing = unregistered(manifest.type, manifest.spec)
         problems.append(f"{NEEDS_PLUGIN} {missing} (set $LH_PLUGINS to the module that registers it)" if missing
                         else f"stored spec does not validate: {' '.join(str(err).split())[:200]}")
-    return tuple(problems), tuple(manifest.checksums.items())
+    return manifest, tuple(problems), tuple(manifest.checksums.items())
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,4 +1,5 @@
-"""The DuckDB index: a queryable copy of the manifests, written only by the driver.
+"""The DuckDB index: a queryable copy of the manifests, written only through `write` (under
+the index lock), which only `Store` calls: the driver, `lh index rebuild` and `lh gc`.
 
 The filesystem is the truth; the index can always be rebuilt from the manifests. Its
 columns derive from `store.manifest`: a few spec fields, every declared metric and timing,
@@ -36,19 +37,11 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lambda_hat.errors import LhError
+from lambda_hat.errors import IndexBusy, IndexCorrupt, IndexUnavailable, LhError, QueryFailed, first_sentence
 from lambda_hat.faults import crash_point
 from lambda_hat.store.layout import StoreLayout
 from lambda_hat.store.locking import flock_within
 from lambda_hat.store.manifest import METRICS, TIMINGS, Manifest
-
-
-class IndexBusy(LhError):
-    exit_code = 1
-
-
-class IndexCorrupt(LhError):
-    exit_code = 2
 
 
 def _num(x: Any) -> float | None:
@@ -196,34 +189,20 @@ def _row(table: str, rec: Record) -> list[Any]:
     return values
 
 
-class IndexUnavailable(IndexBusy):
-    """The index cannot be opened as asked (permissions, a read-only file system): callers
-    that wait out a busy index treat it alike; it is never taken for a corrupt file."""
-
-    exit_code = 2
-
-
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
-
-
-def _first_sentence(text: str, limit: int = 200) -> str:
-    """DuckDB's message up to its first sentence's end (what follows is advice for its own
-    shell), never cut in the middle of a word."""
-    sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
-    return sentence if len(sentence) <= limit else sentence[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def _classify(err: Exception, path: Path) -> LhError:
     text = " ".join(str(err).split())
     low = text.lower()
     if "permission denied" in low or "read-only file system" in low or "out of memory" in low:
-        return IndexUnavailable(f"{path}: cannot be opened ({_first_sentence(text)})")
+        return IndexUnavailable(f"{path}: cannot be opened ({first_sentence(text)})")
     if re.search(r"\block\b", low):  # DuckDB's "Could not set lock on file" (not "failed to pin block")
         holder = _LOCK_HOLDER.search(text)
-        who = f"PID {holder.group(2)}, {holder.group(1)}" if holder else _first_sentence(text)
+        who = f"PID {holder.group(2)}, {holder.group(1)}" if holder else first_sentence(text)
         return IndexBusy(f"{path}: held by another process ({who}); try again when it is done "
                          "(an lh query ends within its --timeout)")
-    return IndexCorrupt(f"{path}: not a usable DuckDB index ({_first_sentence(text)}); `lh index rebuild` recreates it")
+    return IndexCorrupt(f"{path}: not a usable DuckDB index ({first_sentence(text)}); `lh index rebuild` recreates it")
 
 
 def _connect(path: Path, read_only: bool, timeout_s: float) -> Any:
@@ -471,6 +450,41 @@ def write(layout: StoreLayout, records: list[Record], deleted: dict[str, list[st
         crash_point("index:in_transaction")
         con.execute("COMMIT")
         return not remade or replace_all
+
+
+def attach_readonly(con: Any, path: Path, alias: str, timeout_s: float) -> None:
+    """ATTACH the index at `path` read-only to `con` as `alias`, waiting out a writer's brief
+    hold for up to `timeout_s`. Raises IndexBusy / IndexUnavailable / IndexCorrupt, or
+    QueryFailed when it does not open within the connection's memory limit."""
+    import duckdb
+
+    quoted = str(path).replace("'", "''")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            con.execute(f"ATTACH '{quoted}' AS {alias} (READ_ONLY)")
+            return
+        except duckdb.OutOfMemoryException as err:
+            raise QueryFailed(f"{path}: the index does not open within the query's --memory-limit "
+                              f"({first_sentence(' '.join(str(err).split()))})") from None
+        except duckdb.Error as err:
+            classified = _classify(err, path)
+            if "handle conflict" in str(err):  # this process holds it for writing (tests, notebooks)
+                classified = IndexBusy(f"{path}: held by another connection in this process "
+                                       f"({first_sentence(' '.join(str(err).split()))})")
+            if type(classified) is IndexBusy and time.monotonic() < deadline:  # not IndexUnavailable
+                time.sleep(0.05)  # a driver holds it for a few milliseconds each second
+                continue
+            raise classified from None
+
+
+def tabulate(con: Any, manifests: list[Manifest]) -> None:
+    """The index's tables made in `con`'s current catalog and filled with `manifests` (no
+    trace rows, no file stamps): what the results file is made from, with the index's columns."""
+    for table, cols in TABLES.items():
+        con.execute(f"CREATE TABLE {table} (" + ", ".join(f'"{c.name}" {c.sql_type}' for c in cols) + ")")
+    con.execute(f"CREATE TABLE {TRACES_TABLE} (" + ", ".join(f'"{n}" {t}' for n, t in TRACES_SCHEMA) + ")")
+    insert(con, [Record(m) for m in manifests])
 
 
 @contextmanager

@@ -54,10 +54,6 @@ class StoreLayout:
         return self.root / ".quarantine"
 
     @property
-    def drivers_dir(self) -> Path:
-        return self.root / ".drivers"
-
-    @property
     def jax_cache_dir(self) -> Path:
         return self.root / ".jax_cache"
 

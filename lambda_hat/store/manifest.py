@@ -13,12 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lambda_hat.errors import ManifestError
+
 MANIFEST_VERSION = 2
 ArtifactKind = Literal["target", "run"]
-
-
-class ManifestError(ValueError):
-    """A manifest that cannot be read or does not describe a valid artifact."""
 
 
 class CodeInfo(BaseModel):
@@ -114,12 +112,6 @@ class Manifest(BaseModel):
     host: str | None = None
     created_at: str | None = None
     manifest_sha256: str | None = None
-
-    def typed_metrics(self) -> TargetMetrics | RunMetrics:
-        return METRICS[self.type].model_validate(self.metrics)
-
-    def typed_timings(self) -> TargetTimings | RunTimings:
-        return TIMINGS[self.type].model_validate(self.timings)
 
     def to_json_dict(self) -> dict:
         return self.model_dump(mode="json", by_alias=True)

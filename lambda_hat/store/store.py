@@ -4,7 +4,9 @@ driver's reconcile / record / claims, `lh verify`, `lh gc`, the results export.
 Invariants it keeps (ARCHITECTURE.md): an artifact directory counts only when its manifest
 reads, checks out and names it; anything else under `targets/` or `runs/` is moved to
 `.quarantine/` (by reconcile) or collected (by gc), never read as done. The index is a
-cache of the manifests, written only here and only by the driver's process.
+cache of the manifests with one writer path, `index.write` under the index lock, called only
+from this class: by lh execute's driver (reconcile, record), `lh index rebuild`, and `lh gc`
+(dropping the rows of the runs it removed; the next reconcile would drop them too).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
-from lambda_hat.errors import LhError, StoreError
+from lambda_hat.errors import ArtifactDamaged, ArtifactError, ManifestError, NeedsPlugin, StoreError
+from lambda_hat.files import file_type
 from lambda_hat.store import index
 from lambda_hat.store.artifacts import (
     NEEDS_PLUGIN,
     TMP_PREFIX,
-    ArtifactError,
     file_problems,
+    manifest_problems,
     parse_tmp_name,
     pid_alive,
     quarantine,
@@ -35,7 +38,7 @@ from lambda_hat.store.artifacts import (
 )
 from lambda_hat.store.claims import Claims, Owner
 from lambda_hat.store.layout import ARRAYS_ZIP, MANIFEST, StoreLayout
-from lambda_hat.store.manifest import Manifest, ManifestError, self_checksum
+from lambda_hat.store.manifest import Manifest
 from lambda_hat.store.snapshot import StoreSnapshot
 
 if TYPE_CHECKING:
@@ -49,33 +52,22 @@ FAILED_STATUSES = frozenset({"nonfinite", "failed"})
 LISTING_ABOVE = 256  # a snapshot lists a kind's directory when more requested IDs than this are not indexed
 
 
-class NeedsPlugin(ManifestError):
-    """A complete artifact of a plugin's model kind or sampler, read where the plugin is not
-    loaded: not damaged, so never quarantined nor collected; not indexed until it is loaded."""
-
-
 def check_manifest(artifact_dir: Path, kind: str) -> tuple[Manifest, os.stat_result]:
-    """A complete artifact's manifest and its file's stat. Raises ArtifactError or
-    ManifestError with the reason it does not count as complete."""
-    from lambda_hat.ids import id_of_stored_spec
-    from lambda_hat.registry import unregistered
-
+    """A complete artifact's manifest and its file's stat, judged by the one manifest validator
+    (`artifacts.manifest_problems`, which `lh verify` uses too). Raises ArtifactError,
+    ManifestError, or NeedsPlugin (a plugin's artifact: left in place) with the reason it does
+    not count as complete."""
     st = _regular_manifest(artifact_dir)
-    manifest, raw = read_manifest_raw(artifact_dir)
-    if manifest.manifest_version >= 2 and raw.get("manifest_sha256") != self_checksum(raw):
-        raise ManifestError(f"{artifact_dir}: manifest checksum mismatch (edited after it was written)")
-    if manifest.id != artifact_dir.name or manifest.type != kind:
-        raise ManifestError(f"{artifact_dir}: manifest describes {manifest.type} {manifest.id}")
+    path = artifact_dir / MANIFEST
     try:
-        hashed = id_of_stored_spec(kind, manifest.spec)
-    except ValueError:
-        hashed = None
-        missing = unregistered(kind, manifest.spec)
-        if missing is not None:
-            raise NeedsPlugin(f"{artifact_dir}: its spec names {missing}, which no loaded plugin registers "
-                              f"(set $LH_PLUGINS to the module that does); left in place")
-    if hashed != manifest.id:
-        raise ManifestError(f"{artifact_dir}: stored spec does not hash to {manifest.id}")
+        text = path.read_bytes()
+    except OSError as err:
+        raise ArtifactError(f"{path}: unreadable ({err.strerror})") from None
+    manifest, problems = manifest_problems(text, str(path), artifact_dir.name, kind)
+    if problems and all(p.startswith(NEEDS_PLUGIN) for p in problems):
+        raise NeedsPlugin(f"{artifact_dir}: {'; '.join(problems)}; left in place")
+    if problems or manifest is None:
+        raise ManifestError(f"{artifact_dir}: {'; '.join(problems)}")
     return manifest, st
 
 
@@ -131,16 +123,6 @@ def _manifest_raw(artifact_dir: Path) -> tuple[Manifest, dict]:
     return read_manifest_raw(artifact_dir)
 
 
-def file_type(st: os.stat_result) -> str:
-    """What a path is, from its lstat, for a message: `a FIFO`, `a symbolic link`, ..."""
-    for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(st.st_mode):
-            return what
-    return "not a regular file"
-
-
 def odd_entries(artifact_dir: Path) -> list[str]:
     """What in an artifact directory is neither a regular file nor a directory (a link, FIFO,
     device), found without following or opening anything: such an entry is damage, reported
@@ -150,12 +132,6 @@ def odd_entries(artifact_dir: Path) -> list[str]:
         if p != str(artifact_dir) and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             out.append(f"{os.path.relpath(p, artifact_dir)} is {file_type(st)} (not read)")
     return out
-
-
-class ArtifactDamaged(LhError):
-    """An artifact a command was asked to read does not check out (exit 1, as `lh verify`)."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -290,12 +266,43 @@ def _in_parts(n: int, part: Callable[[int, int], "_T"]) -> Iterator["_T"]:
 
 
 class Store:
+    # The index's tables as `lh query` and the results file show them (columns, SQL types).
+    TABLES = index.TABLES
+    TRACES_TABLE = index.TRACES_TABLE
+
     def __init__(self, root: Path | str):
         self.layout = StoreLayout(Path(root))
 
     @property
     def root(self) -> Path:
         return self.layout.root
+
+    @property
+    def index_path(self) -> Path:
+        return self.layout.index_path
+
+    def attach_index(self, con, alias: str, timeout_s: float) -> None:
+        """The index attached read-only to the DuckDB connection `con` as `alias` (waiting out
+        a writer's brief hold). Raises IndexBusy / IndexCorrupt / QueryFailed."""
+        index.attach_readonly(con, self.index_path, alias, timeout_s)
+
+    @staticmethod
+    def tabulate(con, manifests: list[Manifest]) -> None:
+        """The index's tables, filled with `manifests`, in `con`'s current catalog."""
+        index.tabulate(con, manifests)
+
+    def sizes_by_array(self, kind: str, artifact_id: str, arrays: list[str]) -> dict[str, int]:
+        """Bytes on disk per array of an artifact (and per other file)."""
+        from lambda_hat.store.artifacts import sizes_by_array
+
+        return sizes_by_array(self.layout.artifact_dir(kind, artifact_id), arrays)
+
+    def sampling_progress(self, run_id: str) -> tuple[int, int] | None:
+        """(draws done, draws) of a run that is sampling, from its work dir's progress file;
+        None before its first report, after it finished, or mid-replace."""
+        from lambda_hat.store.worker import read_progress
+
+        return read_progress(self.layout.work_dir(run_id))
 
     # ------------------------------------------------------------------ opening
 

@@ -1,0 +1,76 @@
+"""Output paths a command names (-o, --results, --logs, --outdir, --promote-dir), checked
+before any work: one home for the rule. A file is absent or regular (never a link, FIFO,
+device or directory, which the atomic write would replace or write through); a directory is
+absent or a directory; neither is inside the store, whose files only lh execute writes."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from lambda_hat.errors import BadInput
+from lambda_hat.files import file_type, lstat_or_none
+
+
+def _check_outside_store(out: Path, store_root: Path, flag: str) -> None:
+    """`out` (symbolic links in its parents resolved) is not under the store: a file there
+    would be an unexpected file in an artifact (or a forged manifest), quarantined and
+    collected by the next execute and gc."""
+    try:
+        resolved, root = out.resolve(), store_root.resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python 3.11)
+        raise BadInput(f"{flag} {out}: cannot be resolved ({err})") from None
+    if resolved == root or resolved.is_relative_to(root):
+        raise BadInput(f"{flag} {out}: inside the store {store_root}, which holds only what lh execute writes; "
+                       "name a path outside it")
+
+
+def _check_parents(out: Path, flag: str) -> None:
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise BadInput(f"{flag} {out}: {parent} is a file, not a directory")
+        if os.path.islink(parent) and not parent.exists():
+            raise BadInput(f"{flag} {out}: {parent} is a symbolic link to nothing, not a directory")
+
+
+def check_output_path(out: Path, store_root: Path, flag: str = "-o") -> None:
+    """A file a command is about to write, checked before any work: absent or a regular file
+    (a symbolic link, FIFO, device or directory is refused: the atomic write would replace it
+    with a regular file, or write through it), in a directory, and outside the store."""
+    st = lstat_or_none(out, flag)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        what = file_type(st)
+        raise BadInput(f"{flag} {out}: is {what}; name a new or regular file" if what != "a directory"
+                       else f"{flag} {out}: is a directory; name a file")
+    _check_parents(out, flag)
+    _check_outside_store(out, store_root, flag)
+
+
+def check_output_dir(out: Path, store_root: Path, flag: str) -> None:
+    """A directory a command writes into (--outdir, --logs), checked before any work: absent
+    or a directory (a symbolic link to one is followed, as the user named it), and outside
+    the store."""
+    st = lstat_or_none(out, flag)
+    if st is not None and not out.is_dir():
+        what = ("a symbolic link to nothing" if stat.S_ISLNK(st.st_mode) else
+                "a file" if stat.S_ISREG(st.st_mode) else file_type(st))
+        raise BadInput(f"{flag} {out}: is {what}, not a directory")
+    _check_parents(out, flag)
+    _check_outside_store(out, store_root, flag)
+
+
+RESULT_SUFFIXES = (".parquet", ".csv")
+
+
+def check_execute_outputs(logs: Path, results: Path, store_root: Path) -> None:
+    """`lh execute`'s --logs (a directory) and --results (a .parquet or .csv file), as above."""
+    for parent in [logs, *logs.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise BadInput(f"--logs {logs}: {parent} is a file, not a directory")
+    check_output_dir(logs, store_root, "--logs")
+    if results.exists() and results.is_dir():
+        raise BadInput(f"--results {results}: is a directory; name a .parquet or .csv file")
+    if results.suffix.lower() not in RESULT_SUFFIXES:
+        raise BadInput(f"--results {results}: unknown format {results.suffix or '(no extension)'!r}; use .parquet or .csv")
+    check_output_path(results, store_root, "--results")
