@@ -271,9 +271,9 @@ def test_reference_is_fast_for_any_number_of_powers():
 
     normal_crossing_reference([1], NB, 1.0, 4.0, 0.0)  # scipy's import, once
     for powers in ([1, 2, 3, 4], [3] * 10, [1, 64], [64] * 64):
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # CPU time: other jobs on a shared machine do not count
         value, err = normal_crossing_reference(powers, NB, 1.0, 4.0, 0.01)
-        assert time.perf_counter() - t0 < 1.0 and 0 < value < 1 / (2 * max(powers)) and err < 1e-6 * value
+        assert time.process_time() - t0 < 1.0 and 0 < value < 1 / (2 * max(powers)) and err < 1e-6 * value
     # more coordinates at the top power only lower it at fixed n (the multiplicity's log correction)
     values = [normal_crossing_reference([2] * m, NB, 1.0, 4.0, 0.0)[0] for m in (1, 2, 3, 4)]
     assert values == sorted(values, reverse=True) and values[0] < 0.25
