@@ -152,6 +152,15 @@ be off by 3-3.5 of its standard errors (NUTS on [1, 2] −10 %, HMC on [0, 3], [
 −13 %); SGLD stays within 0.5 sem of the reference but does not mix (bulk ESS 100-300, sem 10-35 %).
 tests/test_normal_crossing.py checks NUTS against `llc_ref` on a small target in the default suite
 and on the six cases (slow).
+
+At devinterp's setting (n = 10,000, σ = 0.25) NUTS stays divergent on a three-power target even when
+asked for a much smaller step: on [1, 2, 3] (llc_ref 0.1096, λ = 0.1667), 4 chains × 1,000 draws,
+seed 1, default settings (300 warmup, target acceptance 0.9): λ̂ = 0.0993 ± 0.0057 (−9.4 %, z = −1.8),
+7.6 % divergent, adapted step 0.15, 1.2e5 gradients; with `target_acceptance: 0.99, warmup: 1000`:
+0.1070 ± 0.0060 (−2.4 %, z = −0.4), still 1.8 % divergent (flagged), step 0.056, 3.5e5 gradients
+(6-7 min each on 2 shared cores). A default cannot change this for existing runs: a sampler
+default is part of every resolved spec that omits the field, so changing it changes their IDs, and a
+new field keeps IDs only at the value that reproduces today's behaviour.
 """
 
 
