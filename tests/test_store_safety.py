@@ -145,7 +145,9 @@ def test_worker_refuses_a_damaged_target(store, tmp_path):
     chunk = d / ARRAYS_ZIP
     chunk.write_bytes(b"\1" * len(chunk.read_bytes()))
     st.layout.run_dir(r.run_id).rename(tmp_path / "moved")  # so the run is still to do
-    with pytest.raises(RuntimeError, match=rf"damaged \(checksum mismatch {ARRAYS_ZIP}"):
+    from lambda_hat.errors import TargetDamaged
+
+    with pytest.raises(TargetDamaged, match=rf"damaged \(checksum mismatch {ARRAYS_ZIP}"):
         run_sampler_job(r.spec.model_dump(mode="json"), str(st.root), str(tmp_path / "l.log"), str(tmp_path / "l.err"))
     assert not st.layout.run_dir(r.run_id).exists()
 

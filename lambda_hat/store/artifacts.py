@@ -464,6 +464,20 @@ def _manifest_problems(text: bytes, where: str, dir_name: str, kind: str | None
     return manifest, tuple(problems), tuple(manifest.checksums.items())
 
 
+def _forget_manifest_judgements() -> None:
+    # A judgement names the plugins loaded when it was made: (un)registering one changes it.
+    _manifest_problems.cache_clear()
+
+
+def _listen_to_the_registry() -> None:
+    from lambda_hat import registry
+
+    registry.on_change(_forget_manifest_judgements)
+
+
+_listen_to_the_registry()
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
