@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from lambda_hat.ids import RunIds, canonical, target_id
-from lambda_hat.specs import RunSpec, SamplerRun, Sweep, TargetSpec
+from lambda_hat.specs import RunSpec, SamplerRun, Sweep, TargetSpec, free_leaves
 from lambda_hat.store import StoreSnapshot
 from lambda_hat.errors import SweepError
 from lambda_hat.sweep import DEFAULT_MAX_RUNS, load_sweep
@@ -24,7 +24,7 @@ class PlannedRun(NamedTuple):
     @property
     def spec(self) -> RunSpec:
         s = self.setting
-        return RunSpec(target_id=self.target_id, sampler=s.sampler, posterior=s.posterior, seed=s.seed)
+        return RunSpec(target_id=self.target_id, sampler=s.sampler, posterior=s.posterior, seed=s.seed, free=s.free)
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,24 @@ def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:
         raise SweepError(f"the sweep has {n_runs:,} runs, more than the limit of {max_runs:,} (max_runs)")
     targets = [PlannedTarget(target_id(t), t) for t in sweep.targets]
     # Each sampler setting is canonicalised once (not once per run); see ids.RunIds.
-    settings = [(s, RunIds.of(s)) for s in sweep.samplers]
+    settings = [(s, None if s.restrict else RunIds.of(s)) for s in sweep.samplers]
     runs = []
     for t in targets:
         tid, tid_json = t.target_id, canonical(t.target_id)
-        runs.extend(PlannedRun(ids(tid_json), tid, s) for s, ids in settings)
+        for s, ids in settings:
+            if ids is None:
+                # a restriction is resolved on each target to its sorted leaves (`specs.free_leaves`)
+                s = s.model_copy(update={"free": _free_leaves(t.spec, s)})
+                ids = RunIds.of(s)
+            runs.append(PlannedRun(ids(tid_json), tid, s))
     return Expanded(targets, runs)
+
+
+def _free_leaves(target: TargetSpec, setting: SamplerRun) -> list[str] | None:
+    try:
+        return free_leaves(target, setting.restrict)
+    except ValueError as err:
+        raise SweepError(f"sampler {setting.sampler.name}: {err}") from None
 
 
 def load(sweep_path, *, max_runs: int = DEFAULT_MAX_RUNS) -> tuple[Sweep, Expanded]:

@@ -509,6 +509,8 @@ def disagreements(rows: list[dict]) -> dict[str, list[str]]:
     ok = [r for r in rows if r["llc_mean"] is not None and r["llc_sem"] is not None]
     for i, a in enumerate(ok):
         for b in ok[i + 1:]:
+            if a.get("restrict") != b.get("restrict"):  # λ̂ of different parameter sets: no shared value
+                continue
             sigma = math.hypot(a["llc_sem"], b["llc_sem"])
             if abs(a["llc_mean"] - b["llc_mean"]) > DISAGREE_SIGMAS * sigma:
                 out.setdefault(a["run_id"], []).append(b["run_id"])
@@ -521,9 +523,11 @@ def compare_note(rows: list[dict]) -> str:
     estimates = [r for r in rows if r["llc_mean"] is not None and r["llc_sem"] is not None]
     if len(estimates) < 2:
         return ""
+    apart = " (runs compared only with runs of the same restriction)" if len(
+        {r.get("restrict") for r in estimates}) > 1 else ""
     if disagreements(rows):
-        return f"✕: differs from another run by > {DISAGREE_SIGMAS:g} combined SEMs"
-    return f"the {len(estimates)} runs agree within {DISAGREE_SIGMAS:g} combined SEMs"
+        return f"✕: differs from another run by > {DISAGREE_SIGMAS:g} combined SEMs" + apart
+    return f"the {len(estimates)} runs agree within {DISAGREE_SIGMAS:g} combined SEMs" + apart
 
 
 def compare_figure(target_id: str, rows: list[dict], refs: dict[str, Reference | None], labels: dict[str, str]):
@@ -671,7 +675,15 @@ def _row(m) -> dict:
     return {"run_id": m.id, "sampler": m.spec.get("sampler", {}).get("name", "?"), "status": m.status,
             "status_reason": m.metrics.get("status_reason"),
             "llc_mean": _finite(m.metrics.get("llc_mean")), "llc_sem": _finite(m.metrics.get("llc_sem")),
-            "r_hat": _finite(m.metrics.get("r_hat")), "ess_bulk": _finite(m.metrics.get("ess_bulk"))}
+            "r_hat": _finite(m.metrics.get("r_hat")), "ess_bulk": _finite(m.metrics.get("ess_bulk")),
+            "restrict": m.metrics.get("restrict")}
+
+
+def _restrict_label(row: dict) -> str:
+    free = row.get("restrict")
+    if not free:
+        return ""
+    return f" [{free if len(free) <= 28 else free[:27] + '…'}]"
 
 
 def _finite(v: Any) -> float | None:
@@ -737,7 +749,7 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
         rows_of[tid] = [_row(m) for m in rs]
         if "compare" in plots:
             rel = f"targets/{tid}/compare.png"
-            run_labels = {r["run_id"]: f"{r['sampler']} {labels[r['run_id']]}" for r in rows_of[tid]}
+            run_labels = {r["run_id"]: f"{r['sampler']} {labels[r['run_id']]}" + _restrict_label(r) for r in rows_of[tid]}
             mine = {m.id: refs[m.id] for m in rs}
             writer.file(rel, _key("compare", [m.manifest_sha256 or m.id for m in rs],
                                   [r and r.key() for r in mine.values()]),

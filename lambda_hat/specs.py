@@ -223,6 +223,16 @@ class ModelSpecBase(_Spec):
             raise ValueError(f"a {self.kind} model is measured at its trained w* (w_star: trained)")
         return teacher, "trained"
 
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{parameter leaf name: shape} of the model's w*, as the target stores it (what a
+        sampler's `restrict` globs select from). The MLP layout: W_i (fan_in, fan_out), b_i."""
+        dims, out = self.layer_dims, {}
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            out[f"W_{i}"] = (a, b)
+            if getattr(self, "bias", False):
+                out[f"b_{i}"] = (b,)
+        return out
+
     def memory_fields(self) -> tuple[str, str, str]:
         """The fields that size a target's data rows, its parameters and its activations (what a
         memory error names)."""
@@ -413,6 +423,9 @@ class PolynomialSpec(ModelSpecBase):
     def describe(self) -> str:
         return f"{self.kind} {self.shape}"
 
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"w": (len(self.powers),)}
+
     def forward_key(self) -> tuple:
         return ("polynomial", tuple(int(p) for p in self.powers))
 
@@ -450,6 +463,8 @@ class PythonModelSpec(ModelSpecBase):
     code_digest: str = ""
     # {module: digest} of the files code_digest covers: what `lh plan` names when code changed
     code_files: dict[str, str] = Field({}, json_schema_extra={NOT_HASHED: True})
+    # {leaf path: shape} of the factory's params (derived from the hashed code, kwargs and seed)
+    params: dict[str, list[int]] = Field({}, json_schema_extra={NOT_HASHED: True})
     data_digest: str = ""
     # sha256 of w* when the factory hands it over ("trained": True): it comes from outside the code.
     # Empty otherwise (initial params are the code's, from kwargs and seed), so untrained targets
@@ -471,6 +486,9 @@ class PythonModelSpec(ModelSpecBase):
 
     def describe(self) -> str:
         return f"{self.kind} {self.shape}"
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v) for k, v in self.params.items()}
 
     def forward_key(self) -> tuple:
         import json
@@ -776,6 +794,9 @@ class RunSpec(_Spec):
     sampler: SamplerSpec
     posterior: PosteriorSpec = PosteriorSpec()
     seed: Int = 0
+    # the parameter leaves the sampler moves, sorted (`RestrictSpec` resolved against the target);
+    # None: all of them, the only behaviour before the field existed
+    free: list[str] | None = added_field(None, since="0.2")
 
 
 # Vehtari et al. (2021): trust a posterior mean only with rank-normalized split R-hat ≤ 1.01 and
@@ -810,12 +831,47 @@ class Sweep(_Spec):
     samplers: list["SamplerRun"]
 
 
+class RestrictSpec(_Spec):
+    """Which parameter leaves a sampler moves (the others stay bitwise at w*): the leaves whose
+    '/'-joined path matches an `include` glob and no `exclude` glob (`fnmatch`, as `lh show`
+    lists them). Resolved against each target to a sorted list of leaves (`RunSpec.free`) before
+    hashing: two spellings of one selection share a run ID, and selecting every leaf is no
+    restriction."""
+
+    include: list[str] = ["*"]
+    exclude: list[str] = []
+
+
+def free_leaves(target: "TargetSpec", restrict: RestrictSpec | None) -> list[str] | None:
+    """The sorted parameter leaves `restrict` selects on `target`; None when it selects all of
+    them (or is None). ValueError when a glob matches nothing or nothing is left, naming the
+    target's leaves."""
+    import fnmatch
+
+    if restrict is None:
+        return None
+    names = sorted(target.model.param_shapes())
+    listed = ", ".join(names[:20]) + (f", ... ({len(names)} leaves)" if len(names) > 20 else "")
+    for field, globs in (("include", restrict.include), ("exclude", restrict.exclude)):
+        for g in globs:
+            if not any(fnmatch.fnmatchcase(n, g) for n in names):
+                raise ValueError(f"{field} glob {g!r} matches no parameter of the target (its parameters: {listed})")
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in restrict.include)
+              and not any(fnmatch.fnmatchcase(n, g) for g in restrict.exclude)]
+    if not chosen:
+        raise ValueError(f"restrict selects no parameter of the target (its parameters: {listed})")
+    return None if chosen == names else chosen
+
+
 class SamplerRun(_Spec):
-    """A sweep's sampler entry once resolved: everything of a RunSpec but the target."""
+    """A sweep's sampler entry once resolved: everything of a RunSpec but the target, and the
+    entry's `restrict` globs (resolved per target into the run's `free` leaves)."""
 
     sampler: SamplerSpec
     posterior: PosteriorSpec = PosteriorSpec()
     seed: Int = 0
+    restrict: RestrictSpec | None = None
+    free: list[str] | None = None  # `restrict` resolved on one target (the planner's per-target copy)
 
 
 Sweep.model_rebuild()

@@ -45,6 +45,7 @@ from lambda_hat.specs import (
     SamplerRun,
     Sweep,
     TargetSpec,
+    free_leaves,
     seed_problem,
 )
 
@@ -71,7 +72,7 @@ SAMPLER_CLASSES: Mapping[str, type] = _SamplerClasses()
 SWEEP_KEYS = {"store_root", "jax_enable_x64", "diagnostics", "targets", "samplers"}
 TARGET_ENTRY_KEYS = {"model", "data", "teacher", "training", "seed", "dtype", "w_star", "overrides", "grid"}
 TARGET_SECTIONS = ("model", "data", "teacher", "training")
-SAMPLER_ENTRY_META = {"name", "seed", "overrides", "posterior", "grid"}
+SAMPLER_ENTRY_META = {"name", "seed", "overrides", "posterior", "grid", "restrict"}
 
 DEFAULT_MAX_RUNS = 1_000_000
 # A sweep is a few kilobytes; a 20,000-value grid is about 150 KB.
@@ -434,8 +435,12 @@ def _resolve_sampler(raw: dict, source: str, entry: str, default_dtype: str) -> 
         posterior = PosteriorSpec.model_validate(raw.get("posterior") or {})
     except ValidationError as err:
         raise _first_error(err, source, entry, prefix="posterior") from None
+    restrict = raw.get("restrict")
+    if restrict is not None and not isinstance(restrict, dict):
+        raise _fail(source, entry, "restrict", f"must be a mapping with include/exclude globs, got {_type_name(restrict)}")
     try:
-        run = SamplerRun.model_validate({"sampler": sampler, "posterior": posterior, "seed": raw.get("seed", 0)})
+        run = SamplerRun.model_validate({"sampler": sampler, "posterior": posterior, "seed": raw.get("seed", 0),
+                                         "restrict": restrict})
     except ValidationError as err:
         raise _first_error(err, source, entry) from None
     problem = seed_problem(run.seed, sampler.dtype)  # the run's key is built in the sampler's dtype
@@ -503,6 +508,19 @@ def _too_big(needs: list[MemoryNeed], source: str, entry: str, subject: str) -> 
     return _fail(source, entry, blamed,
                  f"{subject} needs at least {_bytes(total)} of memory ({parts}), "
                  f"more than the {_bytes(MAX_JOB_BYTES)} a job may use")
+
+
+def _check_restrictions(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[str, SamplerRun]],
+                        source: str) -> None:
+    """Every sampler entry's `restrict` selects some parameters of every target it runs on."""
+    for label, s in samplers:
+        if s.restrict is None:
+            continue
+        for t_label, t in targets:
+            try:
+                free_leaves(t, s.restrict)
+            except ValueError as err:
+                raise _fail(source, label, "restrict", f"on {t_label}: {err}") from None
 
 
 def _check_resources(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[str, SamplerRun]], source: str) -> None:
@@ -603,6 +621,7 @@ def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAU
             if spec.dtype == "float64":
                 raise _fail(source, label, "dtype", "float64 requested but jax_enable_x64 is false")
     targets, samplers = _dedupe(targets), _dedupe(samplers)
+    _check_restrictions(targets, samplers, source)
     _check_resources(targets, samplers, source)
     return Sweep(store_root=store_root, jax_enable_x64=x64, diagnostics=diagnostics, targets=[t for _, t in targets],
                  samplers=[s for _, s in samplers])

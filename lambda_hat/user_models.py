@@ -398,6 +398,7 @@ def resolve(target, source_dir: str | Path | None):
         "data_digest": data_digest(got["data"]), "factory_seed": target.seed,
         "params_digest": data_digest(got["params"]) if got["trained"] else "",
         "n_params": int(sum(v.size for v in got["params"].values())), "in_dim": in_dim,
+        "params": {k: list(v.shape) for k, v in got["params"].items()},
         "out_dim": out_dim, "source_dir": where})
     data = target.data.model_copy(update={"n_data": len(next(iter(got["data"].values())))})
     return target.model_copy(update={"model": model, "data": data})

@@ -184,7 +184,7 @@ def batch_key(run) -> str:
 
     exclude = set(registry.sampler(run.sampler.name).scalar_fields)
     return "|".join((run.target_id, run.sampler.model_dump_json(exclude=exclude),
-                     run.posterior.model_dump_json(exclude={"beta0", "gamma"})))
+                     run.posterior.model_dump_json(exclude={"beta0", "gamma"}), repr(getattr(run, "free", None))))
 
 
 def check_batchable(runs) -> None:
@@ -230,22 +230,33 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     draws = int(s.draws)
     K = max(2, min(int(segment_draws), draws)) if segment_draws else segment_length(draws)
 
-    rows = start_rows(n, int(w_star.size))
+    # A restricted run (`run.free`) samples only those leaves; the others stay bitwise at w*.
+    free = getattr(run, "free", None)
+    idx = None if free is None else free_positions(params, free)
+    d = int(w_star.size) if idx is None else int(idx.size)
+    rows = start_rows(n, d)
 
     # the per-example loss (`losses.per_example`): "mse" for every built-in model
     loss_name = getattr(target.model, "loss", None) or "mse"
 
-    def problem(w_star, X, Y, n_beta, gamma, values):
+    def problem(w_full, X, Y, n_beta, gamma, values):
+        if idx is None:
+            w_star, pred = w_full, predict
+        else:  # the posterior of the free coordinates, the rest held at w* (an argument, not a constant)
+            w_star = w_full[idx]
+
+            def pred(v, x):
+                return predict(w_full.at[idx].set(v), x)
         start_loss = None if rows is None else (
-            lambda key: (lambda w: make_minibatch_loss(predict, X, Y, rows, loss_name)(w, key)))
-        return engine.Problem(make_full_loss(predict, X, Y, loss_name=loss_name),
-                              lambda b: make_minibatch_loss(predict, X, Y, b, loss_name),
+            lambda key: (lambda w: make_minibatch_loss(pred, X, Y, rows, loss_name)(w, key)))
+        return engine.Problem(make_full_loss(pred, X, Y, loss_name=loss_name),
+                              lambda b: make_minibatch_loss(pred, X, Y, b, loss_name),
                               w_star, n_beta, gamma, dict(zip(names, values)), start_loss)
 
     def make_start():
         def fn(key, w_star, X, Y, n_beta, gamma, values):
             p = problem(w_star, X, Y, n_beta, gamma, values)
-            return engine.start(alg, p, key, s.chains, disperse=True), p.loss_fn(w_star)
+            return engine.start(alg, p, key, s.chains, disperse=True), p.loss_fn(p.w_star)
 
         return fn
 
@@ -260,7 +271,7 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     cache_key = (
         sampler.__name__, s.model_dump_json(exclude=exclude), activation, bool(jax.config.jax_enable_x64),
         tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())), _layout(X), Y.shape, str(Y.dtype), rows,
-    ) + (() if loss_name == "mse" else (loss_name,))  # built-in models' keys as before
+    ) + (() if loss_name == "mse" else (loss_name,)) + (() if free is None else ("free", tuple(free)))
     if batch is not None:
         # one program over the runs: keys, nβ, γ and the runtime scalars get a leading run axis
         B = len(batch)
@@ -300,10 +311,25 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     traces = {k: np.concatenate(v, axis=-1) for k, v in traces.items()}
     if batch is None:
         return _finish(run, traces, np.asarray(chains.warmup_grad_evals), L0, t_compile, t_run, hit,
-                       target, arrays, entry, n, rows, int(w_star.size), diagnostics)
+                       target, arrays, entry, n, rows, d, diagnostics)
     return [_finish(r, {k: v[i] for k, v in traces.items()}, np.asarray(chains.warmup_grad_evals)[i], float(L0[i]),
-                    t_compile, t_run, hit, target, arrays, entry, n, rows, int(w_star.size), diagnostics)
+                    t_compile, t_run, hit, target, arrays, entry, n, rows, d, diagnostics)
             for i, r in enumerate(batch)]
+
+
+def free_positions(params: dict, free: list[str]) -> np.ndarray:
+    """Positions of the leaves `free` in the flat vector `ravel_pytree(params)` (leaves in sorted
+    name order, each raveled in C order)."""
+    missing = sorted(set(free) - set(params))
+    if missing:
+        raise ValueError(f"restricted run names parameters the target does not have: {', '.join(missing)}")
+    chosen, offset, out = set(free), 0, []
+    for name in sorted(params):
+        size = int(np.prod(np.shape(params[name]), dtype=np.int64))
+        if name in chosen:
+            out.append(np.arange(offset, offset + size))
+        offset += size
+    return np.concatenate(out)
 
 
 def _layout(X):
@@ -369,7 +395,11 @@ def _finish(run, traces, warmup_grad_evals, L0, t_compile, t_run, hit, target, a
         "ess_bulk_min": float(diag.ess_bulk_min),
         "divergence_max": float(diag.divergence_max),
     })
-    metrics.update(finite_n_reference(target, arrays, n_beta, gamma, metrics["llc_mean"]))  # llc_ref, rel_error
+    free = getattr(run, "free", None)
+    if free is None:  # the target's reference is for the whole model, not a restriction of it
+        metrics.update(finite_n_reference(target, arrays, n_beta, gamma, metrics["llc_mean"]))  # llc_ref, rel_error
+    else:
+        metrics["restrict"] = ",".join(free)
     if sampler.report:
         sampler.load().report(s, traces, metrics, scalars, LOSS_EVAL_FGE)
     rate = metrics.get("divergence_rate")

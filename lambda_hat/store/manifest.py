@@ -70,6 +70,7 @@ class RunMetrics(_Record):
     llc_ref_se: float | None = None  # its numerical error
     llc_ref_method: str | None = None
     rel_error: float | None = None  # against llc_ref where there is one, else llc_true
+    restrict: str | None = None  # a restricted run's free leaves, comma-joined (n_params counts them)
     ess_bulk: float | None = None
     ess_tail: float | None = None
     r_hat: float | None = None
