@@ -44,6 +44,22 @@ StoreOpt = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"lh {version('lambda-hat')}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _lh(
+    show_version: Annotated[bool, typer.Option("--version", help="Print lh's version and exit.", is_eager=True,
+                                               callback=_print_version)] = False,
+) -> None:
+    pass
+
+
 class Backend(str, enum.Enum):
     local = "local"
     slurm = "slurm"
