@@ -183,3 +183,108 @@ def test_plan_says_why_a_user_target_is_new(tmp_path):
     stored = json.loads(lh(tmp_path, "query", "--store", store, "--format", "json",
                            "select target_id from targets").stdout)[0]["target_id"]
     assert f"differs from stored {stored} in code helpers" in " ".join(out.stdout.split()), out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_sampler_runs_on_the_transformer_example(dtype):
+    # examples/byo/modular_addition.py at a tiny size (p = 7, d_model = 8: 903 parameters), every
+    # sampler (SGLD plain and with RMSProp) at small budgets: finite traces in the target's dtype,
+    # λ̂ positive and below the regular value d/2. Budgets too small for the statuses to be ok.
+    from lambda_hat.ids import target_id
+    from lambda_hat.science import build_target, sample_run
+    from lambda_hat.specs import RunSpec
+
+    # plain SGLD at ε·nβ = 0.002 as in examples/byo/sweep.yaml (the default 0.02 went non-finite)
+    samplers = [{"name": "sgld", "seed": 1, "chains": 2, "overrides": {"steps": 600, "warmup": 100,
+                                                                      "step_size_nbeta": 0.002}},
+                {"name": "sgld", "seed": 1, "chains": 2, "overrides": {"steps": 600, "warmup": 100,
+                                                                      "precond": "rmsprop"}},
+                {"name": "hmc", "seed": 1, "chains": 2, "overrides": {"draws": 40, "warmup": 40}},
+                {"name": "nuts", "seed": 1, "chains": 2, "overrides": {"draws": 40, "warmup": 40}},
+                {"name": "mclmc", "seed": 1, "chains": 2, "overrides": {"draws": 200}}]
+    sweep = _targets({"jax_enable_x64": dtype == "float64",
+                      "targets": [{"model": {"kind": "python", "factory": "modular_addition:make",
+                                             "kwargs": {"p": 7, "d_model": 8, "heads": 2, "train_fraction": 0.8}},
+                                   "dtype": dtype, "training": {"steps": 1500, "optimizer": "adamw",
+                                                                "learning_rate": 0.01}}],
+                      "samplers": samplers}, BYO)
+    target = sweep.targets[0]
+    arrays = build_target(target)
+    assert arrays.X["tokens"].dtype == np.int32 and arrays.params["unembed/weight"].dtype == np.dtype(dtype)
+    d = target.model.n_params
+    assert arrays.metrics["L0"] < 0.5, arrays.metrics  # trained well below chance (log 7 = 1.95)
+    for setting in sweep.samplers:
+        run = RunSpec(target_id=target_id(target), sampler=setting.sampler, posterior=setting.posterior,
+                      seed=setting.seed)
+        res = sample_run(run, target, arrays)
+        assert res.traces["loss"].dtype == np.dtype(dtype) and np.isfinite(res.traces["loss"]).all()
+        assert 0 < res.metrics["llc_mean"] < d / 2, (setting.sampler.name, res.metrics["llc_mean"])
+
+
+@pytest.mark.slow
+def test_the_byo_examples_run_end_to_end(tmp_path):
+    # examples/byo/sweep.yaml through the real CLI, run from another directory: every run
+    # finishes with a finite λ̂; the regular model handed over from w_star.npz (d = 4) gives
+    # λ = d/2 = 2 within 4 standard errors (or 0.3).
+    store = str(tmp_path / "runs")
+    lh(tmp_path, "execute", str(BYO / "sweep.yaml"), "--store", store, timeout=1800)
+    out = lh(tmp_path, "query", "--store", store, "--format", "json",
+             "select json_extract_string(t.spec, '$.model.factory') as factory, r.sampler, r.llc_mean, r.llc_sem, r.status, t.w_star_status "
+             "from runs r join targets t using (target_id) order by factory, r.sampler")
+    rows = json.loads(out.stdout)
+    for r in rows:
+        print(r)
+    assert len(rows) == 8 and all(r["llc_mean"] is not None for r in rows), rows
+    (hmc,) = [r for r in rows if r["factory"] == "from_checkpoint:make" and r["sampler"] == "hmc"]
+    assert hmc["w_star_status"] == "ok" and abs(hmc["llc_mean"] - 2.0) < max(4 * hmc["llc_sem"], 0.3), hmc
+
+
+LINEN = '''\
+"""A Flax Linen MLP: its nested params handed over as they are, the built-in cross-entropy."""
+import flax.linen as nn
+import jax
+import numpy as np
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3, name="out")(nn.tanh(nn.Dense(8, name="hidden")(x)))
+
+
+def make(seed, n=120):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5).astype(np.int32))
+    model = MLP()
+    params = model.init(jax.random.PRNGKey(seed), x[:1])["params"]
+    return {"params": params, "predict": lambda p, x: model.apply({"params": p}, x),
+            "loss": "cross_entropy", "data": {"x": x, "y": y}}
+'''
+
+
+@pytest.mark.slow
+def test_a_flax_linen_model_is_flattened_to_paths_and_samples(tmp_path):
+    # the fourth style of model (beside Equinox, NNX and plain JAX in examples/byo): Linen's
+    # nested {"hidden": {"kernel", "bias"}, ...} reaches the store as '/'-joined leaves, trains,
+    # and a sampler and a restriction run on it
+    from lambda_hat.planner import expand
+    from lambda_hat.science import build_target, sample_run
+
+    (tmp_path / "linen_mlp.py").write_text(LINEN)
+    sweep = _targets({"jax_enable_x64": True, "targets": [{"model": {"kind": "python", "factory": "linen_mlp:make"},
+                                                           "training": {"steps": 300, "learning_rate": 0.01}}],
+                      "samplers": [{"name": "hmc", "seed": 1, "chains": 2, "overrides": {"draws": 60, "warmup": 60}},
+                                   {"name": "hmc", "seed": 1, "chains": 2, "overrides": {"draws": 60, "warmup": 60},
+                                    "restrict": {"include": ["out/*"]}}]}, tmp_path)
+    target = sweep.targets[0]
+    assert target.model.params == {"hidden/bias": [8], "hidden/kernel": [4, 8], "out/bias": [3], "out/kernel": [8, 3]}
+    arrays = build_target(target)
+    assert sorted(arrays.params) == ["hidden/bias", "hidden/kernel", "out/bias", "out/kernel"]
+    assert arrays.metrics["L0"] < np.log(3)  # trained below chance
+    whole, last = expand(sweep).runs
+    assert last.spec.free == ["out/bias", "out/kernel"]
+    for run, d in ((whole, 67), (last, 27)):
+        m = sample_run(run.spec, target, arrays).metrics
+        assert m["n_params"] == d and np.isfinite(m["llc_mean"]) and 0 < m["llc_mean"] < d, (d, m["llc_mean"])
