@@ -71,10 +71,13 @@ def test_sgld_within_20_percent(widths, rank, precond):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("widths,rank", CASES)
+@pytest.mark.parametrize("widths,rank", [CASES[1], CASES[3]])
 def test_nuts_within_10_percent(widths, rank):
     # NUTS builds deep trees on these near-singular posteriors (on [5,3,5] with 10 doublings a
     # 1,500-iteration run took 26 min on 2 cores, for -1.6 %); 6 doublings keeps CI bounded.
+    # Two of the four cases (rank 0, and the deep narrow one where NUTS diverges most): the
+    # other two took 107 s and 176 s of CI (at load 3-4), and HMC and SGLD still cover all four;
+    # NUTS on all four (and more) is measured by benchmarks/accuracy.py (docs/accuracy.md).
     rel, est, true = _rel_error(widths, rank, {"name": "nuts", "draws": 400, "warmup": 300, "max_num_doublings": 6})
     assert abs(rel) < 0.10, f"λ̂={est:.3f} λ={true}"
 
