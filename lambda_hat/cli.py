@@ -20,19 +20,74 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape as rich_escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from lambda_hat.errors import BadInput, LhError
 from lambda_hat.files import atomic_file, write_atomic
 from lambda_hat.output_paths import check_output_path
 
+
+
+class _Argument(TyperArgument):
+    """A positional argument shown as a user types it: SWEEP, [SWEEP], [ID]... (its help says
+    what it is; Typer would add <path> or <list[str]> and write a required one as {sweep})."""
+
+    def display_type_rich(self, ctx):
+        return None
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw.removesuffix("...")
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+
+class _PlainHelp:
+    """Help that reads at 80 columns as a user would type the command: flags take no value
+    (Typer shows them as <bool>), arguments are SWEEP or [SWEEP], and a command's one-line
+    summary in `lh --help` is its docstring's first paragraph on one line."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _plain_param(param)
+        if self.help and self.short_help is None:
+            self.short_help = " ".join(self.help.split("\n\n")[0].split())
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _plain_param(option)
+        return option
+
+
+def _plain_param(param) -> None:
+    if isinstance(param, TyperOption) and param.is_flag:
+        param.metavar = ""
+    elif isinstance(param, TyperArgument) and not isinstance(param, _Argument):
+        if param.metavar is None:
+            param.metavar = param.name.upper()
+        if param.nargs != 1 and not param.metavar.endswith("..."):
+            param.metavar += "..."
+        param.__class__ = _Argument  # the same object, displayed as above
+
+
+class _Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class _Group(_PlainHelp, TyperGroup):
+    pass
+
+
 app = typer.Typer(
+    cls=_Group,
     name="lh",
     help="lambda-hat: reproducible Local Learning Coefficient sweeps over a content-addressed store.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-index_app = typer.Typer(help="Maintain the store's DuckDB index.", no_args_is_help=True)
+index_app = typer.Typer(cls=_Group, help="Maintain the store's DuckDB index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
 console = Console()
@@ -40,7 +95,7 @@ err_console = Console(stderr=True)
 
 StoreOpt = Annotated[
     Optional[str],
-    typer.Option("--store", help="Store directory. Default: $LH_STORE, else the sweep's store_root, else ./runs."),
+    typer.Option("--store", metavar="DIR", help="Store directory. Default: $LH_STORE, else the sweep's store_root, else ./runs."),
 ]
 
 
@@ -94,16 +149,16 @@ def _load(sweep_path: Path, store: str | None, max_runs: int = 1_000_000):
     return sweep, expanded, _store_for_reading(store, sweep.store_root)
 
 
-MaxRunsOpt = Annotated[int, typer.Option("--max-runs", min=1, help="Refuse sweeps that expand to more runs than this.")]
+MaxRunsOpt = Annotated[int, typer.Option("--max-runs", metavar="N", min=1, help="Refuse sweeps that expand to more runs than this.")]
 
 
-@app.command("plan")
+@app.command("plan", cls=_Command)
 @_domain_errors
 def plan_cmd(
     sweep: Annotated[Path, typer.Argument(help="Sweep YAML.")],
     store: StoreOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan's ID lists as JSON.")] = False,
-    limit: Annotated[int, typer.Option(help="Rows to show in the table (0: all).")] = 50,
+    limit: Annotated[int, typer.Option(metavar="N", help="Rows to show in the table (0: all).")] = 50,
     max_runs: MaxRunsOpt = 1_000_000,
 ) -> None:
     """Show what `lh execute` would build and sample, and what the store already holds."""
@@ -177,42 +232,42 @@ class Launcher(str, enum.Enum):
 SLURM = "SLURM (--backend slurm; flags override the profile)"
 
 
-@app.command("execute")
+@app.command("execute", cls=_Command)
 @_domain_errors
 def execute_cmd(
     sweep: Annotated[Path, typer.Argument(help="Sweep YAML.")],
     store: StoreOpt = None,
-    backend: Annotated[Backend, typer.Option(help="Where jobs run.")] = Backend.local,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes (default: min(cpu count, 8)).")] = None,
-    logs: Annotated[Path, typer.Option(help="Per-job logs directory.")] = Path("logs"),
-    results: Annotated[Path, typer.Option(help="One row per run of the sweep: .parquet or .csv.")] = Path(
+    backend: Annotated[Backend, typer.Option(metavar="local|slurm", help="Where jobs run.")] = Backend.local,
+    workers: Annotated[Optional[int], typer.Option(metavar="N", min=1, help="Local worker processes (default: min(cpu count, 8)).")] = None,
+    logs: Annotated[Path, typer.Option(metavar="DIR", help="Per-job logs directory.")] = Path("logs"),
+    results: Annotated[Path, typer.Option(metavar="FILE", help="One row per run of the sweep: .parquet or .csv.")] = Path(
         "results/llc_runs.parquet"
     ),
-    retries: Annotated[int, typer.Option(min=0, help="Retry a job that raised (its own error) this many times; a job lost with its worker, node or block is retried up to 2 times anyway.")] = 0,
+    retries: Annotated[int, typer.Option(metavar="N", min=0, help="Retry a job that raised (its own error) this many times; a job lost with its worker, node or block is retried up to 2 times anyway.")] = 0,
     max_runs: MaxRunsOpt = 1_000_000,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A line for every job submitted and completed (by default: one line per stage, the progress bar, failures; completions too up to 50 jobs).")] = False,
     batch_runs: Annotated[bool, typer.Option("--batch-runs", help="Sample the runs of one target that differ only in seed, beta, gamma or SGLD step size as one vmapped job each (numbers equal in law, not bit for bit, to runs sampled alone).")] = False,
     promote: Annotated[bool, typer.Option("--promote", help="After the runs, draw the sweep's gallery (as lh promote SWEEP).")] = False,
-    promote_dir: Annotated[Path, typer.Option(help="Gallery folder for --promote.")] = Path("gallery"),
-    profile: Annotated[Optional[Path], typer.Option(help="Cluster profile: TOML with a [slurm] table (default: ./lh.toml if present).", rich_help_panel=SLURM)] = None,
-    parsl_config: Annotated[Optional[Path], typer.Option(help="Python file defining `config` or `make_config()`; overrides backend, profile and flags.", rich_help_panel=SLURM)] = None,
-    partition: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM)] = None,
-    account: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM)] = None,
-    qos: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM)] = None,
-    walltime: Annotated[Optional[str], typer.Option(help="Per block (sbatch job), HH:MM:SS. Default 04:00:00.", rich_help_panel=SLURM)] = None,
-    nodes_per_block: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=SLURM)] = None,
-    cores_per_node: Annotated[Optional[int], typer.Option(min=1, help="Default 1.", rich_help_panel=SLURM)] = None,
-    mem_per_node: Annotated[Optional[int], typer.Option(min=1, help="GB. Default 8.", rich_help_panel=SLURM)] = None,
-    gpus_per_node: Annotated[Optional[int], typer.Option(min=0, help="Requests GPUs; workers get JAX_PLATFORMS=cuda.", rich_help_panel=SLURM)] = None,
-    workers_per_node: Annotated[Optional[int], typer.Option(min=1, help="Default: one per GPU, else 1.", rich_help_panel=SLURM)] = None,
-    max_blocks: Annotated[Optional[int], typer.Option(min=1, help="Most sbatch jobs at once. Default 50.", rich_help_panel=SLURM)] = None,
+    promote_dir: Annotated[Path, typer.Option(metavar="DIR", help="Gallery folder for --promote.")] = Path("gallery"),
+    profile: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Cluster profile: TOML with a \\[slurm] table (default: ./lh.toml if present).", rich_help_panel=SLURM)] = None,
+    parsl_config: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Python file defining `config` or `make_config()`; overrides backend, profile and flags.", rich_help_panel=SLURM)] = None,
+    partition: Annotated[Optional[str], typer.Option(metavar="NAME", rich_help_panel=SLURM)] = None,
+    account: Annotated[Optional[str], typer.Option(metavar="NAME", rich_help_panel=SLURM)] = None,
+    qos: Annotated[Optional[str], typer.Option(metavar="NAME", rich_help_panel=SLURM)] = None,
+    walltime: Annotated[Optional[str], typer.Option(metavar="HH:MM:SS", help="Per block (sbatch job). Default 04:00:00.", rich_help_panel=SLURM)] = None,
+    nodes_per_block: Annotated[Optional[int], typer.Option(metavar="N", min=1, rich_help_panel=SLURM)] = None,
+    cores_per_node: Annotated[Optional[int], typer.Option(metavar="N", min=1, help="Default 1.", rich_help_panel=SLURM)] = None,
+    mem_per_node: Annotated[Optional[int], typer.Option(metavar="GB", min=1, help="Default 8.", rich_help_panel=SLURM)] = None,
+    gpus_per_node: Annotated[Optional[int], typer.Option(metavar="N", min=0, help="Requests GPUs; workers get JAX_PLATFORMS=cuda.", rich_help_panel=SLURM)] = None,
+    workers_per_node: Annotated[Optional[int], typer.Option(metavar="N", min=1, help="Default: one per GPU, else 1.", rich_help_panel=SLURM)] = None,
+    max_blocks: Annotated[Optional[int], typer.Option(metavar="N", min=1, help="Most sbatch jobs at once. Default 50.", rich_help_panel=SLURM)] = None,
     exclusive: Annotated[Optional[bool], typer.Option("--exclusive/--no-exclusive", help="Whole nodes. Default no.", rich_help_panel=SLURM)] = None,
-    worker_init: Annotated[Optional[str], typer.Option(help="Shell lines run before workers start (module load, source venv).", rich_help_panel=SLURM)] = None,
-    scheduler_options: Annotated[Optional[str], typer.Option(help="Extra '#SBATCH ...' lines.", rich_help_panel=SLURM)] = None,
-    launcher: Annotated[Optional[Launcher], typer.Option(help="How a block starts its workers. Default srun.", rich_help_panel=SLURM)] = None,
-    address: Annotated[Optional[str], typer.Option(help="Address compute nodes use to reach this host.", rich_help_panel=SLURM)] = None,
+    worker_init: Annotated[Optional[str], typer.Option(metavar="TEXT", help="Shell lines run before workers start (module load, source venv).", rich_help_panel=SLURM)] = None,
+    scheduler_options: Annotated[Optional[str], typer.Option(metavar="TEXT", help="Extra '#SBATCH ...' lines.", rich_help_panel=SLURM)] = None,
+    launcher: Annotated[Optional[Launcher], typer.Option(metavar="srun|single", help="How a block starts its workers. Default srun.", rich_help_panel=SLURM)] = None,
+    address: Annotated[Optional[str], typer.Option(metavar="HOST", help="Address compute nodes use to reach this host.", rich_help_panel=SLURM)] = None,
     slurm_config: Annotated[
-        Optional[Path], typer.Option(help="Older form of --profile: a YAML mapping of the same settings.", rich_help_panel=SLURM)
+        Optional[Path], typer.Option(metavar="FILE", help="Older form of --profile: a YAML mapping of the same settings.", rich_help_panel=SLURM)
     ] = None,
 ) -> None:
     """Build the missing targets and sample the missing runs; record them; write results."""
@@ -254,7 +309,7 @@ class QueryFormat(str, enum.Enum):
 
 
 SweepOpt = Annotated[
-    Optional[Path], typer.Option("--sweep", help="Sweep YAML whose store_root names the store (as in `lh plan`).")
+    Optional[Path], typer.Option("--sweep", metavar="FILE", help="Sweep YAML whose store_root names the store (as in `lh plan`).")
 ]
 
 
@@ -268,18 +323,18 @@ def _store_of(store: str | None, sweep: Path | None):
     return _store_for_reading(store, load_sweep(sweep).store_root)
 
 
-@app.command("query")
+@app.command("query", cls=_Command)
 @_domain_errors
 def query_cmd(
     sql: Annotated[str, typer.Argument(help='One SELECT over views `targets`, `runs`, `traces`, e.g. "select * from runs".')],
     store: StoreOpt = None,
     sweep: SweepOpt = None,
-    fmt: Annotated[Optional[QueryFormat], typer.Option("--format", help="table (fits the terminal), csv, json, parquet. "
+    fmt: Annotated[Optional[QueryFormat], typer.Option("--format", metavar="table|csv|json|parquet", help="table (fits the terminal), csv, json, parquet. "
                                                        "Default: from -o's extension, else table.")] = None,
-    out: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to this file (outside the store) instead of stdout.")] = None,
-    limit: Annotated[int, typer.Option(help="Rows to show in a table (0: all); csv, json and parquet get every row.")] = 100,
-    timeout: Annotated[str, typer.Option("--timeout", help="Stop the query after this many seconds (0: no limit).")] = "120",
-    memory_limit: Annotated[str, typer.Option("--memory-limit", help="Most memory the query may hold (DuckDB's memory_limit, e.g. 500MB, 8GB).")] = "2GB",
+    out: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Write to this file (outside the store) instead of stdout.")] = None,
+    limit: Annotated[int, typer.Option(metavar="N", help="Rows to show in a table (0: all); csv, json and parquet get every row.")] = 100,
+    timeout: Annotated[str, typer.Option("--timeout", metavar="SECONDS", help="Stop the query after this many seconds (0: no limit).")] = "120",
+    memory_limit: Annotated[str, typer.Option("--memory-limit", metavar="SIZE", help="Most memory the query may hold (DuckDB's memory_limit, e.g. 500MB, 8GB).")] = "2GB",
 ) -> None:
     """Run one read-only SELECT against the store's index (sandboxed: no file or network
     access, nothing written, a time and memory limit). Views and examples: docs/query.md."""
@@ -325,11 +380,11 @@ def query_cmd(
     console.print(f"{n} rows written to {out}", highlight=False, soft_wrap=True)
 
 
-@app.command("export")
+@app.command("export", cls=_Command)
 @_domain_errors
 def export_cmd(
     sweep: Annotated[Optional[Path], typer.Argument(help="Sweep YAML: export its runs (default: every run in the store).")] = None,
-    out: Annotated[Path, typer.Option("-o", "--output", help="Output file: .parquet or .csv.")] = Path("results/llc_runs.parquet"),
+    out: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="Output file: .parquet or .csv.")] = Path("results/llc_runs.parquet"),
     store: StoreOpt = None,
 ) -> None:
     """Write one row per finished run, with the columns of `lh query`'s `runs` view, to a
@@ -366,16 +421,16 @@ def _fail_if_damaged(damaged: list[tuple[str, str]], what: str) -> None:
                               "them all")
 
 
-LogsOpt = Annotated[Path, typer.Option("--logs", help="The per-job logs directory `lh execute` wrote (its --logs).")]
+LogsOpt = Annotated[Path, typer.Option("--logs", metavar="DIR", help="The per-job logs directory `lh execute` wrote (its --logs).")]
 
 
-@app.command("status")
+@app.command("status", cls=_Command)
 @_domain_errors
 def status_cmd(
     store: StoreOpt = None,
     sweep: SweepOpt = None,
     logs: LogsOpt = Path("logs"),
-    limit: Annotated[int, typer.Option(help="Entries to list per section (0: all).")] = 20,
+    limit: Annotated[int, typer.Option(metavar="N", help="Entries to list per section (0: all).")] = 20,
 ) -> None:
     """Targets and runs by status, runs flagged by their diagnostics, failed jobs with their
     logs, jobs in flight, the store's size."""
@@ -388,14 +443,14 @@ def status_cmd(
     sys.stdout.write(results.format_status(rep, logs, limit=limit if limit > 0 else 10**9))
 
 
-@app.command("show")
+@app.command("show", cls=_Command)
 @_domain_errors
 def show_cmd(
     artifact: Annotated[str, typer.Argument(help="A target or run ID, or a unique prefix of one (as lh query prints them).")],
     store: StoreOpt = None,
     sweep: SweepOpt = None,
     logs: LogsOpt = Path("logs"),
-    gallery: Annotated[Path, typer.Option(help="Where lh promote wrote its gallery (to list this artifact's plots).")] = Path("gallery"),
+    gallery: Annotated[Path, typer.Option(metavar="DIR", help="Where lh promote wrote its gallery (to list this artifact's plots).")] = Path("gallery"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead.")] = False,
 ) -> None:
     """One target or run: status, numbers, spec, files, logs, plots, and its runs or target."""
@@ -410,14 +465,14 @@ def show_cmd(
     sys.stdout.write(results.format_show(st, kind, artifact_id, logs, gallery / f"{kind}s"))
 
 
-@app.command("promote")
+@app.command("promote", cls=_Command)
 @_domain_errors
 def promote_cmd(
     sweep: Annotated[Optional[Path], typer.Argument(help="Sweep YAML: its runs, in sweep order (default: every run in the store).")] = None,
     store: StoreOpt = None,
-    outdir: Annotated[Path, typer.Option(help="Gallery folder: index.html, gallery.md, runs/<run_id>/*.png, targets/<target_id>/compare.png.")] = Path("gallery"),
-    plots: Annotated[Optional[str], typer.Option(help="Comma-separated subset of trace,running_mean,rank,energy,compare (default: all).")] = None,
-    title: Annotated[Optional[str], typer.Option(help="The page's title (default: from the sweep's file name).")] = None,
+    outdir: Annotated[Path, typer.Option(metavar="DIR", help="Gallery folder: index.html, gallery.md, runs/<run_id>/*.png, targets/<target_id>/compare.png.")] = Path("gallery"),
+    plots: Annotated[Optional[str], typer.Option(metavar="LIST", help="Comma-separated subset of trace,running_mean,rank,energy,compare (default: all).")] = None,
+    title: Annotated[Optional[str], typer.Option(metavar="TEXT", help="The page's title (default: from the sweep's file name).")] = None,
 ) -> None:
     """Plot every finished run (trace, running mean, rank, energy) and each target's λ̂ per
     sampler into a static gallery (index.html, gallery.md). Only what changed is redrawn."""
@@ -451,7 +506,7 @@ def _promote(sweep: Path | None, store: str | None, outdir: Path, plots: str | N
     _fail_if_damaged(rep.damaged, "left out of the gallery or drawn without plots")
 
 
-@index_app.command("rebuild")
+@index_app.command("rebuild", cls=_Command)
 @_domain_errors
 def index_rebuild_cmd(store: StoreOpt = None) -> None:
     """Recreate index.duckdb from the manifests on disk (the filesystem is the truth); an
@@ -482,10 +537,10 @@ def _verify(ids: list[str] | None, store: str | None) -> None:
         raise typer.Exit(1)
 
 
-@app.command("verify")
+@app.command("verify", cls=_Command)
 @_domain_errors
 def verify_cmd(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="Artifact IDs to check (default: all).")] = None,
+    ids: Annotated[Optional[list[str]], typer.Argument(metavar="ID", help="Artifact IDs to check (default: all).")] = None,
     store: StoreOpt = None,
 ) -> None:
     """Check artifacts: manifest and its checksum, ID against directory and spec hash, array
@@ -494,7 +549,7 @@ def verify_cmd(
     _verify(ids, store)
 
 
-@index_app.command("verify")
+@index_app.command("verify", cls=_Command)
 @_domain_errors
 def index_verify_cmd(store: StoreOpt = None) -> None:
     """Same as `lh verify` (kept for Lambda-Hat habits)."""
@@ -520,13 +575,13 @@ def _duration_s(text: str) -> float:
     return _seconds("--older-than", text)
 
 
-@app.command("gc")
+@app.command("gc", cls=_Command)
 @_domain_errors
 def gc_cmd(
     store: StoreOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
     failed: Annotated[bool, typer.Option("--failed", help="Also remove failed runs (status nonfinite) so they are redone.")] = False,
-    older_than: Annotated[Optional[str], typer.Option("--older-than", help="Only remove what is older than this (30m, 12h, 7d).")] = None,
+    older_than: Annotated[Optional[str], typer.Option("--older-than", metavar="AGE", help="Only remove what is older than this (30m, 12h, 7d).")] = None,
 ) -> None:
     """Remove temporary directories of dead writers (any host), quarantined and orphaned
     artifacts, stale claims; with --failed, failed runs."""
@@ -550,7 +605,7 @@ def main() -> None:
     (tests, notebooks) call `app` and get an exception or a return, never a dead process."""
     code = 0
     try:
-        app(standalone_mode=True)
+        app(prog_name="lh", standalone_mode=True)  # `lh` in usage lines however it was started
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     if "parsl" in sys.modules:
