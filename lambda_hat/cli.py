@@ -361,6 +361,7 @@ def query_cmd(
         text = results.to_table(res, width, limit=0 if out is not None else limit)
         if out is None:
             sys.stdout.write(text)
+            _hint_if_empty(st, sql, len(res.rows))
             return
         write_atomic(out, text.encode())
         n = len(res.rows)
@@ -369,6 +370,7 @@ def query_cmd(
             if out is None:
                 for chunk in results.text_chunks(q, kind):
                     sys.stdout.write(chunk)
+                _hint_if_empty(st, sql, q.fetched)
                 return
             with atomic_file(out) as f:
                 if kind == "parquet":
@@ -378,6 +380,16 @@ def query_cmd(
                         f.write(chunk.encode())
         n = q.fetched
     console.print(f"{n} rows written to {out}", highlight=False, soft_wrap=True)
+
+
+def _hint_if_empty(st, sql: str, rows: int) -> None:
+    """No rows, and an ID prefix in the query where a whole ID was meant: say so on stderr."""
+    from lambda_hat.results import prefix_hint
+
+    hint = prefix_hint(st, sql) if rows == 0 else None
+    if hint:
+        sys.stdout.flush()
+        print(f"hint: {hint}", file=sys.stderr)
 
 
 @app.command("export", cls=_Command)

@@ -304,6 +304,25 @@ def open_query(store: Store, sql: str, *, timeout_s: float = QUERY_TIMEOUT_S,
                 timer.cancel()
 
 
+# An ID-shaped string literal shorter than a whole ID (tgt_/run_ + 12 hex digits): a prefix,
+# as the tables print them, that `=` never matches.
+_ID_PREFIX_LITERAL = re.compile(r"'((?:run|tgt)_[0-9a-f]{1,11})'")
+
+
+def prefix_hint(store: Store, sql: str) -> str | None:
+    """For a query that returned no rows: a line saying which of its ID literals are prefixes
+    of stored IDs (IDs are compared whole: `run_id = 'run_3fa2'` matches nothing), else None."""
+    lines = []
+    for prefix in dict.fromkeys(_ID_PREFIX_LITERAL.findall(sql)):
+        kind = "run" if prefix.startswith("run_") else "target"
+        found = [i for i in store.ids(kind) if i.startswith(prefix)]
+        if found:
+            shown = ", ".join(found[:3]) + (", …" if len(found) > 3 else "")
+            lines.append(f"'{prefix}' is a prefix of {shown}: IDs are compared whole; "
+                         f"write the whole ID or LIKE '{prefix}%'")
+    return "; ".join(lines) or None
+
+
 def run_query(store: Store, sql: str, *, as_arrow: bool = False, max_rows: int | None = None,
               timeout_s: float = QUERY_TIMEOUT_S, memory_limit: str = QUERY_MEMORY_LIMIT) -> Result:
     """Run one SELECT in the sandbox; its rows (at most `max_rows`, with `more` set when there

@@ -357,3 +357,19 @@ def test_export_of_an_empty_store_writes_no_rows_and_of_a_missing_one_refuses(ru
     result = lh(runner, "export", "--store", str(tmp_path / "missing"), "-o", str(tmp_path / "m.csv"))
     assert result.exit_code == 2 and "no such store" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_an_id_prefix_that_matches_nothing_gets_a_hint(runner, store):
+    root, ex = store
+    rid = ex.runs[0].run_id
+    for fmt in ("table", "json"):
+        res = lh(runner, "query", "--store", str(root), "--format", fmt,
+                 f"select run_id from runs where run_id = '{rid[:8]}'")
+        assert res.exit_code == 0, res.output
+        assert f"hint: '{rid[:8]}' is a prefix of {rid}" in res.stderr and f"LIKE '{rid[:8]}%'" in res.stderr, res.stderr
+    # the whole ID: its row, no hint; a prefix of nothing stored: no hint either
+    whole = lh(runner, "query", "--store", str(root), f"select run_id from runs where run_id = '{rid}'")
+    assert "1 row" in whole.stdout and "hint" not in whole.stderr, whole.stdout
+    other = "run_" + ("0" if rid[4] != "0" else "1") * 6
+    none = lh(runner, "query", "--store", str(root), f"select run_id from runs where run_id = '{other}'")
+    assert none.exit_code == 0 and "hint" not in none.stderr, none.stderr
