@@ -240,7 +240,7 @@ def _write_run(store, spec, rid: str, result, tman, timings: dict) -> dict:
     status = result.metrics.get("status", "ok")
     metrics = dict(result.metrics)
     # the target's exact λ is of the whole model, not of a restriction of it (`spec.free`)
-    llc_true = tman.metrics.get("llc_true") if getattr(spec, "free", None) is None else None
+    llc_true = tman.metrics.get("llc_true") if spec.free is None else None
     if llc_true is not None:
         # Targets with a known λ carry it into their runs' results.
         metrics["llc_true"] = llc_true

@@ -184,7 +184,7 @@ def batch_key(run) -> str:
 
     exclude = set(registry.sampler(run.sampler.name).scalar_fields)
     return "|".join((run.target_id, run.sampler.model_dump_json(exclude=exclude),
-                     run.posterior.model_dump_json(exclude={"beta0", "gamma"}), repr(getattr(run, "free", None))))
+                     run.posterior.model_dump_json(exclude={"beta0", "gamma"}), repr(run.free)))
 
 
 def check_batchable(runs) -> None:
@@ -231,7 +231,7 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     K = max(2, min(int(segment_draws), draws)) if segment_draws else segment_length(draws)
 
     # A restricted run (`run.free`) samples only those leaves; the others stay bitwise at w*.
-    free = getattr(run, "free", None)
+    free = run.free
     idx = None if free is None else free_positions(params, free)
     d = int(w_star.size) if idx is None else int(idx.size)
     rows = start_rows(n, d)
@@ -318,18 +318,15 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
 
 
 def free_positions(params: dict, free: list[str]) -> np.ndarray:
-    """Positions of the leaves `free` in the flat vector `ravel_pytree(params)` (leaves in sorted
-    name order, each raveled in C order)."""
+    """Positions of the leaves `free` in the flat vector `ravel_pytree(params)`: a mask raveled
+    the same way, so the order is ravel_pytree's whatever it is."""
+    from jax.flatten_util import ravel_pytree
+
     missing = sorted(set(free) - set(params))
     if missing:
         raise ValueError(f"restricted run names parameters the target does not have: {', '.join(missing)}")
-    chosen, offset, out = set(free), 0, []
-    for name in sorted(params):
-        size = int(np.prod(np.shape(params[name]), dtype=np.int64))
-        if name in chosen:
-            out.append(np.arange(offset, offset + size))
-        offset += size
-    return np.concatenate(out)
+    mask, _ = ravel_pytree({k: np.full(np.shape(v), k in free) for k, v in params.items()})
+    return np.flatnonzero(np.asarray(mask))
 
 
 def _layout(X):
@@ -395,7 +392,7 @@ def _finish(run, traces, warmup_grad_evals, L0, t_compile, t_run, hit, target, a
         "ess_bulk_min": float(diag.ess_bulk_min),
         "divergence_max": float(diag.divergence_max),
     })
-    free = getattr(run, "free", None)
+    free = run.free
     if free is None:  # the target's reference is for the whole model, not a restriction of it
         metrics.update(finite_n_reference(target, arrays, n_beta, gamma, metrics["llc_mean"]))  # llc_ref, rel_error
     else:

@@ -464,18 +464,14 @@ def _manifest_problems(text: bytes, where: str, dir_name: str, kind: str | None
     return manifest, tuple(problems), tuple(manifest.checksums.items())
 
 
-def _forget_manifest_judgements() -> None:
-    # A judgement names the plugins loaded when it was made: (un)registering one changes it.
-    _manifest_problems.cache_clear()
-
-
-def _listen_to_the_registry() -> None:
+def _forget_judgements_when_plugins_change() -> None:
     from lambda_hat import registry
 
-    registry.on_change(_forget_manifest_judgements)
+    # A judgement names the plugins loaded when it was made: (un)registering one changes it.
+    registry.on_change(_manifest_problems.cache_clear)
 
 
-_listen_to_the_registry()
+_forget_judgements_when_plugins_change()
 
 
 def pid_alive(pid: int) -> bool:
