@@ -26,7 +26,8 @@ from lambda_hat.specs import ID_NEUTRAL, NOT_HASHED, PosteriorSpec, RunSpec, Sam
 
 TARGET_SCHEMA = "lambda_hat.target/1"
 RUN_SCHEMA = "lambda_hat.run/1"
-PREFIXES = {"target": "tgt_", "run": "run_"}
+TRAJECTORY_SCHEMA = "lambda_hat.trajectory/1"
+PREFIXES = {"target": "tgt_", "run": "run_", "trajectory": "traj_"}
 HEX_CHARS = 12
 
 
@@ -58,6 +59,15 @@ def _digest(schema: str, spec_json: dict) -> str:
 
 def target_id(spec: TargetSpec) -> str:
     return PREFIXES["target"] + _digest(TARGET_SCHEMA, hashed_spec(spec))
+
+
+def trajectory_id(spec: TargetSpec) -> str | None:
+    """The training run a checkpoint target belongs to (None for an ordinary target): the hash of
+    its spec without the step, so every checkpoint of one run shares it and a plain target of the
+    same spec (trained by another rule) never does."""
+    if spec.step is None:
+        return None
+    return PREFIXES["trajectory"] + _digest(TRAJECTORY_SCHEMA, hashed_spec(spec.trajectory()))
 
 
 def run_id(spec: RunSpec) -> str:

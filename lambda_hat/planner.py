@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from lambda_hat.ids import RunIds, canonical, target_id
+from lambda_hat.ids import RunIds, canonical, target_id, trajectory_id
 from lambda_hat.specs import RunSpec, SamplerRun, Sweep, TargetSpec, free_leaves
 from lambda_hat.store import StoreSnapshot
 from lambda_hat.errors import SweepError
@@ -31,6 +31,9 @@ class PlannedRun(NamedTuple):
 class PlannedTarget:
     target_id: str
     spec: TargetSpec
+    # A checkpoint target: the sweep's checkpoints of its trajectory at smaller steps, in step
+    # order (its build resumes from the last one stored, after that one's build if it is planned).
+    earlier: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:
     n_runs = len(sweep.targets) * len(sweep.samplers)
     if n_runs > max_runs:
         raise SweepError(f"the sweep has {n_runs:,} runs, more than the limit of {max_runs:,} (max_runs)")
-    targets = [PlannedTarget(target_id(t), t) for t in sweep.targets]
+    targets = _with_earlier([PlannedTarget(target_id(t), t) for t in sweep.targets])
     # Each sampler setting is canonicalised once (not once per run); see ids.RunIds.
     settings = [(s, None if s.restrict else RunIds.of(s)) for s in sweep.samplers]
     runs = []
@@ -95,6 +98,20 @@ def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:
                 ids = RunIds.of(s)
             runs.append(PlannedRun(ids(tid_json), tid, s))
     return Expanded(targets, runs)
+
+
+def _with_earlier(targets: list[PlannedTarget]) -> list[PlannedTarget]:
+    """Each checkpoint target with its trajectory's earlier checkpoints (`PlannedTarget.earlier`)."""
+    by_trajectory: dict[str, list[PlannedTarget]] = {}
+    for t in targets:
+        if t.spec.step is not None:
+            by_trajectory.setdefault(trajectory_id(t.spec), []).append(t)
+    earlier: dict[str, tuple[str, ...]] = {}
+    for group in by_trajectory.values():
+        ids = [t.target_id for t in sorted(group, key=lambda t: t.spec.step)]
+        earlier.update((tid, tuple(ids[:i])) for i, tid in enumerate(ids))
+    return [PlannedTarget(t.target_id, t.spec, earlier[t.target_id]) if earlier.get(t.target_id) else t
+            for t in targets]
 
 
 def _free_leaves(target: TargetSpec, setting: SamplerRun) -> list[str] | None:

@@ -78,12 +78,16 @@ class ModelKind:
       `forward_key()`, a hashable value that says everything the pass depends on);
     * `exact_lambda(target_spec) -> float | None`: the exact learning coefficient at w* where
       theory gives one, judged from the spec alone (a build may withhold it after looking at
-      the data: its metrics' `llc_true` is what runs carry)."""
+      the data: its metrics' `llc_true` is what runs carry);
+    * `training(target_spec) -> science.trajectory.TrainingProblem`: the data, the initial
+      student and the training key, for kinds whose w* is trained; what checkpoint targets
+      (`checkpoints:`, `TargetSpec.step`) are built from. None: the kind has no trajectories."""
 
     spec: type
     build: str
     forward: str
     exact_lambda: str | None = None
+    training: str | None = None
 
     @property
     def name(self) -> str:
@@ -94,6 +98,11 @@ class ModelKind:
 
     def apply(self, key) -> Callable:
         return resolve(self.forward)(key)
+
+    def training_problem(self, target):
+        if self.training is None:
+            raise ValueError(f"model kind {self.name} has no training to take checkpoints of")
+        return resolve(self.training)(target)
 
     def llc_exact(self, target) -> float | None:
         return None if self.exact_lambda is None else resolve(self.exact_lambda)(target)

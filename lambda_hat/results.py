@@ -53,6 +53,9 @@ _RUN_LEAD = ("run_id", "target_id", "sampler", "status", "llc_mean", "llc_sem", 
 # Target columns already in `runs` under their own name, or not about the target as built.
 _TARGET_SKIP = {"target_id", "spec", "status", "created_at", "code_sha", "host", "n_data", "n_params", "L0",
                 "llc_true", "manifest_version", "metrics", *_INTERNAL}
+# Target columns a run carries under their own name: a checkpoint's place in its trajectory.
+_TARGET_AS_IS = ("trajectory_id", "step")
+_TARGET_SKIP |= set(_TARGET_AS_IS)
 
 
 def one_line(err: BaseException) -> str:
@@ -106,6 +109,7 @@ def view_sql(src: str) -> dict[str, str]:
     select = [f"r.{_q(c)}" for c in (*_RUN_LEAD, *middle)]
     for column, name, sql_type in sampler_hyperparameters():
         select.append(f"TRY_CAST(json_extract_string(r.spec, '$.sampler.{name}') AS {sql_type}) AS {_q(column)}")
+    select += [f"t.{_q(c)}" for c in _TARGET_AS_IS]
     select += [f"t.{_q(c)} AS {_q('target_' + c)}" for c in target_cols if c not in _TARGET_SKIP]
     select += [f"r.{_q(c)}" for c in _PROVENANCE]
     return {

@@ -501,13 +501,15 @@ class PythonModelSpec(ModelSpecBase):
 
 
 for _kind in (
-    ModelKind(MLPSpec, build="lambda_hat.science.mlp:build_mlp_target", forward="lambda_hat.science.models:mlp_forward"),
+    ModelKind(MLPSpec, build="lambda_hat.science.mlp:build_mlp_target", forward="lambda_hat.science.models:mlp_forward",
+              training="lambda_hat.science.mlp:training_problem"),
     ModelKind(DLNSpec, build="lambda_hat.science.dln:build_dln_target", forward="lambda_hat.science.models:mlp_forward",
-              exact_lambda="lambda_hat.science.dln:llc_true"),
+              exact_lambda="lambda_hat.science.dln:llc_true", training="lambda_hat.science.dln:training_problem"),
     ModelKind(PolynomialSpec, build="lambda_hat.science.polynomial:build_polynomial_target",
               forward="lambda_hat.science.polynomial:forward", exact_lambda="lambda_hat.science.polynomial:exact_lambda"),
 
-    ModelKind(PythonModelSpec, build="lambda_hat.user_models:build", forward="lambda_hat.user_models:forward"),
+    ModelKind(PythonModelSpec, build="lambda_hat.user_models:build", forward="lambda_hat.user_models:forward",
+              training="lambda_hat.user_models:training_problem"),
 ):
     registry.register_model_kind(_kind)
 
@@ -580,6 +582,28 @@ class TrainingSpec(_Spec):
     grad_tol: PositiveFloat | None = added_field(None, since="0.2")
 
 
+class CheckpointsSpec(_Spec):
+    """Which steps of a trajectory a sweep's target entry measures (`checkpoints:`): the union of
+    `steps`, `log` steps spaced evenly in log(step) from 1 to `until`, and `linear` steps spaced
+    evenly up to `until` (its last is `until`). `until` is the trajectory's length
+    (training.steps; default: that field's value). Not part of any ID: each step is its own
+    target (`TargetSpec.step`), so adding steps changes no existing ID."""
+
+    steps: list[Annotated[Int, Field(ge=0)]] = []
+    log: Annotated[Int, Field(ge=0, le=100_000)] = 0
+    linear: Annotated[Int, Field(ge=0, le=100_000)] = 0
+    until: PositiveInt | None = None
+
+    def resolve(self, total: int) -> list[int]:
+        """The sorted distinct steps, given the trajectory's length `total`."""
+        chosen = set(self.steps)
+        if self.log:
+            chosen.update(int(round(total ** (i / max(self.log - 1, 1)))) for i in range(self.log))
+        if self.linear:
+            chosen.update(int(round(total * (i + 1) / self.linear)) for i in range(self.linear))
+        return sorted(chosen)
+
+
 class TargetSpec(_Spec):
     """A trained network w* on generated data: the point the LLC is measured at."""
 
@@ -597,6 +621,11 @@ class TargetSpec(_Spec):
     # every published dln target (ids.py); noisy teachers are flagged (w_star_status) and lose
     # llc_true instead, and new specs opt in with `w_star: refined`.
     w_star: Literal["trained", "teacher", "refined"] | None = None
+    # A checkpoint of a training trajectory: w* is the student after exactly `step` steps of a
+    # training run of `training.steps` steps (no early stopping; step k's key is
+    # fold_in(training key, k), so every step's numbers are the same however the run is split
+    # into jobs: `science/trajectory.py`). None: an ordinary target, trained by `train.train`.
+    step: Annotated[Int, Field(ge=0)] | None = added_field(None, since="0.2")
 
     @model_validator(mode="after")
     def _resolve_teacher(self) -> "TargetSpec":
@@ -605,7 +634,21 @@ class TargetSpec(_Spec):
         teacher, w_star = self.model.resolve_teacher(self.teacher, self.w_star)
         object.__setattr__(self, "teacher", teacher)
         object.__setattr__(self, "w_star", w_star)
+        if self.step is not None:
+            if w_star != "trained":
+                raise ValueError(f"checkpoints are steps of training, but this target's w* is its {w_star} "
+                                 "(set w_star: trained)")
+            if self.training.grad_tol is not None:
+                raise ValueError("a trajectory trains for exactly training.steps steps: training.grad_tol does not apply")
+            if self.step > self.training.steps:
+                raise ValueError(f"checkpoint step {self.step} is past the training's last step ({self.training.steps})")
+            # Written out as what a checkpoint does (it never stops early), so the spec says it.
+            object.__setattr__(self, "training", self.training.model_copy(update={"early_stop_tol": None}))
         return self
+
+    def trajectory(self) -> "TargetSpec":
+        """The training run a checkpoint belongs to: this spec without its step."""
+        return self.model_copy(update={"step": None})
 
     def memory_needs(self) -> list[MemoryNeed]:
         """A lower bound on the memory building this target takes (`ModelSpecBase.target_memory_needs`)."""

@@ -39,6 +39,7 @@ from lambda_hat.errors import SweepError
 from lambda_hat.presets import PRESETS
 from lambda_hat.specs import (
     MAX_JOB_BYTES,
+    CheckpointsSpec,
     DiagnosticsSpec,
     MemoryNeed,
     PosteriorSpec,
@@ -70,7 +71,7 @@ class _SamplerClasses(Mapping):
 SAMPLER_CLASSES: Mapping[str, type] = _SamplerClasses()
 
 SWEEP_KEYS = {"store_root", "jax_enable_x64", "diagnostics", "targets", "samplers"}
-TARGET_ENTRY_KEYS = {"model", "data", "teacher", "training", "seed", "dtype", "w_star", "overrides", "grid"}
+TARGET_ENTRY_KEYS = {"model", "data", "teacher", "training", "seed", "dtype", "w_star", "overrides", "grid", "checkpoints"}
 TARGET_SECTIONS = ("model", "data", "teacher", "training")
 SAMPLER_ENTRY_META = {"name", "seed", "overrides", "posterior", "grid", "restrict"}
 
@@ -348,6 +349,56 @@ def _check_target_entry(raw: dict, source: str, entry: str) -> list[tuple[str, l
     return _grid_axes(raw, source, entry)
 
 
+def _checkpoints(raw: dict, source: str, entry: str) -> CheckpointsSpec | None:
+    if raw.get("checkpoints") is None:
+        return None
+    if not isinstance(raw["checkpoints"], dict):
+        raise _fail(source, entry, "checkpoints", f"must be a mapping (steps, log, linear, until), got "
+                    f"{_type_name(raw['checkpoints'])}")
+    try:
+        cp = CheckpointsSpec.model_validate(raw["checkpoints"])
+    except ValidationError as err:
+        raise _first_error(err, source, entry, "checkpoints") from None
+    if not (cp.steps or cp.log or cp.linear):
+        raise _fail(source, entry, "checkpoints", "names no step (give steps, log or linear)")
+    return cp
+
+
+def _checkpoint_count(raw: dict) -> int:
+    """An upper bound on the targets a target entry's `checkpoints` expand to (1 without them),
+    read before anything is validated, so that run counts are bounded first."""
+    cp = raw.get("checkpoints")
+    if not isinstance(cp, dict):
+        return 1
+    steps = cp.get("steps")
+    n = len(steps) if isinstance(steps, list) else 0
+    for key in ("log", "linear"):
+        n += cp[key] if isinstance(cp.get(key), int) and not isinstance(cp.get(key), bool) and cp[key] > 0 else 0
+    return max(n, 1)
+
+
+def _resolve_checkpoints(spec: TargetSpec, cp: CheckpointsSpec, source: str, entry: str
+                         ) -> list[tuple[str, TargetSpec]]:
+    """A trajectory entry's checkpoints: one target per step, each `spec` with its `step`."""
+    kind = spec.model.kind
+    if registry.model_kind(kind).training is None:
+        raise _fail(source, entry, "checkpoints", f"a {kind} model has no training to take checkpoints of")
+    if getattr(spec.model, "params_digest", ""):
+        raise _fail(source, entry, "checkpoints", "the factory hands over trained params: checkpoints need its "
+                    "training (return untrained params, or drop checkpoints)")
+    if cp.until is not None and cp.until != spec.training.steps:
+        spec_json = spec.model_dump(mode="json")
+        spec_json["training"]["steps"] = cp.until
+        spec = TargetSpec.model_validate(spec_json)
+    out = []
+    for step in cp.resolve(spec.training.steps):
+        try:
+            out.append((f"{entry} step {step}", TargetSpec.model_validate({**spec.model_dump(mode="json"), "step": step})))
+        except ValidationError as err:
+            raise _first_error(err, source, entry, "checkpoints") from None
+    return out
+
+
 def _resolve_target(raw: dict, source: str, entry: str, default_dtype: str, base_dir: str | None = None
                     ) -> TargetSpec:
     fields: dict[str, Any] = {}
@@ -400,7 +451,9 @@ def _target_entries(raw: dict, axes: list, source: str, entry: str, default_dtyp
                 r = {**r, key: value}
             else:
                 raise _fail(source, entry, f"grid.{key}", "does not name a field of this target entry")
-        specs.append((label, _resolve_target(r, source, label, default_dtype, base_dir)))
+        spec = _resolve_target(r, source, label, default_dtype, base_dir)
+        cp = _checkpoints(r, source, label)
+        specs += [(label, spec)] if cp is None else _resolve_checkpoints(spec, cp, source, label)
     return specs
 
 
@@ -605,7 +658,8 @@ def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAU
     sampler_entries = [(_sampler_entry_label(raw, i), raw) for i, raw in enumerate(sections["samplers"])]
     target_axes = [_check_target_entry(raw, source, entry) for entry, raw in target_entries]
     sampler_axes = [_check_sampler_entry(raw, source, entry) for entry, raw in sampler_entries]
-    _check_run_count([(e, math.prod(len(v) for _, v in axes)) for (e, _), axes in zip(target_entries, target_axes)],
+    _check_run_count([(e, math.prod(len(v) for _, v in axes) * _checkpoint_count(raw))
+                      for (e, raw), axes in zip(target_entries, target_axes)],
                      [(e, math.prod(len(v) for _, v in axes)) for (e, _), axes in zip(sampler_entries, sampler_axes)],
                      source, max_runs)
 

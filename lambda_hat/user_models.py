@@ -489,6 +489,43 @@ def build(target):
         return _build(target)
 
 
+def training_problem(target):
+    """A python model's checkpoint training (`science/trajectory.py`): the factory's data and
+    initial params, the training key of `_build`. A factory that hands over trained params has
+    no training to take checkpoints of."""
+    import jax
+    import jax.numpy as jnp
+
+    from lambda_hat.science.models import jnp_dtype, model_key
+    from lambda_hat.science.posterior import as_inputs
+    from lambda_hat.science.trajectory import TrainingProblem
+
+    m = target.model
+    got = _checked_output(m, target.dtype)
+    if got["trained"]:
+        raise BadInput(f"{m.factory}: the factory hands over trained params; checkpoints need its training "
+                       "(return untrained params, or drop checkpoints)")
+    dtype = jnp_dtype(target.dtype)
+    return TrainingProblem(X=as_inputs(got["X"], dtype), Y=jnp.asarray(got["Y"], dtype), X_test=None, Y_test=None,
+                           params0={k: jnp.asarray(v, dtype) for k, v in got["params"].items()}, model=model_key(m),
+                           k_train=jax.random.split(jax.random.PRNGKey(target.seed), 3)[2], loss_name=m.loss,
+                           extra_metrics=lambda params, L0: {
+                               "packages": third_party_versions(own_modules(got["module"], m.source_dir))})
+
+
+def _checked_output(m, dtype: str) -> dict:
+    """The factory's output, refused unless it is what the sweep was planned with."""
+    got = _output_of(m, dtype)
+    # The plan's digests are the ID's promise: never build something else under it.
+    if code_digest(got["module"], m.source_dir) != m.code_digest:
+        raise RuntimeError(f"{m.factory}: the factory's code changed since the sweep was planned; plan again")
+    if data_digest(got["data"]) != m.data_digest:
+        raise RuntimeError(f"{m.factory}: the factory's data changed since the sweep was planned; plan again")
+    if got["trained"] and data_digest(got["params"]) != m.params_digest:
+        raise RuntimeError(f"{m.factory}: the factory's trained params changed since the sweep was planned; plan again")
+    return got
+
+
 def _build(target):
     import jax
     import jax.numpy as jnp
@@ -500,14 +537,7 @@ def _build(target):
     from lambda_hat.science.wstar import quality
 
     m = target.model
-    got = _output_of(m, target.dtype)
-    # The plan's digests are the ID's promise: never build something else under it.
-    if code_digest(got["module"], m.source_dir) != m.code_digest:
-        raise RuntimeError(f"{m.factory}: the factory's code changed since the sweep was planned; plan again")
-    if data_digest(got["data"]) != m.data_digest:
-        raise RuntimeError(f"{m.factory}: the factory's data changed since the sweep was planned; plan again")
-    if got["trained"] and data_digest(got["params"]) != m.params_digest:
-        raise RuntimeError(f"{m.factory}: the factory's trained params changed since the sweep was planned; plan again")
+    got = _checked_output(m, target.dtype)
     dtype = jnp_dtype(target.dtype)
     key = model_key(m)
     X, Y = as_inputs(got["X"], dtype), jnp.asarray(got["Y"], dtype)

@@ -158,8 +158,12 @@ def _setup_jax(cache_dir: str | None) -> None:
         compiling.guard = compile_guard(Path(cache_dir))
 
 
-def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: str) -> dict:
-    from lambda_hat.ids import TARGET_SCHEMA, resolved_spec, target_id
+def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: str, inputs: list = (),
+                     earlier: list = ()) -> dict:
+    """`earlier`: for a checkpoint target, the IDs of its trajectory's checkpoints at smaller
+    steps, in step order; it resumes from the last of them that is stored (`inputs` carries the
+    build of the one before it, when this execute builds that one too)."""
+    from lambda_hat.ids import TARGET_SCHEMA, resolved_spec, target_id, trajectory_id
     from lambda_hat.specs import TargetSpec
     from lambda_hat.store import WorkerStore
 
@@ -177,7 +181,16 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
         from lambda_hat.science import build_target
 
         t0 = time.perf_counter()
-        arrays = build_target(spec)
+        if spec.step is None:
+            arrays = build_target(spec)
+        else:
+            from lambda_hat.science.trajectory import build_checkpoint
+
+            resume = _stored_checkpoint(store, earlier)
+            print(f"training steps {resume.step if resume else 0} to {spec.step} of {trajectory_id(spec)}"
+                  + (" (resuming from a stored checkpoint)" if resume else ""), flush=True)
+            arrays = build_checkpoint(spec, resume)
+            arrays.metrics["trajectory_id"] = trajectory_id(spec)
         build_sec = time.perf_counter() - t0
         if not math.isfinite(float(arrays.metrics["L0"])):
             # A target whose training diverged has no w* to measure the LLC at.
@@ -190,6 +203,26 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
         manifest = store.write("target", tid, payload, manifest)
         print(f"wrote {store.artifact_dir('target', tid)}: {arrays.metrics} in {build_sec:.2f}s", flush=True)
         return manifest.to_json_dict()
+
+
+def _stored_checkpoint(store, earlier: list):
+    """The last of `earlier` (checkpoint IDs in step order) that is stored and intact, as a
+    `trajectory.Resume`; None: train from step 0. A damaged one is quarantined and passed over."""
+    from lambda_hat.errors import TargetDamaged
+    from lambda_hat.science import TargetArrays
+    from lambda_hat.science.trajectory import Resume, optimizer_leaves
+
+    for tid in reversed(list(earlier)):
+        if store.complete("target", tid) is None:
+            continue
+        try:
+            manifest, loaded = store.read_target(tid)
+        except TargetDamaged as err:
+            print(f"not resuming from {tid}: {err}", flush=True)
+            continue
+        arrays = TargetArrays.from_payload(loaded, manifest.metrics)
+        return Resume(int(manifest.spec["step"]), arrays.params, optimizer_leaves(arrays.optimizer))
+    return None
 
 
 def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: str, inputs: list = (),

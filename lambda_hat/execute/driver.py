@@ -466,7 +466,10 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
             log, err = job_logs(logs, "target", t.target_id)
             if verbose:
                 console.print(f"  Submitting build for {t.target_id} ({describe_target(t)})")
-            fut = build_app(t.spec.model_dump(mode="json"), store_root, str(log), str(err))
+            # a checkpoint's build waits for the one before it, when this execute builds that too
+            dep = jobs.target_futures.get(t.earlier[-1]) if t.earlier else None
+            fut = build_app(t.spec.model_dump(mode="json"), store_root, str(log), str(err),
+                            inputs=[dep] if dep else [], earlier=list(t.earlier))
             jobs.target_futures[t.target_id] = fut
             jobs.futures[fut] = ("target", t.target_id, err)
 

@@ -30,11 +30,14 @@ class TargetArrays:
     X: np.ndarray | dict[str, np.ndarray]
     Y: np.ndarray
     metrics: dict[str, float | int] = field(default_factory=dict)
+    # A checkpoint target's optimizer state, by stored name ("optimizer/0000", ...;
+    # `trajectory.optimizer_payload`): what the next checkpoint resumes from. Empty otherwise.
+    optimizer: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_payload(self) -> dict[str, np.ndarray]:
-        """The arrays by their stored names: "params/<name>", "Y", and "X" (a data dict's arrays
-        as "X/<name>")."""
-        payload = {f"params/{k}": v for k, v in self.params.items()}
+        """The arrays by their stored names: "params/<name>", "Y", "X" (a data dict's arrays
+        as "X/<name>") and a checkpoint's "optimizer/<i>"."""
+        payload = {f"params/{k}": v for k, v in self.params.items()} | self.optimizer
         if isinstance(self.X, dict):
             payload.update({f"X/{k}": v for k, v in self.X.items()})
         else:
@@ -47,7 +50,8 @@ class TargetArrays:
         """The inverse of `to_payload`."""
         params = {k.removeprefix("params/"): v for k, v in loaded.items() if k.startswith("params/")}
         X = loaded["X"] if "X" in loaded else {k.removeprefix("X/"): v for k, v in loaded.items() if k.startswith("X/")}
-        return cls(params=params, X=X, Y=loaded["Y"], metrics=dict(metrics))
+        optimizer = {k: v for k, v in loaded.items() if k.startswith("optimizer/")}
+        return cls(params=params, X=X, Y=loaded["Y"], metrics=dict(metrics), optimizer=optimizer)
 
 
 @dataclass

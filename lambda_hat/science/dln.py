@@ -146,11 +146,59 @@ def build_dln_target(spec):
         return _build_dln_target(spec)
 
 
+def _data(spec, dtype):
+    """(teacher, X, Y, X_test, Y_test, student init key, training key) of a dln target."""
+    import jax
+
+    from .data import make_x_sampler, sample_noise
+
+    m, d = spec.model, spec.data
+    k_data, k_init, k_train = jax.random.split(jax.random.PRNGKey(spec.seed), 3)
+    k_dist, k_teacher, k_x, k_xt, k_n, k_nt = jax.random.split(k_data, 6)
+    teacher = make_dln_teacher(k_teacher, list(m.widths), spec.teacher.rank, dtype)
+    sample_x = make_x_sampler(k_dist, d, m.in_dim, dtype)
+    X = sample_x(k_x, d.n_data).astype(dtype)
+    X_test = sample_x(k_xt, d.n_test).astype(dtype)
+    Y = (dln_apply(teacher, X) + sample_noise(k_n, X, m.out_dim, d, dtype)).astype(dtype)
+    Y_test = (dln_apply(teacher, X_test) + sample_noise(k_nt, X_test, m.out_dim, d, dtype)).astype(dtype)
+    return teacher, X, Y, X_test, Y_test, k_init, k_train
+
+
+def training_problem(spec):
+    """A dln checkpoint's training (`science/trajectory.py`): the student of w_star "trained",
+    and the llc_true rule of the module doc applied at each checkpoint (exact λ only where the
+    checkpoint sits at the minimum next to the true parameter)."""
+    import jax
+
+    from .losses import mean_loss
+    from .models import init_mlp, jnp_dtype
+    from .train import refine
+    from .trajectory import TrainingProblem
+    from .wstar import shift_tol, too_large
+
+    _check_dln(spec)
+    dtype = jnp_dtype(spec.dtype)
+    m, d = spec.model, spec.data
+    teacher, X, Y, X_test, Y_test, k_init, k_train = _data(spec, dtype)
+    params0 = init_mlp(k_init, list(m.widths), init=m.init, bias=False, dtype=dtype)
+
+    def exact(params, L0: float) -> dict:
+        n_beta0 = d.n_data / math.log(d.n_data)
+        if too_large(d.n_data, m.n_params):
+            return {"llc_true": llc_true(spec, at_refined_minimum=n_beta0 * L0 <= shift_tol(m.n_params))}
+        refined, _ = refine(teacher, X, Y, "identity", grad_tol=REFINE_GRAD_TOL)
+        L0_refined = float(mean_loss(dln_apply(jax.tree.map(lambda a: a.astype(dtype), refined), X), Y))
+        at_minimum = n_beta0 * abs(L0 - L0_refined) <= shift_tol(m.n_params)
+        return {"L0_refined": L0_refined, "llc_true": llc_true(spec, at_refined_minimum=at_minimum)}
+
+    return TrainingProblem(X=X, Y=Y, X_test=X_test, Y_test=Y_test, params0=params0, model="identity",
+                           k_train=k_train, extra_metrics=exact)
+
+
 def _build_dln_target(spec):
     import jax
 
     from . import TargetArrays
-    from .data import make_x_sampler, sample_noise
     from .losses import mean_loss
     from .models import init_mlp, jnp_dtype
     from .train import refine, train
@@ -160,15 +208,7 @@ def _build_dln_target(spec):
     dtype = jnp_dtype(spec.dtype)
     m, d = spec.model, spec.data
     widths = list(m.widths)
-    k_data, k_init, k_train = jax.random.split(jax.random.PRNGKey(spec.seed), 3)
-
-    k_dist, k_teacher, k_x, k_xt, k_n, k_nt = jax.random.split(k_data, 6)
-    teacher = make_dln_teacher(k_teacher, widths, spec.teacher.rank, dtype)
-    sample_x = make_x_sampler(k_dist, d, m.in_dim, dtype)
-    X = sample_x(k_x, d.n_data).astype(dtype)
-    X_test = sample_x(k_xt, d.n_test).astype(dtype)
-    Y = (dln_apply(teacher, X) + sample_noise(k_n, X, m.out_dim, d, dtype)).astype(dtype)
-    Y_test = (dln_apply(teacher, X_test) + sample_noise(k_nt, X_test, m.out_dim, d, dtype)).astype(dtype)
+    teacher, X, Y, X_test, Y_test, k_init, k_train = _data(spec, dtype)
 
     # The minimum of L_n next to the true parameter: w* for "refined", the yardstick for llc_true otherwise.
     # Past wstar.QUALITY_MAX_WORK that yardstick is not computed (hundreds of full-data gradients):

@@ -19,6 +19,24 @@ def build_mlp_target(spec):
         return _build(spec)
 
 
+def training_problem(spec):
+    """An mlp checkpoint's training (`science/trajectory.py`): the data and student of `_build`,
+    drawn from the same keys."""
+    import jax
+
+    from .data import make_dataset
+    from .models import init_mlp, jnp_dtype, model_key
+    from .trajectory import TrainingProblem
+
+    m = spec.model
+    dtype = jnp_dtype(spec.dtype)
+    k_data, k_init, k_train = jax.random.split(jax.random.PRNGKey(spec.seed), 3)
+    X, Y, X_test, Y_test = make_dataset(k_data, spec, dtype)
+    params0 = init_mlp(k_init, m.layer_dims, init=m.init, bias=m.bias, dtype=dtype)
+    return TrainingProblem(X=X, Y=Y, X_test=X_test, Y_test=Y_test, params0=params0, model=model_key(m),
+                           k_train=k_train)
+
+
 def _build(spec):
     import jax
 

@@ -110,6 +110,7 @@ _TARGET_SPEC = [
     Column("noise_scale", "DOUBLE", _spec("data.noise_scale", _num)),
     Column("seed", "BIGINT", _spec("seed")),
     Column("dtype", "VARCHAR", _spec("dtype")),
+    Column("step", "BIGINT", _spec("step")),  # a checkpoint's training step (NULL: not a checkpoint)
 ]
 _RUN_SPEC = [
     Column("target_id", "VARCHAR", _spec("target_id")),

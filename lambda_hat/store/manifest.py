@@ -49,6 +49,8 @@ class TargetMetrics(_Record):
     w_star_reason: str | None = None
     llc_multiplicity: int | None = None  # polynomial: multiplicity m of the exact λ
     L0_refined: float | None = None  # dln: L_n at the teacher refined to the nearest minimum
+    trajectory_id: str | None = None  # a checkpoint target's training run (`ids.trajectory_id`)
+    trained_from_step: int | None = None  # a checkpoint's build resumed from this stored step (0: from the start)
 
 
 class TargetTimings(_Record):

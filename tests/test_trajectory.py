@@ -1,0 +1,113 @@
+"""Checkpoint trajectories (`checkpoints:` on a target entry): IDs that adding checkpoints
+leaves alone, plans that build only the new ones, builds that resume from the largest stored
+step below them, and parameters that are the same bits however the training is split into
+jobs (checked across processes: each `lh execute` below trains in its own workers)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from lambda_hat.errors import SweepError
+from lambda_hat.ids import target_id, trajectory_id
+from lambda_hat.planner import expand
+from lambda_hat.store.store import Store
+from lambda_hat.store.worker import WorkerStore
+from lambda_hat.sweep import sweep_from_dict
+from lhproc import lh
+
+# Minibatches (drawn per step from fold_in(key, step)) and adam's state both carried across a
+# resume: what a wrong key or a dropped optimizer state would change.
+TARGET = {"model": {"in_dim": 2, "out_dim": 1, "depth": 1, "widths": [4]}, "data": {"n_data": 64, "n_test": 32},
+          "training": {"batch_size": 16, "learning_rate": 0.01}, "seed": 3}
+SAMPLER = {"name": "sgld", "chains": 2, "overrides": {"steps": 200, "warmup": 50, "eval_every": 10}}
+
+
+def sweep(checkpoints: dict, **target) -> dict:
+    return {"store_root": "store", "targets": [{**TARGET, **target, "checkpoints": checkpoints}], "samplers": [SAMPLER]}
+
+
+def checkpoint_ids(checkpoints: dict) -> dict[int, str]:
+    ex = expand(sweep_from_dict(sweep(checkpoints)))
+    return {t.spec.step: t.target_id for t in ex.targets}
+
+
+def test_adding_checkpoints_changes_no_id():
+    few = checkpoint_ids({"steps": [100, 300], "until": 300})
+    more = checkpoint_ids({"steps": [0, 50, 100, 200, 300], "until": 300})
+    assert set(few) == {100, 300}
+    assert {s: more[s] for s in few} == few
+    assert len(set(more.values())) == 5
+    specs = expand(sweep_from_dict(sweep({"steps": [0, 300], "until": 300}))).targets
+    assert len({trajectory_id(t.spec) for t in specs}) == 1
+    # the trajectory is not the plain target of the same spec (that one trains by another rule)
+    plain = expand(sweep_from_dict({**sweep({}), "targets": [{**TARGET, "training": {**TARGET["training"],
+                                                                                         "steps": 300}}]})).targets[0]
+    assert plain.target_id not in more.values() and plain.spec.step is None
+
+
+def test_checkpoint_steps_log_and_linear():
+    ids = checkpoint_ids({"log": 4, "linear": 2, "until": 1000})
+    assert sorted(ids) == [1, 10, 100, 500, 1000]
+
+
+@pytest.mark.parametrize("target, checkpoints, field", [
+    ({}, {"steps": [400], "until": 300}, "checkpoints"),
+    ({}, {}, "checkpoints"),
+    ({}, {"steps": [-1]}, "checkpoints.steps.0"),
+    ({}, {"every": 10}, "checkpoints.every"),
+    ({"training": {"grad_tol": 1e-3}}, {"steps": [10]}, "checkpoints"),
+    ({"model": {"kind": "dln", "widths": [2, 2, 2]}}, {"steps": [10]}, "checkpoints"),
+    ({"model": {"kind": "polynomial", "powers": [1, 2]}}, {"steps": [10]}, "checkpoints"),
+])
+def test_bad_checkpoints_are_one_line_naming_the_field(target, checkpoints, field):
+    with pytest.raises(SweepError) as err:
+        sweep_from_dict(sweep(checkpoints, **target), "s.yaml")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"s.yaml: targets[0]: {field}:"), msg
+
+
+def _params(store_dir, tid: str) -> dict[str, np.ndarray]:
+    manifest, loaded = WorkerStore(store_dir).read_target(tid)
+    return {k: v for k, v in loaded.items() if k.startswith(("params/", "optimizer/"))}, manifest
+
+
+@pytest.mark.slow  # three `lh execute`s: ~70 s on 2 cores
+def test_adding_checkpoints_trains_only_the_gap_and_every_split_gives_the_same_bits(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+    (a / "sweep.yaml").write_text(yaml.safe_dump(sweep({"steps": [100, 300], "until": 300})))
+    lh(a, "execute", "sweep.yaml")
+
+    # Two more checkpoints: the plan builds only them, each resuming from the largest stored step below it.
+    (a / "sweep.yaml").write_text(yaml.safe_dump(sweep({"steps": [50, 100, 200, 300], "until": 300})))
+    planned = json.loads(lh(a, "plan", "sweep.yaml", "--json").stdout)
+    ids = checkpoint_ids({"steps": [50, 100, 200, 300], "until": 300})
+    assert sorted(planned["targets_to_build"]) == sorted([ids[50], ids[200]])
+    assert sorted(planned["targets_cached"]) == sorted([ids[100], ids[300]])
+    lh(a, "execute", "sweep.yaml")
+    froms = {s: _params(a / "store", tid)[1].metrics["trained_from_step"] for s, tid in ids.items()}
+    assert froms == {50: 0, 100: 0, 200: 100, 300: 100}
+
+    # The last checkpoint alone, trained from step 0 in another process: the same bits as
+    # 0 → 100 → 300 in two jobs of another execute; the step-200 checkpoint (100 → 200) too.
+    (b / "sweep.yaml").write_text(yaml.safe_dump(sweep({"steps": [200, 300], "until": 300})))
+    lh(b, "execute", "sweep.yaml")
+    for step in (200, 300):
+        got_a, _ = _params(a / "store", ids[step])
+        got_b, man_b = _params(b / "store", ids[step])
+        assert sorted(got_a) == sorted(got_b) and any(k.startswith("optimizer/") for k in got_a)
+        for k in got_a:
+            assert got_a[k].tobytes() == got_b[k].tobytes(), (step, k)
+    assert man_b.metrics["trained_from_step"] == 200
+    rows = json.loads(lh(a, "query", "--store", "store", "select step, trajectory_id, llc_mean from runs order by step",
+                         "--format", "json").stdout)
+    assert [r["step"] for r in rows] == [50, 100, 200, 300]
+    assert {r["trajectory_id"] for r in rows} == {trajectory_id(expand(sweep_from_dict(
+        sweep({"steps": [300], "until": 300}))).targets[0].spec)}
+    assert Store(a / "store").layout.target_dir(ids[300]).is_dir()
+    assert target_id(expand(sweep_from_dict(sweep({"steps": [300], "until": 300}))).targets[0].spec) == ids[300]
