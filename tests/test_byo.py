@@ -186,11 +186,16 @@ def test_plan_says_why_a_user_target_is_new(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32"])
 def test_every_sampler_runs_on_the_transformer_example(dtype):
     # examples/byo/modular_addition.py at a tiny size (p = 7, d_model = 8: 903 parameters), every
     # sampler (SGLD plain and with RMSProp) at small budgets: finite traces in the target's dtype,
     # λ̂ positive and below the regular value d/2. Budgets too small for the statuses to be ok.
+    # float32 only (float64 took as long again, ~80 s of the slow suite at CI load): float32 is
+    # where attention's softmax and the SGLD steps risk non-finite or wrongly-typed traces, and
+    # float64 through the factory contract is pinned elsewhere: bit-identical to the built-in
+    # path for SGLD and HMC (test_the_builtin_mlp_as_a_factory_samples_bit_identical_traces),
+    # the Linen model with x64 on, and every sampler in every dtype in tests/test_dtypes.py.
     from lambda_hat.ids import target_id
     from lambda_hat.science import build_target, sample_run
     from lambda_hat.specs import RunSpec
