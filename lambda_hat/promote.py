@@ -6,6 +6,8 @@ anything and two sweeps can share a gallery folder):
     index.html                      one section per target, a card per run
     gallery.md                      the same for a README
     targets/<target_id>/compare.png λ̂ ± SEM per run, exact λ where known, disagreements marked
+    trajectories/<trajectory_id>/llc.png  checkpoints: λ̂ ± SEM per sampler against the training
+                                    step, the training and test loss below, flagged points hollow
     runs/<run_id>/trace.png         λ̂ per chain and draw
     runs/<run_id>/running_mean.png  running mean of λ̂ with a 95 % band, against FGEs and seconds
     runs/<run_id>/rank.png          rank plot of λ̂ (one histogram per chain)
@@ -38,10 +40,11 @@ from typing import Any, Callable
 
 from lambda_hat.errors import BadInput
 
-PLOTS_VERSION = "4"  # bump when a plot's code changes, so existing galleries are redrawn
+PLOTS_VERSION = "5"  # bump when a plot's code changes, so existing galleries are redrawn
 RUN_PLOTS = ("trace", "running_mean", "rank", "energy")
 TARGET_PLOTS = ("compare",)
-ALL_PLOTS = RUN_PLOTS + TARGET_PLOTS
+TRAJECTORY_PLOTS = ("trajectory",)
+ALL_PLOTS = RUN_PLOTS + TARGET_PLOTS + TRAJECTORY_PLOTS
 DISAGREE_SIGMAS = 3.0  # two estimates disagree when they differ by more than this many combined SEMs
 STATE_FILE = ".promote.json"
 
@@ -593,6 +596,86 @@ def plot_compare(target_id: str, rows: list[dict], refs: dict[str, Reference | N
     return _png(compare_figure(target_id, rows, refs, labels))
 
 
+def trajectory_points(rows_of: dict[str, list[dict]], targets: dict) -> dict[str, list[tuple[dict, Any]]]:
+    """trajectory ID -> [(run row, checkpoint target manifest)] in step order, for trajectories
+    with runs on at least two checkpoints."""
+    out: dict[str, list[tuple[dict, Any]]] = {}
+    for tid, rows in rows_of.items():
+        t = targets.get(tid)
+        traj = t.metrics.get("trajectory_id") if t is not None else None
+        if traj and t.spec.get("step") is not None:
+            out.setdefault(traj, []).extend((r, t) for r in rows)
+    return {k: sorted(v, key=lambda rt: (rt[1].spec["step"], rt[0]["sampler"])) for k, v in out.items()
+            if len({t.id for _, t in v}) >= 2}
+
+
+def trajectory_figure(trajectory_id: str, points: list[tuple[dict, Any]]):
+    """λ̂ ± SEM against the training step, one line per sampler (and restriction), with the
+    exact λ where the checkpoint has one; below, L_n and the test loss of each checkpoint. A point
+    whose run is flagged, or whose checkpoint is not a minimum (w* status), is hollow."""
+    from lambda_hat.results import run_flags
+
+    plt = _pyplot()
+    fig, (ax, ax_loss) = plt.subplots(2, 1, figsize=(6.4, 5.2), sharex=True, height_ratios=(3, 2))
+    lines: dict[tuple[str, str], list[tuple[dict, Any]]] = {}
+    for r, t in points:
+        lines.setdefault((r["sampler"], _restrict_label(r)), []).append((r, t))
+    checkpoints = {t.id: t for _, t in points}
+    steps = sorted((t.spec["step"], t) for t in checkpoints.values())
+    exact = [(s, _finite(t.metrics.get("llc_true"))) for s, t in steps]
+    exact = [(s, v) for s, v in exact if v is not None]
+    # Far from a minimum λ̂ is meaningless and can be thousands below zero: the y range is that
+    # of the checkpoints at a minimum (and the exact λ); others beyond it sit on the edge.
+    at_minimum = [r["llc_mean"] for r, t in points if r["llc_mean"] is not None
+                  and t.metrics.get("w_star_status") in (None, "ok")] + [v for _, v in exact]
+    lo, hi = (min(at_minimum), max(at_minimum)) if at_minimum else (None, None)
+    if lo is not None:
+        pad = max(0.15 * (hi - lo), 0.1 * max(abs(hi), abs(lo)), 0.5)
+        lo, hi = lo - pad, hi + pad
+    off_scale = 0
+    for (sampler, restrict), pts in lines.items():
+        color = _sampler_color(sampler)
+        shown = [(r, t) for r, t in pts if r["llc_mean"] is not None]
+        ys = [r["llc_mean"] if lo is None else min(max(r["llc_mean"], lo), hi) for r, _ in shown]
+        ax.plot([t.spec["step"] for _, t in shown], ys, color=color, lw=1, alpha=0.6, label=sampler + restrict)
+        for (r, t), y in zip(shown, ys):
+            hollow = bool(run_flags(r)) or t.metrics.get("w_star_status") not in (None, "ok")
+            if y != r["llc_mean"]:
+                off_scale += 1
+                ax.plot(t.spec["step"], y, "v" if y == lo else "^", color=color, mfc="white", mew=1.3, ms=7)
+                continue
+            ax.errorbar(t.spec["step"], r["llc_mean"], yerr=r["llc_sem"] or 0.0, fmt="o", color=color,
+                        mfc="white" if hollow else color, mew=1.3, ms=5, capsize=2, lw=1)
+    if exact:
+        ax.plot(*zip(*exact), "k_", ms=14, mew=1.5, label="exact λ")
+    if lo is not None:
+        ax.set_ylim(lo, hi)
+    ax.set_ylabel("λ̂ ± SEM")
+    ax.legend(fontsize=8, loc="best")
+    note = "hollow: run flagged or checkpoint not a minimum of L_n"
+    if off_scale:
+        note += f"\n▼▲: {off_scale} λ̂ off the scale of the checkpoints at a minimum (lh query for values)"
+    ax.set_title(f"{trajectory_id}: λ̂ over training\n{note}", fontsize=9)
+    for key, label, style in (("L0", "train loss L_n", "-"), ("test_loss", "test loss", "--")):
+        pts = [(s, _finite(t.metrics.get(key))) for s, t in steps]
+        pts = [(s, v) for s, v in pts if v is not None and v > 0]
+        if pts:
+            ax_loss.plot(*zip(*pts), style, color="k", marker=".", lw=1, label=label)
+    if ax_loss.lines:
+        ax_loss.set_yscale("log")
+        ax_loss.legend(fontsize=8, loc="best")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_xlabel("training step")
+    # step 0 is a checkpoint too: linear up to 1, logarithmic beyond
+    ax_loss.set_xscale("symlog", linthresh=1)
+    ax_loss.set_xlim(left=0 if steps[0][0] == 0 else 0.7 * steps[0][0], right=1.3 * steps[-1][0])
+    return fig
+
+
+def plot_trajectory(trajectory_id: str, points: list[tuple[dict, Any]]) -> bytes:
+    return _png(trajectory_figure(trajectory_id, points))
+
+
 RUN_PLOT_FNS = {"trace": plot_trace, "running_mean": plot_running_mean, "rank": plot_rank, "energy": plot_energy}
 PLOT_TITLES = {"trace": "trace", "running_mean": "running mean", "rank": "rank", "energy": "energy"}
 
@@ -755,8 +838,17 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
                                   [r and r.key() for r in mine.values()]),
                         lambda tid=tid, mine=mine, rl=run_labels: plot_compare(tid, rows_of[tid], mine, rl))
             compare_files[tid] = rel
+    trajectory_files: dict[str, str] = {}
+    if "trajectory" in plots:
+        for traj, points in trajectory_points(rows_of, targets).items():
+            rel = f"trajectories/{traj}/llc.png"
+            writer.file(rel, _key("trajectory", [m.manifest_sha256 or m.id for m in runs
+                                                 if any(r["run_id"] == m.id for r, _ in points)],
+                                  sorted({t.manifest_sha256 or t.id for _, t in points})),
+                        lambda traj=traj, points=points: plot_trajectory(traj, points))
+            trajectory_files[traj] = rel
     page = _Page(store, outdir, title, by_target, targets, rows_of, run_files, compare_files, labels, report, run_flags,
-                 refs)
+                 refs, trajectory_files)
     writer.file("index.html", _key("html", hashlib.sha256(page.html().encode()).hexdigest()), lambda: page.html().encode())
     writer.file("gallery.md", _key("md", hashlib.sha256(page.markdown().encode()).hexdigest()), lambda: page.markdown().encode())
     writer.close()
@@ -777,6 +869,7 @@ class _Page:
     report: PromoteReport
     run_flags: Callable
     refs: dict
+    trajectory_files: dict = field(default_factory=dict)
 
     def _rel_store(self, kind: str, artifact_id: str) -> str:
         """A link from the gallery to an artifact's directory in the store."""
@@ -836,6 +929,9 @@ class _Page:
                 + (f' <span>{e(_describe_target(self.targets[tid]).split(", n =")[0])}</span>' if tid in self.targets else "")
                 + "</div>" for tid in self.by_target) + "</nav>")
         parts.append("</header><main>")
+        for traj, rel in self.trajectory_files.items():
+            parts.append(f'<section id="{traj}"><h2>{e(traj)}</h2><a href="{rel}"><img class="compare" src="{rel}" '
+                         f'alt="λ̂ over training of {traj}"></a></section>')
         for tid, rs in self.by_target.items():
             t = self.targets.get(tid)
             clash = disagreements(self.rows_of[tid])
@@ -873,6 +969,8 @@ class _Page:
     def markdown(self) -> str:
         lines = [f"# {self.title}", "", f"{self._summary()}. λ̂ ± SEM; ✕ marks a run whose λ̂ differs from another "
                  f"run's on the same target by more than {DISAGREE_SIGMAS:g} combined standard errors.", ""]
+        for traj, rel in self.trajectory_files.items():
+            lines += [f"## {traj}", "", f"![λ̂ over training of {traj}]({rel})", ""]
         for tid, rs in self.by_target.items():
             lines += [f"## {tid}", "", self._target_line(tid), ""]
             if tid in self.compare_files:

@@ -32,6 +32,12 @@ EXAMPLE_IDS = {
             "run_0c9835f47dd7"
         ]
     },
+    "trajectory_dln.yaml": {  # pinned when checkpoints were added (issue 24)
+        "targets": ["tgt_0195148b5f0d", "tgt_dd60d461cafa", "tgt_ad74c5d3410b", "tgt_33e5160569a7",
+                    "tgt_6aee1f8697c7", "tgt_54b4c3175a2d"],
+        "runs": ["run_9da824e623e8", "run_f23275bb5038", "run_cdd3fcf596ef", "run_e2d875057e2b",
+                 "run_707485080f02", "run_bf8f184b38ec"],
+    },
     "noisy_dln.yaml": {
         "targets": ["tgt_ff08cea7beb6", "tgt_0ad6bcdbd183"],
         "runs": ["run_f88c3fa2d4c5", "run_1928c06d3b27"],

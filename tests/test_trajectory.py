@@ -109,5 +109,24 @@ def test_adding_checkpoints_trains_only_the_gap_and_every_split_gives_the_same_b
     assert [r["step"] for r in rows] == [50, 100, 200, 300]
     assert {r["trajectory_id"] for r in rows} == {trajectory_id(expand(sweep_from_dict(
         sweep({"steps": [300], "until": 300}))).targets[0].spec)}
+    # the gallery draws the trajectory: one plot, λ̂ against the step
+    lh(a, "promote", "--store", "store", "--outdir", "gallery", "--plots", "trajectory,compare")
+    (traj,) = {r["trajectory_id"] for r in rows}
+    assert (a / "gallery" / "trajectories" / traj / "llc.png").stat().st_size > 10_000
+    assert f"trajectories/{traj}/llc.png" in (a / "gallery" / "index.html").read_text()
     assert Store(a / "store").layout.target_dir(ids[300]).is_dir()
     assert target_id(expand(sweep_from_dict(sweep({"steps": [300], "until": 300}))).targets[0].spec) == ids[300]
+
+
+def test_the_checkpoints_of_a_trajectory_share_one_compiled_sampler():
+    from lambda_hat.science import sample_run
+    from lambda_hat.science.trajectory import build_checkpoint
+
+    ex = expand(sweep_from_dict(sweep({"steps": [0, 20, 40], "until": 40})))
+    hits = []
+    for t in ex.targets:
+        run = next(r for r in ex.runs if r.target_id == t.target_id).spec
+        result = sample_run(run, t.spec, build_checkpoint(t.spec))
+        hits.append(result.metrics["compile_cache_hit"])
+    # the first compiles (unless an earlier test in this process did); the others reuse its program
+    assert hits[1:] == [True, True], hits
