@@ -130,3 +130,42 @@ def test_the_checkpoints_of_a_trajectory_share_one_compiled_sampler():
         hits.append(result.metrics["compile_cache_hit"])
     # the first compiles (unless an earlier test in this process did); the others reuse its program
     assert hits[1:] == [True, True], hits
+
+
+JOB = """
+import json, sys
+from lambda_hat.execute.apps import build_target_job
+spec, store, logs, earlier = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+print(json.dumps(build_target_job(spec, store, f"{logs}/t.log", f"{logs}/t.err", earlier=earlier)))
+"""
+
+
+def build_job(tmp_path, spec, store, earlier=(), **env):
+    import os
+    import subprocess
+    import sys
+
+    logs = tmp_path / f"logs-{len(list(tmp_path.glob('logs-*')))}"
+    logs.mkdir()
+    (store / "targets").mkdir(parents=True, exist_ok=True)
+    e = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
+    return subprocess.run([sys.executable, "-c", JOB, json.dumps(spec.model_dump(mode="json")), str(store), str(logs),
+                           json.dumps(list(earlier))], env=e, capture_output=True, text=True, timeout=300)
+
+
+def test_a_build_killed_mid_training_resumes_to_the_same_bits(tmp_path):
+    ex = expand(sweep_from_dict(sweep({"steps": [100, 400], "until": 400})))
+    (t100, t400) = ex.targets
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert build_job(tmp_path, t400.spec, clean).returncode == 0  # 0 → 400 in one job
+    assert build_job(tmp_path, t100.spec, killed).returncode == 0
+    # SIGKILLed after step 300 of 100 → 400: nothing of it stored; the next try resumes from step 100
+    dead = build_job(tmp_path, t400.spec, killed, [t100.target_id], LH_CRASH_AT="train:step-300")
+    assert dead.returncode == -9 and "training steps 100 to 400" in (tmp_path / "logs-2" / "t.log").read_text()
+    assert WorkerStore(killed).complete("target", t400.target_id) is None
+    assert build_job(tmp_path, t400.spec, killed, [t100.target_id]).returncode == 0
+    got, manifest = _params(killed, t400.target_id)
+    want, _ = _params(clean, t400.target_id)
+    assert manifest.metrics["trained_from_step"] == 100
+    assert sorted(got) == sorted(want)
+    assert all(got[k].tobytes() == want[k].tobytes() for k in want), [k for k in want if got[k].tobytes() != want[k].tobytes()]

@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
+from lambda_hat.faults import crash_point
+
 PACKAGES = ("lambda-hat", "jax", "jaxlib", "blackjax", "optax", "numpy", "zarr", "parsl")
 
 
@@ -189,7 +191,7 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
             resume = _stored_checkpoint(store, earlier)
             print(f"training steps {resume.step if resume else 0} to {spec.step} of {trajectory_id(spec)}"
                   + (" (resuming from a stored checkpoint)" if resume else ""), flush=True)
-            arrays = build_checkpoint(spec, resume)
+            arrays = build_checkpoint(spec, resume, on_span=lambda step: crash_point(f"train:step-{step}"))
             arrays.metrics["trajectory_id"] = trajectory_id(spec)
         build_sec = time.perf_counter() - t0
         if not math.isfinite(float(arrays.metrics["L0"])):

@@ -106,18 +106,24 @@ def _span_fn(training, model, loss_name: str):
     return jax.jit(span), opt
 
 
-def train_span(problem: TrainingProblem, training, params, opt_state, start: int, stop: int):
-    """(params, optimizer state) after steps start .. stop-1 from the given state at `start`."""
+def train_span(problem: TrainingProblem, training, params, opt_state, start: int, stop: int,
+               on_span: Callable[[int], None] | None = None):
+    """(params, optimizer state) after steps start .. stop-1 from the given state at `start`;
+    `on_span(steps done)` after each compiled span (the worker's crash point for tests)."""
+    import jax
     import jax.numpy as jnp
 
     span, _ = _span_fn(training, problem.model, problem.loss_name)
     carry = (params, opt_state)
     for first in range(start, stop, CHUNK):
         carry = span(carry, problem.k_train, jnp.asarray(first), jnp.asarray(stop), problem.X, problem.Y)
+        if on_span is not None:
+            jax.block_until_ready(carry)
+            on_span(min(first + CHUNK, stop))
     return carry
 
 
-def build_checkpoint(spec, resume: Resume | None = None):
+def build_checkpoint(spec, resume: Resume | None = None, on_span: Callable[[int], None] | None = None):
     """The target arrays of checkpoint `spec` (`spec.step` set), trained from `resume` (a stored
     earlier checkpoint of the same trajectory) or from step 0; their `optimizer` holds the state
     the next checkpoint resumes from. Metrics: those of an ordinary target, w*'s checks
@@ -127,10 +133,10 @@ def build_checkpoint(spec, resume: Resume | None = None):
     from .models import precision
 
     with precision(spec.dtype):
-        return _build(spec, registry.model_kind(spec.model.kind).training_problem(spec), resume)
+        return _build(spec, registry.model_kind(spec.model.kind).training_problem(spec), resume, on_span)
 
 
-def _build(spec, problem: TrainingProblem, resume: Resume | None):
+def _build(spec, problem: TrainingProblem, resume: Resume | None, on_span: Callable[[int], None] | None):
     import jax
     import jax.numpy as jnp
 
@@ -155,7 +161,7 @@ def _build(spec, problem: TrainingProblem, resume: Resume | None):
                              f"arrays, this training's optimizer {len(fresh)}")
         opt_state = jax.tree.unflatten(treedef, [jnp.asarray(v, f.dtype).reshape(f.shape)
                                                  for v, f in zip(resume.optimizer, fresh)])
-    params, opt_state = train_span(problem, spec.training, params, opt_state, start, spec.step)
+    params, opt_state = train_span(problem, spec.training, params, opt_state, start, spec.step, on_span)
     w, predict = flat_model(params, problem.model)
     L0 = float(jax.jit(make_full_loss(predict, problem.X, problem.Y, loss_name=problem.loss_name))(w))
     metrics = {"L0": L0, "train_steps": int(spec.step), "final_train_loss": L0, "trained_from_step": int(start),
