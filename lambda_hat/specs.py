@@ -475,6 +475,9 @@ class PythonModelSpec(ModelSpecBase):
     in_dim: Annotated[Int, Field(ge=0)] = 0
     out_dim: Annotated[Int, Field(ge=0)] = 0
     source_dir: str | None = Field(None, json_schema_extra={NOT_HASHED: True})
+    # a checkpoint trained elsewhere (`checkpoints: {from: ...}`): the .npz its w* is read from;
+    # its content is params_digest, so the path is not hashed (a moved directory keeps the ID)
+    params_file: str | None = Field(None, json_schema_extra={NOT_HASHED: True})
 
     @property
     def layer_dims(self) -> list[int]:
@@ -589,10 +592,21 @@ class CheckpointsSpec(_Spec):
     (training.steps; default: that field's value). Not part of any ID: each step is its own
     target (`TargetSpec.step`), so adding steps changes no existing ID."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True)
+
     steps: list[Annotated[Int, Field(ge=0)]] = []
     log: Annotated[Int, Field(ge=0, le=100_000)] = 0
     linear: Annotated[Int, Field(ge=0, le=100_000)] = 0
     until: PositiveInt | None = None
+    # checkpoints trained elsewhere (a python model): a glob of .npz files, relative to the sweep
+    # file, the step the last number in each file's name; each file's params hashed by content
+    from_: str | None = Field(None, alias="from", min_length=1)
+
+    @model_validator(mode="after")
+    def _from_alone(self) -> "CheckpointsSpec":
+        if self.from_ is not None and (self.steps or self.log or self.linear or self.until is not None):
+            raise ValueError("from names the checkpoints itself: give it without steps, log, linear or until")
+        return self
 
     def resolve(self, total: int) -> list[int]:
         """The sorted distinct steps, given the trajectory's length `total`."""
@@ -640,15 +654,19 @@ class TargetSpec(_Spec):
                                  "(set w_star: trained)")
             if self.training.grad_tol is not None:
                 raise ValueError("a trajectory trains for exactly training.steps steps: training.grad_tol does not apply")
-            if self.step > self.training.steps:
+            if self.step > self.training.steps and not getattr(self.model, "trained", False):
                 raise ValueError(f"checkpoint step {self.step} is past the training's last step ({self.training.steps})")
             # Written out as what a checkpoint does (it never stops early), so the spec says it.
             object.__setattr__(self, "training", self.training.model_copy(update={"early_stop_tol": None}))
         return self
 
     def trajectory(self) -> "TargetSpec":
-        """The training run a checkpoint belongs to: this spec without its step."""
-        return self.model_copy(update={"step": None})
+        """The training run a checkpoint belongs to: this spec without its step (and, for a
+        checkpoint trained elsewhere, without its params' digest and file)."""
+        model = self.model
+        if getattr(model, "params_file", None) is not None:
+            model = model.model_copy(update={"params_digest": "", "params_file": None})
+        return self.model_copy(update={"step": None, "model": model})
 
     def memory_needs(self) -> list[MemoryNeed]:
         """A lower bound on the memory building this target takes (`ModelSpecBase.target_memory_needs`)."""

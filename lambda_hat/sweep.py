@@ -359,8 +359,8 @@ def _checkpoints(raw: dict, source: str, entry: str) -> CheckpointsSpec | None:
         cp = CheckpointsSpec.model_validate(raw["checkpoints"])
     except ValidationError as err:
         raise _first_error(err, source, entry, "checkpoints") from None
-    if not (cp.steps or cp.log or cp.linear):
-        raise _fail(source, entry, "checkpoints", "names no step (give steps, log or linear)")
+    if not (cp.steps or cp.log or cp.linear or cp.from_):
+        raise _fail(source, entry, "checkpoints", "names no step (give steps, log, linear, or from: files)")
     return cp
 
 
@@ -377,9 +377,31 @@ def _checkpoint_count(raw: dict) -> int:
     return max(n, 1)
 
 
-def _resolve_checkpoints(spec: TargetSpec, cp: CheckpointsSpec, source: str, entry: str
+def _imported_checkpoints(spec: TargetSpec, pattern: str, source: str, entry: str, base_dir: str | None
+                          ) -> list[tuple[str, TargetSpec]]:
+    """Checkpoints trained elsewhere: one target per file, w* the file's params."""
+    if spec.model.kind != "python":
+        raise _fail(source, entry, "checkpoints.from", f"checkpoint files need a python model (this is {spec.model.kind})")
+    from lambda_hat import user_models
+
+    try:
+        found = user_models.import_checkpoints(spec, pattern, base_dir)
+    except ValueError as err:
+        raise _fail(source, entry, "checkpoints.from", str(err)) from None
+    out = []
+    for step, s in found:
+        try:
+            out.append((f"{entry} step {step}", TargetSpec.model_validate({**s.model_dump(mode="json"), "step": step})))
+        except ValidationError as err:
+            raise _first_error(err, source, entry, "checkpoints") from None
+    return out
+
+
+def _resolve_checkpoints(spec: TargetSpec, cp: CheckpointsSpec, source: str, entry: str, base_dir: str | None = None
                          ) -> list[tuple[str, TargetSpec]]:
     """A trajectory entry's checkpoints: one target per step, each `spec` with its `step`."""
+    if cp.from_ is not None:
+        return _imported_checkpoints(spec, cp.from_, source, entry, base_dir)
     kind = spec.model.kind
     if registry.model_kind(kind).training is None:
         raise _fail(source, entry, "checkpoints", f"a {kind} model has no training to take checkpoints of")
@@ -453,7 +475,7 @@ def _target_entries(raw: dict, axes: list, source: str, entry: str, default_dtyp
                 raise _fail(source, entry, f"grid.{key}", "does not name a field of this target entry")
         spec = _resolve_target(r, source, label, default_dtype, base_dir)
         cp = _checkpoints(r, source, label)
-        specs += [(label, spec)] if cp is None else _resolve_checkpoints(spec, cp, source, label)
+        specs += [(label, spec)] if cp is None else _resolve_checkpoints(spec, cp, source, label, base_dir)
     return specs
 
 

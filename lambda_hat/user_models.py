@@ -489,6 +489,63 @@ def build(target):
         return _build(target)
 
 
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: np.asarray(f[k]) for k in f.files}
+
+
+def read_checkpoint(path: str, m) -> dict[str, np.ndarray]:
+    """The params in a checkpoint file, refused unless they are what the sweep was planned with."""
+    params = _load_npz(Path(path))
+    if data_digest(params) != m.params_digest:
+        raise RuntimeError(f"{path}: the checkpoint file changed since the sweep was planned; plan again")
+    return params
+
+
+def _step_of(path: Path) -> int | None:
+    import re
+
+    found = re.findall(r"\d+", path.stem)
+    return int(found[-1]) if found else None
+
+
+def import_checkpoints(target, pattern: str, base_dir: str | None) -> list[tuple[int, Any]]:
+    """(step, target) per checkpoint file `pattern` (a glob relative to `base_dir`) matches: the
+    python target with the file's params as w* (`params_file`, hashed by content as
+    `params_digest`) and the step the last number in the file's name. ValueError names the problem."""
+    import glob
+
+    m = target.model
+    root = Path(base_dir or ".")
+    files = sorted(Path(p) for p in glob.glob(str(root / pattern), recursive=True) if Path(p).is_file())
+    if not files:
+        raise ValueError(f"{pattern!r} matches no file under {root}")
+    want = {k: tuple(v) for k, v in m.params.items()}
+    out: dict[int, tuple[Path, Any]] = {}
+    for path in files:
+        step = _step_of(path)
+        if step is None:
+            raise ValueError(f"{path.name}: no step number in the file's name (e.g. step_1000.npz)")
+        if step in out:
+            raise ValueError(f"{out[step][0].name} and {path.name} are both step {step}")
+        try:
+            params = _load_npz(path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path.name}: not a readable .npz file ({err})") from None
+        got = {k: tuple(v.shape) for k, v in params.items()}
+        if got != want:
+            missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+            wrong = sorted(k for k in set(got) & set(want) if got[k] != want[k])
+            raise ValueError(f"{path.name}: its arrays are not the factory's params ("
+                             + "; ".join(x for x in (missing and f"missing {', '.join(missing[:5])}",
+                                                      extra and f"not params {', '.join(extra[:5])}",
+                                                      wrong and f"other shapes {', '.join(wrong[:5])}") if x) + ")")
+        model = m.model_copy(update={"trained": True, "params_digest": data_digest(params),
+                                     "params_file": str(path.resolve())})
+        out[step] = (path, target.model_copy(update={"model": model}))
+    return [(step, spec) for step, (_, spec) in sorted(out.items())]
+
+
 def training_problem(target):
     """A python model's checkpoint training (`science/trajectory.py`): the factory's data and
     initial params, the training key of `_build`. A factory that hands over trained params has
@@ -521,7 +578,7 @@ def _checked_output(m, dtype: str) -> dict:
         raise RuntimeError(f"{m.factory}: the factory's code changed since the sweep was planned; plan again")
     if data_digest(got["data"]) != m.data_digest:
         raise RuntimeError(f"{m.factory}: the factory's data changed since the sweep was planned; plan again")
-    if got["trained"] and data_digest(got["params"]) != m.params_digest:
+    if got["trained"] and m.params_file is None and data_digest(got["params"]) != m.params_digest:
         raise RuntimeError(f"{m.factory}: the factory's trained params changed since the sweep was planned; plan again")
     return got
 
@@ -538,6 +595,8 @@ def _build(target):
 
     m = target.model
     got = _checked_output(m, target.dtype)
+    if m.params_file is not None:  # a checkpoint trained elsewhere: w* is the file's
+        got = {**got, "params": read_checkpoint(m.params_file, m), "trained": True}
     dtype = jnp_dtype(target.dtype)
     key = model_key(m)
     X, Y = as_inputs(got["X"], dtype), jnp.asarray(got["Y"], dtype)

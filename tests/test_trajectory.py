@@ -169,3 +169,87 @@ def test_a_build_killed_mid_training_resumes_to_the_same_bits(tmp_path):
     assert manifest.metrics["trained_from_step"] == 100
     assert sorted(got) == sorted(want)
     assert all(got[k].tobytes() == want[k].tobytes() for k in want), [k for k in want if got[k].tobytes() != want[k].tobytes()]
+
+
+# ---------------------------------------------------------------- checkpoints trained elsewhere
+
+LINEAR = '''
+import numpy as np
+
+
+def loss(params, batch):
+    return (batch["x"] @ params["w"] + params["b"] - batch["y"]) ** 2
+
+
+def make(seed):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 2))
+    y = x @ np.array([1.0, -1.0]) + 0.2 * rng.normal(size=300)
+    return {"params": {"w": np.zeros(2), "b": np.zeros(())}, "loss": loss, "data": {"x": x, "y": y}}
+'''
+
+
+def _imported(tmp_path, name="proj"):
+    d = tmp_path / name
+    (d / "ckpts").mkdir(parents=True)
+    (d / "linear_model.py").write_text(LINEAR)
+    for step, scale in ((100, 0.5), (2000, 1.0)):  # as if saved during someone's training run
+        np.savez(d / "ckpts" / f"step_{step:05d}.npz", w=scale * np.array([1.0, -1.0]), b=np.array(0.0))
+    doc = {"store_root": "store", "targets": [{"model": {"kind": "python", "factory": "linear_model:make"},
+                                               "checkpoints": {"from": "ckpts/step_*.npz"}}],
+           "samplers": [{"name": "hmc", "chains": 2, "overrides": {"draws": 200, "warmup": 100}}]}
+    (d / "sweep.yaml").write_text(yaml.safe_dump(doc))
+    return d
+
+
+def _plan_ids(d) -> dict[int, str]:
+    from lambda_hat.planner import load
+
+    _, ex = load(d / "sweep.yaml")
+    return {t.spec.step: t.target_id for t in ex.targets}
+
+
+def test_imported_checkpoints_are_hashed_by_content(tmp_path):
+    import shutil
+
+    d = _imported(tmp_path)
+    ids = _plan_ids(d)
+    assert sorted(ids) == [100, 2000]
+    moved = shutil.copytree(d, tmp_path / "elsewhere")
+    assert _plan_ids(moved) == ids  # moved: the same targets
+    np.savez(moved / "ckpts" / "step_02000.npz", w=np.array([1.0, -0.9]), b=np.array(0.0))
+    edited = _plan_ids(moved)
+    assert edited[100] == ids[100] and edited[2000] != ids[2000]
+    # one trajectory, however its files' contents differ
+    from lambda_hat.planner import load
+
+    assert len({trajectory_id(t.spec) for t in load(moved / "sweep.yaml")[1].targets}) == 1
+
+
+@pytest.mark.parametrize("write, problem", [
+    (lambda d: np.savez(d / "ckpts" / "step_00300.npz", w=np.zeros(3), b=np.array(0.0)), "other shapes w"),
+    (lambda d: np.savez(d / "ckpts" / "step_00300.npz", w=np.zeros(2)), "missing b"),
+    (lambda d: np.savez(d / "ckpts" / "step_final.npz", w=np.zeros(2), b=np.array(0.0)), "no step number"),
+    (lambda d: np.savez(d / "ckpts" / "step_2000.npz", w=np.zeros(2), b=np.array(0.0)), "are both step 2000"),
+    (lambda d: [p.unlink() for p in (d / "ckpts").iterdir()], "matches no file"),
+])
+def test_bad_checkpoint_files_exit_2_naming_the_field(tmp_path, write, problem):
+    d = _imported(tmp_path)
+    write(d)
+    proc = lh(d, "plan", "sweep.yaml", check=False)
+    line = proc.stderr.strip()
+    assert proc.returncode == 2 and "\n" not in line, proc.stderr
+    assert "sweep.yaml: targets[0]: checkpoints.from:" in line and problem in line, line
+
+
+def test_imported_checkpoints_run_at_their_files_params(tmp_path):
+    d = _imported(tmp_path)
+    lh(d, "execute", "sweep.yaml")
+    ids = _plan_ids(d)
+    got, manifest = _params(d / "store", ids[2000])
+    assert got["params/w"].tobytes() == np.array([1.0, -1.0]).tobytes()
+    assert manifest.metrics["train_steps"] == 0 and manifest.metrics["trajectory_id"].startswith("traj_")
+    rows = json.loads(lh(d, "query", "--store", "store", "select step, llc_mean, target_w_star_status from runs "
+                         "order by step", "--format", "json").stdout)
+    assert [r["step"] for r in rows] == [100, 2000]
+    assert all(r["llc_mean"] is not None for r in rows)

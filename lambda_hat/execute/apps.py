@@ -183,8 +183,8 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
         from lambda_hat.science import build_target
 
         t0 = time.perf_counter()
-        if spec.step is None:
-            arrays = build_target(spec)
+        if spec.step is None or getattr(spec.model, "params_file", None) is not None:
+            arrays = build_target(spec)  # an ordinary target, or a checkpoint trained elsewhere (w* is its file's)
         else:
             from lambda_hat.science.trajectory import build_checkpoint
 
@@ -192,6 +192,7 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
             print(f"training steps {resume.step if resume else 0} to {spec.step} of {trajectory_id(spec)}"
                   + (" (resuming from a stored checkpoint)" if resume else ""), flush=True)
             arrays = build_checkpoint(spec, resume, on_span=lambda step: crash_point(f"train:step-{step}"))
+        if spec.step is not None:
             arrays.metrics["trajectory_id"] = trajectory_id(spec)
         build_sec = time.perf_counter() - t0
         if not math.isfinite(float(arrays.metrics["L0"])):
