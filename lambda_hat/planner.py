@@ -136,3 +136,16 @@ def plan(sweep: Sweep | Expanded, snapshot: StoreSnapshot) -> Plan:
     for r in ex.runs:
         (p.runs_cached if r.run_id in snapshot.run_ids else p.runs_to_sample).append(r)
     return p
+
+
+BATCH_RUNS_MAX = 64  # runs per batched job: their chains' states and traces are held together
+
+
+def batches(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
+    """`runs` grouped for `lh execute --batch-runs`: runs with the same `RunSpec.batch_key` (same
+    target, same settings but for seed, β, γ and runtime scalars), in plan order, at most
+    BATCH_RUNS_MAX a group."""
+    groups: dict[str, list[PlannedRun]] = {}
+    for r in runs:
+        groups.setdefault(r.spec.batch_key(), []).append(r)
+    return [g[i:i + BATCH_RUNS_MAX] for g in groups.values() for i in range(0, len(g), BATCH_RUNS_MAX)]

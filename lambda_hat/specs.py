@@ -859,6 +859,13 @@ class RunSpec(_Spec):
     # None: all of them, the only behaviour before the field existed
     free: list[str] | None = added_field(None, since="0.2")
 
+    def batch_key(self) -> str:
+        """What runs must share to be sampled in one batch (`pipeline.sample_runs`): the run spec
+        less its seed, its posterior's beta0 and gamma, and the sampler's runtime scalars."""
+        exclude = set(registry.sampler(self.sampler.name).scalar_fields)
+        return "|".join((self.target_id, self.sampler.model_dump_json(exclude=exclude),
+                         self.posterior.model_dump_json(exclude={"beta0", "gamma"}), repr(self.free)))
+
 
 # Vehtari et al. (2021): trust a posterior mean only with rank-normalized split R-hat ≤ 1.01 and
 # bulk ESS ≥ 400 (100 per chain for 4 chains), so that the Monte-Carlo error estimate itself is

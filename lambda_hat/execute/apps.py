@@ -294,7 +294,7 @@ def _write_run(store, spec, rid: str, result, tman, timings: dict) -> dict:
 def run_sampler_batch_job(run_jsons: list, store_root: str, log_path: str, err_path: str, inputs: list = (),
                           diagnostics: dict | None = None) -> list:
     """Several runs of one target that differ only in seed, β, γ or runtime scalars
-    (`pipeline.batch_key`), sampled as one vmapped program (`lh execute --batch-runs`). Each run
+    (`RunSpec.batch_key`), sampled as one vmapped program (`lh execute --batch-runs`). Each run
     gets its own artifact and manifest, written as soon as the batch is done; runs already complete
     are returned as they are. Returns one manifest per run, in order. No checkpoints: a killed
     batch starts again (its finished runs are kept)."""

@@ -32,7 +32,7 @@ from rich.console import Console
 from lambda_hat.errors import BadInput, ExecutorStartError, IndexBusy, LhError, TargetDamaged
 from lambda_hat.logs import FOLDERS, job_logs
 from lambda_hat.output_paths import check_execute_outputs
-from lambda_hat.planner import Plan, PlannedRun, PlannedTarget, describe_target, load, plan
+from lambda_hat.planner import Plan, PlannedRun, PlannedTarget, batches, describe_target, load, plan
 from lambda_hat.store import HEARTBEAT_S, Manifest, resolve_store_root
 
 # Above this many jobs a completed job gets no line of its own unless asked (-v): at 10^4 jobs
@@ -58,7 +58,7 @@ class ExecuteRequest:
     parsl_run_dir: Path = Path("parsl_runinfo")
     verbose: bool = False  # a line per submitted job, and per completed job at any scale
     # Sample runs of one target that differ only in seed, β, γ or runtime scalars as one vmapped
-    # job (`pipeline.sample_runs`), at most BATCH_RUNS_MAX runs a job.
+    # job (`pipeline.sample_runs`), at most planner.BATCH_RUNS_MAX runs a job (`planner.batches`).
     batch_runs: bool = False
 
 
@@ -657,20 +657,6 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
 # running ones are among them: jobs start in submission order as workers free up).
 PROGRESS_PERIOD_S = 1.0
 PROGRESS_JOBS_MAX = 512
-
-BATCH_RUNS_MAX = 64  # runs per batched job: their chains' states and traces are held together
-
-
-def batches(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
-    """`runs` grouped for `--batch-runs`: runs with the same `pipeline.batch_key` (same target, same
-    settings but for seed, β, γ and runtime scalars), in plan order, at most BATCH_RUNS_MAX a group."""
-    from lambda_hat.science.pipeline import batch_key
-
-    groups: dict[str, list[PlannedRun]] = {}
-    for r in runs:
-        groups.setdefault(batch_key(r.spec), []).append(r)
-    return [g[i:i + BATCH_RUNS_MAX] for g in groups.values() for i in range(0, len(g), BATCH_RUNS_MAX)]
-
 
 def _unbatch(fut, run_ids: list[str]) -> list[tuple[str, str, concurrent.futures.Future]]:
     """A batched job's future as one finished future per run: its manifest, or the batch's error."""

@@ -177,18 +177,8 @@ def sample_runs(runs, target, arrays, *, diagnostics=None):
         return _sample_run(runs[0], target, arrays, None, None, None, diagnostics, batch=runs)
 
 
-def batch_key(run) -> str:
-    """What runs must share to be sampled in one batch (`sample_runs`): the run spec less its seed,
-    its posterior's beta0 and gamma, and the sampler's runtime scalars."""
-    from lambda_hat import registry
-
-    exclude = set(registry.sampler(run.sampler.name).scalar_fields)
-    return "|".join((run.target_id, run.sampler.model_dump_json(exclude=exclude),
-                     run.posterior.model_dump_json(exclude={"beta0", "gamma"}), repr(run.free)))
-
-
 def check_batchable(runs) -> None:
-    keys = {batch_key(r) for r in runs}
+    keys = {r.batch_key() for r in runs}
     if len(keys) > 1:
         raise ValueError("runs of one batch may differ only in seed, posterior.beta0, posterior.gamma and the "
                          f"sampler's runtime scalars; got {len(keys)} different settings")
