@@ -74,7 +74,8 @@ def describe_target(t: PlannedTarget) -> str:
     d = t.spec.data
     # a user's model brings its own data: only its size is lambda-hat's to show
     data = f"n{d.n_data}" if t.spec.model.kind == "python" else f"n{d.n_data}/{d.x_dist}"
-    return f"model={t.spec.model.describe()}, data={data}, seed={t.spec.seed}"
+    step = "" if t.spec.step is None else f", step={t.spec.step}"  # a checkpoint of a trajectory
+    return f"model={t.spec.model.describe()}, data={data}, seed={t.spec.seed}{step}"
 
 
 def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:

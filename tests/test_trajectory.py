@@ -47,6 +47,9 @@ def test_adding_checkpoints_changes_no_id():
     plain = expand(sweep_from_dict({**sweep({}), "targets": [{**TARGET, "training": {**TARGET["training"],
                                                                                          "steps": 300}}]})).targets[0]
     assert plain.target_id not in more.values() and plain.spec.step is None
+    from lambda_hat.planner import describe_target
+
+    assert describe_target(specs[1]).endswith(", seed=3, step=300") and "step" not in describe_target(plain)
 
 
 def test_checkpoint_steps_log_and_linear():
