@@ -105,11 +105,12 @@ def _with_earlier(targets: list[PlannedTarget]) -> list[PlannedTarget]:
     """Each checkpoint target with its trajectory's earlier checkpoints (`PlannedTarget.earlier`)."""
     by_trajectory: dict[str, list[PlannedTarget]] = {}
     for t in targets:
-        if t.spec.step is not None:
+        # a checkpoint trained elsewhere is read from its file, never trained from another
+        if t.spec.step is not None and getattr(t.spec.model, "params_file", None) is None:
             by_trajectory.setdefault(trajectory_id(t.spec), []).append(t)
     earlier: dict[str, tuple[str, ...]] = {}
     for group in by_trajectory.values():
-        ids = [t.target_id for t in sorted(group, key=lambda t: t.spec.step)]
+        ids = list(dict.fromkeys(t.target_id for t in sorted(group, key=lambda t: t.spec.step)))
         earlier.update((tid, tuple(ids[:i])) for i, tid in enumerate(ids))
     return [PlannedTarget(t.target_id, t.spec, earlier[t.target_id]) if earlier.get(t.target_id) else t
             for t in targets]

@@ -611,8 +611,10 @@ class CheckpointsSpec(_Spec):
     def resolve(self, total: int) -> list[int]:
         """The sorted distinct steps, given the trajectory's length `total`."""
         chosen = set(self.steps)
-        if self.log:
-            chosen.update(int(round(total ** (i / max(self.log - 1, 1)))) for i in range(self.log))
+        if self.log == 1:
+            chosen.add(total)
+        elif self.log:
+            chosen.update(int(round(total ** (i / (self.log - 1)))) for i in range(self.log))
         if self.linear:
             chosen.update(int(round(total * (i + 1) / self.linear)) for i in range(self.linear))
         return sorted(chosen)

@@ -365,9 +365,15 @@ def _checkpoints(raw: dict, source: str, entry: str) -> CheckpointsSpec | None:
 
 
 def _checkpoint_count(raw: dict) -> int:
-    """An upper bound on the targets a target entry's `checkpoints` expand to (1 without them),
-    read before anything is validated, so that run counts are bounded first."""
-    cp = raw.get("checkpoints")
+    """An upper bound on the targets a target entry's `checkpoints` expand to (1 without them;
+    the largest over a grid of them), read before anything is validated, so that run counts are
+    bounded first. Files (`from:`) count once here: the loader counts them again once globbed."""
+    grid = raw.get("grid")
+    values = grid.get("checkpoints") if isinstance(grid, dict) else None
+    return max(_one_checkpoint_count(cp) for cp in [raw.get("checkpoints"), *(values if isinstance(values, list) else [])])
+
+
+def _one_checkpoint_count(cp: Any) -> int:
     if not isinstance(cp, dict):
         return 1
     steps = cp.get("steps")
@@ -697,6 +703,9 @@ def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAU
             if spec.dtype == "float64":
                 raise _fail(source, label, "dtype", "float64 requested but jax_enable_x64 is false")
     targets, samplers = _dedupe(targets), _dedupe(samplers)
+    if len(targets) * len(samplers) > max_runs:  # checkpoint files are counted only once globbed
+        raise _fail(source, "", "", f"the sweep expands to {len(targets) * len(samplers):,} runs ({len(targets):,} "
+                    f"targets x {len(samplers):,} sampler settings), more than the limit of {max_runs:,} (max_runs)")
     _check_restrictions(targets, samplers, source)
     _check_resources(targets, samplers, source)
     return Sweep(store_root=store_root, jax_enable_x64=x64, diagnostics=diagnostics, targets=[t for _, t in targets],

@@ -517,7 +517,7 @@ def import_checkpoints(target, pattern: str, base_dir: str | None) -> list[tuple
 
     m = target.model
     root = Path(base_dir or ".")
-    files = sorted(Path(p) for p in glob.glob(str(root / pattern), recursive=True) if Path(p).is_file())
+    files = sorted(root / p for p in glob.glob(pattern, root_dir=root, recursive=True) if (root / p).is_file())
     if not files:
         raise ValueError(f"{pattern!r} matches no file under {root}")
     want = {k: tuple(v) for k, v in m.params.items()}
@@ -530,8 +530,8 @@ def import_checkpoints(target, pattern: str, base_dir: str | None) -> list[tuple
             raise ValueError(f"{out[step][0].name} and {path.name} are both step {step}")
         try:
             params = _load_npz(path)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path.name}: not a readable .npz file ({err})") from None
+        except Exception as err:  # a user's file: whatever numpy raises (zipfile, pickle, .npy) is one line
+            raise ValueError(f"{path.name}: not a readable .npz file ({type(err).__name__}: {err})") from None
         got = {k: tuple(v.shape) for k, v in params.items()}
         if got != want:
             missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))

@@ -256,3 +256,20 @@ def test_imported_checkpoints_run_at_their_files_params(tmp_path):
                          "order by step", "--format", "json").stdout)
     assert [r["step"] for r in rows] == [100, 2000]
     assert all(r["llc_mean"] is not None for r in rows)
+
+
+def test_checkpoints_count_towards_max_runs_before_anything_is_built():
+    doc = sweep({"steps": [1]})
+    doc["targets"][0]["grid"] = {"checkpoints": [{"steps": [1]}, {"linear": 40, "until": 400}]}
+    with pytest.raises(SweepError, match="max_runs"):
+        sweep_from_dict(doc, "s.yaml", max_runs=30)
+
+
+def test_imported_checkpoints_are_not_chained_and_a_bad_file_is_one_line(tmp_path):
+    from lambda_hat.planner import load
+
+    d = _imported(tmp_path)
+    assert all(t.earlier == () for t in load(d / "sweep.yaml")[1].targets)  # each file is read, none trained
+    (d / "ckpts" / "step_04000.npz").write_bytes(b"PK\x03\x04 truncated")
+    proc = lh(d, "plan", "sweep.yaml", check=False)
+    assert proc.returncode == 2 and "\n" not in proc.stderr.strip() and "not a readable .npz file" in proc.stderr

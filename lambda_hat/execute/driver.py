@@ -495,7 +495,8 @@ def _run(req: ExecuteRequest, settings, store, p: Plan, console: Console, result
         console.print("\n[bold]=== Stage A: Building Targets ===[/bold]")
         if not mine_t:
             console.print(f"  no targets to build here ({len(p.targets_cached)} already in the store)")
-        for t in mine_t:
+        # a checkpoint after the ones it resumes from (entries of one trajectory may interleave)
+        for t in sorted(mine_t, key=lambda t: -1 if t.spec.step is None else t.spec.step):
             submit_target(t)
         if mine_t:
             console.print(f"  submitted {len(mine_t)} target builds")
