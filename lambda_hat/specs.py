@@ -583,6 +583,15 @@ class TrainingSpec(_Spec):
     early_stop_tol: NonNegativeFloat | None = 1e-6
     batch_size: PositiveInt | None = None  # None: full batch
     grad_tol: PositiveFloat | None = added_field(None, since="0.2")
+    # adamw's decoupled weight decay (None: optax's default, 1e-4, as before the field existed);
+    # grokking needs strong decay (~1)
+    weight_decay: NonNegativeFloat | None = added_field(None, since="0.2")
+
+    @model_validator(mode="after")
+    def _decay_is_adamws(self) -> "TrainingSpec":
+        if self.weight_decay is not None and self.optimizer != "adamw":
+            raise ValueError(f"weight_decay applies to optimizer adamw (this is {self.optimizer})")
+        return self
 
 
 class CheckpointsSpec(_Spec):

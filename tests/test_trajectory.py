@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lambda_hat.errors import SweepError
-from lambda_hat.ids import target_id, trajectory_id
+from lambda_hat.ids import hashed_spec, target_id, trajectory_id
 from lambda_hat.planner import expand
 from lambda_hat.store.store import Store
 from lambda_hat.store.worker import WorkerStore
@@ -273,3 +273,19 @@ def test_imported_checkpoints_are_not_chained_and_a_bad_file_is_one_line(tmp_pat
     (d / "ckpts" / "step_04000.npz").write_bytes(b"PK\x03\x04 truncated")
     proc = lh(d, "plan", "sweep.yaml", check=False)
     assert proc.returncode == 2 and "\n" not in proc.stderr.strip() and "not a readable .npz file" in proc.stderr
+
+
+def test_adamw_weight_decay_is_a_new_id_and_shrinks_the_weights():
+    from lambda_hat.science.trajectory import build_checkpoint
+
+    def spec(**training):
+        t = {**TARGET, "training": {"learning_rate": 0.01, "optimizer": "adamw", **training}}
+        return expand(sweep_from_dict({**sweep({"steps": [300], "until": 300}), "targets": [{**t, "checkpoints":
+                                                                                           {"steps": [300]}}]})).targets[0]
+    default, strong = spec(), spec(weight_decay=1.0)
+    assert default.target_id != strong.target_id
+    assert "weight_decay" not in json.dumps(hashed_spec(default.spec))  # unset: not hashed, old IDs kept
+    norms = [sum(float(np.sum(v ** 2)) for v in build_checkpoint(t.spec).params.values()) for t in (default, strong)]
+    assert norms[1] < 0.8 * norms[0], norms  # 300 steps of lr·wd = 0.01 decay shrink the weights
+    with pytest.raises(SweepError, match=r"^s.yaml: targets\[0\]: training: .*weight_decay applies to optimizer adamw"):
+        sweep_from_dict({**sweep({"steps": [1]}), "targets": [{**TARGET, "training": {"weight_decay": 0.1}}]}, "s.yaml")

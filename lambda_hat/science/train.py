@@ -38,7 +38,9 @@ def make_optimizer(training):
     if training.optimizer == "sgd":
         return optax.sgd(training.learning_rate)
     if training.optimizer == "adamw":
-        return optax.adamw(training.learning_rate)
+        decay = getattr(training, "weight_decay", None)
+        return optax.adamw(training.learning_rate) if decay is None else optax.adamw(training.learning_rate,
+                                                                                     weight_decay=decay)
     raise NotImplementedError(f"training.optimizer={training.optimizer!r} is not implemented")
 
 
