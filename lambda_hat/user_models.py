@@ -331,25 +331,28 @@ def call_factory(factory: str, kwargs: dict, seed: int, source_dir: str | None) 
     missing = [k for k in ("params", "loss", "data") if k not in out]
     if missing:
         raise FactoryError("factory", f"returned dict lacks {', '.join(repr(k) for k in missing)}")
-    unknown = sorted(set(out) - {"params", "loss", "data", "predict", "trained"})
+    unknown = sorted(set(out) - {"params", "loss", "data", "predict", "trained", "test_data"})
     if unknown:
         raise FactoryError("factory", f"returned dict has unknown keys {', '.join(map(repr, unknown))} (known: "
-                                      "params, loss, data, predict, trained)")
+                                      "params, loss, data, predict, trained, test_data)")
     trained = out.get("trained", False)
     if not isinstance(trained, bool):
         raise FactoryError("factory", "'trained' must be true or false")
     data = _check_data(out["data"])
+    test = None if out.get("test_data") is None else _check_test_data(out["test_data"], data)
     flat, treedef, names = _check_params(out["params"])
     loss = out["loss"]
     n = len(next(iter(data.values())))
-    common = {"module": module, "params": flat, "treedef": treedef, "names": names, "data": data, "trained": trained}
+    common = {"module": module, "params": flat, "treedef": treedef, "names": names, "data": data, "trained": trained,
+              "test_data": test}
     if callable(loss):
         if out.get("predict") is not None:
             raise FactoryError("factory", "'predict' goes with a named loss (\"mse\" or \"cross_entropy\"); a loss "
                                           "function computes everything itself")
         _check_callable_loss(loss, out["params"], data)
-        return {**common, "predict": None, "loss": "callable", "loss_fn": loss, "X": data,
-                "Y": np.zeros((n, 0), np.float32)}
+        empty = lambda d: np.zeros((len(next(iter(d.values()))), 0), np.float32)  # noqa: E731
+        return {**common, "predict": None, "loss": "callable", "loss_fn": loss, "X": data, "Y": empty(data),
+                "X_test": test, "Y_test": None if test is None else empty(test)}
     if not isinstance(loss, str) or loss not in ("mse", "cross_entropy"):
         raise FactoryError("factory", f"'loss' must be a function loss(params, batch) -> (B,), \"mse\" or "
                                       f"\"cross_entropy\"; got {loss!r}")
@@ -358,6 +361,29 @@ def call_factory(factory: str, kwargs: dict, seed: int, source_dir: str | None) 
     if "x" not in data or "y" not in data:
         raise FactoryError("factory", f"'loss': {loss!r} needs data arrays 'x' and 'y' (a loss function takes "
                                       "any data)")
+    X, Y = _xy(data, loss)
+    X_test, Y_test = (None, None) if test is None else _xy(test, loss)
+    return {**common, "predict": out["predict"], "loss": loss, "loss_fn": None, "X": X, "Y": Y,
+            "X_test": X_test, "Y_test": Y_test}
+
+
+def _check_test_data(test: Any, data: dict) -> dict:
+    """Held-out data (`test_data`): the arrays of `data`, by the same names, dtypes and trailing
+    shapes; only its loss is reported (test_loss), it never enters L_n."""
+    try:
+        test = _check_data(test)
+    except FactoryError as err:
+        raise FactoryError("factory", f"'test_data': {err}") from None
+    for k in sorted(set(data) | set(test)):
+        a, b = data.get(k), test.get(k)
+        if a is None or b is None or a.dtype != b.dtype or a.shape[1:] != b.shape[1:]:
+            raise FactoryError("factory", f"'test_data' must hold the arrays of 'data' (same names, dtypes and "
+                                          f"shapes after the first axis); {k!r} differs")
+    return test
+
+
+def _xy(data: dict, loss: str) -> tuple[np.ndarray, np.ndarray]:
+    """X (n, features) and Y (n, k) of a named loss's data {"x", "y"}."""
     X, Y = data["x"], data["y"]
     if X.ndim == 1:
         X = X[:, None]
@@ -371,7 +397,15 @@ def call_factory(factory: str, kwargs: dict, seed: int, source_dir: str | None) 
         Y = Y[:, None]
     if Y.ndim != 2:
         raise FactoryError("factory", f"data 'y' must be (n,) or (n, k), got shape {Y.shape}")
-    return {**common, "predict": out["predict"], "loss": loss, "loss_fn": None, "X": X, "Y": Y}
+    return X, Y
+
+
+def digest_of_data(got: dict) -> str:
+    """The data_digest of a factory's output: its data, and its test data when it has any (a
+    factory without test data keeps the digest, and the IDs, it had before test_data existed)."""
+    if got.get("test_data") is None:
+        return data_digest(got["data"])
+    return data_digest({**got["data"], **{f"test_data/{k}": v for k, v in got["test_data"].items()}})
 
 
 def resolve(target, source_dir: str | Path | None):
@@ -395,7 +429,7 @@ def resolve(target, source_dir: str | Path | None):
     digest, files = code_digests(got["module"], where)
     model = m.model_copy(update={
         "loss": got["loss"], "trained": got["trained"], "code_digest": digest, "code_files": files,
-        "data_digest": data_digest(got["data"]), "factory_seed": target.seed,
+        "data_digest": digest_of_data(got), "factory_seed": target.seed,
         "params_digest": data_digest(got["params"]) if got["trained"] else "",
         "n_params": int(sum(v.size for v in got["params"].values())), "in_dim": in_dim,
         "params": {k: list(v.shape) for k, v in got["params"].items()},
@@ -563,7 +597,10 @@ def training_problem(target):
         raise BadInput(f"{m.factory}: the factory hands over trained params; checkpoints need its training "
                        "(return untrained params, or drop checkpoints)")
     dtype = jnp_dtype(target.dtype)
-    return TrainingProblem(X=as_inputs(got["X"], dtype), Y=jnp.asarray(got["Y"], dtype), X_test=None, Y_test=None,
+    test = got["X_test"] is not None
+    return TrainingProblem(X=as_inputs(got["X"], dtype), Y=jnp.asarray(got["Y"], dtype),
+                           X_test=as_inputs(got["X_test"], dtype) if test else None,
+                           Y_test=jnp.asarray(got["Y_test"], dtype) if test else None,
                            params0={k: jnp.asarray(v, dtype) for k, v in got["params"].items()}, model=model_key(m),
                            k_train=jax.random.split(jax.random.PRNGKey(target.seed), 3)[2], loss_name=m.loss,
                            extra_metrics=lambda params, L0: {
@@ -576,7 +613,7 @@ def _checked_output(m, dtype: str) -> dict:
     # The plan's digests are the ID's promise: never build something else under it.
     if code_digest(got["module"], m.source_dir) != m.code_digest:
         raise RuntimeError(f"{m.factory}: the factory's code changed since the sweep was planned; plan again")
-    if data_digest(got["data"]) != m.data_digest:
+    if digest_of_data(got) != m.data_digest:
         raise RuntimeError(f"{m.factory}: the factory's data changed since the sweep was planned; plan again")
     if got["trained"] and m.params_file is None and data_digest(got["params"]) != m.params_digest:
         raise RuntimeError(f"{m.factory}: the factory's trained params changed since the sweep was planned; plan again")
@@ -614,6 +651,9 @@ def _build(target):
     metrics = {"L0": L0, "train_steps": int(info["train_steps"]), "final_train_loss": float(info["final_train_loss"]),
                "n_params": int(m.n_params), "n_data": int(target.data.n_data),
                "packages": third_party_versions(own_modules(got["module"], m.source_dir))}
+    if got["X_test"] is not None:
+        X_test, Y_test = as_inputs(got["X_test"], dtype), jnp.asarray(got["Y_test"], dtype)
+        metrics["test_loss"] = float(jax.jit(make_full_loss(predict, X_test, Y_test, loss_name=m.loss))(w))
     metrics.update(quality(params, X, Y, key, loss_name=m.loss))
     return TargetArrays(params={k: np.asarray(v) for k, v in params.items()}, X=jax.tree.map(np.asarray, X),
                         Y=np.asarray(Y), metrics=metrics)

@@ -289,3 +289,28 @@ def test_adamw_weight_decay_is_a_new_id_and_shrinks_the_weights():
     assert norms[1] < 0.8 * norms[0], norms  # 300 steps of lr·wd = 0.01 decay shrink the weights
     with pytest.raises(SweepError, match=r"^s.yaml: targets\[0\]: training: .*weight_decay applies to optimizer adamw"):
         sweep_from_dict({**sweep({"steps": [1]}), "targets": [{**TARGET, "training": {"weight_decay": 0.1}}]}, "s.yaml")
+
+
+def test_a_factorys_test_data_gives_each_checkpoint_a_test_loss(tmp_path):
+    from lambda_hat.planner import load
+    from lambda_hat.science import build_target
+    from lambda_hat.science.trajectory import build_checkpoint
+
+    d = _imported(tmp_path)
+    plain = load(d / "sweep.yaml")[1].targets[0].spec
+    code = LINEAR.replace('"data": {"x": x, "y": y}}', '"data": {"x": x[:200], "y": y[:200]}, '
+                                                        '"test_data": {"x": x[200:], "y": 2 * y[200:]}}')
+    (d / "linear_model.py").write_text(code)
+    doc = yaml.safe_load((d / "sweep.yaml").read_text())
+    doc["targets"][0]["checkpoints"] = {"steps": [0, 50], "until": 50}
+    (d / "sweep.yaml").write_text(yaml.safe_dump(doc))
+    t0, t50 = (t.spec for t in load(d / "sweep.yaml")[1].targets)
+    assert t0.model.data_digest != plain.model.data_digest  # the test data is part of what is hashed
+    arrays = build_checkpoint(t50)
+    m = arrays.metrics
+    assert m["n_test"] == 100 and m["n_data"] == 200
+    # the test targets are doubled: their loss is far above the training loss, never part of L_n
+    assert m["test_loss"] > 2 * m["L0"] > 0
+    doc["targets"][0].pop("checkpoints")
+    (d / "sweep.yaml").write_text(yaml.safe_dump(doc))
+    assert build_target(load(d / "sweep.yaml")[1].targets[0].spec).metrics["test_loss"] > 0

@@ -95,6 +95,9 @@ BAD = [
      "must share a leading axis"),
     ("mymodel:make", FACTORY.replace('"cross_entropy"', '"hinge"'), "'loss' must be a function loss(params, batch)"),
     ("mymodel:make", FACTORY.replace("rng = np", "raise RuntimeError('boom')\n    rng = np"), "raised RuntimeError: boom"),
+    ("mymodel:make", FACTORY.replace('"data": {"x": x, "y": y.astype(np.int32)}}',
+                                     '"data": {"x": x, "y": y.astype(np.int32)}, "test_data": {"x": x[:, :1], '
+                                     '"y": y.astype(np.int32)}}'), "'test_data' must hold the arrays of 'data'"),
 ]
 
 

@@ -142,7 +142,7 @@ def _build(spec, problem: TrainingProblem, resume: Resume | None, on_span: Calla
 
     from . import TargetArrays
     from .models import jnp_dtype
-    from .posterior import flat_model, make_full_loss
+    from .posterior import flat_model, make_full_loss, n_rows
     from .wstar import quality
 
     dtype = jnp_dtype(spec.dtype)
@@ -169,7 +169,7 @@ def _build(spec, problem: TrainingProblem, resume: Resume | None, on_span: Calla
     if problem.X_test is not None:
         metrics["test_loss"] = float(jax.jit(make_full_loss(predict, problem.X_test, problem.Y_test,
                                                             loss_name=problem.loss_name))(w))
-        metrics["n_test"] = int(spec.data.n_test)
+        metrics["n_test"] = int(n_rows(problem.X_test))
     if problem.extra_metrics is not None:
         metrics.update(problem.extra_metrics(params, L0))
     metrics.update(quality(params, problem.X, problem.Y, problem.model, loss_name=problem.loss_name))
