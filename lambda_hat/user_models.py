@@ -12,7 +12,9 @@ The factory is called as `make(seed=<target seed>, **kwargs)` and returns a plai
     -> outputs` (logits for cross-entropy), over data {"x", "y"}: x (n, features), y (n,) or
     (n, k) targets for mse, (n,) integer class labels for cross-entropy;
 * optional "trained" (default False): False trains params to w* with the target's `training:`
-  settings; True takes them as w*. Either way w* gets the built-in targets' checks (`wstar.quality`).
+  settings; True takes them as w*. Either way w* gets the built-in targets' checks (`wstar.quality`);
+* optional "test_data": held-out arrays of "data"'s names, dtypes and trailing shapes; only their
+  loss is reported (test_loss), and they are hashed with the data.
 
 L_n(w) is the mean of the per-example loss over the data. The module is imported from the sweep
 file's directory first, then `sys.path`, when the sweep is loaded (`resolve`, which fills in the
