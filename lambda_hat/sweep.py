@@ -394,6 +394,11 @@ def _imported_checkpoints(spec: TargetSpec, pattern: str, source: str, entry: st
         found = user_models.import_checkpoints(spec, pattern, base_dir)
     except ValueError as err:
         raise _fail(source, entry, "checkpoints.from", str(err)) from None
+    return _at_steps(found, source, entry)
+
+
+def _at_steps(found: list[tuple[int, TargetSpec]], source: str, entry: str) -> list[tuple[str, TargetSpec]]:
+    """(label, spec at its step) for each (step, spec), validated again (a step has its own rules)."""
     out = []
     for step, s in found:
         try:
@@ -418,13 +423,7 @@ def _resolve_checkpoints(spec: TargetSpec, cp: CheckpointsSpec, source: str, ent
         spec_json = spec.model_dump(mode="json")
         spec_json["training"]["steps"] = cp.until
         spec = TargetSpec.model_validate(spec_json)
-    out = []
-    for step in cp.resolve(spec.training.steps):
-        try:
-            out.append((f"{entry} step {step}", TargetSpec.model_validate({**spec.model_dump(mode="json"), "step": step})))
-        except ValidationError as err:
-            raise _first_error(err, source, entry, "checkpoints") from None
-    return out
+    return _at_steps([(step, spec) for step in cp.resolve(spec.training.steps)], source, entry)
 
 
 def _resolve_target(raw: dict, source: str, entry: str, default_dtype: str, base_dir: str | None = None

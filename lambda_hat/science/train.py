@@ -48,10 +48,11 @@ def _grad_norm(g) -> jax.Array:
     return optax.tree.norm(g)
 
 
-@lru_cache(maxsize=64)
-def _chunk_fn(training, model, length: int, loss_name: str = "mse"):
-    """The jitted `length`-step chunk for (training config, model forward): a pure function of
-    (carry, key, X, Y), so one compile serves every dataset of the same shapes."""
+def make_step(training, model, loss_name: str = "mse"):
+    """(optimizer, loss_fn, step): `step(params, opt_state, key, X, Y)` is one training step on the
+    minibatch `key` draws (`training.batch_size` rows, with replacement; all rows when None or ≥ n),
+    returning (params, opt_state). Shared by `train` and the checkpoint trainer (`trajectory.py`),
+    which differ only in how each step's key is made."""
     apply = forward(model)
     opt = make_optimizer(training)
     bs = training.batch_size
@@ -59,20 +60,29 @@ def _chunk_fn(training, model, length: int, loss_name: str = "mse"):
     def loss_fn(p, xb, yb):
         return mean_loss(apply(p, xb), yb, loss_name)
 
-    def chunk(carry, key, X, Y):
+    def step(p, s, key, X, Y):
         n = n_rows(X)
-        full_batch = bs is None or bs >= n
+        if bs is None or bs >= n:
+            xb, yb = X, Y
+        else:
+            idx = jax.random.randint(key, (bs,), 0, n)
+            xb, yb = take_rows(X, idx), Y[idx]
+        g = jax.grad(loss_fn)(p, xb, yb)
+        upd, s = opt.update(g, s, p)
+        return optax.apply_updates(p, upd), s
 
+    return opt, loss_fn, step
+
+
+@lru_cache(maxsize=64)
+def _chunk_fn(training, model, length: int, loss_name: str = "mse"):
+    """The jitted `length`-step chunk for (training config, model forward): a pure function of
+    (carry, key, X, Y), so one compile serves every dataset of the same shapes."""
+    opt, loss_fn, one_step = make_step(training, model, loss_name)
+
+    def chunk(carry, key, X, Y):
         def step(carry, k):
-            p, s = carry
-            if full_batch:
-                xb, yb = X, Y
-            else:
-                idx = jax.random.randint(k, (bs,), 0, n)
-                xb, yb = take_rows(X, idx), Y[idx]
-            g = jax.grad(loss_fn)(p, xb, yb)
-            upd, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, upd), s), None
+            return one_step(*carry, k, X, Y), None
 
         carry, _ = jax.lax.scan(step, carry, jax.random.split(key, length))
         loss, g = jax.value_and_grad(loss_fn)(carry[0], X, Y)

@@ -69,34 +69,14 @@ def _span_fn(training, model, loss_name: str):
     are arguments: one compile per training config and shapes)."""
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from .losses import mean_loss
-    from .models import forward
-    from .posterior import n_rows, take_rows
-    from .train import make_optimizer
+    from .train import make_step
 
-    apply = forward(model)
-    opt = make_optimizer(training)
-    bs = training.batch_size
-
-    def loss_fn(p, xb, yb):
-        return mean_loss(apply(p, xb), yb, loss_name)
+    opt, _, one_step = make_step(training, model, loss_name)
 
     def span(carry, key, first, stop, X, Y):
-        n = n_rows(X)
-        full_batch = bs is None or bs >= n
-
         def step(carry, k):
-            p, s = carry
-            if full_batch:
-                xb, yb = X, Y
-            else:
-                idx = jax.random.randint(jax.random.fold_in(key, k), (bs,), 0, n)
-                xb, yb = take_rows(X, idx), Y[idx]
-            g = jax.grad(loss_fn)(p, xb, yb)
-            upd, s_new = opt.update(g, s, p)
-            new = (optax.apply_updates(p, upd), s_new)
+            new = one_step(*carry, jax.random.fold_in(key, k), X, Y)
             live = k < stop
             return jax.tree.map(lambda a, b: jnp.where(live, a, b), new, carry), None
 
