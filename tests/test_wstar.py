@@ -62,6 +62,29 @@ def test_noise_free_teacher_is_an_exact_minimum():
     assert m["llc_true"] == 10.5
 
 
+def test_a_stalled_descent_stops_early_with_the_verdict_of_the_full_one():
+    # Mild noise: w* sits in its minimum's basin, L-BFGS converges in a few iterations and then
+    # stalls at rounding for the rest of its 500. The descent test stops once its pace could not
+    # reach the flag; its gap must be that of the full descent to well within the flag's margin.
+    import jax
+
+    from lambda_hat.science import wstar
+    from lambda_hat.science.models import precision
+    from lambda_hat.science.train import REFINE_MAX_ITERS, refine
+
+    spec = _dln(0.1, n=2000)
+    built = build_target(spec)
+    m = built.metrics
+    assert m["w_star_status"] == "ok" and m["refine_iters"] < REFINE_MAX_ITERS
+    params = jax.tree.map(np.asarray, built.params)
+    with precision(spec.dtype):
+        _, full = refine(params, built.X, built.Y, "identity")
+    assert full["refine_iters"] == REFINE_MAX_ITERS  # without the stop, it runs its whole budget
+    n_beta0 = 2000 / math.log(2000)
+    full_gap = m["L0"] - full["refined_loss"]
+    assert n_beta0 * abs(full_gap - m["descent_gap"]) < 1e-3 * wstar.shift_tol(spec.model.n_params)
+
+
 def test_hessian_extremes_match_lanczos(monkeypatch):
     # The Lanczos path (large d) agrees with the dense one on a small target.
     import lambda_hat.science.wstar as wstar

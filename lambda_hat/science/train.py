@@ -17,6 +17,7 @@ cache across processes); `benchmarks/train_compiles.py` measures it.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import jax
@@ -30,6 +31,8 @@ from .posterior import n_rows, take_rows
 CHECK_EVERY = 100
 # L-BFGS iterations `refine` allows; each takes one gradient plus its line search's evaluations.
 REFINE_MAX_ITERS = 500
+# Iterations over which `refine` measures its rate of descent for `stop_above`.
+STALL_WINDOW = 10
 
 
 def make_optimizer(training):
@@ -121,7 +124,7 @@ def train(key, params, X, Y, training, model, loss_name: str = "mse"):
 def _refine_fn(model, max_iters: int, loss_name: str = "mse"):
     apply = forward(model)
 
-    def run(w0, X, Y, grad_tol):
+    def run(w0, X, Y, grad_tol, stop_above):
         def fun(p):
             return mean_loss(apply(p, X), Y, loss_name)
 
@@ -129,16 +132,24 @@ def _refine_fn(model, max_iters: int, loss_name: str = "mse"):
         value_and_grad = optax.value_and_grad_from_state(fun)
 
         def body(carry):
-            p, state, _, i = carry
+            p, state, _, i, recent = carry
             value, g = value_and_grad(p, state=state)
             upd, state = opt.update(g, state, p, value=value, grad=g, value_fn=fun)
-            return optax.apply_updates(p, upd), state, _grad_norm(g), i + 1
+            # recent[i % W]: the loss W iterations before this one's, replaced by this one's
+            return optax.apply_updates(p, upd), state, _grad_norm(g), i + 1, recent.at[i % STALL_WINDOW].set(value)
 
         def cond(carry):
-            return (carry[3] < max_iters) & (carry[2] > grad_tol)
+            _, _, gnorm, i, recent = carry
+            # recent[i % W] is now the oldest loss of the window, recent[(i - 1) % W] the newest
+            newest, oldest = recent[(i - 1) % STALL_WINDOW], recent[i % STALL_WINDOW]
+            projected = newest - (max_iters - i) * (oldest - newest) / STALL_WINDOW
+            stalled = (i >= STALL_WINDOW) & (projected > stop_above)
+            return (i < max_iters) & (gnorm > grad_tol) & ~stalled
 
-        big = jnp.asarray(jnp.inf, jax.tree.leaves(w0)[0].dtype)
-        p, _, _, iters = jax.lax.while_loop(cond, body, (w0, opt.init(w0), big, 0))
+        dtype = jax.tree.leaves(w0)[0].dtype
+        big = jnp.asarray(jnp.inf, dtype)
+        start = (w0, opt.init(w0), big, 0, jnp.full((STALL_WINDOW,), jnp.inf, dtype))
+        p, _, _, iters, _ = jax.lax.while_loop(cond, body, start)
         loss, g = jax.value_and_grad(fun)(p)
         return p, loss, _grad_norm(g), iters
 
@@ -146,12 +157,17 @@ def _refine_fn(model, max_iters: int, loss_name: str = "mse"):
 
 
 def refine(params, X, Y, model, *, grad_tol: float = 0.0, max_iters: int = REFINE_MAX_ITERS,
-           loss_name: str = "mse"):
+           loss_name: str = "mse", stop_above: float = math.inf):
     """Full-batch L-BFGS (optax, zoom line search) from `params` down to the nearest minimum
     of L_n: stops when ‖∇L_n‖ ≤ grad_tol or after `max_iters` iterations. A descent method
     never climbs, so it stays in the basin it starts in. Returns (params, info) with
     refine_iters, refined_loss and refined_grad_norm. An exact saddle (zero gradient) is not
-    left: callers test curvature separately (`wstar.quality`)."""
+    left: callers test curvature separately (`wstar.quality`).
+
+    `stop_above`: also stop once, at the rate of its last STALL_WINDOW iterations, the rest of the
+    budget would end above this loss (checked from iteration STALL_WINDOW on). A caller that only
+    asks whether descent gets below a level stops paying once the answer is settled at "no"."""
     dtype = jax.tree.leaves(params)[0].dtype
-    p, loss, gnorm, iters = _refine_fn(model, int(max_iters), loss_name)(params, X, Y, jnp.asarray(grad_tol, dtype))
+    p, loss, gnorm, iters = _refine_fn(model, int(max_iters), loss_name)(
+        params, X, Y, jnp.asarray(grad_tol, dtype), jnp.asarray(stop_above, dtype))
     return p, {"refine_iters": int(iters), "refined_loss": float(loss), "refined_grad_norm": float(gnorm)}
