@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -272,6 +273,12 @@ def execute_cmd(
 ) -> None:
     """Build the missing targets and sample the missing runs; record them; write results."""
     from lambda_hat.execute.driver import ExecuteRequest, execute
+
+    # JAX (imported here to check python factories) warns at every fork of its process. The
+    # driver's forks are subprocess's fork-then-exec (Parsl starting its interchange and
+    # workers), which run no JAX: the warning would only alarm, on every execute.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning,
+                            module="subprocess")
 
     if profile is not None and slurm_config is not None:
         raise BadInput("--profile and --slurm-config: give one of them")
