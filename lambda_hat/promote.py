@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from lambda_hat.errors import BadInput
 
-PLOTS_VERSION = "5"  # bump when a plot's code changes, so existing galleries are redrawn
+PLOTS_VERSION = "6"  # bump when a plot's code changes, so existing galleries are redrawn
 RUN_PLOTS = ("trace", "running_mean", "rank", "energy")
 TARGET_PLOTS = ("compare",)
 TRAJECTORY_PLOTS = ("trajectory",)
@@ -632,6 +632,11 @@ def trajectory_figure(trajectory_id: str, points: list[tuple[dict, Any]]):
     if lo is not None:
         pad = max(0.15 * (hi - lo), 0.1 * max(abs(hi), abs(lo)), 0.5)
         lo, hi = lo - pad, hi + pad
+        # Others within one range's width of it are drawn where they are (the peak of a grokking
+        # run's memorisation, before its checkpoints reach minima), the rest on the edge.
+        span = hi - lo
+        near = [r["llc_mean"] for r, _ in points if r["llc_mean"] is not None and lo - span <= r["llc_mean"] <= hi + span]
+        lo, hi = min([lo] + [v - 0.05 * span for v in near]), max([hi] + [v + 0.05 * span for v in near])
     off_scale = 0
     for (sampler, restrict), pts in lines.items():
         color = _sampler_color(sampler)

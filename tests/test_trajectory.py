@@ -6,6 +6,7 @@ jobs (checked across processes: each `lh execute` below trains in its own worker
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -316,3 +317,39 @@ def test_a_factorys_test_data_gives_each_checkpoint_a_test_loss(tmp_path):
     doc["targets"][0].pop("checkpoints")
     (d / "sweep.yaml").write_text(yaml.safe_dump(doc))
     assert build_target(load(d / "sweep.yaml")[1].targets[0].spec).metrics["test_loss"] > 0
+
+
+def test_the_trajectory_plot_keeps_near_points_on_scale_and_puts_far_ones_on_the_edge():
+    # The grokking example's shape: λ̂ peaks at a checkpoint not yet at a minimum (129.5, above the
+    # largest at a minimum, 101) and must be drawn where it is; a far-off one (−2000, as a DLN's
+    # first steps give) sits on the edge, and the title counts it.
+    from types import SimpleNamespace
+
+    from lambda_hat.promote import trajectory_figure
+
+    def point(step, llc, w_star):
+        t = SimpleNamespace(id=f"tgt_{step}", spec={"step": step},
+                            metrics={"w_star_status": w_star, "L0": 1.0 / step, "test_loss": 1.0})
+        return {"sampler": "sgld", "llc_mean": llc, "llc_sem": 0.3, "status": "ok"}, t
+
+    points = [point(10, -2000.0, "not_stationary"), point(300, 129.5, "not_stationary"),
+              point(1000, 101.0, "ok"), point(7000, 28.0, "ok"), point(20000, 2.2, "ok")]
+    fig = trajectory_figure("traj_x", points)
+    lo, hi = fig.axes[0].get_ylim()
+    assert lo < 2.2 and 129.5 < hi < 200 and lo > -200
+    assert "1 λ̂ off the scale" in fig.axes[0].get_title()
+
+
+def test_the_grokking_example_keeps_its_ids():
+    # examples/byo/grokking.yaml, pinned when it was measured (docs/trajectories.md): its stored
+    # checkpoints and runs must stay where a user's store has them.
+    from lambda_hat.sweep import load_sweep
+
+    p = expand(load_sweep(Path(__file__).resolve().parents[1] / "examples" / "byo" / "grokking.yaml"))
+    assert [t.spec.step for t in p.targets] == [100, 300, 1000, 2000, 4000, 7000, 10000, 12000, 14000, 20000]
+    assert [t.target_id for t in p.targets] == [
+        "tgt_b35487b39c3e", "tgt_1032a64d0d93", "tgt_e961cbd6ec87", "tgt_5e01df66bba9", "tgt_52f69b23310e",
+        "tgt_5627c24c89e9", "tgt_4572c11e6c30", "tgt_9ca48d0fb4f7", "tgt_df161d108278", "tgt_fd80ef7463f9"]
+    assert [r.run_id for r in p.runs] == [
+        "run_a2423ab3c3c3", "run_79a0d34393fc", "run_6e45b316045c", "run_4f1090867a8e", "run_3f189e1ff3f7",
+        "run_d33371ebfc53", "run_5c10171e0213", "run_cc0960de04b0", "run_5b543069f716", "run_8eb71f108914"]
