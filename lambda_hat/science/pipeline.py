@@ -299,11 +299,11 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
         if on_segment is not None:
             on_segment(Checkpoint(done, jax.tree.leaves(chains), L0, t_compile, t_run), info)
     traces = {k: np.concatenate(v, axis=-1) for k, v in traces.items()}
+    shared = _Sampled(target, arrays, entry, n, rows, d, diagnostics, t_compile, t_run, hit)
     if batch is None:
-        return _finish(run, traces, np.asarray(chains.warmup_grad_evals), L0, t_compile, t_run, hit,
-                       target, arrays, entry, n, rows, d, diagnostics)
+        return _finish(run, traces, np.asarray(chains.warmup_grad_evals), L0, shared)
     return [_finish(r, {k: v[i] for k, v in traces.items()}, np.asarray(chains.warmup_grad_evals)[i], float(L0[i]),
-                    t_compile, t_run, hit, target, arrays, entry, n, rows, d, diagnostics)
+                    shared)
             for i, r in enumerate(batch)]
 
 
@@ -328,16 +328,31 @@ def _layout(X):
     return tuple((jax.tree_util.keystr(p), a.shape, str(a.dtype)) for p, a in jax.tree_util.tree_leaves_with_path(X))
 
 
-def _finish(run, traces, warmup_grad_evals, L0, t_compile, t_run, hit, target, arrays, sampler, n, rows, d,
-            diagnostics):
-    """One run's costs, λ̂ trace, summary and flags from its raw traces {name: (chains, draws)};
-    `sampler` is its `registry.Sampler`."""
+class _Sampled(NamedTuple):
+    """What the runs of one sampling program share: its target, sampler (`registry.Sampler`),
+    rows n, start rows, free dimension d, thresholds, and timings (a batch's are its runs' total)."""
+
+    target: object
+    arrays: object
+    sampler: object
+    n: int
+    rows: int | None
+    d: int
+    diagnostics: object
+    t_compile: float
+    t_run: float
+    hit: bool
+
+
+def _finish(run, traces, warmup_grad_evals, L0, shared: _Sampled):
+    """One run's costs, λ̂ trace, summary and flags from its raw traces {name: (chains, draws)}."""
     from lambda_hat.specs import DiagnosticsSpec
 
     from . import RunResult
     from .llc import finite_n_reference, flag_run, llc_from_loss, summarize
     from .posterior import INIT_FGE
 
+    target, arrays, sampler, n, rows, d, diagnostics, t_compile, t_run, hit = shared
     s = run.sampler
     beta = float(run.posterior.beta(n))
     n_beta = n * beta
