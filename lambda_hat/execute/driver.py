@@ -8,8 +8,9 @@ timer thread; a busy index keeps the records and retries) → release claims →
 results. SIGINT and SIGTERM end the run cleanly; a reaper process ends the worker pool
 and SLURM blocks even if the driver itself is killed with SIGKILL.
 
-The driver makes no decisions about *what* to run (the planner does) and turns no errors
-into exit codes (the CLI does); it returns an `ExecuteResult`. The jobs are scheduled in
+The driver makes no decisions about *what* to run (the planner does) and exits nowhere: it
+returns an `ExecuteResult` whose `exit_code` (1 for failed jobs, 130/143 for SIGINT/SIGTERM) the
+CLI exits with. The jobs are scheduled in
 phases by `schedule.py` (claim, submit, wait); what is printed meanwhile is `view.py`'s.
 """
 
