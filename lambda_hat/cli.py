@@ -91,8 +91,10 @@ app = typer.Typer(
 index_app = typer.Typer(cls=_Group, help="Maintain the store's DuckDB index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: rich never breaks a line itself. Lines are written to fit 80 columns where they can;
+# the terminal wraps what cannot (a long path), and a log file keeps every line whole.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 StoreOpt = Annotated[
     Optional[str],
@@ -241,9 +243,7 @@ def execute_cmd(
     backend: Annotated[Backend, typer.Option(metavar="local|slurm", help="Where jobs run.")] = Backend.local,
     workers: Annotated[Optional[int], typer.Option(metavar="N", min=1, help="Local worker processes (default: min(cpu count, 8)).")] = None,
     logs: Annotated[Path, typer.Option(metavar="DIR", help="Per-job logs directory.")] = Path("logs"),
-    results: Annotated[Path, typer.Option(metavar="FILE", help="One row per run of the sweep: .parquet or .csv.")] = Path(
-        "results/llc_runs.parquet"
-    ),
+    results: Annotated[Optional[Path], typer.Option(metavar="FILE", help="One row per run of the sweep: .parquet or .csv (default: results/NAME.parquet, NAME the sweep's name: or file stem).")] = None,
     retries: Annotated[int, typer.Option(metavar="N", min=0, help="Retry a job that raised (its own error) this many times; a job lost with its worker, node or block is retried up to 2 times anyway.")] = 0,
     max_runs: MaxRunsOpt = 1_000_000,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A line for every job submitted and completed (by default: one line per stage, the progress bar, failures; completions too up to 50 jobs).")] = False,
@@ -316,6 +316,9 @@ class QueryFormat(str, enum.Enum):
 
 
 SweepOpt = Annotated[
+    Optional[Path], typer.Option("--sweep", metavar="FILE", help="Sweep YAML: only its targets and runs, in the store its store_root names (as in `lh plan`).")
+]
+ShowSweepOpt = Annotated[
     Optional[Path], typer.Option("--sweep", metavar="FILE", help="Sweep YAML whose store_root names the store (as in `lh plan`).")
 ]
 
@@ -328,6 +331,19 @@ def _store_of(store: str | None, sweep: Path | None):
     from lambda_hat.sweep import load_sweep
 
     return _store_for_reading(store, load_sweep(sweep).store_root)
+
+
+def _scoped(store: str | None, sweep: Path | None):
+    """The store, as `_store_of` finds it, and with a sweep its scope (results.Scope: the
+    targets and runs the sweep names, which the views then show alone); else None."""
+    if sweep is None:
+        return _store_for_reading(store), None
+    from lambda_hat.results import Scope
+    from lambda_hat.sweep import results_file
+
+    loaded, expanded, st = _load(sweep, store)
+    return st, Scope(results_file(loaded, sweep).stem, tuple(dict.fromkeys(t.target_id for t in expanded.targets)),
+                     tuple(r.run_id for r in expanded.runs))
 
 
 @app.command("query", cls=_Command)
@@ -353,13 +369,13 @@ def query_cmd(
         raise BadInput(f"--limit {limit}: must be 0 (every row) or more")
     timeout_s = _seconds("--timeout", timeout)
     memory_limit = results.check_memory_limit(memory_limit)
-    st = _store_of(store, sweep)
+    st, scope = _scoped(store, sweep)
     kind = results.format_for(out, fmt.value if fmt else None)
     if out is not None:
         check_output_path(out, st.root)
     elif kind == "parquet":
         raise BadInput("--format parquet writes a binary file: add -o FILE.parquet")
-    limits = dict(timeout_s=timeout_s, memory_limit=memory_limit)
+    limits = dict(timeout_s=timeout_s, memory_limit=memory_limit, scope=scope)
     if kind == "table":
         # A table on the terminal fetches only the rows it shows (and one more, to say so).
         to_terminal = out is None and limit > 0
@@ -368,7 +384,7 @@ def query_cmd(
         text = results.to_table(res, width, limit=0 if out is not None else limit)
         if out is None:
             sys.stdout.write(text)
-            _hint_if_empty(st, sql, len(res.rows))
+            _hint_if_empty(st, sql, len(res.rows), scope)
             return
         write_atomic(out, text.encode())
         n = len(res.rows)
@@ -377,7 +393,7 @@ def query_cmd(
             if out is None:
                 for chunk in results.text_chunks(q, kind):
                     sys.stdout.write(chunk)
-                _hint_if_empty(st, sql, q.fetched)
+                _hint_if_empty(st, sql, q.fetched, scope)
                 return
             with atomic_file(out) as f:
                 if kind == "parquet":
@@ -389,11 +405,12 @@ def query_cmd(
     console.print(f"{n} rows written to {out}", highlight=False, soft_wrap=True)
 
 
-def _hint_if_empty(st, sql: str, rows: int) -> None:
-    """No rows, and an ID prefix in the query where a whole ID was meant: say so on stderr."""
+def _hint_if_empty(st, sql: str, rows: int, scope=None) -> None:
+    """No rows, and an ID prefix in the query where a whole ID was meant (or, under --sweep, an
+    ID of another sweep): say so on stderr."""
     from lambda_hat.results import prefix_hint
 
-    hint = prefix_hint(st, sql) if rows == 0 else None
+    hint = prefix_hint(st, sql, scope) if rows == 0 else None
     if hint:
         sys.stdout.flush()
         print(f"hint: {hint}", file=sys.stderr)
@@ -403,21 +420,24 @@ def _hint_if_empty(st, sql: str, rows: int) -> None:
 @_domain_errors
 def export_cmd(
     sweep: Annotated[Optional[Path], typer.Argument(help="Sweep YAML: export its runs (default: every run in the store).")] = None,
-    out: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="Output file: .parquet or .csv.")] = Path("results/llc_runs.parquet"),
+    out: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Output file: .parquet or .csv (default: results/NAME.parquet for a sweep, as lh execute writes it; else results/llc_runs.parquet).")] = None,
     store: StoreOpt = None,
 ) -> None:
     """Write one row per finished run, with the columns of `lh query`'s `runs` view, to a
-    Parquet or CSV file (what `lh execute` writes to results/llc_runs.parquet)."""
+    Parquet or CSV file: a sweep's runs (the file `lh execute` writes), or every run in the store."""
     from lambda_hat import results
+    from lambda_hat.sweep import results_file
 
-    if out.suffix.lower() not in (".parquet", ".csv"):
+    if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         raise BadInput(f"-o {out}: unknown format {out.suffix or '(no extension)'!r}; use .parquet or .csv")
     if sweep is not None:
-        _, expanded, st = _load(sweep, store)
+        loaded, expanded, st = _load(sweep, store)
         run_ids = [r.run_id for r in expanded.runs]
+        out = out or results_file(loaded, sweep)
     else:
         st = _store_for_reading(store)
         run_ids = st.run_ids()
+        out = out or Path("results/llc_runs.parquet")
     if not st.root.is_dir():
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
     check_output_path(out, st.root)
@@ -455,10 +475,10 @@ def status_cmd(
     logs, jobs in flight, the store's size."""
     from lambda_hat import results
 
-    st = _store_of(store, sweep)
+    st, scope = _scoped(store, sweep)
     if not st.root.is_dir():
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or --sweep FILE)")
-    rep = results.store_status(st, logs)
+    rep = results.store_status(st, logs, scope)
     sys.stdout.write(results.format_status(rep, logs, limit=limit if limit > 0 else 10**9))
 
 
@@ -467,7 +487,7 @@ def status_cmd(
 def show_cmd(
     artifact: Annotated[str, typer.Argument(help="A target or run ID, or a unique prefix of one (as lh query prints them).")],
     store: StoreOpt = None,
-    sweep: SweepOpt = None,
+    sweep: ShowSweepOpt = None,
     logs: LogsOpt = Path("logs"),
     gallery: Annotated[Path, typer.Option(metavar="DIR", help="Where lh promote wrote its gallery (to list this artifact's plots).")] = Path("gallery"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead.")] = False,

@@ -100,9 +100,28 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def view_sql(src: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class Scope:
+    """One sweep's units: what `--sweep FILE` narrows the views to. A sweep's IDs follow from its
+    file alone (the planner's expansion), so no record of who asked for what is needed: two
+    sweeps that share a target both see it, and a unit not yet done is simply not there."""
+
+    name: str
+    target_ids: tuple[str, ...]
+    run_ids: tuple[str, ...]
+
+
+# The in-memory tables a scoped sandbox holds a sweep's IDs in (the views select through them).
+_SCOPE_TABLES = {"target": ("lh_sweep_targets", "target_id"), "run": ("lh_sweep_runs", "run_id")}
+
+
+def view_sql(src: str, scoped: bool = False) -> dict[str, str]:
     """CREATE VIEW statements for `targets`, `runs`, `traces` over the index tables in
-    schema/catalog `src`."""
+    schema/catalog `src`; `scoped`: only the units listed in the _SCOPE_TABLES."""
+    def only(kind: str, column: str) -> str:
+        table, key = _SCOPE_TABLES[kind]
+        return f" WHERE {column} IN (SELECT {key} FROM {table})" if scoped else ""
+
     target_cols = [c.name for c in Store.TABLES["targets"] if c.name not in _INTERNAL]
     run_cols = [c.name for c in Store.TABLES["runs"] if c.name not in _INTERNAL]
     middle = [c for c in run_cols if c not in _RUN_LEAD and c not in _PROVENANCE]
@@ -113,10 +132,11 @@ def view_sql(src: str) -> dict[str, str]:
     select += [f"t.{_q(c)} AS {_q('target_' + c)}" for c in target_cols if c not in _TARGET_SKIP]
     select += [f"r.{_q(c)}" for c in _PROVENANCE]
     return {
-        "targets": f"CREATE VIEW targets AS SELECT {', '.join(map(_q, target_cols))} FROM {src}.targets",
+        "targets": f"CREATE VIEW targets AS SELECT {', '.join(map(_q, target_cols))} FROM {src}.targets"
+                   + only("target", "target_id"),
         "runs": f"CREATE VIEW runs AS SELECT {', '.join(select)} FROM {src}.runs r "
-                f"LEFT JOIN {src}.targets t ON t.target_id = r.target_id",
-        "traces": f"CREATE VIEW traces AS SELECT * FROM {src}.{Store.TRACES_TABLE}",
+                f"LEFT JOIN {src}.targets t ON t.target_id = r.target_id" + only("run", "r.run_id"),
+        "traces": f"CREATE VIEW traces AS SELECT * FROM {src}.{Store.TRACES_TABLE}" + only("run", "run_id"),
     }
 
 
@@ -170,9 +190,11 @@ def check_memory_limit(text: str) -> str:
 
 
 @contextmanager
-def sandbox(store: Store, timeout_s: float = 10.0, memory_limit: str = QUERY_MEMORY_LIMIT) -> Iterator[Any]:
+def sandbox(store: Store, timeout_s: float = 10.0, memory_limit: str = QUERY_MEMORY_LIMIT,
+            scope: Scope | None = None) -> Iterator[Any]:
     """A DuckDB connection that sees the store's index through the views and nothing else,
-    and holds at most `memory_limit` (nothing spills to disk: a larger query fails)."""
+    and holds at most `memory_limit` (nothing spills to disk: a larger query fails). With a
+    `scope`, the views show only that sweep's targets and runs."""
     import duckdb
 
     if not store.index_path.is_file():
@@ -183,7 +205,11 @@ def sandbox(store: Store, timeout_s: float = 10.0, memory_limit: str = QUERY_MEM
         con.execute("SET enable_progress_bar = false")
         con.execute(f"SET memory_limit = '{check_memory_limit(memory_limit)}'")
         store.attach_index(con, INDEX_ALIAS, timeout_s)
-        for name, sql in view_sql(INDEX_ALIAS).items():
+        if scope is not None:
+            for kind, ids in (("target", scope.target_ids), ("run", scope.run_ids)):
+                table, key = _SCOPE_TABLES[kind]
+                con.execute(f"CREATE TABLE {table} AS SELECT unnest($ids::VARCHAR[]) AS {key}", {"ids": list(ids)})
+        for name, sql in view_sql(INDEX_ALIAS, scoped=scope is not None).items():
             try:
                 con.execute(sql)
             except duckdb.Error as err:
@@ -271,14 +297,15 @@ def _query_errors(timeout_s: float, memory_limit: str, stopped: threading.Event)
 
 @contextmanager
 def open_query(store: Store, sql: str, *, timeout_s: float = QUERY_TIMEOUT_S,
-               memory_limit: str = QUERY_MEMORY_LIMIT, arrow: bool = False) -> Iterator[QueryStream]:
+               memory_limit: str = QUERY_MEMORY_LIMIT, arrow: bool = False,
+               scope: Scope | None = None) -> Iterator[QueryStream]:
     """Run one SELECT in the sandbox and hand its rows out as they are fetched. After
     `timeout_s` (0: no limit) the query is interrupted, wherever it is (planning, running,
     fetching): the fetch then raises QueryFailed. `arrow`: the rows will be taken as Arrow
     record batches (a relation: no extra copy of each). Raises QueryRefused, QueryFailed,
-    IndexBusy."""
+    IndexBusy. `scope`: the views show only that sweep's units."""
     check_statement(sql)
-    with sandbox(store, memory_limit=memory_limit) as con:
+    with sandbox(store, memory_limit=memory_limit, scope=scope) as con:
         stopped = threading.Event()
 
         def stop() -> None:
@@ -294,8 +321,9 @@ def open_query(store: Store, sql: str, *, timeout_s: float = QUERY_TIMEOUT_S,
 
         try:
             with errors():
+                # Prefixes unique in the whole store, as `lh show` resolves them, scope or not.
                 store_ids = [r[0] for r in con.execute(
-                    "SELECT target_id FROM targets UNION ALL SELECT run_id FROM runs").fetchall()]
+                    f"SELECT target_id FROM {INDEX_ALIAS}.targets UNION ALL SELECT run_id FROM {INDEX_ALIAS}.runs").fetchall()]
                 if arrow:
                     cur = con.sql(sql)
                     columns, types = list(cur.columns), [str(t) for t in cur.types]
@@ -308,31 +336,40 @@ def open_query(store: Store, sql: str, *, timeout_s: float = QUERY_TIMEOUT_S,
                 timer.cancel()
 
 
-# An ID-shaped string literal shorter than a whole ID (tgt_/run_ + 12 hex digits): a prefix,
-# as the tables print them, that `=` never matches.
-_ID_PREFIX_LITERAL = re.compile(r"'((?:run|tgt)_[0-9a-f]{1,11})'")
+# An ID-shaped string literal (tgt_/run_ + up to the 12 hex digits of a whole ID): a prefix, as
+# the tables print them, that `=` never matches, or a whole ID a sweep's scope may leave out.
+_ID_LITERAL = re.compile(r"'((?:run|tgt)_[0-9a-f]{1,12})'")
 
 
-def prefix_hint(store: Store, sql: str) -> str | None:
+def prefix_hint(store: Store, sql: str, scope: Scope | None = None) -> str | None:
     """For a query that returned no rows: a line saying which of its ID literals are prefixes
-    of stored IDs (IDs are compared whole: `run_id = 'run_3fa2'` matches nothing), else None."""
+    of stored IDs (IDs are compared whole: `run_id = 'run_3fa2'` matches nothing), or, under a
+    sweep's `scope`, name units the sweep does not have; else None."""
     lines = []
-    for prefix in dict.fromkeys(_ID_PREFIX_LITERAL.findall(sql)):
-        kind = "run" if prefix.startswith("run_") else "target"
-        found = [i for i in store.ids(kind) if i.startswith(prefix)]
-        if found:
+    for literal in dict.fromkeys(_ID_LITERAL.findall(sql)):
+        kind = "run" if literal.startswith("run_") else "target"
+        found = [i for i in store.ids(kind) if i.startswith(literal)]
+        if scope is not None:
+            mine = set(scope.run_ids if kind == "run" else scope.target_ids)
+            if found and not any(i in mine for i in found):
+                lines.append(f"'{literal}' is in the store but not in sweep {scope.name} "
+                             "(--sweep shows only the sweep's own targets and runs)")
+                continue
+            found = [i for i in found if i in mine]
+        if found and literal not in found:
             shown = ", ".join(found[:3]) + (", …" if len(found) > 3 else "")
-            lines.append(f"'{prefix}' is a prefix of {shown}: IDs are compared whole; "
-                         f"write the whole ID or LIKE '{prefix}%'")
+            lines.append(f"'{literal}' is a prefix of {shown}: IDs are compared whole; "
+                         f"write the whole ID or LIKE '{literal}%'")
     return "; ".join(lines) or None
 
 
 def run_query(store: Store, sql: str, *, as_arrow: bool = False, max_rows: int | None = None,
-              timeout_s: float = QUERY_TIMEOUT_S, memory_limit: str = QUERY_MEMORY_LIMIT) -> Result:
+              timeout_s: float = QUERY_TIMEOUT_S, memory_limit: str = QUERY_MEMORY_LIMIT,
+              scope: Scope | None = None) -> Result:
     """Run one SELECT in the sandbox; its rows (at most `max_rows`, with `more` set when there
     were others), or with `as_arrow` an Arrow table of all of them. Raises QueryRefused,
     QueryFailed, IndexBusy."""
-    with open_query(store, sql, timeout_s=timeout_s, memory_limit=memory_limit, arrow=as_arrow) as q:
+    with open_query(store, sql, timeout_s=timeout_s, memory_limit=memory_limit, arrow=as_arrow, scope=scope) as q:
         if as_arrow:
             import pyarrow as pa
 
@@ -707,15 +744,22 @@ class StatusReport:
     temporary: int = 0
     quarantined: int = 0
     size_bytes: int = 0
+    scope: Scope | None = None
+    not_done: dict[str, int] = field(default_factory=dict)  # kind -> the scope's units not in the store
 
 
-def store_status(store: Any, logs: Path) -> StatusReport:
+def store_status(store: Any, logs: Path, scope: Scope | None = None) -> StatusReport:
     """What the store holds, what to look at, what failed, what is in flight. Counts come from
-    the index (a query); artifacts finished since the last record are counted as not indexed."""
-    rep = StatusReport(store.root)
+    the index (a query); artifacts finished since the last record are counted as not indexed.
+    With a `scope`, only that sweep's units (the store's size and temporary entries stay whole)."""
+    rep = StatusReport(store.root, scope=scope)
     listing = {kind: set(store.ids(kind)) for kind in ("target", "run")}
+    wanted = None if scope is None else {"target": set(scope.target_ids), "run": set(scope.run_ids)}
+    if wanted is not None:
+        rep.not_done = {kind: len(wanted[kind] - listing[kind]) for kind in listing}
+        listing = {kind: listing[kind] & wanted[kind] for kind in listing}
     if store.index_path.is_file():
-        with sandbox(store) as con:
+        with sandbox(store, scope=scope) as con:
             rep.targets_by_status = dict(con.execute("SELECT status, count(*) FROM targets GROUP BY 1 ORDER BY 2 DESC").fetchall())
             rep.runs_by_status = dict(con.execute("SELECT status, count(*) FROM runs GROUP BY 1 ORDER BY 2 DESC").fetchall())
             indexed = {"target": {r[0] for r in con.execute("SELECT target_id FROM targets").fetchall()},
@@ -732,6 +776,8 @@ def store_status(store: Any, logs: Path) -> StatusReport:
     rep.not_indexed = {kind: len(listing[kind] - indexed[kind]) for kind in listing}
     claimed = {}
     for artifact_id, holder in store.live_claims():
+        if wanted is not None and artifact_id not in wanted["target"] | wanted["run"]:
+            continue
         claimed[artifact_id] = holder
         beat = (f"heartbeat stamped {holder.ahead_s:.0f}s ahead (clock skew)" if holder.ahead_s > 1.0
                 else f"heartbeat {holder.heartbeat_age_s:.0f}s ago")
@@ -743,6 +789,8 @@ def store_status(store: Any, logs: Path) -> StatusReport:
         for err in sorted(folder.glob("*.err")):
             artifact_id = named_by(err, kind)[0]
             if artifact_id in listing[kind] or artifact_id in claimed:
+                continue
+            if wanted is not None and artifact_id not in wanted[kind]:
                 continue
             if not _failed_here(err, kind, listing["target"]):
                 continue
@@ -767,9 +815,18 @@ def format_status(rep: StatusReport, logs: Path, limit: int = 20) -> str:
         total = sum(by.values())
         return f"{total}" + (" (" + ", ".join(f"{n} {s}" for s, n in by.items()) + ")" if by else "")
 
-    lines = [f"store {rep.root}: {human_bytes(rep.size_bytes)}",
-             f"  targets  {counts(rep.targets_by_status)}",
-             f"  runs     {counts(rep.runs_by_status)}"]
+    lines = [f"store {rep.root}: {human_bytes(rep.size_bytes)}"]
+    if rep.scope is not None:
+        todo = {k: n for k, n in rep.not_done.items() if n}
+        def units(n: int, kind: str) -> str:
+            return f"{n} {kind}" + ("" if n == 1 else "s")
+
+        lines.append(f"sweep {rep.scope.name}: {units(len(rep.scope.target_ids), 'target')}, "
+                     f"{units(len(rep.scope.run_ids), 'run')}"
+                     + (" (" + ", ".join(units(n, k) for k, n in todo.items()) + " not done: lh execute)" if todo else "")
+                     + "; only these below")
+    lines += [f"  targets  {counts(rep.targets_by_status)}",
+              f"  runs     {counts(rep.runs_by_status)}"]
     waiting = {k: n for k, n in rep.not_indexed.items() if n}
     if waiting:
         lines.append("  not in the index yet: " + ", ".join(f"{n} {k}s" for k, n in waiting.items())
@@ -794,8 +851,58 @@ def format_status(rep: StatusReport, logs: Path, limit: int = 20) -> str:
     return "\n".join(lines) + "\n"
 
 
+SHOW_WIDTH = 80
+_LABEL = 12  # `lh show`'s label column
+
+
+def _field(label: str, items: str | list[str], sep: str = ", ", width: int = SHOW_WIDTH) -> list[str]:
+    """`label` in its column and `items` joined by `sep` after it, wrapped at `width` between
+    items (never inside one), continuation lines indented to the text."""
+    from rich.cells import cell_len
+
+    items = [items] if isinstance(items, str) else items
+    lines, line = [], _pad(label, _LABEL - 1, False) + " "
+    for i, item in enumerate(items):
+        piece = item + (sep.rstrip() if i < len(items) - 1 and not item.endswith(":") else "")
+        if len(line.rstrip()) >= _LABEL and cell_len(line) + cell_len(piece) > width:
+            lines.append(line.rstrip())
+            line = " " * _LABEL
+        line += piece + (" " if i < len(items) - 1 else "")
+    return [*lines, line.rstrip()]
+
+
+def _when(created_at: str) -> str:
+    try:
+        return dt.datetime.fromisoformat(created_at).astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (TypeError, ValueError):
+        return str(created_at)
+
+
+def _files_lines(store: Any, kind: str, artifact_id: str, arrays: dict, d: Path) -> list[str]:
+    """An artifact's files on disk, and the arrays inside its arrays.zarr.zip listed under it
+    (indented: they are members of the zip, not files), with their shapes."""
+    from lambda_hat.store import ARRAYS_ZIP, MANIFEST
+
+    sizes = store.sizes_by_array(kind, artifact_id, list(arrays))
+    lines = [f"{'files':<{_LABEL - 1}} {human_bytes(sum(sizes.values()))} in {d}/"]
+
+    def array_line(indent: str, name: str, size: int) -> str:
+        shape = arrays.get(name)
+        return (f"{indent}{name:<{30 - len(indent)}} {human_bytes(size):>9}"
+                + (f"  {' × '.join(map(str, shape)) or 'scalar'}" if shape is not None else ""))
+
+    if (d / ARRAYS_ZIP).is_file():  # the zip layout: the manifest and the zip are the files
+        lines.append(array_line("  ", MANIFEST, sizes.get(MANIFEST, 0)))
+        lines.append(array_line("  ", ARRAYS_ZIP, sum(v for k, v in sizes.items() if k != MANIFEST)) + "  holding:")
+        lines += [array_line("    ", name, size) for name, size in sizes.items() if name in arrays]
+    else:  # the older layout: each array a directory tree of its own
+        lines += [array_line("  ", name, size) for name, size in sizes.items()]
+    return lines
+
+
 def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: Path | None = None) -> str:
-    """One artifact for a reader: what it is, its numbers, its files, its logs, its relatives."""
+    """One artifact for a reader, in 80 columns: what it is, its numbers, its files, its logs,
+    its relatives."""
     manifest = store.read_manifest(kind, artifact_id)
     spec, metrics = manifest.spec, manifest.metrics
     d = store.layout.artifact_dir(kind, artifact_id)
@@ -804,39 +911,37 @@ def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: 
         v = src.get(key)
         return "NULL" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    lines = [f"{kind} {artifact_id}   {d}", f"status     {manifest.status}"]
+    def settings(values: dict, skip: str = "") -> list[str]:
+        return [f"{k}={v}" for k, v in values.items() if k != skip]
+
+    lines = [f"{kind} {artifact_id}   {d}", *_field("status", manifest.status)]
     if kind == "run":
         s = spec.get("sampler", {})
-        lines.append(f"sampler    {s.get('name')}: " + ", ".join(f"{k}={v}" for k, v in s.items() if k != "name"))
-        lines.append(f"posterior  " + ", ".join(f"{k}={v}" for k, v in spec.get("posterior", {}).items()) + f", seed={spec.get('seed')}")
-        lines.append(f"target     {spec.get('target_id')}")
-        lines.append(f"λ̂          {num('llc_mean')} ± {num('llc_sem')} (SEM), std over chains {num('llc_std')}"
-                     + (f"; exact λ {num('llc_true')}" if metrics.get("llc_true") is not None else "")
-                     + (f"; finite-n reference {num('llc_ref')} ± {num('llc_ref_se')}" if metrics.get("llc_ref") is not None else "")
-                     + (f", rel. error {num('rel_error')}" if metrics.get("rel_error") is not None else ""))
-        lines.append(f"diagnostics R-hat {num('r_hat')}, ESS bulk {num('ess_bulk')}, tail {num('ess_tail')}"
-                     + (f", divergences {num('divergences')}" if metrics.get("divergences") is not None else "")
-                     + (f", acceptance {num('accept_rate_mean')}" if metrics.get("accept_rate_mean") is not None else ""))
-        lines.append(f"cost       {num('total_fge')} gradient evaluations, {num('walltime_sec')} s "
-                     f"(compile {num('compile_sec')} s, sample {num('sample_sec')} s)")
+        lines += _field("sampler", [f"{s.get('name')}:", *settings(s, "name")])
+        lines += _field("posterior", [*settings(spec.get("posterior", {})), f"seed={spec.get('seed')}"])
+        lines += _field("target", str(spec.get("target_id")))
+        lines += _field("λ̂", [f"{num('llc_mean')} ± {num('llc_sem')} (SEM)", f"std over chains {num('llc_std')}"]
+                        + ([f"exact λ {num('llc_true')}"] if metrics.get("llc_true") is not None else [])
+                        + ([f"finite-n reference {num('llc_ref')} ± {num('llc_ref_se')}"]
+                           if metrics.get("llc_ref") is not None else [])
+                        + ([f"rel. error {num('rel_error')}"] if metrics.get("rel_error") is not None else []))
+        lines += _field("diagnostics", [f"R-hat {num('r_hat')}", f"ESS bulk {num('ess_bulk')}", f"tail {num('ess_tail')}"]
+                        + ([f"divergences {num('divergences')}"] if metrics.get("divergences") is not None else [])
+                        + ([f"acceptance {num('accept_rate_mean')}"] if metrics.get("accept_rate_mean") is not None else []))
+        lines += _field("cost", [f"{num('total_fge')} gradient evaluations,", f"{num('walltime_sec')} s",
+                                 f"(compile {num('compile_sec')} s,", f"sample {num('sample_sec')} s)"], sep=" ")
         flags = run_flags({**metrics, "status": manifest.status})
         if flags:
-            lines.append(f"flagged    {'; '.join(flags)}")
+            lines += _field("flagged", flags, sep="; ")
     else:
         m = spec.get("model", {})
-        lines.append(f"model      {m.get('kind')} " + ", ".join(f"{k}={v}" for k, v in m.items() if k != "kind"))
-        lines.append(f"data       " + ", ".join(f"{k}={v}" for k, v in spec.get("data", {}).items()))
-        lines.append(f"numbers    n_params {num('n_params')}, L0 {num('L0')}, exact λ {num('llc_true')}, "
-                     f"train loss {num('final_train_loss')}, test loss {num('test_loss')}")
-    lines.append(f"made       {manifest.created_at} on {manifest.host}, code {manifest.code.sha or '?'}"
-                 + (" (dirty)" if manifest.code.dirty else ""))
-    # One line per array (its Zarr metadata and chunks together), with its shape.
-    sizes = store.sizes_by_array(kind, artifact_id, list(manifest.arrays))
-    lines.append(f"files      {human_bytes(sum(sizes.values()))} in {d}/")
-    for name, size in sizes.items():
-        shape = manifest.arrays.get(name)
-        lines.append(f"  {name:<28} {human_bytes(size):>9}" + (f"  array {' × '.join(map(str, shape)) or 'scalar'}"
-                                                                 if shape is not None else ""))
+        lines += _field("model", [f"{m.get('kind')}:", *settings(m, "kind")])
+        lines += _field("data", settings(spec.get("data", {})))
+        lines += _field("numbers", [f"n_params {num('n_params')}", f"L0 {num('L0')}", f"exact λ {num('llc_true')}",
+                                    f"train loss {num('final_train_loss')}", f"test loss {num('test_loss')}"])
+    lines += _field("made", [f"{_when(manifest.created_at)} on {manifest.host}",
+                             f"code {(manifest.code.sha or '?')[:12]}" + (" (dirty)" if manifest.code.dirty else "")])
+    lines += _files_lines(store, kind, artifact_id, manifest.arrays, d)
     s = spec.get("sampler", {})
     logs_of = job_logs(logs, kind, artifact_id, spec.get("target_id"), s.get("name"))
     lines.append("logs" + ("" if any(p.exists() for p in logs_of) else f" (none under {logs}/; --logs DIR)"))
@@ -846,9 +951,10 @@ def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: 
         lines += [f"  {p}" for p in sorted((plots_dir / artifact_id).iterdir())]
     if kind == "target":
         runs = [m for m in store.manifests("run") if m.spec.get("target_id") == artifact_id]
-        lines.append(f"runs       {len(runs)}")
-        lines += [f"  {m.id}  {m.spec.get('sampler', {}).get('name', '?'):<6} {m.status:<9} "
-                  f"llc_mean {num('llc_mean', m.metrics)} ± {num('llc_sem', m.metrics)}" for m in runs]
+        lines += _field("runs", str(len(runs)))
+        pad = max((len(m.status) for m in runs), default=0)
+        lines += [f"  {m.id}  {m.spec.get('sampler', {}).get('name', '?'):<6} {m.status:<{pad}}  "
+                  f"λ̂ {num('llc_mean', m.metrics)} ± {num('llc_sem', m.metrics)}" for m in runs]
     lines.append("spec")
     lines += ["  " + line for line in json.dumps(spec, indent=2, sort_keys=True).splitlines()]
     return "\n".join(lines) + "\n"

@@ -903,6 +903,7 @@ class DiagnosticsSpec(_Spec):
 class Sweep(_Spec):
     """A resolved sweep: concrete targets and (sampler, posterior, seed) triples, crossed into runs."""
 
+    name: str | None = None  # names its results file (sweep.results_file); not part of any ID
     store_root: str | None = None
     jax_enable_x64: Bool = True
     diagnostics: DiagnosticsSpec = DiagnosticsSpec()

@@ -25,6 +25,7 @@ import codecs
 import itertools
 import math
 import os
+import re
 import reprlib
 import stat
 from collections.abc import Iterator, Mapping
@@ -70,7 +71,7 @@ class _SamplerClasses(Mapping):
 
 SAMPLER_CLASSES: Mapping[str, type] = _SamplerClasses()
 
-SWEEP_KEYS = {"store_root", "jax_enable_x64", "diagnostics", "targets", "samplers"}
+SWEEP_KEYS = {"name", "store_root", "jax_enable_x64", "diagnostics", "targets", "samplers"}
 TARGET_ENTRY_KEYS = {"model", "data", "teacher", "training", "seed", "dtype", "w_star", "overrides", "grid", "checkpoints"}
 TARGET_SECTIONS = ("model", "data", "teacher", "training")
 SAMPLER_ENTRY_META = {"name", "seed", "overrides", "posterior", "grid", "restrict"}
@@ -88,6 +89,8 @@ _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool",
 _STR_TAG, _INT_TAG, _MERGE_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:merge"
 # Python refuses to parse integers of more than 4,300 digits; far beyond 2^53 anyway.
 _MAX_INT_CHARS = 1000
+# A sweep's `name:` is a file name under results/.
+_SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # The libyaml parser when PyYAML has it (about 10x faster), else the pure-Python one.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -661,6 +664,10 @@ def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAU
     store_root = data.get("store_root")
     if store_root is not None and not isinstance(store_root, str):
         raise _fail(source, "", "store_root", "must be a path string")
+    name = data.get("name")
+    if name is not None and not (isinstance(name, str) and _SWEEP_NAME.fullmatch(name)):
+        raise _fail(source, "", "name", f"{_short(name)}: must be 1-100 letters, digits, '.', '_' or '-', "
+                    "starting with a letter or digit (it names results/NAME.parquet)")
 
     diagnostics = DiagnosticsSpec()
     if data.get("diagnostics") is not None:
@@ -707,8 +714,15 @@ def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAU
                     f"targets x {len(samplers):,} sampler settings), more than the limit of {max_runs:,} (max_runs)")
     _check_restrictions(targets, samplers, source)
     _check_resources(targets, samplers, source)
-    return Sweep(store_root=store_root, jax_enable_x64=x64, diagnostics=diagnostics, targets=[t for _, t in targets],
+    return Sweep(name=name, store_root=store_root, jax_enable_x64=x64, diagnostics=diagnostics, targets=[t for _, t in targets],
                  samplers=[s for _, s in samplers])
+
+
+def results_file(sweep: Sweep, path: str | Path) -> Path:
+    """Where `lh execute` and `lh export` write a sweep's runs by default: results/NAME.parquet,
+    NAME being the sweep's `name:` or else its file's stem. One file per sweep, so that running
+    one sweep never replaces another's results."""
+    return Path("results") / f"{sweep.name or Path(path).stem}.parquet"
 
 
 def load_sweep(path: str | Path, *, max_runs: int = DEFAULT_MAX_RUNS) -> Sweep:

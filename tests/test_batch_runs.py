@@ -69,7 +69,7 @@ def test_execute_batch_runs_end_to_end(tmp_path):
     (tmp_path / "s.yaml").write_text(sweep)
     out = lh(tmp_path, "execute", "s.yaml", "--workers", "1", "--batch-runs", "-v").stdout
     assert "Submitting 4 sgld runs as one batch" in out, out
-    rows = pq.read_table(tmp_path / "results" / "llc_runs.parquet").to_pylist()
+    rows = pq.read_table(tmp_path / "results" / "s.parquet").to_pylist()
     assert len(rows) == 5 and len({r["run_id"] for r in rows}) == 5
     runs = tmp_path / "store" / "runs"
     batched = {}

@@ -56,7 +56,7 @@ def test_execute_twice_then_query(tmp_path):
 
     import pyarrow.parquet as pq
 
-    table = pq.read_table(tmp_path / "results" / "llc_runs.parquet").to_pylist()
+    table = pq.read_table(tmp_path / "results" / "tiny.parquet").to_pylist()
     assert sorted(r["sampler"] for r in table) == ["hmc", "sgld"]
     for row in table:
         # A ~45-parameter network: the LLC is positive and at most d/2. Budgets this small leave

@@ -23,7 +23,7 @@ import signal
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from lambda_hat.logs import FOLDERS
 from lambda_hat.output_paths import check_execute_outputs
 from lambda_hat.planner import Plan, load, plan
 from lambda_hat.store import HEARTBEAT_S, resolve_store_root
+from lambda_hat.sweep import results_file
 
 STAGES_FILE = "lh-stages.json"  # in the Parsl run directory (parsl_runinfo/NNN/)
 
@@ -47,7 +48,7 @@ class ExecuteRequest:
     backend: str = "local"
     workers: int | None = None
     logs: Path = Path("logs")
-    results: Path = Path("results/llc_runs.parquet")
+    results: Path | None = None  # None: the sweep's own file, results/NAME.parquet (sweep.results_file)
     profile: Path | None = None  # lh.toml-style [slurm] table (or the older YAML --slurm-config)
     slurm_flags: dict = field(default_factory=dict)  # SlurmSettings fields given on the command line
     parsl_config: Path | None = None  # a Python file defining `config` or `make_config()`
@@ -81,16 +82,6 @@ class ExecuteResult:
 class Interrupted(BaseException):
     def __init__(self, signame: str):
         self.signame = signame
-
-
-def _check_output_paths(req: ExecuteRequest) -> None:
-    """Every path the command writes, checked before anything is submitted (output_paths.py)."""
-    sweep_root = None
-    if req.store is None and not os.environ.get("LH_STORE"):  # the sweep is read only when it names the store
-        from lambda_hat.sweep import load_sweep
-
-        sweep_root = load_sweep(req.sweep_path, max_runs=req.max_runs).store_root
-    check_execute_outputs(req.logs, req.results, resolve_store_root(req.store, sweep_root))
 
 
 def _load(req: ExecuteRequest):
@@ -174,7 +165,10 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     from lambda_hat import results as results_io
 
     sweep, expanded, root = _load(req)
-    _check_output_paths(req)
+    if req.results is None:
+        req = replace(req, results=results_file(sweep, req.sweep_path))
+    # Every path the command writes, checked before anything is submitted (output_paths.py).
+    check_execute_outputs(req.logs, req.results, root)
     settings = _backend_settings(req)
     store, rep = _open_store(root, console)
     # The reconcile has just listed and stat'ed every artifact: the snapshot reuses that.
@@ -186,7 +180,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
         n = _results_in_step(req.results, store, snapshot, expanded)
         console.print(
             f"nothing to do: {len(p.targets_cached)} targets and {len(p.runs_cached)} runs already in the store "
-            f"({store.root}); {n} rows in {req.results} ({time.perf_counter() - t_start:.2f}s)"
+            f"({store.root})\n{n} rows in {req.results} ({time.perf_counter() - t_start:.2f}s)"
         )
         return result
     console.print(f"store {store.root}: {p.summary()}")
@@ -217,7 +211,7 @@ def _report(req: ExecuteRequest, result: ExecuteResult, n: int, t_start: float, 
     """The summary after the jobs, and the exit code it implies."""
     if result.interrupted:
         console.print(
-            f"\n[yellow]interrupted[/yellow] ({result.interrupted}): {len(result.completed)} jobs completed and recorded; "
+            f"\n[yellow]interrupted[/yellow] ({result.interrupted}): {len(result.completed)} jobs completed and recorded;\n"
             "run the same command again to do only what is missing."
         )
         result.exit_code = 130 if result.interrupted == "SIGINT" else 143
@@ -235,11 +229,11 @@ def _report(req: ExecuteRequest, result: ExecuteResult, n: int, t_start: float, 
                 result.rebuilt, lambda tid, found_by: f"  {tid} (found by {found_by})", limit=None)
     if result.flagged:
         _listed(console, f"[yellow]{len(result.flagged)} runs finished but are flagged[/yellow] (numbers kept; "
-                "lh query \"select run_id, status, status_reason from runs where status != 'ok'\"):",
+                "lh status lists them):",
                 result.flagged, lambda job_id, status, why: f"  {job_id}: {status}" + (f" ({why})" if why else ""))
     if result.not_waited:
-        _listed(console, f"[red]{len(result.not_waited)} jobs not done[/red]: another lh execute held them past the wait's "
-                "bound (LH_CLAIM_WAIT_S); run lh execute again once it is done:",
+        _listed(console, f"[red]{len(result.not_waited)} jobs not done[/red]: another lh execute held them past the "
+                "wait's\nbound (LH_CLAIM_WAIT_S); run lh execute again once it is done:",
                 result.not_waited, lambda job_id, why: f"  {job_id}: {why}")
     if result.failed:
         _listed(console, "[red]failed jobs[/red] (see their logs):",
@@ -504,6 +498,8 @@ def _is_slurm(provider) -> bool:
 def _print_where(dfk, console: Console) -> None:
     """Where a cluster user looks when something goes wrong (as in Lambda-Hat's guide)."""
     run_dir = Path(dfk.run_dir)
+    if run_dir.is_relative_to(Path.cwd()):  # as the user named it (parsl_runinfo/ under here): short
+        run_dir = run_dir.relative_to(Path.cwd())
     console.print(f"  Parsl run directory: {run_dir} (parsl.log)")
     for ex in dfk.executors.values():
         provider = getattr(ex, "provider", None)
