@@ -491,15 +491,21 @@ def unique_prefixes(ids: list[str]) -> dict[str, str]:
     return out
 
 
+def _four_digits(x: float) -> str:
+    """4 significant digits, trailing zeros kept: an R-hat of 1.0004 reads 1.000, not 1 (which
+    looks like an integer, or like a rounded-away 1.01)."""
+    text = f"{x:#.4g}"
+    mantissa, e, exponent = text.partition("e")
+    return mantissa.rstrip(".") + e + exponent
+
+
 def _cell(value: Any, sql_type: str, prefixes: dict[str, str]) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, decimal.Decimal):
-        return f"{float(value):.4g}"
+    if isinstance(value, (float, decimal.Decimal)):
+        return _four_digits(float(value))
     if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M")
     if isinstance(value, str) and _ID.match(value):

@@ -179,11 +179,15 @@ def test_table_prints_floats_to_four_significant_digits_and_folds_a_wide_row(run
     root, ex = store
     result = lh(runner, "query", "select 3.14159265358979::double as pi, 'x' as s", "--store", str(root))
     assert result.stdout.splitlines()[2].split() == ["3.142", "x"]
+    # Trailing zeros are significant digits too: an R-hat of 1.0004 is not printed as "1".
+    kept = lh(runner, "query", "select 1.0004::double as r_hat, 5579.3::double as ess, 2.5e-7::double as tiny",
+              "--store", str(root))
+    assert kept.stdout.splitlines()[2].split() == ["1.000", "5579", "2.500e-07"]
     wide = lh(runner, "query", f"select * from runs where run_id = '{ex.runs[1].run_id}'", "--store", str(root))
     lines = wide.stdout.splitlines()
     assert all(len(line) <= 80 for line in lines)
     folded = dict(line.split(None, 1) for line in lines if line and not line.startswith(("1 row", "not shown", "everything")))
-    assert folded["sampler"] == ex.runs[1].spec.sampler.name and folded["llc_mean"] == "2"
+    assert folded["sampler"] == ex.runs[1].spec.sampler.name and folded["llc_mean"] == "2.000"
     assert folded["target_model"] == "mlp"
 
 
