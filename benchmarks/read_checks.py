@@ -31,6 +31,15 @@ Checkpoints (`SegmentStore` of `store/worker.py`, 6 traces of 4 chains, a 6-leaf
 sha256, each trace's sha256 over the draws the checkpoint counts), and the sha256 each `flush`
 now adds for a 1,000-draw segment.
 
+And a sweep of many small runs (`--runs`, default 200: one `small` target, 1,000-draw runs of 4
+chains), what the checks add up to over a whole sweep, each side in the same process, alternating:
+
+* jobs' reads    every sampling job reads its target: `--runs` reads of the target, checked
+                 (first read in a process, as each worker's first job) or not
+* export         `results.export_runs` of every run, manifests checked on their content (what
+                 `lh execute` writes results/NAME.parquet with) or read without the check
+* plan           `files_stamp` (what a plan pays) or sha256 of every listed file, over all runs
+
 Prints a table; writes benchmarks/results/read_checks.json.
 """
 
@@ -135,6 +144,64 @@ def make_checkpoint(work_dir: Path, draws: int, segment: int = 1000) -> None:
     seg.flush()
 
 
+def make_sweep_store(root: Path, runs: int) -> tuple[Path, list[str]]:
+    """One small target and `runs` runs on it of 4 chains x 1,000 draws: (target dir, run IDs)."""
+    rng = np.random.default_rng(3)
+    layout = StoreLayout(root)
+    ex = expand(sweep_from_dict({"targets": [{"model": "small", "data": "small"}],
+                                 "samplers": [{"name": "sgld", "grid": {"seed": list(range(runs))}}]}))
+    t = ex.targets[0]
+    write_artifact(layout.target_dir(t.target_id), {**_mlp(rng, [4, 4, 4, 1]), "X": rng.normal(size=(100, 4)),
+                                                    "Y": rng.normal(size=(100, 1))},
+                   Manifest(id=t.target_id, type="target", spec=resolved_spec(t.spec), metrics={"L0": 0.01}))
+    for r in ex.runs:
+        traces = {f"traces/{name}": rng.normal(size=(CHAINS, 1000)) for name in TRACES}
+        write_artifact(layout.run_dir(r.run_id), traces,
+                       Manifest(id=r.run_id, type="run", spec=resolved_spec(r.spec),
+                                metrics={"llc_mean": float(rng.normal()), "status": "ok"}))
+    return layout.target_dir(t.target_id), [r.run_id for r in ex.runs]
+
+
+def sweep_costs(tmp: Path, runs: int, reps: int) -> dict:
+    """Seconds per whole sweep, checked against unchecked (see the module docstring)."""
+    from lambda_hat import results
+    from lambda_hat.store import Store
+
+    target_dir, run_ids = make_sweep_store(tmp / "sweep-store", runs)
+    store = Store(tmp / "sweep-store")
+    store.reconcile()
+    out = tmp / "sweep.parquet"
+    checked_manifests = store.checked_manifests
+
+    def unchecked_manifests(kind, ids):  # the same manifests, read without the content check
+        return [read_manifest(store.layout.artifact_dir(kind, i)) for i in ids], []
+
+    def export(check: bool):
+        artifacts._manifest_problems.cache_clear()  # as in a fresh `lh execute` process
+        store.checked_manifests = checked_manifests if check else unchecked_manifests
+        assert results.export_runs(store, run_ids, out).rows == runs
+
+    run_dirs = [store.layout.run_dir(i) for i in run_ids]
+    sides = {
+        "jobs' reads": (lambda: [unchecked("target", target_dir) for _ in run_ids],
+                        lambda: [checked_cold("target", target_dir) for _ in run_ids]),
+        "export": (lambda: export(False), lambda: export(True)),
+        "plan": (lambda: [plan_stamp("run", d) for d in run_dirs], lambda: [plan_hash("run", d) for d in run_dirs]),
+    }
+    report = {}
+    for label, (off, on) in sides.items():
+        off(), on()  # warm: imports, page cache
+        times = {"unchecked": [], "checked": []}
+        for _ in range(reps):
+            for name, fn in (("unchecked", off), ("checked", on)):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        report[label] = {name: statistics.median(t) for name, t in times.items()}
+    store.checked_manifests = checked_manifests
+    return report
+
+
 def quantiles(xs: list[float]) -> dict:
     xs = sorted(xs)
     return {"median_ms": 1e3 * statistics.median(xs), "p90_ms": 1e3 * xs[int(0.9 * (len(xs) - 1))]}
@@ -143,6 +210,7 @@ def quantiles(xs: list[float]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=200, help="runs in the many-small-runs sweep")
     args = ap.parse_args()
     import os
 
@@ -188,6 +256,7 @@ def main() -> None:
                 hashlib.sha256().update(SegmentStore._draw_major(block))
             hashing.append(time.perf_counter() - t0)
         report["flush_hashing_per_1000_draw_segment"] = quantiles(hashing)
+        report["sweep"] = {"runs": args.runs, **sweep_costs(Path(tmp), args.runs, max(3, args.reps // 6))}
 
     report["load_avg_at_end"] = os.getloadavg()
     print(f"{args.reps} alternating repetitions, median (p90) ms; load average {report['load_avg_at_start'][0]:.1f} "
@@ -202,6 +271,11 @@ def main() -> None:
         print(f"{label:<12} {row['bytes'] / 1e6:7.2f} " + " ".join(f"{c:>16}" for c in cells))
     h = report["flush_hashing_per_1000_draw_segment"]
     print(f"sha256 a flush adds per 1,000-draw segment (6 traces): {h['median_ms']:.3f} ({h['p90_ms']:.3f}) ms")
+    sw = report["sweep"]
+    print(f"a sweep of {sw['runs']} small runs (one small target; 4 chains x 1,000 draws each), seconds per sweep:")
+    print(f"{'':<14} {'unchecked':>10} {'checked':>10}")
+    for label in ("jobs' reads", "export", "plan"):
+        print(f"{label:<14} {sw[label]['unchecked']:10.3f} {sw[label]['checked']:10.3f}")
     out = Path(__file__).resolve().parent / "results" / "read_checks.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}")
