@@ -89,6 +89,8 @@ _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool",
 _STR_TAG, _INT_TAG, _MERGE_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:merge"
 # Python refuses to parse integers of more than 4,300 digits; far beyond 2^53 anyway.
 _MAX_INT_CHARS = 1000
+# A sampler setting `lh calibrate` chooses (lambda_hat/calibrate.py); refused everywhere else.
+AUTO = "auto"
 # A sweep's `name:` is a file name under results/.
 _SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # The libyaml parser when PyYAML has it (about 10x faster), else the pure-Python one.
@@ -498,6 +500,10 @@ def _sampler_entry_label(raw: dict, i: int) -> str:
 def _check_sampler_entry(raw: dict, source: str, entry: str) -> list[tuple[str, list]]:
     _mapping_or_null(raw, "overrides", source, entry, "sampler fields")
     _mapping_or_null(raw, "posterior", source, entry, "posterior fields")
+    for key, value in (raw.get("overrides") or {}).items():
+        if value == AUTO:
+            raise _fail(source, entry, f"overrides.{key}", f"'{AUTO}' is for `lh calibrate {source}`, which "
+                        "chooses it and writes a sweep with the value (then lh execute that one)")
     return _grid_axes(raw, source, entry)
 
 
@@ -716,6 +722,13 @@ def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAU
     _check_resources(targets, samplers, source)
     return Sweep(name=name, store_root=store_root, jax_enable_x64=x64, diagnostics=diagnostics, targets=[t for _, t in targets],
                  samplers=[s for _, s in samplers])
+
+
+def read_sweep_data(path: str | Path) -> Any:
+    """A sweep file's YAML as plain data, read with the loader's limits (size, depth, tags),
+    unchecked: what `lh calibrate` rewrites into the sweeps it writes."""
+    path = Path(path)
+    return _parse_yaml(_read_text(path, str(path)), str(path))
 
 
 def results_file(sweep: Sweep, path: str | Path) -> Path:

@@ -1,0 +1,120 @@
+"""Choosing SGLD's step size from pilot runs, and removing its bias (`lh calibrate`).
+
+An unadjusted Langevin step biases λ̂ by a term that is, to first order, linear in the step
+ε: λ̂(ε) = λ̂(0) + b·ε + O(ε²) (docs/sgld-step.md measured it on deep linear networks and the
+quick example's MLPs). So pilots on a ladder ε, ε/2, ε/4, each covering the same Langevin time
+(steps, warm-up and thinning scaled by the same factor), give
+
+* λ̂(0), the intercept of a weighted least-squares line through (εₖ, λ̂ₖ ± SEMₖ), with its
+  standard error: the step-size bias extrapolated away;
+* the bias of each rung against it, and so the largest step whose bias is within its error.
+
+Everything here is arithmetic on the pilots' numbers: no I/O, no sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+# The ladder: RUNGS steps, each half the one before, from the top ε·nβ down.
+RUNGS = 3
+# Top of the ladder, ε·nβ: twice SGLD's default (0.02): docs/sgld-step.md saw +14 % at 0.04 on
+# the quick example's MLPs, in the range where the bias is still linear.
+TOP_STEP_SIZE_NBETA = 0.04
+# A line through 3 points has 1 degree of freedom; above this χ² (its 99 % quantile) the pilots
+# do not lie on a line within their errors: the steps are past the linear range, or the SEMs
+# understate the error (unconverged chains).
+CHI2_99 = {1: 6.635, 2: 9.210, 3: 11.345, 4: 13.277}
+# A rung is acceptable when its λ̂ is within BIAS_Z combined standard errors of λ̂(0), or within
+# BIAS_REL of it: with long pilots the SEM gets small enough that any finite step is "biased",
+# and 3 % is below what docs/accuracy.md accepts of any sampler against an exact λ.
+BIAS_Z = 2.0
+BIAS_REL = 0.03
+
+
+class Rung(NamedTuple):
+    step_size_nbeta: float
+    steps: int
+    warmup: int
+    eval_every: int
+
+
+def ladder(steps: int, warmup: int, eval_every: int, reference: float, top: float = TOP_STEP_SIZE_NBETA,
+           rungs: int = RUNGS) -> list[Rung]:
+    """The pilots' settings, largest step first: ε·nβ = top, top/2, …, each with steps, warm-up
+    and thinning scaled so that it covers the Langevin time of (steps, warmup, eval_every) at
+    ε·nβ = `reference` (and so records the same number of draws)."""
+    out = []
+    for k in range(rungs):
+        eps = top / 2**k
+        scale = reference / eps
+        out.append(Rung(eps, max(1, round(steps * scale)), round(warmup * scale), max(1, round(eval_every * scale))))
+    return out
+
+
+class Extrapolation(NamedTuple):
+    llc0: float  # λ̂ at ε → 0
+    llc0_se: float
+    slope: float  # dλ̂/d(ε·nβ)
+    slope_se: float
+    chi2: float  # of the pilots about the line
+    dof: int
+
+
+def extrapolate(step_size_nbeta: Sequence[float], llc: Sequence[float], sem: Sequence[float]) -> Extrapolation:
+    """The weighted least-squares line λ̂ = llc0 + slope·ε through the pilots (weights 1/SEM²).
+    Standard errors from the fit's covariance, inflated by √(χ²/dof) when the points scatter
+    more than their SEMs say (never deflated). Needs at least 2 pilots with SEM > 0."""
+    if len(step_size_nbeta) != len(llc) or len(llc) != len(sem) or len(llc) < 2:
+        raise ValueError("extrapolate needs at least 2 pilots, each with ε, λ̂ and SEM")
+    if any(not (s > 0 and math.isfinite(s)) for s in sem) or not all(map(math.isfinite, llc)):
+        raise ValueError("extrapolate needs finite λ̂ and positive finite SEMs")
+    w = [1.0 / s**2 for s in sem]
+    sw = sum(w)
+    sx = sum(wi * x for wi, x in zip(w, step_size_nbeta))
+    sy = sum(wi * y for wi, y in zip(w, llc))
+    sxx = sum(wi * x * x for wi, x in zip(w, step_size_nbeta))
+    sxy = sum(wi * x * y for wi, x, y in zip(w, step_size_nbeta, llc))
+    det = sw * sxx - sx * sx
+    if det <= 0:
+        raise ValueError("extrapolate needs at least 2 different step sizes")
+    slope = (sw * sxy - sx * sy) / det
+    llc0 = (sxx * sy - sx * sxy) / det
+    dof = len(llc) - 2
+    chi2 = sum(wi * (y - llc0 - slope * x) ** 2 for wi, x, y in zip(w, step_size_nbeta, llc))
+    inflate = max(1.0, chi2 / dof) if dof > 0 else 1.0
+    return Extrapolation(llc0, math.sqrt(sxx / det * inflate), slope, math.sqrt(sw / det * inflate), chi2, dof)
+
+
+class Choice(NamedTuple):
+    rung: int | None  # index into the ladder of the chosen step; None: uncalibrated
+    reason: str  # why, in words
+    fit: Extrapolation | None
+
+
+def choose(rungs: Sequence[Rung], llc: Sequence[float | None], sem: Sequence[float | None],
+           status: Sequence[str]) -> Choice:
+    """The largest step whose λ̂ is within BIAS_Z combined standard errors of the extrapolated
+    λ̂(0), given each pilot's λ̂, SEM and status (largest step first, as `ladder` gives them).
+    Uncalibrated (rung None), with the reason, when a pilot has no finite estimate, when fewer
+    than 2 remain, or when the pilots do not lie on a line (χ² above its 99 % quantile)."""
+    bad = [k for k, (v, s, st) in enumerate(zip(llc, sem, status))
+           if v is None or s is None or not math.isfinite(v) or not (s > 0) or st in ("nonfinite", "divergent")]
+    if bad:
+        worst = rungs[bad[0]].step_size_nbeta
+        return Choice(None, f"the pilot at ε·nβ = {worst:g} has no usable estimate ({status[bad[0]]}): "
+                            "start the ladder lower (--top)", None)
+    fit = extrapolate([r.step_size_nbeta for r in rungs], llc, sem)
+    if fit.dof > 0 and fit.chi2 > CHI2_99.get(fit.dof, 6.635 + 2.5 * (fit.dof - 1)):
+        return Choice(None, f"λ̂ is not linear in the step over ε·nβ {rungs[-1].step_size_nbeta:g}–"
+                            f"{rungs[0].step_size_nbeta:g} (χ² {fit.chi2:.1f} on {fit.dof} degree of freedom): "
+                            "steps past the linear range, or pilots whose SEMs understate their error", fit)
+    for k, (r, v, s) in enumerate(zip(rungs, llc, sem)):
+        z = (v - fit.llc0) / math.sqrt(s**2 + fit.llc0_se**2)
+        if abs(z) <= BIAS_Z or abs(v - fit.llc0) <= BIAS_REL * abs(fit.llc0):
+            return Choice(k, f"the largest step whose λ̂ is within {BIAS_Z:g} standard errors or "
+                             f"{BIAS_REL:.0%} of λ̂(ε→0) (bias {v - fit.llc0:+.3g}, {(v - fit.llc0) / fit.llc0:+.1%}, "
+                             f"z = {z:+.1f})", fit)
+    return Choice(None, f"no pilot's λ̂ is within {BIAS_Z:g} standard errors or {BIAS_REL:.0%} of λ̂(ε→0) = "
+                        f"{fit.llc0:.4g}: use the extrapolated value, or a smaller step (--top)", fit)
