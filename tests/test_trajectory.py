@@ -18,7 +18,7 @@ from lambda_hat.planner import expand
 from lambda_hat.store.store import Store
 from lambda_hat.store.worker import WorkerStore
 from lambda_hat.sweep import sweep_from_dict
-from lhproc import lh
+from lhproc import lh, start
 
 # Minibatches (drawn per step from fold_in(key, step)) and adam's state both carried across a
 # resume: what a wrong key or a dropped optimizer state would change.
@@ -79,13 +79,18 @@ def _params(store_dir, tid: str) -> dict[str, np.ndarray]:
     return {k: v for k, v in loaded.items() if k.startswith(("params/", "optimizer/"))}, manifest
 
 
-@pytest.mark.slow  # three `lh execute`s: ~70 s on 2 cores
+@pytest.mark.slow  # three `lh execute`s, two of them at once
 def test_adding_checkpoints_trains_only_the_gap_and_every_split_gives_the_same_bits(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
         d.mkdir()
     (a / "sweep.yaml").write_text(yaml.safe_dump(sweep({"steps": [100, 300], "until": 300})))
+    # b's execute (the comparison below, its own store and processes) runs alongside a's first
+    (b / "sweep.yaml").write_text(yaml.safe_dump(sweep({"steps": [200, 300], "until": 300})))
+    b_proc = start(b, "execute", "sweep.yaml")
     lh(a, "execute", "sweep.yaml")
+    b_out, _ = b_proc.communicate(timeout=600)
+    assert b_proc.returncode == 0, b_out
 
     # Two more checkpoints: the plan builds only them, each resuming from the largest stored step below it.
     (a / "sweep.yaml").write_text(yaml.safe_dump(sweep({"steps": [50, 100, 200, 300], "until": 300})))
@@ -99,8 +104,6 @@ def test_adding_checkpoints_trains_only_the_gap_and_every_split_gives_the_same_b
 
     # The last checkpoint alone, trained from step 0 in another process: the same bits as
     # 0 → 100 → 300 in two jobs of another execute; the step-200 checkpoint (100 → 200) too.
-    (b / "sweep.yaml").write_text(yaml.safe_dump(sweep({"steps": [200, 300], "until": 300})))
-    lh(b, "execute", "sweep.yaml")
     for step in (200, 300):
         got_a, _ = _params(a / "store", ids[step])
         got_b, man_b = _params(b / "store", ids[step])
