@@ -28,7 +28,7 @@ from typing import Any
 
 from lambda_hat.errors import BadInput
 from lambda_hat.science.calibration import RUNGS, TOP_STEP_SIZE_NBETA, Choice, Rung, choose, ladder
-from lambda_hat.sweep import AUTO, read_sweep_data
+from lambda_hat.sweep import AUTO, SWEEP_NAME, read_sweep_data
 
 # The settings a rung changes; a pilot's group is its run spec without them.
 RUNG_FIELDS = ("step_size_nbeta", "steps", "warmup", "eval_every")
@@ -194,14 +194,17 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     data = read_sweep_data(req.sweep_path)
     autos = auto_entries(data, source)
     stem = req.sweep_path.stem
+    name = data.get("name", stem)  # as results/NAME.parquet
+    if not (isinstance(name, str) and SWEEP_NAME.fullmatch(name)):
+        raise BadInput(f"{source}: name: must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
     pilot_path = req.sweep_path.with_name(f"{stem}.pilots.yaml")
     out = req.out or req.sweep_path.with_name(f"{stem}.calibrated.yaml")
-    pilots, ladders = pilot_data(data, autos, req.top, f"{data.get('name') or stem}-pilots")
+    pilots, ladders = pilot_data(data, autos, req.top, f"{name}-pilots")
     # The pilots' sweep must itself be valid (and so is checked whole) before anything is written.
     root = resolve_store_root(req.store, data.get("store_root"))
     from lambda_hat.output_paths import check_output_path
 
-    for path, flag in ((out, "-o"), (req.report_dir / f"{stem}.md", "--report-dir"), (req.report_dir / f"{stem}.json", "--report-dir")):
+    for path, flag in ((out, "-o"), (req.report_dir / f"{name}.md", "--report-dir"), (req.report_dir / f"{name}.json", "--report-dir")):
         check_output_path(path, root, flag)  # before any work, as every command's outputs
     _write_yaml(pilot_path, pilots, [f"The pilots lh calibrate wrote for {req.sweep_path.name} (do not edit):",
                                      f"each step_size_nbeta: auto entry as a ladder of {RUNGS} steps."], root)
@@ -220,7 +223,7 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
         _numbers(store, g, ladders[g.entry])
     outcome.chosen = _chosen(outcome.groups, ladders)
     outcome.calibrated = _write_calibrated(out, data, outcome, req.sweep_path, root)
-    outcome.report = _write_report(req.report_dir, stem, outcome, ladders, root)
+    outcome.report = _write_report(req.report_dir, name, outcome, ladders, root)
     if outcome.calibrated is None or any(v is None for v in outcome.chosen.values()):
         outcome.exit_code = outcome.exit_code or 1
     return outcome

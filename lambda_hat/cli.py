@@ -93,8 +93,9 @@ app.add_typer(index_app, name="index")
 
 # soft_wrap: rich never breaks a line itself. Lines are written to fit 80 columns where they can;
 # the terminal wraps what cannot (a long path), and a log file keeps every line whole.
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# highlight=False: rich's highlighter would colour pieces of numbers and IDs (R-hat=1.076 in three colours).
+console = Console(soft_wrap=True, highlight=False)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 StoreOpt = Annotated[
     Optional[str],
@@ -243,7 +244,7 @@ def execute_cmd(
     backend: Annotated[Backend, typer.Option(metavar="local|slurm", help="Where jobs run.")] = Backend.local,
     workers: Annotated[Optional[int], typer.Option(metavar="N", min=1, help="Local worker processes (default: min(cpu count, 8)).")] = None,
     logs: Annotated[Path, typer.Option(metavar="DIR", help="Per-job logs directory.")] = Path("logs"),
-    results: Annotated[Optional[Path], typer.Option(metavar="FILE", help="One row per run of the sweep: .parquet or .csv (default: results/NAME.parquet, NAME the sweep's name: or file stem).")] = None,
+    results: Annotated[Optional[Path], typer.Option(metavar="FILE", help="One row per run of the sweep, .parquet or .csv. Default: results/NAME.parquet, NAME being the sweep's `name` or its file's stem.")] = None,
     retries: Annotated[int, typer.Option(metavar="N", min=0, help="Retry a job that raised (its own error) this many times; a job lost with its worker, node or block is retried up to 2 times anyway.")] = 0,
     max_runs: MaxRunsOpt = 1_000_000,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A line for every job submitted and completed (by default: one line per stage, the progress bar, failures; completions too up to 50 jobs).")] = False,
@@ -435,7 +436,7 @@ def query_cmd(
                     for chunk in results.text_chunks(q, kind):
                         f.write(chunk.encode())
         n = q.fetched
-    console.print(f"{n} rows written to {out}", highlight=False, soft_wrap=True)
+    console.print(f"{n} row{'' if n == 1 else 's'} written to {out}", highlight=False, soft_wrap=True)
 
 
 def _hint_if_empty(st, sql: str, rows: int, scope=None) -> None:
@@ -477,7 +478,7 @@ def export_cmd(
     damaged: list[tuple[str, str]] = []
     n = results.export_runs(st, run_ids, out, damaged).rows
     missing = len(run_ids) - n - len(damaged)
-    console.print(f"{n} runs written to {out}" + (f" ({missing} of the sweep's runs are not finished)"
+    console.print(f"{n} run{'' if n == 1 else 's'} written to {out}" + (f" ({missing} of the sweep's runs are not finished)"
                                                    if missing and sweep is not None else ""),
                   highlight=False, soft_wrap=True)
     _fail_if_damaged(damaged, f"left out of {out}")
@@ -571,10 +572,13 @@ def _promote(sweep: Path | None, store: str | None, outdir: Path, plots: str | N
     t0 = time.perf_counter()
     rep = promote.promote(st, outdir, run_ids=run_ids, target_ids=target_ids, title=title, plots=chosen)
     unfinished = rep.runs_wanted - rep.runs
-    console.print(f"{rep.runs} runs on {rep.targets} targets"
+    def n(count: int, noun: str) -> str:
+        return f"{count} {noun}" + ("" if count == 1 else "s")
+
+    console.print(f"{n(rep.runs, 'run')} on {n(rep.targets, 'target')}"
                   + (f" ({unfinished} not finished yet: promote again later)" if unfinished else "")
-                  + f": {len(rep.written)} files written, {len(rep.unchanged)} unchanged, in {outdir} "
-                  f"({time.perf_counter() - t0:.1f}s); open {outdir / 'index.html'}", highlight=False, soft_wrap=True)
+                  + f": {n(len(rep.written), 'file')} written, {len(rep.unchanged)} unchanged, in {outdir} "
+                  f"({time.perf_counter() - t0:.1f}s)\nopen {outdir / 'index.html'}", highlight=False, soft_wrap=True)
     _fail_if_damaged(rep.damaged, "left out of the gallery or drawn without plots")
 
 

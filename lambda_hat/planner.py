@@ -64,10 +64,11 @@ class Plan:
         }
 
     def summary(self) -> str:
-        return (
-            f"{len(self.targets_to_build)} targets to build, {len(self.runs_to_sample)} runs to sample, "
-            f"{len(self.targets_cached) + len(self.runs_cached)} cached"
-        )
+        def n(count: int, noun: str) -> str:
+            return f"{count} {noun}" + ("" if count == 1 else "s")
+
+        return (f"{n(len(self.targets_to_build), 'target')} to build, {n(len(self.runs_to_sample), 'run')} to sample, "
+                f"{len(self.targets_cached) + len(self.runs_cached)} cached")
 
 
 def describe_target(t: PlannedTarget) -> str:

@@ -92,7 +92,7 @@ _MAX_INT_CHARS = 1000
 # A sampler setting `lh calibrate` chooses (lambda_hat/calibrate.py); refused everywhere else.
 AUTO = "auto"
 # A sweep's `name:` is a file name under results/.
-_SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # The libyaml parser when PyYAML has it (about 10x faster), else the pure-Python one.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -671,7 +671,7 @@ def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAU
     if store_root is not None and not isinstance(store_root, str):
         raise _fail(source, "", "store_root", "must be a path string")
     name = data.get("name")
-    if name is not None and not (isinstance(name, str) and _SWEEP_NAME.fullmatch(name)):
+    if name is not None and not (isinstance(name, str) and SWEEP_NAME.fullmatch(name)):
         raise _fail(source, "", "name", f"{_short(name)}: must be 1-100 letters, digits, '.', '_' or '-', "
                     "starting with a letter or digit (it names results/NAME.parquet)")
 

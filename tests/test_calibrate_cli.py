@@ -61,7 +61,7 @@ def test_calibrate_removes_the_step_size_bias_on_a_deep_linear_network(tmp_path)
     assert f"wrote s.calibrated.yaml" in proc.stdout
     # The calibrated sweep's run is the chosen pilot: nothing to do, and its λ̂ is that pilot's.
     again = lh(tmp_path, "execute", "s.calibrated.yaml")
-    assert "nothing to do: 1 targets and 1 runs already in the store" in again.stdout
+    assert "nothing to do: 1 target and 1 run already in the store" in again.stdout
     chosen = next(p for p in group["pilots"] if p["step_size_nbeta"] == group["chosen_step_size_nbeta"])
     rows = json.loads(lh(tmp_path, "query", "select run_id, llc_mean from runs", "--sweep", "s.calibrated.yaml",
                          "--format", "json").stdout)

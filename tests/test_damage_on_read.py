@@ -205,7 +205,7 @@ def test_a_damaged_target_is_rebuilt_within_the_execute_that_finds_it(tmp_path):
     found = lh(tmp_path, "execute", "s2.yaml", "--workers", "1")  # exit 0
     out = " ".join(found.stdout.split())
     assert f"quarantined {target.name} (checksum mismatch {ARRAYS_ZIP}); it will be redone" in out, out
-    assert "1 targets to build, 1 runs to sample, 1 cached" in out, out
+    assert "1 target to build, 1 run to sample, 1 cached" in out, out
     assert "2 jobs completed, 0 failed" in out, out  # the target rebuilt, the new run
     assert "FAILED" not in out, out
     assert (target / "manifest.json").is_file()

@@ -69,7 +69,7 @@ def test_execute_twice_then_query(tmp_path):
 
     runinfo_before = sorted(os.listdir(tmp_path / "parsl_runinfo"))
     second = lh("execute", "tiny.yaml", cwd=tmp_path)
-    assert "nothing to do: 1 targets and 2 runs already in the store" in second.stdout
+    assert "nothing to do: 1 target and 2 runs already in the store" in second.stdout
     assert sorted(os.listdir(tmp_path / "parsl_runinfo")) == runinfo_before  # Parsl never started
 
     plan = lh("plan", "tiny.yaml", "--json", cwd=tmp_path).stdout

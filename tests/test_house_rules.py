@@ -246,7 +246,7 @@ def test_a_driver_killed_while_sampling_is_taken_over_by_the_next(long_run, tmp_
     assert processes_left(tmp_path, within_s=30) == []  # its workers did not outlive it
     assert checkpoint.exists() and not (store / "runs" / rid).exists()  # killed mid-run
     second = lh(tmp_path, "execute", "s.yaml", "--workers", "1")
-    assert "1 jobs completed, 0 failed" in second.stdout, second.stdout
+    assert "1 job completed, 0 failed" in second.stdout, second.stdout
     [log] = (tmp_path / "logs" / "run_sampler").glob(f"*{rid}.log")
     assert "resuming" in log.read_text(), log.read_text()
     assert not checkpoint.parent.exists()

@@ -31,7 +31,7 @@ from rich.console import Console
 
 from lambda_hat.errors import BadInput, ExecutorStartError, IndexBusy, LhError
 from lambda_hat.execute.schedule import JobApps, Scheduler, failure_reason
-from lambda_hat.execute.view import ExecuteView, sampling_progress  # noqa: F401 (sampling_progress: imported from here)
+from lambda_hat.execute.view import ExecuteView, plural, sampling_progress  # noqa: F401 (sampling_progress: imported from here)
 from lambda_hat.logs import FOLDERS
 from lambda_hat.output_paths import check_execute_outputs
 from lambda_hat.planner import Plan, load, plan
@@ -179,8 +179,8 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     if p.nothing_to_do:
         n = _results_in_step(req.results, store, snapshot, expanded)
         console.print(
-            f"nothing to do: {len(p.targets_cached)} targets and {len(p.runs_cached)} runs already in the store "
-            f"({store.root})\n{n} rows in {req.results} ({time.perf_counter() - t_start:.2f}s)"
+            f"nothing to do: {plural(len(p.targets_cached), 'target')} and {plural(len(p.runs_cached), 'run')} "
+            f"already in the store ({store.root})\n{plural(n, 'row')} in {req.results} ({time.perf_counter() - t_start:.2f}s)"
         )
         return result
     console.print(f"store {store.root}: {p.summary()}")
@@ -218,8 +218,8 @@ def _report(req: ExecuteRequest, result: ExecuteResult, n: int, t_start: float, 
         return
     elsewhere = f", {len(result.done_elsewhere)} done by another lh execute" if result.done_elsewhere else ""
     console.print(
-        f"\n{len(result.completed)} jobs completed, {len(result.failed)} failed{elsewhere}; "
-        f"{n} rows in {req.results} ({time.perf_counter() - t_start:.1f}s)"
+        f"\n{plural(len(result.completed), 'job')} completed, {len(result.failed)} failed{elsewhere}; "
+        f"{plural(n, 'row')} in {req.results} ({time.perf_counter() - t_start:.1f}s)"
     )
     if result.retried:
         _listed(console, f"{len(result.retried)} jobs retried after a lost worker, manager or block (each recorded once):",
@@ -228,7 +228,7 @@ def _report(req: ExecuteRequest, result: ExecuteResult, n: int, t_start: float, 
         _listed(console, f"{len(result.rebuilt)} damaged targets found by their runs, quarantined and rebuilt in this execute:",
                 result.rebuilt, lambda tid, found_by: f"  {tid} (found by {found_by})", limit=None)
     if result.flagged:
-        _listed(console, f"[yellow]{len(result.flagged)} runs finished but are flagged[/yellow] (numbers kept; "
+        _listed(console, f"[yellow]{plural(len(result.flagged), 'run')} finished but flagged[/yellow] (numbers kept; "
                 "lh status lists them):",
                 result.flagged, lambda job_id, status, why: f"  {job_id}: {status}" + (f" ({why})" if why else ""))
     if result.not_waited:

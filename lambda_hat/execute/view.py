@@ -27,6 +27,11 @@ PROGRESS_PERIOD_S = 1.0
 PROGRESS_JOBS_MAX = 512
 
 
+def plural(n: int, noun: str) -> str:
+    """`1 run`, `2 runs`."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
@@ -37,15 +42,22 @@ def describe_run(manifest: Manifest) -> str:
     llc, sem, r_hat, ess = (_num(m.get(k)) for k in ("llc_mean", "llc_sem", "r_hat", "ess_bulk"))
     parts = []
     if llc is not None:
-        parts.append(f"λ̂={llc:.4g}" + (f" ± {sem:.2g}" if sem is not None else ""))
+        parts.append(f"λ̂={_digits(llc, 4)}" + (f" ± {_digits(sem, 2)}" if sem is not None else ""))
     if r_hat is not None:
         parts.append(f"R-hat={r_hat:.3f}")
     if ess is not None:
         parts.append(f"ESS={ess:.0f}")
     if manifest.status != "ok":
         why = m.get("status_reason")
-        parts.append(f"[yellow]{manifest.status}[/yellow]" + (f" ({why})" if why else ""))
+        # on a line of its own under the job's: the reasons would take the line past 80 columns
+        parts.append(f"\n      [yellow]{manifest.status}[/yellow]" + (f" ({why})" if why else ""))
     return " ".join(parts)
+
+
+def _digits(x: float, n: int) -> str:
+    """`n` significant digits, trailing zeros kept (± 0.040, not ± 0.04)."""
+    mantissa, e, exponent = f"{x:#.{n}g}".partition("e")
+    return mantissa.rstrip(".") + e + exponent
 
 
 def sampling_progress(store, running) -> str:
@@ -95,18 +107,18 @@ class ExecuteView:
     def stage_targets(self, n_mine: int, n_cached: int) -> None:
         self.console.print("\n[bold]=== Stage A: Building Targets ===[/bold]")
         if not n_mine:
-            self.console.print(f"  no targets to build here ({n_cached} already in the store)")
+            self.console.print(f"  no targets to build here ({plural(n_cached, 'target')} already in the store)")
 
     def targets_submitted(self, n: int) -> None:
         if n:
-            self.console.print(f"  submitted {n} target builds")
+            self.console.print(f"  submitted {plural(n, 'target build')}")
 
     def stage_runs(self) -> None:
         self.console.print("\n[bold]=== Stage B: Running Samplers ===[/bold]")
 
     def runs_submitted(self, n: int, waiting: int) -> None:
         if n:
-            self.console.print(f"  submitted {n - waiting} sampler runs"
+            self.console.print(f"  submitted {plural(n - waiting, 'sampler run')}"
                                + (f" ({waiting} more once another lh execute has built their targets)" if waiting else ""))
 
     # ---- the wait
@@ -117,7 +129,7 @@ class ExecuteView:
 
         self.total, self.k = total, 0
         self.job_lines = self.verbose or total <= JOB_LINES_MAX
-        self.console.print(f"\n[bold]=== Waiting for {total} jobs to complete ===[/bold]")
+        self.console.print(f"\n[bold]=== Waiting for {plural(total, 'job')} to complete ===[/bold]")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=self.console, transient=True) as bar:
             self.bar, self.task = bar, bar.add_task("jobs", total=total)
@@ -127,7 +139,7 @@ class ExecuteView:
         """One more job ended, with its line after the count (None: no line)."""
         self.k += 1
         if line is not None:
-            self.console.print(f"  [{self.k}/{self.total}] {line}")
+            self.console.print(f"  [{self.k}/{self.total}] {line}", highlight=False)
         self.bar.advance(self.task)
 
     def completed(self, job_id: str, run: Manifest | None, retried: list[str]) -> None:
