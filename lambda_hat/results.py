@@ -935,7 +935,9 @@ def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: 
                         + ([f"divergences {num('divergences')}"] if metrics.get("divergences") is not None else [])
                         + ([f"acceptance {num('accept_rate_mean')}"] if metrics.get("accept_rate_mean") is not None else []))
         lines += _field("cost", [f"{num('total_fge')} gradient evaluations,", f"{num('walltime_sec')} s",
-                                 f"(compile {num('compile_sec')} s,", f"sample {num('sample_sec')} s)"], sep=" ")
+                                 f"(compile {num('compile_sec')} s"
+                                 + (": the worker's compiled program, reused," if metrics.get("compile_cache_hit") else ","),
+                                 f"sample {num('sample_sec')} s)"], sep=" ")
         flags = run_flags({**metrics, "status": manifest.status})
         if flags:
             lines += _field("flagged", flags, sep="; ")
