@@ -61,11 +61,16 @@ def test_execute_batch_runs_end_to_end(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from lhproc import TARGET, lh
+    from lhproc import TARGET, lh, start
 
-    sweep = ("store_root: store\ntargets:\n" + TARGET + "samplers:\n"
-             "  - {name: sgld, chains: 2, grid: {seed: [1, 2, 3, 4]}, overrides: {steps: 400, warmup: 100, eval_every: 10}}\n"
+    sgld = "  - {name: sgld, chains: 2, grid: {seed: [1, 2, 3, 4]}, overrides: {steps: 400, warmup: 100, eval_every: 10}}\n"
+    sweep = ("store_root: store\ntargets:\n" + TARGET + "samplers:\n" + sgld +
              "  - {name: hmc, chains: 2, overrides: {draws: 20, warmup: 20}}\n")
+    # the same SGLD runs, each alone, in a second store (its own directory and driver), sampled
+    # while the batched execute runs: their λ̂ are compared below
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "s.yaml").write_text("store_root: store\ntargets:\n" + TARGET + "samplers:\n" + sgld)
+    alone = start(tmp_path / "alone", "execute", "s.yaml", "--workers", "1")
     (tmp_path / "s.yaml").write_text(sweep)
     out = lh(tmp_path, "execute", "s.yaml", "--workers", "1", "--batch-runs", "-v").stdout
     assert "Submitting 4 sgld runs as one batch" in out, out
@@ -80,10 +85,8 @@ def test_execute_batch_runs_end_to_end(tmp_path):
             batched[m["id"]] = m["metrics"]["llc_mean"]
     assert len(batched) == 4
     assert "nothing to do" in lh(tmp_path, "execute", "s.yaml", "--batch-runs").stdout
-    # the same runs, each alone, in a second store
-    (tmp_path / "alone").mkdir()
-    (tmp_path / "alone" / "s.yaml").write_text(sweep)
-    lh(tmp_path / "alone", "execute", "s.yaml", "--workers", "1")
+    alone_out, _ = alone.communicate(timeout=600)
+    assert alone.returncode == 0 and "5 jobs completed, 0 failed" in alone_out, alone_out
     for rid, llc in batched.items():
         m = json.loads((tmp_path / "alone" / "store" / "runs" / rid / "manifest.json").read_text())
         assert m["metrics"]["llc_mean"] == pytest.approx(llc, rel=1e-6), rid  # SGLD forgets rounding differences
