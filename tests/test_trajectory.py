@@ -147,7 +147,8 @@ print(json.dumps(build_target_job(spec, store, f"{logs}/t.log", f"{logs}/t.err",
 """
 
 
-def build_job(tmp_path, spec, store, earlier=(), **env):
+def build_job(tmp_path, spec, store, earlier=(), wait=True, **env):
+    """The build job in a process of its own: its CompletedProcess, or with wait=False its Popen."""
     import os
     import subprocess
     import sys
@@ -156,21 +157,26 @@ def build_job(tmp_path, spec, store, earlier=(), **env):
     logs.mkdir()
     (store / "targets").mkdir(parents=True, exist_ok=True)
     e = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
-    return subprocess.run([sys.executable, "-c", JOB, json.dumps(spec.model_dump(mode="json")), str(store), str(logs),
-                           json.dumps(list(earlier))], env=e, capture_output=True, text=True, timeout=300)
+    args = [sys.executable, "-c", JOB, json.dumps(spec.model_dump(mode="json")), str(store), str(logs),
+            json.dumps(list(earlier))]
+    if not wait:
+        return subprocess.Popen(args, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(args, env=e, capture_output=True, text=True, timeout=300)
 
 
 def test_a_build_killed_mid_training_resumes_to_the_same_bits(tmp_path):
     ex = expand(sweep_from_dict(sweep({"steps": [100, 400], "until": 400})))
     (t100, t400) = ex.targets
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    assert build_job(tmp_path, t400.spec, clean).returncode == 0  # 0 → 400 in one job
+    clean_job = build_job(tmp_path, t400.spec, clean, wait=False)  # 0 → 400 in one job, alongside the rest
     assert build_job(tmp_path, t100.spec, killed).returncode == 0
     # SIGKILLed after step 300 of 100 → 400: nothing of it stored; the next try resumes from step 100
     dead = build_job(tmp_path, t400.spec, killed, [t100.target_id], LH_CRASH_AT="train:step-300")
     assert dead.returncode == -9 and "training steps 100 to 400" in (tmp_path / "logs-2" / "t.log").read_text()
     assert WorkerStore(killed).complete("target", t400.target_id) is None
     assert build_job(tmp_path, t400.spec, killed, [t100.target_id]).returncode == 0
+    _, err = clean_job.communicate(timeout=300)
+    assert clean_job.returncode == 0, err[-3000:]
     got, manifest = _params(killed, t400.target_id)
     want, _ = _params(clean, t400.target_id)
     assert manifest.metrics["trained_from_step"] == 100
