@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from lhproc import lh
+from lhproc import lh, start
 
 TARGET = {"model": {"kind": "mlp", "in_dim": 3, "out_dim": 2, "depth": 2, "widths": [6, 5], "activation": "tanh"},
           "data": {"n_data": 2000, "noise_scale": 0.1}, "seed": 0, "dtype": "float64"}
@@ -89,10 +89,8 @@ def test_the_last_layers_llc_matches_its_exact_gaussian_value(tmp_path, jax64):
         {"name": "mclmc", "seed": 1, "chains": 4, "overrides": {"draws": 1000}, "restrict": {"include": ["W_2", "b_2"]}},
     ]}
     (tmp_path / "s.yaml").write_text(json.dumps(sweep))
-    lh(tmp_path, "execute", "s.yaml", "--workers", "1", timeout=900)
-    rows = json.loads(lh(tmp_path, "query", "--sweep", "s.yaml", "--format", "json",
-                         "select sampler, status, llc_mean, llc_sem, r_hat, n_params, restrict, llc_true, rel_error "
-                         "from runs order by sampler").stdout)
+    # the two runs at once, while this process works out the exact value
+    proc = start(tmp_path, "execute", "s.yaml", "--workers", "2")
 
     spec = sweep_from_dict(sweep).targets[0]
     arrays = build_target(spec)
@@ -106,6 +104,11 @@ def test_the_last_layers_llc_matches_its_exact_gaussian_value(tmp_path, jax64):
 
     n = spec.data.n_data
     expected = quadratic_expected_llc_at(jax.hessian(restricted)(w[idx]), jax.grad(restricted)(w[idx]), n / np.log(n), 1.0)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    rows = json.loads(lh(tmp_path, "query", "--sweep", "s.yaml", "--format", "json",
+                         "select sampler, status, llc_mean, llc_sem, r_hat, n_params, restrict, llc_true, rel_error "
+                         "from runs order by sampler").stdout)
     print(rows, "expected", expected)
     assert abs(expected - 6.0) < 1.0
     assert [r["sampler"] for r in rows] == ["mclmc", "nuts"]
