@@ -411,9 +411,11 @@ def query_cmd(
         raise BadInput("--format parquet writes a binary file: add -o FILE.parquet")
     limits = dict(timeout_s=timeout_s, memory_limit=memory_limit, scope=scope)
     if kind == "table":
-        # A table on the terminal fetches only the rows it shows (and one more, to say so).
-        to_terminal = out is None and limit > 0
-        res = results.run_query(st, sql, max_rows=limit if to_terminal else None, **limits)
+        # A table fetches only the rows it shows (and one more, to say so): at most --limit, and
+        # never past TABLE_ROWS_MAX (rows held in Python are outside DuckDB's memory limit).
+        limit = min(limit, results.TABLE_ROWS_MAX)
+        shown = limit if out is None and limit > 0 else results.TABLE_ROWS_MAX
+        res = results.run_query(st, sql, max_rows=shown, **limits)
         width = 10**6 if out is not None else shutil.get_terminal_size((80, 24)).columns
         text = results.to_table(res, width, limit=0 if out is not None else limit)
         if out is None:

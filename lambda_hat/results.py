@@ -44,6 +44,9 @@ from lambda_hat.logs import FOLDERS, job_logs, named_by
 from lambda_hat.store import Store
 
 INDEX_ALIAS = "lh_index"
+# The most rows a table fetches (`--limit 0` included): a table's rows are held in Python, outside
+# DuckDB's memory limit; csv, json and parquet stream every row.
+TABLE_ROWS_MAX = 100_000
 # Manifest-file facts the store keeps to notice edited manifests: not results.
 _INTERNAL = ("manifest_size", "manifest_mtime_ns")
 _PROVENANCE = ("code_sha", "host", "created_at", "manifest_version", "spec", "metrics")
@@ -588,7 +591,8 @@ def to_table(res: Result, width: int, limit: int = 0) -> str:
         lines += ["  ".join(fmt(i, r[i]) for i in kept).rstrip() for r in cells]
     footer = f"{len(res.rows)} row{'s' if len(res.rows) != 1 else ''}"
     if res.more:  # the query was not fetched past the shown rows: their number is not known
-        footer = f"first {len(shown_rows)} rows shown, more not fetched (--limit 0: all)"
+        footer = f"first {len(shown_rows)} rows shown, more not fetched " + (
+            "(--limit 0: all)" if limit else f"(a table holds at most {TABLE_ROWS_MAX:,}; --format csv or json: every row)")
     elif len(shown_rows) < len(res.rows):
         footer += f", first {len(shown_rows)} shown (--limit 0: all)"
     rounded = any(isinstance(v, (float, decimal.Decimal)) for row in shown_rows for v in row)

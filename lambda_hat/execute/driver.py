@@ -169,6 +169,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
         req = replace(req, results=results_file(sweep, req.sweep_path))
     # Every path the command writes, checked before anything is submitted (output_paths.py).
     check_execute_outputs(req.logs, req.results, root)
+    _note_results_owner(req.results, req.sweep_path, console)
     settings = _backend_settings(req)
     store, rep = _open_store(root, console)
     # The reconcile has just listed and stat'ed every artifact: the snapshot reuses that.
@@ -178,6 +179,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     result = ExecuteResult()
     if p.nothing_to_do:
         n = _results_in_step(req.results, store, snapshot, expanded)
+        _remember_owner(req.results, req.sweep_path)
         console.print(
             f"nothing to do: {plural(len(p.targets_cached), 'target')} and {plural(len(p.runs_cached), 'run')} "
             f"already in the store ({store.root})\n{plural(n, 'row')} in {req.results} ({time.perf_counter() - t_start:.2f}s)"
@@ -188,6 +190,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
         console.print(f"  {len(rep.pending)} artifacts not yet indexed (index busy); they will be recorded")
     _run(req, settings, store, p, console, result, rep.pending, sweep.diagnostics.model_dump())
     n = results_io.export_runs(store, [r.run_id for r in expanded.runs], req.results).rows
+    _remember_owner(req.results, req.sweep_path)
     _report(req, result, n, t_start, console)
     return result
 
@@ -277,6 +280,31 @@ def _results_source(snapshot, out_path: Path) -> str:
     for sql in results.view_sql("lh_index").values():
         h.update(sql.encode())
     return h.hexdigest()
+
+
+def _owner_file(out_path: Path) -> Path:
+    return out_path.parent / f".{out_path.name}.lh-sweep"
+
+
+def _note_results_owner(out_path: Path, sweep_path: Path, console: Console) -> None:
+    """Two sweeps with one file stem (and no `name:`) share results/NAME.parquet: say so when this
+    execute is about to replace the other sweep's file, instead of replacing it silently."""
+    try:
+        theirs = _owner_file(out_path).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return
+    if theirs and theirs != str(sweep_path.resolve()) and out_path.is_file():
+        console.print(f"  [yellow]note[/yellow]: {out_path} held the runs of {theirs};\n"
+                      "  it now holds this sweep's (a name: in either sweep gives each its own file)")
+
+
+def _remember_owner(out_path: Path, sweep_path: Path) -> None:
+    from lambda_hat.files import write_atomic
+
+    try:
+        write_atomic(_owner_file(out_path), str(sweep_path.resolve()).encode())
+    except (OSError, LhError):
+        pass  # only for the note above
 
 
 def _sidecar(out_path: Path) -> Path:

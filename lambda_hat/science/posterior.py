@@ -142,6 +142,10 @@ def loss_from_logdensity(logdensity, w, w_star, n_beta, gamma):
 # and the halvings narrow it as above. Every other start is exactly as it was.
 INIT_JITTER = 1.0
 FLAT_START_SCALE = INIT_JITTER
+# A γ that is tiny but not 0 (γ = 1e-12 at a flat w*: s = 1e6) would start past what the
+# START_HALVINGS can narrow (1e6 / 4096 = 244: every draw non-finite). So s is at most this, whose
+# last halving is 0.24; only starts with γ + nβκ < 1e-6 change.
+MAX_START_SCALE = 1e3
 INIT_PROBES = 8
 START_HALVINGS = 12
 START_LLC_CAP = 10.0
@@ -182,7 +186,8 @@ def init_scale(key, loss_fn, w_star, n_beta, gamma):
     kappa = jnp.mean(jax.lax.map(quad_form, probes)) / w_star.size
     kappa = jnp.where(jnp.isfinite(kappa), jnp.maximum(kappa, 0.0), 0.0)
     width_inv2 = gamma + n_beta * kappa  # 1 / s² before INIT_JITTER
-    return jnp.where(width_inv2 > 0, INIT_JITTER / jnp.sqrt(width_inv2), FLAT_START_SCALE)
+    scale = jnp.where(width_inv2 > 0, INIT_JITTER / jnp.sqrt(width_inv2), FLAT_START_SCALE)
+    return jnp.minimum(scale, MAX_START_SCALE)
 
 
 def dispersed_start(chain_key, loss_fn, w_star, n_beta, gamma):

@@ -319,6 +319,14 @@ class Store:
         store = cls(root)
         lay = store.layout
         if root.is_dir():
+            # A writer writes below the root only into real directories: a link among the store's
+            # own directories would send runs, leases, quarantined entries or compile locks
+            # elsewhere. (Readers pass: lh gc removes such links, lh verify reports them.)
+            for sub in (lay.targets_dir, lay.runs_dir, lay.work_root, lay.claims_dir, lay.quarantine_dir,
+                        lay.jax_cache_dir, lay.jax_cache_dir / "lh-compile-locks"):
+                if create and sub.is_symlink():
+                    raise StoreError(f"{sub}: a symbolic link in the store; lambda-hat writes only into the "
+                                     "store's own directories: make it one (--store can name a store on another disk)")
             for sub in (lay.targets_dir, lay.runs_dir):
                 if sub.exists() and not sub.is_dir():
                     raise StoreError(f"{root}: not a lambda-hat store ({sub.name} is a file)")

@@ -182,6 +182,9 @@ class SegmentStore:
         # the bytes hashed), and how many draws they cover.
         self.trace_hashes: dict = {}
         self.hashed_draws = 0
+        if self.dir.is_symlink():  # planted: never read or write through it (it points out of the store)
+            print(f"removing {self.dir}, a symbolic link where a work directory belongs; starting over", flush=True)
+            self.remove()
 
     @staticmethod
     def _draw_major(block) -> bytes:
@@ -314,4 +317,10 @@ class SegmentStore:
     def remove(self) -> None:
         import shutil
 
+        if self.dir.is_symlink():  # the link itself, never what it points to
+            try:
+                os.unlink(self.dir)
+            except FileNotFoundError:
+                pass
+            return
         shutil.rmtree(self.dir, ignore_errors=True)
