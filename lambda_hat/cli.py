@@ -532,6 +532,8 @@ def show_cmd(
     from lambda_hat import results
 
     st = _store_of(store, sweep)
+    if not st.root.is_dir():
+        raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or --sweep FILE)")
     kind, artifact_id = st.resolve(artifact)
     manifest = st.read_verified(kind, artifact_id)  # damaged: one line, exit 1
     if as_json:

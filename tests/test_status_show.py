@@ -85,6 +85,11 @@ def test_status_of_a_missing_store_exits_2(runner, tmp_path):
     assert result.exit_code == 2 and "no such store" in result.stderr
 
 
+def test_show_in_a_missing_store_says_so(runner, tmp_path):
+    result = lh(runner, "show", "run_0123", "--store", str(tmp_path / "nothing"))
+    assert result.exit_code == 2 and "nothing: no such store" in result.stderr, result.output
+
+
 def test_show_by_unique_prefix(runner, store):
     root, ex, late = store
     run = ex.runs[1]
