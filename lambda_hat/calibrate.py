@@ -133,30 +133,29 @@ def _write_yaml(path: Path, data: dict, header: list[str], store_root: Path) -> 
     write_atomic(path, text.encode())
 
 
-def _groups(pilot_path: Path, ladders: dict[int, list[Rung]], autos: dict[int, dict]) -> list[Group]:
-    """The pilots' runs, grouped: same target and same spec but for the rung's settings."""
+def _groups(pilot_path: Path, pilots: dict, ladders: dict[int, list[Rung]], autos: dict[int, dict]) -> list[Group]:
+    """Each auto entry's pilots, grouped: one group per target and per setting of the entry that
+    is not the rung's (seed, γ, …). Each entry's ladder is expanded on its own, so two entries
+    whose pilots look alike are never mixed up."""
     from lambda_hat.ids import resolved_spec
-    from lambda_hat.planner import load
+    from lambda_hat.planner import expand
+    from lambda_hat.sweep import sweep_from_dict
 
-    _, expanded = load(pilot_path)
-    rung_steps = {i: {r.step_size_nbeta: k for k, r in enumerate(rs)} for i, rs in ladders.items()}
-    groups: dict[tuple, Group] = {}
-    for run in expanded.runs:
-        spec = resolved_spec(run.spec)
-        sampler = spec["sampler"]
-        if sampler.get("name") != "sgld":
-            continue
-        rest = {k: v for k, v in sampler.items() if k not in RUNG_FIELDS}
-        key_spec = json.dumps({**spec, "sampler": rest}, sort_keys=True)
-        for i, entry in autos.items():  # the auto entry this pilot came from: its rung and its other settings
-            k = rung_steps[i].get(sampler["step_size_nbeta"])
-            if k is None or ladders[i][k].steps != sampler["steps"]:
-                continue
-            g = groups.setdefault((i, key_spec), Group(i, run.target_id, _label(spec), [""] * len(ladders[i])))
-            if not g.run_ids[k]:
-                g.run_ids[k] = run.run_id
-                break
-    return [g for g in groups.values() if all(g.run_ids)]
+    out: list[Group] = []
+    for i, rungs in ladders.items():
+        only_i = {**pilots, "samplers": [_with_rung(autos[i], r) for r in rungs]}
+        expanded = expand(sweep_from_dict(only_i, str(pilot_path), base_dir=str(pilot_path.resolve().parent)))
+        steps = [r.step_size_nbeta for r in rungs]
+        groups: dict[str, Group] = {}
+        for run in expanded.runs:
+            spec = resolved_spec(run.spec)
+            sampler = spec["sampler"]
+            rest = {k: v for k, v in sampler.items() if k not in RUNG_FIELDS}
+            g = groups.setdefault(json.dumps({**spec, "sampler": rest}, sort_keys=True),
+                                  Group(i, run.target_id, _label(spec), [""] * len(rungs)))
+            g.run_ids[steps.index(sampler["step_size_nbeta"])] = run.run_id
+        out += [g for g in groups.values() if all(g.run_ids)]
+    return out
 
 
 def _label(spec: dict) -> str:
@@ -218,7 +217,7 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
         if ran.interrupted:
             return outcome
     store = Store.open(root)
-    outcome.groups = _groups(pilot_path, ladders, autos)
+    outcome.groups = _groups(pilot_path, pilots, ladders, autos)
     for g in outcome.groups:
         _numbers(store, g, ladders[g.entry])
     outcome.chosen = _chosen(outcome.groups, ladders)

@@ -68,3 +68,22 @@ def test_calibrate_removes_the_step_size_bias_on_a_deep_linear_network(tmp_path)
     assert rows == [{"run_id": chosen["run_id"], "llc_mean": chosen["llc_mean"]}]
     # Run again: every pilot is in the store, nothing is sampled.
     assert "nothing to do" in lh(tmp_path, "calibrate", "s.yaml").stdout
+
+
+def test_two_auto_entries_with_alike_pilots_are_kept_apart(tmp_path):
+    """Two SGLD entries with the same budget (so the same ladder of steps) that differ in batch
+    size: each entry's groups hold exactly its own pilots, as its own one-entry sweep expands."""
+    from lambda_hat.calibrate import _groups, auto_entries, pilot_data
+    from lambda_hat.planner import expand
+    from lambda_hat.sweep import read_sweep_data, sweep_from_dict
+
+    (tmp_path / "s.yaml").write_text(sweep(SGLD_AUTO + SGLD_AUTO.replace("eval_every: 10}", "eval_every: 10, batch_size: 64}")))
+    data = read_sweep_data(tmp_path / "s.yaml")
+    autos = auto_entries(data, "s.yaml")
+    pilots, ladders = pilot_data(data, autos, 0.04, "s-pilots")
+    groups = _groups(tmp_path / "s.pilots.yaml", pilots, ladders, autos)
+    assert sorted(g.entry for g in groups) == [0, 1]
+    for g in groups:
+        own = {**pilots, "samplers": pilots["samplers"][3 * g.entry:3 * g.entry + 3]}
+        assert g.run_ids == [r.run_id for r in expand(sweep_from_dict(own)).runs]
+    assert not set(groups[0].run_ids) & set(groups[1].run_ids)
