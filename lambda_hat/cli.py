@@ -24,6 +24,7 @@ from rich.markup import escape as rich_escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from lambda_hat.errors import BadInput, LhError
+from lambda_hat.text import plural
 from lambda_hat.files import atomic_file, write_atomic
 from lambda_hat.output_paths import check_output_path
 
@@ -438,7 +439,7 @@ def query_cmd(
                     for chunk in results.text_chunks(q, kind):
                         f.write(chunk.encode())
         n = q.fetched
-    console.print(f"{n} row{'' if n == 1 else 's'} written to {out}", highlight=False, soft_wrap=True)
+    console.print(f"{plural(n, 'row')} written to {out}", highlight=False, soft_wrap=True)
 
 
 def _hint_if_empty(st, sql: str, rows: int, scope=None) -> None:
@@ -480,7 +481,7 @@ def export_cmd(
     damaged: list[tuple[str, str]] = []
     n = results.export_runs(st, run_ids, out, damaged).rows
     missing = len(run_ids) - n - len(damaged)
-    console.print(f"{n} run{'' if n == 1 else 's'} written to {out}" + (f" ({missing} of the sweep's runs are not finished)"
+    console.print(f"{plural(n, 'run')} written to {out}" + (f" ({missing} of the sweep's runs are not finished)"
                                                    if missing and sweep is not None else ""),
                   highlight=False, soft_wrap=True)
     _fail_if_damaged(damaged, f"left out of {out}")
@@ -576,12 +577,9 @@ def _promote(sweep: Path | None, store: str | None, outdir: Path, plots: str | N
     t0 = time.perf_counter()
     rep = promote.promote(st, outdir, run_ids=run_ids, target_ids=target_ids, title=title, plots=chosen)
     unfinished = rep.runs_wanted - rep.runs
-    def n(count: int, noun: str) -> str:
-        return f"{count} {noun}" + ("" if count == 1 else "s")
-
-    console.print(f"{n(rep.runs, 'run')} on {n(rep.targets, 'target')}"
+    console.print(f"{plural(rep.runs, 'run')} on {plural(rep.targets, 'target')}"
                   + (f" ({unfinished} not finished yet: promote again later)" if unfinished else "")
-                  + f": {n(len(rep.written), 'file')} written, {len(rep.unchanged)} unchanged, in {outdir} "
+                  + f": {plural(len(rep.written), 'file')} written, {len(rep.unchanged)} unchanged, in {outdir} "
                   f"({time.perf_counter() - t0:.1f}s)\nopen {outdir / 'index.html'}", highlight=False, soft_wrap=True)
     _fail_if_damaged(rep.damaged, "left out of the gallery or drawn without plots")
 

@@ -64,10 +64,9 @@ class Plan:
         }
 
     def summary(self) -> str:
-        def n(count: int, noun: str) -> str:
-            return f"{count} {noun}" + ("" if count == 1 else "s")
+        from lambda_hat.text import plural
 
-        return (f"{n(len(self.targets_to_build), 'target')} to build, {n(len(self.runs_to_sample), 'run')} to sample, "
+        return (f"{plural(len(self.targets_to_build), 'target')} to build, {plural(len(self.runs_to_sample), 'run')} to sample, "
                 f"{len(self.targets_cached) + len(self.runs_cached)} cached")
 
 

@@ -42,6 +42,7 @@ from lambda_hat.errors import BadInput, QueryFailed, QueryRefused, first_sentenc
 from lambda_hat.files import write_atomic
 from lambda_hat.logs import FOLDERS, job_logs, named_by
 from lambda_hat.store import Store
+from lambda_hat.text import plural, significant
 
 INDEX_ALIAS = "lh_index"
 # The most rows a table fetches (`--limit 0` included): a table's rows are held in Python, outside
@@ -494,21 +495,13 @@ def unique_prefixes(ids: list[str]) -> dict[str, str]:
     return out
 
 
-def _four_digits(x: float) -> str:
-    """4 significant digits, trailing zeros kept: an R-hat of 1.0004 reads 1.000, not 1 (which
-    looks like an integer, or like a rounded-away 1.01)."""
-    text = f"{x:#.4g}"
-    mantissa, e, exponent = text.partition("e")
-    return mantissa.rstrip(".") + e + exponent
-
-
 def _cell(value: Any, sql_type: str, prefixes: dict[str, str]) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (float, decimal.Decimal)):
-        return _four_digits(float(value))
+        return significant(float(value), 4)
     if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M")
     if isinstance(value, str) and _ID.match(value):
@@ -828,12 +821,9 @@ def format_status(rep: StatusReport, logs: Path, limit: int = 20) -> str:
     lines = [f"store {rep.root}: {human_bytes(rep.size_bytes)}"]
     if rep.scope is not None:
         todo = {k: n for k, n in rep.not_done.items() if n}
-        def units(n: int, kind: str) -> str:
-            return f"{n} {kind}" + ("" if n == 1 else "s")
-
-        lines.append(f"sweep {rep.scope.name}: {units(len(rep.scope.target_ids), 'target')}, "
-                     f"{units(len(rep.scope.run_ids), 'run')}"
-                     + (" (" + ", ".join(units(n, k) for k, n in todo.items()) + " not done: lh execute)" if todo else "")
+        lines.append(f"sweep {rep.scope.name}: {plural(len(rep.scope.target_ids), 'target')}, "
+                     f"{plural(len(rep.scope.run_ids), 'run')}"
+                     + (" (" + ", ".join(plural(n, k) for k, n in todo.items()) + " not done: lh execute)" if todo else "")
                      + "; only these below")
     lines += [f"  targets  {counts(rep.targets_by_status)}",
               f"  runs     {counts(rep.runs_by_status)}"]

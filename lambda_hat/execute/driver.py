@@ -31,7 +31,8 @@ from rich.console import Console
 
 from lambda_hat.errors import BadInput, ExecutorStartError, IndexBusy, LhError
 from lambda_hat.execute.schedule import JobApps, Scheduler, failure_reason
-from lambda_hat.execute.view import ExecuteView, plural, sampling_progress  # noqa: F401 (sampling_progress: imported from here)
+from lambda_hat.execute.view import ExecuteView, sampling_progress  # noqa: F401 (sampling_progress: imported from here)
+from lambda_hat.text import plural
 from lambda_hat.logs import FOLDERS
 from lambda_hat.output_paths import check_execute_outputs
 from lambda_hat.planner import Plan, load, plan

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from lambda_hat.planner import describe_target
+from lambda_hat.text import plural, significant
 
 if TYPE_CHECKING:
     from lambda_hat.planner import PlannedRun, PlannedTarget
@@ -27,11 +28,6 @@ PROGRESS_PERIOD_S = 1.0
 PROGRESS_JOBS_MAX = 512
 
 
-def plural(n: int, noun: str) -> str:
-    """`1 run`, `2 runs`."""
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
 def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
@@ -42,7 +38,7 @@ def describe_run(manifest: Manifest) -> str:
     llc, sem, r_hat, ess = (_num(m.get(k)) for k in ("llc_mean", "llc_sem", "r_hat", "ess_bulk"))
     parts = []
     if llc is not None:
-        parts.append(f"λ̂={_digits(llc, 4)}" + (f" ± {_digits(sem, 2)}" if sem is not None else ""))
+        parts.append(f"λ̂={significant(llc, 4)}" + (f" ± {significant(sem, 2)}" if sem is not None else ""))
     if r_hat is not None:
         parts.append(f"R-hat={r_hat:.3f}")
     if ess is not None:
@@ -53,11 +49,6 @@ def describe_run(manifest: Manifest) -> str:
         parts.append(f"\n      [yellow]{manifest.status}[/yellow]" + (f" ({why})" if why else ""))
     return " ".join(parts)
 
-
-def _digits(x: float, n: int) -> str:
-    """`n` significant digits, trailing zeros kept (± 0.040, not ± 0.04)."""
-    mantissa, e, exponent = f"{x:#.{n}g}".partition("e")
-    return mantissa.rstrip(".") + e + exponent
 
 
 def sampling_progress(store, running) -> str:
