@@ -193,3 +193,31 @@ def test_more_workers_than_cores_all_start(tmp_path):
     finally:
         dfk.cleanup()
         parsl.clear()
+
+
+def test_two_drivers_starting_at_once_in_one_directory_each_get_a_run_directory(tmp_path, monkeypatch):
+    """Parsl numbers run directories by listing them; a driver whose listing is taken just before
+    another driver creates 000 picks 000 too (the fresh-clone CI failure: 'File exists: parsl_runinfo/...').
+    The listing is made stale here, the other driver's directory real; the driver must take 001."""
+    import parsl
+    from parsl.config import Config
+    from parsl.dataflow import rundirs
+    from parsl.executors import ThreadPoolExecutor
+
+    from lambda_hat.execute.driver import _load_parsl
+
+    run_dir = tmp_path / "parsl_runinfo"
+    (run_dir / "000").mkdir(parents=True)  # the other driver's, made after our listing
+    real_glob, stale = rundirs.glob, [True]
+
+    def listing_taken_before_the_other_driver(pattern):
+        if stale.pop() if stale else False:
+            return []
+        return real_glob(pattern)
+
+    monkeypatch.setattr(rundirs, "glob", listing_taken_before_the_other_driver)
+    dfk = _load_parsl(parsl, Config(executors=[ThreadPoolExecutor()], run_dir=str(run_dir)))
+    try:
+        assert dfk.run_dir == str(run_dir / "001")
+    finally:
+        dfk.cleanup()

@@ -509,12 +509,36 @@ def _start_parsl(req: ExecuteRequest, config):
     from lambda_hat.execute import apps
 
     try:
-        dfk = parsl.load(config)
+        dfk = _load_parsl(parsl, config)
     except Exception as err:
         raise ExecutorStartError(f"could not start Parsl: {failure_reason(err)} (Parsl logs: {req.parsl_run_dir})") from err
     return (dfk, python_app(apps.build_target_job, data_flow_kernel=dfk),
             python_app(apps.run_sampler_job, data_flow_kernel=dfk),
             python_app(apps.run_sampler_batch_job, data_flow_kernel=dfk))
+
+
+RUN_DIR_TRIES = 20
+
+
+def _load_parsl(parsl, config):
+    """parsl.load, again when another driver took the run directory's number first. Parsl numbers
+    its run directories (000, 001, ...) by listing them, so two drivers starting at once in one
+    directory can pick the same number; its first step, so nothing is started when it fails."""
+    Path(config.run_dir).mkdir(parents=True, exist_ok=True)  # the parent: Parsl's own check-then-create races too
+    for attempt in range(RUN_DIR_TRIES):
+        try:
+            return parsl.load(config)
+        except FileExistsError as err:
+            if attempt == RUN_DIR_TRIES - 1 or not _is_under(err.filename, config.run_dir):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def _is_under(path, parent) -> bool:
+    try:
+        return path is not None and Path(path).resolve().is_relative_to(Path(parent).resolve())
+    except (OSError, ValueError):
+        return False
 
 
 def _is_slurm(provider) -> bool:
