@@ -190,8 +190,25 @@ def plan_cmd(
     if n_shown < n_rows:
         console.print(f"... and {n_rows - n_shown} more rows (--limit 0 shows all)")
     console.print(p.summary())
+    recording = _recording_line(p, expanded)
+    if recording:
+        console.print(recording)
     for line in _why_new(p, st):
         console.print(line, markup=False, highlight=False)
+
+
+def _recording_line(p, expanded) -> str | None:
+    """What the runs to sample will store of recorded per-example losses (`record.per_example`)."""
+    from lambda_hat.results import human_bytes
+    from lambda_hat.sweep import per_example_bytes
+
+    n_data = {t.target_id: t.spec.data.n_data for t in expanded.targets}
+    sizes = [per_example_bytes(r.setting.sampler, r.setting.record.per_example, n_data[r.target_id])
+             for r in p.runs_to_sample if r.setting.record is not None and r.setting.record.per_example is not None]
+    if not sizes:
+        return None
+    return (f"per-example losses: {plural(len(sizes), 'run')} to sample record {human_bytes(sum(sizes))} "
+            f"(largest {human_bytes(max(sizes))}, float32, before compression)")
 
 
 def _why_new(p, st) -> list[str]:

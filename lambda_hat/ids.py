@@ -90,8 +90,9 @@ class RunIds:
 
     __slots__ = ("_head", "_tail")
 
-    def __init__(self, sampler, posterior: PosteriorSpec, seed: int, free: list[str] | None = None):
-        spec = RunSpec(target_id=_TARGET_ID_SLOT, sampler=sampler, posterior=posterior, seed=seed, free=free)
+    def __init__(self, sampler, posterior: PosteriorSpec, seed: int, free: list[str] | None = None, record=None):
+        spec = RunSpec(target_id=_TARGET_ID_SLOT, sampler=sampler, posterior=posterior, seed=seed, free=free,
+                       record=record)
         payload = rfc8785.dumps({"schema": RUN_SCHEMA, "spec": hashed_spec(spec)})
         slot_json = rfc8785.dumps(_TARGET_ID_SLOT)
         head, slot, tail = payload.partition(slot_json)
@@ -101,7 +102,7 @@ class RunIds:
 
     @classmethod
     def of(cls, setting: SamplerRun) -> "RunIds":
-        return cls(setting.sampler, setting.posterior, setting.seed, setting.free)
+        return cls(setting.sampler, setting.posterior, setting.seed, setting.free, setting.record)
 
     def __call__(self, target_id_json: bytes) -> str:
         """The run's ID on the target whose ID is `target_id_json`, as `canonical(target_id)`."""

@@ -24,7 +24,8 @@ class PlannedRun(NamedTuple):
     @property
     def spec(self) -> RunSpec:
         s = self.setting
-        return RunSpec(target_id=self.target_id, sampler=s.sampler, posterior=s.posterior, seed=s.seed, free=s.free)
+        return RunSpec(target_id=self.target_id, sampler=s.sampler, posterior=s.posterior, seed=s.seed, free=s.free,
+                       record=s.record)
 
 
 @dataclass(frozen=True)

@@ -869,13 +869,16 @@ class RunSpec(_Spec):
     # the parameter leaves the sampler moves, sorted (`RestrictSpec` resolved against the target);
     # None: all of them, the only behaviour before the field existed
     free: list[str] | None = added_field(None, since="0.2")
+    # what the run records beyond its traces (per-example losses); None: nothing more, as before
+    record: RecordSpec | None = added_field(None, since="0.2")
 
     def batch_key(self) -> str:
         """What runs must share to be sampled in one batch (`pipeline.sample_runs`): the run spec
         less its seed, its posterior's beta0 and gamma, and the sampler's runtime scalars."""
         exclude = set(registry.sampler(self.sampler.name).scalar_fields)
         return "|".join((self.target_id, self.sampler.model_dump_json(exclude=exclude),
-                         self.posterior.model_dump_json(exclude={"beta0", "gamma"}), repr(self.free)))
+                         self.posterior.model_dump_json(exclude={"beta0", "gamma"}), repr(self.free),
+                         self.record.model_dump_json() if self.record else ""))
 
 
 # Vehtari et al. (2021): trust a posterior mean only with rank-normalized split R-hat ≤ 1.01 and
@@ -943,6 +946,31 @@ def free_leaves(target: "TargetSpec", restrict: RestrictSpec | None) -> list[str
     return None if chosen == names else chosen
 
 
+# Recorded per-example losses are refused above this size per run (`lh plan`, exit 2): float32,
+# chains × draws × examples. $LH_PER_EXAMPLE_MAX_GB raises or lowers it.
+PER_EXAMPLE_MAX_BYTES = 2 * 2**30
+PER_EXAMPLE_MAX_ENV = "LH_PER_EXAMPLE_MAX_GB"
+
+
+class PerExampleSpec(_Spec):
+    """Record ℓ_i(w) of each recorded draw for `subset` training examples (drawn without
+    replacement with `seed`, then sorted), or for every example ("all"): a float32 (chain,
+    draw, example) array `traces/example_loss` beside the run's traces. From it the run reports
+    per-example λ̂ contributions, the singular fluctuation ν and WAIC (docs/per-sample.md)."""
+
+    subset: Annotated[Int, Field(ge=2)] | Literal["all"] = 512
+    seed: Int = 0
+
+    def size(self, n: int) -> int:
+        return n if self.subset == "all" else min(int(self.subset), n)
+
+
+class RecordSpec(_Spec):
+    """What a run records beyond its traces."""
+
+    per_example: PerExampleSpec | None = None
+
+
 class SamplerRun(_Spec):
     """A sweep's sampler entry once resolved: everything of a RunSpec but the target, and the
     entry's `restrict` globs (resolved per target into the run's `free` leaves)."""
@@ -952,8 +980,10 @@ class SamplerRun(_Spec):
     seed: Int = 0
     restrict: RestrictSpec | None = None
     free: list[str] | None = None  # `restrict` resolved on one target (the planner's per-target copy)
+    record: RecordSpec | None = None
 
 
+RunSpec.model_rebuild()
 Sweep.model_rebuild()
 
 

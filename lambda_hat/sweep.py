@@ -40,6 +40,8 @@ from lambda_hat.errors import SweepError
 from lambda_hat.presets import PRESETS
 from lambda_hat.specs import (
     MAX_JOB_BYTES,
+    PER_EXAMPLE_MAX_BYTES,
+    PER_EXAMPLE_MAX_ENV,
     CheckpointsSpec,
     DiagnosticsSpec,
     MemoryNeed,
@@ -74,7 +76,7 @@ SAMPLER_CLASSES: Mapping[str, type] = _SamplerClasses()
 SWEEP_KEYS = {"name", "store_root", "jax_enable_x64", "diagnostics", "targets", "samplers"}
 TARGET_ENTRY_KEYS = {"model", "data", "teacher", "training", "seed", "dtype", "w_star", "overrides", "grid", "checkpoints"}
 TARGET_SECTIONS = ("model", "data", "teacher", "training")
-SAMPLER_ENTRY_META = {"name", "seed", "overrides", "posterior", "grid", "restrict"}
+SAMPLER_ENTRY_META = {"name", "seed", "overrides", "posterior", "grid", "restrict", "record"}
 
 DEFAULT_MAX_RUNS = 1_000_000
 # A sweep is a few kilobytes; a 20,000-value grid is about 150 KB.
@@ -527,11 +529,16 @@ def _resolve_sampler(raw: dict, source: str, entry: str, default_dtype: str) -> 
     restrict = raw.get("restrict")
     if restrict is not None and not isinstance(restrict, dict):
         raise _fail(source, entry, "restrict", f"must be a mapping with include/exclude globs, got {_type_name(restrict)}")
+    record = raw.get("record")
+    if record is not None and not isinstance(record, dict):
+        raise _fail(source, entry, "record", f"must be a mapping (per_example: {{subset, seed}}), got {_type_name(record)}")
     try:
         run = SamplerRun.model_validate({"sampler": sampler, "posterior": posterior, "seed": raw.get("seed", 0),
-                                         "restrict": restrict})
+                                         "restrict": restrict, "record": record})
     except ValidationError as err:
         raise _first_error(err, source, entry) from None
+    if run.record is not None and run.record.per_example is None:  # records nothing more: the run without it
+        run = run.model_copy(update={"record": None})
     problem = seed_problem(run.seed, sampler.dtype)  # the run's key is built in the sampler's dtype
     if problem:
         raise _fail(source, entry, "seed", problem)
@@ -637,6 +644,43 @@ def _check_resources(targets: list[tuple[str, TargetSpec]], samplers: list[tuple
                 raise err
 
 
+def per_example_cap() -> int:
+    """Bytes of recorded per-example losses a run may store: $LH_PER_EXAMPLE_MAX_GB, else
+    specs.PER_EXAMPLE_MAX_BYTES."""
+    raw = os.environ.get(PER_EXAMPLE_MAX_ENV)
+    if raw is None:
+        return PER_EXAMPLE_MAX_BYTES
+    try:
+        gb = float(raw)
+        if not gb > 0 or gb == float("inf"):
+            raise ValueError
+    except ValueError:
+        raise SweepError(f"{PER_EXAMPLE_MAX_ENV}={raw!r}: must be a number of GiB above 0") from None
+    return int(gb * 2**30)
+
+
+def per_example_bytes(sampler, per_example, n_data: int) -> int:
+    """What a run's recorded per-example losses take: float32, chains × draws × examples."""
+    return int(sampler.chains) * int(sampler.draws) * per_example.size(n_data) * 4
+
+
+def _check_records(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[str, SamplerRun]], source: str) -> None:
+    """Refuse a run whose recorded per-example losses would exceed the cap (`per_example_cap`)."""
+    recording = [(label, s) for label, s in samplers if s.record is not None and s.record.per_example is not None]
+    if not recording:
+        return
+    cap = per_example_cap()
+    t_label, largest = max(targets, key=lambda lt: lt[1].data.n_data)
+    for label, s in recording:
+        size = per_example_bytes(s.sampler, s.record.per_example, largest.data.n_data)
+        if size > cap:
+            pe = s.record.per_example
+            raise _fail(source, label, "record.per_example.subset",
+                        f"on {t_label}, {s.sampler.chains} chains x {s.sampler.draws:,} draws x "
+                        f"{pe.size(largest.data.n_data):,} examples of float32 is {_bytes(size)}, more than the "
+                        f"{_bytes(cap)} a run may record (record fewer examples, or raise {PER_EXAMPLE_MAX_ENV})")
+
+
 def _check_run_count(target_counts: list[tuple[str, int]], sampler_counts: list[tuple[str, int]], source: str,
                      max_runs: int) -> None:
     """Refuse a sweep of more than `max_runs` runs from the grids' sizes alone, before one is built."""
@@ -719,6 +763,7 @@ def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAU
         raise _fail(source, "", "", f"the sweep expands to {len(targets) * len(samplers):,} runs ({len(targets):,} "
                     f"targets x {len(samplers):,} sampler settings), more than the limit of {max_runs:,} (max_runs)")
     _check_restrictions(targets, samplers, source)
+    _check_records(targets, samplers, source)
     _check_resources(targets, samplers, source)
     return Sweep(name=name, store_root=store_root, jax_enable_x64=x64, diagnostics=diagnostics, targets=[t for _, t in targets],
                  samplers=[s for _, s in samplers])

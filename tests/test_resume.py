@@ -72,7 +72,9 @@ CASES = [(name, crash) for name in SAMPLERS for crash in ("sample:segment-3", "s
 def test_killed_run_resumes_bit_identical(tmp_path, target_store, name, crash_at):
     from lambda_hat.ids import target_id
 
-    run = RunSpec(target_id=target_id(TARGET), sampler=SAMPLERS[name], seed=5)
+    # the default case also records per-example losses: a (chain, draw, example) array resumed too
+    record = {"per_example": {"subset": 64, "seed": 2}} if (name, crash_at) == ("sgld", "sample:segment-3") else None
+    run = RunSpec(target_id=target_id(TARGET), sampler=SAMPLERS[name], seed=5, record=record)
     from lambda_hat.ids import run_id
 
     rid = run_id(run)
@@ -92,6 +94,8 @@ def test_killed_run_resumes_bit_identical(tmp_path, target_store, name, crash_at
     assert not work.exists()  # the work dir goes once the artifact is in place
     (ta, ma), (tb, mb) = _stored(stores["clean"], rid), _stored(stores["killed"], rid)
     assert set(ta) == set(tb)
+    if record:
+        assert ta["examples/loss"].shape == (2, SAMPLERS[name].draws, 64) and "nu" in ma
     for k in ta:
         if k != "traces/walltime":
             np.testing.assert_array_equal(tb[k], ta[k], err_msg=k)

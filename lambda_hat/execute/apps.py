@@ -284,7 +284,8 @@ def _write_run(store, spec, rid: str, result, tman, timings: dict) -> dict:
             metrics["rel_error"] = (metrics["llc_mean"] - llc_true) / llc_true if llc_true else math.nan
     manifest = _manifest("run", rid, RUN_SCHEMA, resolved_spec(spec), status=status, metrics=metrics,
                          timings={**timings, "write_started_at": time.time()})
-    manifest = store.write("run", rid, {f"traces/{k}": v for k, v in result.traces.items()}, manifest)
+    payload = {f"traces/{k}": v for k, v in result.traces.items()} | {f"examples/{k}": v for k, v in result.examples.items()}
+    manifest = store.write("run", rid, payload, manifest)
     m = result.metrics
     print(f"{rid}: llc_mean={m.get('llc_mean')} llc_std={m.get('llc_std')} r_hat={m.get('r_hat')} status={status}",
           flush=True)

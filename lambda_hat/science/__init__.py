@@ -63,6 +63,10 @@ class RunResult:
 
     traces: dict[str, np.ndarray]
     metrics: dict[str, float | int | str] = field(default_factory=dict)
+    # recorded per-example losses (`record.per_example`), stored as "examples/<name>": "loss"
+    # (chains, draws, m) float32, "index" (m,) their rows, "loss_at_wstar" (m,) and
+    # "llc_contribution" (m,); empty when not recorded
+    examples: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def build_target(spec: "TargetSpec") -> TargetArrays:

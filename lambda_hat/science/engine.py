@@ -40,6 +40,9 @@ class Problem(NamedTuple):
     # key -> (w -> estimate of L_n(w)) for a chain's dispersed start when reading the full data
     # there would cost too much (`posterior.start_rows`); None: the start uses loss_fn
     start_loss: Callable | None = None
+    # w -> (m,) losses ℓ_i(w) of the recorded examples (`record.per_example`), kept with every
+    # draw as the per-draw info "example_loss" (float32); None: not recorded
+    example_loss: Callable | None = None
 
 
 class Algorithm(NamedTuple):
@@ -56,6 +59,23 @@ class Chains(NamedTuple):
     params: Any
     key: jax.Array  # each chain's draw key
     warmup_grad_evals: jax.Array
+
+
+def position(state):
+    """The sampled point of a sampler state: BlackJAX states' `position`, or the state itself (SGLD's)."""
+    return getattr(state, "position", state)
+
+
+def _step_recording(alg: Algorithm, problem: Problem):
+    """`alg.step`, adding the recorded examples' losses at the new position when asked for."""
+    if problem.example_loss is None:
+        return alg.step
+
+    def step(key, state, params, problem):
+        state, info = alg.step(key, state, params, problem)
+        return state, dict(info, example_loss=problem.example_loss(position(state)).astype("float32"))
+
+    return step
 
 
 def no_warmup(key, state, problem):
@@ -98,21 +118,23 @@ def start(alg: Algorithm, problem: Problem, key, chains: int, disperse: bool = T
 
 def segment(alg: Algorithm, problem: Problem, chains: Chains, first, length: int, total: int):
     """Advance every chain by draws first … min(first + length, total) − 1. Returns (chains, info
-    {name: (chains, length)}); entries past `total` are zeros, to be dropped.
+    {name: (chains, length)}, "example_loss": (chains, length, m)); entries past `total` are
+    zeros, to be dropped.
 
     The loop runs a traced number of times (a while loop whatever `length` is): XLA then compiles
     the step the same way for every segment length, never unrolling a one-step loop nor mixing a
     mask into it, so a run's numbers do not depend on how it is cut into segments."""
     n = jnp.minimum(length, total - first)
+    step = _step_recording(alg, problem)
 
     def one_chain(c: Chains):
         keys = draw_keys(c.key, first, length, total)
-        info0 = jax.eval_shape(lambda s, k: alg.step(k, s, c.params, problem)[1], c.state, keys[0])
+        info0 = jax.eval_shape(lambda s, k: step(k, s, c.params, problem)[1], c.state, keys[0])
         bufs = jax.tree.map(lambda a: jnp.zeros((length, *a.shape), a.dtype), info0)
 
         def body(i, carry):
             state, bufs = carry
-            state, info = alg.step(keys[i], state, c.params, problem)
+            state, info = step(keys[i], state, c.params, problem)
             bufs = jax.tree.map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, i, 0), bufs, info)
             return state, bufs
 

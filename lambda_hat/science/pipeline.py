@@ -192,7 +192,9 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
 
     from . import engine
     from .models import jnp_dtype, model_key
-    from .posterior import as_inputs, flat_model, make_full_loss, make_minibatch_loss, n_rows, start_rows
+    from .per_example import example_rows
+    from .posterior import (as_inputs, flat_model, make_example_losses, make_full_loss, make_minibatch_loss, n_rows,
+                            start_rows, take_rows)
 
     s, post = run.sampler, run.posterior
     if post.loss != "mse":
@@ -228,8 +230,12 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
 
     # the per-example loss (`losses.per_example`): "mse" for every built-in model
     loss_name = getattr(target.model, "loss", None) or "mse"
+    # recorded per-example losses (`record.per_example`): their rows, passed in as data
+    per_ex = run.record.per_example if run.record is not None else None
+    ex_rows = None if per_ex is None else example_rows(n, per_ex.subset, per_ex.seed)
+    ex_data = None if ex_rows is None else (take_rows(X, ex_rows), Y[ex_rows])
 
-    def problem(w_full, X, Y, n_beta, gamma, values):
+    def problem(w_full, X, Y, ex, n_beta, gamma, values):
         if idx is None:
             w_star, pred = w_full, predict
         else:  # the posterior of the free coordinates, the rest held at w* (an argument, not a constant)
@@ -239,20 +245,21 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
                 return predict(w_full.at[idx].set(v), x)
         start_loss = None if rows is None else (
             lambda key: (lambda w: make_minibatch_loss(pred, X, Y, rows, loss_name)(w, key)))
+        example_loss = None if ex is None else make_example_losses(pred, *ex, loss_name=loss_name)
         return engine.Problem(make_full_loss(pred, X, Y, loss_name=loss_name),
                               lambda b: make_minibatch_loss(pred, X, Y, b, loss_name),
-                              w_star, n_beta, gamma, dict(zip(names, values)), start_loss)
+                              w_star, n_beta, gamma, dict(zip(names, values)), start_loss, example_loss)
 
     def make_start():
-        def fn(key, w_star, X, Y, n_beta, gamma, values):
-            p = problem(w_star, X, Y, n_beta, gamma, values)
+        def fn(key, w_star, X, Y, ex, n_beta, gamma, values):
+            p = problem(w_star, X, Y, ex, n_beta, gamma, values)
             return engine.start(alg, p, key, s.chains, disperse=True), p.loss_fn(p.w_star)
 
         return fn
 
     def make_segment():
-        def fn(chains, first, w_star, X, Y, n_beta, gamma, values):
-            return engine.segment(alg, problem(w_star, X, Y, n_beta, gamma, values), chains, first, K, draws)
+        def fn(chains, first, w_star, X, Y, ex, n_beta, gamma, values):
+            return engine.segment(alg, problem(w_star, X, Y, ex, n_beta, gamma, values), chains, first, K, draws)
 
         return fn
 
@@ -261,23 +268,31 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     cache_key = (
         sampler.__name__, s.model_dump_json(exclude=exclude), activation, bool(jax.config.jax_enable_x64),
         tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())), _layout(X), Y.shape, str(Y.dtype), rows,
-    ) + (() if loss_name == "mse" else (loss_name,)) + (() if free is None else ("free", tuple(free)))
+    ) + (() if loss_name == "mse" else (loss_name,)) + (() if free is None else ("free", tuple(free))) + (
+        () if ex_rows is None else ("examples", len(ex_rows)))
     if batch is not None:
         # one program over the runs: keys, nβ, γ and the runtime scalars get a leading run axis
         B = len(batch)
         nbs = [n * float(r.posterior.beta(n)) for r in batch]
         vals = [entry.runtime_scalars(r.sampler, nb) for r, nb in zip(batch, nbs)]
-        data = (w_star, X, Y, jnp.asarray(nbs, dtype), jnp.asarray([float(r.posterior.gamma) for r in batch], dtype),
+        data = (w_star, X, Y, ex_data, jnp.asarray(nbs, dtype),
+                jnp.asarray([float(r.posterior.gamma) for r in batch], dtype),
                 [jnp.asarray([v[k] for v in vals], dtype) for k in names])
         key = jnp.stack([jax.random.PRNGKey(r.seed) for r in batch])
         single_start, single_segment = make_start, make_segment
-        make_start = lambda: jax.vmap(single_start(), in_axes=(0, None, None, None, 0, 0, 0))  # noqa: E731
-        make_segment = lambda: jax.vmap(single_segment(), in_axes=(0, None, None, None, None, 0, 0, 0))  # noqa: E731
+        make_start = lambda: jax.vmap(single_start(), in_axes=(0, None, None, None, None, 0, 0, 0))  # noqa: E731
+        make_segment = lambda: jax.vmap(single_segment(), in_axes=(0, None, None, None, None, None, 0, 0, 0))  # noqa: E731
         cache_key = cache_key + ("batch", B)
     else:
-        data = (w_star, X, Y, jnp.asarray(n_beta, dtype), jnp.asarray(gamma, dtype),
+        data = (w_star, X, Y, ex_data, jnp.asarray(n_beta, dtype), jnp.asarray(gamma, dtype),
                 [jnp.asarray(scalars[k], dtype) for k in names])
         key = jax.random.PRNGKey(run.seed)
+    # the draw axis of a segment's info: (chains, draws, ...), a batch's (runs, chains, draws, ...)
+    axis = 1 if batch is None else 2
+
+    def draw_axis(take):
+        return (slice(None),) * axis + (slice(0, take),)
+
     if resume is None:
         (chains, L0), t_compile, t_run, hit = _timed(cache_key + ("start",), make_start, key, *data)
         L0, done, traces = (float(L0) if batch is None else L0), 0, {}
@@ -292,14 +307,18 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
                                                   np.int32(done), *data)
         t_compile, t_run, hit = t_compile + tc, t_run + tr, hit and seg_hit
         take = min(K, draws - done)
-        info = {k: v[..., :take] for k, v in info.items()}
+        info = {k: v[draw_axis(take)] for k, v in info.items()}
         for k, v in info.items():
             traces.setdefault(k, []).append(v)
         done += take
         if on_segment is not None:
             on_segment(Checkpoint(done, jax.tree.leaves(chains), L0, t_compile, t_run), info)
-    traces = {k: np.concatenate(v, axis=-1) for k, v in traces.items()}
-    shared = _Sampled(target, arrays, entry, n, rows, d, diagnostics, t_compile, t_run, hit)
+    traces = {k: np.concatenate(v, axis=axis) for k, v in traces.items()}
+    examples = None
+    if ex_rows is not None:  # ℓ_i(w*) of the recorded examples, in the sampler's dtype as L0 is
+        at_w_star = jax.jit(lambda w, ex: make_example_losses(predict, *ex, loss_name=loss_name)(w))(w_star, ex_data)
+        examples = (ex_rows, np.asarray(at_w_star, np.float64), loss_name, int(np.shape(arrays.Y)[-1]))
+    shared = _Sampled(target, arrays, entry, n, rows, d, diagnostics, t_compile, t_run, hit, examples)
     if batch is None:
         return _finish(run, traces, np.asarray(chains.warmup_grad_evals), L0, shared)
     return [_finish(r, {k: v[i] for k, v in traces.items()}, np.asarray(chains.warmup_grad_evals)[i], float(L0[i]),
@@ -342,6 +361,8 @@ class _Sampled(NamedTuple):
     t_compile: float
     t_run: float
     hit: bool
+    # recorded per-example losses: (rows, ℓ_i(w*), loss name, output dimension); None: not recorded
+    examples: tuple | None = None
 
 
 def _finish(run, traces, warmup_grad_evals, L0, shared: _Sampled):
@@ -352,7 +373,8 @@ def _finish(run, traces, warmup_grad_evals, L0, shared: _Sampled):
     from .llc import finite_n_reference, flag_run, llc_from_loss, summarize
     from .posterior import INIT_FGE
 
-    target, arrays, sampler, n, rows, d, diagnostics, t_compile, t_run, hit = shared
+    target, arrays, sampler, n, rows, d, diagnostics, t_compile, t_run, hit, examples = shared
+    example_loss = traces.pop("example_loss", None)
     s = run.sampler
     beta = float(run.posterior.beta(n))
     n_beta = n * beta
@@ -402,6 +424,16 @@ def _finish(run, traces, warmup_grad_evals, L0, shared: _Sampled):
         metrics.update(finite_n_reference(target, arrays, n_beta, gamma, metrics["llc_mean"]))  # llc_ref, rel_error
     else:
         metrics["restrict"] = ",".join(free)
+    recorded = {}
+    if examples is not None and example_loss is not None:
+        from .per_example import summarize as summarize_examples
+
+        ex_rows, at_w_star, loss_name, out_dim = examples
+        found, arrays_out = summarize_examples(example_loss, at_w_star, n=n, beta=beta, loss_name=loss_name, L0=L0,
+                                               out_dim=out_dim)
+        metrics.update(found)
+        recorded = {"loss": example_loss, "index": np.asarray(ex_rows, np.int64), "loss_at_wstar": at_w_star,
+                    **arrays_out}
     if sampler.report:
         sampler.load().report(s, traces, metrics, scalars, LOSS_EVAL_FGE)
     rate = metrics.get("divergence_rate")
@@ -409,4 +441,4 @@ def _finish(run, traces, warmup_grad_evals, L0, shared: _Sampled):
         # The estimate is kept, but the integrator fails in a region the chains keep visiting,
         # so the number is suspect: flag the run instead of reporting it plainly.
         flag_run(metrics, [f"divergence_rate {rate:.3f} > {diag.divergence_max:g}"], "divergent")
-    return RunResult(traces=traces, metrics=metrics)
+    return RunResult(traces=traces, metrics=metrics, examples=recorded)

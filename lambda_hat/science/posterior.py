@@ -90,6 +90,16 @@ def make_full_loss(predict, X, Y, chunk: int = CHUNK, loss_name: str = "mse"):
     return loss
 
 
+def make_example_losses(predict, X, Y, chunk: int = CHUNK, loss_name: str = "mse"):
+    """w -> (m,) the per-example losses ℓ_i(w) of every row of (X, Y), in chunks of ≤ `chunk` rows."""
+    per_example_loss = per_example(loss_name)
+    m = n_rows(X)
+    if m <= chunk:
+        return lambda w: per_example_loss(predict(w, X), Y)
+    Xc, Yc, _ = chunk_rows(X, Y, chunk)
+    return lambda w: jax.lax.map(lambda c: per_example_loss(predict(w, c[0]), c[1]), (Xc, Yc)).reshape(-1)[:m]
+
+
 def make_minibatch_loss(predict, X, Y, batch_size: int, loss_name: str = "mse"):
     """stoch_loss(w, key): unbiased estimate of L_n(w) from `batch_size` rows drawn
     uniformly with replacement (the full data when batch_size ≥ n)."""

@@ -70,6 +70,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# A (chain, draw, example) array (recorded per-example losses) is cut into blocks of at most this
+# many draws × examples: one example's column or one draw's row reads a few chunks, not the array.
+BLOCK_3D = 256
+
+
+def _chunks(shape: tuple) -> tuple | str:
+    if len(shape) == 3:
+        return (shape[0], max(1, min(shape[1], BLOCK_3D)), max(1, min(shape[2], BLOCK_3D)))
+    return shape or "auto"
+
+
 def encode_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, memoryview], dict[str, list[int]]]:
     """The Zarr v3 group of `{"a/b": array}` as `{store key: encoded bytes}`, made by zarr in
     memory (the same bytes its LocalStore would write), and the arrays' shapes. One round
@@ -95,7 +106,7 @@ def encode_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, memoryview],
                 if path not in groups:
                     groups[path] = await groups["/".join(parts[:i - 1])].require_group(parts[i - 1])
         await asyncio.gather(*(
-            zarr_async.create_array(store, name=name, data=a, chunks=a.shape or "auto", zarr_format=3)
+            zarr_async.create_array(store, name=name, data=a, chunks=_chunks(a.shape), zarr_format=3)
             for name, a in arrays.items()))
 
     sync(build())

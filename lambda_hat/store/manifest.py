@@ -73,6 +73,13 @@ class RunMetrics(_Record):
     llc_ref_method: str | None = None
     rel_error: float | None = None  # against llc_ref where there is one, else llc_true
     restrict: str | None = None  # a restricted run's free leaves, comma-joined (n_params counts them)
+    # recorded per-example losses (`record.per_example`; science/per_example.py): how many examples,
+    # the singular fluctuation ν and WAIC (nats per example), each with its standard error
+    examples_recorded: int | None = None
+    nu: float | None = None
+    nu_se: float | None = None
+    waic: float | None = None
+    waic_se: float | None = None
     ess_bulk: float | None = None
     ess_tail: float | None = None
     r_hat: float | None = None

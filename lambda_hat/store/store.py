@@ -500,6 +500,15 @@ class Store:
         them, or those of `names` that it has. The run is checked first as `lh verify` checks
         it (manifest, and its files against their checksums); raises ArtifactError naming
         what is damaged, never a decoder's error."""
+        return self._read_group(run_id, "traces", names)
+
+    def read_examples(self, run_id: str, names: Iterable[str] | None = None) -> dict[str, "np.ndarray"]:
+        """A complete run's recorded per-example arrays (`record.per_example`), checked as
+        `read_traces` checks: "loss" (chain, draw, example), "index" (the examples' rows),
+        "loss_at_wstar", "llc_contribution"; empty for a run that recorded none."""
+        return self._read_group(run_id, "examples", names)
+
+    def _read_group(self, run_id: str, group: str, names: Iterable[str] | None) -> dict[str, "np.ndarray"]:
         from lambda_hat.store.artifacts import read_arrays
 
         d = self.layout.run_dir(run_id)
@@ -507,14 +516,14 @@ class Store:
         problems = odd_entries(d) or verify(d, "run")
         if problems:
             raise ArtifactError(f"{run_id}: {'; '.join(problems)}")
-        have = [k.removeprefix("traces/") for k in manifest.arrays if k.startswith("traces/")]
+        have = [k.removeprefix(f"{group}/") for k in manifest.arrays if k.startswith(f"{group}/")]
         wanted = have if names is None else [n for n in names if n in have]
         try:
-            arrays = read_arrays(d, [f"traces/{n}" for n in wanted])
+            arrays = read_arrays(d, [f"{group}/{n}" for n in wanted])
         except Exception as err:  # the checksums held, yet zarr could not decode it: damaged all the same
             why = " ".join(str(err).split())[:160]
             raise ArtifactError(f"{run_id}: arrays not readable ({type(err).__name__}: {why})") from None
-        return {k.removeprefix("traces/"): v for k, v in arrays.items()}
+        return {k.removeprefix(f"{group}/"): v for k, v in arrays.items()}
 
     def live_claims(self) -> list[tuple[str, object]]:
         """(artifact ID, Holder) of every claim a live driver holds now."""

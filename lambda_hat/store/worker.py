@@ -290,12 +290,13 @@ class SegmentStore:
         for name in names:
             block = np.concatenate([t[name] for _, t in self.pending], axis=1)
             self.trace_hashes.setdefault(name, hashlib.sha256()).update(self._draw_major(block))
+            rest = block.shape[2:]  # recorded per-example losses: (chains, draws, examples)
             if name not in root:
-                root.create_array(name, shape=(block.shape[0], ckpt.draws_done), dtype=block.dtype,
-                                  chunks=(block.shape[0], max(1, block.shape[1])))
+                root.create_array(name, shape=(block.shape[0], ckpt.draws_done, *rest), dtype=block.dtype,
+                                  chunks=(block.shape[0], max(1, block.shape[1]), *rest))
             arr = root[name]
             if arr.shape[1] < ckpt.draws_done:
-                arr.resize((arr.shape[0], ckpt.draws_done))
+                arr.resize((arr.shape[0], ckpt.draws_done, *rest))
             arr[:, first:ckpt.draws_done] = block
         self.hashed_draws = ckpt.draws_done
         crash_point(f"sample:before_checkpoint-{self.segments}")
