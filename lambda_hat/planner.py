@@ -147,8 +147,10 @@ BATCH_RUNS_MAX = 64  # runs per batched job: their chains' states and traces are
 def batches(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
     """`runs` grouped for `lh execute --batch-runs`: runs with the same `RunSpec.batch_key` (same
     target, same settings but for seed, β, γ and runtime scalars), in plan order, at most
-    BATCH_RUNS_MAX a group."""
+    BATCH_RUNS_MAX a group. A run that records per-example losses is a group of its own: its
+    recorded array alone may take the size a run is allowed (`sweep.per_example_cap`)."""
     groups: dict[str, list[PlannedRun]] = {}
     for r in runs:
-        groups.setdefault(r.spec.batch_key(), []).append(r)
+        alone = r.setting.record is not None and r.setting.record.per_example is not None
+        groups.setdefault(r.run_id if alone else r.spec.batch_key(), []).append(r)
     return [g[i:i + BATCH_RUNS_MAX] for g in groups.values() for i in range(0, len(g), BATCH_RUNS_MAX)]

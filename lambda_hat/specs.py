@@ -872,6 +872,11 @@ class RunSpec(_Spec):
     # what the run records beyond its traces (per-example losses); None: nothing more, as before
     record: RecordSpec | None = added_field(None, since="0.2")
 
+    @field_validator("record")
+    @classmethod
+    def _record(cls, v: RecordSpec | None) -> RecordSpec | None:
+        return _nothing_recorded_is_none(v)
+
     def batch_key(self) -> str:
         """What runs must share to be sampled in one batch (`pipeline.sample_runs`): the run spec
         less its seed, its posterior's beta0 and gamma, and the sampler's runtime scalars."""
@@ -955,11 +960,20 @@ PER_EXAMPLE_MAX_ENV = "LH_PER_EXAMPLE_MAX_GB"
 class PerExampleSpec(_Spec):
     """Record ℓ_i(w) of each recorded draw for `subset` training examples (drawn without
     replacement with `seed`, then sorted), or for every example ("all"): a float32 (chain,
-    draw, example) array `traces/example_loss` beside the run's traces. From it the run reports
+    draw, example) array `examples/loss` beside the run's traces. From it the run reports
     per-example λ̂ contributions, the singular fluctuation ν and WAIC (docs/per-sample.md)."""
 
-    subset: Annotated[Int, Field(ge=2)] | Literal["all"] = 512
-    seed: Int = 0
+    subset: Int | Literal["all"] = 512
+    seed: Annotated[Int, Field(ge=0)] = 0
+
+    @field_validator("subset", mode="before")
+    @classmethod
+    def _subset(cls, v: Any) -> Any:
+        # checked here, before the union: pydantic's own message names the union's members
+        if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 2):
+            return v
+        raise PydanticCustomError("subset", "must be a number of examples (at least 2) or 'all', got {got}",
+                                  {"got": repr(v)})
 
     def size(self, n: int) -> int:
         return n if self.subset == "all" else min(int(self.subset), n)
@@ -969,6 +983,11 @@ class RecordSpec(_Spec):
     """What a run records beyond its traces."""
 
     per_example: PerExampleSpec | None = None
+
+
+def _nothing_recorded_is_none(record: RecordSpec | None) -> RecordSpec | None:
+    """`record: {}` records nothing more: the same run, and ID, as no `record`."""
+    return None if record is not None and record.per_example is None else record
 
 
 class SamplerRun(_Spec):
@@ -981,6 +1000,11 @@ class SamplerRun(_Spec):
     restrict: RestrictSpec | None = None
     free: list[str] | None = None  # `restrict` resolved on one target (the planner's per-target copy)
     record: RecordSpec | None = None
+
+    @field_validator("record")
+    @classmethod
+    def _record(cls, v: RecordSpec | None) -> RecordSpec | None:
+        return _nothing_recorded_is_none(v)
 
 
 RunSpec.model_rebuild()

@@ -537,8 +537,6 @@ def _resolve_sampler(raw: dict, source: str, entry: str, default_dtype: str) -> 
                                          "restrict": restrict, "record": record})
     except ValidationError as err:
         raise _first_error(err, source, entry) from None
-    if run.record is not None and run.record.per_example is None:  # records nothing more: the run without it
-        run = run.model_copy(update={"record": None})
     problem = seed_problem(run.seed, sampler.dtype)  # the run's key is built in the sampler's dtype
     if problem:
         raise _fail(source, entry, "seed", problem)

@@ -158,3 +158,52 @@ def test_recorded_runs_give_nu_and_contributions_that_match_theory(tmp_path):
         contrib = arrays["llc_contribution"]
         assert abs(contrib.mean() - row["llc_mean"]) < 1e-6 * abs(row["llc_mean"]), (contrib.mean(), row)
     assert abs(exact[0] - 6.0) < 0.1 and exact[1] > 9  # ν = d/2 needs nβσ² large against the inputs' dimension
+
+
+@pytest.mark.parametrize("record,message", [
+    ({"per_example": {"subset": 1}}, "record.per_example.subset: must be a number of examples (at least 2) or 'all', got 1"),
+    ({"per_example": {"subset": "All"}}, "record.per_example.subset: must be a number of examples (at least 2) or 'all', got 'All'"),
+    ({"per_example": {"seed": -1}}, "record.per_example.seed: "),
+    ({"per_example": {"subsets": 5}}, "record.per_example.subsets: "),
+    ([1], "record: must be a mapping"),
+])
+def test_bad_record_entries_are_one_line_naming_the_field(record, message):
+    from lambda_hat.errors import SweepError
+    from lambda_hat.sweep import sweep_from_dict
+
+    sweep = {"targets": [{"model": "small", "data": "small"}], "samplers": [{"name": "nuts", "record": record}]}
+    with pytest.raises(SweepError) as err:
+        sweep_from_dict(sweep)
+    text = str(err.value)
+    print(text)
+    assert "\n" not in text and message in text and "0x" not in text and "function-after" not in text
+
+
+def test_record_without_per_example_is_the_run_without_record():
+    """`record: {}` records nothing more: same ID whether it comes through a sweep or a RunSpec built in Python."""
+    from lambda_hat.ids import run_id
+    from lambda_hat.specs import RunSpec
+
+    plain = RunSpec.model_validate({"target_id": "tgt_x", "sampler": {"name": "nuts"}})
+    empty = RunSpec.model_validate({"target_id": "tgt_x", "sampler": {"name": "nuts"}, "record": {}})
+    recorded = RunSpec.model_validate({"target_id": "tgt_x", "sampler": {"name": "nuts"},
+                                       "record": {"per_example": {"subset": 8}}})
+    assert run_id(empty) == run_id(plain) != run_id(recorded)
+
+
+def test_one_chain_gives_no_monte_carlo_error_rather_than_zero():
+    rng = np.random.default_rng(0)
+    got = fluctuation(rng.normal(size=(1, 200, 30)) ** 2, 30, 0.2, likelihood_scale("mse", 1.0, 1))
+    assert math.isnan(got["nu_se"]) and math.isfinite(got["nu"])
+
+
+def test_a_recording_run_is_a_batch_of_its_own():
+    from lambda_hat.planner import batches, expand
+    from lambda_hat.sweep import sweep_from_dict
+
+    entry = {"name": "sgld", "chains": 2, "overrides": {"steps": 200, "warmup": 0, "eval_every": 10}}
+    ex = expand(sweep_from_dict({"targets": [{"model": "small", "data": "small"}], "samplers": [
+        {**entry, "grid": {"seed": [1, 2, 3]}},
+        {**entry, "grid": {"seed": [1, 2]}, "record": {"per_example": {"subset": 8}}}]}))
+    sizes = sorted(len(b) for b in batches(ex.runs))
+    assert sizes == [1, 1, 3]

@@ -8,7 +8,9 @@ so β' = β/s:
 * cross-entropy: ℓ_i = −log p_i already (s = 1, β' = β);
 * squared error (ℓ_i = ‖y_i − f_w(x_i)‖² over D outputs): the Gaussian likelihood with the
   noise variance estimated at w*, σ̂² = L0/D, so s = 1/(2σ̂²), c_i = −(D/2)·log 2πσ̂² and
-  β' = 2σ̂²β. On a well-specified regular model ν is then d/2 whatever the noise level;
+  β' = 2σ̂²β. On a well-specified regular model ν is then d/2 whatever the noise level, once
+  nβσ² is large against the inputs' dimension (docs/theory.md: below that the posterior's own
+  width adds to ν);
 * a user's own loss ("callable"): not known to be a log-likelihood, so no ν and no WAIC.
 
 Watanabe's definitions for a posterior tempered at β' (Watanabe 2010, "Asymptotic equivalence
@@ -58,9 +60,10 @@ def likelihood_scale(loss_name: str, L0: float, out_dim: int) -> tuple[float, fl
 def fluctuation(loss: np.ndarray, n: int, beta: float, scale: tuple[float, float]) -> dict:
     """ν and WAIC with standard errors from per-example losses (chains, draws, m).
 
-    nu_se joins the chains' spread (each chain's own ν, the Monte-Carlo error) and, when m < n,
-    the spread over examples of the m sampled (finite-population corrected). waic_se is WAIC's
-    usual one, the spread of its per-example terms over the m examples."""
+    nu_se joins the chains' spread (each chain's own ν, the Monte-Carlo error; NaN with one
+    chain, which gives no spread to measure) and, when m < n, the spread over examples of the m
+    sampled (finite-population corrected). waic_se is WAIC's usual one, the spread of its
+    per-example terms over the m examples."""
     s, c = scale
     logp = -s * np.asarray(loss, np.float64) + c  # (chains, draws, m)
     chains, draws, m = logp.shape
@@ -68,7 +71,7 @@ def fluctuation(loss: np.ndarray, n: int, beta: float, scale: tuple[float, float
     var = logp.reshape(chains * draws, m).var(axis=0, ddof=1)  # Var_w[log p_i]
     nu = 0.5 * beta_l * n * var.mean()
     per_chain = 0.5 * beta_l * n * logp.var(axis=1, ddof=1).mean(axis=1) if draws > 1 else np.full(chains, np.nan)
-    mc = np.std(per_chain, ddof=1) / math.sqrt(chains) if chains > 1 else 0.0
+    mc = np.std(per_chain, ddof=1) / math.sqrt(chains) if chains > 1 else float("nan")
     fpc = max(0.0, 1.0 - m / n)
     sub = 0.5 * beta_l * n * np.std(var, ddof=1) / math.sqrt(m) * math.sqrt(fpc) if m > 1 else 0.0
     flat = logp.reshape(chains * draws, m)
