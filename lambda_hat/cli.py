@@ -401,7 +401,7 @@ def _scoped(store: str | None, sweep: Path | None):
 @app.command("query", cls=_Command)
 @_domain_errors
 def query_cmd(
-    sql: Annotated[str, typer.Argument(help='One SELECT over views `targets`, `runs`, `traces`, e.g. "select * from runs".')],
+    sql: Annotated[str, typer.Argument(help='One SELECT over views `targets`, `runs`, `traces`, `examples`, `influence`, e.g. "select * from runs".')],
     store: StoreOpt = None,
     sweep: SweepOpt = None,
     fmt: Annotated[Optional[QueryFormat], typer.Option("--format", metavar="table|csv|json|parquet", help="table (fits the terminal), csv, json, parquet. "
@@ -476,14 +476,20 @@ def export_cmd(
     sweep: Annotated[Optional[Path], typer.Argument(help="Sweep YAML: export its runs (default: every run in the store).")] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Output file: .parquet or .csv (default: results/NAME.parquet for a sweep, as lh execute writes it; else results/llc_runs.parquet).")] = None,
     store: StoreOpt = None,
+    view: Annotated[str, typer.Option("--view", metavar="VIEW", help="runs (default), or examples / influence: the runs' recorded per-example rows (docs/per-sample.md); needs -o.")] = "runs",
 ) -> None:
     """Write one row per finished run, with the columns of `lh query`'s `runs` view, to a
-    Parquet or CSV file: a sweep's runs (the file `lh execute` writes), or every run in the store."""
+    Parquet or CSV file: a sweep's runs (the file `lh execute` writes), or every run in the store.
+    With --view examples or influence, the runs' rows of that view instead."""
     from lambda_hat import results
     from lambda_hat.sweep import results_file
 
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         raise BadInput(f"-o {out}: unknown format {out.suffix or '(no extension)'!r}; use .parquet or .csv")
+    if view not in results.EXPORT_VIEWS:
+        raise BadInput(f"--view {view!r}: choose from {', '.join(results.EXPORT_VIEWS)}")
+    if view != "runs" and out is None:
+        raise BadInput(f"--view {view}: name the file with -o (the default file is the runs' results)")
     if sweep is not None:
         loaded, expanded, st = _load(sweep, store)
         run_ids = [r.run_id for r in expanded.runs]
@@ -496,7 +502,11 @@ def export_cmd(
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
     check_output_path(out, st.root)
     damaged: list[tuple[str, str]] = []
-    n = results.export_runs(st, run_ids, out, damaged).rows
+    n = results.export_runs(st, run_ids, out, damaged, view=view).rows
+    if view != "runs":
+        console.print(f"{plural(n, 'row')} of the {view} view written to {out}", highlight=False, soft_wrap=True)
+        _fail_if_damaged(damaged, f"left out of {out}")
+        return
     missing = len(run_ids) - n - len(damaged)
     console.print(f"{plural(n, 'run')} written to {out}" + (f" ({missing} of the sweep's runs are not finished)"
                                                    if missing and sweep is not None else ""),
@@ -566,7 +576,7 @@ def promote_cmd(
     sweep: Annotated[Optional[Path], typer.Argument(help="Sweep YAML: its runs, in sweep order (default: every run in the store).")] = None,
     store: StoreOpt = None,
     outdir: Annotated[Path, typer.Option(metavar="DIR", help="Gallery folder: index.html, gallery.md, runs/<run_id>/*.png, targets/<target_id>/compare.png.")] = Path("gallery"),
-    plots: Annotated[Optional[str], typer.Option(metavar="LIST", help="Comma-separated subset of trace,running_mean,rank,energy,compare (default: all).")] = None,
+    plots: Annotated[Optional[str], typer.Option(metavar="LIST", help="Comma-separated subset of: trace, running_mean, rank, energy, examples, compare, trajectory (default: all).")] = None,
     title: Annotated[Optional[str], typer.Option(metavar="TEXT", help="The page's title (default: from the sweep's file name).")] = None,
 ) -> None:
     """Plot every finished run (trace, running mean, rank, energy) and each target's λ̂ per

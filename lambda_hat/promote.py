@@ -12,6 +12,8 @@ anything and two sweeps can share a gallery folder):
     runs/<run_id>/running_mean.png  running mean of λ̂ with a 95 % band, against FGEs and seconds
     runs/<run_id>/rank.png          rank plot of λ̂ (one histogram per chain)
     runs/<run_id>/energy.png        HMC/NUTS: energy and energy-transition histograms; MCLMC: energy change
+    runs/<run_id>/examples.png      a run that recorded per-example losses: the λ̂ contributions and,
+                                    with a query set, the Bayesian influence function
     .promote.json                   what each file was made from (to skip what is up to date)
 
 Plots never go into `runs/<run_id>/` of the store: an artifact directory is complete and
@@ -40,8 +42,8 @@ from typing import Any, Callable
 
 from lambda_hat.errors import BadInput
 
-PLOTS_VERSION = "6"  # bump when a plot's code changes, so existing galleries are redrawn
-RUN_PLOTS = ("trace", "running_mean", "rank", "energy")
+PLOTS_VERSION = "7"  # bump when a plot's code changes, so existing galleries are redrawn
+RUN_PLOTS = ("trace", "running_mean", "rank", "energy", "examples")
 TARGET_PLOTS = ("compare",)
 TRAJECTORY_PLOTS = ("trajectory",)
 ALL_PLOTS = RUN_PLOTS + TARGET_PLOTS + TRAJECTORY_PLOTS
@@ -681,11 +683,82 @@ def plot_trajectory(trajectory_id: str, points: list[tuple[dict, Any]]) -> bytes
     return _png(trajectory_figure(trajectory_id, points))
 
 
-RUN_PLOT_FNS = {"trace": plot_trace, "running_mean": plot_running_mean, "rank": plot_rank, "energy": plot_energy}
-PLOT_TITLES = {"trace": "trace", "running_mean": "running mean", "rank": "rank", "energy": "energy"}
+def influential(bif, rows, query_rows, top: int = 3) -> list[int]:
+    """Positions (among the recorded examples) of each query example's `top` most influential
+    others by |BIF|, itself left out, in order of first appearance: a heatmap's rows."""
+    import numpy as np
+
+    chosen: dict[int, None] = {}
+    for j, q in enumerate(query_rows):
+        strength = np.where(np.asarray(rows) == q, -np.inf, np.abs(np.nan_to_num(bif[:, j], nan=-np.inf)))
+        for i in np.argsort(-strength, kind="stable")[:top]:
+            if np.isfinite(strength[i]):
+                chosen.setdefault(int(i), None)
+    return list(chosen)
 
 
-def _applies(plot: str, names: set[str]) -> bool:
+def examples_figure(m, examples: dict):
+    """A run's recorded per-example quantities: the λ̂ contributions, sorted, against their mean
+    (λ̂); with a query set, the Bayesian influence function of each query example's most
+    influential training examples (−Cov over draws; blue: fitted together, red: competing)."""
+    import numpy as np
+
+    plt = _pyplot()
+    contrib = np.asarray(examples["llc_contribution"], float)
+    rows = np.asarray(examples["index"])
+    has_bif = "influence" in examples and "query" in examples and np.size(examples["query"]) > 0
+    shown: list[int] = []
+    if has_bif:
+        bif = np.asarray(examples["influence"], float)
+        query_rows = rows[np.asarray(examples["query"])]
+        shown = influential(bif, rows, query_rows)
+    # a heatmap row per influential example, tall enough for its label
+    height = max(3.8, 1.6 + 0.16 * len(shown))
+    fig, axes = plt.subplots(1, 2 if has_bif else 1, figsize=(9.6 if has_bif else 4.8, height), squeeze=False)
+    ax = axes[0][0]
+    order = np.argsort(contrib)[::-1]
+    ax.plot(np.arange(1, len(contrib) + 1), contrib[order], ".", ms=3, color="C0")
+    llc = _finite(m.metrics.get("llc_mean"))
+    ax.axhline(contrib.mean(), color="k", lw=1, ls="--", label=f"mean {contrib.mean():.4g}"
+               + (f" (λ̂ {llc:.4g})" if llc is not None else ""))
+    ax.axhline(0, color="0.6", lw=0.8)
+    top = ", ".join(f"#{rows[i]} ({contrib[i]:.3g})" for i in order[:3])
+    ax.text(0.98, 0.80, f"largest: {top}", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+    ax.set_xlabel("recorded example, by contribution")
+    ax.set_ylabel("nβ·(E_w ℓ_i − ℓ_i(w*))")
+    ax.set_title(f"λ̂ contributions of {len(contrib):,} examples", loc="left")
+    ax.legend(loc="upper right")
+    if has_bif:
+        ax = axes[0][1]
+        block = bif[shown].copy()
+        block[np.asarray(rows)[shown][:, None] == query_rows[None, :]] = np.nan  # a query with itself: −Var, not influence
+        limit = float(np.nanmax(np.abs(block))) if block.size and np.isfinite(block).any() else 1.0
+        cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
+        im = ax.imshow(block, cmap=cmap, vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+        ax.set_xticks(range(len(query_rows)), [str(q) for q in query_rows], rotation=90, fontsize=7)
+        ax.set_yticks(range(len(shown)), [str(rows[i]) for i in shown], fontsize=7)
+        ax.set_xlabel("query example (row)")
+        ax.set_ylabel("training example (row)")
+        ax.set_title("influence −Cov(ℓ_i, ℓ_q): each query's 3 strongest\nblue: fitted together, red: competing, grey: the query itself", loc="left")
+        fig.colorbar(im, ax=ax, shrink=0.85)
+    fig.suptitle(_title(m), x=0.01, ha="left", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_examples(m, examples: dict, ref: Reference | None = None) -> bytes:
+    return _png(examples_figure(m, examples))
+
+
+RUN_PLOT_FNS = {"trace": plot_trace, "running_mean": plot_running_mean, "rank": plot_rank, "energy": plot_energy,
+                "examples": plot_examples}
+PLOT_TITLES = {"trace": "trace", "running_mean": "running mean", "rank": "rank", "energy": "energy",
+               "examples": "per-example"}
+
+
+def _applies(plot: str, names: set[str], examples: set[str] = frozenset()) -> bool:
+    if plot == "examples":
+        return "llc_contribution" in examples
     if "llc" not in names:
         return False
     return plot != "energy" or bool(names & {"energy", "energy_change"})
@@ -808,7 +881,9 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
     refs: dict[str, Reference | None] = {}
     for m in runs:
         names = {k.removeprefix("traces/") for k in m.arrays if k.startswith("traces/")}
+        recorded = {k.removeprefix("examples/") for k in m.arrays if k.startswith("examples/")}
         cache: dict[str, Any] = {}
+        ex_cache: dict[str, Any] = {}
         t = targets.get(m.spec.get("target_id"))
         ref = refs[m.id] = reference_of(m.metrics, t.metrics if t else None)
 
@@ -818,14 +893,20 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
                                                       "diverging"]))
             return cache
 
+        def examples(m=m, cache=ex_cache):  # not "loss": the (chain, draw, example) array can be large
+            if not cache:
+                cache.update(store.read_examples(m.id, ["index", "llc_contribution", "influence", "query"]))
+            return cache
+
         made = []
         try:
             for plot in RUN_PLOTS:
-                if plot not in plots or not _applies(plot, names):
+                if plot not in plots or not _applies(plot, names, recorded):
                     continue
                 rel = f"runs/{m.id}/{plot}.png"
+                source = examples if plot == "examples" else traces
                 writer.file(rel, _key(plot, m.manifest_sha256 or m.id, ref and ref.key()),
-                            lambda p=plot, m=m, t=traces, ref=ref: RUN_PLOT_FNS[p](m, t(), ref))
+                            lambda p=plot, m=m, t=source, ref=ref: RUN_PLOT_FNS[p](m, t(), ref))
                 made.append((plot, rel))
         except ArtifactError as err:  # its traces do not check out: the card stays, without plots
             report.damaged.append((m.id, str(err).removeprefix(f"{m.id}: ")))

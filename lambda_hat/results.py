@@ -120,7 +120,7 @@ _SCOPE_TABLES = {"target": ("lh_sweep_targets", "target_id"), "run": ("lh_sweep_
 
 
 def view_sql(src: str, scoped: bool = False) -> dict[str, str]:
-    """CREATE VIEW statements for `targets`, `runs`, `traces` over the index tables in
+    """CREATE VIEW statements for `targets`, `runs`, `traces`, `examples`, `influence` over the index tables in
     schema/catalog `src`; `scoped`: only the units listed in the _SCOPE_TABLES."""
     def only(kind: str, column: str) -> str:
         table, key = _SCOPE_TABLES[kind]
@@ -141,6 +141,8 @@ def view_sql(src: str, scoped: bool = False) -> dict[str, str]:
         "runs": f"CREATE VIEW runs AS SELECT {', '.join(select)} FROM {src}.runs r "
                 f"LEFT JOIN {src}.targets t ON t.target_id = r.target_id" + only("run", "r.run_id"),
         "traces": f"CREATE VIEW traces AS SELECT * FROM {src}.{Store.TRACES_TABLE}" + only("run", "run_id"),
+        "examples": f"CREATE VIEW examples AS SELECT * FROM {src}.{Store.EXAMPLES_TABLE}" + only("run", "run_id"),
+        "influence": f"CREATE VIEW influence AS SELECT * FROM {src}.{Store.INFLUENCE_TABLE}" + only("run", "run_id"),
     }
 
 
@@ -645,16 +647,32 @@ class Exported:
     sha256: str
 
 
-def export_runs(store: Any, run_ids: list[str], out_path: Path, damaged: list[tuple[str, str]] | None = None) -> Exported:
-    """Write the given runs, in order, as the `runs` view shows them, to Parquet or CSV (by
-    extension), from the manifests (the truth; no index lock involved), atomically. Runs not
-    in the store are left out; so are runs (and their targets' columns) whose manifest does
-    not check out on its content, and those are added to `damaged` as (ID, why): an edited
-    manifest is reported, never silently dropped."""
+# What `lh export --view` can write: the view, and the order of its rows within a run.
+EXPORT_VIEWS = {"runs": "", "examples": ", r.example", "influence": ", r.query_example, r.example"}
+
+
+def export_runs(store: Any, run_ids: list[str], out_path: Path, damaged: list[tuple[str, str]] | None = None,
+                view: str = "runs") -> Exported:
+    """Write the given runs, in order, as the `runs` view shows them (or their rows of the
+    `examples` or `influence` view), to Parquet or CSV (by extension), from the manifests and
+    arrays (the truth; no index lock involved), atomically. Runs not in the store are left
+    out; so are runs (and their targets' columns) whose manifest, or for `examples` and
+    `influence` whose files, do not check out, and those are added to `damaged` as (ID, why):
+    an edited manifest is reported, never silently dropped."""
     import duckdb
+
+    from lambda_hat.errors import ArtifactError
 
     runs, bad = store.checked_manifests("run", run_ids)
     targets, bad_targets = store.checked_manifests("target", sorted({m.spec.get("target_id") for m in runs}))
+    recorded = []
+    if view != "runs":
+        for m in runs:
+            if "examples/index" in m.arrays:
+                try:
+                    recorded.append((m.id, store.read_examples(m.id, store.EXAMPLE_ARRAYS)))
+                except ArtifactError as err:
+                    bad.append((m.id, str(err).removeprefix(f"{m.id}: ")))
     if damaged is not None:
         damaged += bad + bad_targets
     con = duckdb.connect(":memory:")
@@ -662,14 +680,14 @@ def export_runs(store: Any, run_ids: list[str], out_path: Path, damaged: list[tu
         con.execute("SET enable_progress_bar = false")
         con.execute(f"ATTACH ':memory:' AS {INDEX_ALIAS}")
         con.execute(f"USE {INDEX_ALIAS}")
-        store.tabulate(con, runs + targets)
+        store.tabulate(con, runs + targets, recorded)
         con.execute("USE memory")
         for sql in view_sql(INDEX_ALIAS).values():
             con.execute(sql)
         con.execute("CREATE TEMP TABLE wanted (pos INTEGER, run_id VARCHAR)")
         if run_ids:  # DuckDB's executemany refuses an empty list
             con.executemany("INSERT INTO wanted VALUES (?, ?)", list(enumerate(run_ids)))
-        rel = con.sql("SELECT r.* FROM wanted w JOIN runs r USING (run_id) ORDER BY w.pos")
+        rel = con.sql(f"SELECT r.* FROM wanted w JOIN {view} r USING (run_id) ORDER BY w.pos{EXPORT_VIEWS[view]}")
         if out_path.suffix.lower() == ".csv":
             rows = rel.fetchall()
             data, n = to_csv(rel.columns, [str(t) for t in rel.types], rows).encode(), len(rows)

@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     StrictBool,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -955,6 +956,9 @@ def free_leaves(target: "TargetSpec", restrict: RestrictSpec | None) -> list[str
 # chains × draws × examples. $LH_PER_EXAMPLE_MAX_GB raises or lowers it.
 PER_EXAMPLE_MAX_BYTES = 2 * 2**30
 PER_EXAMPLE_MAX_ENV = "LH_PER_EXAMPLE_MAX_GB"
+# At most this many query examples of the Bayesian influence function: the `influence` view
+# holds examples × queries rows per run.
+PER_EXAMPLE_MAX_QUERY = 256
 
 
 class PerExampleSpec(_Spec):
@@ -965,6 +969,10 @@ class PerExampleSpec(_Spec):
 
     subset: Int | Literal["all"] = 512
     seed: Annotated[Int, Field(ge=0)] = 0
+    # The query set of the Bayesian influence function: `query` of the recorded examples (drawn
+    # with `seed`), each against every recorded one, −Cov_w(ℓ_i, ℓ_q) over the draws
+    # (`examples/influence`, the `influence` view). 0: none.
+    query: Annotated[Int, Field(ge=0, le=PER_EXAMPLE_MAX_QUERY)] = added_field(0, since="0.2")
 
     @field_validator("subset", mode="before")
     @classmethod
@@ -974,6 +982,15 @@ class PerExampleSpec(_Spec):
             return v
         raise PydanticCustomError("subset", "must be a number of examples (at least 2) or 'all', got {got}",
                                   {"got": repr(v)})
+
+    @field_validator("query")
+    @classmethod
+    def _query_within_subset(cls, v: int, info: ValidationInfo) -> int:
+        subset = info.data.get("subset")  # validated first: declared first
+        if isinstance(subset, int) and v > subset:
+            raise PydanticCustomError("query", "must be at most subset ({subset}): the query examples are "
+                                      "recorded ones, got {got}", {"subset": subset, "got": v})
+        return v
 
     def size(self, n: int) -> int:
         return n if self.subset == "all" else min(int(self.subset), n)

@@ -531,7 +531,7 @@ def _resolve_sampler(raw: dict, source: str, entry: str, default_dtype: str) -> 
         raise _fail(source, entry, "restrict", f"must be a mapping with include/exclude globs, got {_type_name(restrict)}")
     record = raw.get("record")
     if record is not None and not isinstance(record, dict):
-        raise _fail(source, entry, "record", f"must be a mapping (per_example: {{subset, seed}}), got {_type_name(record)}")
+        raise _fail(source, entry, "record", f"must be a mapping (per_example: {{subset, seed, query}}), got {_type_name(record)}")
     try:
         run = SamplerRun.model_validate({"sampler": sampler, "posterior": posterior, "seed": raw.get("seed", 0),
                                          "restrict": restrict, "record": record})
@@ -658,8 +658,10 @@ def per_example_cap() -> int:
 
 
 def per_example_bytes(sampler, per_example, n_data: int) -> int:
-    """What a run's recorded per-example losses take: float32, chains × draws × examples."""
-    return int(sampler.chains) * int(sampler.draws) * per_example.size(n_data) * 4
+    """What a run's recorded per-example losses take: float32, chains × draws × examples, and
+    the influence matrix, examples × query examples."""
+    m = per_example.size(n_data)
+    return (int(sampler.chains) * int(sampler.draws) + min(per_example.query, m)) * m * 4
 
 
 def _check_records(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[str, SamplerRun]], source: str) -> None:
@@ -669,7 +671,13 @@ def _check_records(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[s
         return
     cap = per_example_cap()
     t_label, largest = max(targets, key=lambda lt: lt[1].data.n_data)
+    s_label, smallest = min(targets, key=lambda lt: lt[1].data.n_data)
     for label, s in recording:
+        pe = s.record.per_example
+        if pe.query > pe.size(smallest.data.n_data):
+            raise _fail(source, label, "record.per_example.query",
+                        f"{pe.query} query examples, but {s_label} records only {pe.size(smallest.data.n_data)} "
+                        f"examples (the query examples are recorded ones)")
         size = per_example_bytes(s.sampler, s.record.per_example, largest.data.n_data)
         if size > cap:
             pe = s.record.per_example

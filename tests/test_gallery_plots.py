@@ -183,3 +183,45 @@ def test_target_descriptions_name_what_defines_them(model, teacher, expected):
 ])
 def test_estimates_are_written_to_the_precision_of_their_standard_error(mean, sem, expected):
     assert fmt_estimate(mean, sem) == expected
+
+
+# --------------------------------------------------------------------------- per-example
+
+
+def test_examples_plot_shows_each_query_s_strongest_influences_and_never_a_query_against_itself():
+    """The influence heatmap's rows are, per query example, its 3 strongest influences by |BIF|
+    (the query itself, whose −Var dominates, left out); the contributions panel's mean line
+    names λ̂. A planted strong pair must be among the rows, and no cell pairs a query with itself."""
+    from lambda_hat.promote import examples_figure, influential
+
+    rng = np.random.default_rng(0)
+    m, rows = 40, np.arange(100, 140)
+    query = np.array([3, 17, 25])
+    bif = 0.01 * rng.normal(size=(m, 3))
+    bif[query, np.arange(3)] = -5.0  # −Var: the strongest of all, never a row for its own query
+    bif[8, 1] = 0.9  # example 108 competes with query 117
+    bif[30, 2] = -0.7  # example 130 is fitted with query 125
+    chosen = influential(bif, rows, rows[query])
+    assert 8 in chosen and 30 in chosen
+    for j, q in enumerate(query):
+        top = influential(bif[:, [j]], rows, rows[[q]])
+        assert q not in top and len(top) == 3
+    contrib = rng.gamma(2.0, size=m)
+    fig = examples_figure(run("nuts", llc_mean=float(contrib.mean())),
+                          {"index": rows, "llc_contribution": contrib, "influence": bif.astype(np.float32), "query": query})
+    ax_c, ax_b = fig.axes[:2]
+    image = ax_b.images[0].get_array()
+    shown_rows = [int(t.get_text()) for t in ax_b.get_yticklabels()]
+    shown_queries = [int(t.get_text()) for t in ax_b.get_xticklabels()]
+    assert shown_queries == list(rows[query]) and 108 in shown_rows and 130 in shown_rows
+    for r, i in enumerate(shown_rows):
+        for c, q in enumerate(shown_queries):
+            assert np.ma.is_masked(image[r, c]) or np.isnan(image[r, c]) if i == q else np.isfinite(image[r, c])
+    assert f"{contrib.mean():.4g}" in texts(fig) and "λ̂" in texts(fig)
+
+
+def test_examples_plot_without_a_query_set_is_the_contributions_alone():
+    from lambda_hat.promote import examples_figure
+
+    fig = examples_figure(run("sgld"), {"index": np.arange(10), "llc_contribution": np.linspace(0, 3, 10)})
+    assert len(fig.axes) == 1 and "10 examples" in texts(fig)

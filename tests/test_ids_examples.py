@@ -62,7 +62,7 @@ EXAMPLE_IDS = {
     },
     "per_sample.yaml": {  # pinned when per-example recording was added (issue 25)
         "targets": ["tgt_5fdf30ea1a23"],
-        "runs": ["run_b88c54de5c5b", "run_94583cc899bd", "run_58bec08fa0c6", "run_267dd04fb15e"],
+        "runs": ["run_54a353a15c9b", "run_94583cc899bd", "run_58bec08fa0c6", "run_267dd04fb15e"],
     },
 }
 

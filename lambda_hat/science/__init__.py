@@ -65,7 +65,8 @@ class RunResult:
     metrics: dict[str, float | int | str] = field(default_factory=dict)
     # recorded per-example losses (`record.per_example`), stored as "examples/<name>": "loss"
     # (chains, draws, m) float32, "index" (m,) their rows, "loss_at_wstar" (m,) and
-    # "llc_contribution" (m,); empty when not recorded
+    # "llc_contribution" (m,); with a query set (`per_example.query`), "influence" (m, q) float32
+    # and "query" (q,) its columns among the m; empty when not recorded
     examples: dict[str, np.ndarray] = field(default_factory=dict)
 
 

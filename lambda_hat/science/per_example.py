@@ -1,5 +1,6 @@
 """Quantities from per-example losses across draws (`record: {per_example: ...}`): each
-example's λ̂ contribution, the singular fluctuation ν and WAIC. Pure numpy, no sampling.
+example's λ̂ contribution, the singular fluctuation ν, WAIC and the Bayesian influence function.
+Pure numpy, no sampling.
 
 The run's posterior is exp(−nβ·L_n(w) − γ/2‖w − w*‖²) with L_n the mean of ℓ_i. Read as a
 likelihood tempered at β', p_i(w)^β' with log p_i = −s·ℓ_i + c_i, it needs nβ·ℓ_i/n = β'·s·ℓ_i,
@@ -36,6 +37,28 @@ def example_rows(n: int, subset, seed: int) -> np.ndarray:
     if subset == "all" or int(subset) >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=int(subset), replace=False))
+
+
+def query_columns(m: int, query: int, seed: int) -> np.ndarray:
+    """Which of the m recorded examples form the influence function's query set: `query` of
+    them drawn without replacement (a stream apart from the one that drew the examples), sorted."""
+    if query <= 0:
+        return np.zeros(0, np.int64)
+    if query >= m:
+        return np.arange(m)
+    return np.sort(np.random.default_rng([seed, 1]).choice(m, size=int(query), replace=False))
+
+
+def influence(loss: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """The Bayesian influence function of every recorded example i on each query example q:
+    −Cov_w(ℓ_i(w), ℓ_q(w)) over the draws of every chain pooled, (m, q). β·BIF is the change of
+    E_w[ℓ_q] as example i gains weight: negative, the two are fitted together; positive, they
+    compete (docs/theory.md)."""
+    flat = np.asarray(loss, np.float64).reshape(-1, np.shape(loss)[-1])
+    if flat.shape[0] < 2:
+        return np.full((flat.shape[1], len(columns)), np.nan)
+    flat = flat - flat.mean(axis=0)
+    return -(flat.T @ flat[:, columns]) / (flat.shape[0] - 1)
 
 
 def contributions(loss: np.ndarray, loss_at_wstar: np.ndarray, n_beta: float) -> np.ndarray:
@@ -83,12 +106,19 @@ def fluctuation(loss: np.ndarray, n: int, beta: float, scale: tuple[float, float
 
 
 def summarize(loss: np.ndarray, loss_at_wstar: np.ndarray, *, n: int, beta: float, loss_name: str, L0: float,
-              out_dim: int) -> tuple[dict, dict]:
+              out_dim: int, query: int = 0, seed: int = 0) -> tuple[dict, dict]:
     """(metrics, arrays) of a run that recorded per-example losses: examples_recorded, nu,
-    nu_se, waic, waic_se (None where the loss is not a log-likelihood); the contributions."""
+    nu_se, waic, waic_se (None where the loss is not a log-likelihood); the contributions and,
+    with `query` > 0, the influence matrix (float32) and its query columns."""
     contrib = contributions(loss, loss_at_wstar, n * beta)
-    metrics: dict = {"examples_recorded": int(np.shape(loss)[-1])}
+    m = int(np.shape(loss)[-1])
+    metrics: dict = {"examples_recorded": m}
     scale = likelihood_scale(loss_name, L0, out_dim)
     if scale is not None and np.all(np.isfinite(loss)):
         metrics.update(fluctuation(loss, n, beta, scale))
-    return metrics, {"llc_contribution": contrib}
+    arrays = {"llc_contribution": contrib}
+    if query > 0:
+        cols = query_columns(m, query, seed)
+        arrays["influence"] = influence(loss, cols).astype(np.float32)
+        arrays["query"] = cols.astype(np.int64)
+    return metrics, arrays

@@ -429,8 +429,9 @@ def _finish(run, traces, warmup_grad_evals, L0, shared: _Sampled):
         from .per_example import summarize as summarize_examples
 
         ex_rows, at_w_star, loss_name, out_dim = examples
+        per_ex = run.record.per_example
         found, arrays_out = summarize_examples(example_loss, at_w_star, n=n, beta=beta, loss_name=loss_name, L0=L0,
-                                               out_dim=out_dim)
+                                               out_dim=out_dim, query=per_ex.query, seed=per_ex.seed)
         metrics.update(found)
         recorded = {"loss": example_loss, "index": np.asarray(ex_rows, np.int64), "loss_at_wstar": at_w_star,
                     **arrays_out}

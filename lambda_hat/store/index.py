@@ -9,7 +9,9 @@ stats, whether anything in an artifact changed since it was indexed.
 
 The `traces` table holds every run's per-draw traces in long format (one row per run,
 chain and draw), read from the run's Zarr group when the run is recorded, so that a query
-for one run's traces reads that run's rows and no other file (see docs/query.md).
+for one run's traces reads that run's rows and no other file (see docs/query.md). The
+`examples` and `influence` tables hold, likewise, what runs that recorded per-example losses
+derived from them (one row per recorded example; one per example and query example).
 
 A writer that finds the file held by a reader (`lh query`, a notebook) gets `IndexBusy`
 after a bounded wait, never a crash: the driver keeps the records and retries. A file that
@@ -172,6 +174,17 @@ TRACE_COLUMNS: dict[str, str] = {
 }
 TRACES_TABLE = "traces"
 TRACES_SCHEMA = [("run_id", "VARCHAR"), ("chain", "INTEGER"), ("draw", "INTEGER"), *TRACE_COLUMNS.items()]
+# Recorded per-example quantities (`record.per_example`; science/per_example.py), one row per
+# run and recorded example (`example` is its row in the target's data), and the Bayesian
+# influence function, one row per run, recorded example and query example.
+EXAMPLES_TABLE = "examples"
+EXAMPLES_SCHEMA = [("run_id", "VARCHAR"), ("example", "BIGINT"), ("loss_at_wstar", "DOUBLE"),
+                   ("llc_contribution", "DOUBLE")]
+INFLUENCE_TABLE = "influence"
+INFLUENCE_SCHEMA = [("run_id", "VARCHAR"), ("example", "BIGINT"), ("query_example", "BIGINT"), ("bif", "DOUBLE")]
+# The tables of rows per run, read from its arrays (not its manifest).
+RUN_TABLES: dict[str, list[tuple[str, str]]] = {TRACES_TABLE: TRACES_SCHEMA, EXAMPLES_TABLE: EXAMPLES_SCHEMA,
+                                                INFLUENCE_TABLE: INFLUENCE_SCHEMA}
 
 
 @dataclass(frozen=True)
@@ -286,18 +299,19 @@ def _ensure_schema(con: Any) -> bool:
     them (the caller refills them from the manifests). Returns whether they were remade."""
     existing = _table_columns(con)
     wanted = {t: [c.name for c in cols] for t, cols in TABLES.items()}
-    wanted[TRACES_TABLE] = [name for name, _ in TRACES_SCHEMA]
+    wanted.update({table: [name for name, _ in schema] for table, schema in RUN_TABLES.items()})
     if existing == wanted:
         return False  # every write but a store's first: one catalog query, no DDL
-    # A table missing from an index that has others (one made before `traces` existed)
-    # makes it stale too: its rows must be refilled from the manifests.
+    # A table missing from an index that has others (one made before `traces` or `influence`
+    # existed) makes it stale too: its rows must be refilled from the manifests.
     stale = bool(existing) and any(existing.get(t) != cols for t, cols in wanted.items())
     if stale:
         for table in wanted:
             con.execute(f"DROP TABLE IF EXISTS {table}")
     for table, cols in TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} (" + ", ".join(f'"{c.name}" {c.sql_type}' for c in cols) + ")")
-    con.execute(f"CREATE TABLE IF NOT EXISTS {TRACES_TABLE} (" + ", ".join(f'"{n}" {t}' for n, t in TRACES_SCHEMA) + ")")
+    for table, schema in RUN_TABLES.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} (" + ", ".join(f'"{n}" {t}' for n, t in schema) + ")")
     return stale or not existing
 
 
@@ -400,28 +414,88 @@ def read_traces(layout: StoreLayout, records: list[Record]) -> Any:
     return pa.concat_tables(parts) if parts else None
 
 
-def insert_traces(con: Any, run_ids: list[str], traces: Any) -> None:
-    """Replace the trace rows of `run_ids` with `traces` (an Arrow table or None)."""
+# The arrays of a run's `examples/` group that the `examples` and `influence` tables are made of.
+EXAMPLE_ARRAYS = ("index", "loss_at_wstar", "llc_contribution", "influence", "query")
+
+
+def read_examples(layout: StoreLayout, records: list[Record]) -> tuple[Any, Any]:
+    """The runs' recorded per-example rows as Arrow tables in `examples` and `influence` layout
+    (each None if there are none). A run whose arrays cannot be read gets no rows, as in
+    `read_traces`."""
+    from lambda_hat.store.artifacts import read_arrays
+
+    runs = []
+    for rec in records:
+        m = rec.manifest
+        if m.type != "run" or "examples/index" not in m.arrays:
+            continue
+        names = [f"examples/{k}" for k in EXAMPLE_ARRAYS if f"examples/{k}" in m.arrays]
+        try:
+            arrays = read_arrays(layout.run_dir(m.id), names)
+        except Exception:  # damaged or vanished (gc) run directory: no rows for it
+            continue
+        runs.append((m.id, {k.removeprefix("examples/"): v for k, v in arrays.items()}))
+    return example_tables(runs)
+
+
+def example_tables(runs: list[tuple[str, dict]]) -> tuple[Any, Any]:
+    """(`examples` rows, `influence` rows) as Arrow tables (None where empty) of [(run ID, its
+    EXAMPLE_ARRAYS by name)]."""
+    import numpy as np
+    import pyarrow as pa
+
+    examples, influence = [], []
+    for run_id, arrays in runs:
+        rows = np.asarray(arrays["index"], np.int64)
+        cols = {"run_id": _string_array([run_id] * len(rows)).cast(pa.string()), "example": _numeric_array(rows)}
+        for name in ("loss_at_wstar", "llc_contribution"):
+            values = np.asarray(arrays.get(name, np.full(len(rows), np.nan)), np.float64).reshape(-1)
+            cols[name] = _numeric_array(values, ~np.isfinite(values))
+        examples.append(pa.table(cols))
+        if "influence" in arrays and "query" in arrays:
+            bif = np.asarray(arrays["influence"], np.float64)
+            queries = rows[np.asarray(arrays["query"], np.int64)]
+            if bif.shape != (len(rows), len(queries)):
+                continue
+            values = bif.reshape(bif.size)
+            influence.append(pa.table({
+                "run_id": _string_array([run_id] * bif.size).cast(pa.string()),
+                "example": _numeric_array(np.repeat(rows, len(queries))),
+                "query_example": _numeric_array(np.tile(queries, len(rows))),
+                "bif": _numeric_array(values, ~np.isfinite(values)),
+            }))
+    return (pa.concat_tables(examples) if examples else None, pa.concat_tables(influence) if influence else None)
+
+
+def read_run_rows(layout: StoreLayout, records: list[Record]) -> dict[str, Any]:
+    """{table: Arrow table or None} of every table in RUN_TABLES, from the runs' arrays."""
+    examples, influence = read_examples(layout, records)
+    return {TRACES_TABLE: read_traces(layout, records), EXAMPLES_TABLE: examples, INFLUENCE_TABLE: influence}
+
+
+def insert_run_rows(con: Any, run_ids: list[str], rows: dict[str, Any]) -> None:
+    """Replace the rows of `run_ids` in the RUN_TABLES with `rows` (`read_run_rows`)."""
     if run_ids:
-        delete_traces(con, run_ids)
-    if traces is None:
-        return
-    with _arrow_view(con, "lh_traces", traces):
-        con.execute(f"INSERT INTO {TRACES_TABLE} SELECT * FROM lh_traces")
+        delete_run_rows(con, run_ids)
+    for table, arrow in rows.items():
+        if arrow is not None:
+            with _arrow_view(con, "lh_rows", arrow):
+                con.execute(f"INSERT INTO {table} SELECT * FROM lh_rows")
 
 
-def delete_traces(con: Any, run_ids: list[str]) -> None:
+def delete_run_rows(con: Any, run_ids: list[str]) -> None:
     import pyarrow as pa
 
     with _arrow_view(con, "lh_gone", pa.table({"run_id": _string_array(run_ids)})):
-        con.execute(f"DELETE FROM {TRACES_TABLE} WHERE run_id IN (SELECT run_id FROM lh_gone)")
+        for table in RUN_TABLES:
+            con.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM lh_gone)")
 
 
 def delete(con: Any, kind: str, ids: list[str]) -> None:
     if ids:
         _delete_rows(con, TABLE_OF[kind], ids)
         if kind == "run":
-            delete_traces(con, ids)
+            delete_run_rows(con, ids)
 
 
 def write(layout: StoreLayout, records: list[Record], deleted: dict[str, list[str]] | None = None,
@@ -430,24 +504,24 @@ def write(layout: StoreLayout, records: list[Record], deleted: dict[str, list[st
     `replace_all`). Returns False if the tables had to be remade (the caller must refill them)."""
     # The runs' traces are read before the lock is taken, so readers wait only for the
     # insert; not when the tables are about to be made, since the caller then rebuilds.
-    records = list({(r.manifest.type, r.manifest.id): r for r in records}.values())  # one row (and trace set) per ID
+    records = list({(r.manifest.type, r.manifest.id): r for r in records}.values())  # one row (and rows per run) per ID
     unread = object()
-    traces = read_traces(layout, records) if replace_all or layout.index_path.exists() else unread
+    run_rows = read_run_rows(layout, records) if replace_all or layout.index_path.exists() else unread
     with writer(layout, timeout_s) as (con, remade):
         if remade and not replace_all:
-            traces = None  # the caller refills every table, traces included, from the manifests
-        elif traces is unread:
-            traces = read_traces(layout, records)
+            run_rows = {}  # the caller refills every table, traces included, from the manifests
+        elif run_rows is unread:
+            run_rows = read_run_rows(layout, records)
         con.execute("BEGIN")
         if replace_all:
-            for table in [*TABLES, TRACES_TABLE]:
+            for table in [*TABLES, *RUN_TABLES]:
                 con.execute(f"DELETE FROM {table}")
         for kind, ids in (deleted or {}).items():
             delete(con, kind, ids)
         replaced = insert(con, records)
         # Only a run indexed before has trace rows to drop: a finished run is new to the index,
         # and its record costs no scan of `traces` (rows per run × runs).
-        insert_traces(con, replaced.get("run", []), traces)
+        insert_run_rows(con, replaced.get("run", []), run_rows)
         crash_point("index:in_transaction")
         con.execute("COMMIT")
         return not remade or replace_all
@@ -479,13 +553,18 @@ def attach_readonly(con: Any, path: Path, alias: str, timeout_s: float) -> None:
             raise classified from None
 
 
-def tabulate(con: Any, manifests: list[Manifest]) -> None:
+def tabulate(con: Any, manifests: list[Manifest], examples: list[tuple[str, dict]] = ()) -> None:
     """The index's tables made in `con`'s current catalog and filled with `manifests` (no
-    trace rows, no file stamps): what the results file is made from, with the index's columns."""
+    trace rows, no file stamps): what the results file is made from, with the index's columns;
+    `examples`, [(run ID, its EXAMPLE_ARRAYS)], fill the `examples` and `influence` tables."""
     for table, cols in TABLES.items():
         con.execute(f"CREATE TABLE {table} (" + ", ".join(f'"{c.name}" {c.sql_type}' for c in cols) + ")")
-    con.execute(f"CREATE TABLE {TRACES_TABLE} (" + ", ".join(f'"{n}" {t}' for n, t in TRACES_SCHEMA) + ")")
+    for table, schema in RUN_TABLES.items():
+        con.execute(f"CREATE TABLE {table} (" + ", ".join(f'"{n}" {t}' for n, t in schema) + ")")
     insert(con, [Record(m) for m in manifests])
+    if examples:
+        rows, bif = example_tables(list(examples))
+        insert_run_rows(con, [], {EXAMPLES_TABLE: rows, INFLUENCE_TABLE: bif})
 
 
 @contextmanager
@@ -500,8 +579,8 @@ def connect_readonly(layout: StoreLayout, timeout_s: float = 5.0) -> Iterator[An
 def _stat_tables(con: Any) -> dict[str, str]:
     """{kind: table} of the tables whose rows carry trustworthy manifest stats."""
     tables = _table_columns(con)
-    if tables and TRACES_TABLE not in tables:
-        return {}  # made before traces were indexed: nothing in it can be trusted by stat
+    if tables and any(table not in tables for table in RUN_TABLES):
+        return {}  # made before traces or examples were indexed: nothing in it can be trusted by stat
     # A table without files stamps is from an older index: nothing in it can be trusted by stat.
     return {kind: table for kind, table in TABLE_OF.items() if "files_stamp" in tables.get(table, ())}
 

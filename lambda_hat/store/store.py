@@ -269,6 +269,9 @@ class Store:
     # The index's tables as `lh query` and the results file show them (columns, SQL types).
     TABLES = index.TABLES
     TRACES_TABLE = index.TRACES_TABLE
+    EXAMPLES_TABLE = index.EXAMPLES_TABLE
+    EXAMPLE_ARRAYS = index.EXAMPLE_ARRAYS
+    INFLUENCE_TABLE = index.INFLUENCE_TABLE
 
     def __init__(self, root: Path | str):
         self.layout = StoreLayout(Path(root))
@@ -287,9 +290,10 @@ class Store:
         index.attach_readonly(con, self.index_path, alias, timeout_s)
 
     @staticmethod
-    def tabulate(con, manifests: list[Manifest]) -> None:
-        """The index's tables, filled with `manifests`, in `con`'s current catalog."""
-        index.tabulate(con, manifests)
+    def tabulate(con, manifests: list[Manifest], examples: list[tuple[str, dict]] = ()) -> None:
+        """The index's tables, filled with `manifests` (and the `examples`/`influence` tables
+        with [(run ID, its `read_examples` arrays)]), in `con`'s current catalog."""
+        index.tabulate(con, manifests, examples)
 
     def sizes_by_array(self, kind: str, artifact_id: str, arrays: list[str]) -> dict[str, int]:
         """Bytes on disk per array of an artifact (and per other file)."""
@@ -505,7 +509,9 @@ class Store:
     def read_examples(self, run_id: str, names: Iterable[str] | None = None) -> dict[str, "np.ndarray"]:
         """A complete run's recorded per-example arrays (`record.per_example`), checked as
         `read_traces` checks: "loss" (chain, draw, example), "index" (the examples' rows),
-        "loss_at_wstar", "llc_contribution"; empty for a run that recorded none."""
+        "loss_at_wstar", "llc_contribution", and with a query set "influence" (example, query)
+        and "query" (the query examples' positions among the recorded); empty for a run that
+        recorded none."""
         return self._read_group(run_id, "examples", names)
 
     def _read_group(self, run_id: str, group: str, names: Iterable[str] | None) -> dict[str, "np.ndarray"]:
