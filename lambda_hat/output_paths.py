@@ -63,8 +63,18 @@ def check_output_dir(out: Path, store_root: Path, flag: str) -> None:
 RESULT_SUFFIXES = (".parquet", ".csv")
 
 
-def check_execute_outputs(logs: Path, results: Path, store_root: Path) -> None:
-    """`lh execute`'s --logs (a directory) and --results (a .parquet or .csv file), as above."""
+def check_execute_outputs(logs: Path, results: Path, store_root: Path, parsl_run_dir: Path | None = None) -> None:
+    """`lh execute`'s --logs (a directory), --results (a .parquet or .csv file) and Parsl's
+    run directory (`parsl_runinfo` in the current directory), as above."""
+    if parsl_run_dir is not None:
+        try:
+            resolved, root = parsl_run_dir.resolve(), store_root.resolve()
+        except (OSError, RuntimeError) as err:
+            raise BadInput(f"Parsl's run directory {parsl_run_dir}: cannot be resolved ({err})") from None
+        if resolved == root or resolved.is_relative_to(root):
+            raise BadInput(f"the current directory is inside the store {store_root}, and Parsl writes its run "
+                           f"directory {parsl_run_dir} here; run lh execute from outside the store")
+        check_output_dir(parsl_run_dir, store_root, "Parsl's run directory")
     for parent in [logs, *logs.parents]:
         if parent.exists() and not parent.is_dir():
             raise BadInput(f"--logs {logs}: {parent} is a file, not a directory")

@@ -4,6 +4,7 @@ checkpoint is another run's, damaged, or counts draws its traces lack is discard
 resumed from. Real stores, real Zarr files, real worker entry points and CLI processes."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -178,6 +179,43 @@ def test_a_damaged_checkpoint_file_is_discarded(tmp_path, capsys):
     _truncate(work / SegmentStore.CHECKPOINT)
     loaded, log = _resume(work, capsys)
     assert loaded is None and not work.exists() and "starting over" in log
+
+
+@pytest.mark.parametrize("planted", ["traces.zarr", "traces.zarr/loss", "checkpoint.npz", "progress.json"])
+def test_a_link_planted_in_a_work_dir_is_never_written_through(tmp_path, capsys, planted):
+    """A symbolic link planted inside a run's work directory (as its traces group, one trace's
+    array, or its checkpoint) pointing out of the store: the work dir is discarded when the run
+    starts, and sampling writes nothing where the link pointed (it wrote Zarr chunks there)."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("keep")
+    work = tmp_path / ".work" / "run_aaaaaaaaaaaa"
+    (work / planted).parent.mkdir(parents=True)
+    os.symlink(victim, work / planted)
+    seg = SegmentStore(work, interval_s=0.0, draws=3 * SEG)
+    log = capsys.readouterr().out
+    assert f"{planted} is a symbolic link" in log and "starting over" in log, log
+    assert seg.load() is None
+    rng = np.random.default_rng(0)
+    for i in range(1, 4):
+        seg.on_segment(Checkpoint(i * SEG, [rng.normal(size=(CHAINS, 3))], 0.25, 1.0, 0.1 * i),
+                       {"loss": rng.normal(size=(CHAINS, SEG)).astype(np.float32)})
+    assert sorted(p.name for p in victim.iterdir()) == ["thesis.tex"]
+    assert not (work / planted).is_symlink() and SegmentStore(work, interval_s=0.0).load()[0].draws_done == 3 * SEG
+
+
+def test_traces_without_a_checkpoint_are_not_appended_to(tmp_path, capsys):
+    """A work dir holding a traces group but no checkpoint (planted, or another run's copied in)
+    counts no draws: it is removed, never extended, so no stale draw reaches a run's traces."""
+    other = tmp_path / ".work" / "run_bbbbbbbbbbbb"
+    _segments(other, 3, seed=1)
+    mine = tmp_path / ".work" / "run_aaaaaaaaaaaa"
+    shutil.copytree(other / SegmentStore.TRACES, mine / SegmentStore.TRACES)
+    seg = SegmentStore(mine, interval_s=0.0)
+    assert seg.load() is None and not mine.exists()
+    segments = _segments(mine, 2)
+    (ckpt, traces), _ = _resume(mine, capsys)
+    np.testing.assert_array_equal(traces["llc"], np.concatenate([t["llc"] for _, t in segments], axis=1))
 
 
 def test_checkpoint_names_its_run(tmp_path):

@@ -176,6 +176,21 @@ def test_outputs_inside_the_store_are_refused_naming_the_option(tmp_path, store,
     assert state(root) == before
 
 
+def test_execute_from_inside_the_store_refuses_before_parsl_writes_its_run_directory_there(tmp_path, store,
+                                                                                           monkeypatch):
+    """Parsl writes `parsl_runinfo/` in the current directory: run from inside the store, that was
+    a directory in the store that neither verify nor gc named. Refused before any work (exit 2)."""
+    root, _ = store
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    for cwd in (root, root / "runs"):
+        monkeypatch.chdir(cwd)
+        before = state(root)
+        result = lh("execute", tmp_path / "s.yaml", "--store", root, "--logs", tmp_path / "logs",
+                    "--results", tmp_path / "r.csv", "--parsl-config", tmp_path / "missing.py")
+        one_error_line(result, "current directory is inside the store", "run lh execute from outside the store")
+        assert state(root) == before and not (cwd / "parsl_runinfo").exists()
+
+
 GALLERY_CASES = [(kind, entry) for entry in ("index.html", ".promote.json", "runs", "targets/tgt_0123456789ab")
                  for kind in ("symlink", "fifo", "device", "symlink to /dev/null")
                  # the old code blocked reading a FIFO .promote.json: index.html shows the FIFO case

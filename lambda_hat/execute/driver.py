@@ -169,7 +169,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     if req.results is None:
         req = replace(req, results=results_file(sweep, req.sweep_path))
     # Every path the command writes, checked before anything is submitted (output_paths.py).
-    check_execute_outputs(req.logs, req.results, root)
+    check_execute_outputs(req.logs, req.results, root, req.parsl_run_dir)
     _note_results_owner(req.results, req.sweep_path, console)
     settings = _backend_settings(req)
     store, rep = _open_store(root, console)

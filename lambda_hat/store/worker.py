@@ -153,6 +153,18 @@ def read_progress(work_dir: Path) -> tuple[int, int] | None:
 PROGRESS_SEC = 2.0  # the driver's display of draws done is refreshed about this often
 
 
+def _new_file(path: Path):
+    """`path` opened for writing as a file of our own: created here (O_EXCL), never through a
+    link (O_NOFOLLOW); a leftover of ours of the same name (a killed process's, pid reused) is
+    unlinked first."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    return os.fdopen(fd, "wb")
+
+
 class SegmentStore:
     """A sampling run's work directory (`StoreLayout.work_dir`): the traces of the draws done so
     far, as Zarr arrays (chains, draws) filled segment by segment, and `checkpoint.npz`, the
@@ -185,6 +197,31 @@ class SegmentStore:
         if self.dir.is_symlink():  # planted: never read or write through it (it points out of the store)
             print(f"removing {self.dir}, a symbolic link where a work directory belongs; starting over", flush=True)
             self.remove()
+        else:
+            odd = self._odd_entry()
+            if odd is not None:  # Zarr and numpy would write through a planted link, out of the store
+                print(f"discarding {self.dir} ({odd}); starting over", flush=True)
+                self.remove()
+
+    def _odd_entry(self) -> str | None:
+        """What in the work directory is neither a directory nor a regular file (a symbolic
+        link, FIFO, device), or the directory itself not being one; None if all is plain."""
+        import stat
+
+        try:
+            top = os.lstat(self.dir)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISDIR(top.st_mode):
+            return "it is not a directory"
+        for root, dirs, files in os.walk(self.dir, followlinks=False):
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                mode = os.lstat(path).st_mode
+                if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                    kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+                    return f"{os.path.relpath(path, self.dir)} is {kind}"
+        return None
 
     @staticmethod
     def _draw_major(block) -> bytes:
@@ -218,6 +255,8 @@ class SegmentStore:
 
         path = self.dir / self.CHECKPOINT
         if not path.is_file():
+            if os.path.lexists(self.dir):  # traces without a checkpoint count nothing: never appended to
+                self.remove()
             return None
         try:
             with np.load(path) as f:
@@ -264,7 +303,8 @@ class SegmentStore:
             self.last_progress = time.monotonic()
             self.dir.mkdir(parents=True, exist_ok=True)
             tmp = self.dir / f".{self.PROGRESS}-{os.getpid()}"
-            tmp.write_text(json.dumps({"draws_done": checkpoint.draws_done, "draws": self.draws}))
+            with _new_file(tmp) as f:
+                f.write(json.dumps({"draws_done": checkpoint.draws_done, "draws": self.draws}).encode())
             os.replace(tmp, self.dir / self.PROGRESS)
 
     def flush(self) -> None:
@@ -305,7 +345,7 @@ class SegmentStore:
         digest = self._digest(ckpt.draws_done, ckpt.L0, ckpt.compile_sec, ckpt.sample_sec, names, trace_sha256,
                               list(leaves.values()))
         tmp = self.dir / f"{TMP_PREFIX}{self.CHECKPOINT}-{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with _new_file(tmp) as f:
             np.savez(f, run_id=self.run_id, draws_done=ckpt.draws_done, L0=ckpt.L0, compile_sec=ckpt.compile_sec,
                      sample_sec=ckpt.sample_sec, n_leaves=len(leaves), trace_names=np.asarray(names),
                      traces_sha256=json.dumps(trace_sha256, sort_keys=True), digest=digest, **leaves)
@@ -318,10 +358,10 @@ class SegmentStore:
     def remove(self) -> None:
         import shutil
 
-        if self.dir.is_symlink():  # the link itself, never what it points to
+        if self.dir.is_symlink() or (self.dir.exists() and not self.dir.is_dir()):  # a link: itself, never its target
             try:
                 os.unlink(self.dir)
             except FileNotFoundError:
                 pass
             return
-        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)  # unlinks the links inside, never follows them
