@@ -45,6 +45,7 @@ import ast
 import hashlib
 import importlib
 import json
+import os
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -545,29 +546,52 @@ def _step_of(path: Path) -> int | None:
     return int(found[-1]) if found else None
 
 
+# More checkpoint files than this from one `from:` glob is a pattern gone wide, refused.
+MAX_CHECKPOINT_FILES = 10_000
+
+
+def checkpoint_files(root: Path, pattern: str) -> list[Path]:
+    """The regular files `pattern` (relative to `root`, or absolute) matches, sorted, each file
+    once however many links reach it. `**` does not descend into linked directories
+    (pathlib's glob), so a link loop cannot make the search endless."""
+    import itertools
+
+    pure = Path(pattern)
+    base, rel = (Path(pure.anchor), str(pure.relative_to(pure.anchor))) if pure.is_absolute() else (root, pattern)
+    found: dict[str, Path] = {}
+    for path in sorted(itertools.islice(base.glob(rel), 10 * MAX_CHECKPOINT_FILES)):
+        if path.is_file():
+            found.setdefault(os.path.realpath(path), path)
+    if len(found) > MAX_CHECKPOINT_FILES:
+        raise ValueError(f"{pattern!r} matches more than {MAX_CHECKPOINT_FILES:,} files under {root}; narrow it")
+    return sorted(found.values())
+
+
 def import_checkpoints(target, pattern: str, base_dir: str | None) -> list[tuple[int, Any]]:
     """(step, target) per checkpoint file `pattern` (a glob relative to `base_dir`) matches: the
     python target with the file's params as w* (`params_file`, hashed by content as
     `params_digest`) and the step the last number in the file's name. ValueError names the problem."""
-    import glob
-
     m = target.model
     root = Path(base_dir or ".")
-    files = sorted(root / p for p in glob.glob(pattern, root_dir=root, recursive=True) if (root / p).is_file())
+    files = checkpoint_files(root, pattern)
     if not files:
         raise ValueError(f"{pattern!r} matches no file under {root}")
+
+    def shown(path: Path) -> str:  # as the user's pattern names it
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
     want = {k: tuple(v) for k, v in m.params.items()}
     out: dict[int, tuple[Path, Any]] = {}
     for path in files:
         step = _step_of(path)
         if step is None:
-            raise ValueError(f"{path.name}: no step number in the file's name (e.g. step_1000.npz)")
+            raise ValueError(f"{shown(path)}: no step number in the file's name (e.g. step_1000.npz)")
         if step in out:
-            raise ValueError(f"{out[step][0].name} and {path.name} are both step {step}")
+            raise ValueError(f"{shown(out[step][0])} and {shown(path)} are both step {step}")
         try:
             params = _load_npz(path)
         except Exception as err:  # a user's file: whatever numpy raises (zipfile, pickle, .npy) is one line
-            raise ValueError(f"{path.name}: not a readable .npz file ({type(err).__name__}: {err})") from None
+            raise ValueError(f"{shown(path)}: not a readable .npz file ({type(err).__name__}: {err})") from None
         got = {k: tuple(v.shape) for k, v in params.items()}
         if got != want:
             missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))

@@ -255,6 +255,31 @@ def test_bad_checkpoint_files_exit_2_naming_the_field(tmp_path, write, problem):
     assert "sweep.yaml: targets[0]: checkpoints.from:" in line and problem in line, line
 
 
+def test_checkpoint_globs_never_loop_through_linked_directories(tmp_path):
+    """`ck/**/step_*.npz` over a folder holding links to itself (`a -> .`, `b -> .`): the old
+    glob followed them until the kernel's link limit (lh plan ran for minutes); `**` does not
+    descend into links, and a file reached through several names counts once."""
+    import yaml
+
+    d = _imported(tmp_path)
+    (d / "ckpts" / "a").symlink_to(".")
+    (d / "ckpts" / "b").symlink_to(".")
+    (d / "ckpts" / "later").mkdir()
+    np.savez(d / "ckpts" / "later" / "step_03000.npz", w=np.array([1.0, -1.0]), b=np.array(0.0))
+    doc = yaml.safe_load((d / "sweep.yaml").read_text())
+    for pattern in ("ckpts/**/step_*.npz", "ckpts/*/step_*.npz", str(d / "ckpts" / "**" / "step_*.npz")):
+        doc["targets"][0]["checkpoints"]["from"] = pattern
+        (d / "sweep.yaml").write_text(yaml.safe_dump(doc))
+        # (`*` goes one level through a link, as a shell's glob: ckpts/a/step_00100.npz is step 100 once)
+        assert sorted(_plan_ids(d)) == [100, 2000, 3000], pattern
+    # a clash names the files as the pattern reaches them, not two bare file names
+    np.savez(d / "ckpts" / "later" / "step_2000.npz", w=np.zeros(2), b=np.array(0.0))
+    doc["targets"][0]["checkpoints"]["from"] = "ckpts/**/step_*.npz"
+    (d / "sweep.yaml").write_text(yaml.safe_dump(doc))
+    proc = lh(d, "plan", "sweep.yaml", check=False, timeout=120)
+    assert proc.returncode == 2 and "later/step_2000.npz" in proc.stderr and "ckpts/step_02000.npz" in proc.stderr, proc.stderr
+
+
 def test_imported_checkpoints_run_at_their_files_params(tmp_path):
     d = _imported(tmp_path)
     proc = lh(d, "execute", "sweep.yaml")
