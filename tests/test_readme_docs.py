@@ -15,7 +15,7 @@ def test_readme_opens_with_the_two_commands():
     text = (ROOT / "README.md").read_text()
     first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
     commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
-    assert commands == ["pip install uv && uv run lh execute examples/quick.yaml", "uv run pytest"]
+    assert commands == ["pip install uv && uv run lh execute examples/quick.yaml", "uv run pytest -n 2"]
     assert text.index("```bash") < text.index("\n## ")  # before any section
 
 
