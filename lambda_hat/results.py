@@ -652,18 +652,22 @@ EXPORT_VIEWS = {"runs": "", "examples": ", r.example", "influence": ", r.query_e
 
 
 def export_runs(store: Any, run_ids: list[str], out_path: Path, damaged: list[tuple[str, str]] | None = None,
-                view: str = "runs") -> Exported:
+                view: str = "runs", check_files: bool = True) -> Exported:
     """Write the given runs, in order, as the `runs` view shows them (or their rows of the
     `examples` or `influence` view), to Parquet or CSV (by extension), from the manifests and
     arrays (the truth; no index lock involved), atomically. Runs not in the store are left
-    out; so are runs (and their targets' columns) whose manifest, or for `examples` and
-    `influence` whose files, do not check out, and those are added to `damaged` as (ID, why):
-    an edited manifest is reported, never silently dropped."""
+    out; so are runs whose manifest or files do not check out (and targets whose manifest
+    does not), and those are added to `damaged` as (ID, why): damage is reported, never
+    silently dropped nor exported as a good row."""
     import duckdb
 
     from lambda_hat.errors import ArtifactError
 
-    runs, bad = store.checked_manifests("run", run_ids)
+    # `lh export` checks each run whole (its files against their checksums, as `lh verify`): a
+    # row is a claim that the run is good. The driver's results file (`check_files=False`)
+    # relies on the reconcile it has just made, which checked every artifact whose files
+    # changed since it was indexed (docs/store.md). Targets give columns from their manifests.
+    runs, bad = store.checked_manifests("run", run_ids, files=check_files)
     targets, bad_targets = store.checked_manifests("target", sorted({m.spec.get("target_id") for m in runs}))
     recorded = []
     if view != "runs":

@@ -345,6 +345,27 @@ def test_export_reports_a_run_whose_manifest_was_edited_instead_of_dropping_it(r
         r.run_id for r in ex.runs if r.run_id != rot)
 
 
+def test_export_leaves_out_and_names_a_run_whose_arrays_fail_their_checksum(runner, tmp_path, store):
+    """Third adversarial pass: a flipped byte in a run's arrays.zarr.zip (size and mtime kept)
+    was exported as a good row (exit 0); `lh export` now checks each run's files, as `lh verify`."""
+    from lambda_hat.store.layout import ARRAYS_ZIP
+
+    root, ex = store
+    rot = ex.runs[1].run_id
+    path = root / "runs" / rot / ARRAYS_ZIP
+    st = os.stat(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    out = tmp_path / "runs.csv"
+    result = lh(runner, "export", "--store", str(root), "-o", str(out))
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and rot in lines[0] and "damaged" in lines[0], result.stderr
+    assert rot not in out.read_text() and len(list(csv.DictReader(io.StringIO(out.read_text())))) == len(ex.runs) - 1
+
+
 def test_export_of_an_empty_store_writes_no_rows_and_of_a_missing_one_refuses(runner, tmp_path):
     """Issue 28, item 12: `executemany requires a non-empty list` was a traceback."""
     empty = tmp_path / "empty"

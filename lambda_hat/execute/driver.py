@@ -190,7 +190,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     if rep.pending:
         console.print(f"  {len(rep.pending)} artifacts not yet indexed (index busy); they will be recorded")
     _run(req, settings, store, p, console, result, rep.pending, sweep.diagnostics.model_dump())
-    n = results_io.export_runs(store, [r.run_id for r in expanded.runs], req.results).rows
+    n = results_io.export_runs(store, [r.run_id for r in expanded.runs], req.results, check_files=False).rows
     _remember_owner(req.results, req.sweep_path)
     _report(req, result, n, t_start, console)
     return result
@@ -265,7 +265,7 @@ def _results_in_step(out_path: Path, store, snapshot, expanded) -> int:
     source = _results_source(snapshot, out_path)
     n = _results_rows_in_step(out_path, source)
     if n is None:
-        written = results_io.export_runs(store, [r.run_id for r in expanded.runs], out_path)
+        written = results_io.export_runs(store, [r.run_id for r in expanded.runs], out_path, check_files=False)
         _remember_results(out_path, source, written)
         n = written.rows
     return n

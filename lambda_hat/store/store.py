@@ -586,12 +586,14 @@ class Store:
     def complete_manifests(self, kind: str, ids: Iterable[str]) -> list[Manifest]:
         return self.checked_manifests(kind, ids)[0]
 
-    def checked_manifests(self, kind: str, ids: Iterable[str]) -> tuple[list[Manifest], list[tuple[str, str]]]:
+    def checked_manifests(self, kind: str, ids: Iterable[str],
+                          files: bool = False) -> tuple[list[Manifest], list[tuple[str, str]]]:
         """The manifests of the complete artifacts among `ids`, each checked on its content
-        (`check_manifest`: its checksum, ID and spec hash, never trusted by size and mtime),
-        and the (ID, why) of those in place that do not check out: a result built from them
-        reports them instead of dropping them silently. An ID with nothing in the store is
-        neither (not made yet)."""
+        (`check_manifest`: its checksum, ID and spec hash, never trusted by size and mtime;
+        with `files`, every file against its checksum too, as `lh verify` checks), and the
+        (ID, why) of those in place that do not check out: a result built from them reports
+        them instead of dropping them silently. An ID with nothing in the store is neither
+        (not made yet)."""
         out, damaged = [], []
         for artifact_id in ids:
             d = self.layout.artifact_dir(kind, artifact_id)
@@ -601,9 +603,15 @@ class Store:
                 damaged.append((artifact_id, LINK))
                 continue
             try:
-                out.append(check_manifest(d, kind)[0])
+                manifest = check_manifest(d, kind)[0]
+                problems = (odd_entries(d) or verify(d, kind)) if files else []
             except (ArtifactError, ManifestError, OSError) as err:
                 damaged.append((artifact_id, " ".join(str(err).split()).removeprefix(f"{d}: ")))
+                continue
+            if problems:
+                damaged.append((artifact_id, "; ".join(problems)))
+            else:
+                out.append(manifest)
         return out, damaged
 
     def tmp_entries(self) -> Iterator[Path]:
