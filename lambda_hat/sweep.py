@@ -674,6 +674,12 @@ def _check_records(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[s
     s_label, smallest = min(targets, key=lambda lt: lt[1].data.n_data)
     for label, s in recording:
         pe = s.record.per_example
+        # One computation, one ID: a subset asked for above n_data records all, as 'all' does, under
+        # another ID. (The default 512 on a smaller target records all; it is not asked for.)
+        if "subset" in pe.model_fields_set and pe.subset != "all" and pe.subset > smallest.data.n_data:
+            raise _fail(source, label, "record.per_example.subset",
+                        f"{pe.subset} examples, but {s_label} has only {smallest.data.n_data} (n_data); "
+                        f"record at most {smallest.data.n_data}, or subset: all")
         if pe.query > pe.size(smallest.data.n_data):
             raise _fail(source, label, "record.per_example.query",
                         f"{pe.query} query examples, but {s_label} records only {pe.size(smallest.data.n_data)} "

@@ -232,6 +232,8 @@ def test_recorded_runs_give_nu_and_contributions_that_match_theory(tmp_path):
     ({"per_example": {"subset": 8, "query": 9}}, "record.per_example.query: must be at most subset (8)"),
     ({"per_example": {"query": 257}}, "record.per_example.query: "),
     ({"per_example": {"subset": "all", "query": 200}}, "record.per_example.query: 200 query examples, but "),
+    ({"per_example": {"subset": 101}}, "record.per_example.subset: 101 examples, but targets[0] has only 100 (n_data)"),
+    ({"per_example": {"subset": 10**12}}, "record.per_example.subset: 1000000000000 examples, but targets[0]"),
 ])
 def test_bad_record_entries_are_one_line_naming_the_field(record, message):
     from lambda_hat.errors import SweepError
@@ -243,6 +245,14 @@ def test_bad_record_entries_are_one_line_naming_the_field(record, message):
     text = str(err.value)
     print(text)
     assert "\n" not in text and message in text and "0x" not in text and "function-after" not in text
+
+
+def test_the_default_subset_on_a_smaller_target_records_every_example():
+    from lambda_hat.sweep import sweep_from_dict
+
+    sweep = sweep_from_dict({"targets": [{"model": "small", "data": "small"}],
+                             "samplers": [{"name": "nuts", "record": {"per_example": {}}}]})
+    assert sweep.samplers[0].record.per_example.size(sweep.targets[0].data.n_data) == 100
 
 
 def test_record_without_per_example_is_the_run_without_record():
