@@ -122,13 +122,13 @@ def pilot_data(data: dict, autos: dict[int, dict], top: float, name: str) -> tup
     return pilots, ladders
 
 
-def _write_yaml(path: Path, data: dict, header: list[str], store_root: Path) -> None:
+def _write_yaml(path: Path, data: dict, header: list[str], store_root: Path, flag: str = "-o") -> None:
     import yaml
 
     from lambda_hat.files import write_atomic
     from lambda_hat.output_paths import check_output_path
 
-    check_output_path(path, store_root)
+    check_output_path(path, store_root, flag)
     text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     write_atomic(path, text.encode())
 
@@ -184,8 +184,10 @@ def _numbers(store, group: Group, ladder_: list[Rung]) -> None:
 
 def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     from lambda_hat.execute.driver import ExecuteRequest, execute
+    from lambda_hat.errors import SweepError
+    from lambda_hat.output_paths import check_output_dir, check_output_path
     from lambda_hat.store import Store, resolve_store_root
-    from lambda_hat.sweep import load_sweep
+    from lambda_hat.sweep import sweep_from_dict
 
     source = str(req.sweep_path)
     if not (0 < req.top < 10) or not math.isfinite(req.top):
@@ -199,15 +201,24 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     pilot_path = req.sweep_path.with_name(f"{stem}.pilots.yaml")
     out = req.out or req.sweep_path.with_name(f"{stem}.calibrated.yaml")
     pilots, ladders = pilot_data(data, autos, req.top, f"{name}-pilots")
-    # The pilots' sweep must itself be valid (and so is checked whole) before anything is written.
     root = resolve_store_root(req.store, data.get("store_root"))
-    from lambda_hat.output_paths import check_output_path
-
-    for path, flag in ((out, "-o"), (req.report_dir / f"{name}.md", "--report-dir"), (req.report_dir / f"{name}.json", "--report-dir")):
+    # Everything checked before anything is written: the outputs, the logs, the store, and the
+    # pilots' sweep itself (from memory: a bad --top must not leave a pilots file behind).
+    if out.resolve() in (req.sweep_path.resolve(), pilot_path.resolve()):
+        what = "the sweep" if out.resolve() == req.sweep_path.resolve() else "the pilots file"
+        raise BadInput(f"-o {out}: is {what} lh calibrate reads; name another file")
+    for path, flag in ((out, "-o"), (pilot_path, "the pilots file"),
+                       (req.report_dir / f"{name}.md", "--report-dir"), (req.report_dir / f"{name}.json", "--report-dir")):
         check_output_path(path, root, flag)  # before any work, as every command's outputs
+    check_output_dir(req.logs, root, "--logs")
+    try:
+        sweep_from_dict(pilots, str(pilot_path), base_dir=str(req.sweep_path.resolve().parent))
+    except SweepError as err:
+        raise BadInput(f"--top {req.top:g}: its pilots are not a valid sweep ({err})") from None
+    Store.open(root, create=True)  # exists and is writable, or one line
     _write_yaml(pilot_path, pilots, [f"The pilots lh calibrate wrote for {req.sweep_path.name} (do not edit):",
-                                     f"each step_size_nbeta: auto entry as a ladder of {RUNGS} steps."], root)
-    load_sweep(pilot_path)
+                                     f"each step_size_nbeta: auto entry as a ladder of {RUNGS} steps."], root,
+                "the pilots file")
     outcome = CalibrateOutcome()
     console.print(f"[bold]=== Calibration: {sum(len(v) for v in ladders.values())} pilot settings "
                   f"({pilot_path}) ===[/bold]")
@@ -221,7 +232,7 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     for g in outcome.groups:
         _numbers(store, g, ladders[g.entry])
     outcome.chosen = _chosen(outcome.groups, ladders)
-    outcome.calibrated = _write_calibrated(out, data, outcome, req.sweep_path, root)
+    outcome.calibrated = _write_calibrated(out, data, outcome, req.sweep_path, root, req.report_dir)
     outcome.report = _write_report(req.report_dir, name, outcome, ladders, root)
     if outcome.calibrated is None or any(v is None for v in outcome.chosen.values()):
         outcome.exit_code = outcome.exit_code or 1
@@ -241,8 +252,9 @@ def _chosen(groups: list[Group], ladders: dict[int, list[Rung]]) -> dict[int, Ru
     return chosen
 
 
-def _write_calibrated(out: Path, data: dict, outcome: CalibrateOutcome, sweep_path: Path, root: Path) -> Path | None:
-    header = [f"{sweep_path.name} with its step_size_nbeta: auto chosen by lh calibrate (report: calibration/).",
+def _write_calibrated(out: Path, data: dict, outcome: CalibrateOutcome, sweep_path: Path, root: Path,
+                      report_dir: Path) -> Path | None:
+    header = [f"{sweep_path.name} with its step_size_nbeta: auto chosen by lh calibrate (report: {report_dir}/).",
               "Each chosen entry is one of the pilots: lh execute finds its runs done."]
     samplers = []
     for i, entry in enumerate(data["samplers"]):
@@ -301,6 +313,6 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
                               "reason": c.reason if c else "no pilot finished"})
     md, js = report_dir / f"{stem}.md", report_dir / f"{stem}.json"
     for path, text in ((md, "\n".join(lines) + "\n"), (js, json.dumps(doc, indent=1) + "\n")):
-        check_output_path(path, root)
+        check_output_path(path, root, "--report-dir")
         write_atomic(path, text.encode())
     return md

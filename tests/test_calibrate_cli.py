@@ -29,6 +29,28 @@ def test_what_calibrate_refuses(tmp_path, samplers, says):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # nothing written
 
 
+@pytest.mark.parametrize("args,says", [
+    (["--logs", "store/logs"], "--logs store/logs: inside the store"),  # wrote the pilots file first
+    (["--top=1e-300"], "--top 1e-300: its pilots are not a valid sweep"),  # wrote steps ~4e300 to the pilots file
+    (["-o", "s.yaml"], "-o s.yaml: is the sweep lh calibrate reads"),  # replaced the sweep, its auto entries lost
+    (["-o", "s.pilots.yaml"], "-o s.pilots.yaml: is the pilots file"),
+])
+def test_calibrate_checks_everything_before_it_writes_the_pilots(tmp_path, args, says):
+    (tmp_path / "s.yaml").write_text(sweep(SGLD_AUTO))
+    proc = lh(tmp_path, "calibrate", "s.yaml", *args, check=False)
+    assert proc.returncode == 2 and says in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # nothing written
+
+
+def test_a_planted_pilots_file_is_named_as_such_and_left_alone(tmp_path):
+    (tmp_path / "s.yaml").write_text(sweep(SGLD_AUTO))
+    (tmp_path / "elsewhere").write_text("keep\n")
+    (tmp_path / "s.pilots.yaml").symlink_to(tmp_path / "elsewhere")
+    proc = lh(tmp_path, "calibrate", "s.yaml", check=False)
+    assert proc.returncode == 2 and "the pilots file s.pilots.yaml: is a symbolic link" in proc.stderr, proc.stderr
+    assert " -o " not in proc.stderr and (tmp_path / "elsewhere").read_text() == "keep\n"
+
+
 def test_auto_is_refused_by_plan_and_execute_with_a_pointer(tmp_path):
     (tmp_path / "s.yaml").write_text(sweep(SGLD_AUTO))
     for cmd in ("plan", "execute"):
