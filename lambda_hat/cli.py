@@ -268,7 +268,7 @@ def execute_cmd(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A line for every job submitted and completed (by default: one line per stage, the progress bar, failures; completions too up to 50 jobs).")] = False,
     batch_runs: Annotated[bool, typer.Option("--batch-runs", help="Sample the runs of one target that differ only in seed, beta, gamma or SGLD step size as one vmapped job each (numbers equal in law, not bit for bit, to runs sampled alone).")] = False,
     promote: Annotated[bool, typer.Option("--promote", help="After the runs, draw the sweep's gallery (as lh promote SWEEP).")] = False,
-    promote_dir: Annotated[Path, typer.Option(metavar="DIR", help="Gallery folder for --promote.")] = Path("gallery"),
+    promote_dir: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Gallery folder for --promote (default: gallery).")] = None,
     profile: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Cluster profile: TOML with a \\[slurm] table (default: ./lh.toml if present).", rich_help_panel=SLURM)] = None,
     parsl_config: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Python file defining `config` or `make_config()`; overrides backend, profile and flags.", rich_help_panel=SLURM)] = None,
     partition: Annotated[Optional[str], typer.Option(metavar="NAME", rich_help_panel=SLURM)] = None,
@@ -301,6 +301,9 @@ def execute_cmd(
 
     if profile is not None and slurm_config is not None:
         raise BadInput("--profile and --slurm-config: give one of them")
+    if promote_dir is not None and not promote:  # silently ignored, a gallery the user waits for never appears
+        raise BadInput(f"--promote-dir {promote_dir}: only with --promote (add --promote, or run lh promote)")
+    promote_dir = promote_dir or Path("gallery")
     if promote:  # the gallery is written after every run: its folder is checked before any
         from lambda_hat import promote as gallery
         from lambda_hat.output_paths import check_output_dir

@@ -191,6 +191,15 @@ def test_execute_from_inside_the_store_refuses_before_parsl_writes_its_run_direc
         assert state(root) == before and not (cwd / "parsl_runinfo").exists()
 
 
+def test_promote_dir_without_promote_is_refused_not_ignored(tmp_path, store):
+    root, _ = store
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    result = lh("execute", tmp_path / "s.yaml", "--store", root, "--promote-dir", tmp_path / "gal",
+                "--parsl-config", tmp_path / "missing.py")
+    one_error_line(result, "--promote-dir", "only with --promote")
+    assert not (tmp_path / "gal").exists()
+
+
 GALLERY_CASES = [(kind, entry) for entry in ("index.html", ".promote.json", "runs", "targets/tgt_0123456789ab")
                  for kind in ("symlink", "fifo", "device", "symlink to /dev/null")
                  # the old code blocked reading a FIFO .promote.json: index.html shows the FIFO case
