@@ -704,6 +704,11 @@ def gc_cmd(
     for path, why in report.kept:
         console.print(f"[dim]kept {path} ({why})[/dim]", soft_wrap=True, highlight=False)
     console.print(f"{verb} {len(report.removed)} entries, {report.bytes_freed / 2**20:.1f} MiB")
+    if report.failed:  # what should go is still there: not a success
+        path, problem = report.failed[0]
+        more = f" and {len(report.failed) - 1} more" if len(report.failed) > 1 else ""
+        n = len(report.failed)
+        raise LhError(f"{n} {'entry' if n == 1 else 'entries'} could not be removed: {path} ({problem}){more}")
 
 
 def main() -> None:

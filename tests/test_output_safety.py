@@ -241,6 +241,25 @@ def test_execute_refuses_logs_and_promote_dir_that_are_not_directories(tmp_path,
 # --------------------------------------------------------------------------- gc, verify, reconcile
 
 
+def test_gc_that_cannot_remove_what_it_should_says_so_and_fails(store, tmp_path):
+    """A quarantined entry gc cannot delete (immutable here; a read-only store alike): it was
+    listed as kept and gc exited 0; now exit 1 with one line naming it."""
+    root, _ = store
+    entry = root / ".quarantine" / "run_0123456789ab.damaged"
+    entry.mkdir(parents=True)
+    (entry / "manifest.json").write_text("{}")
+    if subprocess.run(["chattr", "+i", str(entry)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        result = lh("gc", "--store", root)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.exit_code == 1 and len(lines) == 1, (result.exit_code, result.output)
+        assert "1 entry could not be removed" in lines[0] and entry.name in lines[0], lines
+        assert (entry / "manifest.json").exists()
+    finally:
+        subprocess.run(["chattr", "-i", str(entry)], check=False)
+
+
 def test_gc_never_follows_a_symlinked_store_directory(store, outside):
     """`ln -s /some/dir STORE/.quarantine; lh gc` deleted /some/dir's contents. Each of the
     store's own directories is planted as a link to a folder whose entries gc would otherwise

@@ -171,6 +171,7 @@ class GcReport:
     removed: list[tuple[Path, str]] = field(default_factory=list)
     kept: list[tuple[Path, str]] = field(default_factory=list)
     bytes_freed: int = 0
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # to remove, but removing failed (read-only store)
 
 
 LINK = "a symbolic link in the store (never followed; lh gc removes the link, not what it points to)"
@@ -867,6 +868,7 @@ class Store:
                 problem = _remove(p)
                 if problem is not None:
                     report.kept.append((p, f"{why}, but it could not be removed ({problem})"))
+                    report.failed.append((p, problem))
                     return False
             report.removed.append((p, why))
             report.bytes_freed += size
