@@ -7,6 +7,7 @@ any later write changes its mtime); the tests age the file with `os.utime` inste
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -155,3 +156,32 @@ def test_noop_execute_in_a_new_process_loads_no_duckdb(tmp_path):
     modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "lambda_hat.store.index" in modules  # the measurement saw the store being used
     assert not {m for m in modules if m.split(".")[0] in ("duckdb", "pyarrow", "numpy", "jax", "parsl")}
+
+
+def test_an_index_from_before_the_per_example_tables_is_queried_then_upgraded(store):
+    """An index and its version-2 sidecar as the previous lambda-hat left them (no `examples`,
+    no `influence` table): `lh query` failed on every statement ("made by another lambda-hat
+    version"), and the reconcile trusted the sidecar, so nothing repaired it short of `lh index
+    rebuild`. Now the views of a missing table are empty, and the next reconcile refills."""
+    import duckdb
+
+    from lambda_hat.results import run_query
+
+    st, tids, rids = store
+    con = duckdb.connect(str(st.layout.index_path))
+    con.execute("DROP TABLE examples")
+    con.execute("DROP TABLE influence")
+    con.close()
+    age_index(st)
+    sidecar = st.root / ".index.stats"
+    body = json.loads(sidecar.read_bytes().partition(b"\n")[2])
+    payload = json.dumps({**body, "version": 2, "index": list(index._identity(st.layout))}).encode()
+    sidecar.write_bytes(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)  # as the old version wrote it
+    assert run_query(st, "select count(*) as n from runs").rows == [(len(rids),)]
+    assert run_query(st, "select count(*) as n from influence").rows == [(0,)]
+    st.reconcile()
+    con = duckdb.connect(str(st.layout.index_path), read_only=True)
+    tables = {r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()}
+    runs = con.execute("select count(*) from runs").fetchone()[0]
+    con.close()
+    assert {"examples", "influence", "traces"} <= tables and runs == len(rids)

@@ -730,7 +730,10 @@ def _int64s(column: Any) -> array:
 
 STATS_SIDECAR_MAX_ROWS = 50_000  # above this DuckDB's columnar read beats parsing a text copy
 STATS_SIDECAR_MIN_AGE_S = 2.0  # a later write then always gets another mtime, even on coarse clocks
-STATS_SIDECAR_VERSION = 2  # 2: (size, files stamp) per ID, where 1 held (size, manifest mtime)
+# 2: (size, files stamp) per ID, where 1 held (size, manifest mtime); 3: written by an index with
+# the `examples` and `influence` tables (a 2 may stand beside an index without them: not trusted,
+# so the next reconcile reads the index, finds it stale and refills it)
+STATS_SIDECAR_VERSION = 3
 
 
 @dataclass(frozen=True)

@@ -272,6 +272,7 @@ class Store:
     TRACES_TABLE = index.TRACES_TABLE
     EXAMPLES_TABLE = index.EXAMPLES_TABLE
     EXAMPLE_ARRAYS = index.EXAMPLE_ARRAYS
+    RUN_TABLES = index.RUN_TABLES
     INFLUENCE_TABLE = index.INFLUENCE_TABLE
 
     def __init__(self, root: Path | str):
