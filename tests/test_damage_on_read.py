@@ -204,6 +204,33 @@ def test_a_link_planted_in_a_work_dir_is_never_written_through(tmp_path, capsys,
     assert not (work / planted).is_symlink() and SegmentStore(work, interval_s=0.0).load()[0].draws_done == 3 * SEG
 
 
+def test_a_link_planted_while_the_run_samples_is_never_written_through(tmp_path, capsys):
+    """The run's work dir checked once at its start left a window: a link planted after the
+    first flush (here the traces group replaced by a link out of the store) was written through
+    by the next. Every flush checks again: the work dir is discarded, nothing lands outside,
+    and the run goes on without a checkpoint (a resume starts over)."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("keep")
+    work = tmp_path / ".work" / "run_aaaaaaaaaaaa"
+    seg = SegmentStore(work, interval_s=0.0, draws=4 * SEG)
+    rng = np.random.default_rng(0)
+
+    def segment(i):
+        seg.on_segment(Checkpoint(i * SEG, [rng.normal(size=(CHAINS, 3))], 0.25, 1.0, 0.1 * i),
+                       {"loss": rng.normal(size=(CHAINS, SEG)).astype(np.float32)})
+
+    segment(1)
+    assert (work / SegmentStore.CHECKPOINT).is_file()
+    shutil.rmtree(work / SegmentStore.TRACES)
+    os.symlink(victim, work / SegmentStore.TRACES)
+    segment(2)
+    segment(3)
+    assert sorted(p.name for p in victim.iterdir()) == ["thesis.tex"]
+    assert "traces.zarr is a symbolic link" in capsys.readouterr().out
+    assert SegmentStore(work, interval_s=0.0).load() is None
+
+
 def test_traces_without_a_checkpoint_are_not_appended_to(tmp_path, capsys):
     """A work dir holding a traces group but no checkpoint (planted, or another run's copied in)
     counts no draws: it is removed, never extended, so no stale draw reaches a run's traces."""

@@ -194,14 +194,37 @@ class SegmentStore:
         # the bytes hashed), and how many draws they cover.
         self.trace_hashes: dict = {}
         self.hashed_draws = 0
+        self._check_plain()
+
+    def _check_plain(self) -> bool:
+        """Discard the work directory if anything in it is not plain (`_odd_entry`): Zarr and
+        numpy would write through a planted link, out of the store. Checked when the run
+        starts and again before every write, since a link can be planted in between. Returns
+        whether the directory was kept (or is absent)."""
         if self.dir.is_symlink():  # planted: never read or write through it (it points out of the store)
             print(f"removing {self.dir}, a symbolic link where a work directory belongs; starting over", flush=True)
             self.remove()
-        else:
-            odd = self._odd_entry()
-            if odd is not None:  # Zarr and numpy would write through a planted link, out of the store
-                print(f"discarding {self.dir} ({odd}); starting over", flush=True)
-                self.remove()
+            return False
+        odd = self._odd_entry()
+        if odd is not None:
+            print(f"discarding {self.dir} ({odd}); starting over", flush=True)
+            self.remove()
+            return False
+        return True
+
+    def _make_dir(self) -> None:
+        """The work directory, created as a real directory under a real `.work` (never through a
+        link planted at either), and checked plain (`_check_plain`) before a write into it."""
+        parent = self.dir.parent
+        if parent.is_symlink():
+            raise StoreError(f"{parent} is a symbolic link: the store's work directory must be a real one")
+        parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(self.dir)
+        except FileExistsError:
+            pass
+        if not self._check_plain():
+            os.mkdir(self.dir)
 
     def _odd_entry(self) -> str | None:
         """What in the work directory is neither a directory nor a regular file (a symbolic
@@ -301,7 +324,7 @@ class SegmentStore:
             # Advisory, for display: at most every PROGRESS_SEC, replaced atomically but never
             # fsynced (a file write per segment measurably slowed short segments).
             self.last_progress = time.monotonic()
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self._make_dir()
             tmp = self.dir / f".{self.PROGRESS}-{os.getpid()}"
             with _new_file(tmp) as f:
                 f.write(json.dumps({"draws_done": checkpoint.draws_done, "draws": self.draws}).encode())
@@ -324,7 +347,13 @@ class SegmentStore:
             # `load`): no checkpoint rather than one that would not check out.
             self.pending.clear()
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._make_dir()
+        if self.hashed_draws and not (self.dir / self.CHECKPOINT).is_file():
+            # Discarded since the last flush (a link was planted in it): what was on disk is gone,
+            # and these segments alone would not make a checkpoint that checks out. Start again.
+            self.trace_hashes, self.hashed_draws = {}, 0
+            self.pending.clear()
+            return
         root = zarr.open_group(str(self.dir / self.TRACES), mode="a", zarr_format=3)
         names = sorted(self.pending[0][1])
         for name in names:
