@@ -279,3 +279,26 @@ def test_a_damaged_target_is_rebuilt_within_the_execute_that_finds_it(tmp_path):
     plan = json.loads(lh(tmp_path, "plan", "s2.yaml", "--json").stdout)
     assert plan["targets_to_build"] == [] and plan["runs_to_sample"] == [], plan
     assert lh(tmp_path, "verify", "--store", "store", check=False).returncode == 0
+
+
+@pytest.mark.parametrize("planted", ["fifo", "symlink"])
+def test_the_driver_never_opens_a_planted_progress_file(tmp_path, planted):
+    """The driver reads progress.json every second while a run samples: a FIFO planted there
+    blocked it for good in open(2) (lh execute hung), a link was read out of the store."""
+    import threading
+
+    from lambda_hat.store.worker import read_progress
+
+    work = tmp_path / ".work" / "run_aaaaaaaaaaaa"
+    work.mkdir(parents=True)
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"draws_done": 5, "draws": 10}')
+    if planted == "fifo":
+        os.mkfifo(work / SegmentStore.PROGRESS)
+    else:
+        os.symlink(outside, work / SegmentStore.PROGRESS)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(read_progress(work)), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive() and got == [None]

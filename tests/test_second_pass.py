@@ -6,6 +6,7 @@ memory past the memory limit, a tiny γ whose start scale 1/√γ no halving cou
 two sweeps with one file stem replacing each other's results without a word."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -41,6 +42,28 @@ def test_execute_refuses_a_store_whose_own_directory_is_a_link(tmp_path, name):
     assert sorted(p.name for p in outside.rglob("*")) == before
     if name in (".work", ".claims", ".quarantine"):  # lh gc removes these links, as links
         assert lh("gc", "--store", root).exit_code == 0 and not os.path.lexists(moved)
+
+
+@pytest.mark.parametrize("name", [".work", ".claims", ".quarantine", ".jax_cache"])
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_execute_refuses_a_store_whose_own_directory_is_not_one(tmp_path, name, kind):
+    """Fourth adversarial pass: a file as .claims or .quarantine ended in a traceback, a FIFO as
+    .work failed every run on every execute. Now one line, exit 2, before any work."""
+    root = tmp_path / "store"
+    fill_store(root)
+    moved = root / name
+    if moved.exists():
+        shutil.rmtree(moved)
+    if kind == "file":
+        moved.write_text("x")
+    else:
+        os.mkfifo(moved)
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    result = lh("execute", tmp_path / "s.yaml", "--store", root, "--logs", tmp_path / "logs",
+                "--results", tmp_path / "r.parquet")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert f"{moved}: {'a file' if kind == 'file' else 'a FIFO'} where the store's own directory belongs" in lines[0]
 
 
 def test_a_linked_work_directory_is_removed_never_written_through(tmp_path):

@@ -333,6 +333,11 @@ class Store:
                 if create and sub.is_symlink():
                     raise StoreError(f"{sub}: a symbolic link in the store; lambda-hat writes only into the "
                                      "store's own directories: make it one (--store can name a store on another disk)")
+                if create and os.path.lexists(sub) and not sub.is_dir():
+                    st = os.lstat(sub)
+                    what = "a file" if stat.S_ISREG(st.st_mode) else file_type(st)
+                    raise StoreError(f"{sub}: {what} where the store's own directory belongs; "
+                                     "move it away (lh writes only into real directories of its own)")
             for sub in (lay.targets_dir, lay.runs_dir):
                 if sub.exists() and not sub.is_dir():
                     raise StoreError(f"{root}: not a lambda-hat store ({sub.name} is a file)")

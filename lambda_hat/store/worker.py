@@ -143,8 +143,19 @@ class SavedCheckpoint(NamedTuple):
 def read_progress(work_dir: Path) -> tuple[int, int] | None:
     """(draws done, draws) from a sampling run's progress file; None where there is none
     (not started, finished, or mid-replace)."""
+    import stat
+
     try:
-        p = json.loads((work_dir / SegmentStore.PROGRESS).read_text())
+        # Never through a link, never blocking on a FIFO, never more than a small file: the
+        # driver reads this every second, and a planted entry must not hang or mislead it.
+        fd = os.open(work_dir / SegmentStore.PROGRESS, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            p = json.loads(os.read(fd, 4096))
+        finally:
+            os.close(fd)
         return int(p["draws_done"]), int(p["draws"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
