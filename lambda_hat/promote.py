@@ -690,7 +690,8 @@ def influential(bif, rows, query_rows, top: int = 3) -> list[int]:
 
     chosen: dict[int, None] = {}
     for j, q in enumerate(query_rows):
-        strength = np.where(np.asarray(rows) == q, -np.inf, np.abs(np.nan_to_num(bif[:, j], nan=-np.inf)))
+        column = np.asarray(bif[:, j], float)
+        strength = np.where((np.asarray(rows) == q) | ~np.isfinite(column), -np.inf, np.abs(column))
         for i in np.argsort(-strength, kind="stable")[:top]:
             if np.isfinite(strength[i]):
                 chosen.setdefault(int(i), None)
@@ -706,7 +707,8 @@ def examples_figure(m, examples: dict):
     plt = _pyplot()
     contrib = np.asarray(examples["llc_contribution"], float)
     rows = np.asarray(examples["index"])
-    has_bif = "influence" in examples and "query" in examples and np.size(examples["query"]) > 0
+    has_bif = ("influence" in examples and "query" in examples and np.size(examples["query"]) > 0
+               and bool(np.isfinite(examples["influence"]).any()))
     shown: list[int] = []
     if has_bif:
         bif = np.asarray(examples["influence"], float)
@@ -717,6 +719,8 @@ def examples_figure(m, examples: dict):
     fig, axes = plt.subplots(1, 2 if has_bif else 1, figsize=(9.6 if has_bif else 4.8, height), squeeze=False)
     ax = axes[0][0]
     order = np.argsort(contrib)[::-1]
+    if not np.isfinite(contrib).any():  # a nonfinite run: nothing to draw, and say so
+        ax.text(0.5, 0.5, "no finite contributions (the run's status says why)", transform=ax.transAxes, ha="center")
     ax.plot(np.arange(1, len(contrib) + 1), contrib[order], ".", ms=3, color="C0")
     llc = _finite(m.metrics.get("llc_mean"))
     ax.axhline(contrib.mean(), color="k", lw=1, ls="--", label=f"mean {contrib.mean():.4g}"

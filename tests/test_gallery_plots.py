@@ -225,3 +225,19 @@ def test_examples_plot_without_a_query_set_is_the_contributions_alone():
 
     fig = examples_figure(run("sgld"), {"index": np.arange(10), "llc_contribution": np.linspace(0, 3, 10)})
     assert len(fig.axes) == 1 and "10 examples" in texts(fig)
+
+
+def test_examples_plot_of_a_nonfinite_run_says_so_without_warnings():
+    """A nonfinite recording run (all NaN) drew an empty figure reading "mean nan" after a
+    matplotlib warning on stderr; a NaN influence entry took a top-3 slot from a finite one."""
+    import warnings
+
+    from lambda_hat.promote import examples_figure, influential
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = examples_figure(run("sgld"), {"index": np.arange(5), "llc_contribution": np.full(5, np.nan),
+                                             "influence": np.full((5, 2), np.nan, np.float32), "query": np.array([0, 3])})
+    assert len(fig.axes) == 1 and "no finite contributions" in texts(fig)
+    bif = np.array([[0.0], [0.5], [np.nan], [0.2], [0.1]])
+    assert influential(bif, np.arange(5), np.array([0])) == [1, 3, 4]

@@ -288,3 +288,64 @@ def test_a_recording_run_is_a_batch_of_its_own():
         {**entry, "grid": {"seed": [1, 2]}, "record": {"per_example": {"subset": 8}}}]}))
     sizes = sorted(len(b) for b in batches(ex.runs))
     assert sizes == [1, 1, 3]
+
+
+def _store_with_recorded_runs(tmp_path, forge):
+    """A store of fake runs (tests/test_store.fill_store), two of them rewritten with recorded
+    per-example arrays whose checksums hold: the first consistent, the second changed by `forge`."""
+    import shutil
+
+    from lambda_hat.store.artifacts import read_arrays, write_artifact
+    from lambda_hat.store.store import Store
+    from test_store import fill_store
+
+    root = tmp_path / "store"
+    ex, _ = fill_store(root)
+    st = Store(root)
+    rng = np.random.default_rng(0)
+    good, bad = ex.runs[1].run_id, ex.runs[2].run_id
+    for rid in (good, bad):
+        m = st.read_manifest("run", rid)
+        d = st.layout.run_dir(rid)
+        arrays = read_arrays(d, list(m.arrays))
+        loss = rng.gamma(2.0, size=(2, 50, 6)).astype(np.float32)
+        arrays.update({"examples/loss": loss, "examples/index": np.arange(10, 16), "examples/loss_at_wstar": np.ones(6),
+                       "examples/llc_contribution": np.linspace(0, 1, 6), "examples/query": np.array([1, 4]),
+                       "examples/influence": influence(loss, np.array([1, 4])).astype(np.float32)})
+        if rid == bad:
+            forge(arrays)
+        shutil.rmtree(d)
+        write_artifact(d, arrays, m)
+    st.reconcile()
+    return root, good, bad
+
+
+@pytest.mark.parametrize("what,forge", [
+    ("query out of range", lambda a: a.update({"examples/query": np.array([999, 1])})),
+    ("short index", lambda a: a.update({"examples/index": np.arange(3)})),
+    ("1-d influence", lambda a: a.update({"examples/influence": a["examples/influence"][:, 0]})),
+])
+def test_recorded_arrays_that_disagree_are_damage_not_a_traceback(tmp_path, what, forge):
+    """Fourth adversarial pass: arrays whose checksums hold but disagree with one another (an old
+    layout, a writer's bug, a hand edit) made every execute's reconcile, export and promote end
+    in a traceback, or export dropped the run's rows silently. Now the index skips them, and
+    export and promote name the run as damaged (exit 1)."""
+    from typer.testing import CliRunner
+
+    from lambda_hat.cli import app
+    from lambda_hat.results import run_query
+    from lambda_hat.store.store import Store
+
+    root, good, bad = _store_with_recorded_runs(tmp_path, forge)
+    st = Store(root)
+    rows = run_query(st, "select run_id, count(*) as n from influence group by run_id").rows
+    assert rows == [(good, 12)], rows
+    runner = CliRunner()
+    out = tmp_path / "bif.csv"
+    result = runner.invoke(app, ["export", "--store", str(root), "--view", "influence", "-o", str(out)])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and bad in lines[0], result.output
+    assert "12 rows of the influence view" in result.stdout and bad not in out.read_text()
+    result = runner.invoke(app, ["promote", "--store", str(root), "--plots", "examples", "--outdir", str(tmp_path / "g")])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert bad in result.output and (tmp_path / "g" / "runs" / good / "examples.png").is_file()

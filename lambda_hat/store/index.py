@@ -438,14 +438,43 @@ def read_examples(layout: StoreLayout, records: list[Record]) -> tuple[Any, Any]
     return example_tables(runs)
 
 
+def example_problem(arrays: dict) -> str | None:
+    """What makes a run's `examples/` arrays inconsistent with one another (lengths, the query
+    positions, the influence matrix's shape), or None. Their checksums can hold while they
+    disagree (an old layout, a writer's bug, a hand edit): a reader then refuses them."""
+    import numpy as np
+
+    if "index" not in arrays:
+        return None
+    m = np.shape(arrays["index"])
+    if len(m) != 1:
+        return f"examples/index has shape {m}, not (examples,)"
+    for name in ("loss_at_wstar", "llc_contribution"):
+        if name in arrays and np.shape(arrays[name]) != m:
+            return f"examples/{name} has shape {np.shape(arrays[name])}, examples/index {m}"
+    if "loss" in arrays and (np.ndim(arrays["loss"]) != 3 or np.shape(arrays["loss"])[2] != m[0]):
+        return f"examples/loss has shape {np.shape(arrays['loss'])}, not (chains, draws, {m[0]})"
+    if ("query" in arrays) != ("influence" in arrays):
+        return "examples/query and examples/influence come together"
+    if "query" in arrays:
+        q = np.asarray(arrays["query"])
+        if q.ndim != 1 or (q.size and (q.min() < 0 or q.max() >= m[0])):
+            return f"examples/query holds positions outside the {m[0]} recorded examples"
+        if np.shape(arrays["influence"]) != (m[0], q.size):
+            return f"examples/influence has shape {np.shape(arrays['influence'])}, not ({m[0]}, {q.size})"
+    return None
+
+
 def example_tables(runs: list[tuple[str, dict]]) -> tuple[Any, Any]:
     """(`examples` rows, `influence` rows) as Arrow tables (None where empty) of [(run ID, its
-    EXAMPLE_ARRAYS by name)]."""
+    EXAMPLE_ARRAYS by name)]. A run whose arrays disagree (`example_problem`) gets no rows."""
     import numpy as np
     import pyarrow as pa
 
     examples, influence = [], []
     for run_id, arrays in runs:
+        if example_problem(arrays) is not None:
+            continue
         rows = np.asarray(arrays["index"], np.int64)
         cols = {"run_id": _string_array([run_id] * len(rows)).cast(pa.string()), "example": _numeric_array(rows)}
         for name in ("loss_at_wstar", "llc_contribution"):
@@ -455,8 +484,6 @@ def example_tables(runs: list[tuple[str, dict]]) -> tuple[Any, Any]:
         if "influence" in arrays and "query" in arrays:
             bif = np.asarray(arrays["influence"], np.float64)
             queries = rows[np.asarray(arrays["query"], np.int64)]
-            if bif.shape != (len(rows), len(queries)):
-                continue
             values = bif.reshape(bif.size)
             influence.append(pa.table({
                 "run_id": _string_array([run_id] * bif.size).cast(pa.string()),

@@ -519,7 +519,11 @@ class Store:
         "loss_at_wstar", "llc_contribution", and with a query set "influence" (example, query)
         and "query" (the query examples' positions among the recorded); empty for a run that
         recorded none."""
-        return self._read_group(run_id, "examples", names)
+        arrays = self._read_group(run_id, "examples", names)
+        problem = index.example_problem(arrays)
+        if problem is not None:  # checksums that hold over arrays that disagree: damaged all the same
+            raise ArtifactError(f"{run_id}: {problem}")
+        return arrays
 
     def _read_group(self, run_id: str, group: str, names: Iterable[str] | None) -> dict[str, "np.ndarray"]:
         from lambda_hat.store.artifacts import read_arrays
