@@ -959,6 +959,8 @@ PER_EXAMPLE_MAX_ENV = "LH_PER_EXAMPLE_MAX_GB"
 # At most this many query examples of the Bayesian influence function: the `influence` view
 # holds examples × queries rows per run.
 PER_EXAMPLE_MAX_QUERY = 256
+# ... and at most this many entries (recorded examples x query examples) of the influence matrix.
+PER_EXAMPLE_MAX_INFLUENCE = 2**22
 
 
 class PerExampleSpec(_Spec):

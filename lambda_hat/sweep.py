@@ -42,6 +42,7 @@ from lambda_hat.specs import (
     MAX_JOB_BYTES,
     PER_EXAMPLE_MAX_BYTES,
     PER_EXAMPLE_MAX_ENV,
+    PER_EXAMPLE_MAX_INFLUENCE,
     CheckpointsSpec,
     DiagnosticsSpec,
     MemoryNeed,
@@ -650,7 +651,7 @@ def per_example_cap() -> int:
         return PER_EXAMPLE_MAX_BYTES
     try:
         gb = float(raw)
-        if not gb > 0 or gb == float("inf"):
+        if not gb * 2**30 >= 1 or gb == float("inf"):  # at least a byte
             raise ValueError
     except ValueError:
         raise SweepError(f"{PER_EXAMPLE_MAX_ENV}={raw!r}: must be a number of GiB above 0") from None
@@ -674,12 +675,19 @@ def _check_records(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[s
     s_label, smallest = min(targets, key=lambda lt: lt[1].data.n_data)
     for label, s in recording:
         pe = s.record.per_example
-        # One computation, one ID: a subset asked for above n_data records all, as 'all' does, under
-        # another ID. (The default 512 on a smaller target records all; it is not asked for.)
-        if "subset" in pe.model_fields_set and pe.subset != "all" and pe.subset > smallest.data.n_data:
+        # A subset asked for above every target's n_data cannot be honoured anywhere: it would
+        # record all, as 'all' does, under another ID. (Above a smaller target's alone, that
+        # target records all: a sweep over n_data is not refused for it.)
+        if "subset" in pe.model_fields_set and pe.subset != "all" and pe.subset > largest.data.n_data:
             raise _fail(source, label, "record.per_example.subset",
-                        f"{pe.subset} examples, but {s_label} has only {smallest.data.n_data} (n_data); "
-                        f"record at most {smallest.data.n_data}, or subset: all")
+                        f"{pe.subset} examples, but {t_label} has only {largest.data.n_data} (n_data), the most of "
+                        f"any target; record at most {largest.data.n_data}, or subset: all")
+        entries = pe.size(largest.data.n_data) * min(pe.query, pe.size(largest.data.n_data))
+        if entries > PER_EXAMPLE_MAX_INFLUENCE:
+            raise _fail(source, label, "record.per_example.query",
+                        f"{pe.query} query examples x {pe.size(largest.data.n_data):,} recorded on {t_label} is "
+                        f"{entries:,} influence entries (rows of the influence view) a run, more than "
+                        f"{PER_EXAMPLE_MAX_INFLUENCE:,}; query or record fewer examples")
         if pe.query > pe.size(smallest.data.n_data):
             raise _fail(source, label, "record.per_example.query",
                         f"{pe.query} query examples, but {s_label} records only {pe.size(smallest.data.n_data)} "
@@ -689,7 +697,8 @@ def _check_records(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[s
             pe = s.record.per_example
             raise _fail(source, label, "record.per_example.subset",
                         f"on {t_label}, {s.sampler.chains} chains x {s.sampler.draws:,} draws x "
-                        f"{pe.size(largest.data.n_data):,} examples of float32 is {_bytes(size)}, more than the "
+                        f"{pe.size(largest.data.n_data):,} examples of float32 (and the influence matrix) is "
+                        f"{_bytes(size)}, more than the "
                         f"{_bytes(cap)} a run may record (record fewer examples, or raise {PER_EXAMPLE_MAX_ENV})")
 
 

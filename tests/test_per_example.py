@@ -247,6 +247,17 @@ def test_bad_record_entries_are_one_line_naming_the_field(record, message):
     assert "\n" not in text and message in text and "0x" not in text and "function-after" not in text
 
 
+def test_a_subset_above_one_target_but_not_another_is_a_sweep_over_n_data_not_bad_input():
+    from lambda_hat.errors import SweepError
+    from lambda_hat.sweep import sweep_from_dict
+
+    targets = [{"model": "small", "data": {"n_data": 100}}, {"model": "small", "data": {"n_data": 1000}}]
+    sweep_from_dict({"targets": targets, "samplers": [{"name": "nuts", "record": {"per_example": {"subset": 512}}}]})
+    with pytest.raises(SweepError, match="query: 256 query examples x 20,000 recorded on targets.0. is 5,120,000"):
+        sweep_from_dict({"targets": [{"model": "small", "data": {"n_data": 20000}}],
+                         "samplers": [{"name": "nuts", "record": {"per_example": {"subset": "all", "query": 256}}}]})
+
+
 def test_the_default_subset_on_a_smaller_target_records_every_example():
     from lambda_hat.sweep import sweep_from_dict
 
