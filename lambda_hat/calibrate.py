@@ -184,7 +184,6 @@ def _numbers(store, group: Group, ladder_: list[Rung]) -> None:
 
 def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     from lambda_hat.execute.driver import ExecuteRequest, execute
-    from lambda_hat.errors import SweepError
     from lambda_hat.output_paths import check_output_dir, check_output_path
     from lambda_hat.store import Store, resolve_store_root
     from lambda_hat.sweep import sweep_from_dict
@@ -204,17 +203,15 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     root = resolve_store_root(req.store, data.get("store_root"))
     # Everything checked before anything is written: the outputs, the logs, the store, and the
     # pilots' sweep itself (from memory: a bad --top must not leave a pilots file behind).
+    for path, flag in ((out, "-o"), (pilot_path, "the pilots file"),
+                       (req.report_dir / f"{name}.md", "--report-dir"), (req.report_dir / f"{name}.json", "--report-dir")):
+        check_output_path(path, root, flag)  # before any work, as every command's outputs (a link loop included)
     if out.resolve() in (req.sweep_path.resolve(), pilot_path.resolve()):
         what = "the sweep" if out.resolve() == req.sweep_path.resolve() else "the pilots file"
         raise BadInput(f"-o {out}: is {what} lh calibrate reads; name another file")
-    for path, flag in ((out, "-o"), (pilot_path, "the pilots file"),
-                       (req.report_dir / f"{name}.md", "--report-dir"), (req.report_dir / f"{name}.json", "--report-dir")):
-        check_output_path(path, root, flag)  # before any work, as every command's outputs
     check_output_dir(req.logs, root, "--logs")
-    try:
-        sweep_from_dict(pilots, str(pilot_path), base_dir=str(req.sweep_path.resolve().parent))
-    except SweepError as err:
-        raise BadInput(f"--top {req.top:g}: its pilots are not a valid sweep ({err})") from None
+    # named as the sweep's pilots at this --top: the field at fault is the sweep's, or --top's
+    sweep_from_dict(pilots, f"{source} (its pilots at --top {req.top:g})", base_dir=str(req.sweep_path.resolve().parent))
     Store.open(root, create=True)  # exists and is writable, or one line
     _write_yaml(pilot_path, pilots, [f"The pilots lh calibrate wrote for {req.sweep_path.name} (do not edit):",
                                      f"each step_size_nbeta: auto entry as a ladder of {RUNGS} steps."], root,
