@@ -554,14 +554,29 @@ def checkpoint_files(root: Path, pattern: str) -> list[Path]:
     """The regular files `pattern` (relative to `root`, or absolute) matches, sorted, each file
     once however many links reach it. `**` does not descend into linked directories
     (pathlib's glob), so a link loop cannot make the search endless."""
-    import itertools
-
     pure = Path(pattern)
-    base, rel = (Path(pure.anchor), str(pure.relative_to(pure.anchor))) if pure.is_absolute() else (root, pattern)
+    base, rel = (Path(pure.anchor), pure.relative_to(pure.anchor)) if pure.is_absolute() else (root, pure)
+    if rel.parts and rel.parts[-1] == "**":  # glob.glob's "every file below"; pathlib's "**" matches folders only
+        rel = rel / "*"
+    # As glob.glob (and a shell): a name starting with "." is matched only by a pattern part that does.
+    hidden_ok = any(part.startswith(".") and part not in (".", "..") for part in rel.parts)
     found: dict[str, Path] = {}
-    for path in sorted(itertools.islice(base.glob(rel), 10 * MAX_CHECKPOINT_FILES)):
-        if path.is_file():
-            found.setdefault(os.path.realpath(path), path)
+    seen = 0
+    try:
+        for path in base.glob(str(rel)):
+            seen += 1
+            if seen > 10 * MAX_CHECKPOINT_FILES:
+                raise ValueError(f"{pattern!r} reaches more than {10 * MAX_CHECKPOINT_FILES:,} entries under {root}; "
+                                 "narrow it")
+            parts = path.relative_to(base).parts
+            if not hidden_ok and any(p.startswith(".") and p not in (".", "..") for p in parts):
+                continue
+            if path.is_file():
+                found.setdefault(os.path.realpath(path), path)
+    except ValueError as err:
+        if "narrow it" in str(err):
+            raise
+        raise ValueError(f"{pattern!r}: not a glob pathlib reads ({err})") from None
     if len(found) > MAX_CHECKPOINT_FILES:
         raise ValueError(f"{pattern!r} matches more than {MAX_CHECKPOINT_FILES:,} files under {root}; narrow it")
     return sorted(found.values())

@@ -272,6 +272,12 @@ def test_checkpoint_globs_never_loop_through_linked_directories(tmp_path):
         (d / "sweep.yaml").write_text(yaml.safe_dump(doc))
         # (`*` goes one level through a link, as a shell's glob: ckpts/a/step_00100.npz is step 100 once)
         assert sorted(_plan_ids(d)) == [100, 2000, 3000], pattern
+    # as glob.glob: a trailing ** is every file below, hidden names only by a pattern that says so
+    np.savez(d / "ckpts" / ".step_04000.npz", w=np.zeros(2), b=np.array(0.0))
+    doc["targets"][0]["checkpoints"]["from"] = "ckpts/**"
+    (d / "sweep.yaml").write_text(yaml.safe_dump(doc))
+    assert sorted(_plan_ids(d)) == [100, 2000, 3000]
+    (d / "ckpts" / ".step_04000.npz").unlink()
     # a clash names the files as the pattern reaches them, not two bare file names
     np.savez(d / "ckpts" / "later" / "step_2000.npz", w=np.zeros(2), b=np.array(0.0))
     doc["targets"][0]["checkpoints"]["from"] = "ckpts/**/step_*.npz"
