@@ -333,7 +333,7 @@ class Store:
                 if create and sub.is_symlink():
                     raise StoreError(f"{sub}: a symbolic link in the store; lambda-hat writes only into the "
                                      "store's own directories: make it one (--store can name a store on another disk)")
-                if create and os.path.lexists(sub) and not sub.is_dir():
+                if create and sub not in (lay.targets_dir, lay.runs_dir) and os.path.lexists(sub) and not sub.is_dir():
                     st = os.lstat(sub)
                     what = "a file" if stat.S_ISREG(st.st_mode) else file_type(st)
                     raise StoreError(f"{sub}: {what} where the store's own directory belongs; "
