@@ -239,8 +239,11 @@ class SegmentStore:
 
     def _odd_entry(self) -> str | None:
         """What in the work directory is neither a directory nor a regular file (a symbolic
-        link, FIFO, device), or the directory itself not being one; None if all is plain."""
+        link, FIFO, device: `store.odd_entries`), or the directory itself not being one; None
+        if all is plain."""
         import stat
+
+        from lambda_hat.store.store import odd_entries
 
         try:
             top = os.lstat(self.dir)
@@ -248,14 +251,8 @@ class SegmentStore:
             return None
         if not stat.S_ISDIR(top.st_mode):
             return "it is not a directory"
-        for root, dirs, files in os.walk(self.dir, followlinks=False):
-            for name in dirs + files:
-                path = os.path.join(root, name)
-                mode = os.lstat(path).st_mode
-                if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                    kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
-                    return f"{os.path.relpath(path, self.dir)} is {kind}"
-        return None
+        odd = odd_entries(self.dir)
+        return odd[0] if odd else None
 
     @staticmethod
     def _draw_major(block) -> bytes:
