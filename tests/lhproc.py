@@ -1,5 +1,6 @@
 """Running the real `lh` CLI in child processes, as a user would, for end-to-end tests."""
 
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +70,24 @@ def processes_left(cwd, within_s: float) -> list[str]:
     while (left := processes_in(cwd)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
+
+
+def assert_store_exact(cwd: Path, sweeps: list[str]) -> None:
+    """Every run of these sweeps present exactly once and complete; nothing else."""
+    from lambda_hat.planner import expand
+    from lambda_hat.sweep import load_sweep
+
+    expected = set()
+    for s in sweeps:
+        expected |= {r.run_id for r in expand(load_sweep(cwd / s)).runs}
+    plan = json.loads(lh(cwd, "plan", sweeps[-1], "--json").stdout)
+    assert plan["runs_to_sample"] == [] and plan["targets_to_build"] == [], plan
+    store = cwd / "store"
+    runs = sorted(os.listdir(store / "runs"))
+    assert set(runs) == expected and len(runs) == len(expected), runs
+    for parent in (store / "targets", store / "runs"):
+        assert not [p for p in os.listdir(parent) if p.startswith(".tmp-")], os.listdir(parent)
+    v = lh(cwd, "verify", "--store", "store", check=False)
+    assert v.returncode == 0, v.stdout
+    q = lh(cwd, "query", "select count(*) as n from runs", "--store", "store", "--format", "csv")
+    assert q.stdout.splitlines()[1] == str(len(expected))
