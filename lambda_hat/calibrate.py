@@ -1,17 +1,21 @@
-"""`lh calibrate SWEEP`: SGLD's step size chosen from pilots, and its bias extrapolated away.
+"""`lh calibrate SWEEP`: SGLD's step size chosen from pilots and its bias extrapolated away; the
+localizer γ of any sampler chosen on the plateau of λ̂(γ).
 
-A sampler entry of the sweep marks `overrides: {step_size_nbeta: auto}`. For it lh calibrate
-writes a sweep of its own, the *pilots*: that entry replaced by a ladder of steps (ε·nβ = top,
-top/2, top/4; science/calibration.py), each covering the same Langevin time, every other entry
-as it was. The pilots are an ordinary sweep: `lh execute` runs them into the same store, so a
-calibration run again computes nothing and an interrupted one resumes. Then, per target (and
-per seed, γ, … of the entry), λ̂ against the step gives λ̂(ε → 0) with its standard error and
-the largest step whose bias is within its error (`calibration.choose`).
+A sampler entry of the sweep marks `overrides: {step_size_nbeta: auto}` (SGLD) or
+`posterior: {gamma: auto}` (any sampler; not both in one entry). For it lh calibrate writes a
+sweep of its own, the *pilots*: that entry replaced by a ladder (of steps: ε·nβ = top, top/2,
+top/4, each covering the same Langevin time; of γ: decades, `--gammas`; science/calibration.py),
+every other entry as it was. The pilots are an ordinary sweep: `lh execute` runs them into the
+same store, so a calibration run again computes nothing and an interrupted one resumes. Then,
+per target (and per seed, γ, … of the entry), λ̂ against the step gives λ̂(ε → 0) with its
+standard error and the largest step whose bias is within its error (`calibration.choose`);
+λ̂ against γ gives the plateau and its middle (`calibration.gamma_plateau`).
 
 It writes:
 * SWEEP's `.calibrated.yaml` beside it: the entry with the chosen step (the smallest chosen over
-  its targets, so that it holds for each), its steps, warm-up and thinning, which are those of a
-  pilot: `lh execute` on it finds those runs done. An entry that could not be calibrated is left
+  its targets, so that it holds for each), its steps, warm-up and thinning, or the chosen γ (the
+  middle of the plateau all its targets share), which are those of a pilot: `lh execute` on it
+  finds those runs done. An entry that could not be calibrated is left
   out and named in the file's header, never given a value;
 * `calibration/NAME.md` and `.json`: each pilot's λ̂ ± SEM, R-hat, status, the line, λ̂(ε → 0),
   the choice and its reason, and the calibration's cost against the chosen run's.
@@ -27,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from lambda_hat.errors import BadInput
-from lambda_hat.science.calibration import RUNGS, TOP_STEP_SIZE_NBETA, Choice, Rung, choose, ladder
+from lambda_hat.science.calibration import (GAMMA_CEILING, GAMMA_LADDER, RUNGS, TOP_STEP_SIZE_NBETA, Choice, Rung,
+                                            choose, gamma_plateau, ladder)
 from lambda_hat.sweep import AUTO, SWEEP_NAME, read_sweep_data
 
 # The settings a rung changes; a pilot's group is its run spec without them.
@@ -43,6 +48,15 @@ class CalibrateRequest:
     top: float = TOP_STEP_SIZE_NBETA
     out: Path | None = None  # the calibrated sweep; None: beside SWEEP as STEM.calibrated.yaml
     report_dir: Path = Path("calibration")
+    gammas: tuple[float, ...] = GAMMA_LADDER  # the γ ladder, ascending
+
+
+# A ladder is a list of Rungs (an SGLD step entry) or of floats (the γ of a gamma entry).
+Ladder = list  # list[Rung] | list[float]
+
+
+def is_gamma(ladder_: Ladder) -> bool:
+    return not isinstance(ladder_[0], Rung)
 
 
 @dataclass
@@ -55,6 +69,7 @@ class Group:
     run_ids: list[str]
     rows: list[dict] = field(default_factory=list)  # each pilot's numbers
     choice: Choice | None = None
+    ceiling: float | None = None  # γ groups: the largest γ considered (None: no limit known)
 
 
 @dataclass
@@ -63,24 +78,39 @@ class CalibrateOutcome:
     calibrated: Path | None = None
     report: Path | None = None
     groups: list[Group] = field(default_factory=list)
-    chosen: dict[int, Rung | None] = field(default_factory=dict)  # entry -> its step (None: uncalibrated)
+    chosen: dict[int, Rung | float | None] = field(default_factory=dict)  # entry -> its step or γ (None: uncalibrated)
+    why_not: dict[int, str] = field(default_factory=dict)  # entry -> why it is uncalibrated though each group chose
 
 
 def auto_entries(data: Any, source: str) -> dict[int, dict]:
-    """The sampler entries (by index) whose overrides hold `step_size_nbeta: auto`; every other
-    `auto` is refused (exit 2, naming the entry and field), as is a sweep with none."""
+    """The sampler entries (by index) whose overrides hold `step_size_nbeta: auto` or whose
+    posterior holds `gamma: auto`; every other `auto` is refused (exit 2, naming the entry and
+    field), as is a sweep with none."""
     samplers = data.get("samplers") if isinstance(data, dict) else None
     if not isinstance(samplers, list):
         raise BadInput(f"{source}: samplers: must be a non-empty list of entries")
     found = {}
     for i, entry in enumerate(samplers):
-        overrides = entry.get("overrides") if isinstance(entry, dict) else None
-        if not isinstance(overrides, dict):
+        if not isinstance(entry, dict):
             continue
-        autos = [k for k, v in overrides.items() if v == AUTO]
+        overrides, posterior = entry.get("overrides"), entry.get("posterior")
+        autos = [k for k, v in overrides.items() if v == AUTO] if isinstance(overrides, dict) else []
+        post_autos = [k for k, v in posterior.items() if v == AUTO] if isinstance(posterior, dict) else []
+        where = f"{source}: samplers[{i}]"
+        if post_autos:
+            if post_autos != ["gamma"]:
+                other = next(k for k in post_autos if k != "gamma")
+                raise BadInput(f"{where}: posterior.{other}: lh calibrate chooses only posterior.gamma "
+                               "and SGLD's step_size_nbeta")
+            if autos:
+                raise BadInput(f"{where}: overrides.{autos[0]}: auto beside posterior.gamma: auto; calibrate γ "
+                               "first, then mark the step auto in the calibrated sweep")
+            if "posterior.gamma" in (entry.get("grid") or {}):
+                raise BadInput(f"{where}: posterior.gamma: auto, with a grid over γ too; give only auto")
+            found[i] = entry
+            continue
         if not autos:
             continue
-        where = f"{source}: samplers[{i}]"
         if autos != ["step_size_nbeta"]:
             other = next(k for k in autos if k != "step_size_nbeta")
             raise BadInput(f"{where}: overrides.{other}: lh calibrate chooses only SGLD's step_size_nbeta")
@@ -91,8 +121,17 @@ def auto_entries(data: Any, source: str) -> dict[int, dict]:
                            "step too; give only auto")
         found[i] = entry
     if not found:
-        raise BadInput(f"{source}: no sampler entry has overrides: {{step_size_nbeta: auto}}; nothing to calibrate")
+        raise BadInput(f"{source}: no sampler entry has overrides: {{step_size_nbeta: auto}} or "
+                       "posterior: {gamma: auto}; nothing to calibrate")
     return found
+
+
+def parse_gammas(text: str) -> tuple[float, ...]:
+    """`--gammas 0.1,1,10`: the values; checked by `calibrate` (exit 2 naming the flag)."""
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise BadInput(f"--gammas {text}: must be numbers separated by commas, e.g. 0.1,1,10,100") from None
 
 
 def _rungs(entry: dict, top: float) -> list[Rung]:
@@ -104,15 +143,23 @@ def _rungs(entry: dict, top: float) -> list[Rung]:
                   int(o.get("eval_every", defaults.eval_every)), reference=defaults.step_size_nbeta, top=top)
 
 
-def _with_rung(entry: dict, rung: Rung) -> dict:
+def _is_gamma_entry(entry: dict) -> bool:
+    return isinstance(entry.get("posterior"), dict) and entry["posterior"].get("gamma") == AUTO
+
+
+def _with_rung(entry: dict, rung: Rung | float) -> dict:
     out = copy.deepcopy(entry)
-    out["overrides"] = {**(entry.get("overrides") or {}), **rung._asdict()}
+    if isinstance(rung, Rung):
+        out["overrides"] = {**(entry.get("overrides") or {}), **rung._asdict()}
+    else:
+        out["posterior"] = {**(entry.get("posterior") or {}), "gamma": rung}
     return out
 
 
-def pilot_data(data: dict, autos: dict[int, dict], top: float, name: str) -> tuple[dict, dict[int, list[Rung]]]:
+def pilot_data(data: dict, autos: dict[int, dict], top: float, name: str,
+               gammas: tuple[float, ...] = GAMMA_LADDER) -> tuple[dict, dict[int, Ladder]]:
     """The pilots' sweep (each auto entry replaced by its ladder's entries) and each entry's ladder."""
-    ladders = {i: _rungs(e, top) for i, e in autos.items()}
+    ladders = {i: list(gammas) if _is_gamma_entry(e) else _rungs(e, top) for i, e in autos.items()}
     pilots = copy.deepcopy(data)
     pilots["name"] = name
     samplers = []
@@ -133,7 +180,7 @@ def _write_yaml(path: Path, data: dict, header: list[str], store_root: Path, fla
     write_atomic(path, text.encode())
 
 
-def _groups(pilot_path: Path, pilots: dict, ladders: dict[int, list[Rung]], autos: dict[int, dict]) -> list[Group]:
+def _groups(pilot_path: Path, pilots: dict, ladders: dict[int, Ladder], autos: dict[int, dict]) -> list[Group]:
     """Each auto entry's pilots, grouped: one group per target and per setting of the entry that
     is not the rung's (seed, γ, …). Each entry's ladder is expanded on its own, so two entries
     whose pilots look alike are never mixed up."""
@@ -145,39 +192,64 @@ def _groups(pilot_path: Path, pilots: dict, ladders: dict[int, list[Rung]], auto
     for i, rungs in ladders.items():
         only_i = {**pilots, "samplers": [_with_rung(autos[i], r) for r in rungs]}
         expanded = expand(sweep_from_dict(only_i, str(pilot_path), base_dir=str(pilot_path.resolve().parent)))
-        steps = [r.step_size_nbeta for r in rungs]
+        gamma = is_gamma(rungs)
+        steps = rungs if gamma else [r.step_size_nbeta for r in rungs]
         groups: dict[str, Group] = {}
         for run in expanded.runs:
             spec = resolved_spec(run.spec)
-            sampler = spec["sampler"]
-            rest = {k: v for k, v in sampler.items() if k not in RUNG_FIELDS}
-            g = groups.setdefault(json.dumps({**spec, "sampler": rest}, sort_keys=True),
-                                  Group(i, run.target_id, _label(spec), [""] * len(rungs)))
-            g.run_ids[steps.index(sampler["step_size_nbeta"])] = run.run_id
+            sampler, posterior = spec["sampler"], spec.get("posterior", {})
+            if gamma:
+                key = {**spec, "posterior": {k: v for k, v in posterior.items() if k != "gamma"}}
+                at = posterior["gamma"]
+            else:
+                key = {**spec, "sampler": {k: v for k, v in sampler.items() if k not in RUNG_FIELDS}}
+                at = sampler["step_size_nbeta"]
+            g = groups.setdefault(json.dumps(key, sort_keys=True),
+                                  Group(i, run.target_id, _label(spec, gamma), [""] * len(rungs)))
+            g.run_ids[steps.index(at)] = run.run_id
         out += [g for g in groups.values() if all(g.run_ids)]
     return out
 
 
-def _label(spec: dict) -> str:
+def _label(spec: dict, gamma_axis: bool = False) -> str:
     post = spec.get("posterior", {})
-    return f"seed {spec.get('seed')}, γ {post.get('gamma')}"
+    return f"seed {spec.get('seed')}" if gamma_axis else f"seed {spec.get('seed')}, γ {post.get('gamma')}"
 
 
-def _numbers(store, group: Group, ladder_: list[Rung]) -> None:
+def _gamma_ceiling(store, group: Group) -> float | None:
+    """GAMMA_CEILING·nβ·h_max for the group's target: nβ from a pilot, h_max (the largest Hessian
+    eigenvalue at w*) from the target's manifest; None where either is unknown."""
+    n_beta = next((r["n_beta"] for r in group.rows if r.get("n_beta")), None)
+    targets, _ = store.checked_manifests("target", [group.target_id])
+    h_max = targets[0].metrics.get("hess_max_eig") if targets else None
+    if n_beta is None or h_max is None or not math.isfinite(h_max) or h_max <= 0:
+        return None
+    return GAMMA_CEILING * n_beta * h_max
+
+
+def _numbers(store, group: Group, ladder_: Ladder) -> None:
     manifests, _ = store.checked_manifests("run", group.run_ids)
     by_id = {m.id: m for m in manifests}
+    gamma = is_gamma(ladder_)
     for run_id, rung in zip(group.run_ids, ladder_):
         m = by_id.get(run_id)
         metrics = m.metrics if m else {}
-        group.rows.append({"run_id": run_id, **rung._asdict(), "llc_mean": metrics.get("llc_mean"),
+        group.rows.append({"run_id": run_id, **({"gamma": rung} if gamma else rung._asdict()),
+                           "llc_mean": metrics.get("llc_mean"),
                            "llc_sem": metrics.get("llc_sem"), "r_hat": metrics.get("r_hat"),
                            "ess_bulk": metrics.get("ess_bulk"), "status": m.status if m else "missing",
-                           "sample_sec": metrics.get("sample_sec"), "total_fge": metrics.get("total_fge")})
-    choice = choose(ladder_, [r["llc_mean"] for r in group.rows], [r["llc_sem"] for r in group.rows],
-                    [r["status"] for r in group.rows])
-    flagged = [f"{r['step_size_nbeta']:g}" for r in group.rows if r["status"] == "unconverged"]
+                           "sample_sec": metrics.get("sample_sec"), "total_fge": metrics.get("total_fge"),
+                           "n_beta": metrics.get("n_beta")})
+    llc, sem, status = ([r[k] for r in group.rows] for k in ("llc_mean", "llc_sem", "status"))
+    if gamma:
+        group.ceiling = _gamma_ceiling(store, group)
+        choice = gamma_plateau(ladder_, llc, sem, status, group.ceiling)
+    else:
+        choice = choose(ladder_, llc, sem, status)
+    flagged = [f"{r['gamma' if gamma else 'step_size_nbeta']:g}" for r in group.rows if r["status"] == "unconverged"]
     if flagged and choice.rung is not None:  # chosen, but on SEMs the diagnostics do not vouch for
-        choice = choice._replace(reason=choice.reason + f"; pilots at ε·nβ {', '.join(flagged)} are unconverged, "
+        at = "γ" if gamma else "ε·nβ"
+        choice = choice._replace(reason=choice.reason + f"; pilots at {at} {', '.join(flagged)} are unconverged, "
                                  "so their SEMs may understate the error (more steps make the choice surer)")
     group.choice = choice
 
@@ -199,7 +271,12 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
         raise BadInput(f"{source}: name: must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
     pilot_path = req.sweep_path.with_name(f"{stem}.pilots.yaml")
     out = req.out or req.sweep_path.with_name(f"{stem}.calibrated.yaml")
-    pilots, ladders = pilot_data(data, autos, req.top, f"{name}-pilots")
+    gammas = tuple(req.gammas)
+    if (len(gammas) < 2 or len(gammas) > 12 or list(gammas) != sorted(set(gammas))
+            or not all(math.isfinite(g) and g > 0 for g in gammas)):
+        raise BadInput(f"--gammas {','.join(f'{g:g}' for g in gammas)}: the γ ladder must be 2 to 12 positive "
+                       "finite values, increasing")
+    pilots, ladders = pilot_data(data, autos, req.top, f"{name}-pilots", gammas)
     root = resolve_store_root(req.store, data.get("store_root"))
     # Everything checked before anything is written: the outputs, the logs, the store, and the
     # pilots' sweep itself (from memory: a bad --top must not leave a pilots file behind).
@@ -214,7 +291,8 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     sweep_from_dict(pilots, f"{source} (its pilots at --top {req.top:g})", base_dir=str(req.sweep_path.resolve().parent))
     Store.open(root, create=True)  # exists and is writable, or one line
     _write_yaml(pilot_path, pilots, [f"The pilots lh calibrate wrote for {req.sweep_path.name} (do not edit):",
-                                     f"each step_size_nbeta: auto entry as a ladder of {RUNGS} steps."], root,
+                                     f"each step_size_nbeta: auto entry as a ladder of {RUNGS} steps, each "
+                                     f"gamma: auto entry as a ladder of {len(gammas)} values of γ."], root,
                 "the pilots file")
     outcome = CalibrateOutcome()
     console.print(f"[bold]=== Calibration: {sum(len(v) for v in ladders.values())} pilot settings "
@@ -228,7 +306,7 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     outcome.groups = _groups(pilot_path, pilots, ladders, autos)
     for g in outcome.groups:
         _numbers(store, g, ladders[g.entry])
-    outcome.chosen = _chosen(outcome.groups, ladders)
+    outcome.chosen, outcome.why_not = _chosen(outcome.groups, ladders)
     outcome.calibrated = _write_calibrated(out, data, outcome, req.sweep_path, root, req.report_dir)
     outcome.report = _write_report(req.report_dir, name, outcome, ladders, root)
     if outcome.calibrated is None or any(v is None for v in outcome.chosen.values()):
@@ -236,22 +314,33 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     return outcome
 
 
-def _chosen(groups: list[Group], ladders: dict[int, list[Rung]]) -> dict[int, Rung | None]:
-    """Per auto entry: the smallest of its groups' chosen steps (largest index), None if any group
-    is uncalibrated."""
-    chosen: dict[int, Rung | None] = {}
+def _chosen(groups: list[Group], ladders: dict[int, Ladder]) -> tuple[dict[int, Rung | float | None], dict[int, str]]:
+    """Per auto entry: the smallest of its groups' chosen steps (largest index); for γ, the middle
+    of the range every group's plateau holds. None if any group is uncalibrated, or (γ) if the
+    plateaus have no γ in common, with the reason."""
+    chosen: dict[int, Rung | float | None] = {}
+    why_not: dict[int, str] = {}
     for i in ladders:
         mine = [g for g in groups if g.entry == i]
         if not mine or any(g.choice is None or g.choice.rung is None for g in mine):
             chosen[i] = None
+        elif is_gamma(ladders[i]):
+            common = sorted(set.intersection(*(set(g.choice.plateau) for g in mine)))
+            if common:
+                chosen[i] = ladders[i][common[(len(common) - 1) // 2]]
+            else:
+                chosen[i] = None
+                why_not[i] = ("its targets' plateaus share no γ (" + "; ".join(
+                    f"{g.target_id}: γ {ladders[i][g.choice.plateau[0]]:g}–{ladders[i][g.choice.plateau[-1]]:g}"
+                    for g in mine) + "): calibrate them in sweeps of their own")
         else:
             chosen[i] = ladders[i][max(g.choice.rung for g in mine)]
-    return chosen
+    return chosen, why_not
 
 
 def _write_calibrated(out: Path, data: dict, outcome: CalibrateOutcome, sweep_path: Path, root: Path,
                       report_dir: Path) -> Path | None:
-    header = [f"{sweep_path.name} with its step_size_nbeta: auto chosen by lh calibrate (report: {report_dir}/).",
+    header = [f"{sweep_path.name} with its auto settings chosen by lh calibrate (report: {report_dir}/).",
               "Each chosen entry is one of the pilots: lh execute finds its runs done."]
     samplers = []
     for i, entry in enumerate(data["samplers"]):
@@ -261,6 +350,7 @@ def _write_calibrated(out: Path, data: dict, outcome: CalibrateOutcome, sweep_pa
         rung = outcome.chosen[i]
         if rung is None:
             reasons = {g.choice.reason for g in outcome.groups if g.entry == i and g.choice and g.choice.rung is None}
+            reasons |= {outcome.why_not[i]} if i in outcome.why_not else set()
             header.append(f"samplers[{i}] left out, uncalibrated: {'; '.join(sorted(reasons)) or 'no pilot finished'}")
             continue
         samplers.append(_with_rung(entry, rung))
@@ -268,6 +358,11 @@ def _write_calibrated(out: Path, data: dict, outcome: CalibrateOutcome, sweep_pa
             if g.entry == i and g.choice and g.choice.fit:
                 f = g.choice.fit
                 header.append(f"samplers[{i}] on {g.target_id} ({g.label}): λ̂(ε→0) = {f.llc0:.4g} ± {f.llc0_se:.2g}")
+            elif g.entry == i and g.choice and g.choice.plateau:
+                row = next(r for r in g.rows if r["gamma"] == rung)
+                span = f"{g.rows[g.choice.plateau[0]]['gamma']:g}–{g.rows[g.choice.plateau[-1]]['gamma']:g}"
+                header.append(f"samplers[{i}] on {g.target_id} ({g.label}): γ = {rung:g} on the plateau γ {span}, "
+                              f"λ̂ = {row['llc_mean']:.4g} ± {row['llc_sem']:.2g}")
     if not samplers:
         return None
     calibrated = {**{k: v for k, v in data.items() if k != "samplers"}, "samplers": samplers}
@@ -279,35 +374,60 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
     from lambda_hat.files import write_atomic
     from lambda_hat.output_paths import check_output_path
 
-    lines = [f"# Calibration of {stem}: SGLD's step size", ""]
+    lines = [f"# Calibration of {stem}", ""]
     doc: dict[str, Any] = {"sweep": stem, "groups": []}
     for g in outcome.groups:
         c = g.choice
-        lines += [f"## samplers[{g.entry}] on {g.target_id} ({g.label})", "",
-                  "| ε·nβ | steps | warmup | eval_every | λ̂ ± SEM | R-hat | status | run |", "|---|---|---|---|---|---|---|---|"]
+        gamma = is_gamma(ladders[g.entry])
+        what = "γ" if gamma else "SGLD's step"
+        lines += [f"## samplers[{g.entry}] on {g.target_id} ({g.label}): {what}", ""]
+        if gamma:
+            lines += ["| γ | λ̂ ± SEM | R-hat | status | run |", "|---|---|---|---|---|"]
+        else:
+            lines += ["| ε·nβ | steps | warmup | eval_every | λ̂ ± SEM | R-hat | status | run |",
+                      "|---|---|---|---|---|---|---|---|"]
         for r in g.rows:
-            est = "—" if r["llc_mean"] is None else f"{r['llc_mean']:.4g} ± {r['llc_sem']:.2g}"
+            est = "—" if r["llc_mean"] is None or r["llc_sem"] is None else f"{r['llc_mean']:.4g} ± {r['llc_sem']:.2g}"
             rhat = "—" if r["r_hat"] is None else f"{r['r_hat']:.3f}"
-            lines.append(f"| {r['step_size_nbeta']:g} | {r['steps']} | {r['warmup']} | {r['eval_every']} | {est} | "
-                         f"{rhat} | {r['status']} | {r['run_id']} |")
+            head = (f"| {r['gamma']:g} |" if gamma else
+                    f"| {r['step_size_nbeta']:g} | {r['steps']} | {r['warmup']} | {r['eval_every']} |")
+            lines.append(f"{head} {est} | {rhat} | {r['status']} | {r['run_id']} |")
         lines.append("")
         if c and c.fit:
             lines.append(f"λ̂(ε → 0) = **{c.fit.llc0:.4g} ± {c.fit.llc0_se:.2g}** (weighted line: slope "
                          f"{c.fit.slope:.3g} ± {c.fit.slope_se:.2g} per unit ε·nβ, χ² {c.fit.chi2:.2f} on {c.fit.dof} dof)")
-        chosen = "uncalibrated" if c is None or c.rung is None else f"ε·nβ = {ladders[g.entry][c.rung].step_size_nbeta:g}"
+        if gamma:
+            lines.append("Largest γ considered: " + ("none known (no Hessian estimate)" if g.ceiling is None else
+                         f"{GAMMA_CEILING:g}·nβ·h_max = {g.ceiling:.4g}"))
+        if c is None or c.rung is None:
+            chosen = "uncalibrated"
+        else:
+            chosen = f"γ = {ladders[g.entry][c.rung]:g}" if gamma else f"ε·nβ = {ladders[g.entry][c.rung].step_size_nbeta:g}"
         lines += [f"Choice: {chosen}: {c.reason if c else 'no pilot finished'}", ""]
+        entry_choice = outcome.chosen.get(g.entry)
+        if gamma and c and c.rung is not None and entry_choice is not None and entry_choice != ladders[g.entry][c.rung]:
+            lines += [f"The entry takes γ = {entry_choice:g}, inside every one of its targets' plateaus.", ""]
         cost = [r["sample_sec"] for r in g.rows if r["sample_sec"] is not None]
         if c and c.rung is not None and len(cost) == len(g.rows) and g.rows[c.rung]["sample_sec"]:
             lines += [f"Cost: the pilots sampled {sum(cost):.1f} s, {sum(cost) / g.rows[c.rung]['sample_sec']:.1f}× "
                       "the chosen run (which is one of them)", ""]
-        doc["groups"].append({"entry": g.entry, "target_id": g.target_id, "label": g.label, "pilots": g.rows,
-                              "llc0": c.fit.llc0 if c and c.fit else None,
-                              "llc0_se": c.fit.llc0_se if c and c.fit else None,
-                              "slope": c.fit.slope if c and c.fit else None,
-                              "chi2": c.fit.chi2 if c and c.fit else None,
-                              "chosen_step_size_nbeta": None if c is None or c.rung is None
-                              else ladders[g.entry][c.rung].step_size_nbeta,
-                              "reason": c.reason if c else "no pilot finished"})
+        item: dict[str, Any] = {"entry": g.entry, "kind": "gamma" if gamma else "step", "target_id": g.target_id,
+                                "label": g.label, "pilots": g.rows, "reason": c.reason if c else "no pilot finished"}
+        if gamma:
+            item.update({"ceiling": g.ceiling,
+                         "plateau": [ladders[g.entry][k] for k in c.plateau] if c and c.plateau else None,
+                         "chosen_gamma": None if c is None or c.rung is None else ladders[g.entry][c.rung],
+                         "entry_gamma": entry_choice})
+        else:
+            item.update({"llc0": c.fit.llc0 if c and c.fit else None,
+                         "llc0_se": c.fit.llc0_se if c and c.fit else None,
+                         "slope": c.fit.slope if c and c.fit else None,
+                         "chi2": c.fit.chi2 if c and c.fit else None,
+                         "chosen_step_size_nbeta": None if c is None or c.rung is None
+                         else ladders[g.entry][c.rung].step_size_nbeta})
+        doc["groups"].append(item)
+    for i, why in sorted(outcome.why_not.items()):
+        lines += [f"samplers[{i}] is uncalibrated: {why}", ""]
     md, js = report_dir / f"{stem}.md", report_dir / f"{stem}.json"
     for path, text in ((md, "\n".join(lines) + "\n"), (js, json.dumps(doc, indent=1) + "\n")):
         check_output_path(path, root, "--report-dir")

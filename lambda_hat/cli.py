@@ -333,28 +333,37 @@ def execute_cmd(
 @app.command("calibrate", cls=_Command)
 @_domain_errors
 def calibrate_cmd(
-    sweep: Annotated[Path, typer.Argument(help="Sweep YAML with SGLD entries marked overrides: {step_size_nbeta: auto}.")],
+    sweep: Annotated[Path, typer.Argument(help="Sweep YAML with entries marked overrides: {step_size_nbeta: auto} (SGLD) or posterior: {gamma: auto}.")],
     store: StoreOpt = None,
     workers: Annotated[Optional[int], typer.Option(metavar="N", min=1, help="Local worker processes for the pilots.")] = None,
     logs: Annotated[Path, typer.Option(metavar="DIR", help="Per-job logs directory.")] = Path("logs"),
     top: Annotated[float, typer.Option(metavar="X", help="The ladder's largest step, as ε·nβ (then X/2, X/4).")] = 0.04,
     out: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="The calibrated sweep (default: SWEEP's stem + .calibrated.yaml, beside it).")] = None,
     report_dir: Annotated[Path, typer.Option(metavar="DIR", help="Where the report goes (NAME.md, NAME.json).")] = Path("calibration"),
+    gammas: Annotated[Optional[str], typer.Option(metavar="LIST", help="The γ ladder for posterior: {gamma: auto}, comma-separated, increasing (default 0.1,1,10,100,1000).")] = None,
 ) -> None:
-    """Choose SGLD's step size from pilot runs and extrapolate its bias away; write a sweep
-    with the chosen values (docs/calibrate.md)."""
-    from lambda_hat.calibrate import CalibrateRequest, calibrate
+    """Choose SGLD's step size from pilot runs and extrapolate its bias away, or the localizer γ
+    on the plateau of λ̂(γ); write a sweep with the chosen values (docs/calibrate.md)."""
+    from lambda_hat.calibrate import CalibrateRequest, calibrate, parse_gammas
 
+    extra = {} if gammas is None else {"gammas": parse_gammas(gammas)}
     outcome = calibrate(CalibrateRequest(sweep_path=sweep, store=store, workers=workers, logs=logs, top=top, out=out,
-                                         report_dir=report_dir), console)
+                                         report_dir=report_dir, **extra), console)
     console.print("\n[bold]=== Calibrated ===[/bold]")
     for g in outcome.groups:
         c = g.choice
-        fit = f"λ̂(ε→0) = {c.fit.llc0:.4g} ± {c.fit.llc0_se:.2g}" if c and c.fit else "no fit"
-        step = (f"ε·nβ = {g.rows[c.rung]['step_size_nbeta']:g}" if c and c.rung is not None else "uncalibrated")
-        console.print(f"  samplers[{g.entry}] on {g.target_id} ({g.label}): {fit}; {step}", highlight=False)
+        if g.rows and "gamma" in g.rows[0]:
+            said = ("uncalibrated" if c is None or c.rung is None else
+                    f"plateau γ {g.rows[c.plateau[0]]['gamma']:g}–{g.rows[c.plateau[-1]]['gamma']:g}; "
+                    f"γ = {g.rows[c.rung]['gamma']:g}")
+        else:
+            fit = f"λ̂(ε→0) = {c.fit.llc0:.4g} ± {c.fit.llc0_se:.2g}" if c and c.fit else "no fit"
+            said = fit + "; " + (f"ε·nβ = {g.rows[c.rung]['step_size_nbeta']:g}" if c and c.rung is not None else "uncalibrated")
+        console.print(f"  samplers[{g.entry}] on {g.target_id} ({g.label}): {said}", highlight=False)
         if c and c.rung is None:
             console.print(f"    {c.reason}", highlight=False)
+    for i, why in sorted(outcome.why_not.items()):
+        console.print(f"  samplers[{i}] uncalibrated: {why}", highlight=False)
     if outcome.report is not None:
         console.print(f"report: {outcome.report}", highlight=False)
     if outcome.calibrated is not None:

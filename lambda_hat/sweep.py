@@ -503,10 +503,11 @@ def _sampler_entry_label(raw: dict, i: int) -> str:
 def _check_sampler_entry(raw: dict, source: str, entry: str) -> list[tuple[str, list]]:
     _mapping_or_null(raw, "overrides", source, entry, "sampler fields")
     _mapping_or_null(raw, "posterior", source, entry, "posterior fields")
-    for key, value in (raw.get("overrides") or {}).items():
-        if value == AUTO:
-            raise _fail(source, entry, f"overrides.{key}", f"'{AUTO}' is for `lh calibrate {source}`, which "
-                        "chooses it and writes a sweep with the value (then lh execute that one)")
+    for part in ("overrides", "posterior"):
+        for key, value in (raw.get(part) or {}).items():
+            if value == AUTO:
+                raise _fail(source, entry, f"{part}.{key}", f"'{AUTO}' is for `lh calibrate {source}`, which "
+                            "chooses it and writes a sweep with the value (then lh execute that one)")
     return _grid_axes(raw, source, entry)
 
 

@@ -21,6 +21,11 @@ def sweep(samplers: str) -> str:
     ("  - {name: sgld, overrides: {steps: auto}}\n", "samplers[0]: overrides.steps: lh calibrate chooses only"),
     ("  - {name: sgld, overrides: {step_size_nbeta: auto}, grid: {step_size_nbeta: [0.01, 0.02]}}\n",
      "samplers[0]: overrides.step_size_nbeta: auto, with a step_size or a grid"),
+    ("  - {name: nuts, posterior: {beta0: auto}}\n", "samplers[0]: posterior.beta0: lh calibrate chooses only posterior.gamma"),
+    ("  - {name: sgld, overrides: {step_size_nbeta: auto}, posterior: {gamma: auto}}\n",
+     "samplers[0]: overrides.step_size_nbeta: auto beside posterior.gamma: auto; calibrate γ first"),
+    ("  - {name: nuts, posterior: {gamma: auto}, grid: {posterior.gamma: [1, 10]}}\n",
+     "samplers[0]: posterior.gamma: auto, with a grid over γ too"),
 ])
 def test_what_calibrate_refuses(tmp_path, samplers, says):
     (tmp_path / "s.yaml").write_text(sweep(samplers))
@@ -34,6 +39,8 @@ def test_what_calibrate_refuses(tmp_path, samplers, says):
     (["--top=1e-300"], "s.yaml (its pilots at --top 1e-300): samplers[0] (sgld): steps:"),  # wrote steps ~4e300 to the pilots file
     (["-o", "s.yaml"], "-o s.yaml: is the sweep lh calibrate reads"),  # replaced the sweep, its auto entries lost
     (["-o", "s.pilots.yaml"], "-o s.pilots.yaml: is the pilots file"),
+    (["--gammas", "10,1"], "--gammas 10,1: the γ ladder must be 2 to 12 positive finite values, increasing"),
+    (["--gammas", "1,x"], "--gammas 1,x: must be numbers separated by commas"),
 ])
 def test_calibrate_checks_everything_before_it_writes_the_pilots(tmp_path, args, says):
     (tmp_path / "s.yaml").write_text(sweep(SGLD_AUTO))
@@ -53,9 +60,12 @@ def test_a_planted_pilots_file_is_named_as_such_and_left_alone(tmp_path):
 
 def test_auto_is_refused_by_plan_and_execute_with_a_pointer(tmp_path):
     (tmp_path / "s.yaml").write_text(sweep(SGLD_AUTO))
+    (tmp_path / "g.yaml").write_text(sweep("  - {name: nuts, posterior: {gamma: auto}}\n"))
     for cmd in ("plan", "execute"):
         proc = lh(tmp_path, cmd, "s.yaml", check=False)
         assert proc.returncode == 2 and "overrides.step_size_nbeta: 'auto' is for `lh calibrate s.yaml`" in proc.stderr
+        proc = lh(tmp_path, cmd, "g.yaml", check=False)
+        assert proc.returncode == 2 and "posterior.gamma: 'auto' is for `lh calibrate g.yaml`" in proc.stderr
 
 
 DLN = """store_root: store
@@ -109,3 +119,38 @@ def test_two_auto_entries_with_alike_pilots_are_kept_apart(tmp_path):
         own = {**pilots, "samplers": pilots["samplers"][3 * g.entry:3 * g.entry + 3]}
         assert g.run_ids == [r.run_id for r in expand(sweep_from_dict(own)).runs]
     assert not set(groups[0].run_ids) & set(groups[1].run_ids)
+
+
+REGULAR = """store_root: store
+targets:
+  - {model: {kind: dln, widths: [3, 2]}, teacher: {rank: 2}, data: {n_data: 1000, noise_scale: 0.1}, seed: 0}
+samplers:
+  - {name: nuts, seed: 1, chains: 2, draws: 400, warmup: 200, posterior: {gamma: auto}}
+"""
+
+
+@pytest.mark.slow
+def test_calibrate_finds_the_gamma_plateau_of_a_regular_model(tmp_path):
+    """A single linear layer [3, 2] (6 parameters, a quadratic loss): λ = d/2 = 3 for every γ well
+    below the curvature nβ·h ≈ 290, and ½ Σ nβhᵢ/(nβhᵢ + γ) beyond. The decades 0.1 … 1,000: the
+    two above 0.1·nβ·h_max must be left out and shrunk by the localizer (as theory says: below
+    0.8·d/2), the plateau must lie below them, and the chosen γ's λ̂ must be within 3 SEMs + 3 %
+    of 3. The calibrated sweep's run is that pilot."""
+    (tmp_path / "s.yaml").write_text(REGULAR)
+    proc = lh(tmp_path, "calibrate", "s.yaml", "--workers", "2", timeout=900)
+    report = json.loads((tmp_path / "calibration" / "s.json").read_text())
+    (group,) = report["groups"]
+    pilots = {p["gamma"]: p for p in group["pilots"]}
+    assert sorted(pilots) == [0.1, 1.0, 10.0, 100.0, 1000.0] and group["kind"] == "gamma"
+    assert 10.0 < group["ceiling"] < 100.0, group  # 0.1·nβ·h_max, nβ = 1000/log 1000, h_max ≈ 2
+    assert max(group["plateau"]) <= group["ceiling"] and len(group["plateau"]) >= 2, group
+    for g in (100.0, 1000.0):
+        assert pilots[g]["llc_mean"] < 0.8 * 3.0, pilots[g]
+    chosen = pilots[group["chosen_gamma"]]
+    assert abs(chosen["llc_mean"] - 3.0) < 3 * chosen["llc_sem"] + 0.03 * 3.0, chosen
+    assert "plateau γ" in proc.stdout and "wrote s.calibrated.yaml" in proc.stdout, proc.stdout
+    again = lh(tmp_path, "execute", "s.calibrated.yaml")
+    assert "nothing to do: 1 target and 1 run already in the store" in again.stdout
+    rows = json.loads(lh(tmp_path, "query", "select run_id from runs", "--sweep", "s.calibrated.yaml",
+                         "--format", "json").stdout)
+    assert rows == [{"run_id": chosen["run_id"]}]

@@ -87,3 +87,54 @@ def test_choose_says_uncalibrated_with_the_reason():
     assert c.rung is None and "ε·nβ = 0.04" in c.reason and "nonfinite" in c.reason
     bent = choose(rungs, [9.0, 7.0, 7.5], [0.05, 0.05, 0.05], ["ok"] * 3)  # far off any line
     assert bent.rung is None and "not linear" in bent.reason
+
+
+# --------------------------------------------------------------------------- γ
+
+
+def _exact_llc(h, n_beta, gamma):
+    """The localized posterior's E[nβ(L − L0)] on a quadratic loss: ½ Σ nβhᵢ/(nβhᵢ + γ)."""
+    return 0.5 * sum(n_beta * x / (n_beta * x + gamma) for x in h)
+
+
+GAMMAS = [0.1, 1.0, 10.0, 100.0, 1000.0]
+
+
+def test_the_gamma_plateau_on_a_quadratic_sits_where_the_localizer_does_not_pull():
+    """Eigenvalues spread over 1.5 decades, nβ = 145, each pilot at the exact value with a 1 %
+    SEM: the plateau is the γ where λ(γ) is within the errors of d/2, every γ above the ceiling is
+    left out, and the chosen γ's exact λ is within BIAS_REL of d/2."""
+    from lambda_hat.science.calibration import GAMMA_CEILING, gamma_plateau
+
+    h, n_beta = list(np.geomspace(0.1, 4.0, 10)), 145.0
+    llc = [_exact_llc(h, n_beta, g) for g in GAMMAS]
+    ceiling = GAMMA_CEILING * n_beta * max(h)
+    c = gamma_plateau(GAMMAS, llc, [0.01 * v for v in llc], ["ok"] * 5, ceiling)
+    assert c.rung is not None and c.plateau and len(c.plateau) >= 2, c
+    assert all(GAMMAS[k] <= ceiling for k in c.plateau)
+    assert abs(llc[c.rung] - 5.0) <= BIAS_REL * 5.0, (llc, c)
+    # a γ whose exact λ is 10 % under d/2 is in no plateau
+    assert all(llc[k] > 0.9 * 5.0 for k in c.plateau), (llc, c)
+    assert "above 0.1·nβ·h_max" in c.reason and "1000" in c.reason
+
+
+def test_a_pilot_without_an_estimate_breaks_the_plateau_and_ties_go_to_the_smaller_gamma():
+    from lambda_hat.science.calibration import gamma_plateau
+
+    llc, sem = [6.0, 6.0, 6.0, 6.0, 6.0], [0.1] * 5
+    c = gamma_plateau(GAMMAS, llc, sem, ["ok", "ok", "divergent", "ok", "ok"], None)
+    assert c.plateau == (0, 1) and c.rung == 0, c  # two plateaus of two: the smaller γ's
+    assert "no usable estimate at γ 10 (divergent)" in c.reason and "no Hessian estimate" in c.reason
+    c = gamma_plateau(GAMMAS, [50.0, 6.0, 6.0, 6.0, 4.0], sem, ["ok"] * 5, None)
+    assert c.plateau == (1, 2, 3) and c.rung == 2, c  # the chains' escape at γ 0.1 and the pull at 1000 left out
+
+
+def test_no_plateau_is_uncalibrated_with_the_values_in_the_reason():
+    from lambda_hat.science.calibration import gamma_plateau
+
+    # the 1e6-parameter deep linear network of docs/large-models.md: λ̂ 11,864 / 522.7 / 180.6 at γ 100 / 1,000 / 10,000
+    c = gamma_plateau([100.0, 1000.0, 10000.0], [11864.0, 522.7, 180.6], [50.0, 3.0, 1.0], ["ok"] * 3, None)
+    assert c.rung is None and c.plateau is None
+    assert c.reason.startswith("no plateau") and "1000: 522.7 ± 3" in c.reason, c.reason
+    with pytest.raises(ValueError):
+        gamma_plateau([1.0, 0.1], [1.0, 1.0], [0.1, 0.1], ["ok"] * 2, None)

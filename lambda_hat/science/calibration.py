@@ -1,4 +1,5 @@
-"""Choosing SGLD's step size from pilot runs, and removing its bias (`lh calibrate`).
+"""Choosing SGLD's step size from pilot runs, and removing its bias; choosing the localizer γ on
+the plateau of λ̂(γ) (`lh calibrate`).
 
 An unadjusted Langevin step biases λ̂ by a term that is, to first order, linear in the step
 ε: λ̂(ε) = λ̂(0) + b·ε + O(ε²) (docs/sgld-step.md measured it on deep linear networks and the
@@ -8,6 +9,12 @@ quick example's MLPs). So pilots on a ladder ε, ε/2, ε/4, each covering the s
 * λ̂(0), the intercept of a weighted least-squares line through (εₖ, λ̂ₖ ± SEMₖ), with its
   standard error: the step-size bias extrapolated away;
 * the bias of each rung against it, and so the largest step whose bias is within its error.
+
+The localizer γ is chosen on a ladder of decades (`gamma_plateau`): λ̂(γ) falls once γ rivals the
+curvature nβ·h of the steep directions (for an exactly quadratic loss, each direction gives
+½·nβh/(nβh + γ)), and at small γ the chains are free to leave the basin of w* along flat or
+unstable directions. Between, where neither matters, λ̂ does not depend on γ within its error:
+that range is the plateau, and its middle the choice.
 
 Everything here is arithmetic on the pilots' numbers: no I/O, no sampling.
 """
@@ -88,9 +95,10 @@ def extrapolate(step_size_nbeta: Sequence[float], llc: Sequence[float], sem: Seq
 
 
 class Choice(NamedTuple):
-    rung: int | None  # index into the ladder of the chosen step; None: uncalibrated
+    rung: int | None  # index into the ladder of the chosen step (or γ); None: uncalibrated
     reason: str  # why, in words
     fit: Extrapolation | None
+    plateau: tuple[int, ...] | None = None  # γ: the ladder's indices of the plateau
 
 
 def choose(rungs: Sequence[Rung], llc: Sequence[float | None], sem: Sequence[float | None],
@@ -118,3 +126,64 @@ def choose(rungs: Sequence[Rung], llc: Sequence[float | None], sem: Sequence[flo
                              f"z = {z:+.1f})", fit)
     return Choice(None, f"no pilot's λ̂ is within {BIAS_Z:g} standard errors or {BIAS_REL:.0%} of λ̂(ε→0) = "
                         f"{fit.llc0:.4g}: use the extrapolated value, or a smaller step (--top)", fit)
+
+
+# The γ ladder: decades. The 1e6-parameter deep linear network of docs/large-models.md needed
+# γ ≈ 1,000 (λ̂ 11,864 at 100, 522.7 at 1,000, 180.6 at 10,000 against 500); the quick example's
+# targets sit at the default 1. `--gammas` gives another ladder.
+GAMMA_LADDER = (0.1, 1.0, 10.0, 100.0, 1000.0)
+# A γ above this fraction of nβ·h_max (h_max: the largest Hessian eigenvalue of L_n at w*, which
+# every target records) shrinks even the steepest direction's share by ≥ 9 % (½·1/(1 + 0.1)): the
+# localizer, not the loss, shapes the posterior there. Such rungs are reported, never chosen.
+GAMMA_CEILING = 0.1
+
+
+def _agree(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Two pilots' λ̂ ± SEM agree: within BIAS_Z combined standard errors, or BIAS_REL of each other."""
+    (va, sa), (vb, sb) = a, b
+    return abs(va - vb) <= BIAS_Z * math.hypot(sa, sb) or abs(va - vb) <= BIAS_REL * max(abs(va), abs(vb))
+
+
+def gamma_plateau(gammas: Sequence[float], llc: Sequence[float | None], sem: Sequence[float | None],
+                  status: Sequence[str], ceiling: float | None) -> Choice:
+    """The plateau of λ̂(γ) over a ladder of γ (ascending): the longest run of consecutive usable
+    pilots at γ ≤ `ceiling` whose λ̂ agree pairwise (`_agree`), at least two; on a tie, the one at
+    smaller γ (less of the localizer's pull). The choice is its middle pilot (the lower of two
+    middles). A pilot is unusable when it has no finite λ̂ and SEM or is nonfinite or divergent:
+    it breaks a plateau. `ceiling` None: the curvature is unknown, nothing is excluded (said so).
+    Uncalibrated (rung None) with the reason when no two neighbours agree."""
+    if list(gammas) != sorted(gammas) or len(set(gammas)) != len(gammas):
+        raise ValueError(f"gammas must be strictly increasing, got {list(gammas)}")
+    usable = [v is not None and s is not None and math.isfinite(v) and s > 0 and math.isfinite(s)
+              and st not in ("nonfinite", "divergent") for v, s, st in zip(llc, sem, status)]
+    below = [ceiling is None or g <= ceiling for g in gammas]
+    best: tuple[int, int] | None = None  # [i, j) of the longest plateau
+    for i in range(len(gammas)):
+        j = i
+        while (j < len(gammas) and usable[j] and below[j]
+               and all(_agree((llc[j], sem[j]), (llc[k], sem[k])) for k in range(i, j))):
+            j += 1
+        if j - i >= 2 and (best is None or j - i > best[1] - best[0]):
+            best = (i, j)
+    notes = []
+    over = [f"{g:g}" for g, b in zip(gammas, below) if not b]
+    if over:
+        notes.append(f"γ {', '.join(over)} above {GAMMA_CEILING:g}·nβ·h_max = {ceiling:.3g}, where the localizer "
+                     "dominates the steepest direction, not considered")
+    elif ceiling is None:
+        notes.append("the target has no Hessian estimate at w*, so no γ was ruled out as too large")
+    bad = [f"{g:g} ({st})" for g, u, st in zip(gammas, usable, status) if not u]
+    if bad:
+        notes.append(f"no usable estimate at γ {', '.join(bad)}")
+    tail = f" ({'; '.join(notes)})" if notes else ""
+    if best is None:
+        shown = ", ".join(f"{g:g}: {v:.4g} ± {s:.2g}" if u else f"{g:g}: —"
+                          for g, v, s, u in zip(gammas, llc, sem, usable))
+        return Choice(None, f"no plateau: no two neighbouring γ give λ̂ within {BIAS_Z:g} standard errors or "
+                            f"{BIAS_REL:.0%} of each other (λ̂ at γ {shown}){tail}; try a ladder of finer steps "
+                            "(--gammas) or longer pilots", None)
+    plateau = tuple(range(*best))
+    pick = plateau[(len(plateau) - 1) // 2]
+    span = f"γ {gammas[plateau[0]]:g}–{gammas[plateau[-1]]:g}"
+    return Choice(pick, f"the middle of the plateau {span} ({len(plateau)} pilots whose λ̂ agree within "
+                        f"{BIAS_Z:g} standard errors or {BIAS_REL:.0%}){tail}", None, plateau)
