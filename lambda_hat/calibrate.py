@@ -17,8 +17,9 @@ It writes:
   middle of the plateau all its targets share), which are those of a pilot: `lh execute` on it
   finds those runs done. An entry that could not be calibrated is left
   out and named in the file's header, never given a value;
-* `calibration/NAME.md` and `.json`: each pilot's λ̂ ± SEM, R-hat, status, the line, λ̂(ε → 0),
-  the choice and its reason, and the calibration's cost against the chosen run's.
+* `calibration/NAME.md`, `.json` and `.png`: each pilot's λ̂ ± SEM, R-hat, status, the line and
+  λ̂(ε → 0) or the plateau, the choice and its reason, the calibration's cost against the chosen
+  run's, and a plot of it all (`calibration_plot.py`).
 """
 
 from __future__ import annotations
@@ -280,8 +281,8 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     root = resolve_store_root(req.store, data.get("store_root"))
     # Everything checked before anything is written: the outputs, the logs, the store, and the
     # pilots' sweep itself (from memory: a bad --top must not leave a pilots file behind).
-    for path, flag in ((out, "-o"), (pilot_path, "the pilots file"),
-                       (req.report_dir / f"{name}.md", "--report-dir"), (req.report_dir / f"{name}.json", "--report-dir")):
+    for path, flag in ((out, "-o"), (pilot_path, "the pilots file"), (req.report_dir / f"{name}.md", "--report-dir"),
+                       (req.report_dir / f"{name}.json", "--report-dir"), (req.report_dir / f"{name}.png", "--report-dir")):
         check_output_path(path, root, flag)  # before any work, as every command's outputs (a link loop included)
     if out.resolve() in (req.sweep_path.resolve(), pilot_path.resolve()):
         what = "the sweep" if out.resolve() == req.sweep_path.resolve() else "the pilots file"
@@ -428,8 +429,15 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
         doc["groups"].append(item)
     for i, why in sorted(outcome.why_not.items()):
         lines += [f"samplers[{i}] is uncalibrated: {why}", ""]
-    md, js = report_dir / f"{stem}.md", report_dir / f"{stem}.json"
+    md, js, png = report_dir / f"{stem}.md", report_dir / f"{stem}.json", report_dir / f"{stem}.png"
+    if doc["groups"]:
+        lines[1:1] = ["", f"![λ̂ of every pilot, the line or plateau, the choice]({png.name})"]
     for path, text in ((md, "\n".join(lines) + "\n"), (js, json.dumps(doc, indent=1) + "\n")):
         check_output_path(path, root, "--report-dir")
         write_atomic(path, text.encode())
+    if doc["groups"]:
+        from lambda_hat.calibration_plot import write_calibration_figure
+
+        check_output_path(png, root, "--report-dir")
+        write_calibration_figure(doc["groups"], png)
     return md

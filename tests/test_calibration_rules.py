@@ -138,3 +138,17 @@ def test_no_plateau_is_uncalibrated_with_the_values_in_the_reason():
     assert c.reason.startswith("no plateau") and "1000: 522.7 ± 3" in c.reason, c.reason
     with pytest.raises(ValueError):
         gamma_plateau([1.0, 0.1], [1.0, 1.0], [0.1, 0.1], ["ok"] * 2, None)
+
+
+def test_pilots_too_imprecise_to_tell_a_10_percent_change_make_no_plateau():
+    """SGLD on a normal-crossing target (n = 10,000, powers [1, 2]): λ̂ 0.27 ± 0.06, 0.23 ± 0.06,
+    0.12 ± 0.05 at γ 0.1, 1, 10 agree within 2 SEMs while the exact finite-n value falls from 0.24
+    to 0.12 over them: no plateau, and the reason says why."""
+    from lambda_hat.science.calibration import PLATEAU_MAX_REL_SEM, gamma_plateau
+
+    c = gamma_plateau([0.1, 1.0, 10.0], [0.2659, 0.2349, 0.1219], [0.0566, 0.0625, 0.0521], ["unconverged"] * 3, None)
+    assert c.rung is None and "too imprecise at γ 0.1, 1, 10" in c.reason, c.reason
+    # the same numbers with SEMs just inside the limit would agree only where they do
+    sem = [PLATEAU_MAX_REL_SEM * v for v in (0.2659, 0.2349, 0.1219)]
+    c = gamma_plateau([0.1, 1.0, 10.0], [0.2659, 0.2349, 0.1219], sem, ["ok"] * 3, None)
+    assert c.plateau == (0, 1), c

@@ -136,6 +136,11 @@ GAMMA_LADDER = (0.1, 1.0, 10.0, 100.0, 1000.0)
 # every target records) shrinks even the steepest direction's share by ≥ 9 % (½·1/(1 + 0.1)): the
 # localizer, not the loss, shapes the posterior there. Such rungs are reported, never chosen.
 GAMMA_CEILING = 0.1
+# Agreement within 2 SEMs means nothing when the SEMs are wide: SGLD on a normal-crossing target at
+# n = 10,000 gave λ̂ 0.27 ± 0.06, 0.23 ± 0.06 and 0.12 ± 0.05 at γ 0.1, 1 and 10, a "plateau" over
+# which the exact finite-n value halves. A pilot whose SEM is above this share of |λ̂| cannot tell a
+# 10 % change apart: it is too imprecise to be part of a plateau.
+PLATEAU_MAX_REL_SEM = 0.05
 
 
 def _agree(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -146,21 +151,22 @@ def _agree(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 def gamma_plateau(gammas: Sequence[float], llc: Sequence[float | None], sem: Sequence[float | None],
                   status: Sequence[str], ceiling: float | None) -> Choice:
-    """The plateau of λ̂(γ) over a ladder of γ (ascending): the longest run of consecutive usable
-    pilots at γ ≤ `ceiling` whose λ̂ agree pairwise (`_agree`), at least two; on a tie, the one at
-    smaller γ (less of the localizer's pull). The choice is its middle pilot (the lower of two
-    middles). A pilot is unusable when it has no finite λ̂ and SEM or is nonfinite or divergent:
-    it breaks a plateau. `ceiling` None: the curvature is unknown, nothing is excluded (said so).
+    """The plateau of λ̂(γ) over a ladder of γ (ascending): the longest run of consecutive usable,
+    precise pilots at γ ≤ `ceiling` whose λ̂ agree pairwise (`_agree`), at least two; on a tie, the
+    one at smaller γ (less of the localizer's pull). The choice is its middle pilot (the lower of
+    two middles). A pilot is unusable when it has no finite λ̂ and SEM or is nonfinite or
+    divergent, imprecise when its SEM is above PLATEAU_MAX_REL_SEM of |λ̂|: either breaks a plateau. `ceiling` None: the curvature is unknown, nothing is excluded (said so).
     Uncalibrated (rung None) with the reason when no two neighbours agree."""
     if list(gammas) != sorted(gammas) or len(set(gammas)) != len(gammas):
         raise ValueError(f"gammas must be strictly increasing, got {list(gammas)}")
     usable = [v is not None and s is not None and math.isfinite(v) and s > 0 and math.isfinite(s)
               and st not in ("nonfinite", "divergent") for v, s, st in zip(llc, sem, status)]
+    precise = [u and s <= PLATEAU_MAX_REL_SEM * abs(v) for u, v, s in zip(usable, llc, sem)]
     below = [ceiling is None or g <= ceiling for g in gammas]
     best: tuple[int, int] | None = None  # [i, j) of the longest plateau
     for i in range(len(gammas)):
         j = i
-        while (j < len(gammas) and usable[j] and below[j]
+        while (j < len(gammas) and precise[j] and below[j]
                and all(_agree((llc[j], sem[j]), (llc[k], sem[k])) for k in range(i, j))):
             j += 1
         if j - i >= 2 and (best is None or j - i > best[1] - best[0]):
@@ -171,16 +177,22 @@ def gamma_plateau(gammas: Sequence[float], llc: Sequence[float | None], sem: Seq
         notes.append(f"γ {', '.join(over)} above {GAMMA_CEILING:g}·nβ·h_max = {ceiling:.3g}, where the localizer "
                      "dominates the steepest direction, not considered")
     elif ceiling is None:
-        notes.append("the target has no Hessian estimate at w*, so no γ was ruled out as too large")
+        notes.append("the target has no Hessian estimate at w*, or no curvature there, so no γ was ruled out "
+                     "as too large")
     bad = [f"{g:g} ({st})" for g, u, st in zip(gammas, usable, status) if not u]
     if bad:
         notes.append(f"no usable estimate at γ {', '.join(bad)}")
+    vague = [f"{g:g}" for g, u, p, b in zip(gammas, usable, precise, below) if u and not p and b]
+    if vague:
+        notes.append(f"too imprecise at γ {', '.join(vague)} (SEM above {PLATEAU_MAX_REL_SEM:.0%} of λ̂: "
+                     "longer pilots, more draws or chains)")
     tail = f" ({'; '.join(notes)})" if notes else ""
     if best is None:
         shown = ", ".join(f"{g:g}: {v:.4g} ± {s:.2g}" if u else f"{g:g}: —"
                           for g, v, s, u in zip(gammas, llc, sem, usable))
-        return Choice(None, f"no plateau: no two neighbouring γ give λ̂ within {BIAS_Z:g} standard errors or "
-                            f"{BIAS_REL:.0%} of each other (λ̂ at γ {shown}){tail}; try a ladder of finer steps "
+        return Choice(None, f"no plateau: no two neighbouring γ give precise λ̂ (SEM at most "
+                            f"{PLATEAU_MAX_REL_SEM:.0%} of it) within {BIAS_Z:g} standard errors or {BIAS_REL:.0%} "
+                            f"of each other (λ̂ at γ {shown}){tail}; try a ladder of finer steps "
                             "(--gammas) or longer pilots", None)
     plateau = tuple(range(*best))
     pick = plateau[(len(plateau) - 1) // 2]
