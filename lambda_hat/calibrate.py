@@ -248,10 +248,13 @@ def _numbers(store, group: Group, ladder_: Ladder) -> None:
     else:
         choice = choose(ladder_, llc, sem, status)
     flagged = [f"{r['gamma' if gamma else 'step_size_nbeta']:g}" for r in group.rows if r["status"] == "unconverged"]
+    at = "γ" if gamma else "ε·nβ"
     if flagged and choice.rung is not None:  # chosen, but on SEMs the diagnostics do not vouch for
-        at = "γ" if gamma else "ε·nβ"
         choice = choice._replace(reason=choice.reason + f"; pilots at {at} {', '.join(flagged)} are unconverged, "
                                  "so their SEMs may understate the error (more steps make the choice surer)")
+    elif flagged:  # chains still relaxing may be all that keeps the pilots apart
+        choice = choice._replace(reason=choice.reason + f"; pilots at {at} {', '.join(flagged)} are unconverged: "
+                                 "longer pilots first")
     group.choice = choice
 
 

@@ -29,6 +29,7 @@ DPI = 110
 STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7,
          "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False}
 POINT, CHOSEN, PLATEAU, ABOVE, FAILED = "C0", "C3", "C2", "0.65", "C3"
+LOG_Y_RATIO = 30  # a γ panel whose λ̂ (all positive) span more than this factor gets a log y axis
 
 
 def _num(x: Any) -> float | None:
@@ -200,6 +201,9 @@ def _gamma_panel(ax, group: dict) -> None:
     if ceiling is not None and ceiling > 0:
         lo, hi = ax.get_xlim()
         ax.set_xlim(min(lo, ceiling / 2.5), max(hi, ceiling * 2.5))
+    ys = [y for _, y, *_ in points]
+    if ys and not failed and min(ys) > 0 and max(ys) > LOG_Y_RATIO * min(ys):
+        ax.set_yscale("log")  # λ̂ over decades (chains escaping at small γ): a linear axis shows one point
     ax.set_xlabel("γ")
     ax.set_ylabel("λ̂")
     _title(ax, group, "localizer γ", None if chosen is None else f"chosen γ = {chosen:g}")

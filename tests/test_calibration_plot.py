@@ -183,3 +183,18 @@ def test_the_png_is_written_atomically(tmp_path):
         import matplotlib.pyplot as plt
 
         assert not plt.get_fignums()
+
+
+def test_a_gamma_panel_over_decades_of_llc_gets_a_log_y_axis():
+    """The 1.08e5-parameter network: λ̂ 5209 … 6.9 over γ 10 … 1e5; a linear axis shows one point."""
+    from lambda_hat.calibration_plot import calibration_figure
+
+    vals = [(10.0, 5209.0, 67.0), (100.0, 405.4, 2.2), (1000.0, 122.8, 0.39), (1e4, 30.1, 0.079)]
+    group = {"kind": "gamma", "target_id": "tgt_x", "label": "seed 1", "ceiling": None, "plateau": None,
+             "chosen_gamma": None, "entry_gamma": None, "reason": "no plateau",
+             "pilots": [{"gamma": g, "llc_mean": v, "llc_sem": s, "status": "ok"} for g, v, s in vals]}
+    (ax,) = calibration_figure([group]).axes
+    assert ax.get_yscale() == "log"
+    narrow = {**group, "pilots": [{**p, "llc_mean": 6.0 + i * 0.1} for i, p in enumerate(group["pilots"])]}
+    (ax,) = calibration_figure([narrow]).axes
+    assert ax.get_yscale() == "linear"
