@@ -36,6 +36,7 @@ from lambda_hat.science.calibration import (GAMMA_CEILING, GAMMA_LADDER, RUNGS, 
                                             choose, gamma_plateau, ladder)
 from lambda_hat.sweep import AUTO, SWEEP_NAME, read_sweep_data
 
+CALIBRATED_SUFFIX = "-calibrated"  # the calibrated sweep's name: NAME-calibrated
 # The settings a rung changes; a pilot's group is its run spec without them.
 RUNG_FIELDS = ("step_size_nbeta", "steps", "warmup", "eval_every")
 
@@ -103,6 +104,10 @@ def auto_entries(data: Any, source: str) -> dict[int, dict]:
                 other = next(k for k in post_autos if k != "gamma")
                 raise BadInput(f"{where}: posterior.{other}: lh calibrate chooses only posterior.gamma "
                                "and SGLD's step_size_nbeta")
+            if [k for k in autos if k != "step_size_nbeta"]:
+                other = next(k for k in autos if k != "step_size_nbeta")
+                raise BadInput(f"{where}: overrides.{other}: lh calibrate chooses only SGLD's step_size_nbeta "
+                               "and posterior.gamma")
             if autos:
                 raise BadInput(f"{where}: overrides.{autos[0]}: auto beside posterior.gamma: auto; calibrate γ "
                                "first, then mark the step auto in the calibrated sweep")
@@ -142,6 +147,16 @@ def _rungs(entry: dict, top: float) -> list[Rung]:
     o = entry.get("overrides") or {}
     return ladder(int(o.get("steps", defaults.steps)), int(o.get("warmup", defaults.warmup)),
                   int(o.get("eval_every", defaults.eval_every)), reference=defaults.step_size_nbeta, top=top)
+
+
+def _without_auto(data: dict, autos: dict[int, dict]) -> dict:
+    """The sweep with every `auto` value removed (the field's default in its place)."""
+    out = copy.deepcopy(data)
+    for i in autos:
+        for part in ("overrides", "posterior"):
+            if isinstance(out["samplers"][i].get(part), dict):
+                out["samplers"][i][part] = {k: v for k, v in out["samplers"][i][part].items() if v != AUTO}
+    return out
 
 
 def _is_gamma_entry(entry: dict) -> bool:
@@ -291,8 +306,12 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
         what = "the sweep" if out.resolve() == req.sweep_path.resolve() else "the pilots file"
         raise BadInput(f"-o {out}: is {what} lh calibrate reads; name another file")
     check_output_dir(req.logs, root, "--logs")
-    # named as the sweep's pilots at this --top: the field at fault is the sweep's, or --top's
-    sweep_from_dict(pilots, f"{source} (its pilots at --top {req.top:g})", base_dir=str(req.sweep_path.resolve().parent))
+    # The sweep itself first, each auto entry at the defaults (its indices are the user's), then the
+    # pilots: what fails only there is --top's or --gammas' doing.
+    base_dir = str(req.sweep_path.resolve().parent)
+    sweep_from_dict(_without_auto(data, autos), source, base_dir=base_dir)
+    sweep_from_dict(pilots, f"{source} (its pilots at --top {req.top:g}, --gammas {','.join(f'{g:g}' for g in gammas)})",
+                    base_dir=base_dir)
     Store.open(root, create=True)  # exists and is writable, or one line
     _write_yaml(pilot_path, pilots, [f"The pilots lh calibrate wrote for {req.sweep_path.name} (do not edit):",
                                      f"each step_size_nbeta: auto entry as a ladder of {RUNGS} steps, each "
@@ -311,7 +330,7 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     for g in outcome.groups:
         _numbers(store, g, ladders[g.entry])
     outcome.chosen, outcome.why_not = _chosen(outcome.groups, ladders)
-    outcome.calibrated = _write_calibrated(out, data, outcome, req.sweep_path, root, req.report_dir)
+    outcome.calibrated = _write_calibrated(out, data, outcome, req.sweep_path, root, req.report_dir, name)
     outcome.report = _write_report(req.report_dir, name, outcome, ladders, root)
     if outcome.calibrated is None or any(v is None for v in outcome.chosen.values()):
         outcome.exit_code = outcome.exit_code or 1
@@ -343,7 +362,7 @@ def _chosen(groups: list[Group], ladders: dict[int, Ladder]) -> tuple[dict[int, 
 
 
 def _write_calibrated(out: Path, data: dict, outcome: CalibrateOutcome, sweep_path: Path, root: Path,
-                      report_dir: Path) -> Path | None:
+                      report_dir: Path, name: str) -> Path | None:
     header = [f"{sweep_path.name} with its auto settings chosen by lh calibrate (report: {report_dir}/).",
               "Each chosen entry is one of the pilots: lh execute finds its runs done."]
     samplers = []
@@ -370,6 +389,9 @@ def _write_calibrated(out: Path, data: dict, outcome: CalibrateOutcome, sweep_pa
     if not samplers:
         return None
     calibrated = {**{k: v for k, v in data.items() if k != "samplers"}, "samplers": samplers}
+    # its own name: its results file, and the report of a calibration of it (γ first, then the
+    # step), do not overwrite this one's
+    calibrated["name"] = name if name.endswith(CALIBRATED_SUFFIX) else name + CALIBRATED_SUFFIX
     _write_yaml(out, calibrated, header, root)
     return out
 
@@ -434,7 +456,10 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
         lines += [f"samplers[{i}] is uncalibrated: {why}", ""]
     md, js, png = report_dir / f"{stem}.md", report_dir / f"{stem}.json", report_dir / f"{stem}.png"
     if doc["groups"]:
-        lines[1:1] = ["", f"![λ̂ of every pilot, the line or plateau, the choice]({png.name})"]
+        from lambda_hat.calibration_plot import MAX_PANELS
+
+        first = "" if len(doc["groups"]) <= MAX_PANELS else f" (the first {MAX_PANELS} of {len(doc['groups'])} groups)"
+        lines[1:1] = ["", f"![λ̂ of every pilot, the line or plateau, the choice]({png.name}){first}"]
     for path, text in ((md, "\n".join(lines) + "\n"), (js, json.dumps(doc, indent=1) + "\n")):
         check_output_path(path, root, "--report-dir")
         write_atomic(path, text.encode())

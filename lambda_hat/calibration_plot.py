@@ -25,6 +25,7 @@ from typing import Any
 
 PANEL_W, PANEL_H = 4.5, 3.6  # inches per panel: three a row fit a docs page scaled to 80 columns
 MAX_COLS = 3
+MAX_PANELS = 48  # a sweep of many targets: the first 48 groups (a 16-row picture), the report's tables have all
 DPI = 110
 STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7,
          "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False}
@@ -212,11 +213,12 @@ def _gamma_panel(ax, group: dict) -> None:
 
 def calibration_figure(groups: list[dict]):
     """One panel per group, in the report's order, at most MAX_COLS a row (PANEL_W × PANEL_H
-    inches each); `fig.axes[i]` is group i's panel. No groups: one line of text saying so."""
+    inches each); `fig.axes[i]` is group i's panel; the first MAX_PANELS groups only. No groups:
+    one line of text saying so."""
     import matplotlib
     from matplotlib.figure import Figure
 
-    groups = list(groups or [])
+    groups = list(groups or [])[:MAX_PANELS]
     with matplotlib.rc_context(STYLE):
         if not groups:
             fig = Figure(figsize=(PANEL_W, 1.0))

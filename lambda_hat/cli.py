@@ -339,7 +339,7 @@ def calibrate_cmd(
     logs: Annotated[Path, typer.Option(metavar="DIR", help="Per-job logs directory.")] = Path("logs"),
     top: Annotated[float, typer.Option(metavar="X", help="The ladder's largest step, as ε·nβ (then X/2, X/4).")] = 0.04,
     out: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="The calibrated sweep (default: SWEEP's stem + .calibrated.yaml, beside it).")] = None,
-    report_dir: Annotated[Path, typer.Option(metavar="DIR", help="Where the report goes (NAME.md, NAME.json).")] = Path("calibration"),
+    report_dir: Annotated[Path, typer.Option(metavar="DIR", help="Where the report goes (NAME.md, .json, .png).")] = Path("calibration"),
     gammas: Annotated[Optional[str], typer.Option(metavar="LIST", help="The γ ladder for posterior: {gamma: auto}, comma-separated, increasing (default 0.1,1,10,100,1000).")] = None,
 ) -> None:
     """Choose SGLD's step size from pilot runs and extrapolate its bias away, or the localizer γ
@@ -364,6 +364,9 @@ def calibrate_cmd(
             console.print(f"    {c.reason}", highlight=False)
     for i, why in sorted(outcome.why_not.items()):
         console.print(f"  samplers[{i}] uncalibrated: {why}", highlight=False)
+    for i, value in sorted(outcome.chosen.items()):
+        if isinstance(value, float):  # a γ entry: the γ its targets share, written to the calibrated sweep
+            console.print(f"  samplers[{i}]: γ = {value:g} in the calibrated sweep", highlight=False)
     if outcome.report is not None:
         console.print(f"report: {outcome.report}", highlight=False)
     if outcome.calibrated is not None:

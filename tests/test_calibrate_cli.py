@@ -26,6 +26,10 @@ def sweep(samplers: str) -> str:
      "samplers[0]: overrides.step_size_nbeta: auto beside posterior.gamma: auto; calibrate γ first"),
     ("  - {name: nuts, posterior: {gamma: auto}, grid: {posterior.gamma: [1, 10]}}\n",
      "samplers[0]: posterior.gamma: auto, with a grid over γ too"),
+    # the sweep's own error names its own entry (the pilots' index was 5: the ladder's 5 entries before it)
+    ("  - {name: nuts, posterior: {gamma: auto}}\n  - {name: nuts, draws: -5}\n", "s.yaml: samplers[1] (nuts): draws:"),
+    ("  - {name: nuts, overrides: {steps: auto}, posterior: {gamma: auto}}\n",
+     "samplers[0]: overrides.steps: lh calibrate chooses only SGLD's step_size_nbeta and posterior.gamma"),
 ])
 def test_what_calibrate_refuses(tmp_path, samplers, says):
     (tmp_path / "s.yaml").write_text(sweep(samplers))
@@ -36,7 +40,7 @@ def test_what_calibrate_refuses(tmp_path, samplers, says):
 
 @pytest.mark.parametrize("args,says", [
     (["--logs", "store/logs"], "--logs store/logs: inside the store"),  # wrote the pilots file first
-    (["--top=1e-300"], "s.yaml (its pilots at --top 1e-300): samplers[0] (sgld): steps:"),  # wrote steps ~4e300 to the pilots file
+    (["--top=1e-300"], "s.yaml (its pilots at --top 1e-300, --gammas 0.1,1,10,100,1000): samplers[0] (sgld): steps:"),  # wrote steps ~4e300 to the pilots file
     (["-o", "s.yaml"], "-o s.yaml: is the sweep lh calibrate reads"),  # replaced the sweep, its auto entries lost
     (["-o", "s.pilots.yaml"], "-o s.pilots.yaml: is the pilots file"),
     (["--gammas", "10,1"], "--gammas 10,1: the γ ladder must be 2 to 12 positive finite values, increasing"),
@@ -125,7 +129,7 @@ REGULAR = """store_root: store
 targets:
   - {model: {kind: dln, widths: [3, 2]}, teacher: {rank: 2}, data: {n_data: 1000, noise_scale: 0.1}, seed: 0}
 samplers:
-  - {name: nuts, seed: 1, chains: 2, draws: 400, warmup: 200, posterior: {gamma: auto}}
+  - {name: nuts, seed: 1, chains: 4, draws: 400, warmup: 200, posterior: {gamma: auto}}
 """
 
 

@@ -198,3 +198,11 @@ def test_a_gamma_panel_over_decades_of_llc_gets_a_log_y_axis():
     narrow = {**group, "pilots": [{**p, "llc_mean": 6.0 + i * 0.1} for i, p in enumerate(group["pilots"])]}
     (ax,) = calibration_figure([narrow]).axes
     assert ax.get_yscale() == "linear"
+
+
+def test_a_report_of_many_groups_draws_the_first_max_panels():
+    from lambda_hat.calibration_plot import MAX_PANELS, calibration_figure
+
+    group = {"kind": "gamma", "target_id": "tgt_x", "label": "seed 1", "ceiling": None, "plateau": None,
+             "chosen_gamma": None, "pilots": [{"gamma": 1.0, "llc_mean": 6.0, "llc_sem": 0.1, "status": "ok"}]}
+    assert len(calibration_figure([group] * (MAX_PANELS + 5)).axes) == MAX_PANELS

@@ -143,12 +143,41 @@ def test_no_plateau_is_uncalibrated_with_the_values_in_the_reason():
 def test_pilots_too_imprecise_to_tell_a_10_percent_change_make_no_plateau():
     """SGLD on a normal-crossing target (n = 10,000, powers [1, 2]): λ̂ 0.27 ± 0.06, 0.23 ± 0.06,
     0.12 ± 0.05 at γ 0.1, 1, 10 agree within 2 SEMs while the exact finite-n value falls from 0.24
-    to 0.12 over them: no plateau, and the reason says why."""
+    to 0.12 over them: no plateau, and the reason says why. At the precision limit, pilots 9 %
+    apart still agree and pilots 12 % apart no longer do: a plateau is flat within about 10 %."""
     from lambda_hat.science.calibration import PLATEAU_MAX_REL_SEM, gamma_plateau
 
     c = gamma_plateau([0.1, 1.0, 10.0], [0.2659, 0.2349, 0.1219], [0.0566, 0.0625, 0.0521], ["unconverged"] * 3, None)
     assert c.rung is None and "too imprecise at γ 0.1, 1, 10" in c.reason, c.reason
-    # the same numbers with SEMs just inside the limit would agree only where they do
-    sem = [PLATEAU_MAX_REL_SEM * v for v in (0.2659, 0.2349, 0.1219)]
-    c = gamma_plateau([0.1, 1.0, 10.0], [0.2659, 0.2349, 0.1219], sem, ["ok"] * 3, None)
-    assert c.plateau == (0, 1), c
+    for gap, agree in ((0.09, True), (0.12, False)):
+        llc = [1.0, 1.0 - gap]
+        c = gamma_plateau([0.1, 1.0], llc, [PLATEAU_MAX_REL_SEM * v for v in llc], ["ok"] * 2, None)
+        assert (c.plateau == (0, 1)) is agree, (gap, c)
+
+
+def test_the_ceiling_stops_a_plateau_that_would_go_on():
+    """λ̂ flat at 6 over every γ: with the ceiling between 10 and 100 the plateau is 0.1–10, not
+    0.1–1,000; with it below 1 there are too few γ left, and the reason says to go smaller."""
+    from lambda_hat.science.calibration import gamma_plateau
+
+    flat, sem = [6.0] * 5, [0.06] * 5
+    assert gamma_plateau(GAMMAS, flat, sem, ["ok"] * 5, None).plateau == (0, 1, 2, 3, 4)
+    c = gamma_plateau(GAMMAS, flat, sem, ["ok"] * 5, 50.0)
+    assert c.plateau == (0, 1, 2) and c.rung == 1, c
+    c = gamma_plateau(GAMMAS, flat, sem, ["ok"] * 5, 0.5)
+    assert c.rung is None and "fewer than two γ" in c.reason and "smaller γ" in c.reason, c.reason
+    c = gamma_plateau(GAMMAS, flat, [0.0] + sem[1:], ["ok"] * 5, None)
+    assert "no usable estimate at γ 0.1 (no SEM)" in c.reason and c.plateau == (1, 2, 3, 4), c
+
+
+def test_an_entry_takes_the_middle_of_the_gamma_its_targets_share():
+    from lambda_hat.calibrate import Group, _chosen
+    from lambda_hat.science.calibration import Choice
+
+    def group(target, plateau):
+        return Group(0, target, "seed 1", ["r"] * 5, choice=Choice(plateau[(len(plateau) - 1) // 2], "", None, plateau))
+
+    chosen, why_not = _chosen([group("tgt_a", (0, 1, 2, 3)), group("tgt_b", (2, 3, 4))], {0: GAMMAS})
+    assert chosen == {0: 10.0} and not why_not  # common range 10–100: its lower middle
+    chosen, why_not = _chosen([group("tgt_a", (0, 1)), group("tgt_b", (3, 4))], {0: GAMMAS})
+    assert chosen == {0: None} and "share no γ" in why_not[0] and "tgt_a: γ 0.1–1" in why_not[0]

@@ -138,9 +138,10 @@ GAMMA_LADDER = (0.1, 1.0, 10.0, 100.0, 1000.0)
 GAMMA_CEILING = 0.1
 # Agreement within 2 SEMs means nothing when the SEMs are wide: SGLD on a normal-crossing target at
 # n = 10,000 gave λ̂ 0.27 ± 0.06, 0.23 ± 0.06 and 0.12 ± 0.05 at γ 0.1, 1 and 10, a "plateau" over
-# which the exact finite-n value halves. A pilot whose SEM is above this share of |λ̂| cannot tell a
-# 10 % change apart: it is too imprecise to be part of a plateau.
-PLATEAU_MAX_REL_SEM = 0.05
+# which the exact finite-n value halves. Two pilots whose SEMs are s·λ̂ agree up to 2·√2·s apart, so
+# a plateau whose pilots agree must be flat within 10 % only if s ≤ 0.1/(2√2) = 3.5 %: a pilot with
+# a wider SEM is too imprecise to be part of one.
+PLATEAU_MAX_REL_SEM = 0.035
 
 
 def _agree(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -179,7 +180,12 @@ def gamma_plateau(gammas: Sequence[float], llc: Sequence[float | None], sem: Seq
     elif ceiling is None:
         notes.append("the target has no Hessian estimate at w*, or no curvature there, so no γ was ruled out "
                      "as too large")
-    bad = [f"{g:g} ({st})" for g, u, st in zip(gammas, usable, status) if not u]
+    def why(v, s, st):
+        if st in ("nonfinite", "divergent", "missing") or v is None or not math.isfinite(v):
+            return st
+        return "no SEM" if s is None or not (s > 0) or not math.isfinite(s) else st
+
+    bad = [f"{g:g} ({why(v, s, st)})" for g, v, s, u, st in zip(gammas, llc, sem, usable, status) if not u]
     if bad:
         notes.append(f"no usable estimate at γ {', '.join(bad)}")
     vague = [f"{g:g}" for g, u, p, b in zip(gammas, usable, precise, below) if u and not p and b]
@@ -187,6 +193,9 @@ def gamma_plateau(gammas: Sequence[float], llc: Sequence[float | None], sem: Seq
         notes.append(f"too imprecise at γ {', '.join(vague)} (SEM above {PLATEAU_MAX_REL_SEM:.0%} of λ̂: "
                      "longer pilots, more draws or chains)")
     tail = f" ({'; '.join(notes)})" if notes else ""
+    if best is None and sum(below) < 2:
+        return Choice(None, f"no plateau: fewer than two γ of the ladder are at most the ceiling {ceiling:.3g}"
+                            f"{tail}; give smaller γ (--gammas)", None)
     if best is None:
         shown = ", ".join(f"{g:g}: {v:.4g} ± {s:.2g}" if u else f"{g:g}: —"
                           for g, v, s, u in zip(gammas, llc, sem, usable))
