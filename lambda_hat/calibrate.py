@@ -1,15 +1,18 @@
-"""`lh calibrate SWEEP`: SGLD's step size chosen from pilots and its bias extrapolated away; the
-localizer γ of any sampler chosen on the plateau of λ̂(γ).
+"""`lh calibrate SWEEP`: SGLD's step size chosen from pilots and its bias extrapolated away; HMC's
+and NUTS's target acceptance; the localizer γ of any sampler chosen on the plateau of λ̂(γ).
 
-A sampler entry of the sweep marks `overrides: {step_size_nbeta: auto}` (SGLD) or
-`posterior: {gamma: auto}` (any sampler; not both in one entry). For it lh calibrate writes a
-sweep of its own, the *pilots*: that entry replaced by a ladder (of steps: ε·nβ = top, top/2,
-top/4, each covering the same Langevin time; of γ: decades, `--gammas`; science/calibration.py),
+A sampler entry of the sweep marks `overrides: {step_size_nbeta: auto}` (SGLD),
+`overrides: {target_acceptance: auto}` (HMC, NUTS) or `posterior: {gamma: auto}` (any sampler;
+one per entry). For it lh calibrate writes a sweep of its own, the *pilots*: that entry replaced
+by a ladder (of steps: ε·nβ = top, top/2, top/4, each covering the same Langevin time; of target
+acceptance: 0.8 … 0.99; of γ: decades, `--gammas`; science/calibration.py),
 every other entry as it was. The pilots are an ordinary sweep: `lh execute` runs them into the
 same store, so a calibration run again computes nothing and an interrupted one resumes. Then,
 per target (and per seed, γ, … of the entry), λ̂ against the step gives λ̂(ε → 0) with its
 standard error and the largest step whose bias is within its error (`calibration.choose`);
-λ̂ against γ gives the plateau and its middle (`calibration.gamma_plateau`).
+λ̂ against γ gives the plateau and its middle (`calibration.gamma_plateau`); the pilots at
+target acceptance 0.8 … 0.99 give the cheapest that neither diverges nor moves λ̂
+(`calibration.choose_acceptance`).
 
 It writes:
 * SWEEP's `.calibrated.yaml` beside it: the entry with the chosen step (the smallest chosen over
@@ -32,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from lambda_hat.errors import BadInput
-from lambda_hat.science.calibration import (GAMMA_CEILING, GAMMA_LADDER, RUNGS, TOP_STEP_SIZE_NBETA, Choice, Rung,
-                                            choose, gamma_plateau, ladder)
+from lambda_hat.science.calibration import (ACCEPT_LADDER, GAMMA_CEILING, GAMMA_LADDER, RUNGS, TOP_STEP_SIZE_NBETA,
+                                            Accept, Choice, Rung, choose, choose_acceptance, gamma_plateau, ladder)
 from lambda_hat.sweep import AUTO, SWEEP_NAME, read_sweep_data
 
 CALIBRATED_SUFFIX = "-calibrated"  # the calibrated sweep's name: NAME-calibrated
@@ -53,12 +56,19 @@ class CalibrateRequest:
     gammas: tuple[float, ...] = GAMMA_LADDER  # the γ ladder, ascending
 
 
-# A ladder is a list of Rungs (an SGLD step entry) or of floats (the γ of a gamma entry).
-Ladder = list  # list[Rung] | list[float]
+# A ladder is a list of Rungs (an SGLD step entry), of Accepts (an HMC/NUTS target acceptance
+# entry) or of floats (the γ of a gamma entry).
+Ladder = list  # list[Rung] | list[Accept] | list[float]
+
+
+def ladder_kind(ladder_: Ladder) -> str:
+    """"step", "accept" or "gamma"."""
+    first = ladder_[0]
+    return "step" if isinstance(first, Rung) else "accept" if isinstance(first, Accept) else "gamma"
 
 
 def is_gamma(ladder_: Ladder) -> bool:
-    return not isinstance(ladder_[0], Rung)
+    return ladder_kind(ladder_) == "gamma"
 
 
 @dataclass
@@ -104,22 +114,32 @@ def auto_entries(data: Any, source: str) -> dict[int, dict]:
                 other = next(k for k in post_autos if k != "gamma")
                 raise BadInput(f"{where}: posterior.{other}: lh calibrate chooses only posterior.gamma "
                                "and SGLD's step_size_nbeta")
-            if [k for k in autos if k != "step_size_nbeta"]:
-                other = next(k for k in autos if k != "step_size_nbeta")
-                raise BadInput(f"{where}: overrides.{other}: lh calibrate chooses only SGLD's step_size_nbeta "
-                               "and posterior.gamma")
+            if [k for k in autos if k not in ("step_size_nbeta", "target_acceptance")]:
+                other = next(k for k in autos if k not in ("step_size_nbeta", "target_acceptance"))
+                raise BadInput(f"{where}: overrides.{other}: lh calibrate chooses only SGLD's step_size_nbeta, "
+                               "HMC's and NUTS's target_acceptance and posterior.gamma, one per entry")
             if autos:
                 raise BadInput(f"{where}: overrides.{autos[0]}: auto beside posterior.gamma: auto; calibrate γ "
-                               "first, then mark the step auto in the calibrated sweep")
+                               f"first, then mark {autos[0]} auto in the calibrated sweep")
             if "posterior.gamma" in (entry.get("grid") or {}):
                 raise BadInput(f"{where}: posterior.gamma: auto, with a grid over γ too; give only auto")
             found[i] = entry
             continue
         if not autos:
             continue
+        if autos == ["target_acceptance"]:
+            if entry.get("name") not in ("hmc", "nuts"):
+                raise BadInput(f"{where}: name: target_acceptance: auto is for hmc and nuts entries, "
+                               f"not {entry.get('name')!r}")
+            if "target_acceptance" in (entry.get("grid") or {}):
+                raise BadInput(f"{where}: overrides.target_acceptance: auto, with a grid over it too; give only auto")
+            found[i] = entry
+            continue
         if autos != ["step_size_nbeta"]:
-            other = next(k for k in autos if k != "step_size_nbeta")
-            raise BadInput(f"{where}: overrides.{other}: lh calibrate chooses only SGLD's step_size_nbeta")
+            unknown = [k for k in autos if k not in ("step_size_nbeta", "target_acceptance")]
+            other = unknown[0] if unknown else autos[-1]  # else two kinds in one entry
+            raise BadInput(f"{where}: overrides.{other}: lh calibrate chooses only SGLD's step_size_nbeta, "
+                           "HMC's and NUTS's target_acceptance and posterior.gamma, one per entry")
         if entry.get("name") != "sgld":
             raise BadInput(f"{where}: name: step_size_nbeta: auto is for sgld entries, not {entry.get('name')!r}")
         if overrides.get("step_size") is not None or "step_size_nbeta" in (entry.get("grid") or {}):
@@ -128,7 +148,7 @@ def auto_entries(data: Any, source: str) -> dict[int, dict]:
         found[i] = entry
     if not found:
         raise BadInput(f"{source}: no sampler entry has overrides: {{step_size_nbeta: auto}} or "
-                       "posterior: {gamma: auto}; nothing to calibrate")
+                       "{target_acceptance: auto} or posterior: {gamma: auto}; nothing to calibrate")
     return found
 
 
@@ -163,9 +183,9 @@ def _is_gamma_entry(entry: dict) -> bool:
     return isinstance(entry.get("posterior"), dict) and entry["posterior"].get("gamma") == AUTO
 
 
-def _with_rung(entry: dict, rung: Rung | float) -> dict:
+def _with_rung(entry: dict, rung: Rung | Accept | float) -> dict:
     out = copy.deepcopy(entry)
-    if isinstance(rung, Rung):
+    if isinstance(rung, (Rung, Accept)):
         out["overrides"] = {**(entry.get("overrides") or {}), **rung._asdict()}
     else:
         out["posterior"] = {**(entry.get("posterior") or {}), "gamma": rung}
@@ -175,7 +195,9 @@ def _with_rung(entry: dict, rung: Rung | float) -> dict:
 def pilot_data(data: dict, autos: dict[int, dict], top: float, name: str,
                gammas: tuple[float, ...] = GAMMA_LADDER) -> tuple[dict, dict[int, Ladder]]:
     """The pilots' sweep (each auto entry replaced by its ladder's entries) and each entry's ladder."""
-    ladders = {i: list(gammas) if _is_gamma_entry(e) else _rungs(e, top) for i, e in autos.items()}
+    ladders = {i: list(gammas) if _is_gamma_entry(e) else [Accept(a) for a in ACCEPT_LADDER]
+               if (e.get("overrides") or {}).get("target_acceptance") == AUTO else _rungs(e, top)
+               for i, e in autos.items()}
     pilots = copy.deepcopy(data)
     pilots["name"] = name
     samplers = []
@@ -208,8 +230,10 @@ def _groups(pilot_path: Path, pilots: dict, ladders: dict[int, Ladder], autos: d
     for i, rungs in ladders.items():
         only_i = {**pilots, "samplers": [_with_rung(autos[i], r) for r in rungs]}
         expanded = expand(sweep_from_dict(only_i, str(pilot_path), base_dir=str(pilot_path.resolve().parent)))
-        gamma = is_gamma(rungs)
-        steps = rungs if gamma else [r.step_size_nbeta for r in rungs]
+        kind = ladder_kind(rungs)
+        gamma = kind == "gamma"
+        steps = (rungs if gamma else [a.target_acceptance for a in rungs] if kind == "accept"
+                 else [r.step_size_nbeta for r in rungs])
         groups: dict[str, Group] = {}
         for run in expanded.runs:
             spec = resolved_spec(run.spec)
@@ -217,6 +241,9 @@ def _groups(pilot_path: Path, pilots: dict, ladders: dict[int, Ladder], autos: d
             if gamma:
                 key = {**spec, "posterior": {k: v for k, v in posterior.items() if k != "gamma"}}
                 at = posterior["gamma"]
+            elif kind == "accept":
+                key = {**spec, "sampler": {k: v for k, v in sampler.items() if k != "target_acceptance"}}
+                at = sampler["target_acceptance"]
             else:
                 key = {**spec, "sampler": {k: v for k, v in sampler.items() if k not in RUNG_FIELDS}}
                 at = sampler["step_size_nbeta"]
@@ -246,11 +273,13 @@ def _gamma_ceiling(store, group: Group) -> float | None:
 def _numbers(store, group: Group, ladder_: Ladder) -> None:
     manifests, _ = store.checked_manifests("run", group.run_ids)
     by_id = {m.id: m for m in manifests}
-    gamma = is_gamma(ladder_)
+    kind = ladder_kind(ladder_)
+    gamma = kind == "gamma"
     for run_id, rung in zip(group.run_ids, ladder_):
         m = by_id.get(run_id)
         metrics = m.metrics if m else {}
         group.rows.append({"run_id": run_id, **({"gamma": rung} if gamma else rung._asdict()),
+                           "divergence_rate": metrics.get("divergence_rate"),
                            "llc_mean": metrics.get("llc_mean"),
                            "llc_sem": metrics.get("llc_sem"), "r_hat": metrics.get("r_hat"),
                            "ess_bulk": metrics.get("ess_bulk"), "status": m.status if m else "missing",
@@ -260,10 +289,13 @@ def _numbers(store, group: Group, ladder_: Ladder) -> None:
     if gamma:
         group.ceiling = _gamma_ceiling(store, group)
         choice = gamma_plateau(ladder_, llc, sem, status, group.ceiling)
+    elif kind == "accept":
+        choice = choose_acceptance([a.target_acceptance for a in ladder_], llc, sem, status)
     else:
         choice = choose(ladder_, llc, sem, status)
-    flagged = [f"{r['gamma' if gamma else 'step_size_nbeta']:g}" for r in group.rows if r["status"] == "unconverged"]
-    at = "γ" if gamma else "ε·nβ"
+    axis = {"gamma": "gamma", "accept": "target_acceptance", "step": "step_size_nbeta"}[kind]
+    flagged = [f"{r[axis]:g}" for r in group.rows if r["status"] == "unconverged"]
+    at = {"gamma": "γ", "accept": "target acceptance", "step": "ε·nβ"}[kind]
     if flagged and choice.rung is not None:  # chosen, but on SEMs the diagnostics do not vouch for
         choice = choice._replace(reason=choice.reason + f"; pilots at {at} {', '.join(flagged)} are unconverged, "
                                  "so their SEMs may understate the error (more steps make the choice surer)")
@@ -386,6 +418,11 @@ def _write_calibrated(out: Path, data: dict, outcome: CalibrateOutcome, sweep_pa
                 span = f"{g.rows[g.choice.plateau[0]]['gamma']:g}–{g.rows[g.choice.plateau[-1]]['gamma']:g}"
                 header.append(f"samplers[{i}] on {g.target_id} ({g.label}): γ = {rung:g} on the plateau γ {span}, "
                               f"λ̂ = {row['llc_mean']:.4g} ± {row['llc_sem']:.2g}")
+            elif g.entry == i and g.choice and isinstance(rung, Accept):
+                row = next(r for r in g.rows if r["target_acceptance"] == rung.target_acceptance)
+                header.append(f"samplers[{i}] on {g.target_id} ({g.label}): target_acceptance = "
+                              f"{rung.target_acceptance:g}, λ̂ = {row['llc_mean']:.4g} ± {row['llc_sem']:.2g}, "
+                              f"divergent {100 * (row['divergence_rate'] or 0):.2g} %")
     if not samplers:
         return None
     calibrated = {**{k: v for k, v in data.items() if k != "samplers"}, "samplers": samplers}
@@ -404,19 +441,24 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
     doc: dict[str, Any] = {"sweep": stem, "groups": []}
     for g in outcome.groups:
         c = g.choice
-        gamma = is_gamma(ladders[g.entry])
-        what = "γ" if gamma else "SGLD's step"
+        kind = ladder_kind(ladders[g.entry])
+        gamma = kind == "gamma"
+        what = {"gamma": "γ", "accept": "target acceptance", "step": "SGLD's step"}[kind]
         lines += [f"## samplers[{g.entry}] on {g.target_id} ({g.label}): {what}", ""]
         if gamma:
             lines += ["| γ | λ̂ ± SEM | R-hat | status | run |", "|---|---|---|---|---|"]
+        elif kind == "accept":
+            lines += ["| target acceptance | λ̂ ± SEM | R-hat | divergent | status | run |", "|---|---|---|---|---|---|"]
         else:
             lines += ["| ε·nβ | steps | warmup | eval_every | λ̂ ± SEM | R-hat | status | run |",
                       "|---|---|---|---|---|---|---|---|"]
         for r in g.rows:
             est = "—" if r["llc_mean"] is None or r["llc_sem"] is None else f"{r['llc_mean']:.4g} ± {r['llc_sem']:.2g}"
             rhat = "—" if r["r_hat"] is None else f"{r['r_hat']:.3f}"
-            head = (f"| {r['gamma']:g} |" if gamma else
+            div = "—" if r["divergence_rate"] is None else f"{100 * r['divergence_rate']:.2g} %"
+            head = (f"| {r['gamma']:g} |" if gamma else f"| {r['target_acceptance']:g} |" if kind == "accept" else
                     f"| {r['step_size_nbeta']:g} | {r['steps']} | {r['warmup']} | {r['eval_every']} |")
+            rhat = f"{rhat} | {div}" if kind == "accept" else rhat
             lines.append(f"{head} {est} | {rhat} | {r['status']} | {r['run_id']} |")
         lines.append("")
         if c and c.fit:
@@ -427,6 +469,8 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
                          f"{GAMMA_CEILING:g}·nβ·h_max = {g.ceiling:.4g}"))
         if c is None or c.rung is None:
             chosen = "uncalibrated"
+        elif kind == "accept":
+            chosen = f"target_acceptance = {ladders[g.entry][c.rung].target_acceptance:g}"
         else:
             chosen = f"γ = {ladders[g.entry][c.rung]:g}" if gamma else f"ε·nβ = {ladders[g.entry][c.rung].step_size_nbeta:g}"
         lines += [f"Choice: {chosen}: {c.reason if c else 'no pilot finished'}", ""]
@@ -437,13 +481,16 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
         if c and c.rung is not None and len(cost) == len(g.rows) and g.rows[c.rung]["sample_sec"]:
             lines += [f"Cost: the pilots sampled {sum(cost):.1f} s, {sum(cost) / g.rows[c.rung]['sample_sec']:.1f}× "
                       "the chosen run (which is one of them)", ""]
-        item: dict[str, Any] = {"entry": g.entry, "kind": "gamma" if gamma else "step", "target_id": g.target_id,
+        item: dict[str, Any] = {"entry": g.entry, "kind": kind, "target_id": g.target_id,
                                 "label": g.label, "pilots": g.rows, "reason": c.reason if c else "no pilot finished"}
         if gamma:
             item.update({"ceiling": g.ceiling,
                          "plateau": [ladders[g.entry][k] for k in c.plateau] if c and c.plateau else None,
                          "chosen_gamma": None if c is None or c.rung is None else ladders[g.entry][c.rung],
                          "entry_gamma": entry_choice})
+        elif kind == "accept":
+            item["chosen_target_acceptance"] = (None if c is None or c.rung is None
+                                                else ladders[g.entry][c.rung].target_acceptance)
         else:
             item.update({"llc0": c.fit.llc0 if c and c.fit else None,
                          "llc0_se": c.fit.llc0_se if c and c.fit else None,

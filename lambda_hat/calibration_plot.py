@@ -47,9 +47,9 @@ def _same(a: float | None, b: float | None) -> bool:
 
 
 def _kind(group: dict) -> str:
-    """"step" or "gamma"; a report written before "kind" existed had only step ladders."""
+    """"step", "gamma" or "accept"; a report written before "kind" existed had only step ladders."""
     kind = group.get("kind")
-    if kind in ("step", "gamma"):
+    if kind in ("step", "gamma", "accept"):
         return kind
     pilots = group.get("pilots") or []
     return "gamma" if pilots and all("gamma" in p and "step_size_nbeta" not in p for p in pilots) else "step"
@@ -166,6 +166,32 @@ def _step_panel(ax, group: dict) -> None:
     _legend(ax)
 
 
+def _accept_panel(ax, group: dict) -> None:
+    """λ̂ ± SEM against HMC's/NUTS's target acceptance; pilots flagged divergent in red with their
+    share of divergent transitions; the choice ringed."""
+    points, failed = _pilots(group, "target_acceptance")
+    chosen = _num(group.get("chosen_target_acceptance"))
+    divergent = [p for p in points if p[3].get("status") == "divergent"]
+    clean = [p for p in points if p[3].get("status") != "divergent"]
+    _errorbars(ax, clean, POINT, label="pilot λ̂ ± SEM")
+    _errorbars(ax, divergent, FAILED, label="flagged divergent", gid="divergent")
+    for x, y, _, p in divergent:
+        rate = _num(p.get("divergence_rate"))
+        if rate is not None:
+            ax.annotate(f"{100 * rate:.2g} %", (x, y), xytext=(6, -10), textcoords="offset points", fontsize=7,
+                        color=FAILED)
+    _failed(ax, failed)
+    if chosen is not None:
+        _chosen(ax, chosen, points)
+    xs = [x for x, *_ in points] + [x for x, _ in failed]
+    if xs:
+        ax.set_xlim(min(xs) - 0.03, max(xs) + 0.03)
+    ax.set_xlabel("target acceptance")
+    ax.set_ylabel("λ̂")
+    _title(ax, group, "target acceptance", None if chosen is None else f"chosen {chosen:g}")
+    _legend(ax)
+
+
 def _gamma_panel(ax, group: dict) -> None:
     from lambda_hat.science.calibration import GAMMA_CEILING
 
@@ -232,7 +258,7 @@ def calibration_figure(groups: list[dict]):
             if not isinstance(group, dict):
                 ax.set_title(f"group {i}: not a report group", loc="left", color=CHOSEN)
                 continue
-            (_gamma_panel if _kind(group) == "gamma" else _step_panel)(ax, group)
+            {"gamma": _gamma_panel, "accept": _accept_panel}.get(_kind(group), _step_panel)(ax, group)
     return fig
 
 

@@ -333,7 +333,7 @@ def execute_cmd(
 @app.command("calibrate", cls=_Command)
 @_domain_errors
 def calibrate_cmd(
-    sweep: Annotated[Path, typer.Argument(help="Sweep YAML with entries marked overrides: {step_size_nbeta: auto} (SGLD) or posterior: {gamma: auto}.")],
+    sweep: Annotated[Path, typer.Argument(help="Sweep YAML with entries marked overrides: {step_size_nbeta: auto} (SGLD), {target_acceptance: auto} (HMC, NUTS) or posterior: {gamma: auto}.")],
     store: StoreOpt = None,
     workers: Annotated[Optional[int], typer.Option(metavar="N", min=1, help="Local worker processes for the pilots.")] = None,
     logs: Annotated[Path, typer.Option(metavar="DIR", help="Per-job logs directory.")] = Path("logs"),
@@ -342,8 +342,9 @@ def calibrate_cmd(
     report_dir: Annotated[Path, typer.Option(metavar="DIR", help="Where the report goes (NAME.md, .json, .png).")] = Path("calibration"),
     gammas: Annotated[Optional[str], typer.Option(metavar="LIST", help="The γ ladder for posterior: {gamma: auto}, comma-separated, increasing (default 0.1,1,10,100,1000).")] = None,
 ) -> None:
-    """Choose SGLD's step size from pilot runs and extrapolate its bias away, or the localizer γ
-    on the plateau of λ̂(γ); write a sweep with the chosen values (docs/calibrate.md)."""
+    """Choose SGLD's step size from pilot runs and extrapolate its bias away, HMC's and NUTS's
+    target acceptance, or the localizer γ on the plateau of λ̂(γ); write a sweep with the chosen
+    values (docs/calibrate.md)."""
     from lambda_hat.calibrate import CalibrateRequest, calibrate, parse_gammas
 
     extra = {} if gammas is None else {"gammas": parse_gammas(gammas)}
@@ -352,7 +353,10 @@ def calibrate_cmd(
     console.print("\n[bold]=== Calibrated ===[/bold]")
     for g in outcome.groups:
         c = g.choice
-        if g.rows and "gamma" in g.rows[0]:
+        if g.rows and "target_acceptance" in g.rows[0]:
+            said = ("uncalibrated" if c is None or c.rung is None else
+                    f"target_acceptance = {g.rows[c.rung]['target_acceptance']:g}")
+        elif g.rows and "gamma" in g.rows[0]:
             said = ("uncalibrated" if c is None or c.rung is None else
                     f"plateau γ {g.rows[c.plateau[0]]['gamma']:g}–{g.rows[c.plateau[-1]]['gamma']:g}; "
                     f"γ = {g.rows[c.rung]['gamma']:g}")

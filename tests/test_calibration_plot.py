@@ -206,3 +206,19 @@ def test_a_report_of_many_groups_draws_the_first_max_panels():
     group = {"kind": "gamma", "target_id": "tgt_x", "label": "seed 1", "ceiling": None, "plateau": None,
              "chosen_gamma": None, "pilots": [{"gamma": 1.0, "llc_mean": 6.0, "llc_sem": 0.1, "status": "ok"}]}
     assert len(calibration_figure([group] * (MAX_PANELS + 5)).axes) == MAX_PANELS
+
+
+def test_the_target_acceptance_panel_marks_divergent_pilots_and_the_choice():
+    from lambda_hat.calibration_plot import calibration_figure
+
+    rows = [(0.8, 0.2074, 0.049, 0.187, "divergent"), (0.9, 0.1901, 0.0088, 0.019, "divergent"),
+            (0.95, 0.1933, 0.0092, 0.031, "divergent"), (0.99, 0.2334, 0.015, 0.0088, "ok")]
+    group = {"kind": "accept", "target_id": "tgt_x", "label": "seed 1", "chosen_target_acceptance": 0.99,
+             "pilots": [{"target_acceptance": a, "llc_mean": v, "llc_sem": s, "divergence_rate": d, "status": st}
+                        for a, v, s, d, st in rows]}
+    (ax,) = calibration_figure([group]).axes
+    divergent = next(line for line in ax.lines if line.get_gid() == "divergent")
+    assert list(divergent.get_xdata()) == [0.8, 0.9, 0.95]
+    ring = next(line for line in ax.lines if line.get_gid() == "chosen")
+    assert list(ring.get_xdata()) == [0.99] and list(ring.get_ydata()) == [0.2334]
+    assert "19 %" in [t.get_text() for t in ax.texts] and "chosen 0.99" in ax.get_title(loc="left")

@@ -181,3 +181,25 @@ def test_an_entry_takes_the_middle_of_the_gamma_its_targets_share():
     assert chosen == {0: 10.0} and not why_not  # common range 10–100: its lower middle
     chosen, why_not = _chosen([group("tgt_a", (0, 1)), group("tgt_b", (3, 4))], {0: GAMMAS})
     assert chosen == {0: None} and "share no γ" in why_not[0] and "tgt_a: γ 0.1–1" in why_not[0]
+
+
+# --------------------------------------------------------------------------- target acceptance
+
+ACCEPTS = [0.8, 0.9, 0.95, 0.99]
+
+
+def test_the_cheapest_target_acceptance_that_neither_diverges_nor_moves_the_estimate():
+    from lambda_hat.science.calibration import choose_acceptance
+
+    # NUTS on the normal crossing [1, 2] at n = 10,000 (docs/accuracy.md): 4.3 % divergent and 5 SEMs
+    # off the exact value at 0.9, 0.5 % at 0.99: only 0.99 (0.95 flagged too)
+    c = choose_acceptance(ACCEPTS, [0.19, 0.1883, 0.20, 0.2119], [0.007, 0.0067, 0.007, 0.0067],
+                          ["divergent", "divergent", "divergent", "ok"])
+    assert c.rung == 3 and "0.9 (divergent)" in c.reason, c
+    # nothing flagged and every estimate alike: the cheapest, 0.8
+    assert choose_acceptance(ACCEPTS, [6.0, 6.05, 5.98, 6.02], [0.05] * 4, ["ok"] * 4).rung == 0
+    # a pilot whose λ̂ moved away stops the descent, even below one that agrees again
+    c = choose_acceptance(ACCEPTS, [6.0, 6.9, 6.02, 6.01], [0.05] * 4, ["ok"] * 4)
+    assert c.rung == 2 and "λ̂ at 0.9 differs" in c.reason, c
+    c = choose_acceptance(ACCEPTS, [6.0] * 4, [0.05] * 4, ["ok", "ok", "ok", "divergent"])
+    assert c.rung is None and c.reason.startswith("even at target acceptance 0.99 the pilot is divergent")
