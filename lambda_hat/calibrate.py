@@ -445,6 +445,9 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
         gamma = kind == "gamma"
         what = {"gamma": "γ", "accept": "target acceptance", "step": "SGLD's step"}[kind]
         lines += [f"## samplers[{g.entry}] on {g.target_id} ({g.label}): {what}", ""]
+        n_beta = next((r["n_beta"] for r in g.rows if r.get("n_beta")), None)
+        if n_beta is not None:  # not calibrated: the tempering is part of the question, not a sampler setting
+            lines += [f"nβ = {n_beta:.4g} (β at its setting in the sweep, by default 1/log n; not calibrated)", ""]
         if gamma:
             lines += ["| γ | λ̂ ± SEM | R-hat | status | run |", "|---|---|---|---|---|"]
         elif kind == "accept":
