@@ -95,8 +95,9 @@ class CalibrateOutcome:
 
 
 def auto_entries(data: Any, source: str) -> dict[int, dict]:
-    """The sampler entries (by index) whose overrides hold `step_size_nbeta: auto` or whose
-    posterior holds `gamma: auto`; every other `auto` is refused (exit 2, naming the entry and
+    """The sampler entries (by index) whose overrides hold `step_size_nbeta: auto` (SGLD) or
+    `target_acceptance: auto` (HMC, NUTS), or whose posterior holds `gamma: auto`; every other
+    `auto`, two in one entry, or one with nothing to tune is refused (exit 2, naming the entry and
     field), as is a sweep with none."""
     samplers = data.get("samplers") if isinstance(data, dict) else None
     if not isinstance(samplers, list):
@@ -109,6 +110,9 @@ def auto_entries(data: Any, source: str) -> dict[int, dict]:
         autos = [k for k, v in overrides.items() if v == AUTO] if isinstance(overrides, dict) else []
         post_autos = [k for k, v in posterior.items() if v == AUTO] if isinstance(posterior, dict) else []
         where = f"{source}: samplers[{i}]"
+        if (autos or post_autos) and "name" in (entry.get("grid") or {}):
+            raise BadInput(f"{where}: grid.name: a grid over the sampler beside an auto setting; give one sampler "
+                           "per auto entry")
         if post_autos:
             if post_autos != ["gamma"]:
                 other = next(k for k in post_autos if k != "gamma")
@@ -119,27 +123,34 @@ def auto_entries(data: Any, source: str) -> dict[int, dict]:
                 raise BadInput(f"{where}: overrides.{other}: lh calibrate chooses only SGLD's step_size_nbeta, "
                                "HMC's and NUTS's target_acceptance and posterior.gamma, one per entry")
             if autos:
-                raise BadInput(f"{where}: overrides.{autos[0]}: auto beside posterior.gamma: auto; calibrate γ "
-                               f"first, then mark {autos[0]} auto in the calibrated sweep")
+                raise BadInput(f"{where}: overrides.{autos[0]}: auto beside posterior.gamma: auto (one auto setting "
+                               f"per entry); calibrate γ first, then mark {autos[0]} auto in the calibrated sweep")
             if "posterior.gamma" in (entry.get("grid") or {}):
                 raise BadInput(f"{where}: posterior.gamma: auto, with a grid over γ too; give only auto")
             found[i] = entry
             continue
         if not autos:
             continue
+        unknown = [k for k in autos if k not in ("step_size_nbeta", "target_acceptance")]
+        if unknown:
+            raise BadInput(f"{where}: overrides.{unknown[0]}: lh calibrate chooses only SGLD's step_size_nbeta, "
+                           "HMC's and NUTS's target_acceptance and posterior.gamma")
+        if len(autos) > 1:
+            raise BadInput(f"{where}: overrides.{autos[1]}: auto beside overrides.{autos[0]}: auto; one auto "
+                           "setting per entry")
         if autos == ["target_acceptance"]:
             if entry.get("name") not in ("hmc", "nuts"):
                 raise BadInput(f"{where}: name: target_acceptance: auto is for hmc and nuts entries, "
                                f"not {entry.get('name')!r}")
-            if "target_acceptance" in (entry.get("grid") or {}):
+            grid = entry.get("grid") or {}
+            if "target_acceptance" in grid:
                 raise BadInput(f"{where}: overrides.target_acceptance: auto, with a grid over it too; give only auto")
+            for field, off in (("adapt_step_size", False), ("warmup", 0)):
+                if overrides.get(field) == off or off in (grid.get(field) or []):
+                    raise BadInput(f"{where}: overrides.{field}: {str(off).lower()}: then no step is adapted and "
+                                   "target_acceptance: auto has nothing to choose")
             found[i] = entry
             continue
-        if autos != ["step_size_nbeta"]:
-            unknown = [k for k in autos if k not in ("step_size_nbeta", "target_acceptance")]
-            other = unknown[0] if unknown else autos[-1]  # else two kinds in one entry
-            raise BadInput(f"{where}: overrides.{other}: lh calibrate chooses only SGLD's step_size_nbeta, "
-                           "HMC's and NUTS's target_acceptance and posterior.gamma, one per entry")
         if entry.get("name") != "sgld":
             raise BadInput(f"{where}: name: step_size_nbeta: auto is for sgld entries, not {entry.get('name')!r}")
         if overrides.get("step_size") is not None or "step_size_nbeta" in (entry.get("grid") or {}):
@@ -347,7 +358,8 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     Store.open(root, create=True)  # exists and is writable, or one line
     _write_yaml(pilot_path, pilots, [f"The pilots lh calibrate wrote for {req.sweep_path.name} (do not edit):",
                                      f"each step_size_nbeta: auto entry as a ladder of {RUNGS} steps, each "
-                                     f"gamma: auto entry as a ladder of {len(gammas)} values of γ."], root,
+                                     f"target_acceptance: auto entry at {', '.join(map(str, ACCEPT_LADDER))}, "
+                                     f"each gamma: auto entry as a ladder of {len(gammas)} values of γ."], root,
                 "the pilots file")
     outcome = CalibrateOutcome()
     console.print(f"[bold]=== Calibration: {sum(len(v) for v in ladders.values())} pilot settings "
@@ -480,6 +492,9 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
         entry_choice = outcome.chosen.get(g.entry)
         if gamma and c and c.rung is not None and entry_choice is not None and entry_choice != ladders[g.entry][c.rung]:
             lines += [f"The entry takes γ = {entry_choice:g}, inside every one of its targets' plateaus.", ""]
+        if kind == "accept" and c and c.rung is not None and entry_choice is not None and entry_choice != ladders[g.entry][c.rung]:
+            lines += [f"The entry takes target_acceptance = {entry_choice.target_acceptance:g}, the most careful of its "
+                      "targets' choices (so the cost below is against a run the calibrated sweep does not use).", ""]
         cost = [r["sample_sec"] for r in g.rows if r["sample_sec"] is not None]
         if c and c.rung is not None and len(cost) == len(g.rows) and g.rows[c.rung]["sample_sec"]:
             lines += [f"Cost: the pilots sampled {sum(cost):.1f} s, {sum(cost) / g.rows[c.rung]['sample_sec']:.1f}× "
@@ -494,6 +509,7 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
         elif kind == "accept":
             item["chosen_target_acceptance"] = (None if c is None or c.rung is None
                                                 else ladders[g.entry][c.rung].target_acceptance)
+            item["entry_target_acceptance"] = None if entry_choice is None else entry_choice.target_acceptance
         else:
             item.update({"llc0": c.fit.llc0 if c and c.fit else None,
                          "llc0_se": c.fit.llc0_se if c and c.fit else None,

@@ -180,6 +180,10 @@ def _accept_panel(ax, group: dict) -> None:
         if rate is not None:
             ax.annotate(f"{100 * rate:.2g} %", (x, y), xytext=(6, -10), textcoords="offset points", fontsize=7,
                         color=FAILED)
+    entry = _num(group.get("entry_target_acceptance"))
+    if entry is not None and not _same(entry, chosen):
+        ax.axvline(entry, color=CHOSEN, ls=":", lw=1.1, zorder=1, gid="entry_target_acceptance",
+                   label=f"the entry's = {entry:g}")
     _failed(ax, failed)
     if chosen is not None:
         _chosen(ax, chosen, points)

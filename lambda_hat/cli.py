@@ -371,6 +371,9 @@ def calibrate_cmd(
     for i, value in sorted(outcome.chosen.items()):
         if isinstance(value, float):  # a γ entry: the γ its targets share, written to the calibrated sweep
             console.print(f"  samplers[{i}]: γ = {value:g} in the calibrated sweep", highlight=False)
+        elif hasattr(value, "target_acceptance"):  # the most careful of its targets' choices
+            console.print(f"  samplers[{i}]: target_acceptance = {value.target_acceptance:g} in the calibrated sweep",
+                          highlight=False)
     if outcome.report is not None:
         console.print(f"report: {outcome.report}", highlight=False)
     if outcome.calibrated is not None:

@@ -169,8 +169,9 @@ def test_nothing_crashes_on_odd_groups():
 
 
 def test_the_png_is_written_atomically(tmp_path):
-    import sys
+    import matplotlib.pyplot as plt
 
+    open_before = plt.get_fignums()  # other tests in this worker may have left pyplot figures open
     out = tmp_path / "calibration" / "sweep.png"
     write_calibration_figure(GROUPS[1:3], out)
     data = out.read_bytes()
@@ -179,10 +180,7 @@ def test_the_png_is_written_atomically(tmp_path):
     write_calibration_figure(GROUPS[1:3], out)  # again, over the first: the same bytes, still one file
     assert out.read_bytes() == data
     assert sorted(p.name for p in out.parent.iterdir()) == ["sweep.png"]
-    if "matplotlib.pyplot" in sys.modules:  # the figures are not pyplot's: none left open
-        import matplotlib.pyplot as plt
-
-        assert not plt.get_fignums()
+    assert plt.get_fignums() == open_before  # the figures are not pyplot's: none added
 
 
 def test_a_gamma_panel_over_decades_of_llc_gets_a_log_y_axis():

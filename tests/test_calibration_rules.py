@@ -195,11 +195,21 @@ def test_the_cheapest_target_acceptance_that_neither_diverges_nor_moves_the_esti
     # off the exact value at 0.9, 0.5 % at 0.99: only 0.99 (0.95 flagged too)
     c = choose_acceptance(ACCEPTS, [0.19, 0.1883, 0.20, 0.2119], [0.007, 0.0067, 0.007, 0.0067],
                           ["divergent", "divergent", "divergent", "ok"])
-    assert c.rung == 3 and "0.9 (divergent)" in c.reason, c
+    assert c.rung == 3 and "below it, 0.95 is divergent" in c.reason, c
     # nothing flagged and every estimate alike: the cheapest, 0.8
     assert choose_acceptance(ACCEPTS, [6.0, 6.05, 5.98, 6.02], [0.05] * 4, ["ok"] * 4).rung == 0
     # a pilot whose λ̂ moved away stops the descent, even below one that agrees again
     c = choose_acceptance(ACCEPTS, [6.0, 6.9, 6.02, 6.01], [0.05] * 4, ["ok"] * 4)
-    assert c.rung == 2 and "λ̂ at 0.9 differs" in c.reason, c
+    assert c.rung == 2 and "λ̂ at 0.9 (6.9 ± 0.05) differs" in c.reason, c
     c = choose_acceptance(ACCEPTS, [6.0] * 4, [0.05] * 4, ["ok", "ok", "ok", "divergent"])
     assert c.rung is None and c.reason.startswith("even at target acceptance 0.99 the pilot is divergent")
+    # the reference must be trusted: unconverged or without a SEM, nothing is chosen
+    c = choose_acceptance(ACCEPTS, [6.0] * 4, [0.05] * 4, ["ok", "ok", "ok", "unconverged"])
+    assert c.rung is None and "is unconverged: more draws or chains" in c.reason, c
+    c = choose_acceptance(ACCEPTS, [6.0] * 4, [0.05, 0.05, 0.05, 0.0], ["ok"] * 4)
+    assert c.rung is None and "is no SEM" in c.reason, c
+    # a wide pilot "agrees" with anything: it stops the descent (9 ± 5 against 6 ± 0.05)
+    c = choose_acceptance(ACCEPTS, [9.0, 6.0, 6.0, 6.0], [5.0, 0.05, 0.05, 0.05], ["ok"] * 4)
+    assert c.rung == 1 and "0.8's SEM is 100.0× the reference's" in c.reason, c
+    c = choose_acceptance(ACCEPTS, [6.0, 6.0, 6.0, 6.0], [0.05] * 4, ["ok", "unconverged", "ok", "ok"])
+    assert c.rung == 2 and "0.9 is unconverged" in c.reason, c

@@ -210,47 +210,63 @@ def gamma_plateau(gammas: Sequence[float], llc: Sequence[float | None], sem: Seq
                         f"{BIAS_Z:g} standard errors or {BIAS_REL:.0%}){tail}", None, plateau)
 
 
-# HMC and NUTS adapt their step to a target acceptance rate: the higher it is, the smaller the step,
-# the fewer divergent transitions, the more gradients a draw. On the normal-crossing targets at
-# n = 10,000 NUTS diverged on 3.4–4.3 % of its draws at 0.9 (flagged `divergent`, up to 5 SEMs off
-# the exact value) and on at most 0.7 % at 0.99, for 1.2–2.4× the time (docs/accuracy.md).
+# HMC and NUTS adapt their step to a target acceptance rate: the higher it is, the smaller the step
+# and the fewer divergent transitions. NUTS then builds longer trees (more gradients a draw); HMC,
+# with a fixed number of integration steps, makes shorter trajectories and mixes worse. On the
+# normal-crossing targets at n = 10,000 NUTS diverged on 3.4–4.3 % of its draws at 0.9 (flagged
+# `divergent`, up to 5 SEMs off the exact value) and on at most 0.7 % at 0.99, for 1.2–2.4× the
+# time (docs/accuracy.md).
 class Accept(NamedTuple):
     target_acceptance: float
 
 
 ACCEPT_LADDER = (0.8, 0.9, 0.95, 0.99)
+# A pilot below the reference joins the descent only if its SEM is at most this multiple of the
+# reference's: otherwise "agreeing" says nothing (a 9 ± 5 would agree with 6 ± 0.05).
+ACCEPT_MAX_SEM_RATIO = 2.0
+
+
+def _pilot_problem(v, s, st) -> str | None:
+    """Why a pilot cannot be used (its status, "no estimate", "no SEM"), None if it can."""
+    if st in ("nonfinite", "divergent", "unconverged", "missing"):
+        return st
+    if v is None or not math.isfinite(v):
+        return "no estimate"
+    if s is None or not math.isfinite(s) or not (s > 0):
+        return "no SEM"
+    return None
 
 
 def choose_acceptance(accepts: Sequence[float], llc: Sequence[float | None], sem: Sequence[float | None],
                       status: Sequence[str]) -> Choice:
-    """The smallest target acceptance (the largest adapted step, the cheapest draws) whose pilot and
-    every pilot above it are usable and not `divergent` (the run's own flag: more than 1 % divergent
-    transitions), each agreeing with the most careful pilot (the largest acceptance) within BIAS_Z
-    combined standard errors or BIAS_REL. Uncalibrated, with the reason, when the most careful pilot
-    itself diverges or has no estimate."""
+    """The smallest target acceptance (the largest adapted step) whose pilot and every pilot above it
+    are usable (not `divergent`, i.e. flagged for divergent transitions by the run's own status, nor
+    `unconverged`, `nonfinite`, without an estimate or SEM), with a SEM at most ACCEPT_MAX_SEM_RATIO
+    times the most careful pilot's, each agreeing with the most careful pilot (the largest
+    acceptance) within BIAS_Z combined standard errors or BIAS_REL. Uncalibrated, with the reason,
+    when the most careful pilot itself cannot be used."""
     if list(accepts) != sorted(accepts) or len(set(accepts)) != len(accepts):
         raise ValueError(f"accepts must be strictly increasing, got {list(accepts)}")
-    usable = [v is not None and s is not None and math.isfinite(v) and math.isfinite(s) and s > 0
-              and st not in ("nonfinite", "divergent") for v, s, st in zip(llc, sem, status)]
+    problems = [_pilot_problem(v, s, st) for v, s, st in zip(llc, sem, status)]
     last = len(accepts) - 1
-    if not usable[last]:
-        return Choice(None, f"even at target acceptance {accepts[last]:g} the pilot is {status[last]}: no setting "
-                            "tried samples this posterior without divergences", None)
+    if problems[last] is not None:
+        hint = {"divergent": "no setting tried samples this posterior without divergences",
+                "unconverged": "more draws or chains (its SEM cannot be trusted as the reference)"}
+        return Choice(None, f"even at target acceptance {accepts[last]:g} the pilot is {problems[last]}: "
+                            f"{hint.get(problems[last], 'no reference to compare with')}", None)
     ref, ref_se = llc[last], sem[last]
-    pick = last
+    pick, stop = last, None
     for k in range(last - 1, -1, -1):
-        if not usable[k] or not _agree((llc[k], sem[k]), (ref, ref_se)):
+        if problems[k] is not None:
+            stop = f"{accepts[k]:g} is {problems[k]}"
+        elif sem[k] > ACCEPT_MAX_SEM_RATIO * ref_se:
+            stop = f"{accepts[k]:g}'s SEM is {sem[k] / ref_se:.1f}× the reference's"
+        elif not _agree((llc[k], sem[k]), (ref, ref_se)):
+            stop = f"λ̂ at {accepts[k]:g} ({llc[k]:.4g} ± {sem[k]:.2g}) differs from the reference's"
+        if stop:
             break
         pick = k
-    flagged = [f"{a:g} ({st})" for a, u, st in zip(accepts[:pick], usable[:pick], status[:pick]) if not u]
-    apart = [f"{a:g}" for a, u, v, s in zip(accepts[:pick], usable[:pick], llc[:pick], sem[:pick])
-             if u and not _agree((v, s), (ref, ref_se))]
-    why = []
-    if flagged:
-        why.append(f"below it: {', '.join(flagged)}")
-    if apart:
-        why.append(f"λ̂ at {', '.join(apart)} differs from the most careful pilot's")
-    tail = f" ({'; '.join(why)})" if why else ""
-    return Choice(pick, f"the smallest target acceptance with no divergence flag at or above it and λ̂ within "
+    tail = f" (below it, {stop})" if stop else ""
+    return Choice(pick, f"the smallest target acceptance with no flag at or above it and λ̂ within "
                         f"{BIAS_Z:g} standard errors or {BIAS_REL:.0%} of the most careful pilot's "
                         f"({ref:.4g} ± {ref_se:.2g} at {accepts[last]:g}){tail}", None)
