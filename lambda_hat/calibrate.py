@@ -67,10 +67,6 @@ def ladder_kind(ladder_: Ladder) -> str:
     return "step" if isinstance(first, Rung) else "accept" if isinstance(first, Accept) else "gamma"
 
 
-def is_gamma(ladder_: Ladder) -> bool:
-    return ladder_kind(ladder_) == "gamma"
-
-
 @dataclass
 class Group:
     """One target × one grid point of an auto entry: its pilots, largest step first."""
@@ -81,6 +77,7 @@ class Group:
     run_ids: list[str]
     rows: list[dict] = field(default_factory=list)  # each pilot's numbers
     choice: Choice | None = None
+    kind: str = "step"  # the ladder's: "step", "accept" or "gamma" (`ladder_kind`)
     ceiling: float | None = None  # γ groups: the largest γ considered (None: no limit known)
 
 
@@ -113,15 +110,15 @@ def auto_entries(data: Any, source: str) -> dict[int, dict]:
         if (autos or post_autos) and "name" in (entry.get("grid") or {}):
             raise BadInput(f"{where}: grid.name: a grid over the sampler beside an auto setting; give one sampler "
                            "per auto entry")
+        unknown = [k for k in autos if k not in ("step_size_nbeta", "target_acceptance")]
+        if unknown:
+            raise BadInput(f"{where}: overrides.{unknown[0]}: lh calibrate chooses only SGLD's step_size_nbeta, "
+                           "HMC's and NUTS's target_acceptance and posterior.gamma")
         if post_autos:
             if post_autos != ["gamma"]:
                 other = next(k for k in post_autos if k != "gamma")
                 raise BadInput(f"{where}: posterior.{other}: lh calibrate chooses only posterior.gamma "
                                "and SGLD's step_size_nbeta")
-            if [k for k in autos if k not in ("step_size_nbeta", "target_acceptance")]:
-                other = next(k for k in autos if k not in ("step_size_nbeta", "target_acceptance"))
-                raise BadInput(f"{where}: overrides.{other}: lh calibrate chooses only SGLD's step_size_nbeta, "
-                               "HMC's and NUTS's target_acceptance and posterior.gamma, one per entry")
             if autos:
                 raise BadInput(f"{where}: overrides.{autos[0]}: auto beside posterior.gamma: auto (one auto setting "
                                f"per entry); calibrate γ first, then mark {autos[0]} auto in the calibrated sweep")
@@ -131,10 +128,6 @@ def auto_entries(data: Any, source: str) -> dict[int, dict]:
             continue
         if not autos:
             continue
-        unknown = [k for k in autos if k not in ("step_size_nbeta", "target_acceptance")]
-        if unknown:
-            raise BadInput(f"{where}: overrides.{unknown[0]}: lh calibrate chooses only SGLD's step_size_nbeta, "
-                           "HMC's and NUTS's target_acceptance and posterior.gamma")
         if len(autos) > 1:
             raise BadInput(f"{where}: overrides.{autos[1]}: auto beside overrides.{autos[0]}: auto; one auto "
                            "setting per entry")
@@ -259,7 +252,7 @@ def _groups(pilot_path: Path, pilots: dict, ladders: dict[int, Ladder], autos: d
                 key = {**spec, "sampler": {k: v for k, v in sampler.items() if k not in RUNG_FIELDS}}
                 at = sampler["step_size_nbeta"]
             g = groups.setdefault(json.dumps(key, sort_keys=True),
-                                  Group(i, run.target_id, _label(spec, gamma), [""] * len(rungs)))
+                                  Group(i, run.target_id, _label(spec, gamma), [""] * len(rungs), kind=kind))
             g.run_ids[steps.index(at)] = run.run_id
         out += [g for g in groups.values() if all(g.run_ids)]
     return out
@@ -284,7 +277,7 @@ def _gamma_ceiling(store, group: Group) -> float | None:
 def _numbers(store, group: Group, ladder_: Ladder) -> None:
     manifests, _ = store.checked_manifests("run", group.run_ids)
     by_id = {m.id: m for m in manifests}
-    kind = ladder_kind(ladder_)
+    kind = group.kind
     gamma = kind == "gamma"
     for run_id, rung in zip(group.run_ids, ladder_):
         m = by_id.get(run_id)
@@ -391,7 +384,7 @@ def _chosen(groups: list[Group], ladders: dict[int, Ladder]) -> tuple[dict[int, 
         mine = [g for g in groups if g.entry == i]
         if not mine or any(g.choice is None or g.choice.rung is None for g in mine):
             chosen[i] = None
-        elif is_gamma(ladders[i]):
+        elif ladder_kind(ladders[i]) == "gamma":
             common = sorted(set.intersection(*(set(g.choice.plateau) for g in mine)))
             if common:
                 chosen[i] = ladders[i][common[(len(common) - 1) // 2]]
@@ -453,7 +446,7 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
     doc: dict[str, Any] = {"sweep": stem, "groups": []}
     for g in outcome.groups:
         c = g.choice
-        kind = ladder_kind(ladders[g.entry])
+        kind = g.kind
         gamma = kind == "gamma"
         what = {"gamma": "γ", "accept": "target acceptance", "step": "SGLD's step"}[kind]
         lines += [f"## samplers[{g.entry}] on {g.target_id} ({g.label}): {what}", ""]

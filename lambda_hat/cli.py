@@ -353,10 +353,10 @@ def calibrate_cmd(
     console.print("\n[bold]=== Calibrated ===[/bold]")
     for g in outcome.groups:
         c = g.choice
-        if g.rows and "target_acceptance" in g.rows[0]:
+        if g.kind == "accept":
             said = ("uncalibrated" if c is None or c.rung is None else
                     f"target_acceptance = {g.rows[c.rung]['target_acceptance']:g}")
-        elif g.rows and "gamma" in g.rows[0]:
+        elif g.kind == "gamma":
             said = ("uncalibrated" if c is None or c.rung is None else
                     f"plateau γ {g.rows[c.plateau[0]]['gamma']:g}–{g.rows[c.plateau[-1]]['gamma']:g}; "
                     f"γ = {g.rows[c.rung]['gamma']:g}")

@@ -180,12 +180,7 @@ def gamma_plateau(gammas: Sequence[float], llc: Sequence[float | None], sem: Seq
     elif ceiling is None:
         notes.append("the target has no Hessian estimate at w*, or no curvature there, so no γ was ruled out "
                      "as too large")
-    def why(v, s, st):
-        if st in ("nonfinite", "divergent", "missing") or v is None or not math.isfinite(v):
-            return st
-        return "no SEM" if s is None or not (s > 0) or not math.isfinite(s) else st
-
-    bad = [f"{g:g} ({why(v, s, st)})" for g, v, s, u, st in zip(gammas, llc, sem, usable, status) if not u]
+    bad = [f"{g:g} ({_pilot_problem(v, s, st)})" for g, v, s, u, st in zip(gammas, llc, sem, usable, status) if not u]
     if bad:
         notes.append(f"no usable estimate at γ {', '.join(bad)}")
     vague = [f"{g:g}" for g, u, p, b in zip(gammas, usable, precise, below) if u and not p and b]
