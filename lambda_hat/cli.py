@@ -200,11 +200,13 @@ def plan_cmd(
 def _recording_line(p, expanded) -> str | None:
     """What the runs to sample will store of recorded per-example losses (`record.per_example`)."""
     from lambda_hat.results import human_bytes
-    from lambda_hat.sweep import per_example_bytes
+    from lambda_hat.sweep import heldout_rows, per_example_bytes
 
-    n_data = {t.target_id: t.spec.data.n_data for t in expanded.targets}
-    sizes = [per_example_bytes(r.setting.sampler, r.setting.record.per_example, n_data[r.target_id])
-             for r in p.runs_to_sample if r.setting.record is not None and r.setting.record.per_example is not None]
+    specs = {t.target_id: t.spec for t in expanded.targets}
+    recording = [r for r in p.runs_to_sample if r.setting.record is not None and r.setting.record.per_example is not None]
+    held = {i: heldout_rows(specs[i]) for i in {r.target_id for r in recording if r.setting.record.per_example.heldout}}
+    sizes = [per_example_bytes(r.setting.sampler, r.setting.record.per_example, specs[r.target_id].data.n_data,
+                               held.get(r.target_id, 0)) for r in recording]
     if not sizes:
         return None
     return (f"per-example losses: {plural(len(sizes), 'run')} to sample record {human_bytes(sum(sizes))} "

@@ -81,13 +81,17 @@ class ModelKind:
       the data: its metrics' `llc_true` is what runs carry);
     * `training(target_spec) -> science.trajectory.TrainingProblem`: the data, the initial
       student and the training key, for kinds whose w* is trained; what checkpoint targets
-      (`checkpoints:`, `TargetSpec.step`) are built from. None: the kind has no trajectories."""
+      (`checkpoints:`, `TargetSpec.step`) are built from. None: the kind has no trajectories;
+    * `heldout(target_spec) -> (X_test, Y_test) | None`: the held-out examples the target
+      declares, exactly those its build measured `test_loss` on (None: it declares none);
+      called inside the target dtype's precision. None: the kind has no held-out data."""
 
     spec: type
     build: str
     forward: str
     exact_lambda: str | None = None
     training: str | None = None
+    heldout: str | None = None
 
     @property
     def name(self) -> str:
@@ -103,6 +107,14 @@ class ModelKind:
         if self.training is None:
             raise ValueError(f"model kind {self.name} has no training to take checkpoints of")
         return resolve(self.training)(target)
+
+    def heldout_data(self, target):
+        from lambda_hat.science.models import precision
+
+        if self.heldout is None:
+            return None
+        with precision(target.dtype):
+            return resolve(self.heldout)(target)
 
     def llc_exact(self, target) -> float | None:
         return None if self.exact_lambda is None else resolve(self.exact_lambda)(target)

@@ -654,7 +654,7 @@ class Exported:
 
 
 # What `lh export --view` can write: the view, and the order of its rows within a run.
-EXPORT_VIEWS = {"runs": "", "examples": ", r.example", "influence": ", r.query_example, r.example"}
+EXPORT_VIEWS = {"runs": "", "examples": ", r.example", "influence": ", r.heldout, r.query_example, r.example"}
 
 
 def export_runs(store: Any, run_ids: list[str], out_path: Path, damaged: list[tuple[str, str]] | None = None,

@@ -506,14 +506,15 @@ class PythonModelSpec(ModelSpecBase):
 
 for _kind in (
     ModelKind(MLPSpec, build="lambda_hat.science.mlp:build_mlp_target", forward="lambda_hat.science.models:mlp_forward",
-              training="lambda_hat.science.mlp:training_problem"),
+              training="lambda_hat.science.mlp:training_problem", heldout="lambda_hat.science.mlp:heldout"),
     ModelKind(DLNSpec, build="lambda_hat.science.dln:build_dln_target", forward="lambda_hat.science.models:mlp_forward",
-              exact_lambda="lambda_hat.science.dln:llc_true", training="lambda_hat.science.dln:training_problem"),
+              exact_lambda="lambda_hat.science.dln:llc_true", training="lambda_hat.science.dln:training_problem",
+              heldout="lambda_hat.science.dln:heldout"),
     ModelKind(PolynomialSpec, build="lambda_hat.science.polynomial:build_polynomial_target",
-              forward="lambda_hat.science.polynomial:forward", exact_lambda="lambda_hat.science.polynomial:exact_lambda"),
-
+              forward="lambda_hat.science.polynomial:forward", exact_lambda="lambda_hat.science.polynomial:exact_lambda",
+              heldout="lambda_hat.science.polynomial:heldout"),
     ModelKind(PythonModelSpec, build="lambda_hat.user_models:build", forward="lambda_hat.user_models:forward",
-              training="lambda_hat.user_models:training_problem"),
+              training="lambda_hat.user_models:training_problem", heldout="lambda_hat.user_models:heldout"),
 ):
     registry.register_model_kind(_kind)
 
@@ -975,6 +976,12 @@ class PerExampleSpec(_Spec):
     # with `seed`), each against every recorded one, −Cov_w(ℓ_i, ℓ_q) over the draws
     # (`examples/influence`, the `influence` view). 0: none.
     query: Annotated[Int, Field(ge=0, le=PER_EXAMPLE_MAX_QUERY)] = added_field(0, since="0.2")
+    # Held-out examples the target declares (a built-in's n_test set, a factory's test_data):
+    # `heldout` of them (drawn with `seed`) or "all", their losses recorded per draw like the
+    # training examples' (`examples/heldout_loss`). They give the Bayes generalisation loss of
+    # the predictive that WAIC estimates (`gen_loss`), and are the influence function's query
+    # set against every recorded training example (`heldout` rows of the `influence` view). 0: none.
+    heldout: Int | Literal["all"] = added_field(0, since="0.2")
 
     @field_validator("subset", mode="before")
     @classmethod
@@ -983,6 +990,14 @@ class PerExampleSpec(_Spec):
         if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 2):
             return v
         raise PydanticCustomError("subset", "must be a number of examples (at least 2) or 'all', got {got}",
+                                  {"got": repr(v)})
+
+    @field_validator("heldout", mode="before")
+    @classmethod
+    def _heldout(cls, v: Any) -> Any:
+        if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            return v
+        raise PydanticCustomError("heldout", "must be a number of held-out examples (0: none) or 'all', got {got}",
                                   {"got": repr(v)})
 
     @field_validator("query")
@@ -996,6 +1011,9 @@ class PerExampleSpec(_Spec):
 
     def size(self, n: int) -> int:
         return n if self.subset == "all" else min(int(self.subset), n)
+
+    def heldout_size(self, n_test: int) -> int:
+        return n_test if self.heldout == "all" else min(int(self.heldout), n_test)
 
 
 class RecordSpec(_Spec):

@@ -659,11 +659,25 @@ def per_example_cap() -> int:
     return int(gb * 2**30)
 
 
-def per_example_bytes(sampler, per_example, n_data: int) -> int:
-    """What a run's recorded per-example losses take: float32, chains × draws × examples, and
-    the influence matrix, examples × query examples."""
+def per_example_bytes(sampler, per_example, n_data: int, n_heldout: int = 0) -> int:
+    """What a run's recorded per-example losses take: float32, chains × draws × (examples +
+    held-out examples), and the influence matrices, examples × (query + held-out examples)."""
     m = per_example.size(n_data)
-    return (int(sampler.chains) * int(sampler.draws) + min(per_example.query, m)) * m * 4
+    h = per_example.heldout_size(n_heldout)
+    return (int(sampler.chains) * int(sampler.draws) * (m + h) + (min(per_example.query, m) + h) * m) * 4
+
+
+def heldout_rows(target: TargetSpec) -> int:
+    """How many held-out examples the target declares: a built-in's n_test, a factory's test_data
+    rows (the factory is called again); 0 where it declares none."""
+    if registry.model_kind(target.model.kind).heldout is None:
+        return 0
+    if target.model.kind != "python":
+        return int(target.data.n_test)
+    from lambda_hat import user_models
+
+    got = user_models.heldout(target)
+    return 0 if got is None else len(got[1])
 
 
 def _check_records(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[str, SamplerRun]], source: str) -> None:
@@ -693,7 +707,16 @@ def _check_records(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[s
             raise _fail(source, label, "record.per_example.query",
                         f"{pe.query} query examples, but {s_label} records only {pe.size(smallest.data.n_data)} "
                         f"examples (the query examples are recorded ones)")
-        size = per_example_bytes(s.sampler, s.record.per_example, largest.data.n_data)
+        held = {label: heldout_rows(t) for label, t in targets} if pe.heldout != 0 else {}
+        for t_name, rows in held.items():
+            if rows == 0:
+                raise _fail(source, label, "record.per_example.heldout",
+                            f"{t_name} declares no held-out examples (a factory returns them as test_data)")
+            if pe.heldout != "all" and pe.heldout > rows:
+                raise _fail(source, label, "record.per_example.heldout",
+                            f"{pe.heldout} held-out examples, but {t_name} declares {rows}; record at most {rows}, "
+                            "or heldout: all")
+        size = per_example_bytes(s.sampler, s.record.per_example, largest.data.n_data, max(held.values(), default=0))
         if size > cap:
             pe = s.record.per_example
             raise _fail(source, label, "record.per_example.subset",

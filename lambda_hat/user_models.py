@@ -13,8 +13,9 @@ The factory is called as `make(seed=<target seed>, **kwargs)` and returns a plai
     (n, k) targets for mse, (n,) integer class labels for cross-entropy;
 * optional "trained" (default False): False trains params to w* with the target's `training:`
   settings; True takes them as w*. Either way w* gets the built-in targets' checks (`wstar.quality`);
-* optional "test_data": held-out arrays of "data"'s names, dtypes and trailing shapes; only their
-  loss is reported (test_loss), and they are hashed with the data.
+* optional "test_data": held-out arrays of "data"'s names, dtypes and trailing shapes, never in
+  L_n: their loss is reported (test_loss), runs may record it per example
+  (`record.per_example.heldout`), and they are hashed with the data.
 
 L_n(w) is the mean of the per-example loss over the data. The module is imported from the sweep
 file's directory first, then `sys.path`, when the sweep is loaded (`resolve`, which fills in the
@@ -619,6 +620,12 @@ def import_checkpoints(target, pattern: str, base_dir: str | None) -> list[tuple
                                      "params_file": str(path.resolve())})
         out[step] = (path, target.model_copy(update={"model": model}))
     return [(step, spec) for step, (_, spec) in sorted(out.items())]
+
+
+def heldout(target):
+    """The factory's `test_data` as (X_test, Y_test) like its data (None: it returns none)."""
+    got = _checked_output(target.model, target.dtype)
+    return None if got["X_test"] is None else (got["X_test"], got["Y_test"])
 
 
 def training_problem(target):

@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from lambda_hat.science.per_example import example_rows, fluctuation, influence, likelihood_scale, query_columns
+from lambda_hat.science.per_example import (example_rows, fluctuation, generalisation, influence, likelihood_scale,
+                                            query_columns)
 
 from lhproc import lh, start
 
@@ -84,7 +85,8 @@ def test_waic_estimates_the_generalisation_loss():
         _, draws, _ = _posterior_draws(rng, X, Y, beta, 2000)
         loss = _losses(draws, X, Y).reshape(2, 1000, n)
         got = fluctuation(loss, n, beta, (s, c))
-        T, G = _log_predictive(-s * loss.reshape(2000, n) + c), _log_predictive(-s * _losses(draws, Xt, Yt) + c)
+        T = _log_predictive(-s * loss.reshape(2000, n) + c)
+        G = generalisation(_losses(draws, Xt, Yt).reshape(2, 1000, -1), (s, c))["gen_loss"]  # what a run reports
         S_train = -np.mean(-s * ((Y - X @ W) ** 2).sum(-1) + c)
         S_test = -np.mean(-s * ((Yt - Xt @ W) ** 2).sum(-1) + c)
         gaps_waic.append((got["waic"] - S_train) - (G - S_test))
@@ -155,19 +157,25 @@ def test_recorded_runs_give_nu_and_contributions_that_match_theory(tmp_path):
     (the Gaussian posterior with the localiser: precision 2β·XᵀX + γ per output, mean shifted
     toward w*); the contributions' mean against λ̂ (equal to rounding: the same draws); the
     array's layout; the `runs` view's columns. Measured: ν 6.04 ± 0.04 (exact 5.97) at σ = 1,
-    12.22 ± 0.08 (exact 12.30) at σ = 0.1, where the tempered posterior is wide against the noise."""
+    12.22 ± 0.08 (exact 12.30) at σ = 0.1, where the tempered posterior is wide against the noise.
+
+    With the targets' 2,000 held-out examples recorded (`heldout: all`): their losses at w* are
+    the build's test set (their mean is the target's test_loss), and the run's gen_loss is the
+    exact Bayes generalisation loss of the run's posterior on them (closed form) within 5 % of
+    Jensen's gap between it and −E_w[log p_j(w)] (the log of a mean, not the mean of logs)."""
 
     from lambda_hat.science import build_target
     from lambda_hat.store import Store
     from lambda_hat.sweep import sweep_from_dict
 
     sweep = {"store_root": "store", "name": "pe", "targets": [
-        {"model": {"kind": "dln", "widths": [4, 3]}, "data": {"n_data": 1000, "noise_scale": sigma}} for sigma in (1.0, 0.1)],
+        {"model": {"kind": "dln", "widths": [4, 3]}, "data": {"n_data": 1000, "n_test": 2000, "noise_scale": sigma}}
+        for sigma in (1.0, 0.1)],
         "samplers": [{"name": "nuts", "seed": 1, "chains": 4, "overrides": {"draws": 600, "warmup": 200},
-                      "record": {"per_example": {"subset": "all", "query": 8}}}]}
+                      "record": {"per_example": {"subset": "all", "query": 8, "heldout": "all"}}}]}
     (tmp_path / "pe.yaml").write_text(json.dumps(sweep))
     proc = start(tmp_path, "execute", "pe.yaml", "--workers", "2")
-    exact, bif_exact = [], []
+    exact, bif_exact, gen_exact = [], [], []
     for spec in sweep_from_dict(sweep).targets:  # while the runs sample
         arrays = build_target(spec)
         X, Y, W = arrays.X, arrays.Y, np.asarray(next(iter(arrays.params.values())))
@@ -179,19 +187,41 @@ def test_recorded_runs_give_nu_and_contributions_that_match_theory(tmp_path):
         r = ((Y - X @ M) ** 2).sum(-1)
         L0 = float(np.mean(((Y - X @ W) ** 2).sum(-1)))
         exact.append(beta / (4 * L0 / D) * np.sum(4 * s * r + 2 * D * s ** 2))
+        # the generalisation loss on the held-out set in closed form: Wᵀx_j ~ N(Mᵀx_j, s_j·I_D), so
+        # E_w[exp(−‖y_j − Wᵀx_j‖²/2σ̂²)] = (σ̂²/(σ̂² + s_j))^(D/2)·exp(−‖y_j − Mᵀx_j‖²/2(σ̂² + s_j))
+        from lambda_hat import registry
+
+        Xt, Yt = registry.model_kind("dln").heldout_data(spec)  # in the target's precision, as a run draws it
+        st, rt, var = np.einsum("ni,ij,nj->n", Xt, np.linalg.inv(P), Xt), ((Yt - Xt @ M) ** 2).sum(-1), L0 / D
+        full = np.mean(rt / (2 * (var + st)) - 0.5 * D * np.log(var / (var + st))) + 0.5 * D * math.log(2 * math.pi * var)
+        # −E_w[log p_j(w)], the mean of logs a wrong estimator would take: above G by Jensen's gap
+        mean_log = np.mean((rt + D * st) / (2 * var)) + 0.5 * D * math.log(2 * math.pi * var)
+        gen_exact.append((full, mean_log, float(np.mean(((Yt - Xt @ W) ** 2).sum(-1)))))
         # the influence function in closed form (test_influence_matches_the_exact_posterior_covariance_of_losses)
         Cx, mean_r = X @ np.linalg.solve(P, X.T), Y - X @ M
         bif_exact.append(-(2 * D * Cx ** 2 + 4 * Cx * (mean_r @ mean_r.T)))
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
     rows = json.loads(lh(tmp_path, "query", "--sweep", "pe.yaml", "--format", "json",
-                         "select run_id, target_noise_scale, llc_mean, nu, nu_se, waic, waic_se, examples_recorded "
-                         "from runs order by target_noise_scale desc").stdout)
-    print(rows, "exact", exact)
-    for row, nu, bif in zip(rows, exact, bif_exact):
-        assert row["examples_recorded"] == 1000
+                         "select run_id, target_noise_scale, llc_mean, nu, nu_se, waic, waic_se, examples_recorded, "
+                         "heldout_recorded, gen_loss, gen_loss_se, target_test_loss from runs "
+                         "order by target_noise_scale desc").stdout)
+    print(rows, "exact", exact, "generalisation (exact, mean of logs, test loss at w*)", gen_exact)
+    for row, nu, bif, (gen, mean_log, test_loss) in zip(rows, exact, bif_exact, gen_exact):
+        assert row["examples_recorded"] == 1000 and row["heldout_recorded"] == 2000
         assert abs(row["nu"] - nu) < 3 * row["nu_se"] + 0.01 * nu, (row, nu)
+        assert abs(row["gen_loss"] - gen) < 0.05 * (mean_log - gen), (row, gen, mean_log)
+        assert abs(row["target_test_loss"] - test_loss) < 1e-9 * test_loss  # the held-out set is the build's test set
         arrays = Store.open(tmp_path / "store").read_examples(row["run_id"])
+        assert abs(arrays["heldout_loss_at_wstar"].mean() - test_loss) < 1e-9 * test_loss
+        assert arrays["heldout_loss"].shape == (4, 600, 2000) and np.array_equal(arrays["heldout_index"], np.arange(2000))
+        held_view = json.loads(lh(tmp_path, "query", "--sweep", "pe.yaml", "--format", "json",
+                                  f"select example, query_example, bif from influence where run_id = '{row['run_id']}' "
+                                  "and heldout order by example, query_example").stdout)
+        cross = -np.cov(np.concatenate([arrays["loss"], arrays["heldout_loss"]], -1).reshape(2400, -1).astype(np.float64),
+                        rowvar=False)[:1000, 1000:]
+        got_cross = np.array([v["bif"] for v in held_view]).reshape(1000, 2000)
+        assert np.allclose(got_cross, cross, rtol=1e-5, atol=1e-7 * np.abs(cross).max())
         loss = arrays["loss"]
         assert loss.shape == (4, 600, 1000) and loss.dtype == np.float32
         assert np.array_equal(arrays["index"], np.arange(1000))
@@ -201,7 +231,7 @@ def test_recorded_runs_give_nu_and_contributions_that_match_theory(tmp_path):
         # covariance of the stored losses, symmetric on the query examples, and near the closed form
         view = json.loads(lh(tmp_path, "query", "--sweep", "pe.yaml", "--format", "json",
                              f"select example, query_example, bif from influence where run_id = '{row['run_id']}' "
-                             "order by example, query_example").stdout)
+                             "and not heldout order by example, query_example").stdout)
         q = arrays["query"]
         assert len(view) == 1000 * 8 and sorted({v["query_example"] for v in view}) == list(q)
         got = np.array([v["bif"] for v in view]).reshape(1000, 8)
@@ -211,7 +241,7 @@ def test_recorded_runs_give_nu_and_contributions_that_match_theory(tmp_path):
         exported = tmp_path / f"bif-{row['run_id']}.csv"
         lh(tmp_path, "export", "pe.yaml", "--view", "influence", "-o", str(exported))
         lines = [ln.split(",") for ln in exported.read_text().splitlines()[1:] if ln.startswith(row["run_id"])]
-        by_query = np.array([float(x[3]) for x in lines]).reshape(8, 1000)  # ordered by query, then example
+        by_query = np.array([float(x[4]) for x in lines if x[3] == "false"]).reshape(8, 1000)  # by query, then example
         assert np.allclose(by_query.T, got, rtol=1e-12)
         closed = bif[:, q]
         rel = np.linalg.norm(got - closed) / np.linalg.norm(closed)
@@ -234,6 +264,10 @@ def test_recorded_runs_give_nu_and_contributions_that_match_theory(tmp_path):
     ({"per_example": {"subset": "all", "query": 200}}, "record.per_example.query: 200 query examples, but "),
     ({"per_example": {"subset": 101}}, "record.per_example.subset: 101 examples, but targets[0] has only 100 (n_data)"),
     ({"per_example": {"subset": 10**12}}, "record.per_example.subset: 1000000000000 examples, but targets[0]"),
+    ({"per_example": {"heldout": -1}}, "record.per_example.heldout: must be a number of held-out examples (0: none) "
+                                       "or 'all', got -1"),
+    ({"per_example": {"heldout": 101}}, "record.per_example.heldout: 101 held-out examples, but targets[0] declares "
+                                        "100; record at most 100, or heldout: all"),
 ])
 def test_bad_record_entries_are_one_line_naming_the_field(record, message):
     from lambda_hat.errors import SweepError
@@ -360,3 +394,47 @@ def test_recorded_arrays_that_disagree_are_damage_not_a_traceback(tmp_path, what
     result = runner.invoke(app, ["promote", "--store", str(root), "--plots", "examples", "--outdir", str(tmp_path / "g")])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert bad in result.output and (tmp_path / "g" / "runs" / good / "examples.png").is_file()
+
+
+FACTORY = '''
+import numpy as np
+
+
+def make(seed, test=True):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(64, 2))
+    y = x @ np.array([[1.0], [-1.0]]) + 0.1 * rng.normal(size=(64, 1))
+    xt = rng.normal(size=(30, 2))
+    out = {"params": {"w": np.zeros((2, 1))}, "loss": "mse", "predict": lambda p, x: x @ p["w"],
+           "data": {"x": x, "y": y}}
+    if test:
+        out["test_data"] = {"x": xt, "y": xt @ np.array([[1.0], [-1.0]])}
+    return out
+'''
+
+
+@pytest.mark.parametrize("test,heldout,message", [
+    (False, "all", "record.per_example.heldout: targets[0] declares no held-out examples (a factory returns them "
+                   "as test_data)"),
+    (True, 31, "record.per_example.heldout: 31 held-out examples, but targets[0] declares 30"),
+    (True, 30, None),
+])
+def test_a_factorys_held_out_examples_are_its_test_data(tmp_path, test, heldout, message):
+    """A factory declares held-out examples by returning test_data: asking for more than it
+    returns, or for any when it returns none, is refused when the sweep is read."""
+    from lambda_hat.errors import SweepError
+    from lambda_hat.sweep import sweep_from_dict
+
+    (tmp_path / "lin.py").write_text(FACTORY)
+    sweep = {"targets": [{"model": {"kind": "python", "factory": "lin:make", "kwargs": {"test": test}}}],
+             "samplers": [{"name": "nuts", "record": {"per_example": {"subset": "all", "heldout": heldout}}}]}
+    if message is None:
+        (target,) = sweep_from_dict(sweep, base_dir=str(tmp_path)).targets
+        from lambda_hat import registry
+
+        X_test, Y_test = registry.model_kind("python").heldout_data(target)
+        assert np.shape(X_test) == (30, 2) and np.shape(Y_test) == (30, 1)
+        return
+    with pytest.raises(SweepError) as err:
+        sweep_from_dict(sweep, base_dir=str(tmp_path))
+    assert message in str(err.value), err.value

@@ -66,7 +66,9 @@ class RunResult:
     # recorded per-example losses (`record.per_example`), stored as "examples/<name>": "loss"
     # (chains, draws, m) float32, "index" (m,) their rows, "loss_at_wstar" (m,) and
     # "llc_contribution" (m,); with a query set (`per_example.query`), "influence" (m, q) float32
-    # and "query" (q,) its columns among the m; empty when not recorded
+    # and "query" (q,) its columns among the m; with held-out examples (`per_example.heldout`),
+    # "heldout_loss" (chains, draws, h), "heldout_index" (h,) their rows in the held-out set,
+    # "heldout_loss_at_wstar" (h,) and "heldout_influence" (m, h); empty when not recorded
     examples: dict[str, np.ndarray] = field(default_factory=dict)
 
 

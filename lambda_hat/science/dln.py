@@ -164,6 +164,16 @@ def _data(spec, dtype):
     return teacher, X, Y, X_test, Y_test, k_init, k_train
 
 
+def heldout(spec):
+    """The target's test set (n_test rows), drawn from the keys its build drew it from."""
+    import numpy as np
+
+    from .models import jnp_dtype
+
+    _, _, _, X_test, Y_test, _, _ = _data(spec, jnp_dtype(spec.dtype))
+    return np.asarray(X_test), np.asarray(Y_test)
+
+
 def training_problem(spec):
     """A dln checkpoint's training (`science/trajectory.py`): the student of w_star "trained",
     and the llc_true rule of the module doc applied at each checkpoint (exact λ only where the

@@ -19,6 +19,18 @@ def build_mlp_target(spec):
         return _build(spec)
 
 
+def heldout(spec):
+    """The target's test set (n_test rows), drawn from the keys its build drew it from."""
+    import jax
+
+    from .data import make_dataset
+    from .models import jnp_dtype
+
+    k_data = jax.random.split(jax.random.PRNGKey(spec.seed), 3)[0]
+    _, _, X_test, Y_test = make_dataset(k_data, spec, jnp_dtype(spec.dtype))
+    return np.asarray(X_test), np.asarray(Y_test)
+
+
 def training_problem(spec):
     """An mlp checkpoint's training (`science/trajectory.py`): the data and student of `_build`,
     drawn from the same keys."""

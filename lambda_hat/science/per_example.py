@@ -105,11 +105,34 @@ def fluctuation(loss: np.ndarray, n: int, beta: float, scale: tuple[float, float
             "waic_se": float(np.std(terms, ddof=1) / math.sqrt(m)) if m > 1 else float("nan")}
 
 
+def generalisation(heldout: np.ndarray, scale: tuple[float, float]) -> dict:
+    """The Bayes generalisation loss of the predictive E_w[p(y|x, w)] that WAIC estimates,
+    measured on h held-out examples' losses (chains, draws, h): G = −(1/h)·Σ_j log E_w[p_j(w)]
+    in nats per example, with the standard error of that mean over the held-out examples."""
+    s, c = scale
+    h = int(np.shape(heldout)[-1])
+    flat = (-s * np.asarray(heldout, np.float64) + c).reshape(-1, h)
+    top = flat.max(axis=0)
+    terms = -(top + np.log(np.mean(np.exp(flat - top), axis=0)))
+    return {"gen_loss": float(terms.mean()),
+            "gen_loss_se": float(np.std(terms, ddof=1) / math.sqrt(h)) if h > 1 else float("nan")}
+
+
+def cross_influence(loss: np.ndarray, heldout: np.ndarray) -> np.ndarray:
+    """The Bayesian influence function of every recorded training example on each held-out
+    example: −Cov_w(ℓ_i(w), ℓ_j(w)) over the draws of every chain pooled, (m, h)."""
+    m = int(np.shape(loss)[-1])
+    joined = np.concatenate([np.asarray(loss, np.float64), np.asarray(heldout, np.float64)], axis=-1)
+    return influence(joined, np.arange(m, joined.shape[-1]))[:m]
+
+
 def summarize(loss: np.ndarray, loss_at_wstar: np.ndarray, *, n: int, beta: float, loss_name: str, L0: float,
-              out_dim: int, query: int = 0, seed: int = 0) -> tuple[dict, dict]:
+              out_dim: int, query: int = 0, seed: int = 0, heldout: np.ndarray | None = None) -> tuple[dict, dict]:
     """(metrics, arrays) of a run that recorded per-example losses: examples_recorded, nu,
     nu_se, waic, waic_se (None where the loss is not a log-likelihood); the contributions and,
-    with `query` > 0, the influence matrix (float32) and its query columns."""
+    with `query` > 0, the influence matrix (float32) and its query columns. With the held-out
+    examples' losses (chains, draws, h): heldout_recorded, gen_loss and gen_loss_se (as ν), and
+    the influence matrix on them (float32, m × h)."""
     contrib = contributions(loss, loss_at_wstar, n * beta)
     m = int(np.shape(loss)[-1])
     metrics: dict = {"examples_recorded": m}
@@ -121,4 +144,9 @@ def summarize(loss: np.ndarray, loss_at_wstar: np.ndarray, *, n: int, beta: floa
         cols = query_columns(m, query, seed)
         arrays["influence"] = influence(loss, cols).astype(np.float32)
         arrays["query"] = cols.astype(np.int64)
+    if heldout is not None:
+        metrics["heldout_recorded"] = int(np.shape(heldout)[-1])
+        if scale is not None and np.all(np.isfinite(heldout)):
+            metrics.update(generalisation(heldout, scale))
+        arrays["heldout_influence"] = cross_influence(loss, heldout).astype(np.float32)
     return metrics, arrays

@@ -234,6 +234,15 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     per_ex = run.record.per_example if run.record is not None else None
     ex_rows = None if per_ex is None else example_rows(n, per_ex.subset, per_ex.seed)
     ex_data = None if ex_rows is None else (take_rows(X, ex_rows), Y[ex_rows])
+    # ... and the held-out examples' (`record.per_example.heldout`): recorded with them, as
+    # columns after the training examples', split again in `_finish`
+    held_rows = None
+    if per_ex is not None and per_ex.heldout != 0:
+        X_test, Y_test = heldout_examples(target, entry_kind=registry.model_kind(target.model.kind))
+        held_rows = example_rows(n_rows(X_test), per_ex.heldout, per_ex.seed)
+        X_held, Y_held = take_rows(as_inputs(X_test, dtype), held_rows), jnp.asarray(Y_test, dtype)[held_rows]
+        ex_data = (jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ex_data[0], X_held),
+                   jnp.concatenate([ex_data[1], Y_held]))
 
     def problem(w_full, X, Y, ex, n_beta, gamma, values):
         if idx is None:
@@ -269,7 +278,7 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
         sampler.__name__, s.model_dump_json(exclude=exclude), activation, bool(jax.config.jax_enable_x64),
         tuple((k, v.shape, str(v.dtype)) for k, v in sorted(params.items())), _layout(X), Y.shape, str(Y.dtype), rows,
     ) + (() if loss_name == "mse" else (loss_name,)) + (() if free is None else ("free", tuple(free))) + (
-        () if ex_rows is None else ("examples", len(ex_rows)))
+        () if ex_rows is None else ("examples", len(ex_rows))) + (() if held_rows is None else ("heldout", len(held_rows)))
     if batch is not None:
         # one program over the runs: keys, nβ, γ and the runtime scalars get a leading run axis
         B = len(batch)
@@ -317,13 +326,24 @@ def _sample_run(run, target, arrays, resume, on_segment, segment_draws, diagnost
     examples = None
     if ex_rows is not None:  # ℓ_i(w*) of the recorded examples, in the sampler's dtype as L0 is
         at_w_star = jax.jit(lambda w, ex: make_example_losses(predict, *ex, loss_name=loss_name)(w))(w_star, ex_data)
-        examples = (ex_rows, np.asarray(at_w_star, np.float64), loss_name, int(np.shape(arrays.Y)[-1]))
+        examples = (ex_rows, np.asarray(at_w_star, np.float64), loss_name, int(np.shape(arrays.Y)[-1]), held_rows)
     shared = _Sampled(target, arrays, entry, n, rows, d, diagnostics, t_compile, t_run, hit, examples)
     if batch is None:
         return _finish(run, traces, np.asarray(chains.warmup_grad_evals), L0, shared)
     return [_finish(r, {k: v[i] for k, v in traces.items()}, np.asarray(chains.warmup_grad_evals)[i], float(L0[i]),
                     shared)
             for i, r in enumerate(batch)]
+
+
+def heldout_examples(target, entry_kind):
+    """The held-out examples the target declares, (X_test, Y_test); refused when it declares none."""
+    from lambda_hat.errors import BadInput
+
+    got = entry_kind.heldout_data(target)
+    if got is None:
+        raise BadInput(f"record.per_example.heldout: target {target.model.kind} declares no held-out examples "
+                       "(a factory returns them as test_data)")
+    return got
 
 
 def free_positions(params: dict, free: list[str]) -> np.ndarray:
@@ -361,7 +381,8 @@ class _Sampled(NamedTuple):
     t_compile: float
     t_run: float
     hit: bool
-    # recorded per-example losses: (rows, ℓ_i(w*), loss name, output dimension); None: not recorded
+    # recorded per-example losses: (rows, ℓ_i(w*), loss name, output dimension, held-out rows or
+    # None); None: not recorded. ℓ_i(w*) and the losses hold the held-out columns last.
     examples: tuple | None = None
 
 
@@ -428,13 +449,20 @@ def _finish(run, traces, warmup_grad_evals, L0, shared: _Sampled):
     if examples is not None and example_loss is not None:
         from .per_example import summarize as summarize_examples
 
-        ex_rows, at_w_star, loss_name, out_dim = examples
+        ex_rows, at_w_star, loss_name, out_dim, held_rows = examples
         per_ex = run.record.per_example
+        m = len(ex_rows)
+        held = None if held_rows is None else (example_loss[..., m:], at_w_star[m:])
+        example_loss, at_w_star = example_loss[..., :m], at_w_star[:m]
         found, arrays_out = summarize_examples(example_loss, at_w_star, n=n, beta=beta, loss_name=loss_name, L0=L0,
-                                               out_dim=out_dim, query=per_ex.query, seed=per_ex.seed)
+                                               out_dim=out_dim, query=per_ex.query, seed=per_ex.seed,
+                                               heldout=None if held is None else held[0])
         metrics.update(found)
         recorded = {"loss": example_loss, "index": np.asarray(ex_rows, np.int64), "loss_at_wstar": at_w_star,
                     **arrays_out}
+        if held is not None:
+            recorded.update({"heldout_loss": held[0], "heldout_index": np.asarray(held_rows, np.int64),
+                             "heldout_loss_at_wstar": held[1]})
     if sampler.report:
         sampler.load().report(s, traces, metrics, scalars, LOSS_EVAL_FGE)
     rate = metrics.get("divergence_rate")

@@ -84,12 +84,37 @@ def build_polynomial_target(spec):
         return _build(spec)
 
 
-def _build(spec):
+def _data(spec, dtype):
+    """(X, Y, X_test, Y_test) of a polynomial target: inputs from the spec's distribution, Y pure noise."""
     import jax
+
+    from .data import make_x_sampler, sample_noise
+
+    d = spec.data
+    k_data, _, _ = jax.random.split(jax.random.PRNGKey(spec.seed), 3)
+    k_dist, _, k_x, k_xt, k_n, k_nt = jax.random.split(k_data, 6)
+    sample_x = make_x_sampler(k_dist, d, 1, dtype)
+    X = sample_x(k_x, d.n_data).astype(dtype)
+    X_test = sample_x(k_xt, d.n_test).astype(dtype)
+    Y = sample_noise(k_n, X, 1, d, dtype).astype(dtype)
+    Y_test = sample_noise(k_nt, X_test, 1, d, dtype).astype(dtype)
+    return X, Y, X_test, Y_test
+
+
+def heldout(spec):
+    """The target's test set (n_test rows), drawn from the keys its build drew it from."""
+    import numpy as np
+
+    from .models import jnp_dtype
+
+    _, _, X_test, Y_test = _data(spec, jnp_dtype(spec.dtype))
+    return np.asarray(X_test), np.asarray(Y_test)
+
+
+def _build(spec):
     import jax.numpy as jnp
 
     from . import TargetArrays
-    from .data import make_x_sampler, sample_noise
     from .losses import mean_loss
     from .models import forward, jnp_dtype, model_key
     from .theory import normal_crossing_lambda
@@ -100,13 +125,7 @@ def _build(spec):
     dtype = jnp_dtype(spec.dtype)
     key = model_key(m)
     apply = forward(key)
-    k_data, _, _ = jax.random.split(jax.random.PRNGKey(spec.seed), 3)
-    k_dist, _, k_x, k_xt, k_n, k_nt = jax.random.split(k_data, 6)
-    sample_x = make_x_sampler(k_dist, d, 1, dtype)
-    X = sample_x(k_x, d.n_data).astype(dtype)
-    X_test = sample_x(k_xt, d.n_test).astype(dtype)
-    Y = sample_noise(k_n, X, 1, d, dtype).astype(dtype)
-    Y_test = sample_noise(k_nt, X_test, 1, d, dtype).astype(dtype)
+    X, Y, X_test, Y_test = _data(spec, dtype)
     params = {"w": jnp.zeros((len(m.powers),), dtype)}
     L0 = float(mean_loss(apply(params, X), Y))
     refined, _ = refine({"w": jnp.full((len(m.powers),), REFINE_START, dtype)}, X, Y, key)

@@ -176,12 +176,14 @@ TRACES_TABLE = "traces"
 TRACES_SCHEMA = [("run_id", "VARCHAR"), ("chain", "INTEGER"), ("draw", "INTEGER"), *TRACE_COLUMNS.items()]
 # Recorded per-example quantities (`record.per_example`; science/per_example.py), one row per
 # run and recorded example (`example` is its row in the target's data), and the Bayesian
-# influence function, one row per run, recorded example and query example.
+# influence function, one row per run, recorded example and query example (`heldout`: the query
+# is a held-out example, `query_example` its row in the target's held-out set).
 EXAMPLES_TABLE = "examples"
 EXAMPLES_SCHEMA = [("run_id", "VARCHAR"), ("example", "BIGINT"), ("loss_at_wstar", "DOUBLE"),
                    ("llc_contribution", "DOUBLE")]
 INFLUENCE_TABLE = "influence"
-INFLUENCE_SCHEMA = [("run_id", "VARCHAR"), ("example", "BIGINT"), ("query_example", "BIGINT"), ("bif", "DOUBLE")]
+INFLUENCE_SCHEMA = [("run_id", "VARCHAR"), ("example", "BIGINT"), ("query_example", "BIGINT"), ("heldout", "BOOLEAN"),
+                    ("bif", "DOUBLE")]
 # The tables of rows per run, read from its arrays (not its manifest).
 RUN_TABLES: dict[str, list[tuple[str, str]]] = {TRACES_TABLE: TRACES_SCHEMA, EXAMPLES_TABLE: EXAMPLES_SCHEMA,
                                                 INFLUENCE_TABLE: INFLUENCE_SCHEMA}
@@ -415,7 +417,8 @@ def read_traces(layout: StoreLayout, records: list[Record]) -> Any:
 
 
 # The arrays of a run's `examples/` group that the `examples` and `influence` tables are made of.
-EXAMPLE_ARRAYS = ("index", "loss_at_wstar", "llc_contribution", "influence", "query")
+EXAMPLE_ARRAYS = ("index", "loss_at_wstar", "llc_contribution", "influence", "query", "heldout_index",
+                  "heldout_influence")
 
 
 def read_examples(layout: StoreLayout, records: list[Record]) -> tuple[Any, Any]:
@@ -462,6 +465,13 @@ def example_problem(arrays: dict) -> str | None:
             return f"examples/query holds positions outside the {m[0]} recorded examples"
         if np.shape(arrays["influence"]) != (m[0], q.size):
             return f"examples/influence has shape {np.shape(arrays['influence'])}, not ({m[0]}, {q.size})"
+    if ("heldout_index" in arrays) != ("heldout_influence" in arrays):
+        return "examples/heldout_index and examples/heldout_influence come together"
+    if "heldout_index" in arrays:
+        h = np.shape(arrays["heldout_index"])
+        if len(h) != 1 or np.shape(arrays["heldout_influence"]) != (m[0], h[0]):
+            return (f"examples/heldout_influence has shape {np.shape(arrays['heldout_influence'])}, not "
+                    f"({m[0]}, {h[0] if h else '?'})")
     return None
 
 
@@ -481,14 +491,19 @@ def example_tables(runs: list[tuple[str, dict]]) -> tuple[Any, Any]:
             values = np.asarray(arrays.get(name, np.full(len(rows), np.nan)), np.float64).reshape(-1)
             cols[name] = _numeric_array(values, ~np.isfinite(values))
         examples.append(pa.table(cols))
+        pairs = []  # (influence matrix, its query examples' rows, whether they are held-out)
         if "influence" in arrays and "query" in arrays:
-            bif = np.asarray(arrays["influence"], np.float64)
-            queries = rows[np.asarray(arrays["query"], np.int64)]
+            pairs.append((arrays["influence"], rows[np.asarray(arrays["query"], np.int64)], False))
+        if "heldout_influence" in arrays and "heldout_index" in arrays:
+            pairs.append((arrays["heldout_influence"], np.asarray(arrays["heldout_index"], np.int64), True))
+        for matrix, queries, heldout in pairs:
+            bif = np.asarray(matrix, np.float64)
             values = bif.reshape(bif.size)
             influence.append(pa.table({
                 "run_id": _string_array([run_id] * bif.size).cast(pa.string()),
                 "example": _numeric_array(np.repeat(rows, len(queries))),
                 "query_example": _numeric_array(np.tile(queries, len(rows))),
+                "heldout": pa.array(np.full(bif.size, heldout)),
                 "bif": _numeric_array(values, ~np.isfinite(values)),
             }))
     return (pa.concat_tables(examples) if examples else None, pa.concat_tables(influence) if influence else None)

@@ -80,6 +80,11 @@ class RunMetrics(_Record):
     nu_se: float | None = None
     waic: float | None = None
     waic_se: float | None = None
+    # ... and on held-out examples (`record.per_example.heldout`): how many, and the Bayes
+    # generalisation loss of the predictive WAIC estimates, measured there, with its standard error
+    heldout_recorded: int | None = None
+    gen_loss: float | None = None
+    gen_loss_se: float | None = None
     ess_bulk: float | None = None
     ess_tail: float | None = None
     r_hat: float | None = None

@@ -517,8 +517,10 @@ class Store:
         """A complete run's recorded per-example arrays (`record.per_example`), checked as
         `read_traces` checks: "loss" (chain, draw, example), "index" (the examples' rows),
         "loss_at_wstar", "llc_contribution", and with a query set "influence" (example, query)
-        and "query" (the query examples' positions among the recorded); empty for a run that
-        recorded none."""
+        and "query" (the query examples' positions among the recorded), with held-out examples
+        "heldout_loss" (chain, draw, held-out), "heldout_index" (their rows in the held-out set),
+        "heldout_loss_at_wstar" and "heldout_influence" (example, held-out); empty for a run
+        that recorded none."""
         arrays = self._read_group(run_id, "examples", names)
         problem = index.example_problem(arrays)
         if problem is not None:  # checksums that hold over arrays that disagree: damaged all the same
