@@ -718,7 +718,7 @@ def gc_cmd(
     from lambda_hat.store import Store
 
     st = Store.open(resolve_store_root(store))
-    report = st.gc(dry_run=dry_run, failed=failed, older_than_s=_duration_s(older_than) if older_than else None)
+    report = st.gc(dry_run=dry_run, failed=failed, older_than_s=None if older_than is None else _duration_s(older_than))
     verb = "would remove" if dry_run else "removed"
     for path, why in report.removed:
         console.print(f"{verb} {path} ({why})", soft_wrap=True, highlight=False)

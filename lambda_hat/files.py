@@ -66,3 +66,47 @@ def atomic_file(out: Path) -> Iterator[Any]:
 def write_atomic(out: Path, data: bytes) -> None:
     with atomic_file(out) as f:
         f.write(data)
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """A descriptor on `path` if it is a regular file with one name (or, with O_CREAT, nothing
+    yet): never through a symbolic link (O_NOFOLLOW), never blocking on a FIFO (O_NONBLOCK),
+    never writing into a file that another name also holds (a hard link). Else BadInput."""
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o666)
+    except OSError as err:
+        st = lstat_or_none(path, str(path))
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise BadInput(f"{path}: is {file_type(st)}, not a regular file; left as it is") from None
+        raise BadInput(f"{path}: cannot be opened ({err.strerror or err})") from None
+    st = os.fstat(fd)
+    writing = flags & (os.O_WRONLY | os.O_RDWR)
+    if not stat.S_ISREG(st.st_mode) or (writing and st.st_nlink > 1):
+        os.close(fd)
+        what = file_type(st) if not stat.S_ISREG(st.st_mode) else "a file with another name (a hard link)"
+        raise BadInput(f"{path}: is {what}, not a regular file of its own; left as it is")
+    return fd
+
+
+def open_log(path: Path, append: bool = False):
+    """A log file of ours opened for writing (truncated unless `append`), created if absent:
+    only a regular file with one name is written (a symbolic link, FIFO, device or hard link
+    in its place is BadInput and left as it is)."""
+    fd = _open_regular(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0))
+    if not append:
+        os.ftruncate(fd, 0)
+    return os.fdopen(fd, "a" if append else "w")
+
+
+def read_regular_text(path: Path) -> str | None:
+    """The text of `path` if it is a regular file (never read through a link, never waiting on
+    a FIFO), else None: what lambda-hat reads back of its own small files outside the store."""
+    try:
+        fd = _open_regular(path, os.O_RDONLY)
+    except BadInput:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read().decode()
+        except UnicodeDecodeError:
+            return None

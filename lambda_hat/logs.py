@@ -9,6 +9,11 @@ from pathlib import Path
 FOLDERS = {"target": "build_target", "run": "run_sampler"}
 
 
+# The first line of every job's .log: the store the job writes to, resolved (the worker's
+# `execute.apps.job_logs` writes it; `lh status` reads it to tell stores sharing a logs folder apart).
+STORE_LINE = "store "
+
+
 def job_logs(root: Path, kind: str, artifact_id: str, target_id: str | None = None,
              sampler: str | None = None) -> tuple[Path, Path]:
     """(.log, .err) of one job: a target's build, or a run (which needs its target and sampler)."""

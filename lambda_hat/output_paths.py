@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lambda_hat.errors import BadInput
 from lambda_hat.files import file_type, lstat_or_none
+from lambda_hat.store import enclosing_store
 
 
 def _check_outside_store(out: Path, store_root: Path, flag: str) -> None:
@@ -24,6 +25,19 @@ def _check_outside_store(out: Path, store_root: Path, flag: str) -> None:
     if resolved == root or resolved.is_relative_to(root):
         raise BadInput(f"{flag} {out}: inside the store {store_root}, which holds only what lh execute writes; "
                        "name a path outside it")
+    other = enclosing_store(resolved)  # another store than the command's: the same rule holds there
+    if other is not None:
+        raise BadInput(f"{flag} {out}: inside the store {other}, which holds only what lh execute writes; "
+                       "name a path outside it")
+
+
+def _what(path: Path, st: os.stat_result) -> str:
+    """What a path that is not a directory is, for a message (a link: what it points to)."""
+    if stat.S_ISLNK(st.st_mode):
+        if not path.exists():
+            return "a symbolic link to nothing"
+        return f"a symbolic link to {'a file' if path.is_file() else file_type(os.stat(path))}"
+    return "a file" if stat.S_ISREG(st.st_mode) else file_type(st)
 
 
 def _check_parents(out: Path, flag: str) -> None:
@@ -53,9 +67,7 @@ def check_output_dir(out: Path, store_root: Path, flag: str) -> None:
     the store."""
     st = lstat_or_none(out, flag)
     if st is not None and not out.is_dir():
-        what = ("a symbolic link to nothing" if stat.S_ISLNK(st.st_mode) else
-                "a file" if stat.S_ISREG(st.st_mode) else file_type(st))
-        raise BadInput(f"{flag} {out}: is {what}, not a directory")
+        raise BadInput(f"{flag} {out}: is {_what(out, st)}, not a directory")
     _check_parents(out, flag)
     _check_outside_store(out, store_root, flag)
 
@@ -77,7 +89,7 @@ def check_execute_outputs(logs: Path, results: Path, store_root: Path, parsl_run
         check_output_dir(parsl_run_dir, store_root, "Parsl's run directory")
     for parent in [logs, *logs.parents]:
         if parent.exists() and not parent.is_dir():
-            raise BadInput(f"--logs {logs}: {parent} is a file, not a directory")
+            raise BadInput(f"--logs {logs}: {parent} is {_what(parent, os.lstat(parent))}, not a directory")
     check_output_dir(logs, store_root, "--logs")
     if results.exists() and results.is_dir():
         raise BadInput(f"--results {results}: is a directory; name a .parquet or .csv file")

@@ -40,7 +40,7 @@ from typing import Any, Iterator
 
 from lambda_hat.errors import BadInput, QueryFailed, QueryRefused, first_sentence
 from lambda_hat.files import write_atomic
-from lambda_hat.logs import FOLDERS, job_logs, named_by
+from lambda_hat.logs import FOLDERS, STORE_LINE, job_logs, named_by
 from lambda_hat.store import Store
 from lambda_hat.text import plural, significant
 
@@ -748,19 +748,34 @@ def _last_line(path: Path, limit: int = 160) -> str:
 _JOB_FINISHED = re.compile(r"^(wrote \S|(run|tgt)_[0-9a-f]+: llc_mean=|\S+ already complete in the store)")
 
 
-def _failed_here(err: Path, kind: str, targets: set[str]) -> bool:
-    """Whether the job that left `err` failed, in this store. A logs folder may be shared by
-    several stores (the default `logs/`), and a log names only its artifact's ID, which two
-    stores hold alike when they run the same sweep. So a job counts as failed here only if
-    (1) it did not finish (its .log does not end with the worker's last line: a job that
-    finished, in this store or another, is nobody's failure), and (2) for a run, its target
-    is in this store: runs are submitted only once their target is built, in the store
-    they sample for, so a run log whose target this store lacks was written for another."""
+def _failed_here(err: Path, kind: str, targets: set[str], root: Path) -> bool:
+    """Whether the job that left `err` failed, in this store (`root`, resolved). A logs folder
+    may be shared by several stores (the default `logs/`). A job's .log starts with the store
+    it wrote to (`STORE_LINE`); it failed here if that is this store and the .log does not end
+    with the worker's last line. A log without that line (a job that never reached a worker,
+    or an older lambda-hat's) is judged by its names: it counts only if (1) it did not finish
+    (a job that finished, in this store or another, is nobody's failure), and (2) for a run,
+    its target is in this store: runs are submitted only once their target is built, in the
+    store they sample for, so a run log whose target this store lacks was written for another."""
+    written_for = _first_line(err.with_suffix(".log"))
+    if written_for.startswith(STORE_LINE):  # the store the job named (lambda-hat 0.2 on)
+        return written_for.removeprefix(STORE_LINE) == str(root) and not _JOB_FINISHED.match(
+            _last_line(err.with_suffix(".log"), limit=400))
     if kind == "run":
         target_id = named_by(err, "run")[1]
         if target_id not in targets:
             return False
     return not _JOB_FINISHED.match(_last_line(err.with_suffix(".log"), limit=400))
+
+
+def _first_line(path: Path) -> str:
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return ""
+        with open(path, "rb") as f:
+            return f.readline(4096).decode(errors="replace").rstrip("\n")
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -813,6 +828,7 @@ def store_status(store: Any, logs: Path, scope: Scope | None = None) -> StatusRe
         beat = (f"heartbeat stamped {holder.ahead_s:.0f}s ahead (clock skew)" if holder.ahead_s > 1.0
                 else f"heartbeat {holder.heartbeat_age_s:.0f}s ago")
         rep.claims.append((artifact_id, holder.owner.describe(), beat))
+    here = Path(store.root).resolve()
     for kind, sub in FOLDERS.items():
         folder = logs / sub
         if not folder.is_dir():
@@ -823,7 +839,7 @@ def store_status(store: Any, logs: Path, scope: Scope | None = None) -> StatusRe
                 continue
             if wanted is not None and artifact_id not in wanted[kind]:
                 continue
-            if not _failed_here(err, kind, listing["target"]):
+            if not _failed_here(err, kind, listing["target"], here):
                 continue
             rep.failed_jobs.append((artifact_id, err, _last_line(err) or "(no error output: interrupted?)"))
     rep.temporary = sum(1 for _ in store.tmp_entries())

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Iterator
 
 from lambda_hat.faults import crash_point
+from lambda_hat.files import open_log
+from lambda_hat.logs import STORE_LINE
 
 PACKAGES = ("lambda-hat", "jax", "jaxlib", "blackjax", "optax", "numpy", "zarr", "parsl")
 
@@ -73,17 +75,20 @@ def _manifest(kind: str, artifact_id: str, schema: str, spec: dict, **fields):
 
 
 @contextmanager
-def job_logs(log_path: Path, err_path: Path) -> Iterator[None]:
+def job_logs(log_path: Path, err_path: Path, store_root: str | Path) -> Iterator[None]:
     """Send this process's stdout/stderr (file descriptors too, so XLA's C++ logs follow)
-    to the job's log files for the duration of the job. A failure's traceback lands in .err."""
+    to the job's log files for the duration of the job. A failure's traceback lands in .err.
+    The .log's first line names the store the job writes to (`STORE_LINE`): a logs folder
+    shared by several stores is read back per store (`lh status`)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with open(log_path, "w") as out, open(err_path, "w") as err:
+    with open_log(log_path) as out, open_log(err_path) as err:
         os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
         try:
+            print(f"{STORE_LINE}{Path(store_root).resolve()}", flush=True)
             yield
         except BaseException:
             traceback.print_exc()
@@ -170,7 +175,7 @@ def build_target_job(spec_json: dict, store_root: str, log_path: str, err_path: 
     from lambda_hat.store import WorkerStore
 
     store = WorkerStore(store_root, log_path)
-    with job_logs(Path(log_path), Path(err_path)):
+    with job_logs(Path(log_path), Path(err_path), store_root):
         clock = _job_clock()
         spec = TargetSpec.model_validate(spec_json)
         tid = target_id(spec)
@@ -238,7 +243,7 @@ def run_sampler_job(run_json: dict, store_root: str, log_path: str, err_path: st
     from lambda_hat.store import WorkerStore
 
     store = WorkerStore(store_root, log_path)
-    with job_logs(Path(log_path), Path(err_path)):
+    with job_logs(Path(log_path), Path(err_path), store_root):
         clock = _job_clock()
         spec = RunSpec.model_validate(run_json)
         rid = run_id(spec)
@@ -304,7 +309,7 @@ def run_sampler_batch_job(run_jsons: list, store_root: str, log_path: str, err_p
     from lambda_hat.store import WorkerStore
 
     store = WorkerStore(store_root, log_path)
-    with job_logs(Path(log_path), Path(err_path)):
+    with job_logs(Path(log_path), Path(err_path), store_root):
         clock = _job_clock()
         specs = [RunSpec.model_validate(j) for j in run_jsons]
         rids = [run_id(s) for s in specs]

@@ -31,6 +31,7 @@ from rich.console import Console
 
 from lambda_hat.errors import BadInput, ExecutorStartError, IndexBusy, LhError
 from lambda_hat.execute.schedule import JobApps, Scheduler, failure_reason
+from lambda_hat.files import read_regular_text
 from lambda_hat.execute.view import ExecuteView, sampling_progress  # noqa: F401 (sampling_progress: imported from here)
 from lambda_hat.text import plural
 from lambda_hat.logs import FOLDERS
@@ -290,10 +291,7 @@ def _owner_file(out_path: Path) -> Path:
 def _note_results_owner(out_path: Path, sweep_path: Path, console: Console) -> None:
     """Two sweeps with one file stem (and no `name:`) share results/NAME.parquet: say so when this
     execute is about to replace the other sweep's file, instead of replacing it silently."""
-    try:
-        theirs = _owner_file(out_path).read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return
+    theirs = (read_regular_text(_owner_file(out_path)) or "").strip()
     if theirs and theirs != str(sweep_path.resolve()) and out_path.is_file():
         console.print(f"  [yellow]note[/yellow]: {out_path} held the runs of {theirs};\n"
                       "  it now holds this sweep's (a name: in either sweep gives each its own file)")
@@ -318,7 +316,7 @@ def _results_rows_in_step(out_path: Path, source: str) -> int | None:
     kept by an edit or by bit rot prove nothing), else None. A no-op execute then writes
     nothing: rewriting 1,000 rows from their manifests costs more than reading the file."""
     try:
-        seen = json.loads(_sidecar(out_path).read_text())
+        seen = json.loads(read_regular_text(_sidecar(out_path)) or "null")
         if seen["source"] != source:
             return None
         fd = os.open(out_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
@@ -496,9 +494,11 @@ def _clean_up(sched: Scheduler, started: _Started, previous: dict) -> None:
     sched.ui.records_left(left)
 
 def _write_stages(run_dir: Path, stages: dict) -> None:
+    from lambda_hat.files import write_atomic
+
     try:
-        (run_dir / STAGES_FILE).write_text(json.dumps(stages, indent=1))
-    except OSError:
+        write_atomic(run_dir / STAGES_FILE, json.dumps(stages, indent=1).encode())
+    except (OSError, LhError):
         pass  # a diagnostic only
 
 

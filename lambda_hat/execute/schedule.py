@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from lambda_hat.errors import TargetDamaged
+from lambda_hat.errors import BadInput, TargetDamaged
+from lambda_hat.files import open_log
 from lambda_hat.logs import job_logs
 from lambda_hat.planner import Plan, PlannedRun, PlannedTarget, batches
 from lambda_hat.store import Manifest
@@ -241,18 +242,21 @@ class Scheduler:
         """Each job another driver holds: still held (given up past the wait's bound), finished
         there, or left unfinished by a driver that stopped: then ours."""
         for job_id, (kind, item) in list(self.foreign.items()):
-            if self.claims.holder(job_id) is not None:
-                late = self.claims.overdue(job_id, self.waiting_since[job_id])
-                if late is not None:  # not waited for any longer: not done here, and said why
-                    self._give_up_on(job_id, late)
-                continue
+            # Complete first, held or not: the holder's worker may have written it while the
+            # holder itself is stopped or slow to release its claim.
             if self.store.is_complete(kind, job_id):
                 del self.foreign[job_id]
                 self.result.done_elsewhere.append(job_id)
                 self.ui.done_elsewhere(job_id)
                 for r in self.runs_waiting_on.pop(job_id, []):
                     self.submit_runs([r])
-            elif self.claims.acquire(job_id) is None:
+                continue
+            if self.claims.holder(job_id) is not None:
+                late = self.claims.overdue(job_id, self.waiting_since[job_id])
+                if late is not None:  # not waited for any longer: not done here, and said why
+                    self._give_up_on(job_id, late)
+                continue
+            if self.claims.acquire(job_id) is None:
                 if self.store.is_complete(kind, job_id):  # finished just before its claim went
                     self.claims.release(job_id)
                     continue
@@ -332,7 +336,7 @@ def _note_failure(err: Path, reason: str) -> None:
     never reached a worker had no log at all)."""
     try:
         err.parent.mkdir(parents=True, exist_ok=True)
-        with open(err, "a") as f:
+        with open_log(err, append=True) as f:
             f.write(f"lh execute: {reason}\n")
-    except OSError:
+    except (OSError, BadInput):
         pass  # the driver's own summary still says it

@@ -6,11 +6,11 @@ command uses; `WorkerStore` (worker.py) the narrow handle a worker job gets. Imp
 package is cheap: it pulls in neither JAX nor DuckDB, nor pydantic until a name needs it.
 """
 
-from lambda_hat.store.layout import ARRAYS_ZIP, MANIFEST, resolve_store_root
+from lambda_hat.store.layout import ARRAYS_ZIP, MANIFEST, enclosing_store, resolve_store_root
 from lambda_hat.store.snapshot import StoreSnapshot
 
 __all__ = ["ARRAYS_ZIP", "HEARTBEAT_S", "MANIFEST", "WAIT_BOUND_ENV", "Manifest", "Store", "StoreSnapshot", "WorkerStore", "compile_guard",
-           "resolve_store_root", "wait_bound_s"]
+           "enclosing_store", "resolve_store_root", "wait_bound_s"]
 
 _LAZY = {
     "Store": "lambda_hat.store.store",

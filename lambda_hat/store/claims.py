@@ -312,7 +312,13 @@ class Claims:
                 except FileExistsError:
                     pass
         finally:
-            graveyard.unlink(missing_ok=True)
+            try:
+                graveyard.unlink(missing_ok=True)
+            except IsADirectoryError:  # a directory where a lease belongs: removed if empty, else left aside
+                try:
+                    graveyard.rmdir()
+                except OSError:
+                    pass
 
     def heartbeat(self) -> None:
         for artifact_id in list(self.held):

@@ -25,6 +25,17 @@ def resolve_store_root(cli_store: str | None, sweep_store_root: str | None = Non
     return Path(DEFAULT_STORE)
 
 
+def enclosing_store(path: Path) -> Path | None:
+    """The nearest directory among `path` and its parents that is laid out as a store (its
+    `targets/` and `runs/` directories and its index, or its `.claims/`, side by side), or None:
+    what no command but lh execute may write into, whichever store it was told to use."""
+    for d in [path, *path.parents]:
+        if (d / "targets").is_dir() and (d / "runs").is_dir() and (
+                (d / "index.duckdb").is_file() or (d / ".claims").is_dir()):
+            return d
+    return None
+
+
 @dataclass(frozen=True)
 class StoreLayout:
     root: Path

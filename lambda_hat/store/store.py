@@ -921,6 +921,9 @@ class Store:
         for p in entries(lay.work_root):
             if os.path.islink(p):
                 remove(p, "a symbolic link in the store (removed as a link, not followed)")
+            elif not _real_dir(p):  # a run's work dir is a directory: anything else was never ours to resume
+                remove(p, f"{'a file' if _regular(p) else file_type(os.lstat(p))} in the work directory "
+                          "(not a run's work dir; removed as it is, not followed)")
             elif held(p.name):
                 report.kept.append((p, "its run is claimed by a live driver"))
             elif (lay.run_dir(p.name) / MANIFEST).is_file():
