@@ -53,6 +53,30 @@ def target_store(tmp_path_factory):
     return store
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, target_store):
+    """`uninterrupted(run)`: a copy of the target's store holding `run` sampled by a job never
+    interrupted, in its own process (its own compile, its own JAX cache). Sampled once per run and
+    shared by the tests that compare a resumed job with it: a sampler's two crash points, and the
+    discarded work dir below (the same SGLD run), each still killed and resumed in its own store
+    and processes. Nothing writes to it."""
+    from lambda_hat.ids import run_id
+
+    stores = {}
+
+    def get(run: RunSpec) -> Path:
+        rid = run_id(run)
+        if rid not in stores:
+            tmp = tmp_path_factory.mktemp("clean")
+            store = tmp / "store"
+            shutil.copytree(target_store, store)
+            assert job(tmp, "run", run, store).returncode == 0
+            stores[rid] = store
+        return stores[rid]
+
+    return get
+
+
 def _stored(store: Path, rid: str):
     from lambda_hat.store.artifacts import read_arrays, read_manifest, verify
 
@@ -69,7 +93,7 @@ CASES = [(name, crash) for name in SAMPLERS for crash in ("sample:segment-3", "s
 
 @pytest.mark.parametrize("name,crash_at", [
     pytest.param(*c, marks=() if c == ("sgld", "sample:segment-3") else pytest.mark.slow) for c in CASES])
-def test_killed_run_resumes_bit_identical(tmp_path, target_store, name, crash_at):
+def test_killed_run_resumes_bit_identical(tmp_path, target_store, uninterrupted, name, crash_at):
     from lambda_hat.ids import target_id
 
     # the default case also records per-example losses: a (chain, draw, example) array resumed too
@@ -78,11 +102,8 @@ def test_killed_run_resumes_bit_identical(tmp_path, target_store, name, crash_at
     from lambda_hat.ids import run_id
 
     rid = run_id(run)
-    stores = {}
-    for which in ("clean", "killed"):
-        stores[which] = tmp_path / which / "store"
-        shutil.copytree(target_store, stores[which])
-    assert job(tmp_path, "run", run, stores["clean"]).returncode == 0
+    stores = {"clean": uninterrupted(run), "killed": tmp_path / "killed" / "store"}
+    shutil.copytree(target_store, stores["killed"])
     killed = job(tmp_path, "run", run, stores["killed"], LH_CRASH_AT=crash_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     work = stores["killed"] / ".work" / rid
@@ -140,7 +161,7 @@ def test_driver_shows_draws_done_of_running_jobs(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # three worker processes (~25 s on 2 busy cores); the discard itself: test_damage_on_read
-def test_another_runs_work_dir_is_discarded_not_resumed(tmp_path, target_store):
+def test_another_runs_work_dir_is_discarded_not_resumed(tmp_path, target_store, uninterrupted):
     """A run's `.work/<id>/` replaced by another run's (same target and sampler, another seed):
     resuming from it would store that run's λ̂ under this run's ID. The worker discards it, says
     why in one line, and starts over: the artifact is the one an uninterrupted run stores."""
@@ -149,11 +170,8 @@ def test_another_runs_work_dir_is_discarded_not_resumed(tmp_path, target_store):
     mine = RunSpec(target_id=target_id(TARGET), sampler=SAMPLERS["sgld"], seed=5)
     other = RunSpec(target_id=target_id(TARGET), sampler=SAMPLERS["sgld"], seed=6)
     rid, other_rid = run_id(mine), run_id(other)
-    stores = {}
-    for which in ("clean", "copied"):
-        stores[which] = tmp_path / which / "store"
-        shutil.copytree(target_store, stores[which])
-    assert job(tmp_path, "run", mine, stores["clean"]).returncode == 0
+    stores = {"clean": uninterrupted(mine), "copied": tmp_path / "copied" / "store"}
+    shutil.copytree(target_store, stores["copied"])
     killed = job(tmp_path, "run", other, stores["copied"], LH_CRASH_AT="sample:segment-3")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     work = stores["copied"] / ".work"
