@@ -438,3 +438,22 @@ def test_a_factorys_held_out_examples_are_its_test_data(tmp_path, test, heldout,
     with pytest.raises(SweepError) as err:
         sweep_from_dict(sweep, base_dir=str(tmp_path))
     assert message in str(err.value), err.value
+
+
+def test_the_byo_transformer_example_is_the_one_measured():
+    """examples/byo/per_sample.yaml plans the runs docs/per-sample.md reports (their IDs), held-out
+    pairs recorded on each: the factory's test_data, the 265 pairs it does not train on."""
+    from pathlib import Path
+
+    from lambda_hat import registry
+    from lambda_hat.planner import expand
+    from lambda_hat.sweep import load_sweep
+
+    ex = expand(load_sweep(Path(__file__).resolve().parents[1] / "examples" / "byo" / "per_sample.yaml"))
+    assert [t.target_id for t in ex.targets] == ["tgt_9e46ed2ad87c"]
+    assert sorted(r.run_id for r in ex.runs) == sorted([
+        "run_9c6c44dc3e89", "run_d846a8cee5e1", "run_711e512dcb6d", "run_8bbb62fc7890", "run_970c56d9084c",
+        "run_d798359979ab"])
+    assert all(r.setting.record.per_example.heldout == "all" for r in ex.runs)
+    X_test, Y_test = registry.model_kind("python").heldout_data(ex.targets[0].spec)
+    assert len(Y_test) == 265 and len(ex.targets[0].spec.model.kwargs) == 0
