@@ -90,9 +90,18 @@ def _open_regular(path: Path, flags: int) -> int:
 
 def open_log(path: Path, append: bool = False):
     """A log file of ours opened for writing (truncated unless `append`), created if absent:
-    only a regular file with one name is written (a symbolic link, FIFO, device or hard link
-    in its place is BadInput and left as it is)."""
+    only a regular file with one name is written. A symbolic link, FIFO or device in its
+    place is BadInput and left as it is; a hard link (a backup made with `cp -al`) keeps its
+    content under its other names, and this name becomes a new file of its own."""
+    if not append:
+        st = lstat_or_none(path, str(path))
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
     fd = _open_regular(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0))
+    os.set_blocking(fd, True)  # O_NONBLOCK served the check; the log is stdout/stderr from here
     if not append:
         os.ftruncate(fd, 0)
     return os.fdopen(fd, "a" if append else "w")

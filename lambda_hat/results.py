@@ -759,8 +759,14 @@ def _failed_here(err: Path, kind: str, targets: set[str], root: Path) -> bool:
     store they sample for, so a run log whose target this store lacks was written for another."""
     written_for = _first_line(err.with_suffix(".log"))
     if written_for.startswith(STORE_LINE):  # the store the job named (lambda-hat 0.2 on)
-        return written_for.removeprefix(STORE_LINE) == str(root) and not _JOB_FINISHED.match(
-            _last_line(err.with_suffix(".log"), limit=400))
+        try:  # the same directory, however each node spells it (a compute node may resolve links otherwise)
+            same = os.path.samefile(written_for.removeprefix(STORE_LINE), root)
+        except OSError:
+            same = None  # not reachable from here: judged by its names, below
+        if same is False:
+            return False
+        if same:
+            return not _JOB_FINISHED.match(_last_line(err.with_suffix(".log"), limit=400))
     if kind == "run":
         target_id = named_by(err, "run")[1]
         if target_id not in targets:

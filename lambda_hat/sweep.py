@@ -716,6 +716,13 @@ def _check_records(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[s
                 raise _fail(source, label, "record.per_example.heldout",
                             f"{pe.heldout} held-out examples, but {t_name} declares {rows}; record at most {rows}, "
                             "or heldout: all")
+        h = pe.heldout_size(max(held.values(), default=0))
+        rows = pe.size(largest.data.n_data) * h
+        if rows + entries > PER_EXAMPLE_MAX_INFLUENCE and h:
+            raise _fail(source, label, "record.per_example.heldout",
+                        f"{h:,} held-out examples x {pe.size(largest.data.n_data):,} recorded on {t_label} is "
+                        f"{rows:,} influence entries (rows of the influence view) a run, {rows + entries:,} with the "
+                        f"query examples', more than {PER_EXAMPLE_MAX_INFLUENCE:,}; record fewer examples")
         size = per_example_bytes(s.sampler, s.record.per_example, largest.data.n_data, max(held.values(), default=0))
         if size > cap:
             pe = s.record.per_example

@@ -457,3 +457,19 @@ def test_the_byo_transformer_example_is_the_one_measured():
     assert all(r.setting.record.per_example.heldout == "all" for r in ex.runs)
     X_test, Y_test = registry.model_kind("python").heldout_data(ex.targets[0].spec)
     assert len(Y_test) == 265 and len(ex.targets[0].spec.model.kwargs) == 0
+
+
+def test_held_out_influence_rows_count_against_the_influence_cap():
+    """Every recorded training example against every held-out one is a row of the `influence`
+    view: 3,000 x 3,000 is past PER_EXAMPLE_MAX_INFLUENCE, refused naming `heldout`."""
+    from lambda_hat.errors import SweepError
+    from lambda_hat.sweep import sweep_from_dict
+
+    sweep = {"targets": [{"model": "small", "data": {"n_data": 3000, "n_test": 3000}}],
+             "samplers": [{"name": "nuts", "record": {"per_example": {"subset": "all", "heldout": "all"}}}]}
+    with pytest.raises(SweepError) as err:
+        sweep_from_dict(sweep)
+    assert "record.per_example.heldout: 3,000 held-out examples x 3,000 recorded on targets[0] is 9,000,000" in str(
+        err.value), err.value
+    sweep["samplers"][0]["record"]["per_example"]["heldout"] = 1000
+    sweep_from_dict(sweep)  # 3,000,000 rows: within the cap

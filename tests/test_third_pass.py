@@ -11,7 +11,6 @@ import os
 import signal
 import stat
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -57,7 +56,9 @@ def victim(tmp_path):
 def test_a_jobs_log_is_never_written_through_what_stands_at_its_name(tmp_path, victim, kind):
     """The worker's job logs (and the driver's note on a failed job): a symbolic link or a hard
     link planted at a log's name would have had the victim overwritten, a FIFO would have hung
-    the job. Each is refused as it is (BadInput naming the file), the victim untouched."""
+    the job. A link or FIFO is refused as it is (BadInput naming the file); a hard link's name
+    becomes a log of its own (a `cp -al` backup of the logs must not fail every job). The
+    victim is untouched either way."""
     from lambda_hat.execute.apps import job_logs
     from lambda_hat.execute.schedule import _note_failure
 
@@ -74,11 +75,16 @@ def test_a_jobs_log_is_never_written_through_what_stands_at_its_name(tmp_path, v
         os.mkfifo(log)
         os.mkfifo(err)
     with within(10):
-        with pytest.raises(BadInput, match="tgt_0123456789ab.log: is "):
+        if kind == "hard link":
             with job_logs(log, err, tmp_path / "store"):
-                print("never written")
-        _note_failure(err, "its worker was lost")  # swallowed: the driver's summary still says it
+                print("a log of its own")
+        else:
+            with pytest.raises(BadInput, match="tgt_0123456789ab.log: is "):
+                with job_logs(log, err, tmp_path / "store"):
+                    print("never written")
+        _note_failure(err, "its worker was lost")  # swallowed where refused: the driver's summary still says it
     assert victim.read_text() == "four years of work\n"
+    assert kind != "hard link" or (os.lstat(log).st_nlink == os.lstat(victim).st_nlink == 1)  # names of their own
     assert stat.S_IFMT(os.lstat(log).st_mode) == {"symlink": stat.S_IFLNK, "hard link": stat.S_IFREG,
                                                   "fifo": stat.S_IFIFO}[kind]
 

@@ -314,7 +314,7 @@ class Claims:
         finally:
             try:
                 graveyard.unlink(missing_ok=True)
-            except IsADirectoryError:  # a directory where a lease belongs: removed if empty, else left aside
+            except OSError:  # a directory where a lease belongs (EISDIR, EPERM on macOS): removed if empty, else left aside
                 try:
                     graveyard.rmdir()
                 except OSError:

@@ -472,6 +472,10 @@ def example_problem(arrays: dict) -> str | None:
         if len(h) != 1 or np.shape(arrays["heldout_influence"]) != (m[0], h[0]):
             return (f"examples/heldout_influence has shape {np.shape(arrays['heldout_influence'])}, not "
                     f"({m[0]}, {h[0] if h else '?'})")
+        if "heldout_loss_at_wstar" in arrays and np.shape(arrays["heldout_loss_at_wstar"]) != h:
+            return f"examples/heldout_loss_at_wstar has shape {np.shape(arrays['heldout_loss_at_wstar'])}, not {h}"
+        if "heldout_loss" in arrays and (np.ndim(arrays["heldout_loss"]) != 3 or np.shape(arrays["heldout_loss"])[2] != h[0]):
+            return f"examples/heldout_loss has shape {np.shape(arrays['heldout_loss'])}, not (chains, draws, {h[0]})"
     return None
 
 

@@ -921,6 +921,8 @@ class Store:
         for p in entries(lay.work_root):
             if os.path.islink(p):
                 remove(p, "a symbolic link in the store (removed as a link, not followed)")
+            elif not os.path.lexists(p):
+                continue  # removed meanwhile (its run finished)
             elif not _real_dir(p):  # a run's work dir is a directory: anything else was never ours to resume
                 remove(p, f"{'a file' if _regular(p) else file_type(os.lstat(p))} in the work directory "
                           "(not a run's work dir; removed as it is, not followed)")
