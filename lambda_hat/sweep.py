@@ -688,6 +688,9 @@ def _check_records(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[s
     cap = per_example_cap()
     t_label, largest = max(targets, key=lambda lt: lt[1].data.n_data)
     s_label, smallest = min(targets, key=lambda lt: lt[1].data.n_data)
+    # each target's held-out count, once (a factory is called for it), where an entry asks for any
+    held = ({name: heldout_rows(t) for name, t in targets}
+            if any(s.record.per_example.heldout != 0 for _, s in recording) else {})
     for label, s in recording:
         pe = s.record.per_example
         # A subset asked for above every target's n_data cannot be honoured anywhere: it would
@@ -707,23 +710,26 @@ def _check_records(targets: list[tuple[str, TargetSpec]], samplers: list[tuple[s
             raise _fail(source, label, "record.per_example.query",
                         f"{pe.query} query examples, but {s_label} records only {pe.size(smallest.data.n_data)} "
                         f"examples (the query examples are recorded ones)")
-        held = {label: heldout_rows(t) for label, t in targets} if pe.heldout != 0 else {}
-        for t_name, rows in held.items():
-            if rows == 0:
-                raise _fail(source, label, "record.per_example.heldout",
-                            f"{t_name} declares no held-out examples (a factory returns them as test_data)")
-            if pe.heldout != "all" and pe.heldout > rows:
-                raise _fail(source, label, "record.per_example.heldout",
-                            f"{pe.heldout} held-out examples, but {t_name} declares {rows}; record at most {rows}, "
-                            "or heldout: all")
-        h = pe.heldout_size(max(held.values(), default=0))
-        rows = pe.size(largest.data.n_data) * h
-        if rows + entries > PER_EXAMPLE_MAX_INFLUENCE and h:
+        n_heldout = 0
+        if pe.heldout != 0:
+            for t_name, declared in held.items():
+                if declared == 0:
+                    raise _fail(source, label, "record.per_example.heldout",
+                                f"{t_name} declares no held-out examples (a factory returns them as test_data)")
+                if pe.heldout != "all" and pe.heldout > declared:
+                    raise _fail(source, label, "record.per_example.heldout",
+                                f"{pe.heldout} held-out examples, but {t_name} declares {declared}; record at most "
+                                f"{declared}, or heldout: all")
+            n_heldout = max(held.values(), default=0)
+        h = pe.heldout_size(n_heldout)
+        held_entries = pe.size(largest.data.n_data) * h
+        if held_entries + entries > PER_EXAMPLE_MAX_INFLUENCE and h:
             raise _fail(source, label, "record.per_example.heldout",
                         f"{h:,} held-out examples x {pe.size(largest.data.n_data):,} recorded on {t_label} is "
-                        f"{rows:,} influence entries (rows of the influence view) a run, {rows + entries:,} with the "
-                        f"query examples', more than {PER_EXAMPLE_MAX_INFLUENCE:,}; record fewer examples")
-        size = per_example_bytes(s.sampler, s.record.per_example, largest.data.n_data, max(held.values(), default=0))
+                        f"{held_entries:,} influence entries (rows of the influence view) a run, "
+                        f"{held_entries + entries:,} with the query examples', more than "
+                        f"{PER_EXAMPLE_MAX_INFLUENCE:,}; record fewer examples")
+        size = per_example_bytes(s.sampler, s.record.per_example, largest.data.n_data, n_heldout)
         if size > cap:
             pe = s.record.per_example
             raise _fail(source, label, "record.per_example.subset",
