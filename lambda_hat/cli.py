@@ -452,34 +452,36 @@ def query_cmd(
     elif kind == "parquet":
         raise BadInput("--format parquet writes a binary file: add -o FILE.parquet")
     limits = dict(timeout_s=timeout_s, memory_limit=memory_limit, scope=scope)
-    if kind == "table":
-        # A table fetches only the rows it shows (and one more, to say so): at most --limit, and
-        # never past TABLE_ROWS_MAX (rows held in Python are outside DuckDB's memory limit).
-        limit = min(limit, results.TABLE_ROWS_MAX)
-        shown = limit if out is None and limit > 0 else results.TABLE_ROWS_MAX
-        res = results.run_query(st, sql, max_rows=shown, **limits)
-        width = 10**6 if out is not None else shutil.get_terminal_size((80, 24)).columns
-        text = results.to_table(res, width, limit=0 if out is not None else limit)
-        if out is None:
-            sys.stdout.write(text)
-            _hint_if_empty(st, sql, len(res.rows), scope)
-            return
-        write_atomic(out, text.encode())
-        n = len(res.rows)
-    else:  # csv, json, parquet: every row, streamed a batch at a time
-        with results.open_query(st, sql, arrow=kind == "parquet", **limits) as q:
+    # The whole process is bounded while rows are fetched and formatted, not only DuckDB.
+    with results.memory_cap(memory_limit):
+        if kind == "table":
+            # A table fetches only the rows it shows (and one more, to say so): at most --limit, and
+            # never past TABLE_ROWS_MAX (rows held in Python are outside DuckDB's memory limit).
+            limit = min(limit, results.TABLE_ROWS_MAX)
+            shown = limit if out is None and limit > 0 else results.TABLE_ROWS_MAX
+            res = results.run_query(st, sql, max_rows=shown, **limits)
+            width = 10**6 if out is not None else shutil.get_terminal_size((80, 24)).columns
+            text = results.to_table(res, width, limit=0 if out is not None else limit)
             if out is None:
-                for chunk in results.text_chunks(q, kind):
-                    sys.stdout.write(chunk)
-                _hint_if_empty(st, sql, q.fetched, scope)
+                sys.stdout.write(text)
+                _hint_if_empty(st, sql, len(res.rows), scope)
                 return
-            with atomic_file(out) as f:
-                if kind == "parquet":
-                    results.write_parquet(q, f)
-                else:
+            write_atomic(out, text.encode())
+            n = len(res.rows)
+        else:  # csv, json, parquet: every row, streamed a batch at a time
+            with results.open_query(st, sql, arrow=kind == "parquet", **limits) as q:
+                if out is None:
                     for chunk in results.text_chunks(q, kind):
-                        f.write(chunk.encode())
-        n = q.fetched
+                        sys.stdout.write(chunk)
+                    _hint_if_empty(st, sql, q.fetched, scope)
+                    return
+                with atomic_file(out) as f:
+                    if kind == "parquet":
+                        results.write_parquet(q, f)
+                    else:
+                        for chunk in results.text_chunks(q, kind):
+                            f.write(chunk.encode())
+            n = q.fetched
     console.print(f"{plural(n, 'row')} written to {out}", highlight=False, soft_wrap=True)
 
 

@@ -195,6 +195,59 @@ def check_memory_limit(text: str) -> str:
     return text.strip()
 
 
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def memory_bytes(text: str) -> int:
+    """A memory size that check_memory_limit accepted, in bytes (DuckDB's units: KB = 1000)."""
+    number, unit = re.match(r"^\s*([\d.]+)\s*([A-Za-z]+)\s*$", check_memory_limit(text)).groups()
+    return int(float(number) * _UNITS[unit.upper()])
+
+
+def _data_size() -> int | None:
+    """This process's data (heap and private writable mappings: what RLIMIT_DATA counts) in
+    bytes, from Linux's /proc; else None."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+@contextmanager
+def memory_cap(memory_limit: str) -> Iterator[None]:
+    """Bound the whole process, not only DuckDB, while a query runs and its rows are turned
+    into Python values and text: DuckDB's memory_limit does not cover one huge value fetched
+    into Python (`select range(100000000) from range(3)` held 7 GB under a 2GB limit). The
+    process's data may grow by twice the limit, plus room for the libraries a query loads and
+    DuckDB's threads; past it an allocation fails, and that is QueryFailed. RLIMIT_DATA, not
+    RLIMIT_AS: address space reserved but unused (DuckDB maps 1 GB of it) is not memory.
+    Linux only (the current size is read from /proc); elsewhere DuckDB's limit is the only one."""
+    import resource
+
+    size = _data_size()
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = None
+    if size is not None:
+        cap = size + 2 * memory_bytes(memory_limit) + 512 * 2**20 + (os.cpu_count() or 1) * 64 * 2**20
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        if soft != resource.RLIM_INFINITY and soft < cap:
+            cap = None  # a tighter limit is already set: keep it
+    try:
+        if cap is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+        try:
+            yield
+        except MemoryError:
+            raise QueryFailed(f"query needs more memory than --memory-limit {memory_limit} allows "
+                              "(its rows are too large to hold)") from None
+    finally:
+        if cap is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
 @contextmanager
 def sandbox(store: Store, timeout_s: float = 10.0, memory_limit: str = QUERY_MEMORY_LIMIT,
             scope: Scope | None = None) -> Iterator[Any]:
@@ -295,6 +348,9 @@ def _query_errors(timeout_s: float, memory_limit: str, stopped: threading.Event)
     except duckdb.OutOfMemoryException as err:
         raise QueryFailed(f"query needs more memory than --memory-limit {memory_limit} allows "
                           f"({first_sentence(one_line(err))})") from None
+    except MemoryError:  # a fetched value past memory_cap's bound
+        raise QueryFailed(f"query needs more memory than --memory-limit {memory_limit} allows "
+                          "(its rows are too large to hold)") from None
     except duckdb.PermissionException as err:
         raise QueryRefused(f"refused: lh query reads only the store's index ({one_line(err)})") from None
     except duckdb.Error as err:

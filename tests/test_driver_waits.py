@@ -4,6 +4,7 @@ lease planted as a driver on another host with a clock a day ahead would leave i
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -78,3 +79,61 @@ def test_a_bad_wait_bound_is_bad_input_before_anything_is_written(tmp_path, boun
     assert proc.returncode == 2 and said.count("\n") == 0, said
     assert f"LH_CLAIM_WAIT_S={bound!r}: must be a number of seconds above 0" in said, said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+ONE_TARGET = TWO_TARGETS.replace("  - {model: small, data: small, seed: 8, overrides: {training: {steps: 200, learning_rate: 0.01}}}\n", "")
+HOLD = ("import sys, time\n"
+        "from pathlib import Path\n"
+        "from lambda_hat.store.claims import Claims\n"
+        "assert Claims(Path(sys.argv[1])).acquire(sys.argv[2]) is None\n"
+        "print('held', flush=True)\n"
+        "time.sleep(600)\n")
+
+
+@pytest.mark.slow  # two `lh execute` of one small target and one run (~40 s on 2 busy cores)
+def test_a_waiting_driver_sees_work_finished_under_a_live_holders_lease(tmp_path):
+    """Second adversarial pass, D6: driver A stopped (SIGSTOP) while its worker finished the
+    job; A never released its claim, and driver B waited on the live lease until its bound
+    although the artifact was there. Here the holder is a live process on this host that keeps
+    the claim, and the artifact appears in the store as its worker would write it (renamed in
+    whole): B must take it as done there, sample the run waiting on it, and exit 0 well before
+    its bound."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "s.yaml").write_text(ONE_TARGET)
+    [target] = json.loads(lh(tmp_path / "b", "plan", "s.yaml", "--json").stdout)["targets_to_build"]
+    lh(tmp_path / "a", "execute", "s.yaml", "--workers", "1")  # what the holder's worker makes
+    claims_dir = tmp_path / "b" / "store" / ".claims"
+    claims_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(claims_dir), target], stdout=subprocess.PIPE,
+                              text=True, env=env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        bound = 240
+        proc = subprocess.Popen([sys.executable, "-m", "lambda_hat.cli", "execute", "s.yaml", "--workers", "1"],
+                                cwd=tmp_path / "b", env=env(LH_CLAIM_WAIT_S=str(bound), PYTHONUNBUFFERED="1"),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        t0 = time.monotonic()
+        for line in proc.stdout:
+            lines.append(line)
+            if "waiting for them" in line:
+                staging = tmp_path / "staging"
+                shutil.copytree(tmp_path / "a" / "store" / "targets" / target, staging)
+                os.rename(staging, tmp_path / "b" / "store" / "targets" / target)
+        proc.wait(timeout=300)
+        took = time.monotonic() - t0
+        out = "".join(lines)
+        assert holder.poll() is None  # the holder lived, and kept its claim, throughout
+        assert (claims_dir / f"{target}.lease").is_file()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and "not waited for" not in out, out
+    assert took < bound / 2, (took, out)
+    runs = list((tmp_path / "b" / "store" / "runs").glob("run_*/manifest.json"))
+    assert len(runs) == 1, out
+    again = json.loads(lh(tmp_path / "b", "plan", "s.yaml", "--json").stdout)
+    assert again["targets_to_build"] == [] and again["runs_to_sample"] == [], again

@@ -100,6 +100,34 @@ def test_a_query_that_needs_more_memory_than_its_limit_fails_in_one_line(root):
     one_error_line(lh("query", "SET memory_limit = '100GB'", "--store", root), "refused: SET is not run")
 
 
+def test_one_huge_value_is_held_to_the_memory_limit_too(root):
+    """DuckDB's memory_limit bounds what DuckDB holds, not Python's copy of a fetched value:
+    `select range(100000000) from range(3)` held 7 GB under the default 2GB (second pass, D7).
+    Here 3 rows of 20M integers (~2.2 GB as Python lists) under 100MB: the old code printed them
+    (exit 0); now the process's bound stops it, in one line, well below what holding them takes.
+    In a process of its own, to measure its peak (VmHWM, as above)."""
+    code = (
+        "from typer.testing import CliRunner\n"
+        "from lambda_hat.cli import app\n"
+        f"args = ['query', 'select range(20000000) as r from range(3)', '--store', {str(root)!r},"
+        " '--memory-limit', '100MB', '--timeout', '0']\n"
+        "r = CliRunner().invoke(app, args, env={'COLUMNS': '80'})\n"
+        "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+        "print(r.exit_code, hwm)\n"
+        "print(r.stderr.strip())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    head, _, err = proc.stdout.partition("\n")
+    assert proc.returncode == 0 and head, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    code_, hwm_kb = head.split()
+    assert code_ == "2" and err.strip().count("\n") == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "needs more memory than --memory-limit 100MB" in err
+    assert int(hwm_kb) < 2_000_000, head
+    # and a query within the limit still answers, in the same kind of process
+    result = lh("query", "select 1 as a, range(5) as b", "--store", root, "--memory-limit", "100MB")
+    assert result.exit_code == 0 and "[0,1,2,3,4]" in result.stdout, result.output
+
+
 @pytest.mark.parametrize("args, flag", [
     (["--limit", "-5"], "--limit"),
     (["--timeout", "-1"], "--timeout"),
