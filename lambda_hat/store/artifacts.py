@@ -316,13 +316,35 @@ def quarantine(path: Path, quarantine_dir: Path, reason: str) -> Path | None:
         os.rename(path, dest)
     except FileNotFoundError:
         return None
-    try:
-        # A linked artifact directory moves aside as the link; never write through it.
-        if dest.is_dir() and not dest.is_symlink():
-            (dest / ".quarantine-reason").write_text(reason + "\n")
-    except OSError:
-        pass
+    _write_reason(dest, reason)
     return dest
+
+
+QUARANTINE_REASON = ".quarantine-reason"
+
+
+def _write_reason(dest: Path, reason: str) -> None:
+    """`.quarantine-reason` in the quarantined directory `dest`, as a new file: whatever the
+    damaged artifact held at that name (a link, a FIFO, a hard link to a file elsewhere) is
+    removed, never written through nor opened. Best effort: the move aside is what counts."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        # A linked artifact directory moves aside as the link: never entered.
+        dir_fd = os.open(dest, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | nofollow)
+    except OSError:
+        return
+    try:
+        try:
+            os.unlink(QUARANTINE_REASON, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        fd = os.open(QUARANTINE_REASON, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o644, dir_fd=dir_fd)
+        with os.fdopen(fd, "w") as f:
+            f.write(reason + "\n")
+    except OSError:
+        pass  # a directory at that name, a full disk: the artifact is aside without its reason
+    finally:
+        os.close(dir_fd)
 
 
 def write_artifact(
