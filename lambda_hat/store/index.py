@@ -39,8 +39,9 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lambda_hat.errors import IndexBusy, IndexCorrupt, IndexUnavailable, LhError, QueryFailed, first_sentence
+from lambda_hat.errors import BadInput, IndexBusy, IndexCorrupt, IndexUnavailable, LhError, QueryFailed, first_sentence
 from lambda_hat.faults import crash_point
+from lambda_hat.files import read_regular_text, write_atomic
 from lambda_hat.store.layout import StoreLayout
 from lambda_hat.store.locking import flock_within
 from lambda_hat.store.manifest import METRICS, TIMINGS, Manifest
@@ -810,9 +811,10 @@ def _identity(layout: StoreLayout) -> tuple[int, int, int, int] | None:
 
 def _read_sidecar(layout: StoreLayout, identity: tuple) -> dict | None:
     try:
-        if not os.path.isfile(_stats_sidecar(layout)) or os.path.islink(_stats_sidecar(layout)):
-            return None  # not the file remember_stats writes (a FIFO would block the read)
-        raw = _stats_sidecar(layout).read_bytes()
+        text = read_regular_text(_stats_sidecar(layout))  # never through a link, never waiting on a FIFO
+        if text is None:
+            return None  # not the file remember_stats writes
+        raw = text.encode()
         digest, _, payload = raw.partition(b"\n")
         if hashlib.sha256(payload).hexdigest().encode() != digest:
             return None  # torn or edited: not evidence of anything
@@ -846,14 +848,11 @@ def remember_stats(layout: StoreLayout, read: IndexedStats) -> bool:
     body = {"version": STATS_SIDECAR_VERSION, "index": list(read.identity),
             **{kind: {i: list(v) for i, v in read.stats[kind].items()} for kind in TABLE_OF}}
     payload = json.dumps(body, separators=(",", ":")).encode()
-    path = _stats_sidecar(layout)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        return False
+        # Its temporary file has a random name, created exclusively and never through a link.
+        write_atomic(_stats_sidecar(layout), hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    except BadInput:
+        return False  # not writable, or something not a file at its name: the next write removes it
     return True
 
 
