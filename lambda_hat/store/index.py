@@ -30,6 +30,8 @@ import json
 import math
 import os
 import re
+import shutil
+import stat
 import time
 import typing
 from array import array
@@ -41,7 +43,7 @@ from typing import Any, Callable, Iterator
 
 from lambda_hat.errors import BadInput, IndexBusy, IndexCorrupt, IndexUnavailable, LhError, QueryFailed, first_sentence
 from lambda_hat.faults import crash_point
-from lambda_hat.files import read_regular_text, write_atomic
+from lambda_hat.files import atomic_file, file_type, read_regular_text, write_atomic
 from lambda_hat.store.layout import StoreLayout
 from lambda_hat.store.locking import flock_within
 from lambda_hat.store.manifest import METRICS, TIMINGS, Manifest
@@ -143,8 +145,8 @@ def _columns(kind: str, key: str, spec_cols: list[Column]) -> list[Column]:
     head = [Column(key, "VARCHAR PRIMARY KEY", lambda m: m.id), Column("status", "VARCHAR", lambda m: m.status)]
     cols, seen = [], set()
     # The artifact's file stamp comes from the writer of the row (see `_row`), not the manifest.
-    stat = [Column("manifest_size", "BIGINT", lambda m: None), Column("files_stamp", "BIGINT", lambda m: None)]
-    for c in head + spec_cols + _derived("metrics", METRICS[kind]) + _derived("timings", TIMINGS[kind]) + _TAIL + stat:
+    stamp = [Column("manifest_size", "BIGINT", lambda m: None), Column("files_stamp", "BIGINT", lambda m: None)]
+    for c in head + spec_cols + _derived("metrics", METRICS[kind]) + _derived("timings", TIMINGS[kind]) + _TAIL + stamp:
         if c.name not in seen:  # a spec column wins over a metric of the same name
             seen.add(c.name)
             cols.append(c)
@@ -257,6 +259,53 @@ def _flock(path: Path, timeout_s: float) -> Iterator[None]:
         yield
 
 
+def _wal_path(index_path: Path) -> Path:
+    return index_path.with_name(index_path.name + ".wal")
+
+
+def _refuse_what_is_not_a_file(index_path: Path) -> None:
+    """IndexCorrupt if the index file or its WAL is there as something else than a regular
+    file: DuckDB would follow a link (read or write another store's index, or any file) and
+    block for ever opening a FIFO. Judged by lstat, never opened. The store moves both aside."""
+    for path in (index_path, _wal_path(index_path)):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue  # absent, or not ours to judge: DuckDB says why
+        if not stat.S_ISREG(st.st_mode):
+            raise IndexCorrupt(f"{path}: is {file_type(st)}, not a file of the store's index; "
+                               "`lh index rebuild` recreates the index")
+
+
+def _own_inode(path: Path) -> None:
+    """Make `path`, a regular file, a file of its own when another name shares it (a store
+    copied with `cp -al`): DuckDB writes in place, so without this one store's writes would
+    show in the other. Copied to a temporary sibling that is renamed over the name: the other
+    names keep the old file. Raises IndexUnavailable when the copy cannot be made."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink <= 1:
+        return
+    try:
+        src = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise IndexUnavailable(f"{path}: cannot be read to make it a file of its own ({err.strerror or err})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(src).st_mode):
+            raise IndexCorrupt(f"{path}: became {file_type(os.fstat(src))} while it was checked; "
+                               "`lh index rebuild` recreates the index")
+        with open(src, "rb", closefd=False) as old, atomic_file(path) as new:
+            shutil.copyfileobj(old, new, 1 << 20)
+            os.fchmod(new.fileno(), stat.S_IMODE(st.st_mode))
+    except (BadInput, OSError) as err:
+        raise IndexUnavailable(f"{path}: shared with another name (a hard link), and no copy of its own "
+                               f"could be made ({err})") from None
+    finally:
+        os.close(src)
+
+
 @contextmanager
 def writer(layout: StoreLayout, timeout_s: float = 10.0) -> Iterator[Any]:
     """(read-write connection, whether the tables were just (re)made). Raises IndexBusy /
@@ -264,10 +313,9 @@ def writer(layout: StoreLayout, timeout_s: float = 10.0) -> Iterator[Any]:
     layout.root.mkdir(parents=True, exist_ok=True)
     with _flock(layout.index_lock_path, timeout_s):
         forget_stats(layout)  # it would not count after this write anyway (identity changes); keep no stale file
-        wal = layout.index_path.with_name(layout.index_path.name + ".wal")
-        if os.path.islink(layout.index_path) or os.path.islink(wal):  # never written through: moved aside as links
-            raise IndexCorrupt(f"{layout.index_path}: a symbolic link (or its WAL is), not the store's own index; "
-                               "it is moved aside")
+        _refuse_what_is_not_a_file(layout.index_path)  # never written through, never opened: moved aside
+        for path in (layout.index_path, _wal_path(layout.index_path)):
+            _own_inode(path)
         con = _connect(layout.index_path, read_only=False, timeout_s=timeout_s)
         try:
             try:
@@ -580,6 +628,7 @@ def attach_readonly(con: Any, path: Path, alias: str, timeout_s: float) -> None:
     QueryFailed when it does not open within the connection's memory limit."""
     import duckdb
 
+    _refuse_what_is_not_a_file(path)
     quoted = str(path).replace("'", "''")
     deadline = time.monotonic() + timeout_s
     while True:
@@ -616,6 +665,7 @@ def tabulate(con: Any, manifests: list[Manifest], examples: list[tuple[str, dict
 
 @contextmanager
 def connect_readonly(layout: StoreLayout, timeout_s: float = 5.0) -> Iterator[Any]:
+    _refuse_what_is_not_a_file(layout.index_path)
     con = _connect(layout.index_path, read_only=True, timeout_s=timeout_s)
     try:
         yield con
@@ -804,7 +854,7 @@ def _identity(layout: StoreLayout) -> tuple[int, int, int, int] | None:
         st = os.stat(layout.index_path)
     except OSError:
         return None
-    if os.path.lexists(layout.index_path.with_name(layout.index_path.name + ".wal")):
+    if os.path.lexists(_wal_path(layout.index_path)):
         return None
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
@@ -870,7 +920,7 @@ def move_aside(layout: StoreLayout) -> Path:
     dest = layout.index_path.with_name(f"{layout.index_path.name}.corrupt-{stamp}-{os.getpid()}")
     if os.path.lexists(layout.index_path):
         os.replace(layout.index_path, dest)
-    wal = layout.index_path.with_name(layout.index_path.name + ".wal")
+    wal = _wal_path(layout.index_path)
     if os.path.lexists(wal):
         os.replace(wal, dest.with_name(dest.name + ".wal"))
     return dest
