@@ -144,7 +144,10 @@ def _store_for_reading(store: str | None, sweep_store_root: str | None = None):
     from lambda_hat.store import Store, resolve_store_root
 
     root = resolve_store_root(store, sweep_store_root)
-    return Store.open(root) if root.exists() else Store(root)
+    if root.exists():
+        return Store.open(root)
+    Store.check_placement(root)
+    return Store(root)
 
 
 def _load(sweep_path: Path, store: str | None, max_runs: int = 1_000_000):
@@ -155,6 +158,11 @@ def _load(sweep_path: Path, store: str | None, max_runs: int = 1_000_000):
 
 
 MaxRunsOpt = Annotated[int, typer.Option("--max-runs", metavar="N", min=1, help="Refuse sweeps that expand to more runs than this.")]
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 0:
+        raise BadInput(f"--limit {limit}: must be 0 (every row) or more")
 
 
 @app.command("plan", cls=_Command)
@@ -171,6 +179,7 @@ def plan_cmd(
 
     from lambda_hat.planner import plan
 
+    _check_limit(limit)
     _, expanded, st = _load(sweep, store, max_runs)
     p = plan(expanded, st.snapshot([t.target_id for t in expanded.targets], [r.run_id for r in expanded.runs]))
     if as_json:
@@ -303,6 +312,9 @@ def execute_cmd(
 
     if profile is not None and slurm_config is not None:
         raise BadInput("--profile and --slurm-config: give one of them")
+    if (profile or slurm_config) is not None and backend.value != "slurm" and parsl_config is None:
+        flag = "--profile" if profile is not None else "--slurm-config"
+        raise BadInput(f"{flag} {profile or slurm_config}: SLURM settings need --backend slurm")
     if promote_dir is not None and not promote:  # silently ignored, a gallery the user waits for never appears
         raise BadInput(f"--promote-dir {promote_dir}: only with --promote (add --promote, or run lh promote)")
     promote_dir = promote_dir or Path("gallery")
@@ -441,8 +453,7 @@ def query_cmd(
 
     from lambda_hat import results
 
-    if limit < 0:
-        raise BadInput(f"--limit {limit}: must be 0 (every row) or more")
+    _check_limit(limit)
     timeout_s = _seconds("--timeout", timeout)
     memory_limit = results.check_memory_limit(memory_limit)
     st, scope = _scoped(store, sweep)
@@ -546,7 +557,7 @@ def _fail_if_damaged(damaged: list[tuple[str, str]], what: str) -> None:
     from lambda_hat.errors import ArtifactDamaged
 
     if damaged:
-        raise ArtifactDamaged(f"{len(damaged)} damaged artifacts {what}: {describe_damaged(damaged)}; lh verify lists "
+        raise ArtifactDamaged(f"{plural(len(damaged), 'damaged artifact')} {what}: {describe_damaged(damaged)}; lh verify lists "
                               "them all")
 
 
@@ -565,6 +576,7 @@ def status_cmd(
     logs, jobs in flight, the store's size."""
     from lambda_hat import results
 
+    _check_limit(limit)
     st, scope = _scoped(store, sweep)
     if not st.root.is_dir():
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or --sweep FILE)")
@@ -649,7 +661,7 @@ def index_rebuild_cmd(store: StoreOpt = None) -> None:
     if not st.layout.targets_dir.is_dir() and not st.layout.runs_dir.is_dir():
         raise BadInput(f"{st.root}: not a lambda-hat store (no targets/ or runs/)")
     n_t, n_r = st.rebuild_index()
-    console.print(f"rebuilt {st.layout.index_path}: {n_t} targets, {n_r} runs")
+    console.print(f"rebuilt {st.layout.index_path}: {plural(n_t, 'target')}, {plural(n_r, 'run')}")
 
 
 def _verify(ids: list[str] | None, store: str | None) -> None:

@@ -107,6 +107,32 @@ def open_log(path: Path, append: bool = False):
     return os.fdopen(fd, "a" if append else "w")
 
 
+def read_input_text(path: Path, what: str, max_bytes: int = 2**20) -> str:
+    """The UTF-8 text of a small file the user names (a profile, a config): a regular file
+    (a link to one is followed, as it was named) of at most `max_bytes`, read without waiting
+    on a FIFO or reading a device without end. Else BadInput naming the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise BadInput(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInput(f"{path}: is {file_type(st)}, not a {what} file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as err:
+        raise BadInput(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    finally:
+        os.close(fd)
+    if len(raw) > max_bytes:
+        raise BadInput(f"{path}: more than {max_bytes:,} bytes, too large for a {what} file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not UTF-8 text; a {what} file is text") from None
+
+
 def read_regular_text(path: Path) -> str | None:
     """The text of `path` if it is a regular file (never read through a link, never waiting on
     a FIFO), else None: what lambda-hat reads back of its own small files outside the store."""

@@ -31,6 +31,13 @@ PREFIXES = {"target": "tgt_", "run": "run_", "trajectory": "traj_"}
 HEX_CHARS = 12
 
 
+def is_artifact_id(name: str) -> bool:
+    """Whether `name` has the shape of a target's or a run's ID (tgt_/run_ and the hex digits)."""
+    prefix, _, digits = name.partition("_")
+    return (prefix + "_") in (PREFIXES["target"], PREFIXES["run"]) and len(digits) == HEX_CHARS and all(
+        c in "0123456789abcdef" for c in digits)
+
+
 def resolved_spec(spec: BaseModel) -> dict:
     """The JSON-ready resolved spec, every field written out: what manifests store."""
     return spec.model_dump(mode="json")

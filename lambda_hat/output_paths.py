@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lambda_hat.errors import BadInput
 from lambda_hat.files import file_type, lstat_or_none
+from lambda_hat.logs import FOLDERS
 from lambda_hat.store import enclosing_store
 
 
@@ -91,6 +92,12 @@ def check_execute_outputs(logs: Path, results: Path, store_root: Path, parsl_run
         if parent.exists() and not parent.is_dir():
             raise BadInput(f"--logs {logs}: {parent} is {_what(parent, os.lstat(parent))}, not a directory")
     check_output_dir(logs, store_root, "--logs")
+    for sub in FOLDERS.values():  # the folders lh makes there: its own, never a link to elsewhere
+        folder = logs / sub
+        st = lstat_or_none(folder, "--logs")
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise BadInput(f"--logs {logs}: {folder} is {_what(folder, st)}, where lh keeps its job logs in a "
+                           "directory of its own; move it away")
     if results.exists() and results.is_dir():
         raise BadInput(f"--results {results}: is a directory; name a .parquet or .csv file")
     if results.suffix.lower() not in RESULT_SUFFIXES:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lambda_hat.errors import BadInput
+from lambda_hat.text import plural
 
 PLOTS_VERSION = "7"  # bump when a plot's code changes, so existing galleries are redrawn
 RUN_PLOTS = ("trace", "running_mean", "rank", "energy", "examples")
@@ -1000,7 +1001,7 @@ class _Page:
     def _summary(self) -> str:
         r = self.report
         unfinished = r.runs_wanted - r.runs
-        return (f"{r.targets} targets, {r.runs} finished runs" +
+        return (f"{plural(r.targets, 'target')}, {plural(r.runs, 'finished run')}" +
                 (f" ({unfinished} of the {r.runs_wanted} chosen runs not finished yet)" if unfinished else ""))
 
     def html(self) -> str:

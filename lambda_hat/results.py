@@ -938,7 +938,7 @@ def format_status(rep: StatusReport, logs: Path, limit: int = 20) -> str:
         lines.append("  not in the index yet: " + ", ".join(f"{n} {k}s" for k, n in waiting.items())
                      + " (lh execute records them; lh index rebuild now)")
     if rep.claims:
-        lines.append(f"in flight: {len(rep.claims)} jobs claimed by running lh execute")
+        lines.append(f"in flight: {plural(len(rep.claims), 'job')} claimed by running lh execute")
         lines += [f"  {i}  {who}, {beat}" for i, who, beat in rep.claims[:limit]]
     lines.append(f"flagged runs: {len(rep.flagged)}" + (" (status not ok, by the thresholds they were sampled with)"
                                                          if rep.flagged else ""))

@@ -294,7 +294,10 @@ class MLPSpec(ModelSpecBase):
             widths = widths_for_target_params(self.in_dim, self.out_dim, self.depth, tp, self.bias)
             object.__setattr__(self, "widths", widths)
         elif len(self.widths) != self.depth:
-            raise ValueError(f"widths has {len(self.widths)} entries but depth is {self.depth}")
+            n = f"{len(self.widths)} {'entry' if len(self.widths) == 1 else 'entries'}"
+            if "depth" not in self.model_fields_set:  # the user wrote widths only: name what to add
+                raise ValueError(f"widths has {n}, and depth (not given) is {self.depth}: add depth: {len(self.widths)}")
+            raise ValueError(f"widths has {n} but depth is {self.depth}")
         object.__setattr__(self, "target_params", None)
         return self
 

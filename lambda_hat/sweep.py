@@ -90,6 +90,9 @@ MAX_YAML_DEPTH = 64
 # YAML 1.1 tags a sweep can use. Dates, binary, sets and custom tags are never a field's value.
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")}
 _STR_TAG, _INT_TAG, _MERGE_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:merge"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# Plain numbers YAML 1.1 reads otherwise than they look: octal (010, -0_7) and base 60 (1:30).
+_YAML11_SURPRISE = re.compile(r"^[-+]?(0[0-9_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)$")
 # Python refuses to parse integers of more than 4,300 digits; far beyond 2^53 anyway.
 _MAX_INT_CHARS = 1000
 # A sampler setting `lh calibrate` chooses (lambda_hat/calibrate.py); refused everywhere else.
@@ -195,6 +198,11 @@ def _where(path: list) -> tuple[str, str]:
     return entry, field
 
 
+def loader_value(node: yaml.ScalarNode) -> Any:
+    """What PyYAML makes of one scalar node."""
+    return yaml.SafeLoader("").construct_object(node)
+
+
 def _check_nodes(root: yaml.Node, source: str) -> None:
     """Refuse, before anything is built from it, a composed document that no sweep needs and that
     would hang or crash later: an alias bomb, deep nesting, a recursive alias, a key that is not a
@@ -237,6 +245,11 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
                 size += visit(item, path + [i], depth + 1)
         elif node.tag == _INT_TAG and len(node.value) > _MAX_INT_CHARS:
             raise refuse(path, f"integer of {len(node.value):,} characters; integers must lie within ±(2^53 - 1)")
+        elif node.tag in (_INT_TAG, _FLOAT_TAG) and not node.style and _YAML11_SURPRISE.match(node.value):
+            # PyYAML reads YAML 1.1: `seed: 010` is 8 and `1:30` is 90, silently another value
+            value = loader_value(node)
+            raise refuse(path, f"{node.value} is read as {value!r} by YAML 1.1 (a leading 0 is octal, a colon "
+                               f"sexagesimal); write {value!r}, or quote it if it is text")
         in_progress.discard(id(node))
         if size > MAX_YAML_VALUES:
             raise refuse(path, f"YAML aliases expand this to more than {MAX_YAML_VALUES:,} values")
@@ -751,7 +764,8 @@ def _check_run_count(target_counts: list[tuple[str, int]], sampler_counts: list[
     entry, field = (largest, "grid") if size > 1 else ("", "")
     runs = f"{n_runs:,}" if n_runs < 10**15 else f"about 10^{len(str(n_runs)) - 1}"
     raise _fail(source, entry, field,
-                f"the sweep expands to {runs} runs ({n_targets:,} targets x {n_samplers:,} sampler settings), "
+                f"the sweep expands to {runs} runs ({n_targets:,} target{'s' * (n_targets != 1)} x {n_samplers:,} sampler "
+                f"setting{'s' * (n_samplers != 1)}), "
                 f"more than the limit of {max_runs:,} (max_runs)")
 
 
@@ -819,7 +833,8 @@ def sweep_from_dict(data: Any, source: str = "<sweep>", *, max_runs: int = DEFAU
     targets, samplers = _dedupe(targets), _dedupe(samplers)
     if len(targets) * len(samplers) > max_runs:  # checkpoint files are counted only once globbed
         raise _fail(source, "", "", f"the sweep expands to {len(targets) * len(samplers):,} runs ({len(targets):,} "
-                    f"targets x {len(samplers):,} sampler settings), more than the limit of {max_runs:,} (max_runs)")
+                    f"target{'s' * (len(targets) != 1)} x {len(samplers):,} sampler setting{'s' * (len(samplers) != 1)}), "
+                    f"more than the limit of {max_runs:,} (max_runs)")
     _check_restrictions(targets, samplers, source)
     _check_records(targets, samplers, source)
     _check_resources(targets, samplers, source)

@@ -51,7 +51,7 @@ def test_a_wait_on_a_foreign_claim_ends_at_its_bound_naming_the_holder(tmp_path)
 
     assert proc.returncode == 1, (proc.returncode, out)
     assert "Traceback" not in out
-    assert f"1 jobs are in progress in another lh execute (otherhost pid 4242, claimed at 20" in out, out
+    assert f"1 job is in progress in another lh execute (otherhost pid 4242, claimed at 20" in out, out
     assert "stamped 86" in out and "s in the future (clock skew)): waiting for them, at most 4s" in out, out
     assert (f"not waited for: {held} is held by another lh execute (otherhost pid 4242, claimed at" in out
             and f"not waited for after {bound}s" in out), out

@@ -75,7 +75,7 @@ def test_status_counts_flags_failures_and_claims(runner, tmp_path, store, monkey
     assert "unconverged (r_hat 1.200 > 1.01)" in flagged and ex.runs[3].run_id[:8] not in flagged
     assert f"failed jobs: 1" in out and str(err) in out and "RuntimeError: training diverged" in out
     assert ex.runs[2].run_id not in out.split("failed jobs")[1]
-    assert "in flight: 1 jobs" in out and "run_feedfeedfeed" in out
+    assert "in flight: 1 job claimed" in out and "run_feedfeedfeed" in out
     claims.release_all()
     assert all(len(line) <= 80 for line in out.splitlines() if str(tmp_path) not in line)
 

@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape as rich_escape
 
 from lambda_hat.errors import BadInput, ExecutorStartError, IndexBusy, LhError
 from lambda_hat.execute.schedule import JobApps, Scheduler, failure_reason
 from lambda_hat.files import read_regular_text
+from lambda_hat.ids import is_artifact_id
 from lambda_hat.execute.view import ExecuteView, sampling_progress  # noqa: F401 (sampling_progress: imported from here)
 from lambda_hat.text import plural
 from lambda_hat.logs import FOLDERS
@@ -171,7 +173,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
         req = replace(req, results=results_file(sweep, req.sweep_path))
     # Every path the command writes, checked before anything is submitted (output_paths.py).
     check_execute_outputs(req.logs, req.results, root, req.parsl_run_dir)
-    _note_results_owner(req.results, req.sweep_path, console)
+    owner_note = _results_owner_note(req.results, req.sweep_path)  # said once the file is written
     settings = _backend_settings(req)
     store, rep = _open_store(root, console)
     # The reconcile has just listed and stat'ed every artifact: the snapshot reuses that.
@@ -181,7 +183,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     result = ExecuteResult()
     if p.nothing_to_do:
         n = _results_in_step(req.results, store, snapshot, expanded)
-        _remember_owner(req.results, req.sweep_path)
+        _remember_owner(req.results, req.sweep_path, owner_note, console)
         console.print(
             f"nothing to do: {plural(len(p.targets_cached), 'target')} and {plural(len(p.runs_cached), 'run')} "
             f"already in the store ({store.root})\n{plural(n, 'row')} in {req.results} ({time.perf_counter() - t_start:.2f}s)"
@@ -192,7 +194,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
         console.print(f"  {len(rep.pending)} artifacts not yet indexed (index busy); they will be recorded")
     _run(req, settings, store, p, console, result, rep.pending, sweep.diagnostics.model_dump())
     n = results_io.export_runs(store, [r.run_id for r in expanded.runs], req.results, check_files=False).rows
-    _remember_owner(req.results, req.sweep_path)
+    _remember_owner(req.results, req.sweep_path, owner_note, console)
     _report(req, result, n, t_start, console)
     return result
 
@@ -204,7 +206,9 @@ def _open_store(root: Path, console: Console):
     store = Store.open(root, create=True)
     rep = store.reconcile()
     for where, why in rep.quarantined:
-        console.print(f"  [yellow]quarantined[/yellow] {where.name.split('-')[0]} ({why}); it will be redone")
+        name = where.name.rsplit("-", 2)[0]  # quarantine() appends -<time>-<random>
+        redone = "; it will be redone" if is_artifact_id(name) else f"; in {where.parent.name}/ until lh gc"
+        console.print(f"  [yellow]quarantined[/yellow] {rich_escape(name)} ({rich_escape(why)}){redone}")
     for p in rep.removed_tmp:
         console.print(f"  removed unfinished {p.name} (its writer is gone)")
     if rep.index_moved_aside:
@@ -216,7 +220,7 @@ def _report(req: ExecuteRequest, result: ExecuteResult, n: int, t_start: float, 
     """The summary after the jobs, and the exit code it implies."""
     if result.interrupted:
         console.print(
-            f"\n[yellow]interrupted[/yellow] ({result.interrupted}): {len(result.completed)} jobs completed and recorded;\n"
+            f"\n[yellow]interrupted[/yellow] ({result.interrupted}): {plural(len(result.completed), 'job')} completed and recorded;\n"
             "run the same command again to do only what is missing."
         )
         result.exit_code = 130 if result.interrupted == "SIGINT" else 143
@@ -227,17 +231,17 @@ def _report(req: ExecuteRequest, result: ExecuteResult, n: int, t_start: float, 
         f"{plural(n, 'row')} in {req.results} ({time.perf_counter() - t_start:.1f}s)"
     )
     if result.retried:
-        _listed(console, f"{len(result.retried)} jobs retried after a lost worker, manager or block (each recorded once):",
+        _listed(console, f"{plural(len(result.retried), 'job')} retried after a lost worker, manager or block (each recorded once):",
                 result.retried, lambda job_id, causes: f"  {job_id}: retried after {', '.join(causes)}")
     if result.rebuilt:
-        _listed(console, f"{len(result.rebuilt)} damaged targets found by their runs, quarantined and rebuilt in this execute:",
+        _listed(console, f"{plural(len(result.rebuilt), 'damaged target')} found by their runs, quarantined and rebuilt in this execute:",
                 result.rebuilt, lambda tid, found_by: f"  {tid} (found by {found_by})", limit=None)
     if result.flagged:
         _listed(console, f"[yellow]{plural(len(result.flagged), 'run')} finished but flagged[/yellow] (numbers kept; "
                 "lh status lists them):",
                 result.flagged, lambda job_id, status, why: f"  {job_id}: {status}" + (f" ({why})" if why else ""))
     if result.not_waited:
-        _listed(console, f"[red]{len(result.not_waited)} jobs not done[/red]: another lh execute held them past the "
+        _listed(console, f"[red]{plural(len(result.not_waited), 'job')} not done[/red]: another lh execute held them past the "
                 "wait's\nbound (LH_CLAIM_WAIT_S); run lh execute again once it is done:",
                 result.not_waited, lambda job_id, why: f"  {job_id}: {why}")
     if result.failed:
@@ -288,18 +292,22 @@ def _owner_file(out_path: Path) -> Path:
     return out_path.parent / f".{out_path.name}.lh-sweep"
 
 
-def _note_results_owner(out_path: Path, sweep_path: Path, console: Console) -> None:
-    """Two sweeps with one file stem (and no `name:`) share results/NAME.parquet: say so when this
-    execute is about to replace the other sweep's file, instead of replacing it silently."""
+def _results_owner_note(out_path: Path, sweep_path: Path) -> str | None:
+    """Two sweeps with one file stem (and no `name:`) share results/NAME.parquet: what to say
+    once this execute has replaced the other sweep's file, instead of replacing it silently."""
     theirs = (read_regular_text(_owner_file(out_path)) or "").strip()
     if theirs and theirs != str(sweep_path.resolve()) and out_path.is_file():
-        console.print(f"  [yellow]note[/yellow]: {out_path} held the runs of {theirs};\n"
-                      "  it now holds this sweep's (a name: in either sweep gives each its own file)")
+        return (f"  [yellow]note[/yellow]: {out_path} held the runs of {theirs};\n"
+                "  it now holds this sweep's (a name: in either sweep gives each its own file)")
+    return None
 
 
-def _remember_owner(out_path: Path, sweep_path: Path) -> None:
+def _remember_owner(out_path: Path, sweep_path: Path, note: str | None = None, console: Console | None = None) -> None:
+    """The results file now holds this sweep's runs: say so if it held another's, and note it."""
     from lambda_hat.files import write_atomic
 
+    if note is not None and console is not None:
+        console.print(note)
     try:
         write_atomic(_owner_file(out_path), str(sweep_path.resolve()).encode())
     except (OSError, LhError):

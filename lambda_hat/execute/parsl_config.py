@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 
 from lambda_hat.errors import BadInput
+from lambda_hat.files import read_input_text
 
 PROFILE_NAME = "lh.toml"
 WALLTIME_PATTERN = r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$"
@@ -246,10 +247,7 @@ def _one_line(source: str, err: ValidationError, prefix: str = "") -> BadInput:
 
 def load_profile(path: Path) -> dict[str, Any]:
     """The `[slurm]` table of a TOML profile, or a YAML mapping (the older --slurm-config)."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadInput(f"{path}: cannot read profile ({getattr(err, 'strerror', None) or err})") from None
+    text = read_input_text(path, "profile")
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 

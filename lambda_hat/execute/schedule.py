@@ -117,7 +117,8 @@ class Scheduler:
         p = self.plan
         self.planned_targets = {t.target_id: t for t in [*p.targets_cached, *p.targets_to_build]}
         self.planned_runs = {r.run_id: r for r in p.runs_to_sample}
-        self.ui.stage_targets(len(self.mine_targets), len(p.targets_cached))
+        self.ui.stage_targets(len(self.mine_targets), len(p.targets_cached),
+                              sum(1 for kind, _ in self.foreign.values() if kind == "target"))
         # entries of one trajectory may interleave in the plan
         for t in sorted(self.mine_targets, key=lambda t: -1 if t.spec.step is None else t.spec.step):
             self.submit_target(t)

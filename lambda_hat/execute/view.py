@@ -79,7 +79,7 @@ class ExecuteView:
     # ---- before the wait
 
     def waiting_on_others(self, n: int, holders: str, bound_s: float) -> None:
-        self._line(f"  {n} jobs are in progress in another lh execute ({holders}): waiting for them, at most {bound_s:.0f}s")
+        self._line(f"  {plural(n, 'job')} {'is' if n == 1 else 'are'} in progress in another lh execute ({holders}): waiting for them, at most {bound_s:.0f}s")
 
     def submitting_target(self, t: PlannedTarget) -> None:
         if self.verbose:
@@ -95,10 +95,11 @@ class ExecuteView:
             self.console.print(f"  Submitting {len(group)} {first.setting.sampler.name} runs as one batch for "
                                f"{first.target_id} ({', '.join(r.run_id for r in group)})")
 
-    def stage_targets(self, n_mine: int, n_cached: int) -> None:
+    def stage_targets(self, n_mine: int, n_cached: int, n_elsewhere: int = 0) -> None:
         self.console.print("\n[bold]=== Stage A: Building Targets ===[/bold]")
         if not n_mine:
-            self.console.print(f"  no targets to build here ({plural(n_cached, 'target')} already in the store)")
+            elsewhere = f", {plural(n_elsewhere, 'target')} being built by another lh execute" if n_elsewhere else ""
+            self.console.print(f"  no targets to build here ({plural(n_cached, 'target')} already in the store{elsewhere})")
 
     def targets_submitted(self, n: int) -> None:
         if n:

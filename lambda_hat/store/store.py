@@ -17,6 +17,7 @@ import shutil
 import socket
 import stat
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 from lambda_hat.errors import ArtifactDamaged, ArtifactError, ManifestError, NeedsPlugin, StoreError
 from lambda_hat.files import file_type
+from lambda_hat.ids import is_artifact_id
 from lambda_hat.store import index
 from lambda_hat.store.artifacts import (
     NEEDS_PLUGIN,
@@ -37,7 +39,7 @@ from lambda_hat.store.artifacts import (
     verify,
 )
 from lambda_hat.store.claims import Claims, Owner
-from lambda_hat.store.layout import ARRAYS_ZIP, MANIFEST, StoreLayout
+from lambda_hat.store.layout import ARRAYS_ZIP, MANIFEST, StoreLayout, enclosing_store
 from lambda_hat.store.manifest import Manifest
 from lambda_hat.store.snapshot import StoreSnapshot
 
@@ -266,6 +268,36 @@ def _in_parts(n: int, part: Callable[[int, int], "_T"]) -> Iterator["_T"]:
             yield ahead.popleft().result()
 
 
+# What lambda-hat itself puts at a store's root.
+_STORE_ENTRIES = {"targets", "runs", "index.duckdb", "index.duckdb.wal"}
+
+
+def _check_store_shape(root: Path, lay: StoreLayout) -> None:
+    """`root` is empty or a store: a folder with other things in it (a project, TensorBoard's
+    `runs/`, a gallery) would have its entries quarantined as damage and removed by gc. A
+    store is known by its index or its claims; one without either (a first execute stopped
+    early) holds only lambda-hat's names."""
+    if lay.index_path.is_file() or lay.claims_dir.is_dir():
+        return
+    def foreign(d: Path, prefix: str | None) -> str | None:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            return None
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            if prefix is None and name not in _STORE_ENTRIES or prefix is not None and not name.startswith(prefix):
+                return name
+        return None
+    for d, prefix in ((root, None), (lay.targets_dir, "tgt_"), (lay.runs_dir, "run_")):
+        name = foreign(d, prefix) if d.is_dir() and not d.is_symlink() else None  # a link: refused above
+        if name is not None:
+            where = name if d == root else f"{d.name}/{name}"
+            raise StoreError(f"{root}: not a lambda-hat store ({where} is not lambda-hat's, and there is no "
+                             "index); give --store a new or empty directory, or a store")
+
+
 class Store:
     # The index's tables as `lh query` and the results file show them (columns, SQL types).
     TABLES = index.TABLES
@@ -312,6 +344,15 @@ class Store:
 
     # ------------------------------------------------------------------ opening
 
+    @staticmethod
+    def check_placement(root: Path) -> None:
+        """A store is never inside another: that one's gc and execute would take this one's
+        files for damage or junk and remove them."""
+        outer = enclosing_store(Path(root).resolve().parent)
+        if outer is not None:
+            raise StoreError(f"{root}: inside the store {outer}; a store cannot hold another "
+                             "(give --store a directory outside it)")
+
     @classmethod
     def open(cls, root: Path | str, *, create: bool = False) -> "Store":
         """A store at `root`, checked: a directory (created if `create`), writable when it
@@ -324,6 +365,7 @@ class Store:
                 raise StoreError(f"{root}: {parent} is a file, not a directory")
         store = cls(root)
         lay = store.layout
+        cls.check_placement(root)
         if root.is_dir():
             # A writer writes below the root only into real directories: a link among the store's
             # own directories would send runs, leases, quarantined entries or compile locks
@@ -343,6 +385,7 @@ class Store:
                     raise StoreError(f"{root}: not a lambda-hat store ({sub.name} is a file)")
             if lay.index_path.exists() and not lay.index_path.is_file():
                 raise StoreError(f"{root}: not a lambda-hat store ({lay.index_path.name} is not a file)")
+            _check_store_shape(root, lay)
         if not create:
             if not root.is_dir():
                 raise StoreError(f"{root}: no such store")
@@ -352,9 +395,10 @@ class Store:
             lay.runs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StoreError(f"{root}: cannot create the store ({err.strerror})") from None
-        probe = root / f".write-probe-{socket.gethostname()}-{os.getpid()}"
+        # A name of our own, created new and never through a link (a planted one was truncated).
+        probe = root / f".write-probe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            probe.write_text("")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
             probe.unlink()
         except OSError as err:
             raise StoreError(f"{root}: store is not writable ({err.strerror})") from None
@@ -693,7 +737,9 @@ class Store:
                     continue
                 except (ArtifactError, ManifestError, OSError) as err:
                     reason = " ".join(str(err).split()).removeprefix(f"{d}: ")
-                    if not d.is_dir():
+                    if not is_artifact_id(name):
+                        reason = f"not a {kind}: its name is not a {kind} ID"
+                    elif not d.is_dir():
                         reason = "not a directory"
                     where = quarantine(d, self.layout.quarantine_dir, reason)
                     if where is not None:
