@@ -675,7 +675,8 @@ def _verify(ids: list[str] | None, store: str | None) -> None:
         style = "red" if f.serious else "yellow"
         console.print(f"[{style}]{f.path}[/{style}]: {rich_escape(f.problem)}", soft_wrap=True, highlight=False)
     serious = sum(f.serious for f in report.findings)
-    console.print(f"{report.checked} artifacts checked in {time.perf_counter() - t0:.2f}s, {serious} problems")
+    console.print(f"{plural(report.checked, 'artifact')} checked in {time.perf_counter() - t0:.2f}s, "
+                  f"{plural(serious, 'problem')}")
     if not report.ok:
         raise typer.Exit(1)
 
@@ -738,12 +739,16 @@ def gc_cmd(
         console.print(f"{verb} {path} ({why})", soft_wrap=True, highlight=False)
     for path, why in report.kept:
         console.print(f"[dim]kept {path} ({why})[/dim]", soft_wrap=True, highlight=False)
-    console.print(f"{verb} {len(report.removed)} entries, {report.bytes_freed / 2**20:.1f} MiB")
+    console.print(f"{verb} {_entries(len(report.removed))}, {report.bytes_freed / 2**20:.1f} MiB")
     if report.failed:  # what should go is still there: not a success
         path, problem = report.failed[0]
         more = f" and {len(report.failed) - 1} more" if len(report.failed) > 1 else ""
-        n = len(report.failed)
-        raise LhError(f"{n} {'entry' if n == 1 else 'entries'} could not be removed: {path} ({problem}){more}")
+        raise LhError(f"{_entries(len(report.failed))} could not be removed: {path} ({problem}){more}")
+
+
+def _entries(n: int) -> str:
+    """`1 entry`, `2 entries` (`text.plural` only adds an s)."""
+    return f"{n} {'entry' if n == 1 else 'entries'}"
 
 
 def main() -> None:

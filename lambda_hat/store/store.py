@@ -248,6 +248,34 @@ STAT_THREADS = 8  # stat releases the GIL: on a network file system the calls ov
 STAT_CHUNK = 2048
 
 
+def _remove_counted(path: Path) -> tuple[bool, str | None]:
+    """`_remove`, and whether this call removed `path` itself: (False, None) when another
+    process (a concurrent gc) removed it first. Only one process's removal of the name itself
+    (its unlink, or rmtree's last rmdir) succeeds: that one counts it."""
+    gone_first = False
+    problems: list[str] = []
+
+    def failed(fn, p, exc) -> None:
+        nonlocal gone_first
+        if isinstance(exc[1], FileNotFoundError):
+            gone_first = gone_first or os.fspath(p) == os.fspath(path)
+        else:
+            problems.append(f"{p}: {exc[1].strerror or exc[1]}")
+
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, onerror=failed)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        return False, None
+    except OSError as err:
+        return False, err.strerror or str(err)
+    if os.path.lexists(path):
+        return False, problems[0] if problems else "still there"
+    return not gone_first, None
+
+
 def _in_parts(n: int, part: Callable[[int, int], "_T"]) -> Iterator["_T"]:
     """part(start, stop) over [0, n) in chunks, in order; many chunks go to a few threads, with
     only a few chunks' answers ahead of the consumer (a million stat results held at once were
@@ -834,11 +862,61 @@ class Store:
 
     # ------------------------------------------------------------------ checking and collecting
 
+    def _odd_cache_entries(self) -> list[tuple[Path, os.stat_result]]:
+        """(path, lstat) of what under JAX's cache directory (or the directory itself) is not a
+        regular file or directory: a link, FIFO, socket, device. JAX follows what it finds
+        there (a FIFO hangs a job, a link has compiled programs written outside the store)."""
+        cache = self.layout.jax_cache_dir
+        return [(Path(p), st) for p, st in _walk(cache)
+                if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))]
+
+    def _targets_to_come(self) -> dict[str, str]:
+        """{target ID: why} of the targets not in targets/ that are expected back under the same
+        ID: one being built (a temporary directory of a writer that may be live) or quarantined
+        (the next execute rebuilds it). The runs on them are no orphans, so `verify` and `gc`
+        agree: a rebuild reproduces exactly the target those runs were sampled on."""
+        out: dict[str, str] = {}
+        if _real_dir(self.layout.quarantine_dir):
+            for p in self.layout.quarantine_dir.iterdir():
+                if p.name.startswith("tgt_") and _real_dir(p):
+                    out[p.name.split("-", 1)[0]] = "quarantined (the next lh execute rebuilds it under the same ID)"
+        for p in self.tmp_entries():
+            owner = parse_tmp_name(p.name)
+            if owner is not None and owner.artifact_id.startswith("tgt_") and not self._tmp_is_dead(p, TMP_GRACE_S):
+                out[owner.artifact_id] = "being built"
+        return out
+
+    def _quarantine_kept(self, target_ids: set[str], run_target_ids: set[str]) -> dict[Path, str]:
+        """{quarantined target: why gc keeps it}: a quarantined target that complete runs were
+        sampled on, and that is not back in targets/ (`target_ids`). It marks their target as
+        coming back (`_targets_to_come`): removed, a later gc would take the runs for orphans."""
+        out: dict[Path, str] = {}
+        if _real_dir(self.layout.quarantine_dir):
+            for p in self.layout.quarantine_dir.iterdir():
+                tid = p.name.split("-", 1)[0]
+                if p.name.startswith("tgt_") and tid in run_target_ids and tid not in target_ids and _real_dir(p):
+                    out[p] = "lh gc keeps it while runs sampled on it wait for its rebuild (lh execute)"
+        return out
+
+    def _awaited_target(self, target_id: str, to_come: dict[str, str], claims: Claims) -> str | None:
+        """Why the runs on `target_id`, found missing from targets/, are no orphans; None if they
+        are. Asked in this order, so that a build publishing meanwhile is not missed: a driver
+        claims a target before it builds it and releases it only once it is in targets/."""
+        lease = self.layout.claims_dir / f"{target_id}.lease"
+        if _real_dir(self.layout.claims_dir) and _regular(lease) and claims.holder(target_id) is not None:
+            return "claimed by a live driver"
+        if target_id in to_come:
+            return to_come[target_id]
+        if _real_dir(self.layout.target_dir(target_id)):
+            return "back in the store"
+        return None
+
     def verify(self, ids: Iterable[str] | None = None, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Check every artifact (or those named): manifest, its checksum, ID against directory
         and stored spec, array checksums; report temporary directories, orphans (runs whose
-        target is gone), quarantined entries, index rows without an artifact, and symbolic
-        links in the store (never followed)."""
+        target is gone for good: `_awaited_target`), quarantined entries, index rows without an
+        artifact, an unusable index, symbolic links in the store (never followed), and what in
+        JAX's cache is not a regular file or directory."""
         report = VerifyReport()
         wanted = set(ids) if ids is not None else None
         linked_dirs = self._kind_dirs_linked()
@@ -847,6 +925,8 @@ class Store:
                                     "(nothing under it checked or collected)") for d in linked_dirs]
         scans = self._scans_not_linked()
         listing = {k: names for k, (names, _) in scans.items()}
+        to_come, claims = self._targets_to_come(), self.claims()
+        run_target_ids: set[str] = set()  # the targets the complete runs were sampled on
         if wanted is not None:
             unknown = wanted - listing["target"] - listing["run"]
             report.findings += [Finding(self.root / i, "no such artifact in the store") for i in sorted(unknown)]
@@ -873,8 +953,14 @@ class Store:
                         tid = read_manifest_raw(d)[0].spec.get("target_id")
                     except (ArtifactError, ManifestError):
                         continue
+                    run_target_ids.add(tid)
                     if tid and tid not in listing["target"]:
-                        report.findings.append(Finding(d, f"orphan: its target {tid} is not in the store"))
+                        awaited = self._awaited_target(tid, to_come, claims)
+                        if awaited is None:
+                            report.findings.append(Finding(d, f"orphan: its target {tid} is not in the store"))
+                        else:
+                            report.findings.append(Finding(d, f"its target {tid} is not in targets/ but {awaited}; "
+                                                           "lh gc keeps the run", serious=False))
         if wanted is None:
             for p in self.tmp_entries():
                 if os.path.islink(p):
@@ -885,23 +971,33 @@ class Store:
                                                else "temporary directory of a writer that may be live", serious=dead))
             q = self.layout.quarantine_dir
             if _real_dir(q):
+                awaited = self._quarantine_kept(listing["target"], run_target_ids)
                 for p in sorted(q.iterdir()):
-                    report.findings.append(Finding(p, "quarantined (lh gc removes it)", serious=False))
+                    report.findings.append(Finding(p, "quarantined (lh gc removes it)" if p not in awaited else
+                                                   f"quarantined; {awaited[p]}", serious=False))
+            for p, st in self._odd_cache_entries():
+                report.findings.append(Finding(p, f"{file_type(st)} in JAX's compilation cache (JAX would follow it: "
+                                                  "lh gc removes it as it is)"))
             try:
                 stats = index.indexed_stats(self.layout)
                 for kind in KINDS:
                     for name in sorted(set(stats[kind]) - listing[kind]):
                         report.findings.append(Finding(self.layout.index_path, f"index row {name} has no artifact "
                                                        "(the next lh execute or lh index rebuild fixes it)", serious=False))
-            except (index.IndexBusy, index.IndexCorrupt) as err:
+            except index.IndexBusy as err:  # another process writing: no damage
                 report.findings.append(Finding(self.layout.index_path, str(err), serious=False))
+            except index.IndexCorrupt as err:  # every query and execute would fail on it
+                report.findings.append(Finding(self.layout.index_path, str(err)))
         return report
 
     def gc(self, *, dry_run: bool = False, failed: bool = False, older_than_s: float | None = None,
            tmp_grace_s: float = TMP_GRACE_S) -> GcReport:
         """Remove temporary directories of dead writers (any host: after `tmp_grace_s` without
-        a change and with no live claim), quarantined entries, orphaned runs, stale claim
-        files, and with `failed` the runs whose status is a failure, so they are redone.
+        a change and with no live claim), quarantined entries (but a quarantined target that
+        runs wait for: `_quarantine_kept`), orphaned runs (`_awaited_target`), stale claim
+        files, links and FIFOs in JAX's cache, and with `failed` the runs whose status is a
+        failure, so they are redone. The report counts only what this gc removed (concurrent
+        gcs each count their own).
 
         Never follows a symbolic link: one found where gc looks (the store's directories,
         their entries) is removed as the link it is; directories are removed with
@@ -918,15 +1014,22 @@ class Store:
                 return False
 
         def remove(p: Path, why: str) -> bool:
+            """Counted only when this gc removed it: one that another gc removed first is neither
+            counted nor a failure."""
+            if not os.path.lexists(p):
+                return False
             if not old_enough(p):
-                report.kept.append((p, f"{why}, but younger than --older-than"))
+                if os.path.lexists(p):
+                    report.kept.append((p, f"{why}, but younger than --older-than"))
                 return False
             size = _tree_size(p)
             if not dry_run:
-                problem = _remove(p)
+                removed_here, problem = _remove_counted(p)
                 if problem is not None:
                     report.kept.append((p, f"{why}, but it could not be removed ({problem})"))
                     report.failed.append((p, problem))
+                    return False
+                if not removed_here:
                     return False
             report.removed.append((p, why))
             report.bytes_freed += size
@@ -950,6 +1053,8 @@ class Store:
         for p in entries(lay.claims_dir):
             if not _regular(p) and not _real_dir(p) and os.path.lexists(p):
                 remove(p, f"{file_type(os.lstat(p))} in the claims directory (not a lease; removed as it is, not followed)")
+        for p, st in self._odd_cache_entries():
+            remove(p, f"{file_type(st)} in JAX's compilation cache (removed as it is, not followed)")
         for p in list(self.tmp_entries()):
             owner = parse_tmp_name(p.name)
             if os.path.islink(p):
@@ -960,8 +1065,6 @@ class Store:
                 remove(p, "temporary directory of a dead writer")
             else:
                 report.kept.append((p, "temporary directory of a writer that may be live"))
-        for p in entries(lay.quarantine_dir):
-            remove(p, "quarantined")
         # A run's work dir holds the checkpoint its next execute resumes from: kept until
         # the run is complete (the worker removes it then; a kill in between leaves it).
         for p in entries(lay.work_root):
@@ -989,7 +1092,12 @@ class Store:
             for name in sorted(links):
                 remove(lay.artifact_dir(kind, name), "a symbolic link in the store (removed as a link, not followed)")
         targets = scans["target"][0] - scans["target"][1]
-        drop: list[tuple[str, Path, str]] = []
+        # A run is an orphan only when its target is gone for good: not in targets/, and
+        # neither claimed, being built nor quarantined (`_awaited_target`): a target is rebuilt
+        # under the same ID, and the runs sampled on it stand.
+        to_come = self._targets_to_come()
+        drop: list[tuple[str, Path, str, str | None]] = []  # (run, its directory, why, its orphaned target)
+        run_target_ids: set[str] = set()
         # Orphans are judged against targets/ as it is: never when it is a link gc does not look through.
         for name in sorted(scans["run"][0] - scans["run"][1]) if not os.path.islink(lay.targets_dir) else []:
             d = lay.run_dir(name)
@@ -997,27 +1105,38 @@ class Store:
                 manifest = _manifest_raw(d)[0]
             except (ArtifactError, ManifestError):
                 continue  # incomplete: reconcile quarantines it
-            if manifest.spec.get("target_id") not in targets:
-                drop.append((name, d, f"orphan: its target {manifest.spec.get('target_id')} is gone"))
+            tid = manifest.spec.get("target_id")
+            run_target_ids.add(tid)
+            if tid not in targets:
+                drop.append((name, d, f"orphan: its target {tid} is gone", tid))
             elif failed and manifest.status in FAILED_STATUSES:
-                drop.append((name, d, f"failed run (status {manifest.status})"))
+                drop.append((name, d, f"failed run (status {manifest.status})", None))
         gone = []
-        for name, d, why in drop:
+        for name, d, why, orphaned in drop:
             if held(name):
                 report.kept.append((d, "claimed by a live driver"))
                 continue
+            # Asked last, just before it goes: a rebuild may have started or ended meanwhile.
+            awaited = None if orphaned is None else self._awaited_target(orphaned, to_come, claims)
+            if awaited is not None:
+                report.kept.append((d, f"its target {orphaned} is not in targets/ but {awaited}"))
+                continue
             if not old_enough(d):
-                report.kept.append((d, f"{why}, but younger than --older-than"))
+                if os.path.lexists(d):
+                    report.kept.append((d, f"{why}, but younger than --older-than"))
                 continue
             if not dry_run:
                 # Out of runs/ first (one rename), so no reader ever sees half a deletion.
                 aside = lay.quarantine_dir / f"{name}-gc-{os.getpid()}"
                 try:
                     if not _real_dir(lay.quarantine_dir):
-                        lay.quarantine_dir.mkdir(parents=True)
+                        lay.quarantine_dir.mkdir(parents=True, exist_ok=True)  # a concurrent gc may make it too
+                        if not _real_dir(lay.quarantine_dir):  # never moved through a link
+                            raise OSError(f"{lay.quarantine_dir} is not a directory")
                     os.rename(d, aside)
                 except OSError as err:
-                    report.kept.append((d, f"{why}, but it could not be removed ({err.strerror or err})"))
+                    if os.path.lexists(d):  # else another gc took it first: not ours to count
+                        report.kept.append((d, f"{why}, but it could not be removed ({err.strerror or err})"))
                     continue
                 report.bytes_freed += _tree_size(aside)
                 problem = _remove(aside)
@@ -1027,6 +1146,14 @@ class Store:
                 report.bytes_freed += _tree_size(d)
             report.removed.append((d, why))
             gone.append(name)
+        # After the orphans: a quarantined target that runs were sampled on stays until it is
+        # rebuilt (`_quarantine_kept`), else a later gc would take those runs for orphans.
+        keep = self._quarantine_kept(targets, run_target_ids) if not os.path.islink(lay.targets_dir) else {}
+        for p in entries(lay.quarantine_dir):
+            if p in keep:
+                report.kept.append((p, f"quarantined; {keep[p]}"))
+            elif not (p.name.endswith(f"-gc-{os.getpid()}") and p.name.removesuffix(f"-gc-{os.getpid()}") in gone):
+                remove(p, "quarantined")
         if gone and not dry_run and self.layout.index_path.exists():
             try:
                 index.write(self.layout, [], {"run": gone})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +42,11 @@ class WorkerStore:
 
     @property
     def jax_cache_dir(self) -> Path:
+        """JAX's persistent cache directory, cleared first of whatever in it is not a regular
+        file or directory (`remove_odd_cache_entries`): the worker points JAX at it next, and
+        JAX follows what it finds there."""
+        for path in remove_odd_cache_entries(self.layout.jax_cache_dir):
+            print(f"removed {path}: not a file of JAX's cache (a link, FIFO or device planted there)", flush=True)
         return self.layout.jax_cache_dir
 
     def artifact_dir(self, kind: str, artifact_id: str) -> Path:
@@ -90,6 +96,64 @@ class WorkerStore:
         return SegmentStore(self.layout.work_dir(run_id), interval_s, draws=draws, run_id=run_id)
 
 
+def remove_odd_cache_entries(cache_dir: Path) -> list[str]:
+    """Remove, as the links or nodes they are, the symbolic links, FIFOs, sockets and devices
+    under JAX's cache directory (never entering a link; the directory is small). JAX opens
+    its entries as they are named: a FIFO would hang the job for ever, a link would have it
+    read or write compiled programs outside the store. Returns the paths removed."""
+    removed = []
+    if not stat.S_ISDIR(_lstat_mode(cache_dir)):
+        return removed  # absent (JAX makes it), or not a directory: the driver refuses that store
+    for dirpath, dirnames, filenames in os.walk(cache_dir):  # does not enter links to directories
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            mode = _lstat_mode(path)
+            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                try:
+                    os.unlink(path)
+                    removed.append(path)
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def _lstat_mode(path) -> int:
+    """The file type and mode of `path` itself (0 where there is nothing)."""
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return 0
+
+
+def _open_marker(path: Path) -> int:
+    """A compile lock or marker file opened as a regular file of the store's own: never through
+    a link (O_NOFOLLOW), never blocking on a FIFO (O_NONBLOCK). Anything else at its name
+    (planted: the keys are deterministic) is removed as it is and the file made anew. Raises
+    OSError where that fails (the compile goes on without it)."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    for _ in range(2):
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError:
+            mode = _lstat_mode(path)
+            if not mode or stat.S_ISREG(mode):
+                raise
+            fd = None  # a link (ELOOP), FIFO without a reader (ENXIO), socket: unlinked below
+        if fd is not None:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return fd
+            os.close(fd)
+        mode = _lstat_mode(path)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if mode:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    raise OSError(f"{path}: not a regular file")
+
+
 def compile_guard(cache_dir: Path) -> "CompileOnce":
     """The compile locks of JAX's persistent cache at `cache_dir` (`science.compiling.guard`)."""
     return CompileOnce(Path(cache_dir) / COMPILE_LOCKS)
@@ -110,10 +174,11 @@ class CompileOnce:
     def __call__(self, key: str) -> Iterator[None]:
         done = self.root / f"{key}.done"
         fd = None
-        if not done.exists():
+        # Only a regular file counts as done; anything else at its name is replaced below.
+        if not stat.S_ISREG(_lstat_mode(done)):
             try:
-                self.root.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                self._make_root()
+                fd = _open_marker(self.root / f"{key}.lock")
                 flock_within(fd, self.wait_s)  # a holder past the deadline: compile anyway
             except OSError:
                 pass  # no lock here: compile anyway
@@ -121,12 +186,20 @@ class CompileOnce:
             yield
             if fd is not None:
                 try:
-                    done.touch()
+                    os.close(_open_marker(done))
                 except OSError:
                     pass
         finally:
             if fd is not None:
                 os.close(fd)  # releases the lock
+
+    def _make_root(self) -> None:
+        """The locks' directory, as a real directory: a link planted in its place is removed
+        (as the link) rather than followed. Raises OSError where it cannot be made."""
+        mode = _lstat_mode(self.root)
+        if mode and not stat.S_ISDIR(mode):
+            os.unlink(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
 
 
 class SavedCheckpoint(NamedTuple):
@@ -143,8 +216,6 @@ class SavedCheckpoint(NamedTuple):
 def read_progress(work_dir: Path) -> tuple[int, int] | None:
     """(draws done, draws) from a sampling run's progress file; None where there is none
     (not started, finished, or mid-replace)."""
-    import stat
-
     try:
         # Never through a link, never blocking on a FIFO, never more than a small file: the
         # driver reads this every second, and a planted entry must not hang or mislead it.
@@ -241,8 +312,6 @@ class SegmentStore:
         """What in the work directory is neither a directory nor a regular file (a symbolic
         link, FIFO, device: `store.odd_entries`), or the directory itself not being one; None
         if all is plain."""
-        import stat
-
         from lambda_hat.store.store import odd_entries
 
         try:
