@@ -1150,9 +1150,12 @@ class Store:
         # rebuilt (`_quarantine_kept`), else a later gc would take those runs for orphans.
         keep = self._quarantine_kept(targets, run_target_ids) if not os.path.islink(lay.targets_dir) else {}
         for p in entries(lay.quarantine_dir):
+            _, gc_mark, gc_pid = p.name.rpartition("-gc-")
             if p in keep:
                 report.kept.append((p, f"quarantined; {keep[p]}"))
-            elif not (p.name.endswith(f"-gc-{os.getpid()}") and p.name.removesuffix(f"-gc-{os.getpid()}") in gone):
+            elif gc_mark and gc_pid.isdigit() and pid_alive(int(gc_pid)):
+                continue  # an orphan a live gc (this one, or one beside it) moved aside: that gc counts it
+            else:
                 remove(p, "quarantined")
         if gone and not dry_run and self.layout.index_path.exists():
             try:
