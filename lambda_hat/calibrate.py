@@ -89,6 +89,7 @@ class CalibrateOutcome:
     groups: list[Group] = field(default_factory=list)
     chosen: dict[int, Rung | float | None] = field(default_factory=dict)  # entry -> its step or γ (None: uncalibrated)
     why_not: dict[int, str] = field(default_factory=dict)  # entry -> why it is uncalibrated though each group chose
+    page: Path | None = None  # the report as an lh promote page, with each pilot's traces
 
 
 def auto_entries(data: Any, source: str) -> dict[int, dict]:
@@ -342,6 +343,10 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
         what = "the sweep" if out.resolve() == req.sweep_path.resolve() else "the pilots file"
         raise BadInput(f"-o {out}: is {what} lh calibrate reads; name another file")
     check_output_dir(req.logs, root, "--logs")
+    from lambda_hat import promote as gallery
+
+    check_output_dir(req.report_dir / name, root, "--report-dir")  # the page: the report and the pilots' traces
+    gallery.check_gallery(req.report_dir / name)
     # The sweep itself first, each auto entry at the defaults (its indices are the user's), then the
     # pilots: what fails only there is --top's or --gammas' doing.
     base_dir = str(req.sweep_path.resolve().parent)
@@ -369,6 +374,7 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     outcome.chosen, outcome.why_not = _chosen(outcome.groups, ladders)
     outcome.calibrated = _write_calibrated(out, data, outcome, req.sweep_path, root, req.report_dir, name)
     outcome.report = _write_report(req.report_dir, name, outcome, ladders, root)
+    outcome.page = _write_page(store, req.report_dir, name, outcome)
     if outcome.calibrated is None or any(v is None for v in outcome.chosen.values()):
         outcome.exit_code = outcome.exit_code or 1
     return outcome
@@ -436,6 +442,24 @@ def _write_calibrated(out: Path, data: dict, outcome: CalibrateOutcome, sweep_pa
     calibrated["name"] = name if name.endswith(CALIBRATED_SUFFIX) else name + CALIBRATED_SUFFIX
     _write_yaml(out, calibrated, header, root)
     return out
+
+
+def _write_page(store, report_dir: Path, stem: str, outcome: CalibrateOutcome) -> Path | None:
+    """The report as an lh promote page in report_dir/STEM/: the figure and the report's text
+    first, then each pilot run's card (its λ̂ trace, which is its loss trace scaled: nβ·(L − L0),
+    and running mean), grouped by target."""
+    from lambda_hat import promote as gallery
+
+    run_ids = list(dict.fromkeys(r["run_id"] for g in outcome.groups for r in g.rows if r.get("run_id")))
+    if not run_ids:
+        return None
+    md, png = report_dir / f"{stem}.md", report_dir / f"{stem}.png"
+    preface = gallery.Preface(f"Calibration of {stem}", md.read_text(),
+                              png.read_bytes() if png.is_file() else None)
+    outdir = report_dir / stem
+    gallery.promote(store, outdir, run_ids=run_ids, title=f"lh calibrate: {stem}", plots=("trace", "running_mean"),
+                    preface=preface)
+    return outdir / "index.html"
 
 
 def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladders, root: Path) -> Path:

@@ -353,7 +353,7 @@ def calibrate_cmd(
     logs: Annotated[Path, typer.Option(metavar="DIR", help="Per-job logs directory.")] = Path("logs"),
     top: Annotated[float, typer.Option(metavar="X", help="The ladder's largest step, as ε·nβ (then X/2, X/4).")] = 0.04,
     out: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="The calibrated sweep (default: SWEEP's stem + .calibrated.yaml, beside it).")] = None,
-    report_dir: Annotated[Path, typer.Option(metavar="DIR", help="Where the report goes (NAME.md, .json, .png).")] = Path("calibration"),
+    report_dir: Annotated[Path, typer.Option(metavar="DIR", help="Where the report goes (NAME.md, .json, .png, and NAME/index.html with the pilots' traces).")] = Path("calibration"),
     gammas: Annotated[Optional[str], typer.Option(metavar="LIST", help="The γ ladder for posterior: {gamma: auto}, comma-separated, increasing (default 0.1,1,10,100,1000).")] = None,
 ) -> None:
     """Choose SGLD's step size from pilot runs and extrapolate its bias away, HMC's and NUTS's
@@ -390,6 +390,8 @@ def calibrate_cmd(
                           highlight=False)
     if outcome.report is not None:
         console.print(f"report: {outcome.report}", highlight=False)
+    if outcome.page is not None:
+        console.print(f"page: {outcome.page} (the report and each pilot's traces)", highlight=False)
     if outcome.calibrated is not None:
         console.print(f"wrote {outcome.calibrated}: lh execute {outcome.calibrated}", highlight=False)
     if outcome.exit_code:

@@ -856,10 +856,20 @@ def _finite(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+@dataclass(frozen=True)
+class Preface:
+    """What a page shows above its targets: a heading, a figure (PNG bytes, written as
+    `preface.png`) and a text in markdown (shown as it is). lh calibrate's report is one."""
+    heading: str
+    text: str
+    figure: bytes | None = None
+
+
 def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, target_ids: list[str] | None = None,
-            title: str = "lambda-hat gallery", plots: tuple[str, ...] = ALL_PLOTS) -> PromoteReport:
+            title: str = "lambda-hat gallery", plots: tuple[str, ...] = ALL_PLOTS,
+            preface: Preface | None = None) -> PromoteReport:
     """Render what changed and write the gallery. `run_ids` (a sweep's, in order) or None for
-    every run in the store."""
+    every run in the store; `preface`, shown first."""
     from lambda_hat.results import run_flags, unique_prefixes
     from lambda_hat.errors import ArtifactError
 
@@ -938,8 +948,11 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
                                   sorted({t.manifest_sha256 or t.id for _, t in points})),
                         lambda traj=traj, points=points: plot_trajectory(traj, points))
             trajectory_files[traj] = rel
+    if preface is not None and preface.figure is not None:
+        figure = preface.figure
+        writer.file("preface.png", _key("preface", hashlib.sha256(figure).hexdigest()), lambda: figure)
     page = _Page(store, outdir, title, by_target, targets, rows_of, run_files, compare_files, labels, report, run_flags,
-                 refs, trajectory_files)
+                 refs, trajectory_files, preface)
     writer.file("index.html", _key("html", hashlib.sha256(page.html().encode()).hexdigest()), lambda: page.html().encode())
     writer.file("gallery.md", _key("md", hashlib.sha256(page.markdown().encode()).hexdigest()), lambda: page.markdown().encode())
     writer.close()
@@ -961,6 +974,7 @@ class _Page:
     run_flags: Callable
     refs: dict
     trajectory_files: dict = field(default_factory=dict)
+    preface: Preface | None = None
 
     def _rel_store(self, kind: str, artifact_id: str) -> str:
         """A link from the gallery to an artifact's directory in the store."""
@@ -1020,6 +1034,12 @@ class _Page:
                 + (f' <span>{e(_describe_target(self.targets[tid]).split(", n =")[0])}</span>' if tid in self.targets else "")
                 + "</div>" for tid in self.by_target) + "</nav>")
         parts.append("</header><main>")
+        if self.preface is not None:
+            parts.append(f'<section id="preface"><h2>{e(self.preface.heading)}</h2>')
+            if self.preface.figure is not None:
+                parts.append('<a href="preface.png"><img class="compare" src="preface.png" '
+                             f'alt="{e(self.preface.heading)}"></a>')
+            parts.append(f"<pre>{e(self.preface.text)}</pre></section>")
         for traj, rel in self.trajectory_files.items():
             parts.append(f'<section id="{traj}"><h2>{e(traj)}</h2><a href="{rel}"><img class="compare" src="{rel}" '
                          f'alt="λ̂ over training of {traj}"></a></section>')
@@ -1060,6 +1080,11 @@ class _Page:
     def markdown(self) -> str:
         lines = [f"# {self.title}", "", f"{self._summary()}. λ̂ ± SEM; ✕ marks a run whose λ̂ differs from another "
                  f"run's on the same target by more than {DISAGREE_SIGMAS:g} combined standard errors.", ""]
+        if self.preface is not None:
+            lines += [f"## {self.preface.heading}", ""]
+            if self.preface.figure is not None:
+                lines += [f"![{self.preface.heading}](preface.png)", ""]
+            lines += [self.preface.text.replace("\n# ", "\n### ").replace("\n## ", "\n### "), ""]
         for traj, rel in self.trajectory_files.items():
             lines += [f"## {traj}", "", f"![λ̂ over training of {traj}]({rel})", ""]
         for tid, rs in self.by_target.items():
@@ -1087,6 +1112,7 @@ header { padding-top: 16px; border-bottom: 1px solid var(--line); }
 h1 { font-size: 1.5rem; margin: 0.2em 0; }
 h2 { font-size: 1.2rem; margin: 1.2em 0 0.2em; font-family: ui-monospace, monospace; }
 h3 { font-size: 1rem; margin: 0 0 0.3em; }
+pre { white-space: pre-wrap; font-size: 13px; background: var(--card); border: 1px solid var(--line); padding: 8px; }
 nav { margin: 0.5em 0 1em; display: flex; flex-direction: column; gap: 0.2em; }
 nav a { font-family: ui-monospace, monospace; }
 nav span { color: var(--muted); font-size: 0.9rem; }

@@ -167,6 +167,10 @@ def test_calibrate_finds_the_gamma_plateau_of_a_regular_model(tmp_path):
     chosen = pilots[group["chosen_gamma"]]
     assert abs(chosen["llc_mean"] - 3.0) < 3 * chosen["llc_sem"] + 0.03 * 3.0, chosen
     assert "plateau γ" in proc.stdout and "wrote s.calibrated.yaml" in proc.stdout, proc.stdout
+    # the report as a page, with every pilot's card (and traces)
+    assert "page: calibration/s/index.html" in proc.stdout, proc.stdout
+    page = (tmp_path / "calibration" / "s" / "index.html").read_text()
+    assert "Choice: γ" in page and all(f"runs/{p['run_id']}/trace.png" in page for p in group["pilots"])
     again = lh(tmp_path, "execute", "s.calibrated.yaml")
     assert "nothing to do: 1 target and 1 run already in the store" in again.stdout
     rows = json.loads(lh(tmp_path, "query", "select run_id from runs", "--sweep", "s.calibrated.yaml",
@@ -199,3 +203,34 @@ def test_calibrate_finds_a_target_acceptance_where_nuts_does_not_diverge(tmp_pat
                            "s.calibrated.yaml", "--format", "json").stdout)
     assert row["run_id"] == chosen["run_id"]
     assert abs(row["llc_mean"] - row["llc_ref"]) < 3 * row["llc_sem"], row
+
+
+def test_the_report_is_also_a_promote_page_with_every_pilots_traces(tmp_path):
+    """The issue asks for an lh promote page: the report's figure and text first, then a card per
+    pilot run with its traces. On a store of small fake runs (the pilots' numbers do not matter
+    here, only that each pilot is shown with its own traces, and the report as written)."""
+    from lambda_hat.calibrate import CalibrateOutcome, Group, _write_page
+    from lambda_hat.store.store import Store
+    from test_store import fill_store
+
+    root = tmp_path / "store"
+    ex, _ = fill_store(root)
+    store = Store(root)
+    store.reconcile()
+    pilots = [r.run_id for r in ex.runs]
+    outcome = CalibrateOutcome(groups=[Group(entry=0, target_id=ex.runs[0].target_id, label="", run_ids=pilots,
+                                             rows=[{"run_id": r} for r in pilots], kind="gamma")])
+    report = tmp_path / "calibration"
+    report.mkdir()
+    (report / "s.md").write_text("# Calibration of s\n\nChoice: γ = 1: the middle of the plateau γ 0.1–10 <b>\n")
+    (report / "s.png").write_bytes(b"\x89PNG the report's figure")
+    page = _write_page(store, report, "s", outcome)
+    assert page == report / "s" / "index.html"
+    html = page.read_text()
+    assert "Choice: γ = 1: the middle of the plateau γ 0.1–10 &lt;b&gt;" in html  # the report's words, escaped
+    assert (report / "s" / "preface.png").read_bytes() == b"\x89PNG the report's figure"
+    assert html.index("Calibration of s") < min(html.index(r) for r in pilots)
+    for r in pilots:
+        assert (report / "s" / "runs" / r / "trace.png").stat().st_size > 1000, r
+        assert f"runs/{r}/trace.png" in html and f"runs/{r}/running_mean.png" in html
+    assert "Choice: γ = 1" in (report / "s" / "gallery.md").read_text()
