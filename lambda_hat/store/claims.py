@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lambda_hat.errors import BadInput
+from lambda_hat.files import read_regular_text
 from lambda_hat.store.artifacts import pid_alive, pid_space
 
 HEARTBEAT_S = 5.0
@@ -197,7 +198,10 @@ class Claims:
             if not stat.S_ISREG(st.st_mode):
                 # A link, FIFO or device planted as a lease: never opened (a FIFO would block).
                 raise ValueError("not a regular file")
-            data = json.loads(path.read_text())
+            # Read as a regular file only: it may have been swapped since the lstat.
+            data = json.loads(_read_lease_text(path))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
             started = data.get("started")
             owner = Owner(str(data["host"]), int(data["pid"]), str(data["token"]),
                           None if started is None else int(started),
@@ -305,7 +309,7 @@ class Claims:
         except FileNotFoundError:
             return
         try:
-            if graveyard.stat().st_ino != judged_inode:
+            if graveyard.lstat().st_ino != judged_inode:  # lstat: a link planted as a lease is judged, and broken, as itself
                 # A new claim replaced the stale lease between our look and the rename: put it back.
                 try:
                     create_as(graveyard, path)
@@ -321,27 +325,85 @@ class Claims:
                     pass
 
     def heartbeat(self) -> None:
+        """Refresh the mtime of each lease we hold. Only a regular file is touched, never
+        through a symbolic link and never opening a FIFO or device: a lease that is no longer
+        a regular file (or is gone) is not ours any more, and is dropped from `held`."""
         for artifact_id in list(self.held):
-            try:
-                os.utime(self._path(artifact_id))
-            except FileNotFoundError:
-                # Broken by someone who judged us dead (a long stall): we no longer hold it.
+            if not _touch_regular(self._path(artifact_id)):
+                # Broken by someone who judged us dead (a long stall), or replaced by something
+                # that is not a lease: we no longer hold it.
                 self.held.discard(artifact_id)
 
     def release(self, artifact_id: str) -> None:
+        """Remove our lease on `artifact_id`. Only a regular file holding our token is ours:
+        a lease that is gone, unreadable, not a JSON object, another's, or not a regular file
+        (a link, FIFO or device put in its place: never followed nor opened) is left as it is."""
         if artifact_id not in self.held:
             return
         self.held.discard(artifact_id)
         path = self._path(artifact_id)
         try:
-            if json.loads(path.read_text()).get("token") == self.owner.token:
+            before = path.lstat()
+            if not stat.S_ISREG(before.st_mode) or _lease_token(path) != self.owner.token:
+                return
+            after = path.lstat()
+            if (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino):  # the very file read
                 path.unlink(missing_ok=True)
-        except (OSError, ValueError):
+        except OSError:
             pass
 
     def release_all(self) -> None:
         for artifact_id in list(self.held):
             self.release(artifact_id)
+
+
+def _read_lease_text(path: Path) -> str:
+    """The text of a lease that is a regular file (never read through a link, never waiting on
+    a FIFO), else ValueError (FileNotFoundError where nothing is there)."""
+    text = read_regular_text(path)
+    if text is None:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(errno.ENOENT, "no lease", str(path))
+        raise ValueError("not a regular file of text")
+    return text
+
+
+def _lease_token(path: Path) -> str | None:
+    """The token in the lease at `path`, or None where it is not a regular file holding a JSON
+    object with a string token (whatever its content: never an exception but OSError)."""
+    try:
+        data = json.loads(_read_lease_text(path))
+    except ValueError:  # json.JSONDecodeError is one
+        return None
+    token = data.get("token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def _touch_regular(path: Path) -> bool:
+    """Set the mtime of `path` to now if it is a regular file, never through a symbolic link
+    and never opening it (a FIFO would block); False (nothing touched) where it is anything
+    else or gone."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        if os.utime in os.supports_follow_symlinks:
+            # Swapped since the lstat, this sets the link's or FIFO's own time, nothing beyond.
+            os.utime(path, follow_symlinks=False)
+            return True
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # swapped for a link since the lstat
+            return False
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        os.utime(fd)
+        return True
+    finally:
+        os.close(fd)
 
 
 class ClaimTimeout(RuntimeError):
