@@ -339,9 +339,20 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     for path, flag in ((out, "-o"), (pilot_path, "the pilots file"), (req.report_dir / f"{name}.md", "--report-dir"),
                        (req.report_dir / f"{name}.json", "--report-dir"), (req.report_dir / f"{name}.png", "--report-dir")):
         check_output_path(path, root, flag)  # before any work, as every command's outputs (a link loop included)
-    if out.resolve() in (req.sweep_path.resolve(), pilot_path.resolve()):
-        what = "the sweep" if out.resolve() == req.sweep_path.resolve() else "the pilots file"
-        raise BadInput(f"-o {out}: is {what} lh calibrate reads; name another file")
+    # Each file it writes is a file of its own, and none is the sweep it reads (a report named
+    # like the sweep, or -o naming the report, replaced one with the other).
+    written = {req.sweep_path.resolve(): "the sweep lh calibrate reads"}
+    for path, what in ((pilot_path, "the pilots file"), (out, "the calibrated sweep (-o)"),
+                       *((req.report_dir / f"{name}.{ext}", f"the report's {ext}") for ext in ("md", "json", "png"))):
+        other = written.setdefault(path.resolve(), what)
+        if other == what:
+            continue
+        if "(-o)" in other:  # -o named a file the report writes: -o is at fault
+            raise BadInput(f"-o {out}: is {what} ({path}); name another file")
+        if "(-o)" in what:
+            raise BadInput(f"-o {out}: is {other}; name another file")
+        raise BadInput(f"--report-dir {req.report_dir}: {what} would be {path}, which is {other}; "
+                       "name another directory")
     check_output_dir(req.logs, root, "--logs")
     from lambda_hat import promote as gallery
 

@@ -57,6 +57,8 @@ def test_what_calibrate_refuses(tmp_path, samplers, says):
     (["--top=1e-300"], "s.yaml (its pilots at --top 1e-300, --gammas 0.1,1,10,100,1000): samplers[0] (sgld): steps:"),  # wrote steps ~4e300 to the pilots file
     (["-o", "s.yaml"], "-o s.yaml: is the sweep lh calibrate reads"),  # replaced the sweep, its auto entries lost
     (["-o", "s.pilots.yaml"], "-o s.pilots.yaml: is the pilots file"),
+    # the calibrated sweep was replaced by the report, and a report named like the sweep replaced it
+    (["-o", "calibration/s.md"], "-o calibration/s.md: is the report's md (calibration/s.md); name another file"),
     (["--gammas", "10,1"], "--gammas 10,1: the γ ladder must be 2 to 12 positive finite values, increasing"),
     (["--gammas", "1,x"], "--gammas 1,x: must be numbers separated by commas"),
 ])
@@ -65,6 +67,15 @@ def test_calibrate_checks_everything_before_it_writes_the_pilots(tmp_path, args,
     proc = lh(tmp_path, "calibrate", "s.yaml", *args, check=False)
     assert proc.returncode == 2 and says in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # nothing written
+
+
+def test_a_report_named_like_the_sweep_is_refused_before_any_work(tmp_path):
+    """A sweep s.json with --report-dir . had the report's JSON written over it."""
+    (tmp_path / "s.json").write_text(sweep(SGLD_AUTO))
+    proc = lh(tmp_path, "calibrate", "s.json", "--report-dir", ".", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--report-dir .: the report's json would be s.json, which is the sweep lh calibrate reads" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json"]
 
 
 def test_a_planted_pilots_file_is_named_as_such_and_left_alone(tmp_path):
