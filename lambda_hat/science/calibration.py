@@ -185,7 +185,7 @@ def gamma_plateau(gammas: Sequence[float], llc: Sequence[float | None], sem: Seq
         notes.append(f"no usable estimate at γ {', '.join(bad)}")
     vague = [f"{g:g}" for g, u, p, b in zip(gammas, usable, precise, below) if u and not p and b]
     if vague:
-        notes.append(f"too imprecise at γ {', '.join(vague)} (SEM above {PLATEAU_MAX_REL_SEM:.0%} of λ̂: "
+        notes.append(f"too imprecise at γ {', '.join(vague)} (SEM above {PLATEAU_MAX_REL_SEM:.1%} of λ̂: "
                      "longer pilots, more draws or chains)")
     tail = f" ({'; '.join(notes)})" if notes else ""
     if best is None and sum(below) < 2:
@@ -195,7 +195,7 @@ def gamma_plateau(gammas: Sequence[float], llc: Sequence[float | None], sem: Seq
         shown = ", ".join(f"{g:g}: {v:.4g} ± {s:.2g}" if u else f"{g:g}: —"
                           for g, v, s, u in zip(gammas, llc, sem, usable))
         return Choice(None, f"no plateau: no two neighbouring γ give precise λ̂ (SEM at most "
-                            f"{PLATEAU_MAX_REL_SEM:.0%} of it) within {BIAS_Z:g} standard errors or {BIAS_REL:.0%} "
+                            f"{PLATEAU_MAX_REL_SEM:.1%} of it) within {BIAS_Z:g} standard errors or {BIAS_REL:.0%} "
                             f"of each other (λ̂ at γ {shown}){tail}; try a ladder of finer steps "
                             "(--gammas) or longer pilots", None)
     plateau = tuple(range(*best))
