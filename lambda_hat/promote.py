@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lambda_hat.errors import BadInput
+from lambda_hat.store.layout import enclosing_store
 from lambda_hat.text import plural
 
 PLOTS_VERSION = "7"  # bump when a plot's code changes, so existing galleries are redrawn
@@ -87,7 +88,8 @@ def parse_plots(text: str | None) -> tuple[str, ...]:
 def _refuse(outdir: Path, path: Path, st: os.stat_result, wanted: str) -> None:
     from lambda_hat.files import file_type
 
-    raise BadInput(f"--outdir {outdir}: {path} is {file_type(st)}, not {wanted}; lh promote writes only "
+    what = "a file" if stat.S_ISREG(st.st_mode) else file_type(st)
+    raise BadInput(f"--outdir {outdir}: {path} is {what}, not {wanted}; lh promote writes only "
                    "regular files and directories of its own (move it away)")
 
 
@@ -110,6 +112,10 @@ def check_gallery(outdir: Path) -> None:
         st = lstat(outdir / sub)
         if st is None:
             continue
+        store = enclosing_store((outdir / sub).resolve())
+        if store is not None:  # `--outdir .` beside the default store ./runs: plots would go into it
+            raise BadInput(f"--outdir {outdir}: its {sub}/ folder is in the store {store}, whose files only "
+                           "lh execute writes; name another directory")
         if not stat.S_ISDIR(st.st_mode):
             _refuse(outdir, outdir / sub, st, "a directory")
         with os.scandir(outdir / sub) as entries:
@@ -130,10 +136,15 @@ class Writer:
         self.outdir = outdir
         self.report = report
         self.state_path = outdir / STATE_FILE
+        from lambda_hat.files import read_regular_text
+
         try:
-            self.state: dict[str, dict] = json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            self.state = {}
+            state = json.loads(read_regular_text(self.state_path) or "{}")
+        except ValueError:
+            state = {}
+        # What we wrote is {file: {"key", "sha256"}}; anything else there is forgotten, not trusted.
+        self.state: dict[str, dict] = {rel: v for rel, v in state.items() if isinstance(v, dict)} if isinstance(
+            state, dict) else {}
         self.new_state: dict[str, dict] = {}
 
     def file(self, rel: str, key: str, render: Callable[[], bytes]) -> None:

@@ -953,7 +953,8 @@ def format_status(rep: StatusReport, logs: Path, limit: int = 20) -> str:
     if len(rep.failed_jobs) > limit:
         lines.append(f"  … {len(rep.failed_jobs) - limit} more in {logs}/")
     if rep.temporary or rep.quarantined:
-        lines.append(f"{rep.temporary} temporary and {rep.quarantined} quarantined entries (lh verify explains, lh gc removes)")
+        lines.append(f"{rep.temporary} temporary and {rep.quarantined} quarantined "
+                     f"{'entry' if rep.temporary + rep.quarantined == 1 else 'entries'} (lh verify explains, lh gc removes)")
     return "\n".join(lines) + "\n"
 
 

@@ -194,7 +194,7 @@ def load_verified(artifact_dir: Path, kind: str) -> tuple[Manifest, dict[str, np
 
     path = artifact_dir / MANIFEST
     try:
-        text = path.read_bytes()
+        text = read_manifest_bytes(path)
     except FileNotFoundError:
         raise ArtifactError(f"incomplete artifact (no {MANIFEST})") from None
     _, problems, expected = _manifest_problems(text, str(path), artifact_dir.name, kind)
@@ -405,10 +405,28 @@ def write_artifact(
         raise
 
 
+# A manifest is a few KB (spec, metrics, checksums); one far larger is damage, and reading it
+# whole to find out would take its size in memory (a 2 GB sparse file took 4-6 GB).
+MAX_MANIFEST_BYTES = 16 * 2**20
+
+
+def read_manifest_bytes(path: Path) -> bytes:
+    """The manifest's bytes, at most MAX_MANIFEST_BYTES (larger: ArtifactError, unread).
+    Raises FileNotFoundError / OSError as reading does."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{MANIFEST} is {size:,} bytes, more than a manifest can be ({MAX_MANIFEST_BYTES:,})")
+        data = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{MANIFEST} is more than {MAX_MANIFEST_BYTES:,} bytes, more than a manifest can be")
+    return data
+
+
 def read_manifest_raw(artifact_dir: Path) -> tuple[Manifest, dict]:
     path = artifact_dir / MANIFEST
     try:
-        text = path.read_bytes()
+        text = read_manifest_bytes(path)
     except FileNotFoundError:
         raise ArtifactError(f"{artifact_dir}: incomplete artifact (no {MANIFEST})") from None
     except OSError as err:
@@ -427,11 +445,13 @@ def verify(artifact_dir: Path, kind: str | None = None) -> list[str]:
     and whose arrays match their checksums (every file is read and hashed each time)."""
     path = artifact_dir / MANIFEST
     try:
-        text = path.read_bytes()
+        text = read_manifest_bytes(path)
     except FileNotFoundError:
         return [f"incomplete artifact (no {MANIFEST})"]
     except OSError as err:
         return [f"unreadable ({err.strerror})"]
+    except ArtifactError as err:
+        return [str(err)]
     _, problems, expected = _manifest_problems(text, str(path), artifact_dir.name, kind)
     if expected is None:
         return list(problems)

@@ -11,6 +11,7 @@ from this class: by lh execute's driver (reconcile, record), `lh index rebuild`,
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -35,6 +36,7 @@ from lambda_hat.store.artifacts import (
     parse_tmp_name,
     pid_alive,
     quarantine,
+    read_manifest_bytes,
     read_manifest_raw,
     verify,
 )
@@ -62,9 +64,11 @@ def check_manifest(artifact_dir: Path, kind: str) -> tuple[Manifest, os.stat_res
     st = _regular_manifest(artifact_dir)
     path = artifact_dir / MANIFEST
     try:
-        text = path.read_bytes()
+        text = read_manifest_bytes(path)
     except OSError as err:
         raise ArtifactError(f"{path}: unreadable ({err.strerror})") from None
+    except ArtifactError as err:
+        raise ArtifactError(f"{artifact_dir}: {err}") from None
     manifest, problems = manifest_problems(text, str(path), artifact_dir.name, kind)
     if problems and all(p.startswith(NEEDS_PLUGIN) for p in problems):
         raise NeedsPlugin(f"{artifact_dir}: {'; '.join(problems)}; left in place")
@@ -92,8 +96,11 @@ def files_stamp(parent: Path, artifact_id: str, parent_fd: int | None = None) ->
     `os.utime`) sets the ctime, which no user can set; only damage below the file system (bit
     rot) keeps them all, and `lh verify` hashes every file. Two stats: what the planner pays per
     artifact to trust the index instead of hashing its arrays (benchmarks/read_checks.py).
-    Raises OSError when there is no manifest."""
+    Raises OSError when there is no manifest, or when the artifact's entry is not a directory of
+    its own (a symbolic link to one elsewhere is not in the store: never counted as done)."""
     where = artifact_id if parent_fd is not None else str(parent / artifact_id)
+    if not stat.S_ISDIR(os.lstat(where, dir_fd=parent_fd).st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory of the store's own", where)
     m = os.stat(f"{where}/{MANIFEST}", dir_fd=parent_fd)
     try:
         a = os.stat(f"{where}/{ARRAYS_ZIP}", dir_fd=parent_fd)
@@ -297,7 +304,8 @@ def _in_parts(n: int, part: Callable[[int, int], "_T"]) -> Iterator["_T"]:
 
 
 # What lambda-hat itself puts at a store's root.
-_STORE_ENTRIES = {"targets", "runs", "index.duckdb", "index.duckdb.wal"}
+_STORE_ENTRIES = {"targets", "runs", "index.duckdb", "index.duckdb.wal", "index.duckdb.tmp"}
+_STORE_PREFIXES = ("index.duckdb.corrupt-",)  # an unreadable index moved aside (index.move_aside)
 
 
 def _check_store_shape(root: Path, lay: StoreLayout) -> None:
@@ -315,7 +323,8 @@ def _check_store_shape(root: Path, lay: StoreLayout) -> None:
         for name in sorted(names):
             if name.startswith("."):
                 continue
-            if prefix is None and name not in _STORE_ENTRIES or prefix is not None and not name.startswith(prefix):
+            ours = name in _STORE_ENTRIES or name.startswith(_STORE_PREFIXES)
+            if prefix is None and not ours or prefix is not None and not name.startswith(prefix):
                 return name
         return None
     for d, prefix in ((root, None), (lay.targets_dir, "tgt_"), (lay.runs_dir, "run_")):
@@ -469,7 +478,7 @@ class Store:
     def snapshot(self, target_ids: Iterable[str], run_ids: Iterable[str],
                  complete: dict[str, dict[str, tuple[int, int]]] | None = None) -> StoreSnapshot:
         """Which of these IDs are complete. The index answers, in one read, for artifacts whose
-        files are unchanged since it recorded them (`files_stamp`, two stats each: at a million
+        files are unchanged since it recorded them (`files_stamp`, three stats each: at a million
         IDs most of the time, and what catches a manifest or arrays file edited, truncated or
         removed since); any other is checked whole (`check_artifact`: its manifest, and its
         files hashed against their checksums). `state` digests the complete IDs with their
