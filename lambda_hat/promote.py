@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lambda_hat.errors import BadInput
-from lambda_hat.store.layout import enclosing_store
+from lambda_hat.store import enclosing_store
 from lambda_hat.text import plural
 
 PLOTS_VERSION = "7"  # bump when a plot's code changes, so existing galleries are redrawn
