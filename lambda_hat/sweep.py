@@ -198,7 +198,7 @@ def _where(path: list) -> tuple[str, str]:
     return entry, field
 
 
-def loader_value(node: yaml.ScalarNode) -> Any:
+def _yaml_value(node: yaml.ScalarNode) -> Any:
     """What PyYAML makes of one scalar node."""
     return yaml.SafeLoader("").construct_object(node)
 
@@ -247,7 +247,7 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
             raise refuse(path, f"integer of {len(node.value):,} characters; integers must lie within ±(2^53 - 1)")
         elif node.tag in (_INT_TAG, _FLOAT_TAG) and not node.style and _YAML11_SURPRISE.match(node.value):
             # PyYAML reads YAML 1.1: `seed: 010` is 8 and `1:30` is 90, silently another value
-            value = loader_value(node)
+            value = _yaml_value(node)
             raise refuse(path, f"{node.value} is read as {value!r} by YAML 1.1 (a leading 0 is octal, a colon "
                                f"sexagesimal); write {value!r}, or quote it if it is text")
         in_progress.discard(id(node))

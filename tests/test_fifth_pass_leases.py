@@ -9,33 +9,14 @@ guarded by SIGALRM (a non-OSError exception) so that a hang fails instead of han
 
 import json
 import os
-import signal
-from contextlib import contextmanager
 
 import pytest
 
 from lambda_hat.store.claims import Claims, Owner
+from test_third_pass import within
 
 ID = "run_aaaaaaaaaaaa"
 OLD = 1_000_000_000  # an mtime long past, to tell whether anything touched the victim
-
-
-class Blocked(BaseException):
-    """Not an OSError (as TimeoutError is): the code under test must not swallow it."""
-
-
-@contextmanager
-def within(seconds: int):
-    def alarm(*_):
-        raise Blocked(f"blocked for {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,31 +22,13 @@ from lhproc import env, lh as lh_proc, sgld_sweep
 from typer.testing import CliRunner
 
 from lambda_hat.cli import app
+from test_third_pass import within
 
 SWEEP = sgld_sweep([1, 2])
 
 
 def lh(*args):
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "300"})
-
-
-class Blocked(BaseException):
-    """Not an OSError (as TimeoutError is): the code under test must not swallow it."""
-
-
-@contextmanager
-def within(seconds: int):
-    """Fail instead of hanging: the code under test must not block (on a FIFO)."""
-    def alarm(*_):
-        raise Blocked(f"blocked for {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture(scope="module")

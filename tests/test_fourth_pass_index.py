@@ -9,12 +9,10 @@ opens it; by a child process's timeout where DuckDB does (in a thread no signal 
 
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 
 import pytest
 import yaml
@@ -26,6 +24,7 @@ from lambda_hat.store.store import Store
 from lambda_hat.sweep import sweep_from_dict
 import lhproc
 from test_store import fill_store
+from test_third_pass import within
 
 # One target and one run of test_store.SWEEP: a no-op `lh execute` over a store filled with it.
 ONE_RUN = {"targets": [{"model": "small", "data": "small", "grid": {"seed": [1]}}], "samplers": [{"name": "hmc"}]}
@@ -33,25 +32,6 @@ ONE_RUN = {"targets": [{"model": "small", "data": "small", "grid": {"seed": [1]}
 
 def lh(*args):
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-
-
-class Blocked(BaseException):
-    """Not an OSError (as TimeoutError is): the code under test must not swallow it."""
-
-
-@contextmanager
-def within(seconds: int):
-    """Fail instead of hanging: the code under test must not block (on a FIFO)."""
-    def alarm(*_):
-        raise Blocked(f"blocked for {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture

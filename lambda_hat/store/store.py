@@ -236,19 +236,7 @@ def _remove(path: Path) -> str | None:
     """Remove one entry of the store: a symbolic link as a link (never what it points to), a
     directory with everything in it (shutil.rmtree unlinks the links inside, it does not
     enter them), anything else as a file. Returns why it could not, or None."""
-    problems: list[str] = []
-    try:
-        if stat.S_ISDIR(os.lstat(path).st_mode):
-            shutil.rmtree(path, onerror=lambda fn, p, exc: problems.append(f"{p}: {exc[1].strerror or exc[1]}"))
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        return err.strerror or str(err)
-    if os.path.lexists(path):
-        return problems[0] if problems else "still there"
-    return None
+    return _remove_counted(path)[1]
 
 
 STAT_THREADS = 8  # stat releases the GIL: on a network file system the calls overlap their latency
@@ -256,7 +244,7 @@ STAT_CHUNK = 2048
 
 
 def _remove_counted(path: Path) -> tuple[bool, str | None]:
-    """`_remove`, and whether this call removed `path` itself: (False, None) when another
+    """`_remove`'s removal, with whether this call removed `path` itself: (False, None) when another
     process (a concurrent gc) removed it first. Only one process's removal of the name itself
     (its unlink, or rmtree's last rmdir) succeeds: that one counts it."""
     gone_first = False
