@@ -808,8 +808,8 @@ def _failed_here(err: Path, kind: str, targets: set[str], root: Path) -> bool:
     """Whether the job that left `err` failed, in this store (`root`, resolved). A logs folder
     may be shared by several stores (the default `logs/`). A job's .log starts with the store
     it wrote to (`STORE_LINE`); it failed here if that is this store and the .log does not end
-    with the worker's last line. A log without that line (a job that never reached a worker,
-    or an older lambda-hat's) is judged by its names: it counts only if (1) it did not finish
+    with the worker's last line (the driver writes that line too for a job that failed before
+    a worker wrote its logs). A log without it (an older lambda-hat's) is judged by its names: it counts only if (1) it did not finish
     (a job that finished, in this store or another, is nobody's failure), and (2) for a run,
     its target is in this store: runs are submitted only once their target is built, in the
     store they sample for, so a run log whose target this store lacks was written for another."""

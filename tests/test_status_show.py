@@ -236,3 +236,27 @@ def test_status_names_a_skewed_heartbeat_instead_of_a_negative_age(runner, tmp_p
     out = lh(runner, "status", "--store", str(root), "--logs", str(tmp_path / "nologs")).stdout
     line = next(x for x in out.splitlines() if "run_feedfeedfeed" in x)
     assert "otherhost pid 4242" in line and "ahead (clock skew)" in line and "-" not in line.split("pid")[1], line
+
+
+def test_a_failure_the_driver_records_is_listed_under_its_own_store_only(runner, tmp_path, store):
+    """Two stores holding the same target share a logs folder; a run job of that target never
+    reached a worker in one of them (its worker was lost), so only the driver wrote its logs.
+    Judged by names it was listed as a failure of both stores; the driver now names its store."""
+    import shutil
+
+    from lambda_hat.execute.schedule import _note_failure
+    from lambda_hat.logs import job_logs
+
+    root, ex, _ = store
+    other_root = tmp_path / "other"
+    shutil.copytree(root, other_root)
+    logs = tmp_path / "logs"
+    target_id = ex.targets[0].target_id
+    _, err = job_logs(logs, "run", "run_0123456789ab", target_id, "hmc")
+    _note_failure(err, "its worker was lost", other_root)
+    listed = {}
+    for name, where in (("this", root), ("other", other_root)):
+        result = lh(runner, "status", "--store", str(where), "--logs", str(logs))
+        assert result.exit_code == 0, result.output
+        listed[name] = "run_0123456789ab" in result.stdout
+    assert listed == {"this": False, "other": True}

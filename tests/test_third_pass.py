@@ -82,7 +82,7 @@ def test_a_jobs_log_is_never_written_through_what_stands_at_its_name(tmp_path, v
             with pytest.raises(BadInput, match="tgt_0123456789ab.log: is "):
                 with job_logs(log, err, tmp_path / "store"):
                     print("never written")
-        _note_failure(err, "its worker was lost")  # swallowed where refused: the driver's summary still says it
+        _note_failure(err, "its worker was lost", tmp_path / "store")  # swallowed where refused: the driver's summary still says it
     assert victim.read_text() == "four years of work\n"
     assert kind != "hard link" or (os.lstat(log).st_nlink == os.lstat(victim).st_nlink == 1)  # names of their own
     assert stat.S_IFMT(os.lstat(log).st_mode) == {"symlink": stat.S_IFLNK, "hard link": stat.S_IFREG,

@@ -8,14 +8,15 @@ starts and stops Parsl around these phases."""
 from __future__ import annotations
 
 import concurrent.futures
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lambda_hat.errors import BadInput, TargetDamaged
-from lambda_hat.files import open_log
-from lambda_hat.logs import job_logs
+from lambda_hat.files import lstat_or_none, open_log
+from lambda_hat.logs import STORE_LINE, job_logs
 from lambda_hat.planner import Plan, PlannedRun, PlannedTarget, batches
 from lambda_hat.store import Manifest
 
@@ -233,7 +234,7 @@ class Scheduler:
             reason += f" (its earlier tries: {', '.join(job.retried)})"
         err = job.err
         if "Dependency" not in name and (not own_error or not err.is_file() or err.stat().st_size == 0):
-            _note_failure(err, reason)
+            _note_failure(err, reason, self.store.root)
         self.result.failed.append((job.job_id, reason, err))
         self.ui.failed(job.job_id, reason)
 
@@ -331,12 +332,19 @@ def _unbatch(fut, run_ids: list[str]) -> list[tuple[str, str, concurrent.futures
     return out
 
 
-def _note_failure(err: Path, reason: str) -> None:
+def _note_failure(err: Path, reason: str, store_root: Path) -> None:
     """The driver's word on a job that failed other than by its own error, as the last line of
     its error log: `lh status` lists failed jobs by their logs and shows that line (a job that
-    never reached a worker had no log at all)."""
+    never reached a worker had no log at all). Its .log, if the job never wrote one, starts
+    with the store's line as a worker's would: a logs folder shared by several stores then
+    lists this failure under this store only, not under another that holds the same target."""
     try:
         err.parent.mkdir(parents=True, exist_ok=True)
+        log = err.with_suffix(".log")
+        st = lstat_or_none(log, str(log))
+        if st is None or (stat.S_ISREG(st.st_mode) and st.st_size == 0):
+            with open_log(log, append=True) as f:
+                f.write(f"{STORE_LINE}{Path(store_root).resolve()}\n")
         with open_log(err, append=True) as f:
             f.write(f"lh execute: {reason}\n")
     except (OSError, BadInput):
