@@ -211,8 +211,10 @@ def load_verified(artifact_dir: Path, kind: str) -> tuple[Manifest, dict[str, np
     unexpected = [f"unexpected {p}" for p in files if p != ARRAYS_ZIP and not p.startswith(".")]
     try:
         data = (artifact_dir / ARRAYS_ZIP).read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError("; ".join([f"missing {ARRAYS_ZIP}", *unexpected])) from None
+    except OSError:  # absent, or a directory (or a link) in its place
+        there = os.path.lexists(artifact_dir / ARRAYS_ZIP)
+        raise ArtifactError("; ".join([f"{ARRAYS_ZIP} is not a regular file" if there else f"missing {ARRAYS_ZIP}",
+                                       *unexpected])) from None
     if hashlib.sha256(data).hexdigest() != expected[ARRAYS_ZIP]:
         unexpected.insert(0, f"checksum mismatch {ARRAYS_ZIP}")
     if unexpected:
@@ -462,7 +464,8 @@ def file_problems(artifact_dir: Path, expected: dict[str, str]) -> list[str]:
     """What differs between an artifact's files and the checksums its manifest lists (every
     file is read and hashed): missing, unexpected (hidden ones aside) and changed files."""
     actual = _checksums(artifact_dir)
-    problems = [f"missing {p}" for p in expected if p not in actual]
+    problems = [f"{p} is not a regular file" if os.path.lexists(artifact_dir / p) else f"missing {p}"
+                for p in expected if p not in actual]
     problems += [f"unexpected {p}" for p in actual if p not in expected and not p.startswith(".")]
     problems += [f"checksum mismatch {p}" for p in expected if p in actual and actual[p] != expected[p]]
     return problems
