@@ -1,5 +1,6 @@
 """Issue 28, what was left in words after the fourth adversarial pass: an artifact whose
-arrays.zarr.zip is a directory was reported as "missing arrays.zarr.zip"."""
+arrays.zarr.zip is a directory was reported as "missing arrays.zarr.zip"; lh verify said "0 problems"
+of a store whose .claims (or .work, .quarantine, .jax_cache) is a file, which lh execute refuses."""
 
 import json
 import shutil
@@ -39,3 +40,22 @@ def test_an_arrays_zip_that_is_a_directory_is_named_as_such_not_missing(store):
     shutil.rmtree(zip_path)
     result = lh("verify", "--store", store)
     assert "missing arrays.zarr.zip" in result.output
+
+
+@pytest.mark.parametrize("name", [".claims", ".quarantine", ".work", ".jax_cache"])
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_verify_names_a_non_directory_where_the_stores_own_directory_belongs(store, name, kind):
+    """lh execute refuses such a store; lh verify said "0 problems" on it."""
+    import os
+
+    path = store / name
+    if path.is_dir():
+        shutil.rmtree(path)
+    if kind == "file":
+        path.write_text("x")
+    else:
+        os.mkfifo(path)
+    result = lh("verify", "--store", store)
+    assert result.exit_code == 1, result.output
+    what = "a file" if kind == "file" else "a FIFO"
+    assert f"{name}: {what} where the store's own directory belongs" in result.output, result.output

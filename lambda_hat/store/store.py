@@ -959,6 +959,13 @@ class Store:
                             report.findings.append(Finding(d, f"its target {tid} is not in targets/ but {awaited}; "
                                                            "lh gc keeps the run", serious=False))
         if wanted is None:
+            lay = self.layout
+            for sub in (lay.work_root, lay.claims_dir, lay.quarantine_dir, lay.jax_cache_dir):
+                if os.path.lexists(sub) and not os.path.islink(sub) and not sub.is_dir():
+                    st = os.lstat(sub)
+                    what = "a file" if stat.S_ISREG(st.st_mode) else file_type(st)
+                    report.findings.append(Finding(sub, f"{what} where the store's own directory belongs "
+                                                        "(lh execute refuses the store until it is moved away)"))
             for p in self.tmp_entries():
                 if os.path.islink(p):
                     report.findings.append(Finding(p, LINK))
