@@ -36,7 +36,8 @@ from typing import Any
 
 from lambda_hat.errors import BadInput
 from lambda_hat.science.calibration import (ACCEPT_LADDER, GAMMA_CEILING, GAMMA_LADDER, RUNGS, TOP_STEP_SIZE_NBETA,
-                                            Accept, Choice, Rung, choose, choose_acceptance, gamma_plateau, ladder)
+                                            Accept, Choice, Rung, choose, choose_acceptance, gamma_plateau, ladder,
+                                            nbeta_slope)
 from lambda_hat.sweep import AUTO, SWEEP_NAME, read_sweep_data
 
 CALIBRATED_SUFFIX = "-calibrated"  # the calibrated sweep's name: NAME-calibrated
@@ -290,6 +291,9 @@ def _numbers(store, group: Group, ladder_: Ladder) -> None:
                            "ess_bulk": metrics.get("ess_bulk"), "status": m.status if m else "missing",
                            "sample_sec": metrics.get("sample_sec"), "total_fge": metrics.get("total_fge"),
                            "n_beta": metrics.get("n_beta")})
+        slope = nbeta_slope(metrics.get("llc_mean"), metrics.get("llc_std_draws"), metrics.get("llc_sem"),
+                            metrics.get("ess_bulk"))
+        group.rows[-1].update({"nbeta_slope": slope and slope.slope, "nbeta_slope_se": slope and slope.se})
     llc, sem, status = ([r[k] for r in group.rows] for k in ("llc_mean", "llc_sem", "status"))
     if gamma:
         group.ceiling = _gamma_ceiling(store, group)
@@ -473,6 +477,17 @@ def _write_page(store, report_dir: Path, stem: str, outcome: CalibrateOutcome) -
     return outdir / "index.html"
 
 
+def _nbeta_words(row: dict) -> str:
+    """The chosen pilot's dependence on nβ in words (`calibration.nbeta_slope`)."""
+    slope, se, llc = row["nbeta_slope"], row["nbeta_slope_se"], row["llc_mean"]
+    doubled = slope * math.log(2)
+    rel = f" ({100 * doubled / llc:+.1f} %)" if llc else ""
+    sure = ("not distinguishable from 0 at 2 standard errors: λ̂ does not depend on nβ near this value"
+            if abs(slope) <= 2 * se else "λ̂ depends on nβ here: report the nβ with the number")
+    return (f"nβ dependence at the choice: dλ̂/d ln(nβ) = λ̂ − Var(per-draw λ̂) = {slope:.3g} ± {se:.2g}; "
+            f"doubling nβ would move λ̂ by about {doubled:+.3g}{rel}; {sure}")
+
+
 def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladders, root: Path) -> Path:
     from lambda_hat.files import write_atomic
     from lambda_hat.output_paths import check_output_path
@@ -517,6 +532,9 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
         else:
             chosen = f"γ = {ladders[g.entry][c.rung]:g}" if gamma else f"ε·nβ = {ladders[g.entry][c.rung].step_size_nbeta:g}"
         lines += [f"Choice: {chosen}: {c.reason if c else 'no pilot finished'}", ""]
+        at_choice = g.rows[c.rung] if c and c.rung is not None else None
+        if at_choice and at_choice["nbeta_slope"] is not None:
+            lines += [_nbeta_words(at_choice), ""]
         entry_choice = outcome.chosen.get(g.entry)
         if gamma and c and c.rung is not None and entry_choice is not None and entry_choice != ladders[g.entry][c.rung]:
             lines += [f"The entry takes γ = {entry_choice:g}, inside every one of its targets' plateaus.", ""]
@@ -529,6 +547,8 @@ def _write_report(report_dir: Path, stem: str, outcome: CalibrateOutcome, ladder
                       "the chosen run (which is one of them)", ""]
         item: dict[str, Any] = {"entry": g.entry, "kind": kind, "target_id": g.target_id,
                                 "label": g.label, "pilots": g.rows, "reason": c.reason if c else "no pilot finished"}
+        item["nbeta_slope"] = None if at_choice is None else at_choice["nbeta_slope"]
+        item["nbeta_slope_se"] = None if at_choice is None else at_choice["nbeta_slope_se"]
         if gamma:
             item.update({"ceiling": g.ceiling,
                          "plateau": [ladders[g.entry][k] for k in c.plateau] if c and c.plateau else None,

@@ -177,6 +177,11 @@ def test_calibrate_finds_the_gamma_plateau_of_a_regular_model(tmp_path):
         assert pilots[g]["llc_mean"] < 0.8 * 3.0, pilots[g]
     chosen = pilots[group["chosen_gamma"]]
     assert abs(chosen["llc_mean"] - 3.0) < 3 * chosen["llc_sem"] + 0.03 * 3.0, chosen
+    # nβ dependence (calibration.nbeta_slope): none on the plateau (λ̂ = Var = d/2 for a quadratic
+    # loss), positive where γ shrinks the directions (½·r(1 − r) each, r = nβh/(nβh + γ)).
+    assert abs(group["nbeta_slope"]) < 3 * group["nbeta_slope_se"], group
+    assert pilots[1000.0]["nbeta_slope"] > 3 * pilots[1000.0]["nbeta_slope_se"], pilots[1000.0]
+    assert "nβ dependence at the choice: dλ̂/d ln(nβ)" in (tmp_path / "calibration" / "s.md").read_text()
     assert "plateau γ" in proc.stdout and "wrote s.calibrated.yaml" in proc.stdout, proc.stdout
     # the report as a page, with every pilot's card (and traces)
     assert "page: calibration/s/index.html" in proc.stdout, proc.stdout

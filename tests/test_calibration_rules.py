@@ -213,3 +213,37 @@ def test_the_cheapest_target_acceptance_that_neither_diverges_nor_moves_the_esti
     assert c.rung == 1 and "0.8's SEM is 100.0× the reference's" in c.reason, c
     c = choose_acceptance(ACCEPTS, [6.0, 6.0, 6.0, 6.0], [0.05] * 4, ["ok", "unconverged", "ok", "ok"])
     assert c.rung == 2 and "0.9 is unconverged" in c.reason, c
+
+
+def _theory_slope(hessian, gradient, n_beta, gamma, h=1e-4):
+    """dλ̂/d ln(nβ) of the exact quadratic expectation, by a central difference in ln nβ."""
+    from lambda_hat.science.theory import quadratic_expected_llc_at
+
+    up = quadratic_expected_llc_at(hessian, gradient, n_beta * math.exp(h), gamma)
+    down = quadratic_expected_llc_at(hessian, gradient, n_beta * math.exp(-h), gamma)
+    return (up - down) / (2 * h)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 500.0, 5000.0])
+def test_nbeta_slope_from_exact_posterior_draws_matches_the_derivative_of_theory(gamma):
+    """Independent draws from the exact Gaussian posterior of a quadratic loss with a gradient
+    left at w* (precision P = nβH + γI, mean −nβP⁻¹g): λ̂ − Var(per-draw λ̂) must equal the
+    derivative of the exact E[λ̂] in ln nβ within 3 of its standard errors. The derivative is
+    ≈ 0 at small γ (both terms d/2) and not at γ ~ nβ·h, where the test has power (a variance
+    taken as a standard deviation, or a sign flipped, misses by many errors)."""
+    from lambda_hat.science.calibration import nbeta_slope
+
+    rng = np.random.default_rng(7)
+    d, n_beta, draws = 12, 700.0, 40_000
+    q = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    hessian = q @ np.diag(np.geomspace(0.05, 6.0, d)) @ q.T
+    gradient = rng.normal(scale=2e-3, size=d)
+    precision = n_beta * hessian + gamma * np.eye(d)
+    mean = -n_beta * np.linalg.solve(precision, gradient)
+    delta = rng.multivariate_normal(mean, np.linalg.inv(precision), size=draws)
+    llc = n_beta * (delta @ gradient + 0.5 * np.einsum("ij,jk,ik->i", delta, hessian, delta))
+    got = nbeta_slope(float(llc.mean()), float(llc.std(ddof=1)), float(llc.std(ddof=1) / math.sqrt(draws)), float(draws))
+    want = _theory_slope(hessian, gradient, n_beta, gamma)
+    assert abs(got.slope - want) < 3 * got.se, (got, want)
+    if gamma >= 500:  # where the localizer rivals nβh the slope is far from 0: the check bites
+        assert abs(want) > 10 * got.se, (got, want)

@@ -74,3 +74,33 @@ def test_mclmc_near_exact(regular):
     print("mclmc", {k: m[k] for k in ("status", "status_reason", "r_hat", "ess_bulk", "llc_mean", "llc_sem")}, expected)
     assert m["status"] == "ok" and m["r_hat"] < 1.05, m
     assert abs(m["llc_mean"] - expected) < 0.02 * expected, (m["llc_mean"], expected)
+
+
+@pytest.mark.slow
+def test_nbeta_dependence_read_from_nuts_draws_matches_theory(regular):
+    """`calibration.nbeta_slope` on a real run: NUTS at γ = 1,000 ≈ nβ·h (each direction shrunk
+    to about half), where λ̂ depends on nβ: λ̂ − Var(per-draw λ̂) must equal the derivative in
+    ln nβ of the exact finite-n expectation within 3 of its standard errors (and be far from 0)."""
+    import jax
+    import jax.numpy as jnp
+
+    from lambda_hat.science import sample_run
+    from lambda_hat.science.calibration import nbeta_slope
+    from lambda_hat.science.posterior import flat_model, make_full_loss
+    from lambda_hat.science.theory import quadratic_expected_llc_at
+
+    arrays, _ = regular
+    w_star, predict = flat_model({k: jnp.asarray(v) for k, v in arrays.params.items()}, "identity")
+    loss = make_full_loss(predict, jnp.asarray(arrays.X), jnp.asarray(arrays.Y))
+    H, g = jax.hessian(loss)(w_star), jax.grad(loss)(w_star)
+    n = arrays.X.shape[0]
+    n_beta, gamma, h = n / np.log(n), 1000.0, 1e-4
+    want = (quadratic_expected_llc_at(H, g, n_beta * np.exp(h), gamma)
+            - quadratic_expected_llc_at(H, g, n_beta * np.exp(-h), gamma)) / (2 * h)
+    m = sample_run(RunSpec(target_id="t", sampler={"name": "nuts", "draws": 500, "warmup": 300, "chains": 4},
+                           posterior={"gamma": gamma}, seed=1), SPEC, arrays).metrics
+    got = nbeta_slope(m["llc_mean"], m["llc_std_draws"], m["llc_sem"], m["ess_bulk"])
+    print("nbeta slope", got, "theory", want, {k: m[k] for k in ("status", "llc_mean", "ess_bulk")})
+    assert m["status"] == "ok", m
+    assert abs(got.slope - want) < 3 * got.se, (got, want)
+    assert abs(want) > 5 * got.se, (got, want)

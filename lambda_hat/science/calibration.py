@@ -16,6 +16,9 @@ curvature nβ·h of the steep directions (for an exactly quadratic loss, each di
 unstable directions. Between, where neither matters, λ̂ does not depend on γ within its error:
 that range is the plateau, and its middle the choice.
 
+nβ is not calibrated (the tempering is part of the question asked), but how λ̂ depends on it is
+read from each pilot's draws (`nbeta_slope`).
+
 Everything here is arithmetic on the pilots' numbers: no I/O, no sampling.
 """
 
@@ -265,3 +268,27 @@ def choose_acceptance(accepts: Sequence[float], llc: Sequence[float | None], sem
     return Choice(pick, f"the smallest target acceptance with no flag at or above it and λ̂ within "
                         f"{BIAS_Z:g} standard errors or {BIAS_REL:.0%} of the most careful pilot's "
                         f"({ref:.4g} ± {ref_se:.2g} at {accepts[last]:g}){tail}", None)
+
+
+class NBetaSlope(NamedTuple):
+    slope: float  # dλ̂/d ln(nβ) at the pilot's nβ
+    se: float  # its approximate standard error
+
+
+def nbeta_slope(llc_mean: float | None, llc_std_draws: float | None, llc_sem: float | None,
+                ess_bulk: float | None) -> NBetaSlope | None:
+    """How λ̂ depends on nβ, read from one run's draws at no cost: under the tempered posterior
+    (localizer included, as it does not depend on β), d E_β[L_n]/dβ = −n·Var_β(L_n), so
+
+        dλ̂/d ln(nβ) = λ̂ − Var(nβ·(L_n − L0)) = λ̂ − (std of the per-draw λ̂)².
+
+    Zero where λ̂ does not depend on nβ (an exactly quadratic loss without localizer: both
+    terms are d/2; a singular model in its asymptotic regime: both tend to λ); a localizer that
+    rivals nβ·h, or n too small for the asymptote, leave it non-zero. The standard error treats
+    the draws as `ess_bulk` independent normal ones (Var of a sample variance: 2σ⁴/ESS), added
+    in quadrature to λ̂'s SEM. None where a number is missing or not finite."""
+    values = (llc_mean, llc_std_draws, llc_sem, ess_bulk)
+    if any(v is None or not math.isfinite(v) for v in values) or ess_bulk <= 0:
+        return None
+    var = llc_std_draws ** 2
+    return NBetaSlope(llc_mean - var, math.sqrt(llc_sem ** 2 + 2 * var ** 2 / ess_bulk))
