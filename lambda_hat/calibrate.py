@@ -119,6 +119,9 @@ def auto_entries(data: Any, source: str) -> dict[int, dict]:
         if post_autos:
             if post_autos != ["gamma"]:
                 other = next(k for k in post_autos if k != "gamma")
+                if other == "beta0":  # the tempering is the question asked; its effect is reported
+                    raise BadInput(f"{where}: posterior.beta0: auto: nβ is not calibrated (the tempering is part of "
+                                   "what λ̂ measures); give a value, and the report says how λ̂ depends on it")
                 raise BadInput(f"{where}: posterior.{other}: lh calibrate chooses only posterior.gamma "
                                "and SGLD's step_size_nbeta")
             if autos:

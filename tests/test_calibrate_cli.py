@@ -21,7 +21,7 @@ def sweep(samplers: str) -> str:
     ("  - {name: sgld, overrides: {steps: auto}}\n", "samplers[0]: overrides.steps: lh calibrate chooses only"),
     ("  - {name: sgld, overrides: {step_size_nbeta: auto}, grid: {step_size_nbeta: [0.01, 0.02]}}\n",
      "samplers[0]: overrides.step_size_nbeta: auto, with a step_size or a grid"),
-    ("  - {name: nuts, posterior: {beta0: auto}}\n", "samplers[0]: posterior.beta0: lh calibrate chooses only posterior.gamma"),
+    ("  - {name: nuts, posterior: {beta0: auto}}\n", "samplers[0]: posterior.beta0: auto: nβ is not calibrated"),
     ("  - {name: sgld, overrides: {step_size_nbeta: auto}, posterior: {gamma: auto}}\n",
      "samplers[0]: overrides.step_size_nbeta: auto beside posterior.gamma: auto (one auto setting per entry); calibrate γ first"),
     ("  - {name: nuts, posterior: {gamma: auto}, grid: {posterior.gamma: [1, 10]}}\n",
