@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lambda_hat.errors import BadInput
+from lambda_hat.specs import ESS_BULK_MIN, DiagnosticsSpec
 from lambda_hat.science.calibration import (ACCEPT_LADDER, GAMMA_CEILING, GAMMA_LADDER, RUNGS, TOP_STEP_SIZE_NBETA,
                                             Accept, Choice, Rung, choose, choose_acceptance, gamma_plateau, ladder,
                                             nbeta_slope)
@@ -279,7 +280,19 @@ def _gamma_ceiling(store, group: Group) -> float | None:
     return GAMMA_CEILING * n_beta * h_max
 
 
-def _numbers(store, group: Group, ladder_: Ladder) -> None:
+def _more_steps(rows: list[dict], ess_min: float) -> str:
+    """How much longer unconverged pilots would have to run, at the least, for the bulk ESS the
+    sweep asks: the ESS of relaxed chains grows in proportion to their length, and chains still
+    relaxing grow it more slowly (on a normal crossing, SGLD's 63 of 400 asked for 6.3×, which
+    gave 225: tests/test_calibration_rules.py). "" where the ESS is not what flagged them."""
+    ess = [r["ess_bulk"] for r in rows if r["status"] == "unconverged" and r.get("ess_bulk") is not None
+           and math.isfinite(r["ess_bulk"]) and 0 < r["ess_bulk"] < ess_min]
+    if not ess:
+        return ""
+    return f" (bulk ESS down to {min(ess):.0f} against {ess_min:g}: {ess_min / min(ess):.1f}× their steps at the least)"
+
+
+def _numbers(store, group: Group, ladder_: Ladder, ess_min: float = ESS_BULK_MIN) -> None:
     manifests, _ = store.checked_manifests("run", group.run_ids)
     by_id = {m.id: m for m in manifests}
     kind = group.kind
@@ -310,10 +323,11 @@ def _numbers(store, group: Group, ladder_: Ladder) -> None:
     at = {"gamma": "γ", "accept": "target acceptance", "step": "ε·nβ"}[kind]
     if flagged and choice.rung is not None:  # chosen, but on SEMs the diagnostics do not vouch for
         choice = choice._replace(reason=choice.reason + f"; pilots at {at} {', '.join(flagged)} are unconverged, "
-                                 "so their SEMs may understate the error (more steps make the choice surer)")
+                                 "so their SEMs may understate the error (more steps make the choice surer"
+                                 f"{_more_steps(group.rows, ess_min)})")
     elif flagged:  # chains still relaxing may be all that keeps the pilots apart
         choice = choice._replace(reason=choice.reason + f"; pilots at {at} {', '.join(flagged)} are unconverged: "
-                                 "longer pilots first")
+                                 f"longer pilots first{_more_steps(group.rows, ess_min)}")
     group.choice = choice
 
 
@@ -387,8 +401,9 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
             return outcome
     store = Store.open(root)
     outcome.groups = _groups(pilot_path, pilots, ladders, autos)
+    ess_min = DiagnosticsSpec.model_validate(data.get("diagnostics") or {}).ess_bulk_min
     for g in outcome.groups:
-        _numbers(store, g, ladders[g.entry])
+        _numbers(store, g, ladders[g.entry], ess_min)
     outcome.chosen, outcome.why_not = _chosen(outcome.groups, ladders)
     outcome.calibrated = _write_calibrated(out, data, outcome, req.sweep_path, root, req.report_dir, name)
     outcome.report = _write_report(req.report_dir, name, outcome, ladders, root)
