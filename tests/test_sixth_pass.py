@@ -59,3 +59,30 @@ def test_verify_names_a_non_directory_where_the_stores_own_directory_belongs(sto
     assert result.exit_code == 1, result.output
     what = "a file" if kind == "file" else "a FIFO"
     assert f"{name}: {what} where the store's own directory belongs" in result.output, result.output
+
+
+def test_a_lease_made_without_hard_links_never_reads_through_a_link(tmp_path, monkeypatch):
+    """On a file system without hard links a lease is written by copy (claims.create_as): the
+    copy's source, our new temporary file, is opened without following a link, so a link
+    planted at its name cannot put another file's content into the lease. The lease itself is
+    created and held as usual."""
+    import errno
+    import os
+
+    from lambda_hat.store import claims as claims_mod
+
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, "no hard links here")
+
+    monkeypatch.setattr(claims_mod.os, "link", no_link)
+    book = claims_mod.Claims(tmp_path / ".claims")
+    assert book.acquire("run_0123456789ab") is None
+    leases = list((tmp_path / ".claims").iterdir())  # the lease alone: no temporary file left
+    assert len(leases) == 1 and json.loads(leases[0].read_text())["pid"] == os.getpid(), leases
+    victim = tmp_path / "secret"
+    victim.write_text("not a lease")
+    planted = tmp_path / "planted"
+    planted.symlink_to(victim)
+    with pytest.raises(OSError):
+        claims_mod.create_as(planted, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()

@@ -75,6 +75,19 @@ def lease_ttl_s() -> float:
     return ttl_s
 
 
+MAX_LEASE_BYTES = 1 << 16  # a lease is a few hundred bytes of JSON
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """A new file of ours: created exclusively (nothing planted at its name is written through)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+
+
 def create_as(src: Path, dst: Path) -> None:
     """Create `dst` holding what `src` holds, or FileExistsError if it exists: with link(2),
     atomic on NFS and Lustre; where the file system has no hard links, with an
@@ -86,7 +99,11 @@ def create_as(src: Path, dst: Path) -> None:
     except OSError as err:
         if err.errno not in NO_HARD_LINKS:
             raise
-    data = src.read_bytes()
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)  # our own new file: never read through a link
+    try:
+        data = os.read(fd, MAX_LEASE_BYTES)
+    finally:
+        os.close(fd)
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         while data:
@@ -257,9 +274,9 @@ class Claims:
         path = self._path(artifact_id)
         for _ in range(5):
             tmp = self.dir / f".new-{artifact_id}-{self.owner.token}-{uuid.uuid4().hex[:6]}"
-            tmp.write_text(json.dumps({"host": self.owner.host, "pid": self.owner.pid, "token": self.owner.token,
-                                       "started": self.owner.started, "created": time.time(),
-                                       "boot_id": self.owner.boot_id, "pid_ns": self.owner.pid_ns}))
+            _write_new(tmp, json.dumps({"host": self.owner.host, "pid": self.owner.pid, "token": self.owner.token,
+                                        "started": self.owner.started, "created": time.time(),
+                                        "boot_id": self.owner.boot_id, "pid_ns": self.owner.pid_ns}).encode())
             try:
                 create_as(tmp, path)
                 self.held.add(artifact_id)
