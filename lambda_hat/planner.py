@@ -87,10 +87,16 @@ def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:
     n_runs = len(sweep.targets) * len(sweep.samplers)
     if n_runs > max_runs:
         raise SweepError(f"the sweep has {n_runs:,} runs, more than the limit of {max_runs:,} (max_runs)")
-    targets = _with_earlier([PlannedTarget(target_id(t), t) for t in sweep.targets])
+    # Entries written differently may name one computation (a preset and its values written
+    # out; a restriction that selects every leaf): one ID, one job, one row.
+    first: dict[str, PlannedTarget] = {}
+    for spec in sweep.targets:
+        tid = target_id(spec)
+        first.setdefault(tid, PlannedTarget(tid, spec))
+    targets = _with_earlier(list(first.values()))
     # Each sampler setting is canonicalised once (not once per run); see ids.RunIds.
     settings = [(s, None if s.restrict else RunIds.of(s)) for s in sweep.samplers]
-    runs = []
+    runs: dict[str, PlannedRun] = {}
     for t in targets:
         tid, tid_json = t.target_id, canonical(t.target_id)
         for s, ids in settings:
@@ -98,8 +104,10 @@ def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:
                 # a restriction is resolved on each target to its sorted leaves (`specs.free_leaves`)
                 s = s.model_copy(update={"free": _free_leaves(t.spec, s)})
                 ids = RunIds.of(s)
-            runs.append(PlannedRun(ids(tid_json), tid, s))
-    return Expanded(targets, runs)
+            run_id = ids(tid_json)
+            if run_id not in runs:
+                runs[run_id] = PlannedRun(run_id, tid, s)
+    return Expanded(targets, list(runs.values()))
 
 
 def _with_earlier(targets: list[PlannedTarget]) -> list[PlannedTarget]:

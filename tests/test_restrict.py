@@ -16,9 +16,11 @@ def _run_ids(*restricts, targets=(TARGET,)):
     from lambda_hat.planner import expand
     from lambda_hat.sweep import sweep_from_dict
 
-    samplers = [{"name": "nuts", **({} if r is None else {"restrict": r})} for r in restricts]
-    ex = expand(sweep_from_dict({"jax_enable_x64": True, "targets": list(targets), "samplers": samplers}))
-    return [r.run_id for r in ex.runs], [r.spec.free for r in ex.runs]
+    # each entry expanded on its own: in one sweep, entries naming one run are one run (planner.expand)
+    runs = [run for t in targets for r in restricts
+            for run in expand(sweep_from_dict({"jax_enable_x64": True, "targets": [t],
+                                               "samplers": [{"name": "nuts", **({} if r is None else {"restrict": r})}]})).runs]
+    return [r.run_id for r in runs], [r.spec.free for r in runs]
 
 
 def test_a_restriction_is_hashed_as_the_leaves_it_selects():

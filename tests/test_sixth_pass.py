@@ -86,3 +86,21 @@ def test_a_lease_made_without_hard_links_never_reads_through_a_link(tmp_path, mo
     with pytest.raises(OSError):
         claims_mod.create_as(planted, tmp_path / "copy")
     assert not (tmp_path / "copy").exists()
+
+
+def test_entries_that_name_one_run_are_one_job_and_one_row(tmp_path):
+    """A sampler entry whose `restrict` selects every leaf is the plain entry's run (same ID):
+    both were submitted, and sampled at once into one work directory, and counted twice."""
+    sweep = tmp_path / "dup.yaml"
+    sweep.write_text("""store_root: store
+targets: [{model: small, data: small, teacher: _null, seed: 1, overrides: {training: {steps: 50}}}]
+samplers:
+  - {name: hmc, seed: 9, chains: 2, draws: 200}
+  - {name: hmc, seed: 9, chains: 2, draws: 200, restrict: {include: ["*"]}}
+  - {name: hmc, seed: 9, chains: 2, draws: 200, restrict: {include: ["W_*", "b_*"]}}
+  - {name: hmc, seed: 9, chains: 2, draws: 200, restrict: {include: ["W_*"]}}
+""")
+    result = lh("plan", sweep, "--store", tmp_path / "store", "--json")
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.stdout)["runs_to_sample"]
+    assert len(runs) == len(set(runs)) == 2, runs  # all leaves (three ways) and W_* alone
