@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from lambda_hat.science.calibration import (ACCEPT_LADDER, GAMMA_CEILING, GAMMA_
                                             nbeta_slope)
 from lambda_hat.sweep import AUTO, SWEEP_NAME, read_sweep_data
 
+# The smallest --top: its ladder's pilots run 80× (at --top/4) the entry's steps at SGLD's default.
+TOP_MIN = 1e-3
 CALIBRATED_SUFFIX = "-calibrated"  # the calibrated sweep's name: NAME-calibrated
 # The settings a rung changes; a pilot's group is its run spec without them.
 RUNG_FIELDS = ("step_size_nbeta", "steps", "warmup", "eval_every")
@@ -92,6 +95,7 @@ class CalibrateOutcome:
     chosen: dict[int, Rung | float | None] = field(default_factory=dict)  # entry -> its step or γ (None: uncalibrated)
     why_not: dict[int, str] = field(default_factory=dict)  # entry -> why it is uncalibrated though each group chose
     page: Path | None = None  # the report as an lh promote page, with each pilot's traces
+    interrupted: bool = False  # stopped by a signal: nothing chosen, nothing written
 
 
 def auto_entries(data: Any, source: str) -> dict[int, dict]:
@@ -338,8 +342,9 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     from lambda_hat.sweep import sweep_from_dict
 
     source = str(req.sweep_path)
-    if not (0 < req.top < 10) or not math.isfinite(req.top):
-        raise BadInput(f"--top {req.top:g}: the ladder's largest ε·nβ must be in (0, 10)")
+    if not (TOP_MIN <= req.top < 10) or not math.isfinite(req.top):  # pilots' steps grow as 1/ε
+        raise BadInput(f"--top {req.top:g}: the ladder's largest ε·nβ must be at least {TOP_MIN:g} and below 10 "
+                       f"(SGLD's default step is 0.02)")
     data = read_sweep_data(req.sweep_path)
     autos = auto_entries(data, source)
     stem = req.sweep_path.stem
@@ -377,8 +382,12 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     check_output_dir(req.logs, root, "--logs")
     from lambda_hat import promote as gallery
 
-    check_output_dir(req.report_dir / name, root, "--report-dir")  # the page: the report and the pilots' traces
-    gallery.check_gallery(req.report_dir / name)
+    page_dir = req.report_dir / name  # the page: the report and the pilots' traces
+    if os.path.islink(page_dir):  # lh names this folder, not the user: a link there is planted, never followed
+        raise BadInput(f"--report-dir {req.report_dir}: {page_dir} is a symbolic link, where lh calibrate writes "
+                       "the report's page in a directory of its own; move it away")
+    check_output_dir(page_dir, root, "--report-dir")
+    gallery.check_gallery(page_dir, "--report-dir")
     # The sweep itself first, each auto entry at the defaults (its indices are the user's), then the
     # pilots: what fails only there is --top's or --gammas' doing.
     base_dir = str(req.sweep_path.resolve().parent)
@@ -398,6 +407,7 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     if ran.exit_code:
         outcome.exit_code = ran.exit_code
         if ran.interrupted:
+            outcome.interrupted = True
             return outcome
     store = Store.open(root)
     outcome.groups = _groups(pilot_path, pilots, ladders, autos)

@@ -26,7 +26,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from lambda_hat.errors import BadInput, LhError
 from lambda_hat.text import plural
 from lambda_hat.files import atomic_file, write_atomic
-from lambda_hat.output_paths import check_output_path
+from lambda_hat.output_paths import check_not_input, check_output_path
 
 
 
@@ -324,7 +324,7 @@ def execute_cmd(
 
         _, _, st = _load(sweep, store, max_runs)
         check_output_dir(promote_dir, st.root, "--promote-dir")
-        gallery.check_gallery(promote_dir)
+        gallery.check_gallery(promote_dir, "--promote-dir")
     flags = dict(partition=partition, account=account, qos=qos, walltime=walltime, nodes_per_block=nodes_per_block,
                  cores_per_node=cores_per_node, mem_per_node=mem_per_node, gpus_per_node=gpus_per_node,
                  workers_per_node=workers_per_node, max_blocks=max_blocks, exclusive=exclusive, worker_init=worker_init,
@@ -364,6 +364,8 @@ def calibrate_cmd(
     extra = {} if gammas is None else {"gammas": parse_gammas(gammas)}
     outcome = calibrate(CalibrateRequest(sweep_path=sweep, store=store, workers=workers, logs=logs, top=top, out=out,
                                          report_dir=report_dir, **extra), console)
+    if outcome.interrupted:  # lh execute said so; nothing was calibrated
+        raise typer.Exit(outcome.exit_code)
     console.print("\n[bold]=== Calibrated ===[/bold]")
     for g in outcome.groups:
         c = g.choice
@@ -457,11 +459,14 @@ def query_cmd(
 
     _check_limit(limit)
     timeout_s = _seconds("--timeout", timeout)
+    if timeout_s > QUERY_TIMEOUT_MAX_S:  # past what a timer can wait (time_t); a query is not a service
+        raise BadInput(f"--timeout {timeout}: at most {QUERY_TIMEOUT_MAX_S:,} seconds (7d); 0 for no limit")
     memory_limit = results.check_memory_limit(memory_limit)
     st, scope = _scoped(store, sweep)
     kind = results.format_for(out, fmt.value if fmt else None)
     if out is not None:
         check_output_path(out, st.root)
+        check_not_input(out, [sweep] if sweep is not None else [], "-o")
     elif kind == "parquet":
         raise BadInput("--format parquet writes a binary file: add -o FILE.parquet")
     limits = dict(timeout_s=timeout_s, memory_limit=memory_limit, scope=scope)
@@ -540,6 +545,7 @@ def export_cmd(
     if not st.root.is_dir():
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
     check_output_path(out, st.root)
+    check_not_input(out, [sweep] if sweep is not None else [], "-o")
     damaged: list[tuple[str, str]] = []
     n = results.export_runs(st, run_ids, out, damaged, view=view).rows
     if view != "runs":
@@ -547,7 +553,7 @@ def export_cmd(
         _fail_if_damaged(damaged, f"left out of {out}")
         return
     missing = len(run_ids) - n - len(damaged)
-    console.print(f"{plural(n, 'run')} written to {out}" + (f" ({missing} of the sweep's runs are not finished)"
+    console.print(f"{plural(n, 'run')} written to {out}" + (f" ({missing} of the sweep's runs {'is' if missing == 1 else 'are'} not finished)"
                                                    if missing and sweep is not None else ""),
                   highlight=False, soft_wrap=True)
     _fail_if_damaged(damaged, f"left out of {out}")
@@ -700,6 +706,9 @@ def verify_cmd(
 def index_verify_cmd(store: StoreOpt = None) -> None:
     """Same as `lh verify` (kept for Lambda-Hat habits)."""
     _verify(None, store)
+
+
+QUERY_TIMEOUT_MAX_S = 7 * 86400
 
 
 def _seconds(flag: str, text: str) -> float:

@@ -76,15 +76,30 @@ def check_output_dir(out: Path, store_root: Path, flag: str) -> None:
 RESULT_SUFFIXES = (".parquet", ".csv")
 
 
-def check_execute_outputs(logs: Path, results: Path, store_root: Path, parsl_run_dir: Path | None = None) -> None:
-    """`lh execute`'s --logs (a directory), --results (a .parquet or .csv file) and Parsl's
-    run directory (`parsl_runinfo` in the current directory), as above."""
+def check_not_input(out: Path, inputs: list[Path], flag: str) -> None:
+    """`out` is none of the files the command reads (its sweep): writing it would replace them."""
+    for path in inputs:
+        try:
+            same = out.exists() and os.path.samefile(out, path)
+        except OSError:
+            same = False
+        if same:
+            raise BadInput(f"{flag} {out}: is the sweep the command reads ({path}); name another file")
+
+
+def check_execute_outputs(logs: Path, results: Path, store_root: Path, parsl_run_dir: Path | None = None,
+                          inputs: list[Path] | None = None) -> None:
+    """`lh execute`'s --logs (a directory), --results (a .parquet or .csv file, not one of
+    `inputs`) and Parsl's run directory (`parsl_runinfo` in the current directory), as above."""
     if parsl_run_dir is not None:
         try:
             resolved, root = parsl_run_dir.resolve(), store_root.resolve()
         except (OSError, RuntimeError) as err:
             raise BadInput(f"Parsl's run directory {parsl_run_dir}: cannot be resolved ({err})") from None
-        if resolved == root or resolved.is_relative_to(root):
+        if resolved == root:  # a store named like Parsl's run directory, here
+            raise BadInput(f"Parsl writes its run directory {parsl_run_dir} in the current directory, and that is "
+                           f"the store {store_root}; run lh execute from another directory")
+        if resolved.is_relative_to(root):
             raise BadInput(f"the current directory is inside the store {store_root}, and Parsl writes its run "
                            f"directory {parsl_run_dir} here; run lh execute from outside the store")
         check_output_dir(parsl_run_dir, store_root, "Parsl's run directory")
@@ -98,8 +113,11 @@ def check_execute_outputs(logs: Path, results: Path, store_root: Path, parsl_run
         if st is not None and not stat.S_ISDIR(st.st_mode):
             raise BadInput(f"--logs {logs}: {folder} is {_what(folder, st)}, where lh keeps its job logs in a "
                            "directory of its own; move it away")
+        if st is not None:  # a store there would get job logs among its artifacts
+            _check_outside_store(folder, store_root, "--logs")
     if results.exists() and results.is_dir():
         raise BadInput(f"--results {results}: is a directory; name a .parquet or .csv file")
     if results.suffix.lower() not in RESULT_SUFFIXES:
         raise BadInput(f"--results {results}: unknown format {results.suffix or '(no extension)'!r}; use .parquet or .csv")
     check_output_path(results, store_root, "--results")
+    check_not_input(results, inputs or [], "--results")

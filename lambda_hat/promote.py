@@ -85,15 +85,15 @@ def parse_plots(text: str | None) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- writing only what changed
 
 
-def _refuse(outdir: Path, path: Path, st: os.stat_result, wanted: str) -> None:
+def _refuse(outdir: Path, path: Path, st: os.stat_result, wanted: str, flag: str = "--outdir") -> None:
     from lambda_hat.files import file_type
 
     what = "a file" if stat.S_ISREG(st.st_mode) else file_type(st)
-    raise BadInput(f"--outdir {outdir}: {path} is {what}, not {wanted}; lh promote writes only "
+    raise BadInput(f"{flag} {outdir}: {path} is {what}, not {wanted}; a gallery holds only "
                    "regular files and directories of its own (move it away)")
 
 
-def check_gallery(outdir: Path) -> None:
+def check_gallery(outdir: Path, flag: str = "--outdir") -> None:
     """Everything promote may write under `outdir`, checked before any work: its pages and
     state file are regular files or absent, `runs/`, `targets/` and their entries are
     directories (not links to them), and the plots in those are regular files or absent. A
@@ -107,25 +107,25 @@ def check_gallery(outdir: Path) -> None:
     for name in ("index.html", "gallery.md", STATE_FILE):
         st = lstat(outdir / name)
         if st is not None and not stat.S_ISREG(st.st_mode):
-            _refuse(outdir, outdir / name, st, "a regular file")
+            _refuse(outdir, outdir / name, st, "a regular file", flag)
     for sub in ("runs", "targets"):
         st = lstat(outdir / sub)
         if st is None:
             continue
         store = enclosing_store((outdir / sub).resolve())
         if store is not None:  # `--outdir .` beside the default store ./runs: plots would go into it
-            raise BadInput(f"--outdir {outdir}: its {sub}/ folder is in the store {store}, whose files only "
+            raise BadInput(f"{flag} {outdir}: its {sub}/ folder is in the store {store}, whose files only "
                            "lh execute writes; name another directory")
         if not stat.S_ISDIR(st.st_mode):
-            _refuse(outdir, outdir / sub, st, "a directory")
+            _refuse(outdir, outdir / sub, st, "a directory", flag)
         with os.scandir(outdir / sub) as entries:
             for entry in entries:
                 if not entry.is_dir(follow_symlinks=False):
-                    _refuse(outdir, Path(entry.path), entry.stat(follow_symlinks=False), "a directory")
+                    _refuse(outdir, Path(entry.path), entry.stat(follow_symlinks=False), "a directory", flag)
                 with os.scandir(entry.path) as files:
                     for f in files:
                         if f.name.endswith(".png") and not f.is_file(follow_symlinks=False):
-                            _refuse(outdir, Path(f.path), f.stat(follow_symlinks=False), "a regular file")
+                            _refuse(outdir, Path(f.path), f.stat(follow_symlinks=False), "a regular file", flag)
 
 
 class Writer:

@@ -33,6 +33,7 @@ import textwrap
 import threading
 import types
 import typing
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -795,7 +796,8 @@ def _last_line(path: Path, limit: int = 160) -> str:
             lines = [x.strip() for x in f.read().decode(errors="replace").splitlines() if x.strip()]
     except OSError:
         return ""
-    return (lines[-1] if lines else "")[:limit]
+    # shown on a terminal: a control character (an escape sequence, NUL) is not the log's to send
+    return "".join(c if c.isprintable() else "\ufffd" for c in (lines[-1] if lines else "")[:limit])
 
 
 # The last line a worker writes to a job's .log when the job finished (execute/apps.py): a
@@ -846,6 +848,7 @@ class StatusReport:
     targets_by_status: dict[str, int] = field(default_factory=dict)
     runs_by_status: dict[str, int] = field(default_factory=dict)
     not_indexed: dict[str, int] = field(default_factory=dict)  # kind -> artifact dirs not in the index yet
+    gone: dict[str, int] = field(default_factory=dict)  # kind -> index rows whose artifact is not there
     flagged: list[tuple[str, str, list[str]]] = field(default_factory=list)  # (run_id, sampler, reasons)
     failed_jobs: list[tuple[str, Path, str]] = field(default_factory=list)  # (id, .err path, its last line)
     claims: list[tuple[str, str, str]] = field(default_factory=list)  # (id, holder, its heartbeat in words)
@@ -868,14 +871,22 @@ def store_status(store: Any, logs: Path, scope: Scope | None = None) -> StatusRe
         listing = {kind: listing[kind] & wanted[kind] for kind in listing}
     if store.index_path.is_file():
         with sandbox(store, scope=scope) as con:
-            rep.targets_by_status = dict(con.execute("SELECT status, count(*) FROM targets GROUP BY 1 ORDER BY 2 DESC").fetchall())
-            rep.runs_by_status = dict(con.execute("SELECT status, count(*) FROM runs GROUP BY 1 ORDER BY 2 DESC").fetchall())
-            indexed = {"target": {r[0] for r in con.execute("SELECT target_id FROM targets").fetchall()},
-                       "run": {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}}
+            # Counted and flagged: the index's rows whose artifact is there (a row outlives an
+            # artifact removed by hand until the next record or rebuild).
+            by_status, indexed = {}, {}
+            for kind, table, key in (("target", "targets", "target_id"), ("run", "runs", "run_id")):
+                rows = con.execute(f"SELECT {key}, status FROM {table}").fetchall()
+                indexed_kind = {r[0] for r in rows}
+                by_status[kind] = Counter(st for i, st in rows if i in listing[kind])
+                rep.gone[kind] = len(indexed_kind - listing[kind])
+                indexed[kind] = indexed_kind
+            rep.targets_by_status, rep.runs_by_status = (dict(by_status[kind].most_common()) for kind in ("target", "run"))
             cur = con.execute("SELECT run_id, sampler, status, status_reason FROM runs ORDER BY run_id")
             names = [d[0] for d in cur.description]
             for values in cur.fetchall():
                 row = dict(zip(names, values))
+                if row["run_id"] not in listing["run"]:
+                    continue
                 reasons = run_flags(row)
                 if reasons:
                     rep.flagged.append((row["run_id"], row["sampler"], reasons))
@@ -933,6 +944,10 @@ def format_status(rep: StatusReport, logs: Path, limit: int = 20) -> str:
                      + "; only these below")
     lines += [f"  targets  {counts(rep.targets_by_status)}",
               f"  runs     {counts(rep.runs_by_status)}"]
+    gone = {k: n for k, n in rep.gone.items() if n}
+    if gone:
+        lines.append("  in the index but not in the store: " + ", ".join(plural(n, k) for k, n in gone.items())
+                     + " (removed by hand? lh index rebuild drops them; lh execute redoes what a sweep needs)")
     waiting = {k: n for k, n in rep.not_indexed.items() if n}
     if waiting:
         lines.append("  not in the index yet: " + ", ".join(f"{n} {k}s" for k, n in waiting.items())

@@ -104,3 +104,99 @@ samplers:
     assert result.exit_code == 0, result.output
     runs = json.loads(result.stdout)["runs_to_sample"]
     assert len(runs) == len(set(runs)) == 2, runs  # all leaves (three ways) and W_* alone
+
+
+def test_job_logs_are_never_written_into_a_store_at_a_logs_subfolder(tmp_path, store):
+    """--logs L where L/run_sampler is a store: the job logs landed in that store's root."""
+    logs = tmp_path / "L"
+    logs.mkdir()
+    shutil.copytree(store, logs / "run_sampler")
+    result = lh("execute", tmp_path / "s.yaml", "--store", store, "--logs", logs)
+    assert result.exit_code == 2, result.output
+    assert f"--logs {logs}/run_sampler: inside the store {logs}/run_sampler" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("command", ["execute", "export", "query"])
+def test_an_output_that_is_the_sweep_read_is_refused(tmp_path, store, command):
+    """lh execute s.csv --results s.csv (and export / query -o) replaced the sweep it read."""
+    sweep = tmp_path / "s.csv"  # a sweep is YAML whatever its name; JSON is YAML
+    sweep.write_text((tmp_path / "s.yaml").read_text())
+    before = sweep.read_text()
+    args = {"execute": ["execute", sweep, "--store", store, "--results", sweep],
+            "export": ["export", sweep, "--store", store, "-o", sweep],
+            "query": ["query", "select 1", "--sweep", sweep, "--store", store, "-o", sweep]}[command]
+    result = lh(*args)
+    assert result.exit_code == 2, result.output
+    assert "is the sweep the command reads" in result.output
+    assert sweep.read_text() == before
+
+
+@pytest.mark.parametrize("env,args,says", [
+    ({}, ["--workers", "99999"], "--workers 99999: at most"),
+    ({"LH_CHECKPOINT_SEC": "abc"}, [], "LH_CHECKPOINT_SEC='abc': must be a number of seconds above 0"),
+    ({"LH_CHECKPOINT_SEC": "nan"}, [], "LH_CHECKPOINT_SEC='nan'"),
+    ({"LH_CHECKPOINT_SEC": "-1"}, [], "LH_CHECKPOINT_SEC='-1'"),
+])
+def test_execute_settings_that_cannot_work_are_refused_before_any_work(tmp_path, store, env, args, says):
+    """--workers 400 on 2 cores ran a load of 87 and finished nothing; a bad LH_CHECKPOINT_SEC
+    failed every sampling job with a traceback, after the targets were built."""
+    result = CliRunner().invoke(app, ["execute", str(tmp_path / "s.yaml"), "--store", str(store), *args],
+                                env={"COLUMNS": "200", **env})
+    assert result.exit_code == 2, result.output
+    assert says in result.output
+
+
+def test_query_timeout_past_what_a_timer_can_wait_is_refused(store):
+    result = lh("query", "select 1", "--store", store, "--timeout", "1e10")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--timeout 1e10: at most 604,800 seconds" in result.output
+
+
+@pytest.mark.parametrize("top", ["1e-320", "1e-9", "0.0009"])
+def test_calibrate_refuses_a_top_step_whose_pilots_could_never_run(tmp_path, top):
+    (tmp_path / "c.yaml").write_text("store_root: store\ntargets:\n  - {model: small, data: small, teacher: _null}\n"
+                                     "samplers:\n  - {name: sgld, overrides: {step_size_nbeta: auto}}\n")
+    result = lh("calibrate", tmp_path / "c.yaml", "--top", top)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "the ladder's largest ε·nβ must be at least 0.001" in result.output
+    assert not (tmp_path / "c.pilots.yaml").exists()
+
+
+def test_calibrate_never_writes_its_page_through_a_link_at_its_name(tmp_path):
+    (tmp_path / "c.yaml").write_text("store_root: store\ntargets:\n  - {model: small, data: small, teacher: _null}\n"
+                                     "samplers:\n  - {name: sgld, overrides: {step_size_nbeta: auto}}\n")
+    elsewhere = tmp_path / "site"
+    elsewhere.mkdir()
+    (elsewhere / "index.html").write_text("a user's page")
+    (tmp_path / "calibration").mkdir()
+    (tmp_path / "calibration" / "c").symlink_to(elsewhere)
+    result = lh("calibrate", tmp_path / "c.yaml", "--report-dir", tmp_path / "calibration")
+    assert result.exit_code == 2, result.output
+    assert "is a symbolic link, where lh calibrate writes the report's page" in " ".join(result.output.split())
+    assert (elsewhere / "index.html").read_text() == "a user's page"
+
+
+def test_status_neither_counts_nor_flags_a_run_whose_directory_is_gone(tmp_path, store):
+    """A run directory removed by hand: its index row was still counted and flagged."""
+    before = lh("status", "--store", store, "--logs", tmp_path / "logs")
+    flagged = [line.split()[0] for line in before.stdout.split("flagged runs:")[1].splitlines()[1:]
+               if line.startswith("  ") and not line.startswith("  …")]
+    runs = sorted(p.name for p in (store / "runs").iterdir())
+    victim = next((r for r in runs if any(r.startswith(f) for f in flagged)), runs[0])
+    shutil.rmtree(store / "runs" / victim)
+    after = lh("status", "--store", store, "--logs", tmp_path / "logs")
+    assert after.exit_code == 0, after.output
+    assert victim[:8] not in after.stdout.split("flagged runs:")[1], after.stdout
+    assert f"  runs     {len(runs) - 1} " in after.stdout or f"  runs     {len(runs) - 1}\n" in after.stdout, after.stdout
+    assert "in the index but not in the store: 1 run" in after.stdout
+
+
+def test_status_shows_an_error_line_without_its_control_characters(tmp_path, store):
+    err = tmp_path / "logs" / "build_target" / "tgt_0123456789ab.err"
+    err.parent.mkdir(parents=True)
+    err.write_text("boom \x1b]0;owned\x07 \x1b[2J\x00 end\n")
+    result = lh("status", "--store", store, "--logs", tmp_path / "logs")
+    assert result.exit_code == 0, result.output
+    assert "tgt_0123456789ab" in result.stdout
+    assert "\x1b" not in result.stdout and "\x00" not in result.stdout and "\x07" not in result.stdout
+    assert "boom" in result.stdout and "end" in result.stdout

@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
+from lambda_hat.errors import BadInput
 from lambda_hat.faults import crash_point
 from lambda_hat.files import open_log
 from lambda_hat.logs import STORE_LINE
@@ -350,7 +351,18 @@ CHECKPOINT_SEC = 60.0
 
 
 def checkpoint_interval_s() -> float:
-    return float(os.environ.get(CHECKPOINT_SEC_ENV, CHECKPOINT_SEC))
+    """LH_CHECKPOINT_SEC, a finite number of seconds above 0 (else BadInput: the driver checks it
+    before any work, so a worker never meets a bad one)."""
+    text = os.environ.get(CHECKPOINT_SEC_ENV, "").strip()
+    if not text:
+        return CHECKPOINT_SEC
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise BadInput(f"{CHECKPOINT_SEC_ENV}={text!r}: must be a number of seconds above 0")
+    return value
 
 
 def _already_complete(store, kind: str, artifact_id: str) -> dict | None:

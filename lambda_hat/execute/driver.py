@@ -172,7 +172,7 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     if req.results is None:
         req = replace(req, results=results_file(sweep, req.sweep_path))
     # Every path the command writes, checked before anything is submitted (output_paths.py).
-    check_execute_outputs(req.logs, req.results, root, req.parsl_run_dir)
+    check_execute_outputs(req.logs, req.results, root, req.parsl_run_dir, inputs=[req.sweep_path])
     owner_note = _results_owner_note(req.results, req.sweep_path)  # said once the file is written
     settings = _backend_settings(req)
     store, rep = _open_store(root, console)
@@ -358,8 +358,14 @@ def _backend_settings(req: ExecuteRequest):
 
     from lambda_hat.execute.parsl_config import heartbeat
 
+    from lambda_hat.execute.apps import checkpoint_interval_s
+    from lambda_hat.execute.parsl_config import check_local_workers
+
     heartbeat()  # a bad LH_HEARTBEAT_* value is bad input now, not after the claims
     _claim_wait_bound()
+    checkpoint_interval_s()  # read by every sampling job: a bad value would fail each of them
+    if req.workers is not None and req.parsl_config is None and req.backend == "local":
+        check_local_workers(req.workers)
     if req.parsl_config is not None:
         if not req.parsl_config.is_file():
             raise BadInput(f"--parsl-config {req.parsl_config}: no such file")

@@ -53,6 +53,19 @@ def default_workers() -> int:
     return min(os.cpu_count() or 1, 8)
 
 
+# Local workers per core at most: each is a process with its own JAX (hundreds of MB) and the
+# cores are shared; past this a sweep only thrashes (400 workers on 2 cores: load 87, nothing done).
+WORKERS_PER_CORE_MAX = 4
+
+
+def check_local_workers(workers: int, cpus: int | None = None) -> None:
+    cpus = cpus or os.cpu_count() or 1
+    if workers > WORKERS_PER_CORE_MAX * cpus:
+        raise BadInput(f"--workers {workers}: at most {WORKERS_PER_CORE_MAX * cpus} on this machine's {cpus} "
+                       f"core{'s' if cpus > 1 else ''} ({WORKERS_PER_CORE_MAX} per core: each worker is a process "
+                       "with its own JAX)")
+
+
 def cores_per_worker(workers: int, cpus: int | None = None) -> float:
     """The share of a core each of `workers` local workers gets. Parsl's worker pool starts at most
     floor(cores / cores_per_worker) workers, so `--workers 4` on 2 cores with a whole core each was
