@@ -297,11 +297,21 @@ def parse_tmp_name(name: str) -> TmpOwner | None:
         return None
     parts = name[len(TMP_PREFIX):].split("-")
     space = None
-    if len(parts) >= 5 and parts[-3].isdigit() and _is_space_tag(parts[-2]):
+    if len(parts) >= 5 and _is_pid_text(parts[-3]) and _is_space_tag(parts[-2]):
         space = parts.pop(-2)
-    if len(parts) < 4 or not parts[-2].isdigit():
-        return None
+    if len(parts) < 4 or not _is_pid_text(parts[-2]):
+        return None  # judged as any name not ours: by its age
     return TmpOwner(parts[0], "-".join(parts[1:-2]), int(parts[-2]), space)
+
+
+# Linux's ceiling on pid_max (PID_MAX_LIMIT on 64-bit); other systems stay well below it.
+PID_MAX = 1 << 22
+
+
+def _is_pid_text(part: str) -> bool:
+    """A pid as a writer names it: ASCII decimal digits ('²'.isdigit() too, yet int() refuses
+    it), of a pid that can exist: 0 is none (kill(0, 0) asks our own process group)."""
+    return 0 < len(part) <= len(str(PID_MAX)) and part.isascii() and part.isdigit() and 0 < int(part) <= PID_MAX
 
 
 def _is_space_tag(part: str) -> bool:
@@ -531,6 +541,11 @@ _forget_judgements_when_plugins_change()
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this host. False for what can be no process's pid
+    (never raising): kill(0 or a negative pid, 0) asks about process groups, and a pid past a C
+    int raises OverflowError."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid <= PID_MAX:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

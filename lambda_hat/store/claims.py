@@ -18,7 +18,11 @@ rename), then claimed anew. Staleness:
   store), never ours: a heartbeat older than `ttl_s` ($LH_CLAIM_TTL_S, default TTL_S) by
   that clock is stale, and so is one seen unchanged for `ttl_s` by this process (a lease
   stamped in the future by a skewed clock is therefore neither live forever nor broken
-  early).
+  early); one stamped more than MAX_AHEAD_S ahead of it is no clock's skew, and stale at once.
+
+A lease whose fields are not what a driver writes (a pid no process can have, a time that is
+no time, a host that is not a string) says nothing usable, as one that does not parse: it is
+judged by its heartbeat alone.
 
 A driver waits on another's claim for at most a bound (`overdue`), then tells the user who
 holds the work (host, pid, since when).
@@ -39,7 +43,7 @@ from pathlib import Path
 
 from lambda_hat.errors import BadInput
 from lambda_hat.files import read_regular_text
-from lambda_hat.store.artifacts import pid_alive, pid_space
+from lambda_hat.store.artifacts import PID_MAX, pid_alive, pid_space
 
 HEARTBEAT_S = 5.0
 # A heartbeat this old (by the store's clock, or unchanged for this long as we watch it) is a
@@ -49,6 +53,10 @@ TTL_ENV = "LH_CLAIM_TTL_S"
 # How long a driver waits on another's claim before it tells the user what holds the work.
 WAIT_BOUND_S = 600.0
 WAIT_BOUND_ENV = "LH_CLAIM_WAIT_S"
+# A heartbeat stamped further than this ahead of the store's clock is no live host's: a day of
+# skew is ridden out (test_leases), twice that is a clock set wrong or a planted stamp, and
+# were it held, no process would ever see it stale (each sees it unchanged only from its start).
+MAX_AHEAD_S = 2 * 86400.0
 # The store's clock is read again after this many seconds (one create, stat and unlink).
 CLOCK_REFRESH_S = 30.0
 # What link(2) answers on file systems without hard links (SMB/CIFS, s3fs, gcsfuse).
@@ -164,8 +172,11 @@ class Holder:
         """'host pid N, claimed at <UTC time>, last heartbeat Ns ago' (or how far ahead it is stamped)."""
         parts = [self.owner.describe()]
         if self.owner.since is not None:
-            since = dt.datetime.fromtimestamp(self.owner.since, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-            parts.append(f"claimed at {since}")
+            try:
+                since = dt.datetime.fromtimestamp(self.owner.since, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+                parts.append(f"claimed at {since}")
+            except (OverflowError, ValueError, OSError):
+                pass  # no time a calendar shows (NaN, past year 9999): said nothing of, never raised
         if self.ahead_s > 1.0:
             parts.append(f"heartbeat stamped {self.ahead_s:.0f}s in the future (clock skew)")
         else:
@@ -216,20 +227,12 @@ class Claims:
                 # A link, FIFO or device planted as a lease: never opened (a FIFO would block).
                 raise ValueError("not a regular file")
             # Read as a regular file only: it may have been swapped since the lstat.
-            data = json.loads(_read_lease_text(path))
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            started = data.get("started")
-            owner = Owner(str(data["host"]), int(data["pid"]), str(data["token"]),
-                          None if started is None else int(started),
-                          None if data.get("created") is None else float(data["created"]),
-                          None if data.get("boot_id") is None else str(data["boot_id"]),
-                          None if data.get("pid_ns") is None else str(data["pid_ns"]))
+            owner = _owner_of(json.loads(_read_lease_text(path)))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             # Unreadable lease: a writer died between create and write (cannot happen with
-            # link(2)) or someone edited it. Judged by its heartbeat alone.
+            # link(2)), or someone edited it (a field out of range too). Judged by its heartbeat alone.
             owner = Owner("?", -1, "?", boot_id=None, pid_ns=None)
         return owner, st
 
@@ -258,6 +261,8 @@ class Claims:
                 return None  # a zombie, or the pid now names another process
             return holder
         # Another host, boot or PID namespace (or a lease that does not say): its heartbeat, by the store's clock and by how long we have seen it unchanged.
+        if -age > MAX_AHEAD_S:
+            return None  # stamped years ahead: no skew, and seen unchanged only from our first look, held for ever
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         seen = self._seen.get(artifact_id)
         if seen is None or seen[0] != key:
@@ -372,6 +377,38 @@ class Claims:
     def release_all(self) -> None:
         for artifact_id in list(self.held):
             self.release(artifact_id)
+
+
+# The latest time a calendar shows (datetime's year 9999): a lease's "created" past it is no time.
+MAX_EPOCH_S = 253402300800.0
+
+
+def _owner_of(data: object) -> Owner:
+    """The Owner a lease's JSON names, or ValueError for a field that is not what a driver
+    writes: a pid no process can have (bool, float, 0, past PID_MAX: os.kill and /proc refuse
+    it), a start time or claim time that is not a finite number in range, a host or token that
+    is not a printable string (it is shown in one-line messages)."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    host, pid, token = data["host"], data["pid"], data["token"]
+    started, created = data.get("started"), data.get("created")
+    boot_id, pid_ns = data.get("boot_id"), data.get("pid_ns")
+    if not (isinstance(host, str) and host.isprintable() and isinstance(token, str) and token.isprintable()):
+        raise ValueError("host or token is not a printable string")
+    if not (_is_int(pid) and 0 < pid <= PID_MAX):
+        raise ValueError(f"pid out of range (1 to {PID_MAX})")
+    if started is not None and not (_is_int(started) and 0 <= started < 1 << 63):
+        raise ValueError("started is not a process start time")
+    if created is not None and not (isinstance(created, (int, float)) and not isinstance(created, bool)
+                                    and 0 <= created < MAX_EPOCH_S):  # NaN fails the comparison too
+        raise ValueError("created is not a time")
+    if not all(v is None or isinstance(v, str) for v in (boot_id, pid_ns)):
+        raise ValueError("boot_id or pid_ns is not a string")
+    return Owner(host, pid, token, started, None if created is None else float(created), boot_id, pid_ns)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is no number
 
 
 def _read_lease_text(path: Path) -> str:
