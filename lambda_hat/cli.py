@@ -396,6 +396,10 @@ def calibrate_cmd(
         console.print(f"page: {outcome.page} (the report and each pilot's traces)", highlight=False)
     if outcome.calibrated is not None:
         console.print(f"wrote {outcome.calibrated}: lh execute {outcome.calibrated}", highlight=False)
+    elif outcome.groups:  # an entry takes one value for all its targets: one uncalibrated target holds it back
+        console.print("no calibrated sweep written: every sampler entry is uncalibrated (above); an entry takes one "
+                      "value for all the sweep's targets, so a target no setting suits keeps it uncalibrated "
+                      "(calibrate the others in a sweep of their own)", highlight=False, soft_wrap=True)
     if outcome.exit_code:
         raise typer.Exit(outcome.exit_code)
 
