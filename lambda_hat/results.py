@@ -258,6 +258,8 @@ def sandbox(store: Store, timeout_s: float = 10.0, memory_limit: str = QUERY_MEM
     import duckdb
 
     if not store.index_path.is_file():
+        if not (store.layout.targets_dir.is_dir() or store.layout.runs_dir.is_dir()):  # nothing to rebuild from
+            raise BadInput(f"{store.root}: no index and nothing in it (run `lh execute` on a sweep first)")
         raise BadInput(f"{store.index_path}: no index (run `lh execute` first, or `lh index rebuild`)")
     con = duckdb.connect(":memory:", config={"temp_directory": "", "autoinstall_known_extensions": False,
                                              "autoload_known_extensions": False})

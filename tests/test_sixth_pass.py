@@ -200,3 +200,13 @@ def test_status_shows_an_error_line_without_its_control_characters(tmp_path, sto
     assert "tgt_0123456789ab" in result.stdout
     assert "\x1b" not in result.stdout and "\x00" not in result.stdout and "\x07" not in result.stdout
     assert "boom" in result.stdout and "end" in result.stdout
+
+
+def test_query_on_an_empty_directory_does_not_send_the_user_to_index_rebuild(tmp_path):
+    """It said "run lh execute first, or lh index rebuild", and the rebuild then said "not a
+    lambda-hat store"."""
+    (tmp_path / "e").mkdir()
+    result = lh("query", "select 1", "--store", tmp_path / "e")
+    assert result.exit_code == 2
+    assert "no index and nothing in it (run `lh execute` on a sweep first)" in result.output
+    assert "index rebuild" not in result.output
