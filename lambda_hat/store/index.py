@@ -695,6 +695,27 @@ def _classified(layout: StoreLayout) -> Iterator[None]:
         raise
 
 
+def schema_problem(layout: StoreLayout, timeout_s: float = 5.0) -> str | None:
+    """Why the index is not one lh query and lh status can read (a DuckDB file made by
+    something else, or by a lambda-hat whose tables had other columns), in the words they
+    refuse it with; None when there is no index or its tables are this version's. A table of
+    per-run arrays missing is no problem (an index from before it: the next execute adds it).
+    Raises IndexBusy / IndexCorrupt."""
+    if not layout.index_path.exists():
+        return None
+    with connect_readonly(layout, timeout_s) as con, _classified(layout):
+        existing = _table_columns(con)
+    wanted = {t: [c.name for c in cols] for t, cols in TABLES.items()}
+    wanted.update({t: [name for name, _ in schema] for t, schema in RUN_TABLES.items() if t in existing})
+    for table, cols in wanted.items():
+        # manifest_size and files_stamp only let a plan trust a stat: an index without them still reads
+        missing = [c for c in cols if c not in existing.get(table, ()) and c not in ("manifest_size", "files_stamp")]
+        if table not in existing or missing:
+            what = "no such table" if table not in existing else f"no column {', '.join(missing[:3])}"
+            return f"made by another lambda-hat version ({table}: {what}); `lh index rebuild` remakes it"
+    return None
+
+
 def indexed_stats(layout: StoreLayout, timeout_s: float = 5.0) -> dict[str, dict[str, tuple[int | None, int | None]]]:
     """{kind: {id: (manifest_size, files_stamp)}} from one read per table. Raises
     IndexBusy / IndexCorrupt; empty when there is no index yet."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 import socket
 import stat
@@ -184,6 +185,8 @@ class GcReport:
 
 
 LINK = "a symbolic link in the store (never followed; lh gc removes the link, not what it points to)"
+TARGET_LINK_KEPT = ("a symbolic link in the store; runs were sampled on this target, so they are no orphans and "
+                    "lh gc keeps the link (the next lh execute moves it aside and rebuilds the target)")
 
 
 def _real_dir(path: Path) -> bool:
@@ -269,6 +272,60 @@ def _remove_counted(path: Path) -> tuple[bool, str | None]:
     if os.path.lexists(path):
         return False, problems[0] if problems else "still there"
     return not gone_first, None
+
+
+# The names lambda-hat gives what it puts in `.quarantine/` (`artifacts.quarantine`,
+# `Store._link_aside`: <name>-<UTC stamp>-<6 hex>; gc's own moves: <name>-gc-<pid>; any set-aside
+# artifact, named by its ID) and in `.claims/` (`claims.py`: leases, and their .clock-/.new-/
+# .stale- temporaries). gc removes only these there: anything else (a store copied into
+# `.quarantine/`: its index.duckdb, runs/, targets/, hidden folders) is not ours to delete.
+_QUARANTINED_NAME = re.compile(r"(tgt|run)_.*|[^.].*-(\d{8}T\d{6}-[0-9a-f]{6}|gc-\d+)")
+_CLAIMS_NAME = re.compile(r"[^.].*\.lease|\.(clock|new|stale)-.+")
+NOT_OURS = "not lambda-hat's (lh gc leaves it alone; move it out of the store)"
+
+
+def _ours(directory: str, name: str) -> bool:
+    pattern = _QUARANTINED_NAME if directory == "quarantine" else _CLAIMS_NAME
+    return pattern.fullmatch(name) is not None
+
+
+def _mount_points() -> list[str]:
+    """This process's mount points (/proc/self/mountinfo, where there is one): a bind mount
+    of the same file system keeps st_dev, so only this list shows it."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    # The mount point is the fifth field, with space, tab, newline and backslash as octal escapes.
+    return [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            for line in lines if len(line.split()) > 4]
+
+
+def _mount_inside(path: Path) -> str | None:
+    """Why the tree at `path` must not be removed: something in it is on another device than
+    `path` itself, or is a mount point (rmtree would delete the mounted files, then fail with
+    EBUSY on the mount: half a deletion of what is not ours). None when it is all one tree."""
+    top: os.stat_result | None = None
+    for p, st in _walk(path):
+        if top is None:
+            top = st
+            if not stat.S_ISDIR(st.st_mode):
+                return None  # a file or link: removed as itself
+            try:  # the entry itself mounted there (where there is no mountinfo to say so)
+                if os.lstat(os.path.dirname(os.path.abspath(path))).st_dev != st.st_dev:
+                    return f"{path} is a mount point; left alone, nothing under it removed"
+            except OSError:
+                pass
+        elif st.st_dev != top.st_dev:
+            return f"{p} is on another file system (a mount point inside it); left alone, nothing under it removed"
+    if top is None:
+        return None
+    real = os.path.realpath(path)
+    for m in _mount_points():
+        if m == real or m.startswith(real.rstrip("/") + "/"):
+            return f"{m} is a mount point inside it; left alone, nothing under it removed"
+    return None
 
 
 def _in_parts(n: int, part: Callable[[int, int], "_T"]) -> Iterator["_T"]:
@@ -701,6 +758,19 @@ class Store:
             if _real_dir(parent):
                 yield from (p for p in parent.iterdir() if p.name.startswith(TMP_PREFIX))
 
+    def _finished_run(self, run_id: str) -> bool:
+        """Whether a run is finished for gc's work-dir rule: its artifact is complete and valid
+        (`check_artifact`), not merely a manifest.json in a directory (one copied from another
+        run would make gc delete the checkpoint the next execute resumes from)."""
+        d = self.layout.run_dir(run_id)
+        if not _real_dir(d):
+            return False
+        try:
+            check_artifact(d, "run")
+        except (ArtifactError, ManifestError, OSError):
+            return False
+        return True
+
     def _tmp_is_dead(self, path: Path, grace_s: float) -> bool:
         if os.path.islink(path):
             return True  # no writer makes a link: not a live writer's, whatever it is called
@@ -875,7 +945,8 @@ class Store:
         out: dict[str, str] = {}
         if _real_dir(self.layout.quarantine_dir):
             for p in self.layout.quarantine_dir.iterdir():
-                if p.name.startswith("tgt_") and _real_dir(p):
+                # A link too: a target linked from another disk, moved aside as the link by reconcile.
+                if p.name.startswith("tgt_") and (_real_dir(p) or p.is_symlink()) and _ours("quarantine", p.name):
                     out[p.name.split("-", 1)[0]] = "quarantined (the next lh execute rebuilds it under the same ID)"
         for p in self.tmp_entries():
             owner = parse_tmp_name(p.name)
@@ -891,7 +962,8 @@ class Store:
         if _real_dir(self.layout.quarantine_dir):
             for p in self.layout.quarantine_dir.iterdir():
                 tid = p.name.split("-", 1)[0]
-                if p.name.startswith("tgt_") and tid in run_target_ids and tid not in target_ids and _real_dir(p):
+                if (p.name.startswith("tgt_") and tid in run_target_ids and tid not in target_ids
+                        and (_real_dir(p) or p.is_symlink()) and _ours("quarantine", p.name)):
                     out[p] = "lh gc keeps it while runs sampled on it wait for its rebuild (lh execute)"
         return out
 
@@ -912,10 +984,16 @@ class Store:
         """Check every artifact (or those named): manifest, its checksum, ID against directory
         and stored spec, array checksums; report temporary directories, orphans (runs whose
         target is gone for good: `_awaited_target`), quarantined entries, index rows without an
-        artifact, an unusable index, symbolic links in the store (never followed), and what in
-        JAX's cache is not a regular file or directory."""
+        artifact, an unusable index (or one lh query refuses: `index.schema_problem`), symbolic
+        links in the store (never followed), names in `.quarantine/` and `.claims/` that are not
+        lambda-hat's, and what in JAX's cache is not a regular file or directory. `ids`: IDs or
+        unique prefixes of them (`resolve`); raises BadInput for one that names nothing."""
         report = VerifyReport()
         wanted = set(ids) if ids is not None else None
+        if wanted is not None:
+            # As `lh show` takes them: an ID or a unique prefix of one; any other is bad input (BadInput).
+            names = self._listing("target") | self._listing("run")
+            wanted = {i if i in names else self.resolve(i)[1] for i in wanted}
         linked_dirs = self._kind_dirs_linked()
         report.findings += [Finding(d, LINK if d not in (self.layout.targets_dir, self.layout.runs_dir) else
                                     "a symbolic link in the store: lh verify and lh gc do not look through it "
@@ -924,9 +1002,7 @@ class Store:
         listing = {k: names for k, (names, _) in scans.items()}
         to_come, claims = self._targets_to_come(), self.claims()
         run_target_ids: set[str] = set()  # the targets the complete runs were sampled on
-        if wanted is not None:
-            unknown = wanted - listing["target"] - listing["run"]
-            report.findings += [Finding(self.root / i, "no such artifact in the store") for i in sorted(unknown)]
+        target_links: list[Path] = []  # judged once the runs are read (`TARGET_LINK_KEPT`)
         for kind in KINDS:
             names, links = scans[kind]
             for name in sorted(names):
@@ -937,7 +1013,10 @@ class Store:
                 if progress:
                     progress(report.checked)
                 if name in links:
-                    report.findings.append(Finding(d, LINK))
+                    if kind == "target":
+                        target_links.append(d)
+                    else:
+                        report.findings.append(Finding(d, LINK))
                     continue
                 if not d.is_dir():
                     report.findings.append(Finding(d, "not a directory"))
@@ -958,6 +1037,8 @@ class Store:
                         else:
                             report.findings.append(Finding(d, f"its target {tid} is not in targets/ but {awaited}; "
                                                            "lh gc keeps the run", serious=False))
+        for d in target_links:
+            report.findings.append(Finding(d, TARGET_LINK_KEPT if d.name in run_target_ids else LINK))
         if wanted is None:
             lay = self.layout
             for sub in (lay.work_root, lay.claims_dir, lay.quarantine_dir, lay.jax_cache_dir):
@@ -973,16 +1054,29 @@ class Store:
                 dead = self._tmp_is_dead(p, TMP_GRACE_S)
                 report.findings.append(Finding(p, "temporary directory of a dead writer (lh gc removes it)" if dead
                                                else "temporary directory of a writer that may be live", serious=dead))
+            # Links in the work and claims directories, as gc removes them; names there not ours.
+            for sub in (lay.work_root, lay.claims_dir):
+                for p in sorted(sub.iterdir()) if _real_dir(sub) else []:
+                    if os.path.islink(p):
+                        report.findings.append(Finding(p, LINK))
+                    elif sub == lay.claims_dir and not _ours("claims", p.name):
+                        report.findings.append(Finding(p, NOT_OURS, serious=False))
             q = self.layout.quarantine_dir
             if _real_dir(q):
                 awaited = self._quarantine_kept(listing["target"], run_target_ids)
                 for p in sorted(q.iterdir()):
+                    if not os.path.islink(p) and not _ours("quarantine", p.name):
+                        report.findings.append(Finding(p, NOT_OURS, serious=False))
+                        continue
                     report.findings.append(Finding(p, "quarantined (lh gc removes it)" if p not in awaited else
                                                    f"quarantined; {awaited[p]}", serious=False))
             for p, st in self._odd_cache_entries():
                 report.findings.append(Finding(p, f"{file_type(st)} in JAX's compilation cache (JAX would follow it: "
                                                   "lh gc removes it as it is)"))
             try:
+                foreign = index.schema_problem(self.layout)
+                if foreign is not None:  # what lh status and lh query refuse
+                    report.findings.append(Finding(self.layout.index_path, foreign))
                 stats = index.indexed_stats(self.layout)
                 for kind in KINDS:
                     for name in sorted(set(stats[kind]) - listing[kind]):
@@ -1004,8 +1098,11 @@ class Store:
         gcs each count their own).
 
         Never follows a symbolic link: one found where gc looks (the store's directories,
-        their entries) is removed as the link it is; directories are removed with
-        shutil.rmtree, which unlinks the links inside them without entering them."""
+        their entries) is removed as the link it is, but a target's link that runs were sampled
+        on (it stands for their target: they are no orphans); directories are removed with
+        shutil.rmtree, which unlinks the links inside them without entering them. Never removes
+        what is not ours: in `.quarantine/` and `.claims/` only names lambda-hat gives (`_ours`),
+        and no tree with a mount point inside (`_mount_inside`): such entries are kept, said why."""
         report = GcReport()
         claims = self.claims()
         min_age = older_than_s or 0.0
@@ -1025,6 +1122,10 @@ class Store:
             if not old_enough(p):
                 if os.path.lexists(p):
                     report.kept.append((p, f"{why}, but younger than --older-than"))
+                return False
+            mounted = _mount_inside(p)
+            if mounted is not None:
+                report.kept.append((p, f"{why}, but {mounted}"))
                 return False
             size = _tree_size(p)
             if not dry_run:
@@ -1081,7 +1182,7 @@ class Store:
                           "(not a run's work dir; removed as it is, not followed)")
             elif held(p.name):
                 report.kept.append((p, "its run is claimed by a live driver"))
-            elif (lay.run_dir(p.name) / MANIFEST).is_file():
+            elif self._finished_run(p.name):
                 remove(p, "work dir of a finished run")
             else:
                 report.kept.append((p, "checkpoint of an unfinished run (the next execute resumes from it)"))
@@ -1089,13 +1190,16 @@ class Store:
             artifact_id = p.name.removesuffix(".lease")
             if not _regular(p) and not _real_dir(p):
                 continue  # removed above (or gone)
-            if p.name.startswith(".") or (p.suffix == ".lease" and not held(artifact_id)):
+            if not _ours("claims", p.name):
+                report.kept.append((p, NOT_OURS))
+            elif p.suffix != ".lease" or not held(artifact_id):
                 remove(p, "stale claim")
         scans = self._scans_not_linked()
-        for kind, (names, links) in scans.items():
-            for name in sorted(links):
-                remove(lay.artifact_dir(kind, name), "a symbolic link in the store (removed as a link, not followed)")
-        targets = scans["target"][0] - scans["target"][1]
+        for name in sorted(scans["run"][1]):
+            remove(lay.run_dir(name), "a symbolic link in the store (removed as a link, not followed)")
+        # A target that is a link (moved to another disk) still stands for the runs sampled on it:
+        # they are no orphans, and the link goes only once no run needs it (after the orphans).
+        targets = scans["target"][0]
         # A run is an orphan only when its target is gone for good: not in targets/, and
         # neither claimed, being built nor quarantined (`_awaited_target`): a target is rebuilt
         # under the same ID, and the runs sampled on it stand.
@@ -1129,6 +1233,10 @@ class Store:
                 if os.path.lexists(d):
                     report.kept.append((d, f"{why}, but younger than --older-than"))
                 continue
+            mounted = _mount_inside(d)
+            if mounted is not None:
+                report.kept.append((d, f"{why}, but {mounted}"))
+                continue
             if not dry_run:
                 # Out of runs/ first (one rename), so no reader ever sees half a deletion.
                 aside = lay.quarantine_dir / f"{name}-gc-{os.getpid()}"
@@ -1152,10 +1260,17 @@ class Store:
             gone.append(name)
         # After the orphans: a quarantined target that runs were sampled on stays until it is
         # rebuilt (`_quarantine_kept`), else a later gc would take those runs for orphans.
+        for name in sorted(scans["target"][1]):
+            if name in run_target_ids:
+                report.kept.append((lay.target_dir(name), f"{TARGET_LINK_KEPT} (not followed)"))
+            else:
+                remove(lay.target_dir(name), "a symbolic link in the store (removed as a link, not followed)")
         keep = self._quarantine_kept(targets, run_target_ids) if not os.path.islink(lay.targets_dir) else {}
         for p in entries(lay.quarantine_dir):
             _, gc_mark, gc_pid = p.name.rpartition("-gc-")
-            if p in keep:
+            if not os.path.islink(p) and not _ours("quarantine", p.name):
+                report.kept.append((p, NOT_OURS))  # a link goes as the link it is: nothing of anyone's deleted
+            elif p in keep:
                 report.kept.append((p, f"quarantined; {keep[p]}"))
             elif gc_mark and gc_pid.isdigit() and pid_alive(int(gc_pid)):
                 continue  # an orphan a live gc (this one, or one beside it) moved aside: that gc counts it
