@@ -124,18 +124,21 @@ def test_killed_run_resumes_bit_identical(tmp_path, target_store, uninterrupted,
 
 
 def test_gc_keeps_checkpoints_of_unfinished_runs_only(tmp_path):
+    """A finished run (a complete, valid artifact) no longer needs its work directory; any
+    other run's checkpoint is kept."""
     from lambda_hat.store.store import Store
+    from test_store import fill_store
 
+    fill_store(tmp_path)
     store = Store(tmp_path)
-    for rid in ("run_unfinished", "run_done"):
+    done = sorted(p.name for p in (tmp_path / "runs").iterdir())[0]
+    for rid in ("run_0123456789ab", done):
         (tmp_path / ".work" / rid).mkdir(parents=True)
         (tmp_path / ".work" / rid / "checkpoint.npz").write_bytes(b"x")
-    (tmp_path / "runs" / "run_done").mkdir(parents=True)
-    (tmp_path / "runs" / "run_done" / "manifest.json").write_text("{}")
     report = store.gc()
-    assert [p.name for p, _ in report.removed if p.parent.name == ".work"] == ["run_done"]
-    assert (tmp_path / ".work" / "run_unfinished" / "checkpoint.npz").is_file()
-    assert not (tmp_path / ".work" / "run_done").exists()
+    assert [p.name for p, _ in report.removed if p.parent.name == ".work"] == [done]
+    assert (tmp_path / ".work" / "run_0123456789ab" / "checkpoint.npz").is_file()
+    assert not (tmp_path / ".work" / done).exists()
 
 
 def test_driver_shows_draws_done_of_running_jobs(tmp_path, monkeypatch):

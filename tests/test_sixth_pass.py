@@ -133,7 +133,7 @@ def test_an_output_that_is_the_sweep_read_is_refused(tmp_path, store, command):
 
 @pytest.mark.parametrize("env,args,says", [
     ({}, ["--workers", "99999"], "--workers 99999: at most"),
-    ({"LH_CHECKPOINT_SEC": "abc"}, [], "LH_CHECKPOINT_SEC='abc': must be a number of seconds above 0"),
+    ({"LH_CHECKPOINT_SEC": "abc"}, [], "LH_CHECKPOINT_SEC='abc': must be a number of seconds, 0 or more"),
     ({"LH_CHECKPOINT_SEC": "nan"}, [], "LH_CHECKPOINT_SEC='nan'"),
     ({"LH_CHECKPOINT_SEC": "-1"}, [], "LH_CHECKPOINT_SEC='-1'"),
 ])
