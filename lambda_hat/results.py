@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from lambda_hat.errors import BadInput, QueryFailed, QueryRefused, first_sentence
+from lambda_hat.errors import ArtifactError, BadInput, NeedsPlugin, QueryFailed, QueryRefused, first_sentence
 from lambda_hat.files import write_atomic
 from lambda_hat.logs import FOLDERS, STORE_LINE, job_logs, named_by
 from lambda_hat.store import Store
@@ -1043,7 +1043,9 @@ def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: 
         s = spec.get("sampler", {})
         lines += _field("sampler", [f"{s.get('name')}:", *settings(s, "name")])
         lines += _field("posterior", [*settings(spec.get("posterior", {})), f"seed={spec.get('seed')}"])
-        lines += _field("target", str(spec.get("target_id")))
+        tid = str(spec.get("target_id"))
+        there = store.layout.target_dir(tid).is_dir() if tid.startswith("tgt_") else False
+        lines += _field("target", tid + ("" if there else " (not in the store: lh plan rebuilds it; lh verify says more)"))
         lines += _field("λ̂", [f"{num('llc_mean')} ± {num('llc_sem')} (SEM)", f"std over chains {num('llc_std')}"]
                         + ([f"exact λ {num('llc_true')}"] if metrics.get("llc_true") is not None else [])
                         + ([f"finite-n reference {num('llc_ref')} ± {num('llc_ref_se')}"]
@@ -1076,8 +1078,19 @@ def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: 
         lines.append("plots (lh promote)")
         lines += [f"  {p}" for p in sorted((plots_dir / artifact_id).iterdir())]
     if kind == "target":
-        runs = [m for m in store.manifests("run") if m.spec.get("target_id") == artifact_id]
-        lines += _field("runs", str(len(runs)))
+        runs, unread = [], 0
+        for run_id in store.ids("run"):
+            try:
+                m = store.read_manifest("run", run_id)
+            except NeedsPlugin:
+                continue  # a plugin's run, not loaded here: not damage
+            except (ArtifactError, OSError):
+                unread += 1  # damaged: whose target it names is not known
+                continue
+            if m.spec.get("target_id") == artifact_id:
+                runs.append(m)
+        lines += _field("runs", str(len(runs)) + (f" (and {unread} damaged run{'s' if unread > 1 else ''} in the store, "
+                                                    "whose target cannot be read: lh verify)" if unread else ""))
         pad = max((len(m.status) for m in runs), default=0)
         lines += [f"  {m.id}  {m.spec.get('sampler', {}).get('name', '?'):<6} {m.status:<{pad}}  "
                   f"λ̂ {num('llc_mean', m.metrics)} ± {num('llc_sem', m.metrics)}" for m in runs]

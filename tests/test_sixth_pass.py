@@ -210,3 +210,21 @@ def test_query_on_an_empty_directory_does_not_send_the_user_to_index_rebuild(tmp
     assert result.exit_code == 2
     assert "no index and nothing in it (run `lh execute` on a sweep first)" in result.output
     assert "index rebuild" not in result.output
+
+
+def test_show_says_a_runs_target_is_gone_and_a_targets_damaged_runs_are_not_shown(store):
+    """lh show RUN gave no hint that its target was gone; lh show TARGET left a damaged run out
+    without a word."""
+    runs = sorted((store / "runs").iterdir())
+    target_of = {r.name: json.loads((r / "manifest.json").read_text())["spec"]["target_id"] for r in runs}
+    run = runs[0].name
+    tid = target_of[run]
+    other = next(r for r in runs if target_of[r.name] == tid and r.name != run)
+    (other / "manifest.json").write_text("{ damaged")
+    result = lh("show", tid, "--store", store)
+    assert result.exit_code == 0, result.output
+    assert "(and 1 damaged run in the store, whose target cannot be read: lh verify)" in " ".join(result.stdout.split())
+    shutil.rmtree(store / "targets" / tid)
+    result = lh("show", run, "--store", store)
+    assert result.exit_code == 0, result.output
+    assert f"{tid} (not in the store: lh plan rebuilds it" in " ".join(result.stdout.split())
