@@ -54,7 +54,7 @@ def test_what_calibrate_refuses(tmp_path, samplers, says):
 
 @pytest.mark.parametrize("args,says", [
     (["--logs", "store/logs"], "--logs store/logs: inside the store"),  # wrote the pilots file first
-    (["--top=1e-300"], "s.yaml (its pilots at --top 1e-300, --gammas 0.1,1,10,100,1000): samplers[0] (sgld): steps:"),  # wrote steps ~4e300 to the pilots file
+    (["--top=1e-300"], "--top 1e-300: the ladder's largest ε·nβ must be at least 0.001"),  # wrote steps ~4e300 to the pilots file
     (["-o", "s.yaml"], "-o s.yaml: is the sweep lh calibrate reads"),  # replaced the sweep, its auto entries lost
     (["-o", "s.pilots.yaml"], "-o s.pilots.yaml: is the pilots file"),
     # the calibrated sweep was replaced by the report, and a report named like the sweep replaced it
