@@ -7,6 +7,7 @@ DuckDB index passing verify, and links in `.work/` and `.claims/` unreported."""
 import json
 import os
 import shutil
+import socket
 
 import pytest
 from typer.testing import CliRunner
@@ -260,3 +261,55 @@ def test_runs_stand_once_execute_moved_the_target_link_aside(store, tmp_path):
     assert result.exit_code == 0 and "orphan:" not in result.stdout, result.stdout
     assert sorted(p.name for p in (root / "runs").iterdir()) == sorted(r.run_id for r in ex.runs)
     assert aside[0].is_symlink() and (elsewhere / "manifest.json").is_file()
+
+
+def _bind(src, dst):
+    import subprocess
+
+    if subprocess.run(["mount", "--bind", str(src), str(dst)], capture_output=True).returncode != 0:
+        pytest.skip("mount --bind is not permitted here")
+
+
+def _unbind(dst):
+    import subprocess
+
+    subprocess.run(["umount", str(dst)], capture_output=True)
+
+
+def test_reconcile_never_removes_a_dead_writers_tree_with_a_mount_inside(store, tmp_path):
+    """lh execute's reconcile removed this host's dead writers' temporary directories with
+    rmtree, through a bind mount inside one (the sixth pass): gc kept such a tree, execute
+    deleted the mounted files."""
+    root, _ = store
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("someone's")
+    entry = root / "targets" / f".tmp-tgt_0123456789ab-{socket.gethostname()}-4000000-abcd1234"
+    (entry / "mnt").mkdir(parents=True)
+    _bind(outside, entry / "mnt")
+    try:
+        report = Store(root).reconcile()
+        assert (outside / "precious").read_text() == "someone's"
+        assert entry not in report.removed_tmp
+    finally:
+        _unbind(entry / "mnt")
+
+
+def test_a_finished_runs_work_dir_with_a_mount_inside_is_kept(tmp_path):
+    """The sampling worker removes .work/<run> once the run is written (SegmentStore.remove):
+    it deleted the files of a bind mount inside it."""
+    from lambda_hat.store.worker import SegmentStore
+
+    work = tmp_path / ".work" / "run_0123456789ab"
+    (work / "mnt").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("someone's")
+    _bind(outside, work / "mnt")
+    try:
+        SegmentStore(work, 3600, draws=10).remove()
+        assert (outside / "precious").read_text() == "someone's"
+    finally:
+        _unbind(work / "mnt")
+    SegmentStore(work, 3600, draws=10).remove()  # unmounted: removed as before
+    assert not work.exists()

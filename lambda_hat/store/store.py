@@ -793,7 +793,9 @@ class Store:
             owner = parse_tmp_name(p.name)
             # Its pid is judged only where it is a pid as we see them (this host, boot and PID
             # namespace): a container named like this host is another writer, maybe live.
-            if os.path.islink(p) or (owner is not None and owner.is_this_pid_space() and not pid_alive(owner.pid)):
+            dead = owner is not None and owner.is_this_pid_space() and not pid_alive(owner.pid)
+            # a tree with a mount point inside is not removed here either (gc keeps it and says why)
+            if os.path.islink(p) or (dead and _mount_inside(p) is None):
                 if _remove(p) is None:
                     report.removed_tmp.append(p)
             else:

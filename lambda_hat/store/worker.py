@@ -470,4 +470,10 @@ class SegmentStore:
             except FileNotFoundError:
                 pass
             return
+        from lambda_hat.store.store import _mount_inside
+
+        mounted = _mount_inside(self.dir)
+        if mounted is not None:  # rmtree would delete the mounted files: left for the user, said why
+            print(f"work directory {self.dir} kept: {mounted}", flush=True)
+            return
         shutil.rmtree(self.dir, ignore_errors=True)  # unlinks the links inside, never follows them
