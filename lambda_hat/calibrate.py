@@ -337,7 +337,7 @@ def _numbers(store, group: Group, ladder_: Ladder, ess_min: float = ESS_BULK_MIN
 
 def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     from lambda_hat.execute.driver import ExecuteRequest, execute
-    from lambda_hat.output_paths import check_output_dir, check_output_path
+    from lambda_hat.output_paths import check_logs_dir, check_output_dir, check_output_path
     from lambda_hat.store import Store, resolve_store_root
     from lambda_hat.sweep import sweep_from_dict
 
@@ -379,7 +379,7 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
             raise BadInput(f"-o {out}: is {other}; name another file")
         raise BadInput(f"--report-dir {req.report_dir}: {what} would be {path}, which is {other}; "
                        "name another directory")
-    check_output_dir(req.logs, root, "--logs")
+    check_logs_dir(req.logs, root)
     from lambda_hat import promote as gallery
 
     page_dir = req.report_dir / name  # the page: the report and the pilots' traces

@@ -87,6 +87,30 @@ def check_not_input(out: Path, inputs: list[Path], flag: str) -> None:
             raise BadInput(f"{flag} {out}: is the sweep the command reads ({path}); name another file")
 
 
+def check_logs_dir(logs: Path, store_root: Path) -> None:
+    """--logs (lh execute's, and lh calibrate's pilots'): a directory outside any store whose
+    job-log folders are real directories, none of them a store or holding the store to be."""
+    for parent in [logs, *logs.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise BadInput(f"--logs {logs}: {parent} is {_what(parent, os.lstat(parent))}, not a directory")
+    check_output_dir(logs, store_root, "--logs")
+    for sub in FOLDERS.values():  # the folders lh makes there: its own, never a link to elsewhere
+        folder = logs / sub
+        st = lstat_or_none(folder, "--logs")
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise BadInput(f"--logs {logs}: {folder} is {_what(folder, st)}, where lh keeps its job logs in a "
+                           "directory of its own; move it away")
+        if st is not None:  # a store there would get job logs among its artifacts
+            _check_outside_store(folder, store_root, "--logs")
+        try:  # a store to be made there, or below: its root would get the job logs
+            inside = store_root.resolve().is_relative_to(folder.resolve())
+        except (OSError, RuntimeError):
+            inside = False
+        if inside:
+            raise BadInput(f"--store {store_root}: inside {folder}, where lh writes its job logs (--logs {logs}); "
+                           "name another store or another --logs")
+
+
 def check_execute_outputs(logs: Path, results: Path, store_root: Path, parsl_run_dir: Path | None = None,
                           inputs: list[Path] | None = None) -> None:
     """`lh execute`'s --logs (a directory), --results (a .parquet or .csv file, not one of
@@ -103,18 +127,7 @@ def check_execute_outputs(logs: Path, results: Path, store_root: Path, parsl_run
             raise BadInput(f"the current directory is inside the store {store_root}, and Parsl writes its run "
                            f"directory {parsl_run_dir} here; run lh execute from outside the store")
         check_output_dir(parsl_run_dir, store_root, "Parsl's run directory")
-    for parent in [logs, *logs.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise BadInput(f"--logs {logs}: {parent} is {_what(parent, os.lstat(parent))}, not a directory")
-    check_output_dir(logs, store_root, "--logs")
-    for sub in FOLDERS.values():  # the folders lh makes there: its own, never a link to elsewhere
-        folder = logs / sub
-        st = lstat_or_none(folder, "--logs")
-        if st is not None and not stat.S_ISDIR(st.st_mode):
-            raise BadInput(f"--logs {logs}: {folder} is {_what(folder, st)}, where lh keeps its job logs in a "
-                           "directory of its own; move it away")
-        if st is not None:  # a store there would get job logs among its artifacts
-            _check_outside_store(folder, store_root, "--logs")
+    check_logs_dir(logs, store_root)
     if results.exists() and results.is_dir():
         raise BadInput(f"--results {results}: is a directory; name a .parquet or .csv file")
     if results.suffix.lower() not in RESULT_SUFFIXES:

@@ -228,3 +228,35 @@ def test_show_says_a_runs_target_is_gone_and_a_targets_damaged_runs_are_not_show
     result = lh("show", run, "--store", store)
     assert result.exit_code == 0, result.output
     assert f"{tid} (not in the store: lh plan rebuilds it" in " ".join(result.stdout.split())
+
+
+def test_a_new_store_inside_a_job_log_folder_is_refused_before_any_work(tmp_path):
+    """--store logs/run_sampler with the default --logs logs: the job logs went into the new
+    store's root (the check covered only a store that already existed)."""
+    import os
+
+    (tmp_path / "t.yaml").write_text("targets:\n  - {model: small, data: small, teacher: _null}\n"
+                                     "samplers:\n  - {name: hmc}\n")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = lh("execute", "t.yaml", "--store", "logs/run_sampler")
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 2, result.output
+    assert "--store logs/run_sampler: inside logs/run_sampler, where lh writes its job logs" in " ".join(result.output.split())
+    assert not (tmp_path / "logs" / "run_sampler" / "index.duckdb").exists()
+
+
+def test_calibrate_checks_its_logs_folders_before_it_writes_anything(tmp_path):
+    """lh calibrate --logs L with L/build_target a link wrote the pilots file and made the store,
+    then was refused by lh execute's check."""
+    (tmp_path / "c.yaml").write_text("store_root: store\ntargets:\n  - {model: small, data: small, teacher: _null}\n"
+                                     "samplers:\n  - {name: sgld, overrides: {step_size_nbeta: auto}}\n")
+    (tmp_path / "L").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "L" / "build_target").symlink_to(tmp_path / "elsewhere")
+    result = lh("calibrate", tmp_path / "c.yaml", "--logs", tmp_path / "L")
+    assert result.exit_code == 2, result.output
+    assert "build_target is a symbolic link" in " ".join(result.output.split())
+    assert not (tmp_path / "c.pilots.yaml").exists() and not (tmp_path / "store").exists()
