@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from lambda_hat.ids import is_artifact_id
 from lambda_hat.errors import ArtifactError, BadInput, NeedsPlugin, QueryFailed, QueryRefused, first_sentence
 from lambda_hat.files import write_atomic
 from lambda_hat.logs import FOLDERS, STORE_LINE, job_logs, named_by
@@ -909,7 +910,11 @@ def store_status(store: Any, logs: Path, scope: Scope | None = None) -> StatusRe
         if not folder.is_dir():
             continue
         for err in sorted(folder.glob("*.err")):
-            artifact_id = named_by(err, kind)[0]
+            artifact_id, of_target = named_by(err, kind)
+            # not a job log lh wrote: its name, shown on a terminal, could hold anything
+            if not is_artifact_id(artifact_id) or (kind == "run" and not is_artifact_id(of_target or "")) \
+                    or not err.name.isprintable():
+                continue
             if artifact_id in listing[kind] or artifact_id in claimed:
                 continue
             if wanted is not None and artifact_id not in wanted[kind]:

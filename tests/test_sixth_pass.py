@@ -260,3 +260,16 @@ def test_calibrate_checks_its_logs_folders_before_it_writes_anything(tmp_path):
     assert result.exit_code == 2, result.output
     assert "build_target is a symbolic link" in " ".join(result.output.split())
     assert not (tmp_path / "c.pilots.yaml").exists() and not (tmp_path / "store").exists()
+
+
+def test_status_lists_no_log_whose_name_is_not_a_job_log_of_ours(tmp_path, store):
+    """A log file named with an escape sequence was listed as a failed job, its name printed raw."""
+    folder = tmp_path / "logs" / "build_target"
+    folder.mkdir(parents=True)
+    bad = folder / "tgt_\x1b]0;X\x07"
+    bad.with_suffix(".log").write_text(f"store {store.resolve()}\n")
+    (folder / "tgt_\x1b]0;X\x07.err").write_text("e\n")
+    result = lh("status", "--store", store, "--logs", tmp_path / "logs")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "failed jobs: 0" in result.stdout
