@@ -313,3 +313,17 @@ def test_a_finished_runs_work_dir_with_a_mount_inside_is_kept(tmp_path):
         _unbind(work / "mnt")
     SegmentStore(work, 3600, draws=10).remove()  # unmounted: removed as before
     assert not work.exists()
+
+
+def test_a_folder_with_only_hidden_entries_not_ours_is_no_store(tmp_path):
+    """A project's folder with .git, and .quarantine/.jax_cache of its own: taken for a store
+    (hidden names were skipped), and gc deleted inside it."""
+    proj = tmp_path / "proj"
+    (proj / ".git").mkdir(parents=True)
+    (proj / ".git" / "HEAD").write_text("g")
+    (proj / ".quarantine" / "run_mine").mkdir(parents=True)
+    (proj / ".quarantine" / "run_mine" / "notes").write_text("mine")
+    result = lh("gc", "--store", proj)
+    assert result.exit_code == 2, result.output
+    assert "not a lambda-hat store (.git is not lambda-hat's" in result.output
+    assert (proj / ".quarantine" / "run_mine" / "notes").read_text() == "mine"

@@ -351,6 +351,8 @@ def _in_parts(n: int, part: Callable[[int, int], "_T"]) -> Iterator["_T"]:
 # What lambda-hat itself puts at a store's root.
 _STORE_ENTRIES = {"targets", "runs", "index.duckdb", "index.duckdb.wal", "index.duckdb.tmp"}
 _STORE_PREFIXES = ("index.duckdb.corrupt-",)  # an unreadable index moved aside (index.move_aside)
+_STORE_HIDDEN = {".claims", ".work", ".quarantine", ".jax_cache", ".index.lock", ".index.stats"}
+_STORE_HIDDEN_PREFIXES = (".tmp-", ".write-probe-")  # atomic writes' temporaries, the write probe
 
 
 def _check_store_shape(root: Path, lay: StoreLayout) -> None:
@@ -366,8 +368,9 @@ def _check_store_shape(root: Path, lay: StoreLayout) -> None:
         except OSError:
             return None
         for name in sorted(names):
-            if name.startswith("."):
-                continue
+            if name.startswith(".") and (prefix is not None or name in _STORE_HIDDEN
+                                         or name.startswith(_STORE_HIDDEN_PREFIXES)):
+                continue  # at the root only lambda-hat's own hidden names: a .git makes a project, not a store
             ours = name in _STORE_ENTRIES or name.startswith(_STORE_PREFIXES)
             if prefix is None and not ours or prefix is not None and not name.startswith(prefix):
                 return name
