@@ -672,8 +672,10 @@ def index_rebuild_cmd(store: StoreOpt = None) -> None:
     st = Store.open(resolve_store_root(store))
     if not st.layout.targets_dir.is_dir() and not st.layout.runs_dir.is_dir():
         raise BadInput(f"{st.root}: not a lambda-hat store (no targets/ or runs/)")
-    n_t, n_r = st.rebuild_index()
+    damaged: list[tuple[str, str]] = []
+    n_t, n_r = st.rebuild_index(damaged=damaged)
     console.print(f"rebuilt {st.layout.index_path}: {plural(n_t, 'target')}, {plural(n_r, 'run')}")
+    _fail_if_damaged(damaged, "left out (the next lh execute quarantines and redoes them)")
 
 
 def _verify(ids: list[str] | None, store: str | None) -> None:

@@ -273,3 +273,14 @@ def test_status_lists_no_log_whose_name_is_not_a_job_log_of_ours(tmp_path, store
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.stdout and "\x07" not in result.stdout
     assert "failed jobs: 0" in result.stdout
+
+
+def test_index_rebuild_names_the_damaged_artifacts_it_leaves_out(store):
+    """It said "rebuilt …: 1 target, 1 run" and exit 0 over a run whose zip had a flipped byte."""
+    run = sorted((store / "runs").iterdir())[0]
+    data = bytearray((run / "arrays.zarr.zip").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (run / "arrays.zarr.zip").write_bytes(bytes(data))
+    result = lh("index", "rebuild", "--store", store)
+    assert result.exit_code == 1, result.output
+    assert "rebuilt" in result.stdout and f"1 damaged artifact left out" in result.output and run.name in result.output

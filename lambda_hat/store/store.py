@@ -908,10 +908,11 @@ class Store:
             index.move_aside(self.layout)
             index.write(self.layout, records, replace_all=True, timeout_s=timeout_s)
 
-    def rebuild_index(self, timeout_s: float = 10.0) -> tuple[int, int]:
+    def rebuild_index(self, timeout_s: float = 10.0, damaged: list[tuple[str, str]] | None = None) -> tuple[int, int]:
         """Recreate the index from the artifacts on disk, each checked whole (`check_artifact`:
-        a stamp recorded here is trusted by every later plan); damaged ones are skipped, and
-        the next reconcile quarantines them. Returns (targets, runs) indexed."""
+        a stamp recorded here is trusted by every later plan); damaged ones are skipped (added
+        to `damaged` as (ID, why)), and the next reconcile quarantines them. Returns (targets,
+        runs) indexed."""
         records = []
         for kind in KINDS:
             names, links = self._scan(kind)
@@ -920,7 +921,11 @@ class Store:
                 try:
                     now = files_stamp(d.parent, name)
                     records.append(index.Record(check_artifact(d, kind), *now))
-                except (ArtifactError, ManifestError, OSError):
+                except NeedsPlugin:
+                    continue  # a plugin's artifact, its plugin not loaded here: not damage
+                except (ArtifactError, ManifestError, OSError) as err:
+                    if damaged is not None:
+                        damaged.append((name, str(err) if isinstance(err, ArtifactError) else err.strerror or str(err)))
                     continue
         try:
             self._refill(records, timeout_s)
