@@ -393,7 +393,7 @@ def test_fifos_planted_in_the_store_and_logs_are_reported_never_read(tmp_path, s
     commands = [
         (["verify"], 1), (["show", a], 1), (["show", b], 1), (["status", "--logs", tmp_path / "logs"], 0),
         (["export", "-o", tmp_path / "e.csv"], 1), (["promote", "--outdir", tmp_path / "gallery"], 1),
-        (["gc", "--dry-run"], 0), (["index", "rebuild"], 0), (["gc"], 0),
+        (["gc", "--dry-run"], 0), (["index", "rebuild"], 1), (["gc"], 0),
     ]
     code = (
         "import sys\n"

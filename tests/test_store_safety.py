@@ -60,8 +60,9 @@ def test_invalid_json_manifest_is_reported_never_a_traceback(store):
     # No traceback: the runner records a clean exit's code as SystemExit, anything else as itself.
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "Traceback" not in result.output
-    result = lh("index", "rebuild", "--store", str(st.root))
-    assert result.exit_code == 0 and "2 targets, 3 runs" in result.stdout
+    result = lh("index", "rebuild", "--store", str(st.root))  # rebuilt without it, and says so
+    assert result.exit_code == 1 and "2 targets, 3 runs" in result.stdout and f"left out" in result.output
+    assert rids[1] in result.output
     assert rids[1] not in st.snapshot(tids, rids).run_ids  # not "cached"
     st.layout.index_path.unlink()
     assert rids[1] not in st.snapshot(tids, rids).run_ids
