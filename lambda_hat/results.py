@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lambda_hat.ids import is_artifact_id
-from lambda_hat.errors import ArtifactError, BadInput, NeedsPlugin, QueryFailed, QueryRefused, first_sentence
+from lambda_hat.errors import BadInput, QueryFailed, QueryRefused, first_sentence
 from lambda_hat.files import write_atomic
 from lambda_hat.logs import FOLDERS, STORE_LINE, job_logs, named_by
 from lambda_hat.store import Store
@@ -1083,17 +1083,9 @@ def format_show(store: Any, kind: str, artifact_id: str, logs: Path, plots_dir: 
         lines.append("plots (lh promote)")
         lines += [f"  {p}" for p in sorted((plots_dir / artifact_id).iterdir())]
     if kind == "target":
-        runs, unread = [], 0
-        for run_id in store.ids("run"):
-            try:
-                m = store.read_manifest("run", run_id)
-            except NeedsPlugin:
-                continue  # a plugin's run, not loaded here: not damage
-            except (ArtifactError, OSError):
-                unread += 1  # damaged: whose target it names is not known
-                continue
-            if m.spec.get("target_id") == artifact_id:
-                runs.append(m)
+        damaged: list[str] = []  # whose target a damaged run names is not known
+        runs = [m for m in store.manifests("run", damaged) if m.spec.get("target_id") == artifact_id]
+        unread = len(damaged)
         lines += _field("runs", str(len(runs)) + (f" (and {unread} damaged run{'s' if unread > 1 else ''} in the store, "
                                                     "whose target cannot be read: lh verify)" if unread else ""))
         pad = max((len(m.status) for m in runs), default=0)

@@ -17,21 +17,14 @@ import os
 import socket
 
 import pytest
-from typer.testing import CliRunner
 
-from lambda_hat.cli import app
 from lambda_hat.store.artifacts import parse_tmp_name, pid_alive, pid_space, pid_space_tag
 from lambda_hat.store.claims import ClaimTimeout, Claims, Holder, Owner
-from lambda_hat.store.store import Store
-from test_store import SWEEP, fill_store
+from test_fifth_pass import lh, store  # noqa: F401  (the fixture: a filled, reconciled store and s.yaml)
 
 ID = "run_6166b094cbd6"
 OLD = 1_000_000_000  # an mtime long past: a tree or heartbeat older than any grace or ttl
 TEN_YEARS_S = 10 * 365 * 86400.0
-
-
-def lh(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
 def no_traceback(result) -> str:
@@ -39,15 +32,6 @@ def no_traceback(result) -> str:
     assert result.exception is None or isinstance(result.exception, SystemExit), (result.exception, result.output)
     assert "Traceback" not in result.output, result.output
     return result.output
-
-
-@pytest.fixture
-def store(tmp_path):
-    root = tmp_path / "store"
-    fill_store(root)
-    Store(root).reconcile()
-    (tmp_path / "s.yaml").write_text(json.dumps(SWEEP))
-    return root
 
 
 # ------------------------------------------------------------------ pids in temporary names

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from lambda_hat.cli import app
 from lambda_hat.store.store import Store
-from test_store import fill_store
+from test_output_safety import store  # noqa: F401  (the fixture: a filled store, its expanded sweep)
 
 
 def lh(*args):
@@ -29,14 +29,6 @@ def tree(path):
             p = os.path.join(dirpath, name)
             out[os.path.relpath(p, path)] = open(p, "rb").read() if os.path.isfile(p) and not os.path.islink(p) else None
     return out
-
-
-@pytest.fixture
-def store(tmp_path):
-    root = tmp_path / "store"
-    ex, _ = fill_store(root)
-    Store(root).reconcile()
-    return root, ex
 
 
 def test_runs_on_a_target_linked_from_another_disk_are_no_orphans(store, tmp_path):

@@ -9,21 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lambda_hat.cli import app
-from lambda_hat.store.store import Store
-from test_store import SWEEP, fill_store
-
-
-def lh(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-
-
-@pytest.fixture
-def store(tmp_path):
-    root = tmp_path / "store"
-    fill_store(root)
-    Store(root).reconcile()
-    (tmp_path / "s.yaml").write_text(json.dumps(SWEEP))
-    return root
+from test_fifth_pass import lh, store  # noqa: F401  (the fixture: a filled, reconciled store and s.yaml)
 
 
 def test_an_arrays_zip_that_is_a_directory_is_named_as_such_not_missing(store):

@@ -626,14 +626,18 @@ class Store:
             raise BadInput(f"{prefix}: {len(matches)} IDs start with it ({shown}); give more characters")
         return matches[0]
 
-    def manifests(self, kind: str) -> Iterator[Manifest]:
+    def manifests(self, kind: str, damaged: list[str] | None = None) -> Iterator[Manifest]:
         """Every complete artifact's manifest of one kind, checked (see `check_manifest`);
-        incomplete and damaged ones are skipped, as everywhere else."""
+        incomplete and damaged ones are skipped, as everywhere else (their IDs added to
+        `damaged`; a plugin's artifact whose plugin is not loaded is no damage)."""
         for artifact_id in self.ids(kind):
             try:
                 yield self.read_manifest(kind, artifact_id)
-            except (ArtifactError, ManifestError, OSError):
+            except NeedsPlugin:
                 continue
+            except (ArtifactError, ManifestError, OSError):
+                if damaged is not None:
+                    damaged.append(artifact_id)
 
     def read_traces(self, run_id: str, names: Iterable[str] | None = None) -> dict[str, "np.ndarray"]:
         """A complete run's trace arrays (chains × draws) by name (`loss`, `llc`, ...): all of
