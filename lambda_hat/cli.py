@@ -324,7 +324,7 @@ def execute_cmd(
 
         _, _, st = _load(sweep, store, max_runs)
         check_output_dir(promote_dir, st.root, "--promote-dir")
-        gallery.check_gallery(promote_dir, "--promote-dir")
+        gallery.check_gallery(promote_dir, "--promote-dir", st.root)
     flags = dict(partition=partition, account=account, qos=qos, walltime=walltime, nodes_per_block=nodes_per_block,
                  cores_per_node=cores_per_node, mem_per_node=mem_per_node, gpus_per_node=gpus_per_node,
                  workers_per_node=workers_per_node, max_blocks=max_blocks, exclusive=exclusive, worker_init=worker_init,
@@ -336,7 +336,7 @@ def execute_cmd(
     if promote and outcome.interrupted is None:
         console.print("\n[bold]=== Stage C: Promoting results ===[/bold]")
         try:
-            _promote(sweep, store, promote_dir, None, None)
+            _promote(sweep, store, promote_dir, None, None, flag="--promote-dir")
         except LhError as err:
             err_console.print(f"[red]error:[/red] promote: {rich_escape(str(err))}", soft_wrap=True, highlight=False)
             outcome.exit_code = outcome.exit_code or err.exit_code
@@ -576,6 +576,20 @@ def _fail_if_damaged(damaged: list[tuple[str, str]], what: str) -> None:
 LogsOpt = Annotated[Path, typer.Option("--logs", metavar="DIR", help="The per-job logs directory `lh execute` wrote (its --logs).")]
 
 
+def _check_logs_to_read(logs: Path) -> None:
+    """--logs of a command that reads job logs: absent (no logs yet) or a directory."""
+    import stat
+
+    from lambda_hat.files import file_type, lstat_or_none
+
+    st = lstat_or_none(logs, "--logs")
+    if st is None or logs.is_dir():
+        return
+    what = ("a symbolic link to nothing" if stat.S_ISLNK(st.st_mode) and not logs.exists()
+            else "a file" if logs.is_file() else file_type(os.stat(logs)))
+    raise BadInput(f"--logs {logs}: is {what}, not a directory (the folder lh execute wrote job logs to)")
+
+
 @app.command("status", cls=_Command)
 @_domain_errors
 def status_cmd(
@@ -589,6 +603,7 @@ def status_cmd(
     from lambda_hat import results
 
     _check_limit(limit)
+    _check_logs_to_read(logs)
     st, scope = _scoped(store, sweep)
     if not st.root.is_dir():
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or --sweep FILE)")
@@ -609,6 +624,7 @@ def show_cmd(
     """One target or run: status, numbers, spec, files, logs, plots, and its runs or target."""
     from lambda_hat import results
 
+    _check_logs_to_read(logs)
     st = _store_of(store, sweep)
     if not st.root.is_dir():
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or --sweep FILE)")
@@ -634,7 +650,8 @@ def promote_cmd(
     _promote(sweep, store, outdir, plots, title)
 
 
-def _promote(sweep: Path | None, store: str | None, outdir: Path, plots: str | None, title: str | None) -> None:
+def _promote(sweep: Path | None, store: str | None, outdir: Path, plots: str | None, title: str | None,
+             flag: str = "--outdir") -> None:
     from lambda_hat import promote
 
     chosen = promote.parse_plots(plots)
@@ -649,8 +666,8 @@ def _promote(sweep: Path | None, store: str | None, outdir: Path, plots: str | N
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
     from lambda_hat.output_paths import check_output_dir
 
-    check_output_dir(outdir, st.root, "--outdir")
-    promote.check_gallery(outdir)
+    check_output_dir(outdir, st.root, flag)
+    promote.check_gallery(outdir, flag, st.root)
     t0 = time.perf_counter()
     rep = promote.promote(st, outdir, run_ids=run_ids, target_ids=target_ids, title=title, plots=chosen)
     unfinished = rep.runs_wanted - rep.runs

@@ -93,11 +93,13 @@ def _refuse(outdir: Path, path: Path, st: os.stat_result, wanted: str, flag: str
                    "regular files and directories of its own (move it away)")
 
 
-def check_gallery(outdir: Path, flag: str = "--outdir") -> None:
+def check_gallery(outdir: Path, flag: str = "--outdir", store_root: Path | None = None) -> None:
     """Everything promote may write under `outdir`, checked before any work: its pages and
     state file are regular files or absent, `runs/`, `targets/` and their entries are
     directories (not links to them), and the plots in those are regular files or absent. A
-    symbolic link, FIFO or device there is refused, never replaced nor written through."""
+    symbolic link, FIFO or device there is refused, never replaced nor written through.
+    `store_root`, the store the command reads or is about to make: the gallery's folders are
+    not it and do not hold it (`lh execute --promote` checks before the store exists)."""
     def lstat(p: Path) -> os.stat_result | None:
         try:
             return os.lstat(p)
@@ -110,12 +112,20 @@ def check_gallery(outdir: Path, flag: str = "--outdir") -> None:
             _refuse(outdir, outdir / name, st, "a regular file", flag)
     for sub in ("runs", "targets"):
         st = lstat(outdir / sub)
-        if st is None:
-            continue
-        store = enclosing_store((outdir / sub).resolve())
+        store = enclosing_store((outdir / sub).resolve()) if st is not None else None
         if store is not None:  # `--outdir .` beside the default store ./runs: plots would go into it
             raise BadInput(f"{flag} {outdir}: its {sub}/ folder is in the store {store}, whose files only "
                            "lh execute writes; name another directory")
+        if store_root is not None:
+            try:
+                folder, root = (outdir / sub).resolve(), store_root.resolve()
+            except (OSError, RuntimeError):  # a loop: refused below, or by the output-path check
+                folder = root = None
+            if folder is not None and (root == folder or root.is_relative_to(folder)):
+                raise BadInput(f"{flag} {outdir}: its {sub}/ folder would be the store {store_root} (or hold it), "
+                               "whose files only lh execute writes; name another directory")
+        if st is None:
+            continue
         if not stat.S_ISDIR(st.st_mode):
             _refuse(outdir, outdir / sub, st, "a directory", flag)
         with os.scandir(outdir / sub) as entries:

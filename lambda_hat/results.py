@@ -860,6 +860,7 @@ class StatusReport:
     size_bytes: int = 0
     scope: Scope | None = None
     not_done: dict[str, int] = field(default_factory=dict)  # kind -> the scope's units not in the store
+    damaged: dict[str, int] = field(default_factory=dict)  # kind -> entries there that do not check out
 
 
 def store_status(store: Any, logs: Path, scope: Scope | None = None) -> StatusReport:
@@ -872,6 +873,12 @@ def store_status(store: Any, logs: Path, scope: Scope | None = None) -> StatusRe
     if wanted is not None:
         rep.not_done = {kind: len(wanted[kind] - listing[kind]) for kind in listing}
         listing = {kind: listing[kind] & wanted[kind] for kind in listing}
+    # What counts is what checks out, as for lh plan: the index's row of an artifact whose files
+    # changed since it was recorded (an edited manifest, a truncated zip) does not vouch for it.
+    snap = store.snapshot(sorted(listing["target"]), sorted(listing["run"]))
+    complete = {"target": set(snap.target_ids), "run": set(snap.run_ids)}
+    rep.damaged = {kind: len(listing[kind] - complete[kind]) for kind in listing}
+    listing = complete
     if store.index_path.is_file():
         with sandbox(store, scope=scope) as con:
             # Counted and flagged: the index's rows whose artifact is there (a row outlives an
@@ -955,6 +962,10 @@ def format_status(rep: StatusReport, logs: Path, limit: int = 20) -> str:
     if gone:
         lines.append("  in the index but not in the store: " + ", ".join(plural(n, k) for k, n in gone.items())
                      + " (removed by hand? lh index rebuild drops them; lh execute redoes what a sweep needs)")
+    damaged = {k: n for k, n in rep.damaged.items() if n}
+    if damaged:
+        lines.append("  damaged or incomplete, not counted: " + ", ".join(plural(n, k) for k, n in damaged.items())
+                     + " (lh verify names them; the next lh execute quarantines and redoes them)")
     waiting = {k: n for k, n in rep.not_indexed.items() if n}
     if waiting:
         lines.append("  not in the index yet: " + ", ".join(f"{n} {k}s" for k, n in waiting.items())

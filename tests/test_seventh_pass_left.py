@@ -1,0 +1,76 @@
+"""Issue 28, what the sixth adversarial pass left in words: `lh execute --promote --promote-dir .`
+with a default store still to be made was refused only after the sweep ran (naming --outdir);
+`lh status` counted a run whose manifest had been edited (it read the index, which still held
+the row); `lh status --logs /dev/zero` was accepted. Each test fails on 67f8465."""
+
+import json
+import os
+
+from test_fifth_pass import lh, store  # noqa: F401  (the fixture: a filled, reconciled store and s.yaml)
+
+
+def test_promote_dir_whose_runs_folder_would_be_the_new_default_store_is_refused_before_any_work(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LH_STORE", raising=False)
+    from test_store import SWEEP
+
+    (tmp_path / "s.yaml").write_text(json.dumps(SWEEP))
+    result = lh("execute", "s.yaml", "--promote", "--promote-dir", ".", "--logs", tmp_path / "logs")
+    assert result.exit_code == 2, result.output
+    assert "--promote-dir .: its runs/ folder would be the store runs" in result.stderr, result.stderr
+    assert "--outdir" not in result.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "logs").exists()  # nothing ran
+
+
+def test_promote_dir_holding_a_new_store_to_be_is_refused(tmp_path, monkeypatch):
+    """--store gal/targets/s: a store that would sit inside the gallery's targets/ folder."""
+    from test_store import SWEEP
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(json.dumps(SWEEP))
+    result = lh("execute", "s.yaml", "--store", "gal/targets/s", "--promote", "--promote-dir", "gal",
+                "--logs", tmp_path / "logs")
+    assert result.exit_code == 2, result.output
+    assert "--promote-dir gal: its targets/ folder would be the store gal/targets/s (or hold it)" in result.stderr
+    assert not (tmp_path / "gal").exists()
+
+
+def test_status_does_not_count_a_run_whose_manifest_was_edited(store):
+    before = lh("status", "--store", store)
+    assert before.exit_code == 0, before.output
+    assert "runs     4 (" in before.output and "damaged" not in before.output
+    run = sorted((store / "runs").iterdir())[1]
+    manifest = run / "manifest.json"
+    st = os.stat(manifest)
+    text = manifest.read_text()
+    i = text.index('"llc_mean": ') + len('"llc_mean": ')
+    edited = text[:i] + ("3" if text[i] != "3" else "4") + text[i + 1:]  # one digit, same size
+    manifest.write_text(edited)
+    os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns))  # what bit rot keeps
+    after = lh("status", "--store", store)
+    assert after.exit_code == 0, after.output
+    assert "runs     3 (" in after.output, after.output
+    assert "damaged or incomplete, not counted: 1 run" in after.output, after.output
+
+
+def test_status_does_not_count_a_target_whose_arrays_were_truncated(store):
+    target = sorted((store / "targets").iterdir())[0]
+    with open(target / "arrays.zarr.zip", "r+b") as f:
+        f.truncate(10)
+    after = lh("status", "--store", store)
+    assert after.exit_code == 0, after.output
+    assert "targets  1 (" in after.output and "not counted: 1 target" in after.output, after.output
+
+
+def test_status_and_show_refuse_logs_that_are_no_directory(store, tmp_path):
+    (tmp_path / "f").write_text("x")
+    os.symlink(tmp_path / "nothing", tmp_path / "dangling")
+    run = sorted((store / "runs").iterdir())[0].name
+    for logs, what in (("/dev/zero", "a character device"), (tmp_path / "f", "a file"),
+                       (tmp_path / "dangling", "a symbolic link to nothing")):
+        for command in (["status"], ["show", run]):
+            result = lh(*command, "--store", store, "--logs", logs)
+            assert result.exit_code == 2, (command, logs, result.output)
+            assert f"--logs {logs}: is {what}, not a directory" in result.stderr, result.stderr
+    assert lh("status", "--store", store, "--logs", tmp_path / "absent").exit_code == 0
