@@ -74,3 +74,29 @@ def test_status_and_show_refuse_logs_that_are_no_directory(store, tmp_path):
             assert result.exit_code == 2, (command, logs, result.output)
             assert f"--logs {logs}: is {what}, not a directory" in result.stderr, result.stderr
     assert lh("status", "--store", store, "--logs", tmp_path / "absent").exit_code == 0
+
+
+def test_gc_removes_what_killed_writes_left_at_the_root_and_nothing_else_there(store):
+    """A kill in the middle of an index-stats write or a store's write probe, and indexes moved
+    aside as unreadable, left files at the store's root that no command ever removed. gc removes
+    those of its names once older than the temporaries' grace; other files there stay."""
+    old = os.stat(store).st_mtime - 2 * 3600
+    ours = [".tmp-.index.stats-4242-0123abcd", ".tmp-index.duckdb-77-deadbeef",
+            ".write-probe-node-1.example-99-0badf00d", "index.duckdb.corrupt-20261201T101010-4242"]
+    young = "index.duckdb.corrupt-20261206T000000-1"
+    theirs = [".tmp-notes.txt", "index.duckdb.corrupt-mine", "index.duckdb.corrupt-20261201T101010-1.bak"]
+    for name in ours + theirs + [young]:
+        (store / name).write_bytes(b"x")
+        if name != young:
+            os.utime(store / name, (old, old))
+    (store / ".tmp-.index.stats-1-00000000.d").mkdir()  # a directory is nothing an atomic write leaves
+    dry = lh("gc", "--store", store, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert all((store / name).exists() for name in ours)
+    result = lh("gc", "--store", store)
+    assert result.exit_code == 0, result.output
+    assert not any(os.path.lexists(store / name) for name in ours), result.output
+    assert all((store / name).exists() for name in theirs + [young, ".tmp-.index.stats-1-00000000.d"])
+    assert f"removed {store / ours[3]} (an unreadable index moved aside, rebuilt since)" in result.output, result.output
+    assert f"removed {store / ours[0]} (a temporary file of a killed write)" in result.output, result.output
+    assert "removed 4 entries" in result.output, result.output

@@ -53,6 +53,10 @@ _T = TypeVar("_T")
 
 KINDS = ("target", "run")
 TMP_GRACE_S = 3600.0  # a foreign host's temporary directory younger than this may be live
+# Files at the root that lh's writes leave when killed (files.atomic_file's `.tmp-NAME-PID-HEX`
+# of the index or its stats, the write probe) and index.move_aside's `index.duckdb.corrupt-TIME-PID`.
+ROOT_LEFTOVER = re.compile(r"\.tmp-(\.index\.stats|index\.duckdb)-\d+-[0-9a-f]{8}"
+                           r"|\.write-probe-.+-\d+-[0-9a-f]{8}|index\.duckdb\.corrupt-\d{8}T\d{6}-\d+")
 FAILED_STATUSES = frozenset({"nonfinite", "failed"})
 LISTING_ABOVE = 256  # a snapshot lists a kind's directory when more requested IDs than this are not indexed
 
@@ -1279,6 +1283,19 @@ class Store:
                 report.kept.append((lay.target_dir(name), f"{TARGET_LINK_KEPT} (not followed)"))
             else:
                 remove(lay.target_dir(name), "a symbolic link in the store (removed as a link, not followed)")
+        # What writes at the store's root leave when killed (an atomic write's temporary, the write
+        # probe) and indexes moved aside as unreadable: files of ours, by their names, kept for
+        # `tmp_grace_s` (a live write, or a corrupt index to look at) and then removed.
+        for p in entries(lay.root):
+            if not ROOT_LEFTOVER.fullmatch(p.name) or not (_regular(p) or os.path.islink(p)):
+                continue
+            try:
+                age = time.time() - os.lstat(p).st_mtime
+            except FileNotFoundError:
+                continue
+            if age > tmp_grace_s:
+                remove(p, "an unreadable index moved aside, rebuilt since" if p.name.startswith("index.duckdb.corrupt-")
+                       else "a temporary file of a killed write")
         keep = self._quarantine_kept(targets, run_target_ids) if not os.path.islink(lay.targets_dir) else {}
         for p in entries(lay.quarantine_dir):
             _, gc_mark, gc_pid = p.name.rpartition("-gc-")
