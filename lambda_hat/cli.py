@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import typing
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -73,8 +74,24 @@ def _plain_param(param) -> None:
         param.__class__ = _Argument  # the same object, displayed as above
 
 
+def _takes_a_path(param) -> bool:
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    return annotation is Path or Path in typing.get_args(annotation)
+
+
 class _Command(_PlainHelp, TyperCommand):
-    pass
+    def parse_args(self, ctx, args):
+        # An empty path (`-o "$OUT"` with OUT unset) would be read as `.`: the current directory
+        # written into as a gallery or a log folder. Refused before any other check.
+        paths = {opt for p in self.params if _takes_a_path(p) for opt in p.opts}
+        for i, arg in enumerate(args):
+            name, eq, value = arg.partition("=")
+            if (eq and name in paths and value == "") or (not eq and arg in paths and i + 1 < len(args)
+                                                          and args[i + 1] == ""):
+                err_console.print(f"[red]error:[/red] {name}: an empty path (read as the current directory); "
+                                  "name a file or directory", soft_wrap=True, highlight=False)
+                raise typer.Exit(2)
+        return super().parse_args(ctx, args)
 
 
 class _Group(_PlainHelp, TyperGroup):

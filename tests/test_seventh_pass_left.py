@@ -6,6 +6,8 @@ the row); `lh status --logs /dev/zero` was accepted. Each test fails on 67f8465.
 import json
 import os
 
+import pytest
+
 from test_fifth_pass import lh, store  # noqa: F401  (the fixture: a filled, reconciled store and s.yaml)
 
 
@@ -100,3 +102,17 @@ def test_gc_removes_what_killed_writes_left_at_the_root_and_nothing_else_there(s
     assert f"removed {store / ours[3]} (an unreadable index moved aside, rebuilt since)" in result.output, result.output
     assert f"removed {store / ours[0]} (a temporary file of a killed write)" in result.output, result.output
     assert "removed 4 entries" in result.output, result.output
+
+
+@pytest.mark.parametrize("args", [["promote", "--outdir", ""], ["promote", "--outdir="], ["export", "-o", ""],
+                                  ["query", "select 1", "-o", ""], ["status", "--logs", ""],
+                                  ["execute", "s.yaml", "--results", ""], ["execute", "s.yaml", "--logs="]])
+def test_an_empty_path_is_refused_not_read_as_the_current_directory(store, tmp_path, monkeypatch, args):
+    """`--outdir "$DIR"` with DIR unset: `lh promote` drew its gallery into the current directory."""
+    monkeypatch.chdir(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    result = lh(*args, "--store", store)
+    assert result.exit_code == 2, result.output
+    flag = next(a for a in args if a.startswith("-")).rstrip("=")
+    assert f"error: {flag}: an empty path (read as the current directory)" in result.stderr, result.stderr
+    assert sorted(os.listdir(tmp_path)) == before
