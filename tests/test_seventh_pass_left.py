@@ -116,3 +116,21 @@ def test_an_empty_path_is_refused_not_read_as_the_current_directory(store, tmp_p
     flag = next(a for a in args if a.startswith("-")).rstrip("=")
     assert f"error: {flag}: an empty path (read as the current directory)" in result.stderr, result.stderr
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_store_copied_with_hard_links_has_an_index_lock_of_its_own(store, tmp_path):
+    """`cp -al store copy`: the two stores shared `.index.lock`, so a writer of one (here, a
+    lock held on the original's) kept the other's `lh index rebuild` waiting, then failing."""
+    import fcntl
+    import subprocess
+
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-al", str(store), str(copy)], check=True)
+    assert os.stat(store / ".index.lock").st_ino == os.stat(copy / ".index.lock").st_ino
+    with open(store / ".index.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the original's writer, mid-write
+        result = lh("index", "rebuild", "--store", copy)
+        assert result.exit_code == 0, result.output
+        assert os.stat(copy / ".index.lock").st_ino != os.fstat(held.fileno()).st_ino
+        busy = lh("index", "rebuild", "--store", store)  # the original's own lock still works
+        assert busy.exit_code != 0 and "writing the index" in busy.output, busy.output

@@ -245,18 +245,41 @@ def _connect(path: Path, read_only: bool, timeout_s: float) -> Any:
 @contextmanager
 def _flock(path: Path, timeout_s: float) -> Iterator[None]:
     """Serialize this host's writers without busy-waiting on DuckDB's own lock. Where the
-    file system has no flock (some NFS mounts), DuckDB's lock alone guards the file."""
-    if os.path.lexists(path) and not (os.path.isfile(path) and not os.path.islink(path)):
-        os.unlink(path)  # the store's own lock file is a regular file, never one a link points to
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    with os.fdopen(fd, "a+") as f:
+    file system has no flock (some NFS mounts), DuckDB's lock alone guards the file.
+
+    The lock is the file `path` names, with no other name: a store copied with `cp -al`
+    shares the inode with its original, and their writers would wait on each other. Such a
+    file is replaced by one of its own; a writer that locked a file then replaced (or that
+    another writer replaced meanwhile) lets it go and locks the new one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
-            held = flock_within(f, timeout_s)
-        except OSError:
-            held = True  # no flock here
-        if not held:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (not stat.S_ISREG(st.st_mode) or st.st_nlink > 1):
+            try:  # never one a link points to, nor one another store shares
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "a+") as f:
+            try:
+                held = flock_within(f, max(0.0, deadline - time.monotonic()))
+            except OSError:
+                held = True  # no flock here
+            if not held:
+                raise IndexBusy(f"{path}: another lh process on this host is writing the index")
+            mine, now = os.fstat(fd), None
+            try:
+                now = os.lstat(path)
+            except FileNotFoundError:
+                pass
+            if now is not None and (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev) and now.st_nlink == 1:
+                yield
+                return
+        if time.monotonic() > deadline:
             raise IndexBusy(f"{path}: another lh process on this host is writing the index")
-        yield
 
 
 def _wal_path(index_path: Path) -> Path:
