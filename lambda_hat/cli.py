@@ -221,6 +221,10 @@ def plan_cmd(
         console.print(recording)
     for line in _why_new(p, st):
         console.print(line, markup=False, highlight=False)
+    from lambda_hat.planner import describe_same_computations, same_computations
+
+    for line in describe_same_computations(same_computations(expanded), shown=limit if limit > 0 else 10**9):
+        console.print(line, markup=False, highlight=False)
 
 
 def _recording_line(p, expanded) -> str | None:

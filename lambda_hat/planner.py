@@ -110,6 +110,56 @@ def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:
     return Expanded(targets, list(runs.values()))
 
 
+def same_computations(expanded: Expanded) -> list[tuple[PlannedRun, PlannedRun, str]]:
+    """Pairs of the sweep's runs (first, later, why) that are one computation under two IDs.
+
+    An ID hashes the spec as written, and a store's IDs never change, so some spellings keep
+    one computation apart: an SGLD `batch_size` at or above the target's `n_data` is the full
+    batch; steps past warmup + draws·eval_every are never run; `step_size_nbeta` is unused
+    where `step_size` is given. Both runs would be sampled, bit for bit alike, and read as two
+    replicates; `lh plan` and `lh execute` name them."""
+
+    n_data = {t.target_id: t.spec.data.n_data for t in expanded.targets}
+    keys: dict[tuple[int, int], RunIds] = {}
+    first: dict[str, PlannedRun] = {}
+    out: list[tuple[PlannedRun, PlannedRun, str]] = []
+    for r in expanded.runs:
+        s = r.setting.sampler
+        if s.name != "sgld":
+            continue
+        n = n_data[r.target_id]
+        ids = keys.get((id(r.setting), n))
+        if ids is None:
+            plain = {"batch_size": min(s.batch_size, n), "steps": s.warmup + s.draws * s.eval_every}
+            if s.step_size is not None:
+                plain["step_size_nbeta"] = type(s).model_fields["step_size_nbeta"].default
+            ids = keys[(id(r.setting), n)] = RunIds.of(r.setting.model_copy(update={"sampler": s.model_copy(update=plain)}))
+        key = ids(canonical(r.target_id))
+        earlier = first.setdefault(key, r)
+        if earlier is not r:
+            a, b = earlier.setting.sampler, s
+            why = [f"batch_size {a.batch_size} and {b.batch_size} are both the full batch at n_data {n}"
+                   if a.batch_size != b.batch_size else "",
+                   f"steps {a.steps} and {b.steps} both run {b.warmup + b.draws * b.eval_every} "
+                   f"(warmup + draws × eval_every)" if a.steps != b.steps else "",
+                   f"step_size_nbeta {a.step_size_nbeta:g} and {b.step_size_nbeta:g} are unused beside step_size "
+                   f"{b.step_size:g}" if a.step_size_nbeta != b.step_size_nbeta else ""]
+            out.append((earlier, r, "; ".join(w for w in why if w)))
+    return out
+
+
+def describe_same_computations(pairs: list[tuple[PlannedRun, PlannedRun, str]], shown: int = 5) -> list[str]:
+    """Lines naming `same_computations`' pairs (the first `shown`, then how many more)."""
+    if not pairs:
+        return []
+    lines = [f"note: {len(pairs)} of the sweep's runs repeat another's computation under another ID "
+             "(sampled bit for bit alike: not independent replicates):"]
+    lines += [f"  {later.run_id} = {first.run_id}: {why}" for first, later, why in pairs[:shown]]
+    if len(pairs) > shown:
+        lines.append(f"  … and {len(pairs) - shown} more (lh plan --limit 0 lists them)")
+    return lines
+
+
 def _with_earlier(targets: list[PlannedTarget]) -> list[PlannedTarget]:
     """Each checkpoint target with its trajectory's earlier checkpoints (`PlannedTarget.earlier`)."""
     by_trajectory: dict[str, list[PlannedTarget]] = {}

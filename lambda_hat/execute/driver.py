@@ -38,7 +38,7 @@ from lambda_hat.execute.view import ExecuteView, sampling_progress  # noqa: F401
 from lambda_hat.text import plural
 from lambda_hat.logs import FOLDERS
 from lambda_hat.output_paths import check_execute_outputs
-from lambda_hat.planner import Plan, load, plan
+from lambda_hat.planner import Plan, describe_same_computations, load, plan, same_computations
 from lambda_hat.store import HEARTBEAT_S, resolve_store_root
 from lambda_hat.sweep import results_file
 
@@ -190,6 +190,9 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
         )
         return result
     console.print(f"store {store.root}: {p.summary()}")
+    to_sample = {r.run_id for r in p.runs_to_sample}
+    for line in describe_same_computations([pair for pair in same_computations(expanded) if pair[1].run_id in to_sample]):
+        console.print(line, markup=False, highlight=False)
     if rep.pending:
         console.print(f"  {len(rep.pending)} artifacts not yet indexed (index busy); they will be recorded")
     _run(req, settings, store, p, console, result, rep.pending, sweep.diagnostics.model_dump())
