@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -118,24 +119,29 @@ def same_computations(expanded: Expanded) -> list[tuple[PlannedRun, PlannedRun, 
     batch; steps past warmup + draws·eval_every are never run; `step_size_nbeta` is unused
     where `step_size` is given. Both runs would be sampled, bit for bit alike, and read as two
     replicates; `lh plan` and `lh execute` name them."""
-
     n_data = {t.target_id: t.spec.data.n_data for t in expanded.targets}
-    keys: dict[tuple[int, int], RunIds] = {}
-    first: dict[str, PlannedRun] = {}
-    out: list[tuple[PlannedRun, PlannedRun, str]] = []
-    for r in expanded.runs:
-        s = r.setting.sampler
-        if s.name != "sgld":
-            continue
-        n = n_data[r.target_id]
-        ids = keys.get((id(r.setting), n))
-        if ids is None:
+    # One key per (setting, n_data), not per run: a sweep of a million runs has a few settings.
+    settings = {id(r.setting): r.setting for r in expanded.runs if r.setting.sampler.name == "sgld"}
+    key_of: dict[tuple[int, int], str] = {}
+    for n in set(n_data.values()):
+        for sid, setting in settings.items():
+            s = setting.sampler
             plain = {"batch_size": min(s.batch_size, n), "steps": s.warmup + s.draws * s.eval_every}
             if s.step_size is not None:
                 plain["step_size_nbeta"] = type(s).model_fields["step_size_nbeta"].default
-            ids = keys[(id(r.setting), n)] = RunIds.of(r.setting.model_copy(update={"sampler": s.model_copy(update=plain)}))
-        key = ids(canonical(r.target_id))
-        earlier = first.setdefault(key, r)
+            key_of[(sid, n)] = RunIds.of(setting.model_copy(update={"sampler": s.model_copy(update=plain)}))(b'""')
+    shared = {n_k for n_k, count in Counter((n, k) for (_, n), k in key_of.items()).items() if count > 1}
+    repeated = {(sid, n) for (sid, n), k in key_of.items() if (n, k) in shared}
+    if not repeated:
+        return []
+    first: dict[tuple[str, str], PlannedRun] = {}
+    out: list[tuple[PlannedRun, PlannedRun, str]] = []
+    for r in expanded.runs:
+        n = n_data[r.target_id]
+        if (id(r.setting), n) not in repeated:
+            continue
+        s = r.setting.sampler
+        earlier = first.setdefault((r.target_id, key_of[(id(r.setting), n)]), r)
         if earlier is not r:
             a, b = earlier.setting.sampler, s
             why = [f"batch_size {a.batch_size} and {b.batch_size} are both the full batch at n_data {n}"
