@@ -25,7 +25,7 @@ from rich.markup import escape as rich_escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from lambda_hat.errors import BadInput, LhError
-from lambda_hat.text import plural
+from lambda_hat.text import plural, shown
 from lambda_hat.files import atomic_file, write_atomic
 from lambda_hat.output_paths import check_not_input, check_output_path
 
@@ -150,7 +150,7 @@ def _domain_errors(fn):
         try:
             return fn(*args, **kwargs)
         except LhError as err:
-            err_console.print(f"[red]error:[/red] {rich_escape(str(err))}", soft_wrap=True, highlight=False)
+            err_console.print(f"[red]error:[/red] {rich_escape(shown(str(err)))}", soft_wrap=True, highlight=False)
             raise typer.Exit(err.exit_code) from None
 
     return wrapper
@@ -202,14 +202,14 @@ def plan_cmd(
     if as_json:
         sys.stdout.write(json.dumps(p.as_json()) + "\n")
         return
-    table = Table(title=f"plan for {sweep} (store {st.root})")
+    table = Table(title=rich_escape(shown(f"plan for {sweep} (store {st.root})")))
     for col in ("kind", "id", "action", "what"):
         table.add_column(col)
     n_rows = len(p.targets_to_build) + len(p.targets_cached) + len(p.runs_to_sample) + len(p.runs_cached)
     # Rows are described only as they are shown: a plan may hold a million runs.
-    shown = _plan_rows(p) if limit <= 0 else itertools.islice(_plan_rows(p), limit)
+    rows = _plan_rows(p) if limit <= 0 else itertools.islice(_plan_rows(p), limit)
     n_shown = 0
-    for row in shown:
+    for row in rows:
         table.add_row(*row, style="dim" if row[2] == "cached" else None)
         n_shown += 1
     console.print(table)
@@ -491,7 +491,7 @@ def query_cmd(
     kind = results.format_for(out, fmt.value if fmt else None)
     if out is not None:
         check_output_path(out, st.root)
-        check_not_input(out, [sweep] if sweep is not None else [], "-o")
+        check_not_input(out, [("the sweep", sweep)] if sweep is not None else [], "-o")
     elif kind == "parquet":
         raise BadInput("--format parquet writes a binary file: add -o FILE.parquet")
     limits = dict(timeout_s=timeout_s, memory_limit=memory_limit, scope=scope)
@@ -570,7 +570,7 @@ def export_cmd(
     if not st.root.is_dir():
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
     check_output_path(out, st.root)
-    check_not_input(out, [sweep] if sweep is not None else [], "-o")
+    check_not_input(out, [("the sweep", sweep)] if sweep is not None else [], "-o")
     damaged: list[tuple[str, str]] = []
     n = results.export_runs(st, run_ids, out, damaged, view=view).rows
     if view != "runs":

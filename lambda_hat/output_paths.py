@@ -76,15 +76,16 @@ def check_output_dir(out: Path, store_root: Path, flag: str) -> None:
 RESULT_SUFFIXES = (".parquet", ".csv")
 
 
-def check_not_input(out: Path, inputs: list[Path], flag: str) -> None:
-    """`out` is none of the files the command reads (its sweep): writing it would replace them."""
-    for path in inputs:
+def check_not_input(out: Path, inputs: list[tuple[str, Path]], flag: str) -> None:
+    """`out` is none of the files the command reads, given as (what it is, path): the sweep, a
+    cluster profile, a Parsl configuration. Writing it would replace them."""
+    for what, path in inputs:
         try:
             same = out.exists() and os.path.samefile(out, path)
         except OSError:
             same = False
         if same:
-            raise BadInput(f"{flag} {out}: is the sweep the command reads ({path}); name another file")
+            raise BadInput(f"{flag} {out}: is {what} the command reads ({path}); name another file")
 
 
 def check_logs_dir(logs: Path, store_root: Path) -> None:
@@ -112,7 +113,7 @@ def check_logs_dir(logs: Path, store_root: Path) -> None:
 
 
 def check_execute_outputs(logs: Path, results: Path, store_root: Path, parsl_run_dir: Path | None = None,
-                          inputs: list[Path] | None = None) -> None:
+                          inputs: list[tuple[str, Path]] | None = None) -> None:
     """`lh execute`'s --logs (a directory), --results (a .parquet or .csv file, not one of
     `inputs`) and Parsl's run directory (`parsl_runinfo` in the current directory), as above."""
     if parsl_run_dir is not None:

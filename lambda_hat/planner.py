@@ -111,56 +111,99 @@ def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:
     return Expanded(targets, list(runs.values()))
 
 
-def same_computations(expanded: Expanded) -> list[tuple[PlannedRun, PlannedRun, str]]:
-    """Pairs of the sweep's runs (first, later, why) that are one computation under two IDs.
+OPTAX_ADAMW_DECAY = 1e-4  # optax.adamw's default weight_decay: what `weight_decay: null` trains with
+
+
+def _plain_training(tr):
+    """`tr` as the training it runs: adam is adamw without decay, adamw's null decay is optax's
+    default, and `early_stop_tol` is unused beside `grad_tol` (and 0 disables it, as null does)."""
+    plain = {}
+    if tr.optimizer == "adam":
+        plain.update(optimizer="adamw", weight_decay=0.0)
+    elif tr.optimizer == "adamw" and tr.weight_decay is None:
+        plain["weight_decay"] = OPTAX_ADAMW_DECAY
+    if tr.grad_tol is not None or tr.early_stop_tol == 0:
+        plain["early_stop_tol"] = None
+    return tr.model_copy(update=plain)
+
+
+def _plain_setting(setting: SamplerRun, n: int) -> SamplerRun:
+    """`setting` as the computation it runs on a target of `n` examples: SGLD's batch_size at or
+    above n is the full batch, its steps past the last draw are never run, its step_size_nbeta is
+    unused beside step_size; a per-example record of every example draws nothing with its seed."""
+    s, update = setting.sampler, {}
+    if s.name == "sgld":
+        plain = {"batch_size": min(s.batch_size, n), "steps": s.warmup + s.draws * s.eval_every}
+        if s.step_size is not None:
+            plain["step_size_nbeta"] = type(s).model_fields["step_size_nbeta"].default
+        update["sampler"] = s.model_copy(update=plain)
+    pe = setting.record.per_example if setting.record is not None else None
+    if pe is not None and pe.subset == "all" and pe.query == 0 and pe.heldout in (0, "all"):
+        update["record"] = setting.record.model_copy(
+            update={"per_example": pe.model_copy(update={"seed": type(pe).model_fields["seed"].default})})
+    return setting.model_copy(update=update) if update else setting
+
+
+def _differences(a, b, fields: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{label} {va!r} and {vb!r}" for label, name in fields
+                     for va, vb in [(_dotted(a, name), _dotted(b, name))] if va != vb)
+
+
+def _dotted(obj, name: str):
+    for part in name.split("."):
+        obj = getattr(obj, part, None) if obj is not None else None
+    return obj
+
+
+def same_computations(expanded: Expanded) -> list[tuple[str, str, str]]:
+    """(first ID, later ID, the settings that differ) for the sweep's targets and runs that are
+    one computation under two IDs.
 
     An ID hashes the spec as written, and a store's IDs never change, so some spellings keep
-    one computation apart: an SGLD `batch_size` at or above the target's `n_data` is the full
-    batch; steps past warmup + draws·eval_every are never run; `step_size_nbeta` is unused
-    where `step_size` is given. Both runs would be sampled, bit for bit alike, and read as two
-    replicates; `lh plan` and `lh execute` name them."""
+    one computation apart (`_plain_training`, `_plain_setting`). Both would be built or sampled,
+    bit for bit alike, and read as two replicates; `lh plan` and `lh execute` name them. (Runs
+    on two such targets are not listed again.)"""
+    out: list[tuple[str, str, str]] = []
+    first_target: dict[str, PlannedTarget] = {}
+    for t in expanded.targets:
+        key = target_id(t.spec.model_copy(update={"training": _plain_training(t.spec.training)}))
+        earlier = first_target.setdefault(key, t)
+        if earlier is not t:
+            why = _differences(earlier.spec.training, t.spec.training,
+                               [("training.optimizer", "optimizer"), ("training.weight_decay", "weight_decay"),
+                                ("training.early_stop_tol", "early_stop_tol")])
+            out.append((earlier.target_id, t.target_id, why + " train alike"))
     n_data = {t.target_id: t.spec.data.n_data for t in expanded.targets}
     # One key per (setting, n_data), not per run: a sweep of a million runs has a few settings.
-    settings = {id(r.setting): r.setting for r in expanded.runs if r.setting.sampler.name == "sgld"}
+    settings = {id(r.setting): r.setting for r in expanded.runs}
     key_of: dict[tuple[int, int], str] = {}
     for n in set(n_data.values()):
         for sid, setting in settings.items():
-            s = setting.sampler
-            plain = {"batch_size": min(s.batch_size, n), "steps": s.warmup + s.draws * s.eval_every}
-            if s.step_size is not None:
-                plain["step_size_nbeta"] = type(s).model_fields["step_size_nbeta"].default
-            key_of[(sid, n)] = RunIds.of(setting.model_copy(update={"sampler": s.model_copy(update=plain)}))(b'""')
+            key_of[(sid, n)] = RunIds.of(_plain_setting(setting, n))(b'""')
     shared = {n_k for n_k, count in Counter((n, k) for (_, n), k in key_of.items()).items() if count > 1}
     repeated = {(sid, n) for (sid, n), k in key_of.items() if (n, k) in shared}
-    if not repeated:
-        return []
     first: dict[tuple[str, str], PlannedRun] = {}
-    out: list[tuple[PlannedRun, PlannedRun, str]] = []
-    for r in expanded.runs:
+    for r in expanded.runs if repeated else []:
         n = n_data[r.target_id]
         if (id(r.setting), n) not in repeated:
             continue
-        s = r.setting.sampler
         earlier = first.setdefault((r.target_id, key_of[(id(r.setting), n)]), r)
         if earlier is not r:
-            a, b = earlier.setting.sampler, s
-            why = [f"batch_size {a.batch_size} and {b.batch_size} are both the full batch at n_data {n}"
-                   if a.batch_size != b.batch_size else "",
-                   f"steps {a.steps} and {b.steps} both run {b.warmup + b.draws * b.eval_every} "
-                   f"(warmup + draws × eval_every)" if a.steps != b.steps else "",
-                   f"step_size_nbeta {a.step_size_nbeta:g} and {b.step_size_nbeta:g} are unused beside step_size "
-                   f"{b.step_size:g}" if a.step_size_nbeta != b.step_size_nbeta else ""]
-            out.append((earlier, r, "; ".join(w for w in why if w)))
+            a, b = earlier.setting, r.setting
+            why = _differences(a, b, [("batch_size", "sampler.batch_size"), ("steps", "sampler.steps"),
+                                      ("step_size_nbeta", "sampler.step_size_nbeta"),
+                                      ("record.per_example.seed", "record.per_example.seed")])
+            out.append((earlier.run_id, r.run_id, why + f" run alike on n_data {n}"))
     return out
 
 
-def describe_same_computations(pairs: list[tuple[PlannedRun, PlannedRun, str]], shown: int = 5) -> list[str]:
+def describe_same_computations(pairs: list[tuple[str, str, str]], shown: int = 5) -> list[str]:
     """Lines naming `same_computations`' pairs (the first `shown`, then how many more)."""
     if not pairs:
         return []
-    lines = [f"note: {len(pairs)} of the sweep's runs repeat another's computation under another ID "
-             "(sampled bit for bit alike: not independent replicates):"]
-    lines += [f"  {later.run_id} = {first.run_id}: {why}" for first, later, why in pairs[:shown]]
+    lines = [f"note: {len(pairs)} of the sweep's targets and runs repeat another's computation under another ID "
+             "(built or sampled bit for bit alike: not independent replicates):"]
+    lines += [f"  {later} = {first}: {why}" for first, later, why in pairs[:shown]]
     if len(pairs) > shown:
         lines.append(f"  … and {len(pairs) - shown} more (lh plan --limit 0 lists them)")
     return lines

@@ -906,7 +906,9 @@ def promote(store: Any, outdir: Path, *, run_ids: list[str] | None = None, targe
     by_target: dict[str, list] = {tid: [] for tid in dict.fromkeys(order)}
     for m in runs:
         by_target[m.spec.get("target_id")].append(m)
-    found, damaged_targets = store.checked_manifests("target", list(by_target))
+    # A target's files are hashed too (a few MB each, once per promote): its page and the runs'
+    # references stand on it, and a damaged one is named, as a run whose traces fail is.
+    found, damaged_targets = store.checked_manifests("target", list(by_target), files=True)
     targets = {m.id: m for m in found}
     report.damaged += damaged_targets
     by_target = {tid: rs for tid, rs in by_target.items() if rs}  # a page shows targets with finished runs

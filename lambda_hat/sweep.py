@@ -853,7 +853,14 @@ def results_file(sweep: Sweep, path: str | Path) -> Path:
     """Where `lh execute` and `lh export` write a sweep's runs by default: results/NAME.parquet,
     NAME being the sweep's `name:` or else its file's stem. One file per sweep, so that running
     one sweep never replaces another's results."""
-    return Path("results") / f"{sweep.name or Path(path).stem}.parquet"
+    stem = Path(path).stem
+    if sweep.name is None and not stem.isprintable():  # `name:` is checked where it is read
+        from lambda_hat.text import shown
+
+        raise SweepError(f"{shown(str(path))}: the file's name holds characters that cannot be shown "
+                         "(control characters), and would name its results file; give the sweep a name: "
+                         "(letters, digits, '.', '_', '-') or rename the file")
+    return Path("results") / f"{sweep.name or stem}.parquet"
 
 
 def load_sweep(path: str | Path, *, max_runs: int = DEFAULT_MAX_RUNS) -> Sweep:

@@ -1,7 +1,9 @@
 """Spellings that an ID keeps apart (a store's IDs never change) but that are one computation:
 SGLD `batch_size` at or above `n_data` (the full batch), steps past warmup + draws × eval_every
-(never run), `step_size_nbeta` beside a given `step_size` (unused). `lh plan` and `lh execute`
-name such pairs of a sweep's runs; the slow test samples them and finds them bit for bit alike
+(never run), `step_size_nbeta` beside a given `step_size` (unused); a per-example record of
+every example with another seed; training with adam and adamw without decay, adamw's null decay
+and optax's default, `early_stop_tol` beside `grad_tol`. `lh plan` and `lh execute` name such
+pairs of a sweep's targets and runs; the slow test samples a pair and finds it bit for bit alike
 (what the note claims), and a run that differs in a used setting not alike."""
 
 import json
@@ -23,8 +25,8 @@ def sgld(**overrides):
 
 def pairs_of(samplers, targets=(SMALL,)):
     ex = expand(sweep_from_dict({"targets": list(targets), "samplers": samplers}))
-    index = {r.run_id: i for i, r in enumerate(ex.runs)}
-    return [(index[a.run_id], index[b.run_id], why) for a, b, why in same_computations(ex)]
+    index = {r.run_id: i for i, r in enumerate(ex.runs)} | {t.target_id: f"t{i}" for i, t in enumerate(ex.targets)}
+    return [(index[a], index[b], why) for a, b, why in same_computations(ex)]
 
 
 def test_each_spelling_of_one_computation_is_paired_with_the_first():
@@ -32,10 +34,31 @@ def test_each_spelling_of_one_computation_is_paired_with_the_first():
                       sgld(steps=1119), sgld(steps=1120),
                       sgld(step_size=1e-3), sgld(step_size=1e-3, step_size_nbeta=0.5), sgld(step_size_nbeta=0.5)])
     assert [(a, b) for a, b, _ in pairs] == [(0, 1), (0, 3), (5, 6)], pairs
-    assert pairs[0][2] == "batch_size 100 and 256 are both the full batch at n_data 100"
-    assert pairs[1][2] == ("batch_size 100 and 256 are both the full batch at n_data 100; "
-                           "steps 1100 and 1119 both run 1100 (warmup + draws × eval_every)")
-    assert pairs[2][2] == "step_size_nbeta 0.02 and 0.5 are unused beside step_size 0.001"
+    assert pairs[0][2] == "batch_size 100 and 256 run alike on n_data 100"
+    assert pairs[1][2] == "batch_size 100 and 256; steps 1100 and 1119 run alike on n_data 100"
+    assert pairs[2][2] == "step_size_nbeta 0.02 and 0.5 run alike on n_data 100"
+
+
+def test_a_record_of_every_example_pairs_across_seeds_but_a_subset_does_not():
+    def record(**pe):
+        return {"name": "hmc", "record": {"per_example": pe}}
+
+    pairs = pairs_of([record(subset="all", seed=0), record(subset="all", seed=5),
+                      record(subset=50, seed=0), record(subset=50, seed=5), record(subset="all", seed=7, query=3)])
+    assert pairs == [(0, 1, "record.per_example.seed 0 and 5 run alike on n_data 100")]
+
+
+def test_trainings_that_run_alike_are_paired():
+    def target(**training):
+        return {**SMALL, "seed": 3, "training": {"steps": 200, **training}}
+
+    pairs = pairs_of([{"name": "hmc"}], targets=[
+        target(optimizer="adam"), target(optimizer="adamw", weight_decay=0.0), target(optimizer="adamw"),
+        target(optimizer="adamw", weight_decay=1e-4), target(optimizer="adamw", weight_decay=1e-3),
+        target(grad_tol=1e-3), target(grad_tol=1e-3, early_stop_tol=1e-5), target(early_stop_tol=1e-5),
+        target(early_stop_tol=0), target(early_stop_tol=None), target(optimizer="sgd")])
+    assert [(a, b) for a, b, _ in pairs] == [("t0", "t1"), ("t2", "t3"), ("t5", "t6"), ("t8", "t9")], pairs
+    assert pairs[0][2] == "training.optimizer 'adam' and 'adamw'; training.weight_decay None and 0.0 train alike"
 
 
 def test_a_batch_below_n_on_one_target_is_full_on_another():
@@ -55,8 +78,8 @@ def test_lh_plan_names_the_pair(tmp_path):
     sweep.write_text(json.dumps({"targets": [SMALL], "samplers": [sgld(batch_size=100), sgld(batch_size=256)]}))
     result = CliRunner().invoke(app, ["plan", str(sweep), "--store", str(tmp_path / "st")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "note: 1 of the sweep's runs repeat another's computation under another ID" in result.output
-    assert "batch_size 100 and 256 are both the full batch at n_data 100" in result.output
+    assert "note: 1 of the sweep's targets and runs repeat another's computation under another ID" in result.output
+    assert "batch_size 100 and 256 run alike on n_data 100" in result.output
 
 
 @pytest.mark.slow

@@ -172,7 +172,8 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     if req.results is None:
         req = replace(req, results=results_file(sweep, req.sweep_path))
     # Every path the command writes, checked before anything is submitted (output_paths.py).
-    check_execute_outputs(req.logs, req.results, root, req.parsl_run_dir, inputs=[req.sweep_path])
+    read = [("the sweep", req.sweep_path), ("the cluster profile", req.profile), ("the Parsl configuration", req.parsl_config)]
+    check_execute_outputs(req.logs, req.results, root, req.parsl_run_dir, inputs=[(w, p) for w, p in read if p is not None])
     owner_note = _results_owner_note(req.results, req.sweep_path)  # said once the file is written
     settings = _backend_settings(req)
     store, rep = _open_store(root, console)
@@ -190,8 +191,8 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
         )
         return result
     console.print(f"store {store.root}: {p.summary()}")
-    to_sample = {r.run_id for r in p.runs_to_sample}
-    for line in describe_same_computations([pair for pair in same_computations(expanded) if pair[1].run_id in to_sample]):
+    to_do = {r.run_id for r in p.runs_to_sample} | {t.target_id for t in p.targets_to_build}
+    for line in describe_same_computations([pair for pair in same_computations(expanded) if pair[1] in to_do]):
         console.print(line, markup=False, highlight=False)
     if rep.pending:
         console.print(f"  {len(rep.pending)} artifacts not yet indexed (index busy); they will be recorded")

@@ -25,13 +25,15 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
 
 from lambda_hat.errors import BadInput
 from lambda_hat.files import read_input_text
 
 PROFILE_NAME = "lh.toml"
-WALLTIME_PATTERN = r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$"
+# HH:MM:SS, MM:SS or D-HH:MM:SS; minutes and seconds below 60 (sbatch refuses 99:99:99 only
+# once the block is submitted), and not all zero (`SlurmSettings._some_time`)
+WALLTIME_PATTERN = r"^(\d+-)?\d{1,3}:[0-5]\d(:[0-5]\d)?$"
 
 
 LOCAL_STRATEGY_PERIOD_S = 0.1
@@ -91,17 +93,25 @@ def _this_interpreter_launch_cmd() -> tuple[str, list[str]]:
     return launch, [sys.executable, "-c", INTERCHANGE_IGNORING_SIGINT]
 
 
+HEARTBEAT_MAX_S = 86_400  # a day: past it Parsl's timers overflow (10^20 s hung every execute)
+
+
 def heartbeat() -> tuple[int, int]:
-    """(period, threshold) in seconds for the worker pools and the interchange."""
+    """(period, threshold) in seconds for the worker pools and the interchange: whole seconds
+    from 1 to a day, the threshold above the period (a manager is declared lost when no
+    heartbeat came within the threshold: below the period, every manager is lost at once)."""
     values = []
     for name, default in zip(HEARTBEAT_ENV, (HEARTBEAT_PERIOD_S, HEARTBEAT_THRESHOLD_S)):
         text = os.environ.get(name, "").strip()
         if not text:
             values.append(default)
-        elif text.isdigit() and int(text) > 0:
+        elif text.isascii() and text.isdigit() and 0 < int(text) <= HEARTBEAT_MAX_S:
             values.append(int(text))
         else:
-            raise BadInput(f"{name}={text!r}: must be a whole number of seconds above 0")
+            raise BadInput(f"{name}={text!r}: must be a whole number of seconds from 1 to {HEARTBEAT_MAX_S}")
+    if values[1] <= values[0]:
+        raise BadInput(f"{HEARTBEAT_ENV[1]}={values[1]}: must be above {HEARTBEAT_ENV[0]} ({values[0]} s), "
+                       "else every worker pool is declared lost between two heartbeats")
     return values[0], values[1]
 
 
@@ -242,6 +252,13 @@ class SlurmSettings(BaseModel):
     address: str | None = None
     cmd_timeout: PositiveInt = 30
 
+    @field_validator("walltime")
+    @classmethod
+    def _some_time(cls, v: str) -> str:
+        if not any(c not in "0:-" for c in v):
+            raise ValueError("must be longer than zero (HH:MM:SS, MM:SS or D-HH:MM:SS)")
+        return v
+
     @property
     def workers(self) -> int:
         if self.workers_per_node is not None:
@@ -254,7 +271,8 @@ def _one_line(source: str, err: ValidationError, prefix: str = "") -> BadInput:
     loc = ".".join(str(p) for p in first["loc"])
     msg = first["msg"]
     if first["type"] == "string_pattern_mismatch":
-        msg = "must look like HH:MM:SS, MM:SS or D-HH:MM:SS"
+        msg = "must look like HH:MM:SS, MM:SS or D-HH:MM:SS (minutes and seconds below 60)"
+    msg = msg.removeprefix("Value error, ")
     return BadInput(f"{source}: {prefix}{loc}: {msg}")
 
 

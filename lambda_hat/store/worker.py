@@ -227,7 +227,11 @@ def read_progress(work_dir: Path) -> tuple[int, int] | None:
             p = json.loads(os.read(fd, 4096))
         finally:
             os.close(fd)
-        return int(p["draws_done"]), int(p["draws"])
+        done, draws = p["draws_done"], p["draws"]
+        # whole numbers as a worker writes them; anything else (Infinity, 1e400, -3) is no worker's
+        if not all(type(v) is int for v in (done, draws)) or not 0 <= done <= draws:
+            return None
+        return done, draws
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
