@@ -190,9 +190,10 @@ def test_a_negative_limit_is_refused(tmp_path, store, command):
     one_line_exit_2(lh(*args, "--store", store, "--limit", "-5"), "--limit -5: must be 0 (every row) or more")
 
 
-def test_a_quarantined_folder_is_named_whole_and_not_promised_again(tmp_path, store):
+def test_a_folder_not_lambda_hats_is_named_whole_left_alone_and_not_promised_again(tmp_path, store):
     """`Dec05_10-00-00_host` was named `Dec05_10`, with Python's "[Errno 2] …manifest.json" as
-    the reason and "it will be redone" about a folder that is no artifact."""
+    the reason and "it will be redone" about a folder that is no artifact. (Since the seventh
+    adversarial pass it is not quarantined either: a name that is no ID is someone else's.)"""
     from lambda_hat.execute.driver import _open_store
 
     (store / "runs" / "Dec05_10-00-00_host").mkdir()
@@ -200,8 +201,9 @@ def test_a_quarantined_folder_is_named_whole_and_not_promised_again(tmp_path, st
     with open(said, "w") as f:
         _open_store(store, Console(file=f, width=200, color_system=None))
     text = said.read_text()
-    assert "quarantined Dec05_10-00-00_host (not a run: its name is not a run ID); in .quarantine/ until lh gc" in text
-    assert "redone" not in text and "Errno" not in text
+    assert "left alone, not lambda-hat's: runs/Dec05_10-00-00_host (lh verify lists them" in text, text
+    assert "redone" not in text and "Errno" not in text and "quarantined" not in text
+    assert (store / "runs" / "Dec05_10-00-00_host").is_dir()
 
 
 def test_widths_without_depth_name_what_to_add(tmp_path):

@@ -35,7 +35,7 @@ from lambda_hat.execute.schedule import JobApps, Scheduler, failure_reason
 from lambda_hat.files import read_regular_text
 from lambda_hat.ids import is_artifact_id
 from lambda_hat.execute.view import ExecuteView, sampling_progress  # noqa: F401 (sampling_progress: imported from here)
-from lambda_hat.text import plural
+from lambda_hat.text import plural, shown as shown_text
 from lambda_hat.logs import FOLDERS
 from lambda_hat.output_paths import check_execute_outputs
 from lambda_hat.planner import Plan, describe_same_computations, load, plan, same_computations
@@ -215,6 +215,10 @@ def _open_store(root: Path, console: Console):
         console.print(f"  [yellow]quarantined[/yellow] {rich_escape(name)} ({rich_escape(why)}){redone}")
     for p in rep.removed_tmp:
         console.print(f"  removed unfinished {p.name} (its writer is gone)")
+    if rep.foreign:  # someone's notes or folders: left where they are, said once per execute
+        shown = ", ".join(rich_escape(shown_text(f"{p.parent.name}/{p.name}")) for p in rep.foreign[:3])
+        more = f" and {len(rep.foreign) - 3} more" if len(rep.foreign) > 3 else ""
+        console.print(f"  left alone, not lambda-hat's: {shown}{more} (lh verify lists them; move them out of the store)")
     if rep.index_moved_aside:
         console.print(f"  [yellow]the index was not readable[/yellow]: moved to {rep.index_moved_aside.name}, rebuilt from the manifests")
     return store, rep

@@ -340,7 +340,8 @@ class Claims:
         finally:
             try:
                 graveyard.unlink(missing_ok=True)
-            except OSError:  # a directory where a lease belongs (EISDIR, EPERM on macOS): removed if empty, else left aside
+            except OSError:  # a directory where a lease belongs (EISDIR, EPERM on macOS): removed if empty, else
+                # left aside under its .stale- name, someone's tree: lh gc keeps it and says so (store._claims_ours)
                 try:
                     graveyard.rmdir()
                 except OSError:

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 from lambda_hat.errors import ArtifactDamaged, ArtifactError, ManifestError, NeedsPlugin, StoreError
 from lambda_hat.files import file_type
-from lambda_hat.ids import is_artifact_id
+from lambda_hat.ids import HEX_CHARS, PREFIXES
 from lambda_hat.store import index
 from lambda_hat.store.artifacts import (
     NEEDS_PLUGIN,
     TMP_PREFIX,
+    _is_pid_text,
     file_problems,
     manifest_problems,
     parse_tmp_name,
@@ -155,6 +156,7 @@ class ReconcileReport:
     unindexed: int = 0
     removed_tmp: list[Path] = field(default_factory=list)
     foreign_tmp: list[Path] = field(default_factory=list)
+    foreign: list[Path] = field(default_factory=list)  # entries of targets/, runs/ not lambda-hat's: left in place
     index_moved_aside: Path | None = None
     needs_plugin: list[tuple[Path, str]] = field(default_factory=list)  # (artifact, why): left in place
     pending: list[index.Record] = field(default_factory=list)  # records the busy index did not take
@@ -283,14 +285,52 @@ def _remove_counted(path: Path) -> tuple[bool, str | None]:
 # artifact, named by its ID) and in `.claims/` (`claims.py`: leases, and their .clock-/.new-/
 # .stale- temporaries). gc removes only these there: anything else (a store copied into
 # `.quarantine/`: its index.duckdb, runs/, targets/, hidden folders) is not ours to delete.
-_QUARANTINED_NAME = re.compile(r"(tgt|run)_.*|[^.].*-(\d{8}T\d{6}-[0-9a-f]{6}|gc-\d+)")
-_CLAIMS_NAME = re.compile(r"[^.].*\.lease|\.(clock|new|stale)-.+")
+# ASCII: lambda-hat's digits are ASCII ('²' is a \d to Python, and int() refuses it).
+_QUARANTINED_NAME = re.compile(r"(tgt|run)_.*|[^.].*-(\d{8}T\d{6}-[0-9a-f]{6}|gc-\d+)", re.ASCII)
+_CLAIMS_NAME = re.compile(r"[^.].*\.lease|\.(clock|new|stale)-.+", re.ASCII)
+# The names lambda-hat gives the entries of targets/ and runs/ (besides its `.tmp-` ones) and of
+# `.work/` (a run's ID): anything else there is someone else's, left where it is and reported.
+_ID_NAME = {kind: re.compile(re.escape(PREFIXES[kind]) + f"[0-9a-f]{{{HEX_CHARS}}}") for kind in ("target", "run")}
+# A temporary directory's name as writers give it (`artifacts.tmp_name`) with a pid that does not
+# parse (another system's, garbled): still a writer's, judged by its age.
+_TMP_ID_NAME = re.compile(re.escape(TMP_PREFIX) + f"(tgt|run)_[0-9a-f]{{{HEX_CHARS}}}-.+", re.ASCII)
 NOT_OURS = "not lambda-hat's (lh gc leaves it alone; move it out of the store)"
+
+
+def _tmp_ours(name: str) -> bool:
+    """Whether an entry of targets/ or runs/ named `.tmp-…` is a writer's temporary directory:
+    `.tmp-backup` is someone's, kept by gc whatever its age."""
+    return parse_tmp_name(name) is not None or _TMP_ID_NAME.fullmatch(name) is not None
 
 
 def _ours(directory: str, name: str) -> bool:
     pattern = _QUARANTINED_NAME if directory == "quarantine" else _CLAIMS_NAME
     return pattern.fullmatch(name) is not None
+
+
+def _empty_dir(path: Path) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except OSError:
+        return False
+
+
+def _claims_ours(path: Path) -> bool:
+    """Whether gc may remove an entry of `.claims/` (a link, FIFO, device: as it is). lambda-hat
+    makes only regular files there, by its names: a directory with anything in it is someone
+    else's tree (claims.py renames one found at a lease's name to `.stale-…`, and leaves it)."""
+    if _real_dir(path):
+        return _empty_dir(path) and _ours("claims", path.name)
+    return not _regular(path) or _ours("claims", path.name)
+
+
+def _work_ours(path: Path) -> bool:
+    """Whether an entry of `.work/` is lambda-hat's to judge: one named by a run's ID (the
+    worker's work dir), or one no one's data is in (a link, FIFO, device)."""
+    if _ID_NAME["run"].fullmatch(path.name) is not None:
+        return True
+    return os.path.lexists(path) and not (_regular(path) or _real_dir(path))
 
 
 def _mount_points() -> list[str]:
@@ -380,7 +420,9 @@ def _check_store_shape(root: Path, lay: StoreLayout) -> None:
                 return name
         return None
     for d, prefix in ((root, None), (lay.targets_dir, "tgt_"), (lay.runs_dir, "run_")):
-        name = foreign(d, prefix) if d.is_dir() and not d.is_symlink() else None  # a link: refused above
+        # The root may be a link the user named: judged by the directory it points to (a link at
+        # targets/ or runs/ is never looked through; a writer refuses it above).
+        name = foreign(d, prefix) if d.is_dir() and (d == root or not d.is_symlink()) else None
         if name is not None:
             where = name if d == root else f"{d.name}/{name}"
             raise StoreError(f"{root}: not a lambda-hat store ({where} is not lambda-hat's, and there is no "
@@ -499,21 +541,39 @@ class Store:
         return self._scan(kind)[0]
 
     def _scan(self, kind: str) -> tuple[set[str], set[str]]:
-        """The artifact entries of one kind (hidden ones left out), and those of them that are
-        symbolic links (from the directory listing itself: no stat per entry)."""
+        """The artifact entries of one kind (hidden ones and others' left out: `_scan_all`),
+        and those of them that are symbolic links."""
+        return self._scan_all(kind)[:2]
+
+    def _scan_all(self, kind: str) -> tuple[set[str], set[str], set[str]]:
+        """The artifact entries of one kind (hidden ones left out), those of them that are
+        symbolic links (from the directory listing itself: no stat per entry), and the names not
+        lambda-hat's: an entry not named by an ID of the kind (notes, a TensorBoard run), never
+        quarantined or collected as damage. A link so named is still the store's to move aside."""
         parent = self.layout.targets_dir if kind == "target" else self.layout.runs_dir
+        ours = _ID_NAME[kind].fullmatch
         names: set[str] = set()
         links: set[str] = set()
+        foreign: set[str] = set()
         try:
             with os.scandir(parent) as entries:
                 for entry in entries:
                     if not entry.name.startswith("."):
-                        names.add(entry.name)
                         if entry.is_symlink():
                             links.add(entry.name)
+                        elif ours(entry.name) is None:
+                            foreign.add(entry.name)
+                            continue
+                        names.add(entry.name)
         except (FileNotFoundError, NotADirectoryError):
             pass
-        return names, links
+        return names, links, foreign
+
+    def _foreign(self, kind: str) -> list[Path]:
+        """The entries of targets/ or runs/ that are not lambda-hat's (`_scan_all`), sorted;
+        none when the directory is a link (never looked through)."""
+        parent = self.layout.targets_dir if kind == "target" else self.layout.runs_dir
+        return [] if os.path.islink(parent) else [parent / n for n in sorted(self._scan_all(kind)[2])]
 
     def _scans_not_linked(self) -> dict[str, tuple[set[str], set[str]]]:
         """`_scan` of each kind, empty for a kind whose directory is itself a link (gc and
@@ -825,7 +885,8 @@ class Store:
         for kind in KINDS:
             known = stats[kind]
             report.complete[kind] = present = {}
-            names, links = self._scan(kind)
+            names, links, foreign = self._scan_all(kind)
+            report.foreign += [self.layout.artifact_dir(kind, n) for n in sorted(foreign)]  # left where they are
             for name in sorted(names):
                 d = self.layout.artifact_dir(kind, name)
                 if name in links:  # never read through: moved aside as the link it is
@@ -845,9 +906,7 @@ class Store:
                     continue
                 except (ArtifactError, ManifestError, OSError) as err:
                     reason = " ".join(str(err).split()).removeprefix(f"{d}: ")
-                    if not is_artifact_id(name):
-                        reason = f"not a {kind}: its name is not a {kind} ID"
-                    elif not d.is_dir():
+                    if not d.is_dir():
                         reason = "not a directory"
                     where = quarantine(d, self.layout.quarantine_dir, reason)
                     if where is not None:
@@ -1065,19 +1124,25 @@ class Store:
                     what = "a file" if stat.S_ISREG(st.st_mode) else file_type(st)
                     report.findings.append(Finding(sub, f"{what} where the store's own directory belongs "
                                                         "(lh execute refuses the store until it is moved away)"))
+            for kind in KINDS:
+                report.findings += [Finding(p, NOT_OURS, serious=False) for p in self._foreign(kind)]
             for p in self.tmp_entries():
                 if os.path.islink(p):
                     report.findings.append(Finding(p, LINK))
                     continue
+                if not _tmp_ours(p.name):  # `.tmp-backup`: not a name lambda-hat gives
+                    report.findings.append(Finding(p, NOT_OURS, serious=False))
+                    continue
                 dead = self._tmp_is_dead(p, TMP_GRACE_S)
                 report.findings.append(Finding(p, "temporary directory of a dead writer (lh gc removes it)" if dead
                                                else "temporary directory of a writer that may be live", serious=dead))
-            # Links in the work and claims directories, as gc removes them; names there not ours.
+            # Links in the work and claims directories, as gc removes them; what there is not ours,
+            # as gc keeps it (`_work_ours`, `_claims_ours`).
             for sub in (lay.work_root, lay.claims_dir):
                 for p in sorted(sub.iterdir()) if _real_dir(sub) else []:
                     if os.path.islink(p):
                         report.findings.append(Finding(p, LINK))
-                    elif sub == lay.claims_dir and not _ours("claims", p.name):
+                    elif not (_work_ours(p) if sub == lay.work_root else _claims_ours(p)):
                         report.findings.append(Finding(p, NOT_OURS, serious=False))
             q = self.layout.quarantine_dir
             if _real_dir(q):
@@ -1119,8 +1184,12 @@ class Store:
         their entries) is removed as the link it is, but a target's link that runs were sampled
         on (it stands for their target: they are no orphans); directories are removed with
         shutil.rmtree, which unlinks the links inside them without entering them. Never removes
-        what is not ours: in `.quarantine/` and `.claims/` only names lambda-hat gives (`_ours`),
-        and no tree with a mount point inside (`_mount_inside`): such entries are kept, said why."""
+        what is not ours: in `.quarantine/` and `.claims/` only names lambda-hat gives (`_ours`;
+        in `.claims/` no directory with anything in it: `_claims_ours`), in `.work/` only run-ID
+        names (`_work_ours`), in targets/ and runs/ only IDs of the kind and writers' temporary names
+        (`_scan_all`, `_tmp_ours`), and no tree with a mount point inside
+        (`_mount_inside`): such entries are kept, said why. Links and FIFOs there still go, as
+        themselves."""
         report = GcReport()
         claims = self.claims()
         min_age = older_than_s or 0.0
@@ -1132,9 +1201,10 @@ class Store:
             except FileNotFoundError:
                 return False
 
-        def remove(p: Path, why: str) -> bool:
+        def remove(p: Path, why: str, tree: bool = True) -> bool:
             """Counted only when this gc removed it: one that another gc removed first is neither
-            counted nor a failure."""
+            counted nor a failure. Not `tree`: a directory goes only while empty (rmdir), so
+            nothing put into it since it was judged is deleted."""
             if not os.path.lexists(p):
                 return False
             if not old_enough(p):
@@ -1146,7 +1216,19 @@ class Store:
                 report.kept.append((p, f"{why}, but {mounted}"))
                 return False
             size = _tree_size(p)
-            if not dry_run:
+            if not dry_run and not tree and _real_dir(p):
+                try:
+                    os.rmdir(p)
+                except FileNotFoundError:
+                    return False
+                except OSError as err:
+                    if err.errno in (errno.ENOTEMPTY, errno.EEXIST):  # filled meanwhile: someone's now
+                        report.kept.append((p, NOT_OURS))
+                    else:
+                        report.kept.append((p, f"{why}, but it could not be removed ({err.strerror or err})"))
+                        report.failed.append((p, err.strerror or str(err)))
+                    return False
+            elif not dry_run:
                 removed_here, problem = _remove_counted(p)
                 if problem is not None:
                     report.kept.append((p, f"{why}, but it could not be removed ({problem})"))
@@ -1182,6 +1264,8 @@ class Store:
             owner = parse_tmp_name(p.name)
             if os.path.islink(p):
                 remove(p, "a symbolic link in the store (removed as a link, not followed)")
+            elif not _tmp_ours(p.name):  # `.tmp-backup`: not a name lambda-hat gives its temporaries
+                report.kept.append((p, NOT_OURS))
             elif owner is not None and held(owner.artifact_id):
                 report.kept.append((p, "its artifact is claimed by a live driver"))
             elif self._tmp_is_dead(p, tmp_grace_s):
@@ -1195,6 +1279,8 @@ class Store:
                 remove(p, "a symbolic link in the store (removed as a link, not followed)")
             elif not os.path.lexists(p):
                 continue  # removed meanwhile (its run finished)
+            elif not _work_ours(p):  # lambda-hat makes only run-ID-named directories here
+                report.kept.append((p, NOT_OURS))
             elif not _real_dir(p):  # a run's work dir is a directory: anything else was never ours to resume
                 remove(p, f"{'a file' if _regular(p) else file_type(os.lstat(p))} in the work directory "
                           "(not a run's work dir; removed as it is, not followed)")
@@ -1208,10 +1294,14 @@ class Store:
             artifact_id = p.name.removesuffix(".lease")
             if not _regular(p) and not _real_dir(p):
                 continue  # removed above (or gone)
-            if not _ours("claims", p.name):
+            if not _claims_ours(p):
                 report.kept.append((p, NOT_OURS))
+            elif _real_dir(p):  # an empty one (`_claims_ours`): no lease, nothing in it to lose
+                remove(p, "an empty directory in the claims directory (not a lease)", tree=False)
             elif p.suffix != ".lease" or not held(artifact_id):
                 remove(p, "stale claim")
+        for kind in KINDS:  # left where they are, as reconcile leaves them
+            report.kept += [(p, NOT_OURS) for p in self._foreign(kind)]
         scans = self._scans_not_linked()
         for name in sorted(scans["run"][1]):
             remove(lay.run_dir(name), "a symbolic link in the store (removed as a link, not followed)")
@@ -1303,7 +1393,7 @@ class Store:
                 report.kept.append((p, NOT_OURS))  # a link goes as the link it is: nothing of anyone's deleted
             elif p in keep:
                 report.kept.append((p, f"quarantined; {keep[p]}"))
-            elif gc_mark and gc_pid.isdigit() and pid_alive(int(gc_pid)):
+            elif gc_mark and _is_pid_text(gc_pid) and pid_alive(int(gc_pid)):
                 continue  # an orphan a live gc (this one, or one beside it) moved aside: that gc counts it
             else:
                 remove(p, "quarantined")
