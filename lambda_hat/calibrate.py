@@ -40,7 +40,7 @@ from lambda_hat.specs import ESS_BULK_MIN, DiagnosticsSpec
 from lambda_hat.science.calibration import (ACCEPT_LADDER, GAMMA_CEILING, GAMMA_LADDER, RUNGS, TOP_STEP_SIZE_NBETA,
                                             Accept, Choice, Rung, choose, choose_acceptance, gamma_plateau, ladder,
                                             nbeta_slope)
-from lambda_hat.sweep import AUTO, SWEEP_NAME, read_sweep_data
+from lambda_hat.sweep import AUTO, SWEEP_NAME, files_read, read_sweep_data
 
 # The smallest --top: its ladder's pilots run 80× (at --top/4) the entry's steps at SGLD's default.
 TOP_MIN = 1e-3
@@ -387,11 +387,17 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
         raise BadInput(f"--report-dir {req.report_dir}: {page_dir} is a symbolic link, where lh calibrate writes "
                        "the report's page in a directory of its own; move it away")
     check_output_dir(page_dir, root, "--report-dir")
-    gallery.check_gallery(page_dir, "--report-dir")
+    gallery.check_gallery(page_dir, "--report-dir", root)
     # The sweep itself first, each auto entry at the defaults (its indices are the user's), then the
     # pilots: what fails only there is --top's or --gammas' doing.
     base_dir = str(req.sweep_path.resolve().parent)
-    sweep_from_dict(_without_auto(data, autos), source, base_dir=base_dir)
+    base = sweep_from_dict(_without_auto(data, autos), source, base_dir=base_dir)
+    for what, path in files_read(base.targets):  # the model's code and checkpoints: inputs, never outputs
+        other = written.get(path.resolve())
+        if other is not None:
+            given = (f"-o {out}" if "(-o)" in other else f"--report-dir {req.report_dir}" if "report" in other
+                     else f"the sweep's name {name!r}")
+            raise BadInput(f"{given}: {other} would be {path}, which is {what}; name another file")
     sweep_from_dict(pilots, f"{source} (its pilots at --top {req.top:g}, --gammas {','.join(f'{g:g}' for g in gammas)})",
                     base_dir=base_dir)
     Store.open(root, create=True)  # exists and is writable, or one line

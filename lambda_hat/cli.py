@@ -453,14 +453,22 @@ def _store_of(store: str | None, sweep: Path | None):
 def _scoped(store: str | None, sweep: Path | None):
     """The store, as `_store_of` finds it, and with a sweep its scope (results.Scope: the
     targets and runs the sweep names, which the views then show alone); else None."""
+    return _scoped_reading(store, sweep)[:2]
+
+
+def _scoped_reading(store: str | None, sweep: Path | None):
+    """`_scoped`, and the files the command reads (the sweep, its models' code and checkpoints):
+    what an output it writes must not be."""
     if sweep is None:
-        return _store_for_reading(store), None
+        return _store_for_reading(store), None, []
     from lambda_hat.results import Scope
     from lambda_hat.sweep import results_file
+    from lambda_hat.sweep import files_read
 
     loaded, expanded, st = _load(sweep, store)
-    return st, Scope(results_file(loaded, sweep).stem, tuple(dict.fromkeys(t.target_id for t in expanded.targets)),
-                     tuple(r.run_id for r in expanded.runs))
+    scope = Scope(results_file(loaded, sweep).stem, tuple(dict.fromkeys(t.target_id for t in expanded.targets)),
+                  tuple(r.run_id for r in expanded.runs))
+    return st, scope, [("the sweep", sweep), *files_read(loaded.targets)]
 
 
 @app.command("query", cls=_Command)
@@ -478,8 +486,6 @@ def query_cmd(
 ) -> None:
     """Run one read-only SELECT against the store's index (sandboxed: no file or network
     access, nothing written, a time and memory limit). Views and examples: docs/query.md."""
-    import shutil
-
     from lambda_hat import results
 
     _check_limit(limit)
@@ -487,16 +493,29 @@ def query_cmd(
     if timeout_s > QUERY_TIMEOUT_MAX_S:  # past what a timer can wait (time_t); a query is not a service
         raise BadInput(f"--timeout {timeout}: at most {QUERY_TIMEOUT_MAX_S:,} seconds (7d); 0 for no limit")
     memory_limit = results.check_memory_limit(memory_limit)
-    st, scope = _scoped(store, sweep)
+    st, scope, read = _scoped_reading(store, sweep)
     kind = results.format_for(out, fmt.value if fmt else None)
     if out is not None:
         check_output_path(out, st.root)
-        check_not_input(out, [("the sweep", sweep)] if sweep is not None else [], "-o")
+        check_not_input(out, read, "-o")
     elif kind == "parquet":
         raise BadInput("--format parquet writes a binary file: add -o FILE.parquet")
     limits = dict(timeout_s=timeout_s, memory_limit=memory_limit, scope=scope)
+    try:
+        _query_rows(st, sql, out, kind, limit, scope, limits)
+    except KeyboardInterrupt:  # Ctrl-C between DuckDB's calls (in them, DuckDB says so: QueryInterrupted)
+        from lambda_hat.errors import QueryInterrupted
+
+        raise QueryInterrupted("query interrupted (Ctrl-C)" + ("; nothing written" if out is not None else "")) from None
+
+
+def _query_rows(st, sql: str, out: Path | None, kind: str, limit: int, scope, limits: dict) -> None:
+    import shutil
+
+    from lambda_hat import results
+
     # The whole process is bounded while rows are fetched and formatted, not only DuckDB.
-    with results.memory_cap(memory_limit):
+    with results.memory_cap(limits["memory_limit"]):
         if kind == "table":
             # A table fetches only the rows it shows (and one more, to say so): at most --limit, and
             # never past TABLE_ROWS_MAX (rows held in Python are outside DuckDB's memory limit).
@@ -560,17 +579,21 @@ def export_cmd(
     if view != "runs" and out is None:
         raise BadInput(f"--view {view}: name the file with -o (the default file is the runs' results)")
     if sweep is not None:
+        from lambda_hat.sweep import files_read
+
         loaded, expanded, st = _load(sweep, store)
         run_ids = [r.run_id for r in expanded.runs]
         out = out or results_file(loaded, sweep)
+        read = [("the sweep", sweep), *files_read(loaded.targets)]
     else:
         st = _store_for_reading(store)
         run_ids = st.run_ids()
         out = out or Path("results/llc_runs.parquet")
+        read = []
     if not st.root.is_dir():
         raise BadInput(f"{st.root}: no such store (--store DIR, $LH_STORE, or a sweep's store_root)")
     check_output_path(out, st.root)
-    check_not_input(out, [("the sweep", sweep)] if sweep is not None else [], "-o")
+    check_not_input(out, read, "-o")
     damaged: list[tuple[str, str]] = []
     n = results.export_runs(st, run_ids, out, damaged, view=view).rows
     if view != "runs":

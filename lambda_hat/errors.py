@@ -50,6 +50,12 @@ class QueryFailed(BadInput):
     """DuckDB could not run the query (a typo, an unknown column)."""
 
 
+class QueryInterrupted(LhError):
+    """The user interrupted a query (Ctrl-C): exit 130, as a shell reports SIGINT."""
+
+    exit_code = 130
+
+
 class ArtifactError(LhError):
     """An artifact that does not count as complete (incomplete, damaged, unreadable): never
     read as done; reconcile quarantines it."""

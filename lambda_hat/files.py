@@ -5,7 +5,9 @@ regular file or nothing) and for words on file kinds. Standard library only."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,6 +48,11 @@ def atomic_file(out: Path) -> Iterator[Any]:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError as err:
         raise BadInput(f"{out}: cannot be written ({err.strerror or err})") from None
+    # SIGTERM (a scheduler, `kill`) would end the process without the cleanup below, leaving the
+    # temporary file beside the user's: while it is written, SIGTERM exits through it (143).
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         try:
             with os.fdopen(fd, "wb") as f:
@@ -61,6 +68,12 @@ def atomic_file(out: Path) -> Iterator[Any]:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def write_atomic(out: Path, data: bytes) -> None:

@@ -127,20 +127,35 @@ def _plain_training(tr):
     return tr.model_copy(update=plain)
 
 
-def _plain_setting(setting: SamplerRun, n: int) -> SamplerRun:
-    """`setting` as the computation it runs on a target of `n` examples: SGLD's batch_size at or
-    above n is the full batch, its steps past the last draw are never run, its step_size_nbeta is
-    unused beside step_size; a per-example record of every example draws nothing with its seed."""
+def _plain_setting(setting: SamplerRun, n: int, n_test: int | None) -> SamplerRun:
+    """`setting` as the computation it runs on a target of `n` examples (and `n_test` held-out
+    ones, where the sweep knows them): SGLD's batch_size at or above n is the full batch, its
+    steps past the last draw are never run, its step_size_nbeta is unused beside step_size; HMC's
+    and NUTS's adaptation settings are unused without warmup (and target_acceptance without
+    adaptation); a per-example record of at least n examples records them all, of at least
+    `n_test` held-out ones all of those, and draws nothing with its seed when nothing is drawn."""
     s, update = setting.sampler, {}
+    default = type(s).model_fields
     if s.name == "sgld":
         plain = {"batch_size": min(s.batch_size, n), "steps": s.warmup + s.draws * s.eval_every}
         if s.step_size is not None:
-            plain["step_size_nbeta"] = type(s).model_fields["step_size_nbeta"].default
+            plain["step_size_nbeta"] = default["step_size_nbeta"].default
         update["sampler"] = s.model_copy(update=plain)
+    elif s.name in ("hmc", "nuts"):
+        unused = ["target_acceptance", "adapt_step_size", "adapt_mass_matrix"] if s.warmup == 0 else \
+            ["target_acceptance"] if not (s.adapt_step_size or s.adapt_mass_matrix) else []
+        if unused:
+            update["sampler"] = s.model_copy(update={f: default[f].default for f in unused})
     pe = setting.record.per_example if setting.record is not None else None
-    if pe is not None and pe.subset == "all" and pe.query == 0 and pe.heldout in (0, "all"):
-        update["record"] = setting.record.model_copy(
-            update={"per_example": pe.model_copy(update={"seed": type(pe).model_fields["seed"].default})})
+    if pe is not None:
+        subset = "all" if pe.subset == "all" or pe.subset >= n else pe.subset
+        heldout = "all" if pe.heldout == "all" or (n_test is not None and pe.heldout >= n_test > 0) else pe.heldout
+        recorded = n if subset == "all" else subset
+        drawn = subset != "all" or 0 < pe.query < recorded or heldout not in (0, "all")
+        plain = {"subset": subset, "heldout": heldout, "query": pe.query}
+        if not drawn:
+            plain["seed"] = type(pe).model_fields["seed"].default
+        update["record"] = setting.record.model_copy(update={"per_example": pe.model_copy(update=plain)})
     return setting.model_copy(update=update) if update else setting
 
 
@@ -173,13 +188,15 @@ def same_computations(expanded: Expanded) -> list[tuple[str, str, str]]:
                                [("training.optimizer", "optimizer"), ("training.weight_decay", "weight_decay"),
                                 ("training.early_stop_tol", "early_stop_tol")])
             out.append((earlier.target_id, t.target_id, why + " train alike"))
-    n_data = {t.target_id: t.spec.data.n_data for t in expanded.targets}
-    # One key per (setting, n_data), not per run: a sweep of a million runs has a few settings.
+    # n_data and, for the built-in data (a factory's test set is its own), n_test
+    n_data = {t.target_id: (t.spec.data.n_data, None if getattr(t.spec.model, "kind", None) == "python"
+                            else t.spec.data.n_test) for t in expanded.targets}
+    # One key per (setting, sizes), not per run: a sweep of a million runs has a few settings.
     settings = {id(r.setting): r.setting for r in expanded.runs}
-    key_of: dict[tuple[int, int], str] = {}
+    key_of: dict[tuple[int, tuple], str] = {}
     for n in set(n_data.values()):
         for sid, setting in settings.items():
-            key_of[(sid, n)] = RunIds.of(_plain_setting(setting, n))(b'""')
+            key_of[(sid, n)] = RunIds.of(_plain_setting(setting, *n))(b'""')
     shared = {n_k for n_k, count in Counter((n, k) for (_, n), k in key_of.items()).items() if count > 1}
     repeated = {(sid, n) for (sid, n), k in key_of.items() if (n, k) in shared}
     first: dict[tuple[str, str], PlannedRun] = {}
@@ -190,10 +207,12 @@ def same_computations(expanded: Expanded) -> list[tuple[str, str, str]]:
         earlier = first.setdefault((r.target_id, key_of[(id(r.setting), n)]), r)
         if earlier is not r:
             a, b = earlier.setting, r.setting
-            why = _differences(a, b, [("batch_size", "sampler.batch_size"), ("steps", "sampler.steps"),
-                                      ("step_size_nbeta", "sampler.step_size_nbeta"),
-                                      ("record.per_example.seed", "record.per_example.seed")])
-            out.append((earlier.run_id, r.run_id, why + f" run alike on n_data {n}"))
+            fields = ["batch_size", "steps", "step_size_nbeta", "target_acceptance", "adapt_step_size",
+                      "adapt_mass_matrix"]
+            why = _differences(a, b, [(f, f"sampler.{f}") for f in fields] + [
+                (f"record.per_example.{f}", f"record.per_example.{f}") for f in ("subset", "heldout", "query", "seed")])
+            sizes = f"n_data {n[0]}" + (f", n_test {n[1]}" if "heldout" in why else "")
+            out.append((earlier.run_id, r.run_id, why + f" run alike on {sizes}"))
     return out
 
 

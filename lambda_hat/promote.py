@@ -645,7 +645,8 @@ def trajectory_figure(trajectory_id: str, points: list[tuple[dict, Any]]):
     for r, t in points:
         lines.setdefault((r["sampler"], _restrict_label(r)), []).append((r, t))
     checkpoints = {t.id: t for _, t in points}
-    steps = sorted((t.spec["step"], t) for t in checkpoints.values())
+    # by step, then ID: two checkpoints of one step (files from two folders) never compare manifests
+    steps = [(t.spec["step"], t) for t in sorted(checkpoints.values(), key=lambda t: (t.spec["step"], t.id))]
     exact = [(s, _finite(t.metrics.get("llc_true"))) for s, t in steps]
     exact = [(s, v) for s, v in exact if v is not None]
     # Far from a minimum λ̂ is meaningless and can be thousands below zero: the y range is that

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lambda_hat.ids import is_artifact_id
-from lambda_hat.errors import BadInput, QueryFailed, QueryRefused, first_sentence
+from lambda_hat.errors import BadInput, QueryFailed, QueryInterrupted, QueryRefused, first_sentence
 from lambda_hat.files import write_atomic
 from lambda_hat.logs import FOLDERS, STORE_LINE, job_logs, named_by
 from lambda_hat.store import Store
@@ -348,7 +348,7 @@ def _query_errors(timeout_s: float, memory_limit: str, stopped: threading.Event)
     except duckdb.InterruptException:
         if stopped.is_set():
             raise QueryFailed(f"query stopped after {timeout_s:g} s (--timeout SECONDS sets the limit, 0: none)") from None
-        raise
+        raise QueryInterrupted("query interrupted (Ctrl-C)") from None
     except duckdb.OutOfMemoryException as err:
         raise QueryFailed(f"query needs more memory than --memory-limit {memory_limit} allows "
                           f"({first_sentence(one_line(err))})") from None
@@ -362,6 +362,8 @@ def _query_errors(timeout_s: float, memory_limit: str, stopped: threading.Event)
     except Exception as err:  # Arrow's reader passes DuckDB's errors on as its own (ArrowInvalid, OSError)
         if stopped.is_set():
             raise QueryFailed(f"query stopped after {timeout_s:g} s (--timeout SECONDS sets the limit, 0: none)") from None
+        if isinstance(err, RuntimeError) and "interrupted" in str(err).lower():  # DuckDB's word for Ctrl-C
+            raise QueryInterrupted("query interrupted (Ctrl-C)") from None
         if type(err).__module__.startswith("pyarrow"):
             raise QueryFailed(f"query failed: {one_line(err)}") from None
         raise
@@ -480,6 +482,8 @@ def _plain(value: Any, sql_type: str) -> Any:
         return {str(k): _plain(v, "") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v, "") for v in value]
+    if not isinstance(value, (str, int, bool)):  # a UUID, an interval: what DuckDB prints, as text
+        return str(value)
     return value
 
 

@@ -28,6 +28,7 @@ import os
 import re
 import reprlib
 import stat
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -847,6 +848,30 @@ def read_sweep_data(path: str | Path) -> Any:
     unchecked: what `lh calibrate` rewrites into the sweeps it writes."""
     path = Path(path)
     return _parse_yaml(_read_text(path, str(path)), str(path))
+
+
+def files_read(targets) -> list[tuple[str, Path]]:
+    """(what, path) of the files a sweep's python targets read as input: each factory's own
+    modules (those its code digest covers) and each checkpoint trained elsewhere (`params_file`).
+    An output a command writes must be none of them (a calibrated sweep written over the model's
+    module). Files the factory opens itself are its own business: lh cannot know them."""
+    out: dict[Path, str] = {}
+    for t in targets:
+        m = t.model
+        if getattr(m, "kind", None) != "python":
+            continue
+        for module in m.code_files:
+            path = getattr(sys.modules.get(module), "__file__", None)
+            if path is None and m.source_dir is not None:
+                from lambda_hat.user_models import _file_of  # numpy: only for a python target
+
+                found = _file_of(module, [(Path(m.source_dir), None)])
+                path = str(found) if found is not None else None
+            if path is not None:
+                out.setdefault(Path(path), f"the code of {m.factory} (module {module})")
+        if m.params_file is not None:
+            out.setdefault(Path(m.params_file), "a checkpoint the sweep reads")
+    return [(what, path) for path, what in out.items()]
 
 
 def results_file(sweep: Sweep, path: str | Path) -> Path:

@@ -106,3 +106,116 @@ def test_a_walltime_sbatch_would_refuse_is_bad_input_before_any_work(tmp_path, w
     else:
         with pytest.raises(BadInput, match="--walltime: walltime: must"):
             resolve_slurm_settings(None, {"walltime": walltime}, cwd=tmp_path)
+
+
+# --- what the eighth pass broke, beside the fixes above -----------------------------------------
+
+USER_SWEEP = """
+name: cal
+targets:
+  - model: {kind: python, factory: "logistic:make", kwargs: {n: 50}}
+    training: {steps: 50}
+samplers:
+  - {name: hmc, chains: 2, overrides: {draws: 20, warmup: 20, num_integration_steps: 3, target_acceptance: auto}}
+"""
+
+
+@pytest.fixture
+def user_model(tmp_path, monkeypatch):
+    """A sweep of a python model beside its module, in the current directory."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "examples", "user_model", "logistic.py"), tmp_path)
+    (tmp_path / "cal.yaml").write_text(USER_SWEEP)
+    (tmp_path / "plain.yaml").write_text(USER_SWEEP.replace("target_acceptance: auto", "target_acceptance: 0.9"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", [
+    ["calibrate", "cal.yaml", "-o", "logistic.py", "--workers", "1", "--logs", "logs"],
+    ["query", "select 1", "--sweep", "plain.yaml", "--format", "csv", "-o", "logistic.py"],
+])
+def test_an_output_is_never_the_models_code_the_sweep_reads(user_model, command):
+    module = (user_model / "logistic.py").read_bytes()
+    result = lh(*command, "--store", user_model / "st")
+    assert result.exit_code == 2, result.output
+    assert "which is the code of logistic:make" in result.stderr or "is the code of logistic:make" in result.stderr, \
+        result.stderr
+    assert (user_model / "logistic.py").read_bytes() == module
+    assert not (user_model / "logs").exists()
+
+
+def test_calibrate_refuses_a_report_page_whose_runs_folder_would_be_the_store_before_any_pilot(user_model):
+    result = lh("calibrate", "cal.yaml", "--store", "rep/cal/runs", "--report-dir", "rep", "--workers", "1",
+                "--logs", "logs")
+    assert result.exit_code == 2, result.output
+    assert "--report-dir rep/cal: its runs/ folder would be the store rep/cal/runs" in result.stderr, result.stderr
+    assert not (user_model / "logs").exists() and not (user_model / "rep").exists()
+
+
+def test_a_trajectory_with_two_checkpoints_of_one_step_is_drawn_not_a_traceback():
+    from lambda_hat.promote import trajectory_figure
+    from lambda_hat.store.manifest import Manifest
+
+    points = []
+    for i in range(2):  # the same step from two folders of checkpoints trained elsewhere
+        t = Manifest(id=f"tgt_00000000000{i}", type="target", spec={"step": 1}, status="ok",
+                     metrics={"final_train_loss": 0.1})
+        points.append(({"run_id": f"run_00000000000{i}", "sampler": "hmc", "llc_mean": 1.0 + i, "llc_sem": 0.1,
+                        "status": "ok"}, t))
+    assert trajectory_figure("traj_000000000000", points) is not None
+
+
+def test_query_writes_uuid_and_interval_values_in_every_format(store):
+    for fmt in ("json", "csv", "table"):
+        result = lh("query", "select uuid() u, [uuid()] l, {'a': uuid()} s, interval 3 day i", "--store", store,
+                    "--format", fmt)
+        assert result.exit_code == 0, (fmt, result.output)
+        assert "Traceback" not in result.output
+
+
+def _query_process(store, out=None):
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-c", "from lambda_hat.cli import main; main()", "query", "--store", str(store)]
+    if out is None:
+        args += ["select count(*) from range(10000000000000)"]
+    else:
+        args += ["select * from range(100000000000)", "--format", "csv", "-o", str(out)]
+    return subprocess.Popen(args, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: __import__("signal").signal(__import__("signal").SIGINT,
+                                                                           __import__("signal").SIG_DFL))
+
+
+@pytest.mark.parametrize("sig,code,said", [("SIGINT", 130, "query interrupted (Ctrl-C)"), ("SIGTERM", 143, "")])
+def test_a_query_stopped_while_it_writes_its_file_says_so_and_leaves_no_temporary(store, tmp_path, sig, code, said):
+    """Ctrl-C was reported as "query stopped after 120 s" (exit 2); SIGTERM left a `.tmp-` file
+    of hundreds of MB beside the user's."""
+    import signal
+    import time
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    p = _query_process(store, out_dir / "big.csv")
+    deadline = time.monotonic() + 60
+    while not any(n.startswith(".tmp-") for n in os.listdir(out_dir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # rows are streaming into it
+    p.send_signal(getattr(signal, sig))
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == code, err
+    assert said in err and "stopped after" not in err and "Traceback" not in err, err
+    assert os.listdir(out_dir) == []
+
+
+def test_a_runs_folder_linked_to_elsewhere_is_not_counted_by_plan_or_status(store, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(store / "runs", elsewhere)
+    os.symlink(elsewhere, store / "runs")
+    plan = lh("plan", tmp_path / "s.yaml", "--store", store, "--json")
+    assert plan.exit_code == 0, plan.output
+    import json
+
+    assert json.loads(plan.stdout)["runs_cached"] == []
+    status = lh("status", "--store", store)
+    assert status.exit_code == 0 and "runs     0" in status.output, status.output

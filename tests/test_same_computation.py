@@ -44,8 +44,26 @@ def test_a_record_of_every_example_pairs_across_seeds_but_a_subset_does_not():
         return {"name": "hmc", "record": {"per_example": pe}}
 
     pairs = pairs_of([record(subset="all", seed=0), record(subset="all", seed=5),
-                      record(subset=50, seed=0), record(subset=50, seed=5), record(subset="all", seed=7, query=3)])
-    assert pairs == [(0, 1, "record.per_example.seed 0 and 5 run alike on n_data 100")]
+                      record(subset=50, seed=0), record(subset=50, seed=5), record(subset="all", seed=7, query=3),
+                      record(subset=100, seed=9), record(subset="all", query=100, seed=4),
+                      record(subset="all", heldout=3, seed=1), record(subset="all", heldout=3, seed=2),
+                      record(subset="all", query=100, seed=8)])
+    assert pairs == [(0, 1, "record.per_example.seed 0 and 5 run alike on n_data 100"),
+                     (0, 5, "record.per_example.subset 'all' and 100; record.per_example.seed 0 and 9 run alike "
+                            "on n_data 100"),
+                     (6, 9, "record.per_example.seed 4 and 8 run alike on n_data 100")], pairs
+
+
+def test_hmc_and_nuts_settings_unused_without_adaptation_are_paired():
+    def hmc(name="hmc", **o):
+        return {"name": name, "overrides": {"draws": 20, **o}}
+
+    pairs = pairs_of([hmc(warmup=0, target_acceptance=0.8), hmc(warmup=0, target_acceptance=0.95),
+                      hmc(warmup=0, adapt_mass_matrix=False), hmc(warmup=10, target_acceptance=0.95),
+                      hmc(warmup=10, adapt_step_size=False, adapt_mass_matrix=False),
+                      hmc(warmup=10, adapt_step_size=False, adapt_mass_matrix=False, target_acceptance=0.6),
+                      hmc("nuts", warmup=0), hmc("nuts", warmup=0, target_acceptance=0.5)])
+    assert [(a, b) for a, b, _ in pairs] == [(0, 1), (0, 2), (4, 5), (6, 7)], pairs
 
 
 def test_trainings_that_run_alike_are_paired():

@@ -172,7 +172,10 @@ def execute(req: ExecuteRequest, console: Console) -> ExecuteResult:
     if req.results is None:
         req = replace(req, results=results_file(sweep, req.sweep_path))
     # Every path the command writes, checked before anything is submitted (output_paths.py).
-    read = [("the sweep", req.sweep_path), ("the cluster profile", req.profile), ("the Parsl configuration", req.parsl_config)]
+    from lambda_hat.sweep import files_read
+
+    read = [("the sweep", req.sweep_path), ("the cluster profile", req.profile), ("the Parsl configuration", req.parsl_config),
+            *files_read(sweep.targets)]
     check_execute_outputs(req.logs, req.results, root, req.parsl_run_dir, inputs=[(w, p) for w, p in read if p is not None])
     owner_note = _results_owner_note(req.results, req.sweep_path)  # said once the file is written
     settings = _backend_settings(req)

@@ -555,6 +555,8 @@ class Store:
         names: set[str] = set()
         links: set[str] = set()
         foreign: set[str] = set()
+        if os.path.islink(parent):  # never looked through: its artifacts are another folder's (verify says so)
+            return names, links, foreign
         try:
             with os.scandir(parent) as entries:
                 for entry in entries:
@@ -616,8 +618,9 @@ class Store:
             listing = self._listing(kind) if sizes.count(index.NOT_INDEXED) > LISTING_ABOVE else None
             if listing is not None and not listing:
                 continue
-            try:  # stat relative to the kind's directory: one path lookup less per ID
-                parent = os.open(self.layout.targets_dir if kind == "target" else self.layout.runs_dir, os.O_RDONLY)
+            try:  # stat relative to the kind's directory: one path lookup less per ID; never through a link
+                parent = os.open(self.layout.targets_dir if kind == "target" else self.layout.runs_dir,
+                                 os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_DIRECTORY", 0))
             except OSError:
                 continue
             try:
