@@ -85,7 +85,7 @@ def check_not_input(out: Path, inputs: list[tuple[str, Path]], flag: str) -> Non
         except OSError:
             same = False
         if same:
-            raise BadInput(f"{flag} {out}: is {what} the command reads ({path}); name another file")
+            raise BadInput(f"{flag} {out}: is {what}, which the command reads ({path}); name another file")
 
 
 def check_logs_dir(logs: Path, store_root: Path) -> None:
@@ -127,6 +127,9 @@ def check_execute_outputs(logs: Path, results: Path, store_root: Path, parsl_run
         if resolved.is_relative_to(root):
             raise BadInput(f"the current directory is inside the store {store_root}, and Parsl writes its run "
                            f"directory {parsl_run_dir} here; run lh execute from outside the store")
+        if os.path.islink(parsl_run_dir):  # lh names this folder, not the user: a link there is planted
+            raise BadInput(f"Parsl's run directory {parsl_run_dir} is a symbolic link, where Parsl writes its logs "
+                           "in a directory of its own; move it away")
         check_output_dir(parsl_run_dir, store_root, "Parsl's run directory")
     check_logs_dir(logs, store_root)
     if results.exists() and results.is_dir():

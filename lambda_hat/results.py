@@ -873,6 +873,7 @@ def store_status(store: Any, logs: Path, scope: Scope | None = None) -> StatusRe
     With a `scope`, only that sweep's units (the store's size and temporary entries stay whole)."""
     rep = StatusReport(store.root, scope=scope)
     listing = {kind: set(store.ids(kind)) for kind in ("target", "run")}
+    present = {kind: set(ids) for kind, ids in listing.items()}  # in the store, damaged or not
     wanted = None if scope is None else {"target": set(scope.target_ids), "run": set(scope.run_ids)}
     if wanted is not None:
         rep.not_done = {kind: len(wanted[kind] - listing[kind]) for kind in listing}
@@ -892,7 +893,7 @@ def store_status(store: Any, logs: Path, scope: Scope | None = None) -> StatusRe
                 rows = con.execute(f"SELECT {key}, status FROM {table}").fetchall()
                 indexed_kind = {r[0] for r in rows}
                 by_status[kind] = Counter(st for i, st in rows if i in listing[kind])
-                rep.gone[kind] = len(indexed_kind - listing[kind])
+                rep.gone[kind] = len(indexed_kind - present[kind])  # a damaged one is counted as damaged
                 indexed[kind] = indexed_kind
             rep.targets_by_status, rep.runs_by_status = (dict(by_status[kind].most_common()) for kind in ("target", "run"))
             cur = con.execute("SELECT run_id, sampler, status, status_reason FROM runs ORDER BY run_id")

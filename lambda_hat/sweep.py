@@ -870,7 +870,7 @@ def files_read(targets) -> list[tuple[str, Path]]:
             if path is not None:
                 out.setdefault(Path(path), f"the code of {m.factory} (module {module})")
         if m.params_file is not None:
-            out.setdefault(Path(m.params_file), "a checkpoint the sweep reads")
+            out.setdefault(Path(m.params_file), f"a checkpoint of {m.factory}")
     return [(what, path) for path, what in out.items()]
 
 

@@ -25,7 +25,7 @@ def test_results_is_never_the_profile_or_parsl_configuration_read(store, tmp_pat
                 "--logs", tmp_path / "logs")
     assert result.exit_code == 2, result.output
     what = "the cluster profile" if flag == "--profile" else "the Parsl configuration"
-    assert f"--results {given}: is {what} the command reads" in result.stderr, result.stderr
+    assert f"--results {given}: is {what}, which the command reads" in result.stderr, result.stderr
     assert given.read_text() == text
 
 
@@ -219,3 +219,48 @@ def test_a_runs_folder_linked_to_elsewhere_is_not_counted_by_plan_or_status(stor
     assert json.loads(plan.stdout)["runs_cached"] == []
     status = lh("status", "--store", store)
     assert status.exit_code == 0 and "runs     0" in status.output, status.output
+
+
+# --- what the ninth pass broke ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["export", "promote"])
+def test_export_and_promote_never_read_runs_through_a_linked_runs_folder(store, tmp_path, command):
+    """plan, status, verify and gc never looked through it; export and promote of a sweep did,
+    writing another folder's runs as this store's."""
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(store / "runs", elsewhere)
+    os.symlink(elsewhere, store / "runs")
+    out = ["-o", tmp_path / "z.csv"] if command == "export" else ["--outdir", tmp_path / "gal"]
+    result = lh(command, tmp_path / "s.yaml", "--store", store, *out)
+    assert result.exit_code == 1, result.output
+    assert "runs/ is a symbolic link (not looked through" in result.output, result.output
+    if command == "export":
+        rows = (tmp_path / "z.csv").read_text().splitlines() if (tmp_path / "z.csv").exists() else []
+        assert len(rows) <= 1, rows  # the header at most: no run read through the link
+
+
+def test_a_planted_link_at_parsls_run_directory_is_refused(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    os.symlink(foreign, tmp_path / "parsl_runinfo")
+    # a sweep with one more run than the store holds: something to submit
+    import json
+
+    sweep = json.loads((tmp_path / "s.yaml").read_text())
+    sweep["samplers"].append({"name": "nuts"})
+    (tmp_path / "more.yaml").write_text(json.dumps(sweep))
+    result = lh("execute", "more.yaml", "--store", store, "--logs", tmp_path / "logs", "--results", tmp_path / "r.csv")
+    assert result.exit_code == 2, result.output
+    assert "Parsl's run directory parsl_runinfo is a symbolic link" in result.stderr, result.stderr
+    assert os.listdir(foreign) == []
+
+
+def test_status_counts_a_damaged_run_as_damaged_not_as_gone(store):
+    run = sorted((store / "runs").iterdir())[0]
+    with open(run / "arrays.zarr.zip", "r+b") as f:
+        f.truncate(10)
+    result = lh("status", "--store", store)
+    assert result.exit_code == 0, result.output
+    assert "not counted: 1 run" in result.output and "in the index but not in the store" not in result.output, \
+        result.output

@@ -113,7 +113,7 @@ def test_an_output_that_is_the_sweep_read_is_refused(tmp_path, store, command):
             "query": ["query", "select 1", "--sweep", sweep, "--store", store, "-o", sweep]}[command]
     result = lh(*args)
     assert result.exit_code == 2, result.output
-    assert "is the sweep the command reads" in result.output
+    assert "is the sweep, which the command reads" in result.output
     assert sweep.read_text() == before
 
 

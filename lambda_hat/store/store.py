@@ -808,9 +808,13 @@ class Store:
         them instead of dropping them silently. An ID with nothing in the store is neither
         (not made yet)."""
         out, damaged = [], []
+        linked = os.path.islink(self.layout.targets_dir if kind == "target" else self.layout.runs_dir)
         for artifact_id in ids:
             d = self.layout.artifact_dir(kind, artifact_id)
             if not os.path.lexists(d):
+                continue
+            if linked:  # never read through (as plan, status, verify and gc): another folder's artifacts
+                damaged.append((artifact_id, f"{d.parent.name}/ is a symbolic link (not looked through; lh verify)"))
                 continue
             if os.path.islink(d):
                 damaged.append((artifact_id, LINK))
