@@ -873,7 +873,7 @@ def store_status(store: Any, logs: Path, scope: Scope | None = None) -> StatusRe
     With a `scope`, only that sweep's units (the store's size and temporary entries stay whole)."""
     rep = StatusReport(store.root, scope=scope)
     listing = {kind: set(store.ids(kind)) for kind in ("target", "run")}
-    present = {kind: set(ids) for kind, ids in listing.items()}  # in the store, damaged or not
+    present = listing  # in the store, damaged or not (`listing` becomes what checks out)
     wanted = None if scope is None else {"target": set(scope.target_ids), "run": set(scope.run_ids)}
     if wanted is not None:
         rep.not_done = {kind: len(wanted[kind] - listing[kind]) for kind in listing}

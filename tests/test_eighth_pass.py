@@ -254,13 +254,3 @@ def test_a_planted_link_at_parsls_run_directory_is_refused(store, tmp_path, monk
     assert result.exit_code == 2, result.output
     assert "Parsl's run directory parsl_runinfo is a symbolic link" in result.stderr, result.stderr
     assert os.listdir(foreign) == []
-
-
-def test_status_counts_a_damaged_run_as_damaged_not_as_gone(store):
-    run = sorted((store / "runs").iterdir())[0]
-    with open(run / "arrays.zarr.zip", "r+b") as f:
-        f.truncate(10)
-    result = lh("status", "--store", store)
-    assert result.exit_code == 0, result.output
-    assert "not counted: 1 run" in result.output and "in the index but not in the store" not in result.output, \
-        result.output

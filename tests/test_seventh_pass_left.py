@@ -56,13 +56,16 @@ def test_status_does_not_count_a_run_whose_manifest_was_edited(store):
     assert "damaged or incomplete, not counted: 1 run" in after.output, after.output
 
 
-def test_status_does_not_count_a_target_whose_arrays_were_truncated(store):
-    target = sorted((store / "targets").iterdir())[0]
-    with open(target / "arrays.zarr.zip", "r+b") as f:
+@pytest.mark.parametrize("kind,counted", [("target", "targets  1 ("), ("run", "runs     3 (")])
+def test_status_does_not_count_an_artifact_whose_arrays_were_truncated(store, kind, counted):
+    """Nor does it call it gone from the store (a ninth-pass find: it said both)."""
+    artifact = sorted((store / f"{kind}s").iterdir())[0]
+    with open(artifact / "arrays.zarr.zip", "r+b") as f:
         f.truncate(10)
     after = lh("status", "--store", store)
     assert after.exit_code == 0, after.output
-    assert "targets  1 (" in after.output and "not counted: 1 target" in after.output, after.output
+    assert counted in after.output and f"not counted: 1 {kind}" in after.output, after.output
+    assert "in the index but not in the store" not in after.output, after.output
 
 
 def test_status_and_show_refuse_logs_that_are_no_directory(store, tmp_path):
