@@ -500,9 +500,14 @@ def query_cmd(
         check_not_input(out, read, "-o")
     elif kind == "parquet":
         raise BadInput("--format parquet writes a binary file: add -o FILE.parquet")
-    limits = dict(timeout_s=timeout_s, memory_limit=memory_limit, scope=scope)
+    left_out: dict[str, int] = {}
+    limits = dict(timeout_s=timeout_s, memory_limit=memory_limit, scope=scope, left_out=left_out)
     try:
         _query_rows(st, sql, out, kind, limit, scope, limits)
+        note = results.left_out_note(left_out)
+        if note:  # after the rows: what the views leave out, as lh status counts it
+            sys.stdout.flush()
+            print(f"note: {note}", file=sys.stderr)
     except KeyboardInterrupt:  # Ctrl-C between DuckDB's calls (in them, DuckDB says so: QueryInterrupted)
         from lambda_hat.errors import QueryInterrupted
 

@@ -250,31 +250,54 @@ def memory_cap(memory_limit: str) -> Iterator[None]:
             resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
+def checked_scope(store: Store, scope: Scope | None) -> Scope:
+    """The units of `scope` (else of the whole store) that check out as `lh plan` counts them
+    (`Store.snapshot`: the index's stamps, or the artifact checked whole): a damaged or
+    incomplete artifact, or one removed by hand, is not among them."""
+    listing = {kind: store.ids(kind) for kind in ("target", "run")}
+    if scope is not None:
+        wanted = {"target": set(scope.target_ids), "run": set(scope.run_ids)}
+        listing = {kind: [i for i in ids if i in wanted[kind]] for kind, ids in listing.items()}
+    snap = store.snapshot(listing["target"], listing["run"])
+    return Scope(scope.name if scope is not None else "", tuple(sorted(snap.target_ids)), tuple(sorted(snap.run_ids)))
+
+
 @contextmanager
 def sandbox(store: Store, timeout_s: float = 10.0, memory_limit: str = QUERY_MEMORY_LIMIT,
-            scope: Scope | None = None) -> Iterator[Any]:
-    """A DuckDB connection that sees the store's index through the views and nothing else,
+            scope: Scope | None = None, left_out: dict[str, int] | None = None) -> Iterator[Any]:
+    """A DuckDB connection that sees the store's index (the views; its own tables as
+    `lh_index.…`, rows as recorded) and nothing else,
     and holds at most `memory_limit` (nothing spills to disk: a larger query fails). With a
-    `scope`, the views show only that sweep's targets and runs."""
+    `scope`, the views show only that sweep's targets and runs. With `left_out` (a dict to
+    fill), they show only what checks out in the store (`checked_scope`), and `left_out` gets,
+    by kind, how many of the index's rows (in scope) they leave out."""
     import duckdb
 
     if not store.index_path.is_file():
         if not (store.layout.targets_dir.is_dir() or store.layout.runs_dir.is_dir()):  # nothing to rebuild from
             raise BadInput(f"{store.root}: no index and nothing in it (run `lh execute` on a sweep first)")
         raise BadInput(f"{store.index_path}: no index (run `lh execute` first, or `lh index rebuild`)")
+    shown = checked_scope(store, scope) if left_out is not None else scope
     con = duckdb.connect(":memory:", config={"temp_directory": "", "autoinstall_known_extensions": False,
                                              "autoload_known_extensions": False})
     try:
         con.execute("SET enable_progress_bar = false")
         con.execute(f"SET memory_limit = '{check_memory_limit(memory_limit)}'")
         store.attach_index(con, INDEX_ALIAS, timeout_s)
-        if scope is not None:
-            for kind, ids in (("target", scope.target_ids), ("run", scope.run_ids)):
+        if shown is not None:
+            for kind, ids in (("target", shown.target_ids), ("run", shown.run_ids)):
                 table, key = _SCOPE_TABLES[kind]
                 con.execute(f"CREATE TABLE {table} AS SELECT unnest($ids::VARCHAR[]) AS {key}", {"ids": list(ids)})
+        if left_out is not None:
+            for kind, table, key in (("target", "targets", "target_id"), ("run", "runs", "run_id")):
+                ids = None if scope is None else (scope.target_ids if kind == "target" else scope.run_ids)
+                indexed = {r[0] for r in con.execute(f"SELECT {key} FROM {INDEX_ALIAS}.{table}").fetchall()}
+                if ids is not None:
+                    indexed &= set(ids)
+                left_out[kind] = len(indexed - set(shown.target_ids if kind == "target" else shown.run_ids))
         present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?",
                                              [INDEX_ALIAS]).fetchall()}
-        for name, sql in view_sql(INDEX_ALIAS, scoped=scope is not None).items():
+        for name, sql in view_sql(INDEX_ALIAS, scoped=shown is not None).items():
             if name in Store.RUN_TABLES and name not in present:
                 # an index from before this table (the next execute adds it): the view, empty
                 cols = ", ".join(f"CAST(NULL AS {t}) AS {_q(c)}" for c, t in Store.RUN_TABLES[name])
@@ -306,16 +329,24 @@ class QueryStream:
     fetch under the query's deadline (`fetched` counts them). DuckDB errors become
     QueryRefused / QueryFailed."""
 
-    def __init__(self, cur: Any, columns: list[str], types: list[str], store_ids: list[str], errors: Any):
+    def __init__(self, cur: Any, columns: list[str], types: list[str], store_ids: list[str], errors: Any,
+                 interrupted: threading.Event | None = None):
         self.cur, self.columns, self.types, self.store_ids = cur, columns, types, store_ids
         self._errors = errors
+        self._interrupted = interrupted or threading.Event()
         self.fetched = 0
 
+    def _check_interrupted(self) -> None:
+        if self._interrupted.is_set():
+            raise QueryInterrupted("query interrupted (Ctrl-C)")
+
     def fetch(self, n: int) -> list[tuple]:
+        self._check_interrupted()
         if not self.columns:
             return []
         with self._errors():
             rows = self.cur.fetchmany(n)
+        self._check_interrupted()
         self.fetched += len(rows)
         return rows
 
@@ -334,6 +365,7 @@ class QueryStream:
                     batch = reader.read_next_batch()
                 except StopIteration:
                     return
+            self._check_interrupted()
             self.fetched += batch.num_rows
             yield batch
 
@@ -372,24 +404,30 @@ def _query_errors(timeout_s: float, memory_limit: str, stopped: threading.Event)
 @contextmanager
 def open_query(store: Store, sql: str, *, timeout_s: float = QUERY_TIMEOUT_S,
                memory_limit: str = QUERY_MEMORY_LIMIT, arrow: bool = False,
-               scope: Scope | None = None) -> Iterator[QueryStream]:
+               scope: Scope | None = None, left_out: dict[str, int] | None = None) -> Iterator[QueryStream]:
     """Run one SELECT in the sandbox and hand its rows out as they are fetched. After
     `timeout_s` (0: no limit) the query is interrupted, wherever it is (planning, running,
     fetching): the fetch then raises QueryFailed. `arrow`: the rows will be taken as Arrow
     record batches (a relation: no extra copy of each). Raises QueryRefused, QueryFailed,
-    IndexBusy. `scope`: the views show only that sweep's units."""
+    IndexBusy. `scope`: the views show only that sweep's units; `left_out`: see `sandbox`."""
     check_statement(sql)
-    with sandbox(store, memory_limit=memory_limit, scope=scope) as con:
-        stopped = threading.Event()
+    stopped = threading.Event()  # the time limit passed
+    wake, finished = threading.Event(), threading.Event()
+    with _ctrl_c_sets(wake) as interrupted, \
+            sandbox(store, memory_limit=memory_limit, scope=scope, left_out=left_out) as con:
 
-        def stop() -> None:
-            stopped.set()
-            con.interrupt()
+        def guard() -> None:
+            if not wake.wait(timeout_s if timeout_s > 0 else None):
+                stopped.set()
+            # Interrupted until it gives up: DuckDB forgets an interrupt that comes before it
+            # starts a statement, so once is not enough.
+            while not finished.is_set():
+                con.interrupt()
+                finished.wait(0.05)
 
-        timer = threading.Timer(timeout_s, stop) if timeout_s > 0 else None
-        if timer is not None:
-            timer.daemon = True
-            timer.start()
+        watcher = threading.Thread(target=guard, daemon=True)
+        watcher.start()
+
         def errors() -> Any:
             return _query_errors(timeout_s, memory_limit, stopped)
 
@@ -404,15 +442,54 @@ def open_query(store: Store, sql: str, *, timeout_s: float = QUERY_TIMEOUT_S,
                 else:
                     cur = con.execute(sql)
                     columns, types = [d[0] for d in cur.description or []], [str(d[1]) for d in cur.description or []]
-            yield QueryStream(cur, columns, types, store_ids, errors)
+            yield QueryStream(cur, columns, types, store_ids, errors, interrupted)
         finally:
-            if timer is not None:
-                timer.cancel()
+            finished.set()
+            wake.set()
+            watcher.join()  # no interrupt reaches the connection once it is closed
+
+
+@contextmanager
+def _ctrl_c_sets(wake: threading.Event) -> Iterator[threading.Event]:
+    """Ctrl-C, while a query is set up and runs, sets an event (and `wake`) instead of raising
+    KeyboardInterrupt: DuckDB turns one raised inside its calls into its own error, or loses it
+    (a query then ran to its time limit). Only where SIGINT has Python's own handler (the main
+    thread; not ignored). Raises QueryInterrupted on the way out when nothing else was raised."""
+    import signal
+
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.set()
+        wake.set()
+
+    previous = signal.getsignal(signal.SIGINT)
+    ours = previous is signal.default_int_handler and threading.current_thread() is threading.main_thread()
+    if ours:
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+        if interrupted.is_set():  # after the last row, or while the sandbox was set up: said all the same
+            raise QueryInterrupted("query interrupted (Ctrl-C)")
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, previous)
 
 
 # An ID-shaped string literal (tgt_/run_ + up to the 12 hex digits of a whole ID): a prefix, as
 # the tables print them, that `=` never matches, or a whole ID a sweep's scope may leave out.
 _ID_LITERAL = re.compile(r"'((?:run|tgt)_[0-9a-f]{1,12})'")
+
+
+def left_out_note(left_out: dict[str, int]) -> str | None:
+    """What `sandbox` left out of the views, in words; None when nothing."""
+    parts = [plural(n, kind) for kind, n in sorted(left_out.items(), key=lambda kv: kv[0] != "run") if n]
+    if not parts:
+        return None
+    many = sum(left_out.values()) > 1
+    return (f"{' and '.join(parts)} of the index {'are' if many else 'is'} not shown: damaged, incomplete or gone "
+            f"from the store since {'they were' if many else 'it was'} recorded (lh verify names them; "
+            "the next lh execute of their sweep redoes them)")
 
 
 def prefix_hint(store: Store, sql: str, scope: Scope | None = None) -> str | None:
@@ -439,11 +516,12 @@ def prefix_hint(store: Store, sql: str, scope: Scope | None = None) -> str | Non
 
 def run_query(store: Store, sql: str, *, as_arrow: bool = False, max_rows: int | None = None,
               timeout_s: float = QUERY_TIMEOUT_S, memory_limit: str = QUERY_MEMORY_LIMIT,
-              scope: Scope | None = None) -> Result:
+              scope: Scope | None = None, left_out: dict[str, int] | None = None) -> Result:
     """Run one SELECT in the sandbox; its rows (at most `max_rows`, with `more` set when there
     were others), or with `as_arrow` an Arrow table of all of them. Raises QueryRefused,
     QueryFailed, IndexBusy."""
-    with open_query(store, sql, timeout_s=timeout_s, memory_limit=memory_limit, arrow=as_arrow, scope=scope) as q:
+    with open_query(store, sql, timeout_s=timeout_s, memory_limit=memory_limit, arrow=as_arrow, scope=scope,
+                    left_out=left_out) as q:
         if as_arrow:
             import pyarrow as pa
 

@@ -370,7 +370,7 @@ def _backend_settings(req: ExecuteRequest):
     from lambda_hat.execute.parsl_config import heartbeat
 
     from lambda_hat.execute.apps import checkpoint_interval_s
-    from lambda_hat.execute.parsl_config import check_local_workers
+    from lambda_hat.execute.parsl_config import check_local_workers, check_parsl_config_file
 
     heartbeat()  # a bad LH_HEARTBEAT_* value is bad input now, not after the claims
     _claim_wait_bound()
@@ -378,8 +378,7 @@ def _backend_settings(req: ExecuteRequest):
     if req.workers is not None and req.parsl_config is None and req.backend == "local":
         check_local_workers(req.workers)
     if req.parsl_config is not None:
-        if not req.parsl_config.is_file():
-            raise BadInput(f"--parsl-config {req.parsl_config}: no such file")
+        check_parsl_config_file(req.parsl_config)
         return None
     if req.backend != "slurm":
         if req.slurm_flags and any(v is not None for v in req.slurm_flags.values()):

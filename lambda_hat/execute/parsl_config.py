@@ -21,6 +21,7 @@ import importlib.util
 import math
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -411,12 +412,25 @@ def slurm_config(run_dir: Path, s: SlurmSettings, retries: int = 0, lost_retries
     )
 
 
+def check_parsl_config_file(path: Path) -> None:
+    """`path` is a regular file (or a link to one), else BadInput saying what it is."""
+    from lambda_hat.files import file_type
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise BadInput(f"--parsl-config {path}: no such file") from None
+    except OSError as err:
+        raise BadInput(f"--parsl-config {path}: {err.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInput(f"--parsl-config {path}: {file_type(st)}, not a Python file")
+
+
 def load_parsl_config_file(path: Path):
     """A Python file defining `config` (a parsl Config) or `make_config()` returning one."""
     from parsl.config import Config
 
-    if not path.is_file():
-        raise BadInput(f"--parsl-config {path}: no such file")
+    check_parsl_config_file(path)
     spec = importlib.util.spec_from_file_location(f"lh_parsl_config_{abs(hash(str(path)))}", path)
     module = importlib.util.module_from_spec(spec)
     try:

@@ -15,10 +15,14 @@ DEFAULT_STORE = "runs"
 
 def resolve_store_root(cli_store: str | None, sweep_store_root: str | None = None) -> Path:
     """`--store`, else `$LH_STORE`, else the sweep's `store_root`, else `./runs`."""
-    if cli_store is not None and not cli_store.strip():
-        from lambda_hat.errors import BadInput
+    from lambda_hat.errors import BadInput
 
+    if cli_store is not None and not cli_store.strip():
         raise BadInput("--store '': an empty path is not a store directory")
+    env = os.environ.get("LH_STORE")
+    if cli_store is None and env is not None and not env.strip():
+        # `LH_STORE="$SCRATCH"` with SCRATCH unset: not a quiet fall back to ./runs
+        raise BadInput("LH_STORE is set but empty: name a store directory, or unset it for the default")
     for candidate in (cli_store, os.environ.get("LH_STORE"), sweep_store_root):
         if candidate:
             return Path(candidate)

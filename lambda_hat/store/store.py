@@ -156,7 +156,7 @@ class ReconcileReport:
     unindexed: int = 0
     removed_tmp: list[Path] = field(default_factory=list)
     foreign_tmp: list[Path] = field(default_factory=list)
-    foreign: list[Path] = field(default_factory=list)  # entries of targets/, runs/ not lambda-hat's: left in place
+    foreign: list[Path] = field(default_factory=list)  # entries of targets/, runs/, .work/, .claims/ not lambda-hat's: left in place
     index_moved_aside: Path | None = None
     needs_plugin: list[tuple[Path, str]] = field(default_factory=list)  # (artifact, why): left in place
     pending: list[index.Record] = field(default_factory=list)  # records the busy index did not take
@@ -399,12 +399,27 @@ _STORE_HIDDEN = {".claims", ".work", ".quarantine", ".jax_cache", ".index.lock",
 _STORE_HIDDEN_PREFIXES = (".tmp-", ".write-probe-")  # atomic writes' temporaries, the write probe
 
 
+def _holds_artifact(lay: StoreLayout) -> bool:
+    """A `tgt_…` or `run_…` directory in `targets/` or `runs/` (neither a link)."""
+    for d, prefix in ((lay.targets_dir, "tgt_"), (lay.runs_dir, "run_")):
+        if d.is_symlink() or not d.is_dir():
+            continue
+        try:
+            with os.scandir(d) as entries:
+                if any(e.name.startswith(prefix) and e.is_dir(follow_symlinks=False) for e in entries):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def _check_store_shape(root: Path, lay: StoreLayout) -> None:
     """`root` is empty or a store: a folder with other things in it (a project, TensorBoard's
     `runs/`, a gallery) would have its entries quarantined as damage and removed by gc. A
-    store is known by its index or its claims; one without either (a first execute stopped
-    early) holds only lambda-hat's names."""
-    if lay.index_path.is_file() or lay.claims_dir.is_dir():
+    store is known by its index, or by its claims beside an artifact of its own (an empty
+    `.claims/` alone marks nothing); one without them (a first execute stopped early) holds
+    only lambda-hat's names."""
+    if lay.index_path.is_file() or lay.claims_dir.is_dir() and _holds_artifact(lay):
         return
     def foreign(d: Path, prefix: str | None) -> str | None:
         try:
@@ -889,6 +904,12 @@ class Store:
             stats = {k: {} for k in KINDS}
         records: list[index.Record] = []
         deleted: dict[str, list[str]] = {}
+        # What is not ours in the work and claims directories, as gc keeps it: said, left in place.
+        for sub, ours in ((self.layout.work_root, _work_ours), (self.layout.claims_dir, _claims_ours)):
+            try:
+                report.foreign += [p for p in sorted(sub.iterdir()) if not ours(p)] if _real_dir(sub) else []
+            except OSError:
+                pass
         for kind in KINDS:
             known = stats[kind]
             report.complete[kind] = present = {}
