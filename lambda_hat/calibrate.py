@@ -221,6 +221,25 @@ def pilot_data(data: dict, autos: dict[int, dict], top: float, name: str,
     return pilots, ladders
 
 
+PILOTS_HEADER = "The pilots lh calibrate wrote for"  # each file's first line: what it may replace
+CALIBRATED_HEADER = "with its auto settings chosen by lh calibrate"
+
+
+def _check_ours(path: Path, header: str, what: str) -> None:
+    """A file lh calibrate names itself beside the sweep is replaced only when it wrote it (its
+    first line says so): a file of the user's at that name is refused, before any work."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(4096)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise BadInput(f"{path}: {what} cannot be read ({err.strerror})") from None
+    if not (first.startswith(b"# ") and header.encode() in first):
+        raise BadInput(f"{path}: {what} would replace this file, which lh calibrate did not write; "
+                       "move it away (or name the output with -o)")
+
+
 def _write_yaml(path: Path, data: dict, header: list[str], store_root: Path, flag: str = "-o") -> None:
     import yaml
 
@@ -368,7 +387,9 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
     # Each file it writes is a file of its own, and none is the sweep it reads (a report named
     # like the sweep, or -o naming the report, replaced one with the other).
     written = {req.sweep_path.resolve(): "the sweep lh calibrate reads"}
-    for path, what in ((pilot_path, "the pilots file"), (out, "the calibrated sweep (-o)"),
+    pilot_results = Path("results") / f"{name}-pilots.parquet"  # what the pilots' lh execute writes (results_file)
+    for path, what in ((pilot_path, "the pilots file"), (pilot_results, "the pilots' results file"),
+                       (out, "the calibrated sweep (-o)"),
                        *((req.report_dir / f"{name}.{ext}", f"the report's {ext}") for ext in ("md", "json", "png"))):
         other = written.setdefault(path.resolve(), what)
         if other == what:
@@ -379,6 +400,9 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
             raise BadInput(f"-o {out}: is {other}; name another file")
         raise BadInput(f"--report-dir {req.report_dir}: {what} would be {path}, which is {other}; "
                        "name another directory")
+    _check_ours(pilot_path, PILOTS_HEADER, "the pilots file")
+    if req.out is None:  # named by lh, not by the user: replaced only if lh calibrate wrote it
+        _check_ours(out, CALIBRATED_HEADER, "the calibrated sweep")
     check_logs_dir(req.logs, root)
     from lambda_hat import promote as gallery
 
@@ -400,12 +424,13 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
             raise BadInput(f"{given}: {other} would be {path}, which is {what}; name another file")
     sweep_from_dict(pilots, f"{source} (its pilots at --top {req.top:g}, --gammas {','.join(f'{g:g}' for g in gammas)})",
                     base_dir=base_dir)
-    Store.open(root, create=True)  # exists and is writable, or one line
-    _write_yaml(pilot_path, pilots, [f"The pilots lh calibrate wrote for {req.sweep_path.name} (do not edit):",
+    # The pilots file before the store: a sweep folder that cannot be written leaves no new store behind
+    _write_yaml(pilot_path, pilots, [f"{PILOTS_HEADER} {req.sweep_path.name} (do not edit):",
                                      f"each step_size_nbeta: auto entry as a ladder of {RUNGS} steps, each "
                                      f"target_acceptance: auto entry at {', '.join(map(str, ACCEPT_LADDER))}, "
                                      f"each gamma: auto entry as a ladder of {len(gammas)} values of γ."], root,
                 "the pilots file")
+    Store.open(root, create=True)  # exists and is writable, or one line
     outcome = CalibrateOutcome()
     console.print(f"[bold]=== Calibration: {sum(len(v) for v in ladders.values())} pilot settings "
                   f"({pilot_path}) ===[/bold]")
@@ -455,7 +480,7 @@ def _chosen(groups: list[Group], ladders: dict[int, Ladder]) -> tuple[dict[int, 
 
 def _write_calibrated(out: Path, data: dict, outcome: CalibrateOutcome, sweep_path: Path, root: Path,
                       report_dir: Path, name: str) -> Path | None:
-    header = [f"{sweep_path.name} with its auto settings chosen by lh calibrate (report: {report_dir}/).",
+    header = [f"{sweep_path.name} {CALIBRATED_HEADER} (report: {report_dir}/).",
               "Each chosen entry is one of the pilots: lh execute finds its runs done."]
     samplers = []
     for i, entry in enumerate(data["samplers"]):

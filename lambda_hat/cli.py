@@ -8,6 +8,7 @@ Each command parses, calls one function, prints. JAX and Parsl are imported only
 from __future__ import annotations
 
 import enum
+import errno
 import functools
 import itertools
 import json
@@ -152,6 +153,13 @@ def _domain_errors(fn):
         except LhError as err:
             err_console.print(f"[red]error:[/red] {rich_escape(shown(str(err)))}", soft_wrap=True, highlight=False)
             raise typer.Exit(err.exit_code) from None
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):  # anything else is a defect: its traceback
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            err_console.print(f"[red]error:[/red] {rich_escape(shown(where))}{err.strerror}; free space and run the "
+                              "command again (only what is missing is done)", soft_wrap=True, highlight=False)
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -95,7 +95,7 @@ def _refuse(outdir: Path, path: Path, st: os.stat_result, wanted: str, flag: str
 
 def check_gallery(outdir: Path, flag: str = "--outdir", store_root: Path | None = None) -> None:
     """Everything promote may write under `outdir`, checked before any work: its pages and
-    state file are regular files or absent, `runs/`, `targets/` and their entries are
+    state file are regular files or absent, `runs/`, `targets/`, `trajectories/` and their entries are
     directories (not links to them), and the plots in those are regular files or absent. A
     symbolic link, FIFO or device there is refused, never replaced nor written through.
     `store_root`, the store the command reads or is about to make: the gallery's folders are
@@ -110,7 +110,7 @@ def check_gallery(outdir: Path, flag: str = "--outdir", store_root: Path | None 
         st = lstat(outdir / name)
         if st is not None and not stat.S_ISREG(st.st_mode):
             _refuse(outdir, outdir / name, st, "a regular file", flag)
-    for sub in ("runs", "targets"):
+    for sub in ("runs", "targets", "trajectories"):
         st = lstat(outdir / sub)
         store = enclosing_store((outdir / sub).resolve()) if st is not None else None
         if store is not None:  # `--outdir .` beside the default store ./runs: plots would go into it
@@ -1112,19 +1112,26 @@ class _Page:
         for traj, rel in self.trajectory_files.items():
             lines += [f"## {traj}", "", f"![λ̂ over training of {traj}]({rel})", ""]
         for tid, rs in self.by_target.items():
-            lines += [f"## {tid}", "", self._target_line(tid), ""]
+            lines += [f"## {tid}", "", _md_text(self._target_line(tid)), ""]
             if tid in self.compare_files:
                 lines += [f"![λ̂ ± SEM per run on {tid}]({self.compare_files[tid]})", ""]
             clash = disagreements(self.rows_of[tid])
             lines += ["| sampler | run | λ̂ ± SEM | R-hat | bulk ESS | status | plots |", "|---|---|---|---|---:|---|---|"]
             for m, row in zip(rs, self.rows_of[tid]):
                 plots = " ".join(f"[{PLOT_TITLES[p]}]({rel})" for p, rel in self.run_files.get(m.id, []))
-                status = row["status"] + (f" ({row['status_reason']})" if self.run_flags(row) and row["status_reason"] else "")
+                status = _md_text(row["status"] + (f" ({row['status_reason']})" if self.run_flags(row) and row["status_reason"]
+                                                   else ""))
                 lines.append(f"| {row['sampler']} | `{m.id}`{' ✕' if m.id in clash else ''} | "
                              f"{fmt_estimate(row['llc_mean'], row['llc_sem'])} | {fmt_r_hat(row['r_hat'])} | "
                              f"{fmt_ess(row['ess_bulk'])} | {status} | {plots} |")
             lines.append("")
         return "\n".join(lines)
+
+
+def _md_text(text: str) -> str:
+    """Text from a spec (a factory's kwargs) as Markdown shows it literally: no HTML a renderer
+    would run (`<img onerror=…>`), no `|` that would split a table cell."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
 _CSS = """

@@ -288,13 +288,6 @@ def sandbox(store: Store, timeout_s: float = 10.0, memory_limit: str = QUERY_MEM
             for kind, ids in (("target", shown.target_ids), ("run", shown.run_ids)):
                 table, key = _SCOPE_TABLES[kind]
                 con.execute(f"CREATE TABLE {table} AS SELECT unnest($ids::VARCHAR[]) AS {key}", {"ids": list(ids)})
-        if left_out is not None:
-            for kind, table, key in (("target", "targets", "target_id"), ("run", "runs", "run_id")):
-                ids = None if scope is None else (scope.target_ids if kind == "target" else scope.run_ids)
-                indexed = {r[0] for r in con.execute(f"SELECT {key} FROM {INDEX_ALIAS}.{table}").fetchall()}
-                if ids is not None:
-                    indexed &= set(ids)
-                left_out[kind] = len(indexed - set(shown.target_ids if kind == "target" else shown.run_ids))
         present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?",
                                              [INDEX_ALIAS]).fetchall()}
         for name, sql in view_sql(INDEX_ALIAS, scoped=shown is not None).items():
@@ -307,6 +300,13 @@ def sandbox(store: Store, timeout_s: float = 10.0, memory_limit: str = QUERY_MEM
             except duckdb.Error as err:
                 raise BadInput(f"{store.index_path}: made by another lambda-hat version ({name}: {one_line(err)[:120]}); "
                                "`lh index rebuild` remakes it") from None
+        if left_out is not None:  # after the views: an index of another shape is refused there, in one line
+            for kind, table, key in (("target", "targets", "target_id"), ("run", "runs", "run_id")):
+                ids = None if scope is None else (scope.target_ids if kind == "target" else scope.run_ids)
+                indexed = {r[0] for r in con.execute(f"SELECT {key} FROM {INDEX_ALIAS}.{table}").fetchall()}
+                if ids is not None:
+                    indexed &= set(ids)
+                left_out[kind] = len(indexed - set(shown.target_ids if kind == "target" else shown.run_ids))
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         yield con
@@ -816,7 +816,9 @@ def export_runs(store: Any, run_ids: list[str], out_path: Path, damaged: list[tu
     # relies on the reconcile it has just made, which checked every artifact whose files
     # changed since it was indexed (docs/store.md). Targets give columns from their manifests.
     runs, bad = store.checked_manifests("run", run_ids, files=check_files)
-    targets, bad_targets = store.checked_manifests("target", sorted({m.spec.get("target_id") for m in runs}))
+    # a target's files too (once per target): promote names a damaged one, and so does export
+    targets, bad_targets = store.checked_manifests("target", sorted({m.spec.get("target_id") for m in runs}),
+                                                   files=check_files)
     recorded = []
     if view != "runs":
         for m in runs:
@@ -878,7 +880,8 @@ def _last_line(path: Path, limit: int = 160) -> str:
             return ""
         with open(path, "rb") as f:
             f.seek(max(0, path.stat().st_size - 8192))
-            lines = [x.strip() for x in f.read().decode(errors="replace").splitlines() if x.strip()]
+            # NULs are no text (a sparse or preallocated log): dropped, not shown as 160 marks
+            lines = [x.strip() for x in f.read().replace(b"\0", b"").decode(errors="replace").splitlines() if x.strip()]
     except OSError:
         return ""
     # shown on a terminal: a control character (an escape sequence, NUL) is not the log's to send

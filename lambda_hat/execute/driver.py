@@ -248,13 +248,17 @@ def _report(req: ExecuteRequest, result: ExecuteResult, n: int, t_start: float, 
         _listed(console, f"{plural(len(result.rebuilt), 'damaged target')} found by their runs, quarantined and rebuilt in this execute:",
                 result.rebuilt, lambda tid, found_by: f"  {tid} (found by {found_by})", limit=None)
     if result.flagged:
-        _listed(console, f"[yellow]{plural(len(result.flagged), 'run')} finished but flagged[/yellow] (numbers kept; "
+        nonfinite = sum(1 for _, status, _ in result.flagged if status == "nonfinite")
+        kept = ("numbers kept" if not nonfinite else "no numbers: non-finite draws" if nonfinite == len(result.flagged)
+                else "numbers kept, none for the nonfinite ones")
+        _listed(console, f"[yellow]{plural(len(result.flagged), 'run')} finished but flagged[/yellow] ({kept}; "
                 "lh status lists them):",
                 result.flagged, lambda job_id, status, why: f"  {job_id}: {status}" + (f" ({why})" if why else ""))
     if result.not_waited:
         _listed(console, f"[red]{plural(len(result.not_waited), 'job')} not done[/red]: another lh execute held them past the "
                 "wait's\nbound (LH_CLAIM_WAIT_S); run lh execute again once it is done:",
-                result.not_waited, lambda job_id, why: f"  {job_id}: {why}")
+                # the header says what was not waited for and what to do: each line, only who holds it
+                result.not_waited, lambda job_id, why: f"  {job_id}: {why.split('; not waited for')[0].removeprefix(job_id + ' ')}")
     if result.failed:
         _listed(console, "[red]failed jobs[/red] (see their logs):",
                 result.failed, lambda job_id, reason, err: f"  {job_id}: {reason}\n    {err}", limit=None)

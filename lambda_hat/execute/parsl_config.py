@@ -228,6 +228,9 @@ def local_config(run_dir: Path, workers: int | None = None, retries: int = 0, lo
     )
 
 
+SLURM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,+@-]*")
+
+
 class SlurmSettings(BaseModel):
     """The SLURM knobs Lambda-Hat users set. Memory is in GB. `exclusive` defaults to
     False (Parsl's True would ask for a whole node per 1-core block on a shared cluster)."""
@@ -252,6 +255,35 @@ class SlurmSettings(BaseModel):
     # address). Set it when compute nodes cannot resolve the login node's name.
     address: str | None = None
     cmd_timeout: PositiveInt = 30
+
+    @field_validator("partition", "account", "qos")
+    @classmethod
+    def _one_name(cls, v: str | None) -> str | None:
+        # written into the sbatch script as `#SBATCH --partition=…`: a newline there would end
+        # the directive and run the rest as a command on the cluster
+        if v is not None and not SLURM_NAME.fullmatch(v):
+            raise ValueError("must be a SLURM name (letters, digits, '_', '-', '.', ',' for a list; no spaces)")
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _ip_address(cls, v: str | None) -> str | None:
+        """Parsl takes an IP address: a host name is resolved here, once, or refused."""
+        import ipaddress
+        import socket
+
+        if v is None:
+            return v
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            pass
+        if not SLURM_NAME.fullmatch(v):
+            raise ValueError("must be an IP address (or a host name) of this host that compute nodes reach")
+        try:
+            return socket.gethostbyname(v)
+        except OSError:
+            raise ValueError(f"{v!r} is not an IP address, nor a host name this machine resolves") from None
 
     @field_validator("walltime")
     @classmethod

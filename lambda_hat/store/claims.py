@@ -30,6 +30,7 @@ holds the work (host, pid, since when).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import json
@@ -92,8 +93,12 @@ def _write_new(path: Path, data: bytes) -> None:
     try:
         while data:
             data = data[os.write(fd, data):]
-    finally:
+    except BaseException:  # a full disk: nothing half-written left behind (it is ours: we just made it)
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
 
 
 def create_as(src: Path, dst: Path) -> None:

@@ -211,9 +211,23 @@ def _row(table: str, rec: Record) -> list[Any]:
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
 
 
+def _disk_full(err: Exception, path: Path) -> LhError | None:
+    """A DuckDB error that says the disk (or the user's quota) is full, as one line; else None.
+    Never taken for a corrupt index (that would move a sound one aside)."""
+    low = " ".join(str(err).split()).lower()
+    if "no space left on device" in low or "disk quota exceeded" in low:
+        why = "no space left on device" if "no space" in low else "disk quota exceeded"
+        return IndexUnavailable(f"{path}: cannot be written ({why}); free space and run the command again",
+                                exit_code=1)
+    return None
+
+
 def _classify(err: Exception, path: Path) -> LhError:
     text = " ".join(str(err).split())
     low = text.lower()
+    full = _disk_full(err, path)
+    if full is not None:
+        return full
     if "permission denied" in low or "read-only file system" in low or "out of memory" in low:
         return IndexUnavailable(f"{path}: cannot be opened ({first_sentence(text)})")
     if re.search(r"\block\b", low):  # DuckDB's "Could not set lock on file" (not "failed to pin block")
@@ -224,13 +238,19 @@ def _classify(err: Exception, path: Path) -> LhError:
     return IndexCorrupt(f"{path}: not a usable DuckDB index ({first_sentence(text)}); `lh index rebuild` recreates it")
 
 
+def _for_duckdb(path: Path) -> str:
+    """`path` as DuckDB must be given it: absolute, since DuckDB reads a leading `~` as the
+    home directory (a store at `./~/x` had its index written into `$HOME/x`)."""
+    return os.path.abspath(path)
+
+
 def _connect(path: Path, read_only: bool, timeout_s: float) -> Any:
     import duckdb
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(_for_duckdb(path), read_only=read_only)
             # No progress bar: DuckDB would draw one on the terminal during a long insert.
             con.execute("SET enable_progress_bar = false")
             return con
@@ -630,18 +650,24 @@ def write(layout: StoreLayout, records: list[Record], deleted: dict[str, list[st
             run_rows = {}  # the caller refills every table, traces included, from the manifests
         elif run_rows is unread:
             run_rows = read_run_rows(layout, records)
-        con.execute("BEGIN")
-        if replace_all:
-            for table in [*TABLES, *RUN_TABLES]:
-                con.execute(f"DELETE FROM {table}")
-        for kind, ids in (deleted or {}).items():
-            delete(con, kind, ids)
-        replaced = insert(con, records)
-        # Only a run indexed before has trace rows to drop: a finished run is new to the index,
-        # and its record costs no scan of `traces` (rows per run × runs).
-        insert_run_rows(con, replaced.get("run", []), run_rows)
-        crash_point("index:in_transaction")
-        con.execute("COMMIT")
+        try:
+            con.execute("BEGIN")
+            if replace_all:
+                for table in [*TABLES, *RUN_TABLES]:
+                    con.execute(f"DELETE FROM {table}")
+            for kind, ids in (deleted or {}).items():
+                delete(con, kind, ids)
+            replaced = insert(con, records)
+            # Only a run indexed before has trace rows to drop: a finished run is new to the index,
+            # and its record costs no scan of `traces` (rows per run × runs).
+            insert_run_rows(con, replaced.get("run", []), run_rows)
+            crash_point("index:in_transaction")
+            con.execute("COMMIT")
+        except Exception as err:  # a full disk is one line; any other error is raised as it is
+            full = _disk_full(err, layout.index_path)
+            if full is not None:
+                raise full from None
+            raise
         return not remade or replace_all
 
 
@@ -652,7 +678,7 @@ def attach_readonly(con: Any, path: Path, alias: str, timeout_s: float) -> None:
     import duckdb
 
     _refuse_what_is_not_a_file(path)
-    quoted = str(path).replace("'", "''")
+    quoted = _for_duckdb(path).replace("'", "''")
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -14,7 +14,8 @@ DEFAULT_STORE = "runs"
 
 
 def resolve_store_root(cli_store: str | None, sweep_store_root: str | None = None) -> Path:
-    """`--store`, else `$LH_STORE`, else the sweep's `store_root`, else `./runs`."""
+    """`--store`, else `$LH_STORE`, else the sweep's `store_root`, else `./runs`; a leading `~`
+    is the home directory."""
     from lambda_hat.errors import BadInput
 
     if cli_store is not None and not cli_store.strip():
@@ -23,9 +24,14 @@ def resolve_store_root(cli_store: str | None, sweep_store_root: str | None = Non
     if cli_store is None and env is not None and not env.strip():
         # `LH_STORE="$SCRATCH"` with SCRATCH unset: not a quiet fall back to ./runs
         raise BadInput("LH_STORE is set but empty: name a store directory, or unset it for the default")
-    for candidate in (cli_store, os.environ.get("LH_STORE"), sweep_store_root):
+    for candidate, name in ((cli_store, "--store"), (env, "LH_STORE"), (sweep_store_root, "store_root")):
         if candidate:
-            return Path(candidate)
+            # `~` as a shell reads it (a sweep file's store_root, a quoted --store): never a
+            # folder named `~` in the current directory
+            root = Path(os.path.expanduser(candidate))
+            if str(root).startswith("~"):
+                raise BadInput(f"{name} {candidate}: no such user's home directory")
+            return root
     return Path(DEFAULT_STORE)
 
 
