@@ -207,8 +207,13 @@ def plan_cmd(
     _check_limit(limit)
     _, expanded, st = _load(sweep, store, max_runs)
     p = plan(expanded, st.snapshot([t.target_id for t in expanded.targets], [r.run_id for r in expanded.runs]))
-    if as_json:
-        sys.stdout.write(json.dumps(p.as_json()) + "\n")
+    from lambda_hat.planner import describe_same_computations, same_computations
+
+    same = same_computations(expanded)
+    if as_json:  # the note's pairs too: a script reading the plan should not take them for replicates
+        doc = {**p.as_json(), "same_computations": [{"id": later, "same_as": first, "why": why}
+                                                    for first, later, why in same]}
+        sys.stdout.write(json.dumps(doc) + "\n")
         return
     table = Table(title=rich_escape(shown(f"plan for {sweep} (store {st.root})")))
     for col in ("kind", "id", "action", "what"):
@@ -229,9 +234,7 @@ def plan_cmd(
         console.print(recording)
     for line in _why_new(p, st):
         console.print(line, markup=False, highlight=False)
-    from lambda_hat.planner import describe_same_computations, same_computations
-
-    for line in describe_same_computations(same_computations(expanded), shown=limit if limit > 0 else 10**9):
+    for line in describe_same_computations(same, shown=limit if limit > 0 else 10**9):
         console.print(line, markup=False, highlight=False)
 
 

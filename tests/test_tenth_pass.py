@@ -173,3 +173,16 @@ def test_export_names_a_target_whose_arrays_are_damaged(tmp_path, store):
     result = lh("export", "--store", store, "-o", tmp_path / "all.csv")
     assert result.exit_code == 1, result.output
     assert target.name in result.stderr and "damaged" in result.stderr, result.stderr
+
+
+def test_plan_json_carries_the_same_computation_pairs(tmp_path):
+    import json
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(json.dumps({"targets": [{"model": "small", "data": "small"}],
+                                 "samplers": [{"name": "sgld", "overrides": {"batch_size": 100}},
+                                              {"name": "sgld", "overrides": {"batch_size": 500}}]}))
+    result = lh("plan", sweep, "--store", tmp_path / "st", "--json")
+    assert result.exit_code == 0, result.output
+    pairs = json.loads(result.stdout)["same_computations"]
+    assert len(pairs) == 1 and "batch_size" in pairs[0]["why"], pairs
