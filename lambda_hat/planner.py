@@ -112,11 +112,17 @@ def expand(sweep: Sweep, *, max_runs: int = DEFAULT_MAX_RUNS) -> Expanded:
 
 
 OPTAX_ADAMW_DECAY = 1e-4  # optax.adamw's default weight_decay: what `weight_decay: null` trains with
+# train.CHECK_EVERY (not imported: that module imports JAX, which `lh plan` does not need): the
+# stopping rules are checked after each chunk of this many steps, and never before the last
+# chunk of a training of at most this many steps (the test file checks that the two agree).
+TRAIN_CHECK_EVERY = 100
 
 
-def _plain_training(tr):
-    """`tr` as the training it runs: adam is adamw without decay, adamw's null decay is optax's
-    default, and `early_stop_tol` is unused beside `grad_tol` (and 0 disables it, as null does)."""
+def _plain_training(tr, n: int):
+    """`tr` as the training it runs on `n` examples: adam is adamw without decay, adamw's null
+    decay is optax's default, `early_stop_tol` is unused beside `grad_tol` (and 0 disables it, as
+    null does), a `batch_size` at or above n is the full batch (as null is), and a training of at
+    most TRAIN_CHECK_EVERY steps ends after its only chunk whatever its stopping rule says."""
     plain = {}
     if tr.optimizer == "adam":
         plain.update(optimizer="adamw", weight_decay=0.0)
@@ -124,7 +130,67 @@ def _plain_training(tr):
         plain["weight_decay"] = OPTAX_ADAMW_DECAY
     if tr.grad_tol is not None or tr.early_stop_tol == 0:
         plain["early_stop_tol"] = None
+    if tr.steps <= TRAIN_CHECK_EVERY:
+        plain.update(early_stop_tol=None, grad_tol=None)
+    if tr.batch_size is not None and tr.batch_size >= n:
+        plain["batch_size"] = None
     return tr.model_copy(update=plain)
+
+
+# The data fields each input distribution and noise model reads (science/data.py); the others
+# are never read. n_data, n_test, x_dist and noise_model are always used.
+_X_DIST_READS = {"gauss_iso": (), "gauss_aniso": ("cov_decay",), "mixture": ("mixture_k", "mixture_spread"),
+                 "lowdim_manifold": ("x_dim_latent",), "heavy_tail": ("student_df",)}
+_NOISE_READS = {"gauss": ("noise_scale",), "hetero": ("noise_scale", "hetero_scale"),
+                "student_t": ("noise_scale", "student_df"),
+                "outliers": ("noise_scale", "outlier_frac", "outlier_scale")}
+_DATA_ALWAYS = ("n_data", "n_test", "x_dist", "noise_model")
+
+
+def _trains(spec: TargetSpec) -> bool:
+    """Whether building `spec` trains a student (`train.train` or a trajectory): not for a
+    polynomial model (measured at w* = 0), a dln or mlp measured at its teacher (or, dln, the
+    teacher refined by L-BFGS), nor a python model whose factory hands over w* ("trained": the
+    sweep's loader wrote it into the spec) or whose checkpoint is read from a file."""
+    m = spec.model
+    kind = getattr(m, "kind", None)
+    if kind == "polynomial":
+        return False
+    if kind in ("mlp", "dln"):
+        return spec.w_star == "trained"
+    if kind == "python":
+        return not (m.trained or getattr(m, "params_file", None) is not None)
+    return True  # another kind: assume it trains
+
+
+def _plain_target(spec: TargetSpec) -> TargetSpec:
+    """`spec` as the target it builds: its training as `_plain_training`, or none where nothing is
+    trained (`_trains`), with a dln's `init` then unused too; the data fields its `x_dist` and
+    `noise_model` never read at their defaults; a python model's data but n_data (the factory
+    supplies the data; the loader sets n_data to its size)."""
+    m, d = spec.model, spec.data
+    kind = getattr(m, "kind", None)
+    update = {}
+    if not _trains(spec):
+        update["training"] = type(spec.training)()
+        if kind == "dln":
+            update["model"] = m.model_copy(update={"init": type(m).model_fields["init"].default})
+    else:
+        update["training"] = _plain_training(spec.training, d.n_data)
+    if kind == "python":
+        update["data"] = type(d)(n_data=d.n_data)
+    elif kind in ("mlp", "dln", "polynomial") and d.x_dist in _X_DIST_READS and d.noise_model in _NOISE_READS:
+        read = {*_DATA_ALWAYS, *_X_DIST_READS[d.x_dist], *_NOISE_READS[d.noise_model]}
+        default = type(d).model_fields
+        unread = {f: default[f].default for f in default if f not in read and getattr(d, f) != default[f].default}
+        if unread:
+            update["data"] = d.model_copy(update=unread)
+    return spec.model_copy(update=update)
+
+
+# MCLMC's settings that only its tuner reads (`samplers/mclmc.py`)
+MCLMC_TUNING = ("frac_tune1", "frac_tune2", "frac_tune3", "desired_energy_var", "trust_in_estimate",
+                "num_effective_samples", "diagonal_preconditioning")
 
 
 def _plain_setting(setting: SamplerRun, n: int, n_test: int | None) -> SamplerRun:
@@ -132,8 +198,9 @@ def _plain_setting(setting: SamplerRun, n: int, n_test: int | None) -> SamplerRu
     ones, where the sweep knows them): SGLD's batch_size at or above n is the full batch, its
     steps past the last draw are never run, its step_size_nbeta is unused beside step_size; HMC's
     and NUTS's adaptation settings are unused without warmup (and target_acceptance without
-    adaptation); a per-example record of at least n examples records them all, of at least
-    `n_test` held-out ones all of those, and draws nothing with its seed when nothing is drawn."""
+    adaptation); MCLMC's tuning settings are unused untuned (`tune: false` or `num_steps: 0`); a
+    per-example record of at least n examples records them all, of at least `n_test` held-out
+    ones all of those, and draws nothing with its seed when nothing is drawn."""
     s, update = setting.sampler, {}
     default = type(s).model_fields
     if s.name == "sgld":
@@ -146,6 +213,11 @@ def _plain_setting(setting: SamplerRun, n: int, n_test: int | None) -> SamplerRu
             ["target_acceptance"] if not (s.adapt_step_size or s.adapt_mass_matrix) else []
         if unused:
             update["sampler"] = s.model_copy(update={f: default[f].default for f in unused})
+    elif s.name == "mclmc" and not (s.tune and s.num_steps > 0):
+        # untuned (samplers/mclmc.py): L and step_size as given, no tuner; desired_energy_var
+        # only scales the kernel's energy cutoff, which is infinite (its max ratio is inf)
+        plain = {f: default[f].default for f in MCLMC_TUNING}
+        update["sampler"] = s.model_copy(update={**plain, "tune": False, "num_steps": 0})
     pe = setting.record.per_example if setting.record is not None else None
     if pe is not None:
         subset = "all" if pe.subset == "all" or pe.subset >= n else pe.subset
@@ -170,6 +242,18 @@ def _dotted(obj, name: str):
     return obj
 
 
+def _target_differences(a: TargetSpec, b: TargetSpec) -> str:
+    """Why two targets of one `_plain_target` build alike: the settings that differ (all unused)."""
+    fields = [(f"{part}.{f}", f"{part}.{f}") for part in ("training", "data")
+              for f in type(getattr(a, part)).model_fields]
+    why = _differences(a, b, fields + [("model.init", "model.init")])
+    if not _trains(a):
+        w_star = "handed over" if a.model.kind == "python" else \
+            {"teacher": "the teacher", "refined": "the refined teacher"}.get(a.w_star, a.w_star)
+        return why + f" build alike (w* is {w_star}: nothing is trained)"
+    return why + (" train alike" if why.startswith("training.") and "; data." not in why else " build alike")
+
+
 def same_computations(expanded: Expanded) -> list[tuple[str, str, str]]:
     """(first ID, later ID, the settings that differ) for the sweep's targets and runs that are
     one computation under two IDs.
@@ -181,13 +265,9 @@ def same_computations(expanded: Expanded) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     first_target: dict[str, PlannedTarget] = {}
     for t in expanded.targets:
-        key = target_id(t.spec.model_copy(update={"training": _plain_training(t.spec.training)}))
-        earlier = first_target.setdefault(key, t)
+        earlier = first_target.setdefault(target_id(_plain_target(t.spec)), t)
         if earlier is not t:
-            why = _differences(earlier.spec.training, t.spec.training,
-                               [("training.optimizer", "optimizer"), ("training.weight_decay", "weight_decay"),
-                                ("training.early_stop_tol", "early_stop_tol")])
-            out.append((earlier.target_id, t.target_id, why + " train alike"))
+            out.append((earlier.target_id, t.target_id, _target_differences(earlier.spec, t.spec)))
     # n_data and, for the built-in data (a factory's test set is its own), n_test
     n_data = {t.target_id: (t.spec.data.n_data, None if getattr(t.spec.model, "kind", None) == "python"
                             else t.spec.data.n_test) for t in expanded.targets}
@@ -208,7 +288,7 @@ def same_computations(expanded: Expanded) -> list[tuple[str, str, str]]:
         if earlier is not r:
             a, b = earlier.setting, r.setting
             fields = ["batch_size", "steps", "step_size_nbeta", "target_acceptance", "adapt_step_size",
-                      "adapt_mass_matrix"]
+                      "adapt_mass_matrix", "tune", "num_steps", *MCLMC_TUNING]
             why = _differences(a, b, [(f, f"sampler.{f}") for f in fields] + [
                 (f"record.per_example.{f}", f"record.per_example.{f}") for f in ("subset", "heldout", "query", "seed")])
             sizes = f"n_data {n[0]}" + (f", n_test {n[1]}" if "heldout" in why else "")
