@@ -43,11 +43,13 @@ changed since the plan. Parameter trees are stored flattened, leaf names the '/'
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib
 import json
 import os
 import sys
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -92,7 +94,12 @@ def load_factory(factory: str, source_dir: str | None):
     if not sep or not module_name or not attr:
         raise FactoryError("factory", f"{factory!r} is not 'module:function'")
     try:
-        module = _import_module(module_name, source_dir)
+        # The module's prints go to stderr: lh's stdout is JSON or CSV for other programs.
+        with contextlib.redirect_stdout(sys.stderr):
+            module = _import_module(module_name, source_dir)
+    except SystemExit as err:  # a script's argparse or sys.exit at import would end lh itself
+        raise FactoryError("factory", f"{factory}: exited (SystemExit {err.code}) while being imported; a factory "
+                                      "module must not exit (argparse or sys.exit at import?)") from None
     except Exception as err:
         raise FactoryError("factory", f"cannot import {module_name!r}: {type(err).__name__}: {err}") from None
     obj: Any = module
@@ -326,10 +333,19 @@ def call_factory(factory: str, kwargs: dict, seed: int, source_dir: str | None) 
     X (n, features) and Y (n, k) for a named loss; X the data dict and Y an empty (n, 0) column for
     a callable one."""
     module, make = load_factory(factory, source_dir)
-    try:
-        out = make(seed=seed, **kwargs)
-    except Exception as err:
-        raise FactoryError("factory", f"make(seed={seed}, **kwargs) raised {type(err).__name__}: {err}") from None
+    # As at import: the user's prints to stderr, and an exit is the factory's error, not lh's exit.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            out = make(seed=seed, **kwargs)
+        except SystemExit as err:
+            raise FactoryError("factory", f"{factory}: exited (SystemExit {err.code}) while being called; a "
+                                          "factory must not exit") from None
+        except Exception as err:
+            raise FactoryError("factory", f"make(seed={seed}, **kwargs) raised {type(err).__name__}: {err}") from None
+        return _checked_factory_output(module, out)
+
+
+def _checked_factory_output(module, out) -> dict:
     if not isinstance(out, dict):
         raise FactoryError("factory", f"must return a dict, got {type(out).__name__}")
     missing = [k for k in ("params", "loss", "data") if k not in out]
@@ -457,7 +473,9 @@ def differences(planned, stored) -> list[str]:
         changed = [f"code {name}" for name in sorted(set(fa) | set(fb)) if fa.get(name) != fb.get(name)]
         out.extend(changed or ["code"])
     if a.data_digest != b.data_digest:
-        out.append("data")
+        same = a.kwargs == b.kwargs and planned.seed == stored.seed and a.code_digest == b.code_digest
+        # Same code, kwargs and seed: the factory draws unseeded randomness (or reads a changed file).
+        out.append("data (same code, kwargs and seed: is the factory deterministic?)" if same else "data")
     if a.params_digest != b.params_digest:
         out.append("trained params")
     out.extend(name for name in ("training", "dtype") if getattr(planned, name) != getattr(stored, name))
@@ -527,14 +545,49 @@ def build(target):
         return _build(target)
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+class NotParams(ValueError):
+    """A checkpoint file whose arrays are not the factory's params (names or shapes)."""
+
+
+def _load_npz(path: Path, want: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, refused (NotParams) unless they are `want`'s names and shapes.
+    Names, then each member's .npy header, are checked before any array is decompressed: a file
+    that also holds, say, an optimizer state of gigabytes is refused without reading it."""
+    with zipfile.ZipFile(path) as z:
+        members = {(n[:-4] if n.endswith(".npy") else n): n for n in z.namelist()}
+        missing, extra = sorted(set(want) - set(members)), sorted(set(members) - set(want))
+        if missing or extra:
+            raise NotParams("; ".join(x for x in (missing and f"missing {', '.join(missing[:5])}",
+                                                   extra and f"not params {', '.join(extra[:5])}") if x))
+        wrong = []
+        for k in sorted(want):
+            with z.open(members[k]) as f:  # reads (decompresses) only as far as the header
+                version = np.lib.format.read_magic(f)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    raise NotParams(f"{k} is a .npy of version {version}, not 1.0 or 2.0")
+                shape, _, dtype = read_header(f)
+                header = f.tell()
+            if dtype.kind not in "biuf":
+                raise NotParams(f"{k} is {dtype}, not an array of numbers")
+            if tuple(shape) != want[k]:
+                wrong.append(k)
+            elif z.getinfo(members[k]).file_size > header + int(np.prod(shape)) * dtype.itemsize:
+                raise NotParams(f"{k} holds more bytes than its header's {dtype} {tuple(shape)}")
+        if wrong:
+            raise NotParams(f"other shapes {', '.join(wrong[:5])}")
     with np.load(path, allow_pickle=False) as f:
-        return {k: np.asarray(f[k]) for k in f.files}
+        return {k: np.asarray(f[k]) for k in want}
 
 
 def read_checkpoint(path: str, m) -> dict[str, np.ndarray]:
     """The params in a checkpoint file, refused unless they are what the sweep was planned with."""
-    params = _load_npz(Path(path))
+    try:
+        params = _load_npz(Path(path), {k: tuple(v) for k, v in m.params.items()})
+    except Exception as err:  # replaced since the plan by something else
+        raise RuntimeError(f"{path}: the checkpoint file changed since the sweep was planned "
+                           f"({type(err).__name__}: {err}); plan again") from None
     if data_digest(params) != m.params_digest:
         raise RuntimeError(f"{path}: the checkpoint file changed since the sweep was planned; plan again")
     return params
@@ -553,15 +606,17 @@ MAX_CHECKPOINT_FILES = 10_000
 
 def checkpoint_files(root: Path, pattern: str) -> list[Path]:
     """The regular files `pattern` (relative to `root`, or absolute) matches, sorted, each file
-    once however many links reach it. `**` does not descend into linked directories
-    (pathlib's glob), so a link loop cannot make the search endless."""
+    once however many links reach it under names of one step. Names of one file with two steps
+    (`step_2.npz -> step_20.npz`) are refused: the step is read from the name, so one file would
+    be measured at two steps. `**` does not descend into linked directories (pathlib's glob), so
+    a link loop cannot make the search endless."""
     pure = Path(pattern)
     base, rel = (Path(pure.anchor), pure.relative_to(pure.anchor)) if pure.is_absolute() else (root, pure)
     if rel.parts and rel.parts[-1] == "**":  # glob.glob's "every file below"; pathlib's "**" matches folders only
         rel = rel / "*"
     # As glob.glob (and a shell): a name starting with "." is matched only by a pattern part that does.
     hidden_ok = any(part.startswith(".") and part not in (".", "..") for part in rel.parts)
-    found: dict[str, Path] = {}
+    found: dict[str, list[Path]] = {}
     seen = 0
     try:
         for path in base.glob(str(rel)):
@@ -573,14 +628,21 @@ def checkpoint_files(root: Path, pattern: str) -> list[Path]:
             if not hidden_ok and any(p.startswith(".") and p not in (".", "..") for p in parts):
                 continue
             if path.is_file():
-                found.setdefault(os.path.realpath(path), path)
+                found.setdefault(os.path.realpath(path), []).append(path)
     except ValueError as err:
         if "narrow it" in str(err):
             raise
         raise ValueError(f"{pattern!r}: not a glob pathlib reads ({err})") from None
     if len(found) > MAX_CHECKPOINT_FILES:
         raise ValueError(f"{pattern!r} matches more than {MAX_CHECKPOINT_FILES:,} files under {root}; narrow it")
-    return sorted(found.values())
+    for names in found.values():
+        names.sort(key=lambda p: (p.is_symlink(), p))  # the file's own name first, if the pattern reaches it
+        other = next((p for p in names if _step_of(p) != _step_of(names[0])), None)
+        if other is not None:
+            shown = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in (names[0], other)]
+            raise ValueError(f"{shown[0]} and {shown[1]} are one file (a link) with two step numbers in their names; "
+                             "a checkpoint's step is read from its name: keep one name per file")
+    return sorted(names[0] for names in found.values())
 
 
 def import_checkpoints(target, pattern: str, base_dir: str | None) -> list[tuple[int, Any]]:
@@ -605,17 +667,11 @@ def import_checkpoints(target, pattern: str, base_dir: str | None) -> list[tuple
         if step in out:
             raise ValueError(f"{shown(out[step][0])} and {shown(path)} are both step {step}")
         try:
-            params = _load_npz(path)
+            params = _load_npz(path, want)
+        except NotParams as err:
+            raise ValueError(f"{path.name}: its arrays are not the factory's params ({err})") from None
         except Exception as err:  # a user's file: whatever numpy raises (zipfile, pickle, .npy) is one line
             raise ValueError(f"{shown(path)}: not a readable .npz file ({type(err).__name__}: {err})") from None
-        got = {k: tuple(v.shape) for k, v in params.items()}
-        if got != want:
-            missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-            wrong = sorted(k for k in set(got) & set(want) if got[k] != want[k])
-            raise ValueError(f"{path.name}: its arrays are not the factory's params ("
-                             + "; ".join(x for x in (missing and f"missing {', '.join(missing[:5])}",
-                                                      extra and f"not params {', '.join(extra[:5])}",
-                                                      wrong and f"other shapes {', '.join(wrong[:5])}") if x) + ")")
         model = m.model_copy(update={"trained": True, "params_digest": data_digest(params),
                                      "params_file": str(path.resolve())})
         out[step] = (path, target.model_copy(update={"model": model}))
@@ -662,7 +718,10 @@ def _checked_output(m, dtype: str) -> dict:
     if code_digest(got["module"], m.source_dir) != m.code_digest:
         raise RuntimeError(f"{m.factory}: the factory's code changed since the sweep was planned; plan again")
     if digest_of_data(got) != m.data_digest:
-        raise RuntimeError(f"{m.factory}: the factory's data changed since the sweep was planned; plan again")
+        # The code is unchanged (checked above), so planning again cannot help a random factory.
+        raise RuntimeError(f"{m.factory}: the factory returned other data for seed {m.factory_seed} and the same "
+                           "kwargs and code than when the sweep was planned: it is not deterministic (seed every "
+                           "random draw from its `seed` argument), or a data file it reads changed (then plan again)")
     if got["trained"] and m.params_file is None and data_digest(got["params"]) != m.params_digest:
         raise RuntimeError(f"{m.factory}: the factory's trained params changed since the sweep was planned; plan again")
     return got
