@@ -179,6 +179,9 @@ def _plain_target(spec: TargetSpec) -> TargetSpec:
         update["training"] = _plain_training(spec.training, d.n_data)
     if kind == "python":
         update["data"] = type(d)(n_data=d.n_data)
+        if getattr(m, "params_file", None) is not None:
+            # a checkpoint read from a file: w* is its params (by content), whatever step its name says
+            update["step"] = None
     elif kind in ("mlp", "dln", "polynomial") and d.x_dist in _X_DIST_READS and d.noise_model in _NOISE_READS:
         read = {*_DATA_ALWAYS, *_X_DIST_READS[d.x_dist], *_NOISE_READS[d.noise_model]}
         default = type(d).model_fields
@@ -247,6 +250,9 @@ def _target_differences(a: TargetSpec, b: TargetSpec) -> str:
     fields = [(f"{part}.{f}", f"{part}.{f}") for part in ("training", "data")
               for f in type(getattr(a, part)).model_fields]
     why = _differences(a, b, fields + [("model.init", "model.init")])
+    if a.step != b.step:  # two checkpoint files of one content (the rest is alike: `_plain_target`)
+        return (f"step {a.step} and {b.step}: checkpoint files of the same params build alike"
+                + (f"; {why}" if why else ""))
     if not _trains(a):
         w_star = "handed over" if a.model.kind == "python" else \
             {"teacher": "the teacher", "refined": "the refined teacher"}.get(a.w_star, a.w_star)
@@ -291,8 +297,10 @@ def same_computations(expanded: Expanded) -> list[tuple[str, str, str]]:
                       "adapt_mass_matrix", "tune", "num_steps", *MCLMC_TUNING]
             why = _differences(a, b, [(f, f"sampler.{f}") for f in fields] + [
                 (f"record.per_example.{f}", f"record.per_example.{f}") for f in ("subset", "heldout", "query", "seed")])
-            sizes = f"n_data {n[0]}" + (f", n_test {n[1]}" if "heldout" in why else "")
-            out.append((earlier.run_id, r.run_id, why + f" run alike on {sizes}"))
+            # the data's size, where it is the reason (a batch or record at least as large as the data)
+            sizes = f" on n_data {n[0]}" + (f", n_test {n[1]}" if "heldout" in why else "") \
+                if "batch_size" in why or "record.per_example" in why else ""
+            out.append((earlier.run_id, r.run_id, why + f" run alike{sizes}"))
     return out
 
 

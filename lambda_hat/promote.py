@@ -1129,9 +1129,9 @@ class _Page:
 
 
 def _md_text(text: str) -> str:
-    """Text from a spec (a factory's kwargs) as Markdown shows it literally: no HTML a renderer
-    would run (`<img onerror=…>`), no `|` that would split a table cell."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    """Text from a spec (a factory's kwargs) as Markdown shows it literally: no HTML tag a
+    renderer would run (`<img onerror=…>`: no `<`), no `|` that would split a table cell."""
+    return text.replace("<", "&lt;").replace("|", "\\|")
 
 
 _CSS = """

@@ -88,18 +88,59 @@ def _import_module(name: str, source_dir: str | None):
             pass
 
 
+class _Exited(BaseException):
+    """os._exit called by the user's code while `_users_code` holds: raised instead."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+@contextlib.contextmanager
+def _users_code(factory: str, when: str):
+    """While the user's module is imported or its factory called ("imported", "called"): what it
+    prints goes to stderr (lh's stdout is JSON or CSV for other programs); a working directory it
+    changes is changed back (lh's relative store, results and logs stay where they were named);
+    and an exit (sys.exit, os._exit, a script's argparse) or another BaseException but Ctrl-C is
+    the factory's error, not the end of lh."""
+    cwd = os.getcwd()
+    real_exit = os._exit
+
+    def exit_instead(code: int = 0) -> None:
+        raise _Exited(code)
+
+    os._exit = exit_instead
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except (SystemExit, _Exited) as err:
+        how = "SystemExit" if isinstance(err, SystemExit) else "os._exit"
+        hint = " (argparse or sys.exit at import?)" if when == "imported" else ""
+        raise FactoryError("factory", f"{factory}: exited ({how} {err.code}) while being {when}; a factory "
+                                      f"{'module ' if when == 'imported' else ''}must not exit{hint}") from None
+    except (KeyboardInterrupt, Exception):
+        raise
+    except BaseException as err:  # GeneratorExit and the like: still the factory's, in one line
+        raise FactoryError("factory", f"{factory}: raised {type(err).__name__} while being {when}") from None
+    finally:
+        os._exit = real_exit
+        try:
+            if os.getcwd() != cwd:
+                os.chdir(cwd)
+        except OSError:
+            os.chdir(cwd)
+
+
 def load_factory(factory: str, source_dir: str | None):
     """(module, function) that `factory` ("module:function") names."""
     module_name, sep, attr = factory.partition(":")
     if not sep or not module_name or not attr:
         raise FactoryError("factory", f"{factory!r} is not 'module:function'")
     try:
-        # The module's prints go to stderr: lh's stdout is JSON or CSV for other programs.
-        with contextlib.redirect_stdout(sys.stderr):
+        with _users_code(factory, "imported"):
             module = _import_module(module_name, source_dir)
-    except SystemExit as err:  # a script's argparse or sys.exit at import would end lh itself
-        raise FactoryError("factory", f"{factory}: exited (SystemExit {err.code}) while being imported; a factory "
-                                      "module must not exit (argparse or sys.exit at import?)") from None
+    except FactoryError:
+        raise
     except Exception as err:
         raise FactoryError("factory", f"cannot import {module_name!r}: {type(err).__name__}: {err}") from None
     obj: Any = module
@@ -333,13 +374,9 @@ def call_factory(factory: str, kwargs: dict, seed: int, source_dir: str | None) 
     X (n, features) and Y (n, k) for a named loss; X the data dict and Y an empty (n, 0) column for
     a callable one."""
     module, make = load_factory(factory, source_dir)
-    # As at import: the user's prints to stderr, and an exit is the factory's error, not lh's exit.
-    with contextlib.redirect_stdout(sys.stderr):
+    with _users_code(factory, "called"):
         try:
             out = make(seed=seed, **kwargs)
-        except SystemExit as err:
-            raise FactoryError("factory", f"{factory}: exited (SystemExit {err.code}) while being called; a "
-                                          "factory must not exit") from None
         except Exception as err:
             raise FactoryError("factory", f"make(seed={seed}, **kwargs) raised {type(err).__name__}: {err}") from None
         return _checked_factory_output(module, out)
@@ -545,6 +582,10 @@ def build(target):
         return _build(target)
 
 
+class NotACheckpoint(ValueError):
+    """What a checkpoint glob matched that is no file to read (a FIFO, a device, a dangling link)."""
+
+
 class NotParams(ValueError):
     """A checkpoint file whose arrays are not the factory's params (names or shapes)."""
 
@@ -629,8 +670,16 @@ def checkpoint_files(root: Path, pattern: str) -> list[Path]:
                 continue
             if path.is_file():
                 found.setdefault(os.path.realpath(path), []).append(path)
+            elif not path.is_dir():  # a FIFO, device or dangling link the pattern names: not skipped in silence
+                from lambda_hat.files import file_type
+
+                try:
+                    what = file_type(os.stat(path))
+                except OSError:
+                    what = "a symbolic link to nothing"
+                raise NotACheckpoint(f"{path}: is {what}, not a checkpoint file")
     except ValueError as err:
-        if "narrow it" in str(err):
+        if "narrow it" in str(err) or isinstance(err, NotACheckpoint):
             raise
         raise ValueError(f"{pattern!r}: not a glob pathlib reads ({err})") from None
     if len(found) > MAX_CHECKPOINT_FILES:

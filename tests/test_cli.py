@@ -48,7 +48,8 @@ def test_plan_json_lists_ids(runner, tmp_path):
     result = runner.invoke(app, ["plan", str(tmp_path / "s.yaml"), "--store", str(tmp_path / "store"), "--json"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
-    assert list(plan) == ["targets_to_build", "targets_cached", "runs_to_sample", "runs_cached"]
+    assert list(plan) == ["targets_to_build", "targets_cached", "runs_to_sample", "runs_cached", "same_computations"]
+    assert plan["same_computations"] == []
     assert len(plan["targets_to_build"]) == 2 and len(plan["runs_to_sample"]) == 4
     assert all(t.startswith("tgt_") and len(t) == 16 for t in plan["targets_to_build"])
     assert plan["targets_cached"] == plan["runs_cached"] == []

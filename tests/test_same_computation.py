@@ -36,7 +36,7 @@ def test_each_spelling_of_one_computation_is_paired_with_the_first():
     assert [(a, b) for a, b, _ in pairs] == [(0, 1), (0, 3), (5, 6)], pairs
     assert pairs[0][2] == "batch_size 100 and 256 run alike on n_data 100"
     assert pairs[1][2] == "batch_size 100 and 256; steps 1100 and 1119 run alike on n_data 100"
-    assert pairs[2][2] == "step_size_nbeta 0.02 and 0.5 run alike on n_data 100"
+    assert pairs[2][2] == "step_size_nbeta 0.02 and 0.5 run alike"
 
 
 def test_a_record_of_every_example_pairs_across_seeds_but_a_subset_does_not():

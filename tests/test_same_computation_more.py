@@ -160,7 +160,7 @@ def test_mclmc_tuning_settings_are_unused_without_tuning():
         mclmc(tune=False, step_size=0.05), mclmc(num_steps=10), mclmc(num_steps=10, frac_tune1=0.3),
         mclmc(num_steps=10, trust_in_estimate=2.0)])
     assert [(a, b) for a, b, _ in pairs] == [(0, 1), (0, 2), (0, 3)], pairs
-    assert pairs[1][2] == "tune False and True; num_steps 2000 and 0 run alike on n_data 100"
+    assert pairs[1][2] == "tune False and True; num_steps 2000 and 0 run alike"
     assert pairs[0][2].startswith("num_steps 2000 and 10; frac_tune1 0.1 and 0.3;")
 
 
@@ -168,7 +168,7 @@ def test_the_note_lines_name_the_pairs():
     _, ex = pairs_of([SMALL], [mclmc(tune=False), mclmc(tune=False, num_steps=5)])
     lines = describe_same_computations(same_computations(ex))
     assert lines[0].startswith("note: 1 of the sweep's targets and runs repeat another's computation")
-    assert lines[1] == f"  {ex.runs[1].run_id} = {ex.runs[0].run_id}: num_steps 2000 and 5 run alike on n_data 100"
+    assert lines[1] == f"  {ex.runs[1].run_id} = {ex.runs[0].run_id}: num_steps 2000 and 5 run alike"
 
 
 @pytest.mark.slow

@@ -186,3 +186,23 @@ def test_plan_json_carries_the_same_computation_pairs(tmp_path):
     assert result.exit_code == 0, result.output
     pairs = json.loads(result.stdout)["same_computations"]
     assert len(pairs) == 1 and "batch_size" in pairs[0]["why"], pairs
+
+
+# --- what the eleventh pass broke ---------------------------------------------------------------
+
+def test_verify_finds_an_index_row_edited_in_the_duckdb_file(store):
+    """lh query and lh status show the index: a row edited there (llc_mean, status) was served
+    as the truth and lh verify said 0 problems."""
+    import duckdb
+
+    clean = lh("verify", "--store", store)
+    assert clean.exit_code == 0, clean.output
+    con = duckdb.connect(str(store / "index.duckdb"))
+    run_id = con.execute("SELECT min(run_id) FROM runs").fetchone()[0]
+    con.execute("UPDATE runs SET llc_mean = 99 WHERE run_id = ?", [run_id])
+    con.close()
+    result = lh("verify", "--store", store)
+    assert result.exit_code == 1, result.output
+    assert f"index row {run_id} differs from its manifest" in result.output, result.output
+    rebuilt = lh("index", "rebuild", "--store", store)
+    assert rebuilt.exit_code == 0 and lh("verify", "--store", store).exit_code == 0

@@ -203,3 +203,66 @@ def test_a_random_factory_is_called_not_deterministic_not_told_to_plan_again(her
     with pytest.raises(RuntimeError, match="not deterministic") as err:
         user_models.build(first)
     assert "seed every random draw" in str(err.value)
+
+
+# --- what the eleventh pass broke ---------------------------------------------------------------
+
+RUDE = '''
+import os
+from logistic import make as _make, predict
+
+
+def make(seed, n=50, how="chdir"):
+    if how == "chdir":  # lh's relative store, results and logs moved with it
+        os.makedirs("elsewhere", exist_ok=True)
+        os.chdir("elsewhere")
+        return _make(seed=seed, n=n)
+    if how == "os_exit":
+        os._exit(0)
+    raise GeneratorExit()
+'''
+
+
+@pytest.mark.parametrize("how,said", [("chdir", None), ("os_exit", "exited (os._exit 0) while being called"),
+                                      ("gen", "raised GeneratorExit while being called")])
+def test_a_factory_that_moves_the_working_directory_or_ends_the_process_is_its_own_error(here, how, said):
+    (here / "rude.py").write_text(RUDE)
+    (here / "u.yaml").write_text((SWEEP % "").replace("logistic:make", "rude:make").replace("{n: 50}", f"{{how: {how}}}"))
+    result = lh("plan", "u.yaml", "--json")
+    assert os.getcwd() == str(here)  # changed back: the store, results and logs stay where they were named
+    if said is None:
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["targets_to_build"]
+    else:
+        assert result.exit_code == 2, result.output
+        assert f"model.factory: rude:make: {said}" in result.stderr, result.stderr
+    assert os._exit.__module__ in ("os", "posix", "nt")  # the real one is back
+
+
+def test_a_folder_named_tilde_given_as_dot_slash_tilde_is_that_folder(here):
+    (here / "~").mkdir()
+    result = lh("status", "--store", "./~")
+    assert result.exit_code == 0, result.output  # an empty folder: an empty store, not a refusal
+    assert result.output.startswith("store ~: 0 B"), result.output
+
+
+def test_two_checkpoint_files_of_the_same_params_are_named_one_computation(here):
+    import shutil as sh
+
+    sh.copy(here / "ck" / "step_10.npz", here / "ck" / "step_30.npz")
+    result = lh("plan", "u.yaml", "--json")
+    assert result.exit_code == 0, result.output
+    pairs = json.loads(result.stdout)["same_computations"]
+    assert len(pairs) == 1 and pairs[0]["why"].startswith("step 10 and 30: checkpoint files of the same params"), pairs
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dangling"])
+def test_a_checkpoint_glob_matching_a_fifo_or_a_dangling_link_is_refused(here, kind):
+    target = here / "ck" / "step_40.npz"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        os.symlink(here / "ck" / "gone.npz", target)
+    result = lh("plan", "u.yaml")
+    assert result.exit_code == 2, result.output
+    assert "step_40.npz: is a" in result.stderr and "not a checkpoint file" in result.stderr, result.stderr

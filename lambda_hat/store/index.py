@@ -712,6 +712,37 @@ def tabulate(con: Any, manifests: list[Manifest], examples: list[tuple[str, dict
         insert_run_rows(con, [], {EXAMPLES_TABLE: rows, INFLUENCE_TABLE: bif})
 
 
+def rows_not_as_recorded(layout: StoreLayout, manifests: list[Manifest], timeout_s: float = 5.0) -> list[str]:
+    """IDs among `manifests` whose `targets`/`runs` row in the index says other than their
+    manifest would have it say (a row edited in the DuckDB file: lh query and lh status show
+    the index): each manifest tabulated afresh, as a record writes it, and compared column by
+    column but the file stamps. Trace rows are not compared (that reads every run's arrays).
+    Raises IndexBusy / IndexCorrupt."""
+    import duckdb
+
+    if not manifests or not layout.index_path.exists():
+        return []
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET enable_progress_bar = false")
+        con.execute("ATTACH ':memory:' AS fresh")
+        con.execute("USE fresh")
+        tabulate(con, manifests)
+        con.execute("USE memory")
+        attach_readonly(con, layout.index_path, "recorded", timeout_s)
+        with _classified(layout):
+            differ: list[str] = []
+            for table, cols in TABLES.items():
+                key = cols[0].name
+                names = ", ".join(f'"{c.name}"' for c in cols if c.name not in ("manifest_size", "files_stamp"))
+                differ += [r[0] for r in con.execute(
+                    f"SELECT {key} FROM (SELECT {names} FROM recorded.{table} WHERE {key} IN (SELECT {key} FROM "
+                    f"fresh.{table}) EXCEPT SELECT {names} FROM fresh.{table}) ORDER BY {key}").fetchall()]
+            return differ
+    finally:
+        con.close()
+
+
 @contextmanager
 def connect_readonly(layout: StoreLayout, timeout_s: float = 5.0) -> Iterator[Any]:
     _refuse_what_is_not_a_file(layout.index_path)

@@ -28,10 +28,10 @@ def resolve_store_root(cli_store: str | None, sweep_store_root: str | None = Non
         if candidate:
             # `~` as a shell reads it (a sweep file's store_root, a quoted --store): never a
             # folder named `~` in the current directory
-            root = Path(os.path.expanduser(candidate))
-            if str(root).startswith("~"):
+            expanded = os.path.expanduser(candidate)
+            if expanded.startswith("~"):  # `~user` of no such user (`./~` is a folder named ~: as written)
                 raise BadInput(f"{name} {candidate}: no such user's home directory")
-            return root
+            return Path(expanded)
     return Path(DEFAULT_STORE)
 
 

@@ -1193,6 +1193,24 @@ class Store:
                     for name in sorted(set(stats[kind]) - listing[kind]):
                         report.findings.append(Finding(self.layout.index_path, f"index row {name} has no artifact "
                                                        "(the next lh execute or lh index rebuild fixes it)", serious=False))
+                if foreign is None:  # the rows as their manifests have them: what lh query and lh status show
+                    recorded = [m for kind in KINDS for m in self.manifests(kind)]
+                    for name in index.rows_not_as_recorded(self.layout, recorded):
+                        kind = "run" if name.startswith("run_") else "target"
+                        try:
+                            now = files_stamp(self.layout.targets_dir if kind == "target" else self.layout.runs_dir,
+                                              name)
+                        except OSError:
+                            now = None
+                        if now is not None and tuple(stats[kind].get(name, ())) == now:
+                            # its files are as the row recorded them: the row itself was changed
+                            report.findings.append(Finding(self.layout.index_path, f"index row {name} differs from "
+                                                           "its manifest (edited in the index); lh index rebuild "
+                                                           "remakes it"))
+                        else:  # the manifest changed since: a stale row, which every read checks against it
+                            report.findings.append(Finding(self.layout.index_path, f"index row {name} predates its "
+                                                           "manifest (the next lh execute or lh index rebuild "
+                                                           "re-records it)", serious=False))
             except index.IndexBusy as err:  # another process writing: no damage
                 report.findings.append(Finding(self.layout.index_path, str(err), serious=False))
             except index.IndexCorrupt as err:  # every query and execute would fail on it
