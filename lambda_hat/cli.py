@@ -855,6 +855,13 @@ def main() -> None:
         app(prog_name="lh", standalone_mode=True)  # `lh` in usage lines however it was started
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    # What prints after the command (a user module's atexit handler) goes to stderr: stdout may be
+    # JSON or CSV that another program reads to its end.
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):  # a reader gone (`lh query … | head`): nothing more to say there
+        pass
+    sys.stdout = sys.stderr
     if "parsl" in sys.modules:
         sys.stdout.flush()
         sys.stderr.flush()

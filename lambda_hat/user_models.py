@@ -100,10 +100,12 @@ class _Exited(BaseException):
 def _users_code(factory: str, when: str):
     """While the user's module is imported or its factory called ("imported", "called"): what it
     prints goes to stderr (lh's stdout is JSON or CSV for other programs); a working directory it
-    changes is changed back (lh's relative store, results and logs stay where they were named);
+    changes is changed back (lh's relative store, results and logs stay where they were named), and
+    so are lh's own settings (`LH_*`: an LH_STORE set at import moved execute to another store);
     and an exit (sys.exit, os._exit, a script's argparse) or another BaseException but Ctrl-C is
     the factory's error, not the end of lh."""
     cwd = os.getcwd()
+    ours = {k: v for k, v in os.environ.items() if k.startswith("LH_")}  # lh's settings, not the module's to change
     real_exit = os._exit
 
     def exit_instead(code: int = 0) -> None:
@@ -129,6 +131,9 @@ def _users_code(factory: str, when: str):
                 os.chdir(cwd)
         except OSError:
             os.chdir(cwd)
+        for k in [k for k in os.environ if k.startswith("LH_") and k not in ours]:
+            del os.environ[k]
+        os.environ.update(ours)
 
 
 def load_factory(factory: str, source_dir: str | None):

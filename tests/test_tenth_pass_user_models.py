@@ -266,3 +266,38 @@ def test_a_checkpoint_glob_matching_a_fifo_or_a_dangling_link_is_refused(here, k
     result = lh("plan", "u.yaml")
     assert result.exit_code == 2, result.output
     assert "step_40.npz: is a" in result.stderr and "not a checkpoint file" in result.stderr, result.stderr
+
+
+def test_a_factory_setting_lh_store_at_import_does_not_move_lh_to_another_store(here, monkeypatch):
+    monkeypatch.delenv("LH_STORE", raising=False)
+    (here / "sets.py").write_text("import os\nos.environ['LH_STORE'] = 'elsewhere'\nfrom logistic import make, predict\n")
+    (here / "u.yaml").write_text((SWEEP % "").replace("logistic:make", "sets:make"))
+    result = lh("plan", "u.yaml")
+    assert result.exit_code == 0, result.output
+    assert "(store store)" in result.output and "elsewhere" not in result.output, result.output
+    assert "LH_STORE" not in os.environ
+
+
+def test_what_a_factory_prints_at_exit_is_not_on_stdout(here):
+    (here / "late.py").write_text("import atexit\natexit.register(print, 'bye from the module')\n"
+                                  "from logistic import make, predict\n")
+    (here / "u.yaml").write_text((SWEEP % "").replace("logistic:make", "late:make"))
+    out = subprocess.run([sys.executable, "-c", "from lambda_hat.cli import main; main()", "plan", "u.yaml", "--json"],
+                         capture_output=True, text=True, cwd=here, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr
+    json.loads(out.stdout)  # nothing after the JSON
+    assert "bye from the module" in out.stderr
+
+
+def test_slurm_refuses_a_run_directory_whose_path_a_shell_would_split_or_run(tmp_path, monkeypatch):
+    """Parsl passes the run directory unquoted to sbatch: `a b$(touch PWNED)` ran on this host."""
+    from test_store import SWEEP as STORE_SWEEP
+
+    odd = tmp_path / "a b$(touch PWNED)"
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    (odd / "s.yaml").write_text(json.dumps(STORE_SWEEP))
+    result = lh("execute", "s.yaml", "--backend", "slurm", "--store", tmp_path / "st")
+    assert result.exit_code == 2, result.output
+    assert "has a space or a shell character" in result.stderr, result.stderr
+    assert not (odd / "PWNED").exists() and not (tmp_path / "st").exists()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import stat
 import threading
@@ -392,9 +393,19 @@ def _backend_settings(req: ExecuteRequest):
     from lambda_hat.execute.parsl_config import resolve_slurm_settings
 
     settings = resolve_slurm_settings(req.profile, req.slurm_flags)
+    run_dir = str(req.parsl_run_dir.resolve())
+    if not SHELL_SAFE_PATH.fullmatch(run_dir):
+        # Parsl writes this path unquoted into the sbatch command line and the job script, which a
+        # shell runs: a space breaks every block, a `$(…)` runs on this host
+        raise BadInput(f"--backend slurm: the Parsl run directory {shown_text(run_dir)} has a space or a shell character "
+                       "in its path, which Parsl passes to sbatch unquoted; run lh execute from a directory whose "
+                       "path has only letters, digits and _ . / + - , : @ =")
     if shutil.which("sbatch") is None:
         raise BadInput("--backend slurm: sbatch not found on PATH (run lh execute on a SLURM login node)")
     return settings
+
+
+SHELL_SAFE_PATH = re.compile(r"[A-Za-z0-9_./+,:@=-]+")
 
 
 def _claim_wait_bound() -> float:
