@@ -289,15 +289,17 @@ def test_what_a_factory_prints_at_exit_is_not_on_stdout(here):
     assert "bye from the module" in out.stderr
 
 
-def test_slurm_refuses_a_run_directory_whose_path_a_shell_would_split_or_run(tmp_path, monkeypatch):
-    """Parsl passes the run directory unquoted to sbatch: `a b$(touch PWNED)` ran on this host."""
+@pytest.mark.parametrize("backend", ["local", "slurm"])
+def test_execute_refuses_a_run_directory_whose_path_a_shell_would_split_or_run(tmp_path, monkeypatch, backend):
+    """Parsl passes the run directory unquoted to a shell (the local block script, sbatch): a space
+    lost every job (local: a wait without end), `a b$(touch PWNED)` ran on this host."""
     from test_store import SWEEP as STORE_SWEEP
 
     odd = tmp_path / "a b$(touch PWNED)"
     odd.mkdir()
     monkeypatch.chdir(odd)
     (odd / "s.yaml").write_text(json.dumps(STORE_SWEEP))
-    result = lh("execute", "s.yaml", "--backend", "slurm", "--store", tmp_path / "st")
+    result = lh("execute", "s.yaml", "--backend", backend, "--store", tmp_path / "st")
     assert result.exit_code == 2, result.output
     assert "has a space or a shell character" in result.stderr, result.stderr
     assert not (odd / "PWNED").exists() and not (tmp_path / "st").exists()

@@ -385,6 +385,13 @@ def _backend_settings(req: ExecuteRequest):
     if req.parsl_config is not None:
         check_parsl_config_file(req.parsl_config)
         return None
+    run_dir = str(req.parsl_run_dir.resolve())
+    if not SHELL_SAFE_PATH.fullmatch(run_dir):
+        # Parsl writes this path unquoted into the command lines a shell runs (the local block
+        # script, sbatch and its job script): a space loses every job, a `$(…)` runs on this host
+        raise BadInput(f"the Parsl run directory {shown_text(run_dir)} has a space or a shell character in its path, "
+                       "which Parsl passes to a shell unquoted; run lh execute from a directory whose path has only "
+                       "letters, digits and _ . / + - , : @ =")
     if req.backend != "slurm":
         if req.slurm_flags and any(v is not None for v in req.slurm_flags.values()):
             given = sorted("--" + k.replace("_", "-") for k, v in req.slurm_flags.items() if v is not None)
@@ -393,13 +400,6 @@ def _backend_settings(req: ExecuteRequest):
     from lambda_hat.execute.parsl_config import resolve_slurm_settings
 
     settings = resolve_slurm_settings(req.profile, req.slurm_flags)
-    run_dir = str(req.parsl_run_dir.resolve())
-    if not SHELL_SAFE_PATH.fullmatch(run_dir):
-        # Parsl writes this path unquoted into the sbatch command line and the job script, which a
-        # shell runs: a space breaks every block, a `$(…)` runs on this host
-        raise BadInput(f"--backend slurm: the Parsl run directory {shown_text(run_dir)} has a space or a shell character "
-                       "in its path, which Parsl passes to sbatch unquoted; run lh execute from a directory whose "
-                       "path has only letters, digits and _ . / + - , : @ =")
     if shutil.which("sbatch") is None:
         raise BadInput("--backend slurm: sbatch not found on PATH (run lh execute on a SLURM login node)")
     return settings
