@@ -225,7 +225,7 @@ PILOTS_HEADER = "The pilots lh calibrate wrote for"  # each file's first line: w
 CALIBRATED_HEADER = "with its auto settings chosen by lh calibrate"
 
 
-def _check_ours(path: Path, header: str, what: str) -> None:
+def _check_ours(path: Path, header: str, what: str, hint: str = "move it away") -> None:
     """A file lh calibrate names itself beside the sweep is replaced only when it wrote it (its
     first line says so): a file of the user's at that name is refused, before any work."""
     try:
@@ -236,8 +236,7 @@ def _check_ours(path: Path, header: str, what: str) -> None:
     except OSError as err:
         raise BadInput(f"{path}: {what} cannot be read ({err.strerror})") from None
     if not (first.startswith(b"# ") and header.encode() in first):
-        raise BadInput(f"{path}: {what} would replace this file, which lh calibrate did not write; "
-                       "move it away (or name the output with -o)")
+        raise BadInput(f"{path}: {what} would replace this file, which lh calibrate did not write; {hint}")
 
 
 def _write_yaml(path: Path, data: dict, header: list[str], store_root: Path, flag: str = "-o") -> None:
@@ -402,7 +401,7 @@ def calibrate(req: CalibrateRequest, console) -> CalibrateOutcome:
                        "name another directory")
     _check_ours(pilot_path, PILOTS_HEADER, "the pilots file")
     if req.out is None:  # named by lh, not by the user: replaced only if lh calibrate wrote it
-        _check_ours(out, CALIBRATED_HEADER, "the calibrated sweep")
+        _check_ours(out, CALIBRATED_HEADER, "the calibrated sweep", "move it away, or name the output with -o")
     check_logs_dir(req.logs, root)
     from lambda_hat import promote as gallery
 

@@ -306,7 +306,9 @@ def sandbox(store: Store, timeout_s: float = 10.0, memory_limit: str = QUERY_MEM
                 indexed = {r[0] for r in con.execute(f"SELECT {key} FROM {INDEX_ALIAS}.{table}").fetchall()}
                 if ids is not None:
                     indexed &= set(ids)
-                left_out[kind] = len(indexed - set(shown.target_ids if kind == "target" else shown.run_ids))
+                there = set(shown.target_ids if kind == "target" else shown.run_ids)
+                left_out[kind] = len(indexed - there)
+                left_out[f"unindexed {kind}"] = len(there - indexed)  # complete, but no row to show
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         yield con
@@ -483,13 +485,21 @@ _ID_LITERAL = re.compile(r"'((?:run|tgt)_[0-9a-f]{1,12})'")
 
 def left_out_note(left_out: dict[str, int]) -> str | None:
     """What `sandbox` left out of the views, in words; None when nothing."""
-    parts = [plural(n, kind) for kind, n in sorted(left_out.items(), key=lambda kv: kv[0] != "run") if n]
-    if not parts:
-        return None
-    many = sum(left_out.values()) > 1
-    return (f"{' and '.join(parts)} of the index {'are' if many else 'is'} not shown: damaged, incomplete or gone "
-            f"from the store since {'they were' if many else 'it was'} recorded (lh verify names them; "
-            "the next lh execute of their sweep redoes them)")
+    notes = []
+    gone = {k: n for k, n in left_out.items() if k in ("run", "target") and n}
+    if gone:
+        many = sum(gone.values()) > 1
+        parts = [plural(n, kind) for kind, n in sorted(gone.items(), key=lambda kv: kv[0] != "run")]
+        notes.append(f"{' and '.join(parts)} of the index {'are' if many else 'is'} not shown: damaged, incomplete or "
+                     f"gone from the store since {'they were' if many else 'it was'} recorded (lh verify names them; "
+                     "the next lh execute of their sweep redoes them)")
+    new = {k.split()[1]: n for k, n in left_out.items() if k.startswith("unindexed ") and n}
+    if new:
+        many = sum(new.values()) > 1
+        parts = [plural(n, kind) for kind, n in sorted(new.items(), key=lambda kv: kv[0] != "run")]
+        notes.append(f"{' and '.join(parts)} in the store {'are' if many else 'is'} not in the index yet, so not "
+                     "shown (the next lh execute records them; lh index rebuild now)")
+    return "; ".join(notes) or None
 
 
 def prefix_hint(store: Store, sql: str, scope: Scope | None = None) -> str | None:

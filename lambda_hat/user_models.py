@@ -96,6 +96,28 @@ class _Exited(BaseException):
         self.code = code
 
 
+def _jax_config() -> dict | None:
+    """JAX's global configuration now, where JAX is imported (else None: nothing to compare)."""
+    jax = sys.modules.get("jax")
+    values = getattr(getattr(jax, "config", None), "values", None)
+    return dict(values) if isinstance(values, dict) else None
+
+
+def _jax_changes(before: dict | None) -> list[str]:
+    now = _jax_config()
+    if before is None or now is None:
+        return []
+    return sorted(k for k in before if now.get(k) != before[k])
+
+
+def _restore_jax_config(before: dict | None) -> None:
+    for name in _jax_changes(before):
+        try:
+            sys.modules["jax"].config.update(name, before[name])
+        except Exception:  # a setting that cannot be set back: the refusal above names it
+            pass
+
+
 @contextlib.contextmanager
 def _users_code(factory: str, when: str):
     """While the user's module is imported or its factory called ("imported", "called"): what it
@@ -105,7 +127,9 @@ def _users_code(factory: str, when: str):
     and an exit (sys.exit, os._exit, a script's argparse) or another BaseException but Ctrl-C is
     the factory's error, not the end of lh."""
     cwd = os.getcwd()
-    ours = {k: v for k, v in os.environ.items() if k.startswith("LH_")}  # lh's settings, not the module's to change
+    # lh's settings, not the module's to change (HOME: a store path's `~`)
+    ours = {k: v for k, v in os.environ.items() if k.startswith("LH_") or k == "HOME"}
+    jax_config = _jax_config()
     real_exit = os._exit
 
     def exit_instead(code: int = 0) -> None:
@@ -115,6 +139,12 @@ def _users_code(factory: str, when: str):
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
+        changed = _jax_changes(jax_config)
+        if changed:
+            # a worker builds several targets in one process: the next one would run under it
+            raise FactoryError("factory", f"{factory}: changed JAX's global configuration while being {when} "
+                                          f"({', '.join(changed[:3])}); lh builds several targets in one process, "
+                                          "so set what the sweep can (jax_enable_x64, dtype) there, not in the module")
     except (SystemExit, _Exited) as err:
         how = "SystemExit" if isinstance(err, SystemExit) else "os._exit"
         hint = " (argparse or sys.exit at import?)" if when == "imported" else ""
@@ -131,9 +161,10 @@ def _users_code(factory: str, when: str):
                 os.chdir(cwd)
         except OSError:
             os.chdir(cwd)
-        for k in [k for k in os.environ if k.startswith("LH_") and k not in ours]:
+        for k in [k for k in os.environ if (k.startswith("LH_") or k == "HOME") and k not in ours]:
             del os.environ[k]
         os.environ.update(ours)
+        _restore_jax_config(jax_config)
 
 
 def load_factory(factory: str, source_dir: str | None):
@@ -662,7 +693,7 @@ def checkpoint_files(root: Path, pattern: str) -> list[Path]:
         rel = rel / "*"
     # As glob.glob (and a shell): a name starting with "." is matched only by a pattern part that does.
     hidden_ok = any(part.startswith(".") and part not in (".", "..") for part in rel.parts)
-    found: dict[str, list[Path]] = {}
+    found: dict[tuple[int, int], list[Path]] = {}
     seen = 0
     try:
         for path in base.glob(str(rel)):
@@ -674,7 +705,8 @@ def checkpoint_files(root: Path, pattern: str) -> list[Path]:
             if not hidden_ok and any(p.startswith(".") and p not in (".", "..") for p in parts):
                 continue
             if path.is_file():
-                found.setdefault(os.path.realpath(path), []).append(path)
+                st = os.stat(path)  # one file however it is reached: a symbolic or a hard link
+                found.setdefault((st.st_dev, st.st_ino), []).append(path)
             elif not path.is_dir():  # a FIFO, device or dangling link the pattern names: not skipped in silence
                 from lambda_hat.files import file_type
 

@@ -72,7 +72,9 @@ def test_calibrate_o_is_never_the_pilots_results_file(user_model):  # noqa: F811
 @pytest.mark.parametrize("settings,field", [({"partition": "gpu\necho INJECTED"}, "partition"),
                                             ({"account": "a b"}, "account"), ({"qos": "#x"}, "qos"),
                                             ({"address": "a b"}, "address"),
-                                            ({"address": "no-such-host.invalid"}, "address")])
+                                            ({"address": "no-such-host.invalid"}, "address"),
+                                            ({"address": "fe80::1%$(id)"}, "address"),
+                                            ({"address": "fe80::1%x\ntouch PWNED"}, "address")])
 def test_slurm_names_and_the_address_are_checked_before_any_work(tmp_path, settings, field):
     """A newline in --partition ended its #SBATCH line and ran the rest as a command on the
     cluster; --address localhost reached Parsl, which took 2 minutes to fail with a traceback."""
@@ -204,5 +206,36 @@ def test_verify_finds_an_index_row_edited_in_the_duckdb_file(store):
     result = lh("verify", "--store", store)
     assert result.exit_code == 1, result.output
     assert f"index row {run_id} differs from its manifest" in result.output, result.output
+    named = lh("verify", run_id[:8], "--store", store)  # the named artifacts' rows too
+    assert named.exit_code == 1 and f"index row {run_id} differs" in named.output, named.output
     rebuilt = lh("index", "rebuild", "--store", store)
     assert rebuilt.exit_code == 0 and lh("verify", "--store", store).exit_code == 0
+
+
+def test_execute_refuses_an_interpreter_whose_path_a_shell_would_split_or_run(tmp_path, monkeypatch):
+    """The workers' command line holds sys.executable unquoted: a space failed every block (127)."""
+    import json
+    import sys
+
+    from test_store import SWEEP as STORE_SWEEP
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "my env" / "bin" / "python"))
+    (tmp_path / "s.yaml").write_text(json.dumps(STORE_SWEEP))
+    result = lh("execute", "s.yaml", "--store", tmp_path / "st")
+    assert result.exit_code == 2, result.output
+    assert "the Python interpreter" in result.stderr and "has a space" in result.stderr, result.stderr
+    assert not (tmp_path / "st").exists()
+
+
+def test_query_says_so_when_a_finished_run_has_no_index_row(store):
+    import duckdb
+
+    con = duckdb.connect(str(store / "index.duckdb"))
+    run_id = con.execute("SELECT min(run_id) FROM runs").fetchone()[0]
+    con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+    con.close()
+    result = lh("query", "--store", store, "select count(*) as n from runs", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == "3"
+    assert "1 run in the store is not in the index yet" in result.stderr, result.stderr

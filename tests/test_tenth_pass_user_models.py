@@ -303,3 +303,35 @@ def test_execute_refuses_a_run_directory_whose_path_a_shell_would_split_or_run(t
     assert result.exit_code == 2, result.output
     assert "has a space or a shell character" in result.stderr, result.stderr
     assert not (odd / "PWNED").exists() and not (tmp_path / "st").exists()
+
+
+def test_a_factory_that_changes_jax_configuration_is_refused_and_undone(here):
+    """A worker builds several targets in one process: a module's jax.config.update at import
+    carried into the next target's build, which stored other numbers under the same ID."""
+    import jax
+
+    before = jax.config.jax_threefry_partitionable
+    (here / "jx.py").write_text(f"import jax\njax.config.update('jax_threefry_partitionable', {not before})\n"
+                                "from logistic import make, predict\n")
+    (here / "u.yaml").write_text((SWEEP % "").replace("logistic:make", "jx:make"))
+    result = lh("plan", "u.yaml")
+    assert result.exit_code == 2, result.output
+    assert "changed JAX's global configuration while being imported (jax_threefry_partitionable)" in result.stderr
+    assert jax.config.jax_threefry_partitionable == before
+
+
+def test_a_factory_setting_home_at_import_does_not_move_a_tilde_store(here, monkeypatch):
+    monkeypatch.setenv("HOME", str(here / "home"))
+    (here / "hm.py").write_text("import os\nos.environ['HOME'] = '/elsewhere'\nfrom logistic import make, predict\n")
+    (here / "u.yaml").write_text((SWEEP % "").replace("logistic:make", "hm:make").replace("store_root: store",
+                                                                                           "store_root: ~/st"))
+    result = lh("plan", "u.yaml")
+    assert result.exit_code == 0, result.output
+    assert "/elsewhere" not in result.output and os.environ["HOME"] == str(here / "home")
+
+
+def test_a_hard_link_giving_one_checkpoint_two_steps_is_refused_as_a_symbolic_one(here):
+    os.link(here / "ck" / "step_10.npz", here / "ck" / "step_70.npz")
+    result = lh("plan", "u.yaml")
+    assert result.exit_code == 2, result.output
+    assert "are one file (a link) with two step numbers" in result.stderr, result.stderr

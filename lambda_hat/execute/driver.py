@@ -21,6 +21,7 @@ import json
 import os
 import re
 import signal
+import sys
 import stat
 import threading
 import time
@@ -385,6 +386,10 @@ def _backend_settings(req: ExecuteRequest):
     if req.parsl_config is not None:
         check_parsl_config_file(req.parsl_config)
         return None
+    if not SHELL_SAFE_PATH.fullmatch(sys.executable):  # the workers' command line, run by a shell as the run dir is
+        raise BadInput(f"the Python interpreter {shown_text(sys.executable)} has a space or a shell character in its "
+                       "path, which Parsl passes to a shell unquoted in the workers' command; install lambda-hat "
+                       "under a path of letters, digits and _ . / + - , : @ =")
     run_dir = str(req.parsl_run_dir.resolve())
     if not SHELL_SAFE_PATH.fullmatch(run_dir):
         # Parsl writes this path unquoted into the command lines a shell runs (the local block

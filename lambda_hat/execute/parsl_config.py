@@ -275,9 +275,15 @@ class SlurmSettings(BaseModel):
         if v is None:
             return v
         try:
-            return str(ipaddress.ip_address(v))
+            ip = ipaddress.ip_address(v)
         except ValueError:
             pass
+        else:
+            # an IPv6 scope (`fe80::1%eth0`) is any text to ipaddress; Parsl writes it unquoted into
+            # the job script: an interface name only
+            if getattr(ip, "scope_id", None) is not None and not SLURM_NAME.fullmatch(ip.scope_id):
+                raise ValueError("an IPv6 address's scope (after %) must be an interface name")
+            return str(ip)
         if not SLURM_NAME.fullmatch(v):
             raise ValueError("must be an IP address (or a host name) of this host that compute nodes reach")
         try:

@@ -1194,28 +1194,39 @@ class Store:
                         report.findings.append(Finding(self.layout.index_path, f"index row {name} has no artifact "
                                                        "(the next lh execute or lh index rebuild fixes it)", serious=False))
                 if foreign is None:  # the rows as their manifests have them: what lh query and lh status show
-                    recorded = [m for kind in KINDS for m in self.manifests(kind)]
-                    for name in index.rows_not_as_recorded(self.layout, recorded):
-                        kind = "run" if name.startswith("run_") else "target"
-                        try:
-                            now = files_stamp(self.layout.targets_dir if kind == "target" else self.layout.runs_dir,
-                                              name)
-                        except OSError:
-                            now = None
-                        if now is not None and tuple(stats[kind].get(name, ())) == now:
-                            # its files are as the row recorded them: the row itself was changed
-                            report.findings.append(Finding(self.layout.index_path, f"index row {name} differs from "
-                                                           "its manifest (edited in the index); lh index rebuild "
-                                                           "remakes it"))
-                        else:  # the manifest changed since: a stale row, which every read checks against it
-                            report.findings.append(Finding(self.layout.index_path, f"index row {name} predates its "
-                                                           "manifest (the next lh execute or lh index rebuild "
-                                                           "re-records it)", serious=False))
+                    self._check_rows(report, [m for kind in KINDS for m in self.manifests(kind)], stats)
             except index.IndexBusy as err:  # another process writing: no damage
                 report.findings.append(Finding(self.layout.index_path, str(err), serious=False))
             except index.IndexCorrupt as err:  # every query and execute would fail on it
                 report.findings.append(Finding(self.layout.index_path, str(err)))
+        elif wanted:  # the named artifacts' index rows too
+            try:
+                if index.schema_problem(self.layout) is None:
+                    named = [m for kind in KINDS for m in self.manifests(kind) if m.id in wanted]
+                    self._check_rows(report, named, index.indexed_stats(self.layout))
+            except index.IndexBusy as err:
+                report.findings.append(Finding(self.layout.index_path, str(err), serious=False))
+            except index.IndexCorrupt as err:
+                report.findings.append(Finding(self.layout.index_path, str(err)))
         return report
+
+    def _check_rows(self, report: "VerifyReport", manifests: list, stats: dict) -> None:
+        """Findings for the index rows of `manifests` that say other than their manifest: edited in
+        the index when the artifact's files are as the row recorded them (serious), else a row
+        older than its manifest (a note; the next record replaces it)."""
+        for name in index.rows_not_as_recorded(self.layout, manifests):
+            kind = "run" if name.startswith("run_") else "target"
+            try:
+                now = files_stamp(self.layout.targets_dir if kind == "target" else self.layout.runs_dir, name)
+            except OSError:
+                now = None
+            if now is not None and tuple(stats[kind].get(name, ())) == now:
+                report.findings.append(Finding(self.layout.index_path, f"index row {name} differs from its manifest "
+                                               "(edited in the index); lh index rebuild remakes it"))
+            else:
+                report.findings.append(Finding(self.layout.index_path, f"index row {name} predates its manifest, or "
+                                               "the store was copied (the next lh execute re-records a stale row; "
+                                               "lh index rebuild remakes every row)", serious=False))
 
     def gc(self, *, dry_run: bool = False, failed: bool = False, older_than_s: float | None = None,
            tmp_grace_s: float = TMP_GRACE_S) -> GcReport:
